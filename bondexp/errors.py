@@ -1,0 +1,25 @@
+"""The few named exceptions bondexp raises; every message says what was expected, what came, and what to fix."""
+
+
+class BondexpError(Exception):
+    """Base class: anything bondexp raises on purpose."""
+
+
+class ConfigError(BondexpError, ValueError):
+    """A config value is wrong; the message names the key and the bad value."""
+
+
+class DataValidationError(BondexpError, ValueError):
+    """Input data breaks the schema; the message names the reason, the column, the count and the first rows."""
+
+
+class PricingError(BondexpError, ValueError):
+    """A bond cannot be priced as asked (maturity not after settlement, unknown frequency, ...)."""
+
+
+class GraphError(BondexpError):
+    """The step graph is invalid: unknown need, duplicate name, cycle or empty graph."""
+
+
+class RunLockedError(BondexpError):
+    """Another live process is using this run folder."""
