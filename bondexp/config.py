@@ -1,0 +1,183 @@
+"""The config schema (registered in Hydra's ConfigStore) and the semantic checks made before any work.
+
+The dataclasses make Hydra reject a misspelled key or a wrong type at compose time with its own
+message; `validate_config` then checks what types cannot say (ranges, paths, names), so a bad value
+fails before a single step runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bondexp.errors import ConfigError
+
+#: Keys of a model file that configure the step rather than the estimator.
+MODEL_STEP_KEYS = ("group", "features", "early_stopping")
+
+
+@dataclass
+class EarlyStoppingConf:
+    enabled: bool = True  # stop iterative estimators once the held-out score stalls
+    patience: int = 10  # iterations without improvement before stopping (n_iter_no_change)
+    validation_fraction: float = 0.1  # share of the training rows held out to decide
+    tol: float = 1e-4  # the smallest improvement that counts
+
+
+@dataclass
+class EvalConf:
+    sample_pct: float = 100.0  # percent of the test split evaluated, stratified by rating (100 = all rows)
+    n_bootstrap: int = 500  # bootstrap resamples for the RMSE confidence interval
+    confidence: float = 0.95  # level of the bootstrap confidence interval
+
+
+@dataclass
+class DriftConf:
+    psi_warn: float = 0.1  # population stability index that warns
+    psi_alert: float = 0.25  # population stability index that alerts
+    ks_alpha: float = 0.05  # Kolmogorov-Smirnov significance level after the correction
+    correction: str = "holm"  # multiple-testing correction of KS p-values: holm | bonferroni | none
+    n_bins: int = 10  # quantile bins taken from the training split
+    psi_floor: float = 1e-4  # share given to an empty bin so PSI stays finite
+
+
+@dataclass
+class TuneConf:
+    target: Optional[str] = None  # model to tune; null = the best ML model on the validation split
+    n_trials: int = 20  # trials in the study (finished trials of a resumed study count)
+    timeout: Optional[float] = 120.0  # seconds for the whole study; null = no limit
+    storage: Optional[str] = None  # null = Optuna journal file in the run folder; or a database URL
+    pruner: str = "median"  # median | none
+    n_folds: int = 3  # time-ordered folds whose scores feed the pruner
+    max_train_rows: int = 20000  # rows per trial fit (the latest training rows), to bound the cost
+    search_space: Dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
+
+
+@dataclass
+class ExecutorConf:
+    name: str = "local"  # local (processes; workers=1 runs in-process) | dask
+    address: Optional[str] = None  # dask scheduler address; null starts a LocalCluster
+
+
+@dataclass
+class StepConf:
+    _target_: str = MISSING  # module-level function that runs the step
+    needs: List[str] = field(default_factory=list)  # steps (or `models`, every model step) it reads
+    group: str = "report"  # label shown in the plan and the summary
+    config: Any = None  # the config slice handed to the function
+
+
+@dataclass
+class BondexpConf:
+    workers: int = 2  # steps (and tuning trials) running at once; 1 runs everything in-process
+    seed: int = 0  # one seed for data, splits, estimators and the tuning sampler
+    progress: bool = True  # one tqdm bar; plain lines when not a terminal
+    dry_run: bool = False  # print the plan (steps, needs, what a resume reuses) and stop
+    resume: Optional[str] = None  # a run folder to continue in place, or `last`
+    cache_dir: str = "~/.cache/bondexp"  # feature cache and step-duration history, shared across runs
+    data: Any = MISSING  # the data group
+    model: Any = None  # a model file without a `# @package models.<name>` header lands here
+    models: Dict[str, Any] = field(default_factory=dict)  # chosen models, one entry per model file
+    feature_sets: Dict[str, List[str]] = field(default_factory=dict)  # named feature lists models refer to
+    early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    drift: DriftConf = field(default_factory=DriftConf)
+    tune: TuneConf = field(default_factory=TuneConf)
+    executor: ExecutorConf = field(default_factory=ExecutorConf)
+    steps: Dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` can name it first in its defaults list."""
+    ConfigStore.instance().store(name="bondexp_schema", node=BondexpConf)
+
+
+def _fail(key: str, expected: str, got: Any) -> None:
+    raise ConfigError(f"The '{key}' config key must be {expected}. Got {got!r} instead.")
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Return ``{model name: plain model spec}`` for the chosen models.
+
+    Model files normally carry a ``# @package models.<name>`` header. A file without one (a
+    user's ``my_lasso.yaml`` holding just ``_target_`` and parameters) lands under ``model``;
+    it is named after the group choice (``model=my_lasso``).
+    """
+    models = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.models.items()}
+    loose = cfg.get("model")
+    if loose is not None and len(loose) > 0:
+        if "_target_" not in loose:
+            raise ConfigError(
+                "The 'model' config key holds keys without a '_target_': "
+                f"{sorted(loose)}. A model file needs '_target_' (the estimator class)."
+            )
+        name = (choice or "model").strip("[]")
+        if "," in name:
+            raise ConfigError(
+                f"Several model files without a '# @package models.<name>' header were chosen ({choice}); "
+                "they would overwrite each other. Give each file that header."
+            )
+        models[name] = OmegaConf.to_container(loose, resolve=True)
+    return models
+
+
+def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> None:
+    """Check what the schema's types cannot; raise ConfigError naming the key and the bad value."""
+    if cfg.workers < 1:
+        _fail("workers", "at least 1", cfg.workers)
+    if not 0 < cfg.eval.sample_pct <= 100:
+        _fail("eval.sample_pct", "a percentage in (0, 100]", cfg.eval.sample_pct)
+    if cfg.eval.n_bootstrap < 1:
+        _fail("eval.n_bootstrap", "at least 1", cfg.eval.n_bootstrap)
+    if not 0 < cfg.eval.confidence < 1:
+        _fail("eval.confidence", "in (0, 1)", cfg.eval.confidence)
+    es = cfg.early_stopping
+    if es.patience < 1:
+        _fail("early_stopping.patience", "at least 1", es.patience)
+    if not 0 < es.validation_fraction < 1:
+        _fail("early_stopping.validation_fraction", "in (0, 1)", es.validation_fraction)
+    if es.tol < 0:
+        _fail("early_stopping.tol", "0 or more", es.tol)
+    if not 0 <= cfg.drift.psi_warn <= cfg.drift.psi_alert:
+        _fail("drift.psi_warn", f"between 0 and drift.psi_alert ({cfg.drift.psi_alert})", cfg.drift.psi_warn)
+    if cfg.drift.correction not in ("holm", "bonferroni", "none"):
+        _fail("drift.correction", "one of ['holm', 'bonferroni', 'none']", cfg.drift.correction)
+    if cfg.tune.n_trials < 1:
+        _fail("tune.n_trials", "at least 1", cfg.tune.n_trials)
+    if cfg.tune.n_folds < 2:
+        _fail("tune.n_folds", "at least 2", cfg.tune.n_folds)
+    if cfg.tune.pruner not in ("median", "none"):
+        _fail("tune.pruner", "one of ['median', 'none']", cfg.tune.pruner)
+    if not models:
+        _fail("model", "a model, a list of models or a model set", "no model")
+    if cfg.tune.target is not None and "tune" in cfg.steps and cfg.tune.target not in models:
+        raise ConfigError(
+            f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
+            f"Got {cfg.tune.target!r} instead.{_suggest(cfg.tune.target, models)}"
+        )
+    for name, spec in models.items():
+        if "_target_" not in spec:
+            _fail(f"models.{name}._target_", "the estimator's import path", None)
+        features = spec.get("features", "all")
+        if isinstance(features, str) and features not in cfg.feature_sets:
+            raise ConfigError(
+                f"The 'models.{name}.features' config key must name a feature set, one of "
+                f"{sorted(cfg.feature_sets)}, or list features. Got {features!r} instead."
+                f"{_suggest(features, cfg.feature_sets)}"
+            )
+    for key in ("path", "curve_path", "spread_path"):
+        value = cfg.data.get(key)
+        if value is not None and not Path(value).expanduser().exists():
+            _fail(f"data.{key}", "an existing file", value)
+    if cfg.resume not in (None, "last") and not Path(cfg.resume).is_dir():
+        _fail("resume", "a run folder or 'last'", cfg.resume)
