@@ -1,0 +1,354 @@
+"""BondTable, the columnar table of bond observations, and its one-pass validation at load.
+
+A BondTable holds one numpy array per column (struct of arrays), never one object per bond: an
+observation's market price lives in its own row, so no later step can overwrite an earlier
+observation's price. Categories are small integer codes: ``rating`` into :data:`RATINGS`,
+``day_count`` into :data:`bondexp.pricing.DAY_COUNTS`, ``sector`` into the table's ``sectors``.
+Rows are kept sorted by ``(obs_date, bond_id)``.
+
+:func:`validate` turns raw columns (strings, numbers, dates, as read from a file) into a
+BondTable, checking every problem in one vectorized pass and either raising one
+:class:`~bondexp.errors.DataValidationError` that lists them all, or dropping the bad rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from bondexp.errors import DataValidationError
+from bondexp.pricing import DAY_COUNTS, FREQUENCIES  # re-exported: one definition, shared with the pricer
+
+#: Credit ratings, best first; the ``rating`` column holds indices into this tuple.
+RATINGS = ("AAA", "AA", "A", "BBB", "BB", "B", "CCC")
+
+#: Required columns and the dtype each is stored as.
+COLUMN_DTYPES = {
+    "bond_id": np.dtype("int64"),
+    "obs_date": np.dtype("datetime64[D]"),
+    "issue_date": np.dtype("datetime64[D]"),
+    "maturity_date": np.dtype("datetime64[D]"),
+    "coupon_rate": np.dtype("float64"),
+    "frequency": np.dtype("int64"),
+    "day_count": np.dtype("int8"),
+    "rating": np.dtype("int8"),
+    "sector": np.dtype("int16"),
+    "clean_price": np.dtype("float64"),
+    "issue_size": np.dtype("float64"),
+}
+REQUIRED_COLUMNS = tuple(COLUMN_DTYPES)
+#: Columns a raw input may leave out; they are filled with NaN.
+OPTIONAL_COLUMNS = ("issue_size",)
+
+_DATE_COLUMNS = ("obs_date", "issue_date", "maturity_date")
+_FLOAT_COLUMNS = ("coupon_rate", "clean_price", "issue_size")
+_SHOWN_ROWS = 5
+#: What a column accepts, appended to the messages of its "unknown ..." problems.
+_EXPECTED = {
+    "frequency": f"expected one of {FREQUENCIES}",
+    "rating": f"expected one of {RATINGS} or codes 0-{len(RATINGS) - 1}",
+    "day_count": f"expected one of {DAY_COUNTS} or codes 0-{len(DAY_COUNTS) - 1}",
+}
+
+
+@dataclass(frozen=True)
+class BondTable:
+    """Bond observations as one read-only numpy array per column.
+
+    Parameters
+    ----------
+    data : mapping of str to ndarray
+        Every column of :data:`REQUIRED_COLUMNS` with its dtype from :data:`COLUMN_DTYPES`, plus
+        any extra numeric columns (``oracle_*`` for synthetic data); all of one length.
+    sectors : tuple of str
+        Sector names; the ``sector`` column holds indices into it.
+
+    Build tables with :func:`validate` (raw data) or directly from arrays already typed and
+    sorted by ``(obs_date, bond_id)``, as the synthetic generator does.
+
+    Raises
+    ------
+    DataValidationError
+        If a required column is missing, has the wrong dtype, or the lengths differ.
+    """
+
+    data: Mapping[str, np.ndarray]
+    sectors: tuple[str, ...]
+
+    def __post_init__(self):
+        missing = [name for name in REQUIRED_COLUMNS if name not in self.data]
+        if missing:
+            raise DataValidationError(f"A BondTable needs the columns {missing}; got {sorted(self.data)}.")
+        lengths = {name: len(values) for name, values in self.data.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataValidationError(f"BondTable columns must share one length; got {lengths}.")
+        columns = {}
+        for name, values in self.data.items():
+            array = np.asarray(values)
+            expected = COLUMN_DTYPES.get(name)
+            if expected is not None and array.dtype != expected:
+                raise DataValidationError(
+                    f"The BondTable column {name!r} must have dtype {expected}. Got {array.dtype} instead."
+                )
+            if expected is None and array.dtype.kind not in "biuf":
+                raise DataValidationError(
+                    f"The extra BondTable column {name!r} must be numeric. Got dtype {array.dtype} instead."
+                )
+            array.flags.writeable = False  # frozen: a step cannot overwrite another's prices
+            columns[name] = array
+        object.__setattr__(self, "data", columns)
+        object.__setattr__(self, "sectors", tuple(self.sectors))
+
+    def __len__(self) -> int:
+        return len(self.data["bond_id"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise KeyError(f"BondTable has no column {name!r}; columns are {list(self.data)}.") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names: the required ones first, then the extras."""
+        return tuple(self.data)
+
+    def take(self, index) -> "BondTable":
+        """A new table holding the rows ``index`` (integer positions or a boolean mask).
+
+        Rows come in the order of ``index``; pass sorted positions (as :func:`split_by_date`
+        returns) to keep the ``(obs_date, bond_id)`` order.
+        """
+        index = np.asarray(index)
+        return BondTable({name: values[index] for name, values in self.data.items()}, self.sectors)
+
+
+def coerce_columns(raw: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Convert raw columns to compact arrays without dropping anything.
+
+    Dates that do not parse become NaT and numbers that do not parse become NaN; ratings, day
+    counts and frequencies outside the known sets become the code -1. ``sector`` and a
+    non-integer ``bond_id`` stay text (numbered later, over the whole input, by :func:`validate`).
+    Columns already in their BondTable dtype pass through without a copy, so loaders can call
+    this batch by batch and :func:`validate` can call it again cheaply.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The columns present in ``raw``, converted.
+    """
+    out = {}
+    for name, values in raw.items():
+        if name in _DATE_COLUMNS:
+            out[name] = _to_dates(values)
+        elif name in _FLOAT_COLUMNS:
+            out[name] = _to_float(values)
+        elif name == "frequency":
+            numbers = _to_float(values)
+            out[name] = np.where(np.isin(numbers, FREQUENCIES), numbers, -1).astype(np.int64)
+        elif name == "rating":
+            out[name] = _to_codes(values, RATINGS, np.int8)
+        elif name == "day_count":
+            out[name] = _to_codes(values, DAY_COUNTS, np.int8)
+        elif name in ("bond_id", "sector"):
+            out[name] = _to_int_or_text(values)
+        else:
+            out[name] = np.asarray(values)
+    return out
+
+
+def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
+    """Check raw columns (or a BondTable) in one vectorized pass and return a sorted BondTable.
+
+    Parameters
+    ----------
+    data : BondTable or mapping of str to array-like
+        Raw columns named as in :data:`REQUIRED_COLUMNS` (``issue_size`` may be absent). Dates
+        may be text or datetime64; ``rating`` and ``day_count`` may be names or codes;
+        ``sector`` may be names or integer codes into ``sectors``; ``bond_id`` may be integers or
+        text (text ids are numbered 0, 1, ... in sorted order).
+    on_invalid : {"raise", "drop"}
+        ``"raise"``: one error listing every problem. ``"drop"``: drop the bad rows.
+    row_numbers : array-like of int, optional
+        The number to show for each row in messages; loaders pass the file's 1-based data rows
+        (header not counted). By default rows are shown as 0-based positions in ``data``.
+    sectors : sequence of str, optional
+        Sector names when ``sector`` holds integer codes; ignored for text sectors, which are
+        numbered in sorted order.
+
+    Returns
+    -------
+    table : BondTable
+        The valid rows, sorted by ``(obs_date, bond_id)``.
+    dropped : dict of str to int
+        For each problem found, how many rows had it (a row with two problems counts twice);
+        empty when nothing was wrong.
+
+    Raises
+    ------
+    DataValidationError
+        If required columns are missing (whatever ``on_invalid`` says), or if any row is invalid
+        and ``on_invalid="raise"``. The message gives, per problem, the reason, the column, the
+        row count and the first five row numbers.
+    """
+    if on_invalid not in ("raise", "drop"):
+        raise DataValidationError(
+            f"The 'on_invalid' parameter of validate must be 'raise' or 'drop'. Got {on_invalid!r} instead."
+        )
+    if isinstance(data, BondTable):
+        sectors = data.sectors
+        data = data.data
+    missing = [name for name in REQUIRED_COLUMNS if name not in data and name not in OPTIONAL_COLUMNS]
+    if missing:
+        raise DataValidationError(
+            f"Missing required columns {missing}; the data has {sorted(data)}. "
+            f"Required: {[n for n in REQUIRED_COLUMNS if n not in OPTIONAL_COLUMNS]}."
+        )
+    cols = coerce_columns(data)
+    n = len(cols["bond_id"])
+    if "issue_size" not in cols:
+        cols["issue_size"] = np.full(n, np.nan)
+    cols["bond_id"], _ = _number(cols["bond_id"], None)
+    cols["sector"], sectors = _number(cols["sector"], sectors)
+
+    problems = _find_problems(cols, sectors)
+    bad = np.zeros(n, dtype=bool)
+    for _, _, mask in problems:
+        bad |= mask
+    if bad.any() and on_invalid == "raise":
+        raise DataValidationError(_describe(problems, n, row_numbers))
+    dropped = {reason: int(mask.sum()) for reason, _, mask in problems if mask.any()}
+
+    keep = np.flatnonzero(~bad)
+    order = keep[np.lexsort((cols["bond_id"][keep], cols["obs_date"][keep]))]
+    table = {name: cols[name][order].astype(COLUMN_DTYPES[name], copy=False) for name in REQUIRED_COLUMNS}
+    table.update({name: values[order] for name, values in cols.items() if name not in COLUMN_DTYPES})
+    return BondTable(table, tuple(sectors)), dropped
+
+
+def _find_problems(cols, sectors):
+    """Every (reason, column, row mask) check, each one vectorized over all rows."""
+    obs, issue, maturity = cols["obs_date"], cols["issue_date"], cols["maturity_date"]
+    price, coupon = cols["clean_price"], cols["coupon_rate"]
+    has_dates = ~(np.isnat(issue) | np.isnat(maturity))
+    dates_ok = has_dates & ~np.isnat(obs)
+    problems = [
+        ("missing or unparseable bond id", "bond_id", cols["bond_id"] < 0),
+        ("missing or unparseable observation date", "obs_date", np.isnat(obs)),
+        ("missing or unparseable issue date", "issue_date", np.isnat(issue)),
+        ("missing or unparseable maturity date", "maturity_date", np.isnat(maturity)),
+        ("non-numeric or missing price", "clean_price", np.isnan(price)),
+        ("non-positive price", "clean_price", price <= 0),
+        ("non-numeric or missing coupon", "coupon_rate", np.isnan(coupon)),
+        ("negative coupon", "coupon_rate", coupon < 0),
+        ("maturity not after issue", "maturity_date", has_dates & (maturity <= issue)),
+        ("observation at or after maturity", "obs_date", dates_ok & (obs >= maturity)),
+        ("observation before issue", "obs_date", dates_ok & (obs < issue)),
+        ("unknown frequency", "frequency", cols["frequency"] < 0),
+        ("unknown rating", "rating", cols["rating"] < 0),
+        ("unknown day count", "day_count", cols["day_count"] < 0),
+        ("missing or unknown sector", "sector", (cols["sector"] < 0) | (cols["sector"] >= len(sectors))),
+        ("non-positive issue size", "issue_size", cols["issue_size"] <= 0),
+        ("duplicate (bond_id, obs_date)", "bond_id, obs_date", _duplicated(cols["bond_id"], obs)),
+    ]
+    return problems
+
+
+def _describe(problems, n_rows, row_numbers):
+    """The text of the one error that lists every problem found."""
+    if row_numbers is None:
+        convention = "row numbers are 0-based positions in the input"
+        labels = np.arange(n_rows)
+    else:
+        convention = "row numbers are the file's 1-based data rows, header not counted"
+        labels = np.asarray(row_numbers)
+    lines = []
+    for reason, column, mask in problems:
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            first = ", ".join(str(int(r)) for r in labels[rows[:_SHOWN_ROWS]])
+            hint = f" ({_EXPECTED[column]})" if column in _EXPECTED and reason.startswith("unknown") else ""
+            lines.append(f"  - {reason}: column '{column}', {len(rows)} rows, first rows [{first}]{hint}")
+    return (
+        f"{len(lines)} data problems in {n_rows} rows ({convention}):\n"
+        + "\n".join(lines)
+        + "\nFix the data, or set data.on_invalid=drop to drop these rows."
+    )
+
+
+def _duplicated(bond_id, obs_date):
+    """Mask of every row whose (bond_id, obs_date) also appears in another row."""
+    if len(bond_id) == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((bond_id, obs_date))
+    same = (bond_id[order][1:] == bond_id[order][:-1]) & (obs_date[order][1:] == obs_date[order][:-1])
+    same &= ~np.isnat(obs_date[order][1:])
+    in_group = np.zeros(len(order), dtype=bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    mask = np.empty_like(in_group)
+    mask[order] = in_group
+    return mask
+
+
+def _to_dates(values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype == np.dtype("datetime64[D]"):
+        return array
+    if array.dtype.kind == "M":
+        return array.astype("datetime64[D]")
+    parsed = pd.to_datetime(pd.Series(array, dtype=object), errors="coerce", format="mixed")
+    return parsed.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+
+
+def _to_float(values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        return array.astype(np.float64, copy=False)
+    return pd.to_numeric(pd.Series(array, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _to_codes(values, names, dtype) -> np.ndarray:
+    """Names (any case, surrounding spaces ignored) or integer codes -> codes; unknown -> -1."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iu":
+        return np.where((array >= 0) & (array < len(names)), array, -1).astype(dtype)
+    if array.dtype.kind == "f":
+        ok = np.isin(array, np.arange(len(names)))
+        return np.where(ok, np.nan_to_num(array), -1).astype(dtype)
+    uniques, inverse = np.unique(array.astype(str), return_inverse=True)
+    lookup = {name.upper(): code for code, name in enumerate(names)}
+    lookup.update({str(code): code for code in range(len(names))})
+    codes = np.array([lookup.get(u.strip().upper(), -1) for u in uniques], dtype=dtype)
+    return codes[inverse.reshape(-1)] if len(array) else np.zeros(0, dtype=dtype)
+
+
+def _to_int_or_text(values) -> np.ndarray:
+    """Integer-valued columns as int64 (NaN -> -1); anything else as fixed-width text."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64, copy=False)
+    if array.dtype.kind == "f" and np.all(np.isnan(array) | (array == np.round(array))):
+        return np.where(np.isnan(array), -1, array).astype(np.int64)
+    return array.astype(str)
+
+
+def _number(values, names):
+    """Text -> codes numbered in sorted order of the text; integer codes pass with ``names``."""
+    if values.dtype.kind in "iu":
+        if names is None:
+            names = tuple(str(code) for code in range(int(values.max(initial=-1)) + 1))
+        return values, tuple(names)
+    uniques, inverse = np.unique(values, return_inverse=True)
+    codes = inverse.reshape(-1).astype(np.int64)
+    blank = np.char.strip(uniques) == ""
+    if blank.any():  # empty text is a missing value, not a category
+        codes = np.where(blank[codes], -1, codes - np.cumsum(blank)[codes])
+        uniques = uniques[~blank]
+    return codes, tuple(str(u) for u in uniques)
