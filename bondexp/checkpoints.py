@@ -1,0 +1,273 @@
+"""Checkpoints of a run folder: atomic files, step fingerprints, verification, run lock, durations.
+
+Every file is written whole (temporary file in the same folder, flush, fsync, ``os.replace``,
+fsync of the folder), so a crash at any moment leaves either a complete checkpoint or none.
+A checkpoint is reused only when its manifest's fingerprint matches the step as configured
+now and the artifact's sha256 matches the manifest. Only the parent process writes here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from bondexp.errors import RunLockedError
+
+MANIFEST_FORMAT = 1
+_VERSIONED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna", "QuantLib")
+
+
+def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, str], data: str) -> str:
+    """Hash what determines a step's result.
+
+    Parameters
+    ----------
+    target : str
+        Dotted path of the step function.
+    config : mapping
+        The step's resolved config slice.
+    inputs : mapping of str to str
+        Fingerprint of each need, by need name.
+    data : str
+        Fingerprint of the input data.
+
+    Returns
+    -------
+    str
+        sha256 hex digest of a canonical JSON of the four parts.
+    """
+    payload = {"target": target, "config": config, "inputs": dict(sorted(inputs.items())), "data": data}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Any]:
+    """Yield a binary file that replaces ``path`` only once it is completely written and synced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so readers see the old file or the new one, never a part."""
+    with _atomic_file(path) as fh:
+        fh.write(text.encode())
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON through :func:`atomic_write_text`."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape results, read from package metadata (no imports)."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return versions
+
+
+def utc_iso(timestamp: float | None) -> str | None:
+    """ISO 8601 UTC text of a POSIX timestamp (``None`` stays ``None``)."""
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` folder of a run: ``<step>.joblib`` artifacts and ``<step>.json`` manifests.
+
+    Parameters
+    ----------
+    folder : path
+        The checkpoints folder; created on the first save.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def artifact_path(self, name: str) -> Path:
+        return self.folder / f"{name}.joblib"
+
+    def manifest_path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def save(self, name: str, artifact: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the artifact, then its manifest (with the artifact's sha256 and library versions).
+
+        The manifest goes last: a crash between the two leaves an artifact that no manifest
+        vouches for, which :meth:`verify` rejects.
+
+        Returns
+        -------
+        dict
+            The manifest as written.
+        """
+        path = self.artifact_path(name)
+        with _atomic_file(path) as fh:
+            joblib.dump(artifact, fh)
+        full = {
+            "format": MANIFEST_FORMAT,
+            "step": name,
+            **manifest,
+            "sha256": sha256_file(path),
+            "size_bytes": path.stat().st_size,
+            "versions": library_versions(),
+        }
+        atomic_write_json(self.manifest_path(name), full)
+        return full
+
+    def load(self, name: str) -> Any:
+        """Load a step's artifact (called in workers to build a step's inputs)."""
+        return joblib.load(self.artifact_path(name))
+
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        """The step's manifest, or ``None`` when it is missing or unreadable."""
+        try:
+            return json.loads(self.manifest_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def verify(self, name: str, expected_fingerprint: str) -> str | None:
+        """Check that a step's checkpoint can be reused.
+
+        Returns
+        -------
+        str or None
+            ``None`` when the manifest exists, its fingerprint equals ``expected_fingerprint``
+            and the artifact's sha256 matches; otherwise the reason it cannot be reused.
+        """
+        manifest = self.manifest(name)
+        if manifest is None:
+            return "no checkpoint"
+        if manifest.get("fingerprint") != expected_fingerprint:
+            return "stale (config, inputs or data changed)"
+        try:
+            digest = sha256_file(self.artifact_path(name))
+        except OSError:
+            return "artifact file missing"
+        if digest != manifest.get("sha256"):
+            return "corrupt (sha256 mismatch)"
+        return None
+
+    def remove_temporaries(self) -> None:
+        """Delete half-written temporary files a killed run left behind (call while holding the run lock)."""
+        if self.folder.is_dir():
+            for tmp in self.folder.glob(".*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+class RunLock:
+    """Exclusive use of a run folder for one live process: ``flock`` on ``run.lock`` holding the pid.
+
+    The kernel drops the lock when the holder dies, so a lock left by a killed run never blocks.
+
+    Raises
+    ------
+    RunLockedError
+        From ``__enter__`` when another live process holds the folder.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "run.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"The run folder {str(self.path.parent)!r} is in use by process {holder}. "
+                f"Wait for it to finish, stop it, or choose another run folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+class DurationHistory:
+    """Step durations seen in earlier runs, kept in one small JSON file ``{step: seconds}``.
+
+    The runner orders ready steps longest-expected-first and estimates the ETA from these.
+    Concurrent runs (a sweep) merge their updates under an ``flock`` on a side file.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = None if path is None else Path(path)
+
+    def read(self) -> dict[str, float]:
+        """Durations by step name; empty when there is no file or it is unreadable."""
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+    def update(self, durations: Mapping[str, float]) -> None:
+        """Merge new durations into the file (no-op without a path or durations)."""
+        if self.path is None or not durations:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**self.read(), **{k: round(float(v), 4) for k, v in durations.items()}}
+            atomic_write_json(self.path, dict(sorted(merged.items())))

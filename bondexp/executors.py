@@ -1,0 +1,229 @@
+"""The executors steps run on, chosen by name: in-process, a local process pool, or a Dask cluster.
+
+Each entry of :data:`EXECUTORS` builds a backend with ``start() -> concurrent.futures.Executor``
+and ``stop(kill=...)``; the scheduler loop in :mod:`bondexp.runner` is the same for all of them,
+so a new executor is one more entry here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any
+
+from bondexp.errors import ConfigError
+
+log = logging.getLogger("bondexp")
+
+# True inside a pool worker process; the step wrapper then lets Ctrl-C reach the step only while it runs.
+IN_POOL_WORKER = False
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """BLAS/OpenMP threads for each of ``workers`` concurrent steps, so they never oversubscribe the cores."""
+    return max(1, cpu_count() // workers)
+
+
+class InlineExecutor(Executor):
+    """Runs each call in the calling process at submit time: ``workers=1``, easy to debug.
+
+    The returned future is already done; ``KeyboardInterrupt`` propagates to the caller.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
+
+class InlineBackend:
+    """Steps run one after another inside the parent process."""
+
+    concurrency = 1
+
+    def __init__(self, *, workers: int, options: Mapping[str, Any]):
+        _check_options("serial", options, ())
+
+    def start(self) -> Executor:
+        return InlineExecutor()
+
+    def stop(self, *, kill: bool) -> None:
+        """Nothing to stop: no processes were started."""
+
+
+def _init_pool_worker(threads: int) -> None:
+    """Set up a fresh worker process: thread budget for it and its children, Ctrl-C left to the parent."""
+    global IN_POOL_WORKER
+    IN_POOL_WORKER = True
+    for var in _THREAD_ENV:
+        os.environ[var] = str(threads)
+    # Idle workers ignore Ctrl-C (no tracebacks from queue reads); the parent terminates them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ProcessBackend:
+    """``workers`` processes started once per run (``forkserver`` on POSIX, else ``spawn``).
+
+    Both start methods are safe with threads in the parent and give non-daemonic workers,
+    so a step may start processes of its own (the Optuna tuning step does).
+    """
+
+    def __init__(self, *, workers: int, options: Mapping[str, Any]):
+        _check_options("local", options, ("start_method",))
+        default = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        method = options.get("start_method", default)
+        if method not in ("forkserver", "spawn"):
+            raise ConfigError(
+                f"The 'start_method' option of the local executor must be 'forkserver' or 'spawn'. "
+                f"Got {method!r} instead."
+            )
+        self.concurrency = workers
+        self._context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Workers fork from a server that has already imported the runner (and numpy, joblib),
+            # so each worker starts in milliseconds. Ignored if the server is already running.
+            self._context.set_forkserver_preload(["bondexp.runner"])
+        self._threads = threads_per_worker(workers)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def start(self) -> Executor:
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.concurrency,
+            mp_context=self._context,
+            initializer=_init_pool_worker,
+            initargs=(self._threads,),
+        )
+        return self._executor
+
+    def stop(self, *, kill: bool) -> None:
+        """Shut the pool down; with ``kill`` terminate the workers instead of letting running steps end."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if not kill:
+            executor.shutdown(wait=True)
+            return
+        # ProcessPoolExecutor has no public terminate; its process table is the documented-by-use way.
+        processes = list((executor._processes or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+class DaskBackend:
+    """A ``distributed.Client`` executor: on ``options['address']``, or a new ``LocalCluster``.
+
+    The local cluster has ``workers`` single-threaded, non-daemonic worker processes. The
+    run folder must be visible to every worker (the same path on a shared file system).
+    """
+
+    def __init__(self, *, workers: int, options: Mapping[str, Any]):
+        _check_options("dask", options, ("address",))
+        try:
+            import distributed  # noqa: F401  (checked here so a missing extra fails before any work)
+        except ImportError as exc:
+            raise ConfigError(
+                "executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'."
+            ) from exc
+        self.concurrency = workers
+        self._address = options.get("address")
+        self._client = None
+        self._cluster = None
+
+    def start(self) -> Executor:
+        import dask
+        from distributed import Client, LocalCluster
+
+        if self._address:
+            self._client = Client(self._address)
+        else:
+            with dask.config.set({"distributed.worker.daemon": False}):
+                self._cluster = LocalCluster(
+                    n_workers=self.concurrency, threads_per_worker=1, processes=True,
+                    dashboard_address=None, silence_logs=logging.WARNING,
+                )
+            self._client = Client(self._cluster)
+        return self._client.get_executor(pure=False)
+
+    def stop(self, *, kill: bool) -> None:
+        """Close the client, and the local cluster if this backend started one."""
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_backend(*, workers: int, options: Mapping[str, Any]) -> InlineBackend | ProcessBackend:
+    """``local``: in-process for one worker (no pool start-up), a process pool for more."""
+    if workers == 1:
+        _check_options("local", options, ("start_method",))
+        return InlineBackend(workers=1, options={})
+    return ProcessBackend(workers=workers, options=options)
+
+
+EXECUTORS: dict[str, Callable[..., Any]] = {
+    "serial": InlineBackend,
+    "local": _local_backend,
+    "dask": DaskBackend,
+}
+
+
+def make_backend(name: str, *, workers: int, options: Mapping[str, Any] | None = None) -> Any:
+    """Build the executor backend registered as ``name``.
+
+    Returns
+    -------
+    backend
+        An object with ``concurrency`` (steps it runs at once), ``start()`` returning a
+        ``concurrent.futures.Executor`` and ``stop(kill=bool)``.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown name (listing the supported ones), a bad option, or a missing extra.
+    """
+    if name not in EXECUTORS:
+        raise ConfigError(f"Unknown executor {name!r}. Supported executors: {sorted(EXECUTORS)}.")
+    return EXECUTORS[name](workers=workers, options=dict(options or {}))
+
+
+def _check_options(name: str, options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"Unknown option(s) {unknown} for the {name!r} executor. Supported options: {list(allowed)}."
+        )
+
+
+def worker_label() -> str:
+    """``host:pid`` of this process; the parent turns it into a short ``w<i>/<pid>`` label."""
+    return f"{socket.gethostname()}:{os.getpid()}"

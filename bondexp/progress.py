@@ -1,0 +1,166 @@
+"""What the user sees while and after a run: one progress bar (or plain lines) and the timeline plot.
+
+The bar lives in the parent process only and is updated by the scheduler loop on every start and
+finish, so it cannot stall on the first step. When stderr is not a terminal (CI, log files), plain
+one-line events replace the bar.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+STATUS_COLORS = {"ran": "tab:green", "reused": "tab:gray", "failed": "tab:red", "skipped": "tab:orange"}
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    minutes, sec = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{sec:02d}" if hours else f"{minutes:02d}:{sec:02d}"
+
+
+class Progress:
+    """Steps done out of the total, elapsed time, ETA and the steps running now.
+
+    Parameters
+    ----------
+    total : int
+        Number of steps in the run, reused ones included.
+    done : int
+        Steps already complete before any work (reused checkpoints).
+    enabled : bool
+        ``False`` shows nothing.
+    stream : file, optional
+        Where to write; defaults to ``sys.stderr``. A terminal gets a tqdm bar, anything
+        else gets plain lines.
+    """
+
+    def __init__(self, *, total: int, done: int = 0, enabled: bool = True, stream: TextIO | None = None):
+        self.total = total
+        self.done = done
+        self.stream = sys.stderr if stream is None else stream
+        self.mode = None if not enabled else ("bar" if _is_terminal(self.stream) else "lines")
+        self._bar = None
+        self._t0 = time.perf_counter()
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                initial=done,
+                file=self.stream,
+                desc="bondexp",
+                unit="step",
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]",
+            )
+        elif self.mode == "lines" and done:
+            self._line(f"reusing {done} of {total} checkpoints")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def started(self, name: str, *, running: Sequence[str], eta_s: float | None) -> None:
+        """A step was handed to a worker."""
+        if self.mode == "lines":
+            self._line(f"start  {name}")
+        self.refresh(running=running, eta_s=eta_s)
+
+    def finished(
+        self, name: str, *, status: str, duration_s: float | None, running: Sequence[str], eta_s: float | None
+    ) -> None:
+        """A step ended (ran, failed or was skipped)."""
+        self.done += 1
+        if self.mode == "lines":
+            took = "" if duration_s is None else f" in {duration_s:.2f} s"
+            self._line(f"{status:<6} {name}{took} ({self.done}/{self.total})")
+        if self._bar is not None:
+            self._bar.update(1)
+        self.refresh(running=running, eta_s=eta_s)
+
+    def refresh(self, *, running: Sequence[str], eta_s: float | None) -> None:
+        """Redraw the bar's postfix (elapsed time moves even when no step ends)."""
+        if self._bar is None:
+            return
+        parts = []
+        if eta_s is not None:
+            parts.append(f"ETA {_fmt_seconds(eta_s)}")
+        if running:
+            parts.append("running: " + ", ".join(running))
+        self._bar.set_postfix_str("; ".join(parts), refresh=True)
+
+    def _line(self, text: str) -> None:
+        elapsed = _fmt_seconds(time.perf_counter() - self._t0)
+        print(f"[bondexp {elapsed}] {text}", file=self.stream, flush=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def plot_timeline(steps: Iterable[Any], path: Path, *, title: str = "bondexp run timeline") -> Path | None:
+    """Draw one bar per step on its worker's row over time, colored by status.
+
+    Parameters
+    ----------
+    steps : iterable
+        Step outcomes with ``name``, ``status``, ``worker``, ``started`` and ``ended``
+        (POSIX seconds); steps without times (reused, skipped) are left out.
+    path : path
+        The PNG to write (parent folders are created).
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` when no step ran in this run (nothing to draw).
+    """
+    rows = [s for s in steps if s.started is not None and s.ended is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    t0 = min(s.started for s in rows)
+    workers = sorted({s.worker for s in rows}, key=_worker_sort_key)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(workers)))
+    for s in rows:
+        y = workers.index(s.worker)
+        ax.barh(y, s.ended - s.started, left=s.started - t0, height=0.6,
+                color=STATUS_COLORS.get(s.status, "tab:blue"), edgecolor="black", linewidth=0.5)
+        ax.text(s.started - t0 + (s.ended - s.started) / 2, y, s.name, ha="center", va="center", fontsize=8)
+    ax.set_yticks(range(len(workers)), workers)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first step started")
+    ax.set_title(title)
+    statuses = sorted({s.status for s in rows})
+    ax.legend(handles=[Patch(color=STATUS_COLORS.get(k, "tab:blue"), label=k) for k in statuses],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _worker_sort_key(label: str) -> tuple[int, str]:
+    head = label.split("/", 1)[0]
+    return (int(head[1:]) if head[1:].isdigit() else 1 << 30, label)

@@ -1,0 +1,67 @@
+"""Tiny importable step functions for the runner tests: sleep, burn CPU, fail, crash, record times."""
+
+import multiprocessing
+import os
+import time
+
+import numpy as np
+
+
+def work(config, inputs, ctx):
+    """Sleep and/or burn CPU, then return a value built from the config and the inputs, with times.
+
+    ``value`` = config value + the sum of the inputs' values, so a graph's artifacts are deterministic.
+    """
+    start = time.time()
+    if config.get("seconds"):
+        time.sleep(config["seconds"])
+    acc = 0
+    for i in range(int(config.get("iterations", 0))):
+        acc += i % 7
+    value = float(config.get("value", 1.0)) + sum(art["value"] for art in inputs.values())
+    ctx.log.info("work step %s computed %s", ctx.name, value)
+    return {
+        "value": value,
+        "array": np.arange(5) * value,
+        "burn": acc,
+        "start": start,
+        "end": time.time(),
+        "pid": os.getpid(),
+        "threads": ctx.threads,
+        "shared": dict(ctx.shared),
+        "metrics": {"value": np.float64(value), "n_inputs": len(inputs)},
+    }
+
+
+def fail(config, inputs, ctx):
+    """Raise, as a buggy step would."""
+    raise ValueError(config.get("message", "this step always fails"))
+
+
+def crash(config, inputs, ctx):
+    """Kill the worker process outright, as a segfault in native code would."""
+    time.sleep(config.get("seconds", 0.0))
+    os._exit(13)
+
+
+def not_a_dict(config, inputs, ctx):
+    """Return something that is not an artifact dict."""
+    return [1, 2, 3]
+
+
+def _child(queue):
+    queue.put(os.getpid())
+
+
+def spawn_child(config, inputs, ctx):
+    """Start a process from inside the step, as the Optuna tuning step does."""
+    mp = multiprocessing.get_context("spawn")
+    queue = mp.Queue()
+    child = mp.Process(target=_child, args=(queue,))
+    child.start()
+    child_pid = queue.get(timeout=60)
+    child.join()
+    return {"value": 0.0, "child_pid": child_pid, "exitcode": child.exitcode, "metrics": {}}
+
+
+NOT_CALLABLE = 42
