@@ -146,11 +146,11 @@ def coerce_columns(raw: Mapping[str, object]) -> dict[str, np.ndarray]:
     out = {}
     for name, values in raw.items():
         if name in _DATE_COLUMNS:
-            out[name] = _to_dates(values)
+            out[name] = parse_dates(values)
         elif name in _FLOAT_COLUMNS:
-            out[name] = _to_float(values)
+            out[name] = parse_numbers(values)
         elif name == "frequency":
-            numbers = _to_float(values)
+            numbers = parse_numbers(values)
             out[name] = np.where(np.isin(numbers, FREQUENCIES), numbers, -1).astype(np.int64)
         elif name == "rating":
             out[name] = _to_codes(values, RATINGS, np.int8)
@@ -297,17 +297,26 @@ def _duplicated(bond_id, obs_date):
     return mask
 
 
-def _to_dates(values) -> np.ndarray:
+def parse_dates(values) -> np.ndarray:
+    """Dates as datetime64[D]; text that does not parse becomes NaT.
+
+    ISO text (``YYYY-MM-DD``) takes the fast path; other spellings are parsed one by one.
+    """
     array = np.asarray(values)
     if array.dtype == np.dtype("datetime64[D]"):
         return array
     if array.dtype.kind == "M":
         return array.astype("datetime64[D]")
-    parsed = pd.to_datetime(pd.Series(array, dtype=object), errors="coerce", format="mixed")
+    series = pd.Series(array, dtype=object)
+    parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
+    retry = parsed.isna() & series.notna() & (series.astype(str).str.strip() != "")
+    if retry.any():
+        parsed[retry] = pd.to_datetime(series[retry], errors="coerce", format="mixed")
     return parsed.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
 
 
-def _to_float(values) -> np.ndarray:
+def parse_numbers(values) -> np.ndarray:
+    """Numbers as float64; anything that does not parse becomes NaN."""
     array = np.asarray(values)
     if array.dtype.kind in "biuf":
         return array.astype(np.float64, copy=False)
@@ -330,13 +339,17 @@ def _to_codes(values, names, dtype) -> np.ndarray:
 
 
 def _to_int_or_text(values) -> np.ndarray:
-    """Integer-valued columns as int64 (NaN -> -1); anything else as fixed-width text."""
+    """Integer-valued columns (numbers or digit text) as int64, missing -> -1; anything else as text."""
     array = np.asarray(values)
     if array.dtype.kind in "iu":
         return array.astype(np.int64, copy=False)
     if array.dtype.kind == "f" and np.all(np.isnan(array) | (array == np.round(array))):
         return np.where(np.isnan(array), -1, array).astype(np.int64)
-    return array.astype(str)
+    text = np.char.strip(array.astype(str))
+    blank = text == ""
+    if np.all(np.char.isdigit(text) | blank):  # "00123" and 123 are the same bond
+        return np.where(blank, "-1", text).astype(np.int64)
+    return text
 
 
 def _number(values, names):

@@ -113,8 +113,10 @@ def existing_path(cfg: Mapping, key: str) -> Path:
         Naming the key and the value, if the key is unset or the file does not exist.
     """
     value = cfg.get(key)
-    path = Path(value).expanduser() if value is not None else None
-    if path is None or not path.is_file():
+    if value in (None, "???"):
+        raise ConfigError(f"The 'data.{key}' config key must name an existing file. Got no value; set data.{key}=<file>.")
+    path = Path(value).expanduser()
+    if not path.is_file():
         raise ConfigError(f"The 'data.{key}' config key must name an existing file. Got {value!r} instead.")
     return path
 

@@ -194,7 +194,8 @@ def generate_market(
     columns["oracle_regime"] = month_regime.astype(np.int8)
     columns.update(parts)
     columns["oracle_prediction"] = _oracle(parts, residual, rows["prev"], month_regime)
-    table = BondTable({name: columns[name] for name in _COLUMN_ORDER}, SECTOR_NAMES[:n_sectors])
+    sectors = tuple(sorted(SECTOR_NAMES[:n_sectors]))  # the order validate() gives names read back from a file
+    table = BondTable({name: columns[name] for name in _COLUMN_ORDER}, sectors)
     return Market(bonds=table, curves=curves)
 
 
