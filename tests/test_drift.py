@@ -1,0 +1,301 @@
+"""Tests of the drift step: PSI, the multiple-testing correction, each feature kind's test, model drift, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bondexp.errors import ConfigError
+from bondexp.features import FEATURES
+from bondexp.steps import drift as drift_module
+from bondexp.steps.drift import (
+    correct_pvalues,
+    drift,
+    drift_report,
+    level_shift_test,
+    population_stability_index,
+    status_of,
+    write_outputs,
+)
+from conftest import make_toy_dataset
+
+RULES = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05}
+
+
+def _with_column(dataset, name, values):
+    """A copy of ``dataset`` whose feature ``name`` holds ``values``."""
+    X = np.array(dataset.X, copy=True)
+    X[:, FEATURES.index(name)] = values
+    return dataclasses.replace(dataset, X=X)
+
+
+def _month_of_rows(dataset):
+    months = np.asarray(dataset.meta["obs_date"]).astype("datetime64[M]").astype(np.int64)
+    return months - months.min()
+
+
+def _ar1(rng, n, phi):
+    """A stationary AR(1) with unit variance."""
+    x = np.empty(n)
+    x[0] = rng.standard_normal()
+    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + shocks[t]
+    return x
+
+
+def _models(dataset, *, test_noise, seed=0):
+    """A model artifact whose errors have sd 0.3 on validation and ``test_noise`` on test."""
+    rng = np.random.default_rng(seed)
+    noise = {"train": 0.3, "validation": 0.3, "test": test_noise}
+    predictions = {
+        split: {"mean": dataset.target(split) + rng.normal(0, sd, len(dataset.splits[split]))} for split, sd in noise.items()
+    }
+    return {"name": "m", "group": "ml", "predictions": predictions, "metrics": {}}
+
+
+# --- PSI ------------------------------------------------------------------------------------------
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=20000)
+    assert population_stability_index(reference, rng.normal(size=5000)) < 0.01
+    assert population_stability_index(reference, rng.normal(0.5, 1, size=5000)) > 0.2
+
+
+def test_psi_floor_keeps_empty_bins_finite_and_matches_the_formula():
+    reference = np.arange(1000.0)
+    current = np.full(50, 10.0)  # every value in the first of ten bins; nine bins empty
+    psi = population_stability_index(reference, current, n_bins=10, psi_floor=1e-4)
+    q = np.array([1.0] + [1e-4] * 9)
+    q /= q.sum()
+    p = np.full(10, 0.1)
+    assert np.isfinite(psi)
+    assert psi == pytest.approx(np.sum((q - p) * np.log(q / p)))
+    assert population_stability_index(reference, current, psi_floor=1e-6) > psi  # a smaller floor: a larger index
+
+
+def test_psi_of_an_empty_sample_is_nan():
+    assert np.isnan(population_stability_index(np.arange(10.0), np.array([np.nan])))
+
+
+# --- multiple testing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("holm", [0.03, 0.06, 0.06, 0.02]),  # sorted 0.005*4, 0.01*3, 0.03*2, max(0.04*1, 0.06)
+        ("bonferroni", [0.04, 0.16, 0.12, 0.02]),
+        ("none", [0.01, 0.04, 0.03, 0.005]),
+    ],
+)
+def test_correction_matches_the_hand_computed_values(method, expected):
+    np.testing.assert_allclose(correct_pvalues(np.array([0.01, 0.04, 0.03, 0.005]), method=method), expected)
+
+
+def test_correction_skips_nan_caps_at_one_and_treats_columns_as_families():
+    p = np.array([[0.01, 0.5], [np.nan, 0.6], [0.02, 0.001]])
+    out = correct_pvalues(p, method="holm")
+    np.testing.assert_allclose(out[:, 0], [0.02, np.nan, 0.02])  # two tested values in the first column
+    np.testing.assert_allclose(out[:, 1], [1.0, 1.0, 0.003])
+    holm, bonferroni = correct_pvalues(p, method="holm"), correct_pvalues(p, method="bonferroni")
+    assert np.all((holm <= bonferroni) | np.isnan(p))
+
+
+def test_unknown_correction_names_the_key():
+    with pytest.raises(ConfigError, match=r"'drift.correction' config key must be one of \['holm'"):
+        correct_pvalues(np.array([0.1]), method="bh")
+
+
+@pytest.mark.parametrize(
+    "psi, pvalue, status",
+    [(0.01, 0.5, "ok"), (0.01, 0.01, "warn"), (0.15, 0.5, "warn"), (0.15, 0.01, "alert"), (0.3, 0.9, "alert"), (np.nan, np.nan, "ok")],
+)
+def test_status_rule(psi, pvalue, status):
+    assert status_of(psi, pvalue, **RULES) == status
+
+
+# --- features on the toy panel --------------------------------------------------------------------
+
+
+def test_a_shifted_feature_is_flagged_and_a_stationary_one_is_not(toy_dataset):
+    test_rows = toy_dataset.splits["test"]
+    values = np.asarray(toy_dataset.X[:, FEATURES.index("log_issue_size")]).copy()
+    values[test_rows] += 1.0  # one sd of the feature
+    report = drift_report(_with_column(toy_dataset, "log_issue_size", values), {})
+    assert report["features"]["log_issue_size"]["status"] == "alert"
+    assert report["features"]["log_issue_size"]["psi"] > 0.25
+    assert report["features"]["coupon_rate"]["status"] == "ok"
+    assert report["features"]["coupon_rate"]["psi"] < 0.01
+    assert "log_issue_size" in report["drifted"] and "coupon_rate" not in report["drifted"]
+    assert report["metrics"]["drifted"] == ",".join(report["drifted"])
+    assert report["metrics"]["n_alert"] == sum(f["status"] == "alert" for f in report["features"].values())
+
+
+def test_each_feature_gets_the_test_of_its_kind(toy_dataset):
+    features = drift_report(toy_dataset, {})["features"]
+    kinds = {name: (entry["kind"], entry["test"]) for name, entry in features.items()}
+    assert kinds["rating"] == ("categorical", "chi2")
+    assert kinds["curve_level"] == ("market_state", "level_shift")
+    assert kinds["age"] == ("observation", "ks")
+    assert features["curve_level"]["psi"] is None  # PSI over a few monthly values would be noise
+
+
+def test_categorical_shares_shift_is_flagged_and_a_new_category_stays_finite(toy_dataset):
+    test_rows = toy_dataset.splits["test"]
+    sector = np.asarray(toy_dataset.X[:, FEATURES.index("sector")]).copy()
+    sector[test_rows[: len(test_rows) // 2]] = 7  # a sector never seen in training
+    entry = drift_report(_with_column(toy_dataset, "sector", sector), {})["features"]["sector"]
+    assert np.isfinite(entry["psi"]) and entry["psi"] > 0.25
+    assert entry["ks_pvalue"] < 1e-6
+    assert entry["status"] == "alert"
+
+
+def test_holm_raises_each_pvalue_above_the_uncorrected_one(toy_dataset):
+    holm = drift_report(toy_dataset, {}, correction="holm")["features"]
+    none = drift_report(toy_dataset, {}, correction="none")["features"]
+    for name in holm:
+        assert holm[name]["pvalue_raw"] == pytest.approx(none[name]["ks_pvalue"])
+        assert holm[name]["ks_pvalue"] >= none[name]["ks_pvalue"]
+    assert any(holm[n]["ks_pvalue"] > none[n]["ks_pvalue"] for n in holm)
+
+
+def test_monthly_entries_cover_every_test_month(toy_dataset):
+    report = drift_report(toy_dataset, {})
+    months = sorted({str(m) for m in toy_dataset.meta_of("test", "obs_date").astype("datetime64[M]")})
+    assert report["months"] == months
+    for entry in report["features"].values():
+        assert sorted(entry["monthly"]) == months
+    assert all(np.isfinite(report["features"]["age"]["monthly"][m]["psi"]) for m in months)
+    assert all("z" in report["features"]["curve_level"]["monthly"][m] for m in months)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"n_bins": 1}, "'drift.n_bins' config key must be an integer of at least 2. Got 1"),
+        ({"psi_floor": 0.0}, "'drift.psi_floor' config key must be in \\(0, 1\\). Got 0.0"),
+        ({"ks_alpha": 1.5}, "'drift.ks_alpha' config key must be in \\(0, 1\\). Got 1.5"),
+        ({"psi_warn": 0.5}, "'drift.psi_warn' config key must be between 0 and drift.psi_alert \\(0.25\\). Got 0.5"),
+        ({"correction": "bh"}, "'drift.correction' config key must be one of"),
+    ],
+)
+def test_bad_options_raise_config_error(toy_dataset, options, message):
+    with pytest.raises(ConfigError, match=message):
+        drift_report(toy_dataset, {}, **options)
+
+
+# --- market state ---------------------------------------------------------------------------------
+
+
+def test_a_stationary_ar1_level_is_not_a_shift_but_two_sd_are():
+    """Persistent AR(1) months: 48 training, 12 test; a naive test flags these windows often."""
+    train, test = np.arange(48), np.arange(48, 60)
+    null_p, shifted_p = [], []
+    for seed in range(20):
+        x = _ar1(np.random.default_rng(seed), 60, 0.5)
+        null_p.append(level_shift_test(x[:48], train, x[48:], test)["pvalue"])
+        shifted_p.append(level_shift_test(x[:48], train, x[48:] + 2.0, test)["pvalue"])
+    assert sum(p < 0.05 for p in null_p) <= 2
+    assert sum(p < 0.05 for p in shifted_p) >= 16
+
+
+def test_level_shift_scale_accounts_for_autocorrelation():
+    x = _ar1(np.random.default_rng(3), 60, 0.9)
+    result = level_shift_test(x[:48], np.arange(48), x[48:], np.arange(48, 60))
+    assert result["phi"] > 0.7
+    naive = result["shift"] / (x[:48].std(ddof=1) * np.sqrt(1 / 48 + 1 / 12))
+    assert abs(result["z"]) < abs(naive)
+
+
+def test_a_validation_gap_widens_the_null():
+    x = _ar1(np.random.default_rng(5), 48, 0.8)
+    current = np.full(6, x[:36].mean() + 1.0)
+    adjacent = level_shift_test(x[:36], np.arange(36), current, np.arange(36, 42))
+    gapped = level_shift_test(x[:36], np.arange(36), current, np.arange(48, 54))
+    assert abs(gapped["z"]) < abs(adjacent["z"])
+
+
+def _panel_with_market(seed, *, shift=0.0, phi=0.6):
+    """The toy panel over 60 months with AR(1) market-state factors; ``shift`` sd added to curve_level in test."""
+    dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=seed)
+    month = _month_of_rows(dataset)
+    rng = np.random.default_rng(100 + seed)
+    test_month = month >= 48
+    for name in ("curve_level", "curve_slope", "curve_curvature", "market_credit_spread"):
+        series = 0.03 + 0.004 * _ar1(rng, 60, phi)
+        values = series[month] + (0.004 * shift * test_month if name == "curve_level" else 0.0)
+        dataset = _with_column(dataset, name, values)
+    return dataset
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stationary_market_state_raises_no_alert(seed):
+    features = drift_report(_panel_with_market(seed), {})["features"]
+    market = {n: f["status"] for n, f in features.items() if f["kind"] == "market_state"}
+    assert "alert" not in market.values(), market
+
+
+def test_a_market_level_shift_is_flagged_in_the_report():
+    """Four sd: in a family of 19 Holm-corrected tests an alert needs |z| above about 3."""
+    features = drift_report(_panel_with_market(0, shift=4.0), {})["features"]
+    assert features["curve_level"]["status"] == "alert"
+    assert features["curve_level"]["z"] > 3
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def test_a_stale_model_shows_and_a_steady_one_does_not(toy_dataset):
+    models = {"steady": _models(toy_dataset, test_noise=0.3), "stale": _models(toy_dataset, test_noise=0.9, seed=1)}
+    report = drift_report(toy_dataset, models)["models"]
+    steady, stale = report["steady"], report["stale"]
+    assert stale["status"] != "ok" and stale["ks_pvalue"] < 1e-6
+    assert stale["rmse_ratio"] == pytest.approx(3.0, rel=0.15)
+    assert steady["ks_pvalue"] > 0.05 and steady["rmse_ratio"] == pytest.approx(1.0, rel=0.15)
+    months = list(stale["monthly"])
+    assert all(stale["monthly"][m]["rmse"] > steady["monthly"][m]["rmse"] for m in months)
+    assert set(stale["monthly"][months[0]]) == {"psi", "ks_pvalue", "rmse", "bias"}
+
+
+# --- the step and its outputs ---------------------------------------------------------------------
+
+
+def _ctx(tmp_path):
+    return SimpleNamespace(name="drift", run_dir=tmp_path, workers=1, threads=1, shared={}, log=logging.getLogger("test"))
+
+
+def test_step_reads_the_run_dataset_and_returns_flat_metrics(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(drift_module, "dataset_for", lambda shared: toy_dataset)
+    config = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4, "seed": 0}
+    artifact = drift(config, {"basic": _models(toy_dataset, test_noise=0.3)}, _ctx(tmp_path))
+    assert list(artifact["models"]) == ["basic"]
+    assert all(isinstance(v, (int, float, str, bool)) for v in artifact["metrics"].values())
+    assert set(artifact["metrics"]) >= {"n_alert", "n_warn", "drifted"}
+    assert list(tmp_path.iterdir()) == []  # the step writes nothing
+
+
+def test_step_rejects_an_unknown_config_key(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(drift_module, "dataset_for", lambda shared: toy_dataset)
+    with pytest.raises(ConfigError, match=r"Got \['psi_warning'\] instead"):
+        drift({"psi_warning": 0.1}, {}, _ctx(tmp_path))
+
+
+def test_write_outputs_writes_valid_json_and_the_plot(toy_dataset, tmp_path):
+    artifact = drift_report(toy_dataset, {"m": _models(toy_dataset, test_noise=0.5)})
+    write_outputs(artifact, tmp_path)
+    written = json.loads((tmp_path / "drift.json").read_text())
+    for name in FEATURES:
+        assert {"psi", "ks_pvalue", "status", "kind", "monthly"} <= set(written["features"][name])
+    assert written["features"]["curve_level"]["psi"] is None
+    assert written["drifted"] == artifact["drifted"]
+    assert set(written["models"]["m"]) >= {"psi", "ks_pvalue", "status", "rmse_test", "monthly"}
+    assert (tmp_path / "plots" / "drift.png").stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drift.json", "plots"]  # no temp file left behind
