@@ -209,11 +209,14 @@ def make_backend(name: str, *, workers: int, options: Mapping[str, Any] | None =
     Raises
     ------
     ConfigError
-        On an unknown name (listing the supported ones), a bad option, or a missing extra.
+        On an unknown name (listing the supported ones), an unknown or bad option (options
+        set to ``None`` count as not given), or a missing extra.
     """
     if name not in EXECUTORS:
         raise ConfigError(f"Unknown executor {name!r}. Supported executors: {sorted(EXECUTORS)}.")
-    return EXECUTORS[name](workers=workers, options=dict(options or {}))
+    # An option set to None means "not set", so one config shape (address: null) serves every executor.
+    given = {key: value for key, value in (options or {}).items() if value is not None}
+    return EXECUTORS[name](workers=workers, options=given)
 
 
 def _check_options(name: str, options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

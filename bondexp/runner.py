@@ -256,6 +256,20 @@ class RunResult:
             "interrupted": self.interrupted,
         }
 
+    def write(self, run_dir: Path | None = None) -> dict[str, Path | None]:
+        """Write ``results.json`` and ``plots/timeline.png`` into ``run_dir`` (default: the run's folder).
+
+        Returns
+        -------
+        dict
+            ``{"results": path, "timeline": path or None}``.
+        """
+        run_dir = Path(run_dir) if run_dir is not None else self.run_dir
+        return {
+            "results": self.write_json(run_dir / "results.json"),
+            "timeline": self.plot_timeline(run_dir / "plots" / "timeline.png"),
+        }
+
     def write_json(self, path: Path | None = None) -> Path:
         """Write :meth:`to_dict` atomically to ``path`` (default ``<run_dir>/results.json``); return the path."""
         path = Path(path) if path is not None else self.run_dir / "results.json"
@@ -321,11 +335,11 @@ def _reuse_plan(graph: Graph, store: CheckpointStore, fps: Mapping[str, str]) ->
     """
     plan: dict[str, str | None] = {}
     for step in graph:
+        reason = store.verify(step.name, fps[step.name])
         rerun_needs = [n for n in step.needs if plan[n] is not None]
-        if rerun_needs:
-            plan[step.name] = f"needs {', '.join(rerun_needs)}, which will run"
-        else:
-            plan[step.name] = store.verify(step.name, fps[step.name])
+        if reason is None and rerun_needs:
+            reason = f"needs {', '.join(rerun_needs)}, which will run"
+        plan[step.name] = reason
     return plan
 
 
@@ -503,6 +517,7 @@ class _Scheduler:
         self.done: set[str] = set()
         self.pending: set[str] = set()
         self.running: dict[Future, str] = {}
+        self.suspects: set[str] = set()  # steps in flight when a worker process died
         self.submitted_at: dict[str, float] = {}
         self._labels: dict[str, str] = {}
 
@@ -550,6 +565,9 @@ class _Scheduler:
         """Submit ready steps (needs all done) up to the worker limit; raise if nothing can ever run."""
         ready = sorted((n for n in self.pending if set(self.graph[n].needs) <= self.done),
                        key=lambda n: (-self.priority[n], self.position[n]))
+        suspects = [n for n in ready if n in self.suspects]
+        if suspects or self.suspects & set(self.running.values()):
+            ready = [] if self.running else suspects[:1]  # a suspect of a worker crash runs alone
         for name in ready[: max(0, self.concurrency - len(self.running))]:
             step = self.graph[name]
             task = _Task(name=name, target=step.target, config=step.config, needs=step.needs,
@@ -557,9 +575,13 @@ class _Scheduler:
                          shared=self.shared)
             self.pending.discard(name)
             self.submitted_at[name] = time.perf_counter()
-            log.info("start %s", name)
+            log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
             bar.started(name, running=[*self._running_names(), name], eta_s=self._eta())
-            self.running[executor.submit(execute_step, task)] = name
+            try:
+                self.running[executor.submit(execute_step, task)] = name
+            except BrokenExecutor as exc:  # the pool broke before its running futures said so
+                self.pending.add(name)
+                return self._pool_broke(list(self.running.values()), exc, bar)
         if not self.running and self.pending:
             ready_now = sorted(n for n in self.pending if set(self.graph[n].needs) <= self.done)
             raise GraphError(
@@ -573,15 +595,7 @@ class _Scheduler:
         name = self.running.pop(future)
         exc = future.exception()
         if isinstance(exc, BrokenExecutor):
-            # Every step running in the pool is lost with it; restart the pool for the rest.
-            lost = [name, *self.running.values()]
-            self.running.clear()
-            reason = (f"a worker process died while steps {lost} were running ({exc!r}); a crash in native "
-                      f"code or the out-of-memory killer are the usual causes")
-            for lost_name in lost:
-                self._fail(lost_name, reason, bar)
-            self.backend.stop(kill=True)
-            return self.backend.start() if self.pending else None
+            return self._pool_broke([name, *self.running.values()], exc, bar)
         if exc is not None:
             self._fail(name, "".join(traceback.format_exception(exc)), bar)
             return executor
@@ -591,6 +605,24 @@ class _Scheduler:
             return executor
         self._finish(name, report, bar)
         return executor
+
+    def _pool_broke(self, lost: list[str], exc: BaseException, bar: Progress) -> Any:
+        """A worker process died and took the pool with it: fail or re-queue ``lost``, start a new pool.
+
+        A lone lost step is the culprit. Several go back to the queue and run again one at a
+        time, so only the culprit fails.
+        """
+        self.running.clear()
+        self.backend.stop(kill=True)
+        if len(lost) == 1:
+            self._fail(lost[0], f"its worker process died ({exc!r}); a crash in native code or the "
+                                f"out-of-memory killer are the usual causes", bar)
+        elif lost:
+            log.warning("a worker process died while %s were running; running them again one at a time",
+                        ", ".join(lost))
+            self.suspects.update(lost)
+            self.pending.update(lost)
+        return self.backend.start() if self.pending else None
 
     def _finish(self, name: str, report: Mapping[str, Any], bar: Progress) -> None:
         step = self.graph[name]

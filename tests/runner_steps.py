@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -64,4 +65,16 @@ def spawn_child(config, inputs, ctx):
     return {"value": 0.0, "child_pid": child_pid, "exitcode": child.exitcode, "metrics": {}}
 
 
-NOT_CALLABLE = 42
+
+def gated(config, inputs, ctx):
+    """Wait until the file named by ``ctx.shared['gate']`` exists: a step a test can hold open."""
+    gate = Path(ctx.shared["gate"])
+    deadline = time.monotonic() + 60
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.02)
+    return work(config, inputs, ctx)
+
+
+NOT_CALLABLE = 42  # a target that imports but cannot be called

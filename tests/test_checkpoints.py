@@ -1,0 +1,99 @@
+"""Checkpoint store: fingerprints, whole-or-nothing writes, verification, run lock, durations history."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bondexp.checkpoints import (
+    CheckpointStore,
+    DurationHistory,
+    RunLock,
+    atomic_write_text,
+    fingerprint,
+    sha256_file,
+)
+from bondexp.errors import RunLockedError
+
+BASE = dict(target="m.f", config={"a": 1, "b": [1, 2]}, inputs={"x": "1", "y": "2"}, data="d0")
+
+
+def test_fingerprint_is_canonical_and_sensitive():
+    fp = fingerprint(**BASE)
+    reordered = dict(target="m.f", config={"b": [1, 2], "a": 1}, inputs={"y": "2", "x": "1"}, data="d0")
+    assert fingerprint(**reordered) == fp
+    for change in ({"target": "m.g"}, {"config": {"a": 2, "b": [1, 2]}}, {"inputs": {"x": "1", "y": "3"}},
+                   {"data": "d1"}, {"config": {"a": 1, "b": [2, 1]}}):
+        assert fingerprint(**{**BASE, **change}) != fp, change
+
+
+def test_save_load_verify(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    artifact = {"array": np.arange(10.0), "metrics": {"rmse": 0.5}}
+    manifest = store.save("basic", artifact, {"fingerprint": "abc", "duration_s": 1.5, "metrics": {"rmse": 0.5}})
+    assert manifest["sha256"] == sha256_file(store.artifact_path("basic"))
+    assert {"python", "numpy", "joblib"} <= set(manifest["versions"])
+    on_disk = json.loads(store.manifest_path("basic").read_text())
+    assert on_disk["fingerprint"] == "abc" and on_disk["duration_s"] == 1.5
+    np.testing.assert_array_equal(store.load("basic")["array"], artifact["array"])
+    assert store.verify("basic", "abc") is None
+    assert store.verify("basic", "other") == "stale (config, inputs or data changed)"
+    assert store.verify("missing", "abc") == "no checkpoint"
+    # no temporary files are left behind
+    assert sorted(p.name for p in store.folder.iterdir()) == ["basic.joblib", "basic.json"]
+
+
+def test_flipped_bytes_are_detected(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save("s", {"array": np.arange(1000.0)}, {"fingerprint": "f"})
+    path = store.artifact_path("s")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.verify("s", "f") == "corrupt (sha256 mismatch)"
+    store.artifact_path("s").unlink()
+    assert store.verify("s", "f") == "artifact file missing"
+
+
+def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save("s", {"v": 1}, {"fingerprint": "f"})
+    before = store.artifact_path("s").read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        store.save("s", {"v": Unpicklable()}, {"fingerprint": "g"})
+    assert store.artifact_path("s").read_bytes() == before
+    assert store.verify("s", "f") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.joblib", "s.json"]
+
+
+def test_remove_temporaries(tmp_path):
+    (tmp_path / ".s.joblib.abc.tmp").write_bytes(b"half")
+    atomic_write_text(tmp_path / "keep.json", "{}")
+    CheckpointStore(tmp_path).remove_temporaries()
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_run_lock_rejects_second_holder_and_is_released(tmp_path):
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
+            RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path):  # released on exit
+        pass
+
+
+def test_duration_history_merges(tmp_path):
+    history = DurationHistory(tmp_path / "cache" / "durations.json")
+    assert history.read() == {}
+    history.update({"a": 1.0, "b": 2.0})
+    history.update({"b": 3.0})
+    assert history.read() == {"a": 1.0, "b": 3.0}
+    (tmp_path / "cache" / "durations.json").write_text("not json")
+    assert history.read() == {}
+    assert DurationHistory(None).read() == {}

@@ -1,0 +1,293 @@
+"""The runner on graphs of tiny steps: scheduling, failure isolation, resume, lock, executors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+import runner_steps
+from bondexp.errors import ConfigError, RunLockedError
+from bondexp.graph import Step, build_graph
+from bondexp.runner import dry_run_plan, run_graph
+
+TESTS = Path(__file__).parent
+MOD = runner_steps.__name__
+
+
+def S(name, fn="work", needs=(), group="g", **config):
+    return Step(name, f"{MOD}.{fn}", needs=tuple(needs), group=group, config=config)
+
+
+def run(graph, run_dir, **kwargs):
+    kwargs.setdefault("data_fingerprint", "data-v1")
+    kwargs.setdefault("progress", False)
+    return run_graph(graph, run_dir=run_dir, **kwargs)
+
+
+def artifact(run_dir, name):
+    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.joblib")
+
+
+def statuses(result):
+    return {name: s.status for name, s in result.steps.items()}
+
+
+def subprocess_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def diamond():
+    return build_graph([
+        S("a", value=1.0, seconds=0.05),
+        S("b", needs=["a"], value=2.0, seconds=0.05),
+        S("c", needs=["a"], value=3.0, seconds=0.05),
+        S("d", needs=["b", "c"], group="report", value=4.0),
+        S("e", value=5.0),
+    ])
+
+
+def test_concurrency_limit_and_dependency_order(tmp_path):
+    graph = build_graph([
+        S("fast", group="ml", seconds=0.1),
+        S("slow", group="ml", seconds=1.2),
+        S("m1", group="ml", seconds=0.3),
+        S("m2", group="ml", seconds=0.3),
+        S("evaluate", needs=["fast"], group="report", seconds=0.1),
+        S("drift", needs=["evaluate", "m1"], group="report", seconds=0.1),
+    ])
+    result = run(graph, tmp_path, workers=2)
+    assert result.ok, result.summary_table()
+    spans = {name: (artifact(tmp_path, name)["start"], artifact(tmp_path, name)["end"]) for name in graph.order}
+    # never more than 2 steps at once, but really 2 at once
+    events = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()],
+                    key=lambda ev: (ev[0], ev[1]))
+    level, peak = 0, 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    assert peak == 2
+    # a step starts only after its needs end
+    for step in graph:
+        for need in step.needs:
+            assert spans[step.name][0] >= spans[need][1]
+    # ... and as soon as they end, not when its group's slowest member ends
+    assert spans["evaluate"][0] < spans["slow"][1]
+    assert len({s.worker for s in result.steps.values()}) == 2
+    assert {s.worker.split("/")[0] for s in result.steps.values()} == {"w0", "w1"}
+
+
+def test_same_artifacts_with_one_and_two_workers(tmp_path):
+    graph = diamond()
+    r1 = run(graph, tmp_path / "w1", workers=1)
+    r2 = run(graph, tmp_path / "w2", workers=2)
+    assert r1.ok and r2.ok
+    for name in graph.order:
+        a1, a2 = artifact(tmp_path / "w1", name), artifact(tmp_path / "w2", name)
+        assert a1["value"] == a2["value"]
+        np.testing.assert_array_equal(a1["array"], a2["array"])
+        assert r1.steps[name].fingerprint == r2.steps[name].fingerprint
+        assert r1.steps[name].metrics == r2.steps[name].metrics
+    assert artifact(tmp_path / "w1", "d")["value"] == 1 + 2 + 1 + 3 + 4
+    assert artifact(tmp_path / "w1", "a")["pid"] == os.getpid()  # workers=1 runs in-process
+    assert artifact(tmp_path / "w2", "a")["pid"] != os.getpid()
+    assert artifact(tmp_path / "w2", "a")["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_failure_skips_dependents_and_keeps_independent_checkpoints(tmp_path):
+    graph = build_graph([
+        S("ok1", seconds=0.2),
+        S("bad", fn="fail", message="bad config value"),
+        S("needs_bad", needs=["bad"]),
+        S("needs_needs_bad", needs=["needs_bad", "ok1"]),
+        S("ok2", needs=["ok1"]),
+        S("wrong_type", fn="not_a_dict"),
+    ])
+    result = run(graph, tmp_path, workers=2)
+    assert not result.ok
+    assert statuses(result) == {"ok1": "ran", "bad": "failed", "needs_bad": "skipped",
+                                "needs_needs_bad": "skipped", "ok2": "ran", "wrong_type": "failed"}
+    assert "ValueError: bad config value" in result.steps["bad"].error
+    assert result.steps["needs_bad"].error == "needs 'bad' which failed"
+    assert result.steps["needs_needs_bad"].error == "upstream step 'bad' failed"
+    assert "must return a dict artifact. Got list" in result.steps["wrong_type"].error
+    assert "ValueError: bad config value" in (tmp_path / "logs" / "bad.log").read_text()
+    ckpt = tmp_path / "checkpoints"
+    assert (ckpt / "ok1.json").exists() and (ckpt / "ok2.json").exists()
+    assert not (ckpt / "bad.joblib").exists() and not (ckpt / "needs_bad.joblib").exists()
+    written = result.write()
+    results = json.loads(written["results"].read_text())
+    assert results["ok"] is False and results["steps"]["bad"]["status"] == "failed"
+    assert results["steps"]["ok1"]["metrics"] == {"value": 1.0, "n_inputs": 0}
+    assert written["timeline"].exists()
+    table = result.summary_table()
+    assert "FAILED" in table and "failed bad: ValueError: bad config value" in table
+
+
+def test_crashed_worker_process_fails_only_its_step(tmp_path):
+    graph = build_graph([S("crash", fn="crash"), S("after", needs=["crash"]), S("other1"), S("other2")])
+    result = run(graph, tmp_path, workers=2)
+    # the step in flight beside the crash is run again alone, on a fresh pool, and succeeds
+    assert statuses(result) == {"crash": "failed", "after": "skipped", "other1": "ran", "other2": "ran"}
+    assert "worker process died" in result.steps["crash"].error
+
+
+def test_corrupted_checkpoint_reruns_it_and_downstream_only(tmp_path):
+    graph = diamond()
+    assert run(graph, tmp_path, workers=1).ok
+    path = tmp_path / "checkpoints" / "b.joblib"
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = run(graph, tmp_path, workers=1)
+    assert statuses(result) == {"a": "reused", "b": "ran", "c": "reused", "d": "ran", "e": "reused"}
+    assert artifact(tmp_path, "d")["value"] == 11.0
+    # changed config makes only that step and its downstream stale
+    changed = build_graph([s if s.name != "c" else S("c", needs=["a"], value=30.0) for s in graph])
+    plan = dry_run_plan(changed, run_dir=tmp_path, data_fingerprint="data-v1")
+    assert "c  needs a; run: stale (config, inputs or data changed)" in plan
+    result = run(changed, tmp_path, workers=1)
+    assert statuses(result) == {"a": "reused", "b": "reused", "c": "ran", "d": "ran", "e": "reused"}
+    # another data fingerprint invalidates everything; resume=False re-runs everything
+    assert set(statuses(run(changed, tmp_path, data_fingerprint="data-v2")).values()) == {"ran"}
+    assert set(statuses(run(changed, tmp_path, data_fingerprint="data-v2", resume=False)).values()) == {"ran"}
+
+
+def test_dry_run_does_no_work(tmp_path):
+    graph = diamond()
+    plan = dry_run_plan(graph, run_dir=tmp_path / "fresh", shared={"seed": 3}, data_fingerprint="data-v1")
+    assert not (tmp_path / "fresh").exists()
+    assert "5 steps, 0 reusable, 5 to run" in plan and "[report]" in plan and "seed=3" in plan
+    assert "d  needs b, c; run: no checkpoint" in plan
+    run(graph, tmp_path / "done", workers=1, durations_path=tmp_path / "durations.json")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")}
+    plan = dry_run_plan(graph, run_dir=tmp_path / "done", data_fingerprint="data-v1",
+                        durations_path=tmp_path / "durations.json")
+    assert "5 reusable, 0 to run" in plan and "reuse checkpoint  ~0.0" in plan
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")} == before
+    history = json.loads((tmp_path / "durations.json").read_text())
+    assert set(history) == set(graph.order) and history["a"] >= 0.05
+
+
+def test_ready_steps_go_longest_expected_first(tmp_path):
+    graph = build_graph([S("short", seconds=0.02), S("long", seconds=0.3), S("mid", seconds=0.1)])
+    durations = tmp_path / "durations.json"
+    run(graph, tmp_path / "first", workers=1, durations_path=durations)
+    run(graph, tmp_path / "second", workers=1, durations_path=durations)
+    starts = {n: artifact(tmp_path / "second", n)["start"] for n in graph.order}
+    assert sorted(starts, key=starts.get) == ["long", "mid", "short"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    graph = build_graph([S("a"), S("b", needs=["a"])])
+    run(graph, tmp_path, workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "start  a" in err and "ran    b in" in err and "(2/2)" in err
+    run(graph, tmp_path, workers=1, progress=True)
+    assert "reusing 2 of 2 checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"executor": "ray"}, r"Unknown executor 'ray'. Supported executors: \['dask', 'local', 'serial'\]"),
+        ({"workers": 0}, "The 'workers' parameter of run_graph must be an int >= 1. Got 0"),
+        ({"executor_options": {"adress": "x"}}, r"Unknown option\(s\) \['adress'\] for the 'local' executor"),
+        ({"workers": 2, "executor_options": {"start_method": "fork"}}, "must be 'forkserver' or 'spawn'"),
+        ({"data_fingerprint": None}, "'data_fingerprint' parameter of run_graph must be a str"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        run(diamond(), tmp_path, **kwargs)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_pool_workers_may_start_processes(tmp_path):
+    result = run(build_graph([S("child", fn="spawn_child"), S("x")]), tmp_path, workers=2)
+    assert result.ok, result.summary_table()
+    assert artifact(tmp_path, "child")["exitcode"] == 0
+
+
+def _script(tmp_path, workers):
+    script = tmp_path / "run_it.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from bondexp.graph import Step, build_graph
+        from bondexp.runner import run_graph
+
+        if __name__ == "__main__":
+            M = "{MOD}"
+            graph = build_graph([
+                Step("q1", M + ".work", config={{"value": 1.0}}),
+                Step("q2", M + ".work", config={{"value": 2.0}}),
+                Step("g1", M + ".gated", needs=("q1",), config={{"value": 3.0}}),
+                Step("g2", M + ".gated", config={{"value": 4.0}}),
+                Step("tail", M + ".work", needs=("g1", "q2")),
+            ])
+            result = run_graph(graph, run_dir=sys.argv[1], workers={workers}, data_fingerprint="data-v1",
+                               shared={{"gate": sys.argv[2]}}, progress=False)
+            sys.exit(0 if result.ok else 1)
+    """))
+    return script
+
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_run_then_resume_reruns_only_unfinished_steps(tmp_path):
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
+                            env=subprocess_env(), start_new_session=True)
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
+                  and (run_dir / "checkpoints" / "q2.json").exists())
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "checkpoints" / "g1.json").exists()
+    gate.touch()
+    graph = build_graph([
+        S("q1", value=1.0), S("q2", value=2.0), S("g1", fn="gated", needs=["q1"], value=3.0),
+        S("g2", fn="gated", value=4.0), S("tail", needs=["g1", "q2"]),
+    ])
+    result = run(graph, run_dir, workers=2, shared={"gate": str(gate)})
+    assert statuses(result) == {"q1": "reused", "q2": "reused", "g1": "ran", "g2": "ran", "tail": "ran"}
+    assert artifact(run_dir, "tail")["value"] == 1 + (3 + 1) + 2  # tail + g1 (+ q1) + q2
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_run_lock_rejects_a_second_concurrent_run(tmp_path):
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 1)), str(run_dir), str(gate)],
+                            env=subprocess_env())
+    try:
+        lock = run_dir / "run.lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid))
+        with pytest.raises(RunLockedError, match=f"{run_dir}' is in use by process {proc.pid}"):
+            run(diamond(), run_dir)
+        gate.touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run(diamond(), run_dir).ok  # free again once the holder has exited
+
+
+def test_dask_local_cluster(tmp_path):
+    pytest.importorskip("distributed")
+    result = run(diamond(), tmp_path, workers=2, executor="dask")
+    assert result.ok, result.summary_table()
+    assert artifact(tmp_path, "d")["value"] == 11.0
+    assert artifact(tmp_path, "a")["pid"] != os.getpid()
