@@ -127,6 +127,15 @@ class _Terms:
     def n_bonds(self) -> int:
         return self.coupon.size
 
+    @property
+    def timeless(self) -> np.ndarray:
+        """One cash flow left and no time to it in the bond's day count, so the yield has no effect.
+
+        This happens in 30/360 between the 30th or 31st and the next 31st or 1st, e.g. settling
+        on 31 January for a maturity on 1 February.
+        """
+        return (self.remaining == 1) & (self.first_step == 0)
+
 
 def _column(bonds, name: str) -> np.ndarray:
     try:
@@ -359,7 +368,8 @@ def price_from_yield(bonds, settlement, ytm) -> dict[str, np.ndarray]:
         One date for all bonds or one per bond.
     ytm : float or array
         Yield to maturity (decimal), compounded ``frequency`` times a year with the bond's day
-        count, as QuantLib's ``InterestRate(ytm, day_count, Compounded, frequency)``.
+        count, as QuantLib's ``InterestRate(ytm, day_count, Compounded, frequency)``. It may be
+        NaN for a bond whose price does not depend on it (see :func:`yield_from_price`).
 
     Returns
     -------
@@ -386,6 +396,7 @@ def price_from_yield(bonds, settlement, ytm) -> dict[str, np.ndarray]:
     keys = ("clean_price", "dirty_price", "accrued", "macaulay_duration", "modified_duration", "convexity")
     terms = _terms(bonds, settlement)
     ytm = _per_bond(ytm, terms.n_bonds, "ytm", np.float64)
+    ytm = np.where(terms.timeless & np.isnan(ytm), 0.0, ytm)  # what yield_from_price returns there
     _check(~np.isfinite(ytm) | ~(ytm > -terms.frequency), "ytm must be finite and above -frequency")
     out = {key: np.empty(terms.n_bonds) for key in keys}
     for rows in _chunks(terms.remaining):
@@ -433,8 +444,9 @@ def yield_from_price(bonds, settlement, clean_price, *, tol=1e-12, max_iter=100)
     -------
     ndarray of float64
         Yield compounded at each bond's coupon frequency with its own day count. NaN where the
-        price does not depend on the yield: a single cash flow zero years away in the bond's day
-        count (30/360 settling on the 30th for a maturity on the 31st).
+        price does not depend on the yield: one cash flow left, zero years away in the bond's day
+        count (30/360 settling on 31 January for a maturity on 1 February, or on the 30th for
+        the 31st). :func:`price_from_yield` accepts those NaNs and prices such bonds exactly.
 
     Raises
     ------
@@ -458,12 +470,9 @@ def yield_from_price(bonds, settlement, clean_price, *, tol=1e-12, max_iter=100)
     maturity_years = (terms.maturity.serial - terms.settle) / 365.25
     guess = (100.0 * terms.coupon + (100.0 - clean) / maturity_years) / (0.5 * (100.0 + clean))
     log_base = np.log1p(np.clip(guess, -0.5, 1.0) / terms.frequency)
-    # With one cash flow and no time to it in the bond's day count (30/360 from the 30th to the
-    # 31st), the price does not depend on the yield: there is no yield to find.
-    undefined = (terms.remaining == 1) & (terms.first_step == 0)
-    out = np.full(terms.n_bonds, np.nan)
+    out = np.full(terms.n_bonds, np.nan)  # stays NaN where the price does not depend on the yield
     failed = np.zeros(terms.n_bonds, dtype=bool)
-    for rows in _chunks(terms.remaining, np.flatnonzero(~undefined)):
+    for rows in _chunks(terms.remaining, np.flatnonzero(~terms.timeless)):
         amount, time, _ = _flows(terms, rows)
         frequency = terms.frequency[rows]
         x, failed[rows] = _solve(

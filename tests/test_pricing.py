@@ -248,12 +248,17 @@ def test_yield_round_trips_through_price(case):
     np.testing.assert_allclose(got[~timeless], yields[~timeless], rtol=0, atol=1e-9)
 
 
-def test_yield_is_nan_when_no_time_is_left_in_the_day_count():
-    bonds = {"issue_date": np.array(["2020-01-31", "2020-01-31"], dtype="datetime64[D]"),
-             "maturity_date": np.array(["2030-01-31", "2030-01-31"], dtype="datetime64[D]"),
-             "coupon_rate": np.array([0.05, 0.05]), "frequency": np.array([2, 2]), "day_count": np.array([0, 1])}
-    got = pricing.yield_from_price(bonds, np.datetime64("2030-01-30"), 100.0)
-    assert np.isnan(got[0]) and np.isfinite(got[1])
+def test_yield_is_nan_when_no_time_is_left_in_the_day_count_and_prices_still_round_trip():
+    bonds = {"issue_date": np.array(["2020-02-01", "2020-01-31", "2020-02-01"], dtype="datetime64[D]"),
+             "maturity_date": np.array(["2030-02-01", "2030-01-31", "2030-02-01"], dtype="datetime64[D]"),
+             "coupon_rate": np.full(3, 0.05), "frequency": np.full(3, 2), "day_count": np.array([0, 0, 1])}
+    settlement = np.array(["2030-01-31", "2030-01-30", "2030-01-31"], dtype="datetime64[D]")
+    got = pricing.yield_from_price(bonds, settlement, 99.5)
+    assert np.isnan(got[:2]).all() and np.isfinite(got[2])
+    analytics = pricing.price_from_yield(bonds, settlement, got)
+    np.testing.assert_allclose(analytics["dirty_price"][:2], 102.5)
+    np.testing.assert_allclose(analytics["clean_price"][2], 99.5)
+    assert (analytics["modified_duration"][:2] == 0).all() and (analytics["convexity"][:2] == 0).all()
 
 
 def _bonds(**changes):
