@@ -211,6 +211,9 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
             f"Required: {[n for n in REQUIRED_COLUMNS if n not in OPTIONAL_COLUMNS]}."
         )
     cols = coerce_columns(data)
+    lengths = {name: len(values) for name, values in cols.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataValidationError(f"Raw columns must share one length; got {lengths}.")
     n = len(cols["bond_id"])
     if "issue_size" not in cols:
         cols["issue_size"] = np.full(n, np.nan)

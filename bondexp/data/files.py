@@ -23,8 +23,9 @@ face_value      optional: face value per bond, for ``price_unit: per_face``; wit
 The curve file (``data.curve_path``) is long: ``date``, ``tenor`` (years), ``zero_rate``
 (decimal, continuously compounded), every tenor on every date. The optional spread file
 (``data.spread_path``) is long too: ``date``, ``rating``, ``spread`` (decimal, continuously
-compounded, added to the zero rate); without it every spread is 0. A file ending in
-``.parquet`` or ``.pq`` is read as Parquet, anything else as CSV.
+compounded, added to the zero rate); without it every spread is 0. The bond file is read as
+``data.source`` says; a curve or spread file ending in ``.parquet`` or ``.pq`` is read as
+Parquet, anything else as CSV.
 
 Parquet is read one record batch at a time (row group by row group) and CSV in chunks; each
 batch is converted to compact columns at once, so memory holds one raw batch, not the file.
@@ -92,13 +93,14 @@ def load_file_market(cfg: Mapping):
     price_unit = _choice(cfg, "price_unit", PRICE_UNITS, "per_100")
     on_invalid = _choice(cfg, "on_invalid", ("raise", "drop"), "raise")
 
-    mapping = _mapping(cfg, _header(path), path)
+    parquet = cfg["source"] == "parquet"
+    mapping = _mapping(cfg, _header(path, parquet=parquet), path)
     if price_unit == "per_face" and "face_value" not in mapping and cfg.get("face_value") is None:
         raise ConfigError(
             "The 'data.price_unit' config key is 'per_face', which needs a face value: map a "
             "'face_value' column in data.columns or set data.face_value."
         )
-    raw = _concat(list(_batches(path, mapping)))
+    raw = _concat(list(_batches(path, mapping, parquet=parquet)))
     if coupon_unit == "percent":
         raw["coupon_rate"] = raw["coupon_rate"] / 100.0
     if price_unit == "per_face":
@@ -182,10 +184,14 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def _header(path: Path) -> list[str]:
-    if _is_parquet(path):
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    return list(pd.read_csv(path, nrows=0).columns)
+def _header(path: Path, *, parquet: bool) -> list[str]:
+    try:
+        if parquet:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        return list(pd.read_csv(path, nrows=0).columns)
+    except (pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        kind = "Parquet" if parquet else "CSV"
+        raise DataValidationError(f"The file {path} (data.path) cannot be read as {kind}, as data.source says: {error}") from error
 
 
 def _mapping(cfg, header, path) -> dict[str, str]:
@@ -212,10 +218,10 @@ def _mapping(cfg, header, path) -> dict[str, str]:
     return mapping
 
 
-def _batches(path: Path, mapping: Mapping[str, str]) -> Iterator[dict[str, np.ndarray]]:
+def _batches(path: Path, mapping: Mapping[str, str], *, parquet: bool) -> Iterator[dict[str, np.ndarray]]:
     """Compact, coerced columns of the bond file, one batch at a time."""
     theirs = list(dict.fromkeys(mapping.values()))
-    if _is_parquet(path):
+    if parquet:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=theirs):
             yield coerce_columns({ours: _arrow_values(batch.column(name), ours) for ours, name in mapping.items()})
     else:

@@ -46,10 +46,12 @@ The oracle
 
 Drift
     ``drift=True`` forces the test months (the last ``test_fraction`` of the months, as the time
-    split counts them) into stress or crisis; the regime draw is also conditioned so the
-    training months hold at least ``min_regime_months`` of stress and of crisis (and some calm).
-    ``drift=False`` leaves the chain stationary: every factor mean-reverts, so the test period
-    differs from training only by chance.
+    split counts them) into stress or crisis, through a chain that never returns to calm. In
+    both settings the regime path is conditioned so the training months hold at least
+    ``min_regime_months`` of stress and of crisis and some calm (of many candidate paths, the
+    calmest that qualifies); the training months are the same with and without drift.
+    ``drift=False`` leaves the chain at its stationary law and every factor mean-reverting, so
+    the test period differs from training only by chance.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ HISTORY_MONTHS = 360  # months simulated before the window, so seasoned bonds ha
 
 # Regime chain: rows from, columns to (calm, stress, crisis); stationary about (0.59, 0.26, 0.15).
 TRANSITION = np.array([[0.92, 0.06, 0.02], [0.15, 0.75, 0.10], [0.05, 0.20, 0.75]])
-N_CHAINS = 4096  # candidate regime paths drawn at once; the first that meets the conditions wins
+# The chain of a forced (drift) test period: never calm, and crisis-prone.
+FORCED_TRANSITION = np.array([[0.0, 0.70, 0.30], [0.0, 0.65, 0.35], [0.0, 0.20, 0.80]])
+N_CHAINS = 4096  # candidate regime paths drawn at once (see _regime_path)
 
 # Market factors as monthly OU processes: long-run mean and volatility per regime, speed.
 FACTORS = ("level", "slope", "curvature", "spread")
@@ -94,19 +98,19 @@ LOG_SIZE_MEAN, LOG_SIZE_SD = np.log(500.0), 0.9  # issue size in millions
 LOG_SIZE_BY_RATING = np.array([0.30, 0.25, 0.15, 0.0, -0.20, -0.40, -0.60])
 
 # True adjustment f (price points per 100 face; spreads as decimals, turned into price by duration).
-LIQUIDITY_SPREAD = np.array([0.0004, 0.0010, 0.0020])  # at median size (up to twice it for tiny issues), per regime
-HIGH_YIELD_SPREAD = np.array([0.0, 0.0006, 0.0025])  # times (rating / CCC)^2, per regime
+LIQUIDITY_SPREAD = np.array([0.0005, 0.0010, 0.0016])  # at median size (up to twice it for tiny issues), per regime
+HIGH_YIELD_SPREAD = np.array([0.0, 0.0006, 0.0016])  # times (rating / CCC)^2, per regime
 SECTOR_SPREAD_SD = np.array([0.0004, 0.0008, 0.0015])  # sector effects drawn per regime
 NEW_ISSUE_PREMIUM, NEW_ISSUE_YEARS = 0.25, 0.5
 PREMIUM_COUPON_DISCOUNT = 0.4
-FLIGHT_TO_QUALITY = np.array([0.0, 0.3, 0.8])  # long AAA-A bonds, per regime
+FLIGHT_TO_QUALITY = np.array([0.0, 0.3, 0.6])  # long AAA-A bonds, per regime
 DURATION_RATE = 0.06  # duration proxy (1 - exp(-r tau)) / r
 
 # Residual parts other than f.
 PHI = 0.8
 PERSISTENT_SD = 0.55
 SECTOR_SHOCK_SD = np.array([0.08, 0.15, 0.30])
-NOISE_REGIME = np.array([1.0, 1.5, 2.2])
+NOISE_REGIME = np.array([1.0, 1.4, 1.9])
 NOISE_DOF = 4.5
 
 
@@ -213,16 +217,17 @@ def _check_int(name, value, low, high=None):
 
 
 def _regime_path(rng, n_months, n_train, n_test, *, drift, min_months):
-    """One regime per month (history then window), the first of many candidate paths that qualifies."""
+    """One regime per month (history, then the window).
+
+    Many candidate paths are drawn at once; of those whose training months hold
+    ``min_months`` of stress and of crisis and some calm, the least stressed one is kept, so
+    the condition distorts the stationary mix as little as it can.
+    """
     total = HISTORY_MONTHS + n_months
-    forced = TRANSITION.copy()
-    forced[:, 0] = 0.0  # in a forced test period the market never calms down
-    forced[0] = TRANSITION[0] * [0, 1, 1]
-    forced /= forced.sum(axis=1, keepdims=True)
     stationary = np.linalg.matrix_power(TRANSITION, 500)[0]
     paths = np.empty((N_CHAINS, total), dtype=np.int8)
     paths[:, 0] = rng.choice(3, size=N_CHAINS, p=stationary)
-    cumulative = {False: np.cumsum(TRANSITION, axis=1), True: np.cumsum(forced, axis=1)}
+    cumulative = {False: np.cumsum(TRANSITION, axis=1), True: np.cumsum(FORCED_TRANSITION, axis=1)}
     first_test = total - n_test
     for month in range(1, total):
         table = cumulative[drift and month >= first_test]
@@ -236,7 +241,8 @@ def _regime_path(rng, n_months, n_train, n_test, *, drift, min_months):
             f"No regime path puts {min_months} months of stress and of crisis in the {n_train} training "
             "months; raise data.n_months or lower data.min_regime_months."
         )
-    return paths[np.argmax(ok)]
+    candidates = np.flatnonzero(ok)
+    return paths[candidates[np.argmax(counts[candidates, 0])]]  # the most calm months
 
 
 def _factor_path(rng, regime):

@@ -1,0 +1,148 @@
+"""BondTable and validate(): columnar storage, one-pass validation, raise and drop."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bondexp.bondtable import RATINGS, REQUIRED_COLUMNS, BondTable, validate
+from bondexp.errors import DataValidationError
+
+
+def raw_rows(n=6):
+    """Valid raw columns as a file would give them: text dates, names for categories."""
+    return {
+        "bond_id": np.arange(n) % (n // 2) + 10,
+        "obs_date": np.repeat(["2020-01-31", "2020-02-29"], n // 2),
+        "issue_date": ["2019-01-15"] * n,
+        "maturity_date": ["2029-01-15"] * n,
+        "coupon_rate": np.full(n, 0.04),
+        "frequency": np.full(n, 2),
+        "day_count": ["30/360", "ACT/ACT"] * (n // 2),
+        "rating": np.resize(["AAA", "bbb", " CCC "], n),
+        "sector": ["Utilities", "Energy"] * (n // 2),
+        "clean_price": np.linspace(95.0, 105.0, n),
+        "issue_size": np.full(n, 500.0),
+    }
+
+
+def test_validate_types_sorts_and_codes():
+    raw = raw_rows()
+    for name in raw:  # reverse the row order: validate must sort by (obs_date, bond_id)
+        raw[name] = np.asarray(raw[name])[::-1]
+    table, dropped = validate(raw)
+    assert dropped == {}
+    assert len(table) == 6 and table.columns[: len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
+    assert table["obs_date"].dtype == np.dtype("datetime64[D]")
+    assert table["rating"].dtype == np.int8 and table["sector"].dtype == np.int16
+    keys = list(zip(table["obs_date"], table["bond_id"]))
+    assert keys == sorted(keys)
+    assert table.sectors == ("Energy", "Utilities")
+    assert {RATINGS[r] for r in table["rating"]} == {"AAA", "BBB", "CCC"}
+    assert set(table["day_count"]) == {0, 1}
+
+
+def test_table_is_read_only_and_take_subsets():
+    table, _ = validate(raw_rows())
+    with pytest.raises(ValueError):
+        table["clean_price"][0] = 1.0
+    sub = table.take(np.array([1, 3]))
+    assert len(sub) == 2 and sub.sectors == table.sectors
+    np.testing.assert_array_equal(sub["clean_price"], table["clean_price"][[1, 3]])
+    assert len(table.take(table["rating"] == 0)) == int((table["rating"] == 0).sum())
+
+
+def test_bondtable_rejects_wrong_dtype_and_lengths():
+    table, _ = validate(raw_rows())
+    data = dict(table.data)
+    with pytest.raises(DataValidationError, match="'coupon_rate' must have dtype float64"):
+        BondTable({**data, "coupon_rate": data["coupon_rate"].astype(np.float32)}, table.sectors)
+    with pytest.raises(DataValidationError, match="share one length"):
+        BondTable({**data, "oracle_x": np.zeros(2)}, table.sectors)
+
+
+BAD_CASES = [
+    # (column set to the bad value, bad value, reason in the message, column the message names)
+    ("clean_price", "n/a", "non-numeric or missing price", "clean_price"),
+    ("clean_price", -3.0, "non-positive price", "clean_price"),
+    ("clean_price", 0.0, "non-positive price", "clean_price"),
+    ("coupon_rate", -0.01, "negative coupon", "coupon_rate"),
+    ("maturity_date", "2018-06-01", "maturity not after issue", "maturity_date"),
+    ("maturity_date", "2020-01-31", "observation at or after maturity", "obs_date"),
+    ("issue_date", "2020-12-01", "observation before issue", "obs_date"),
+    ("frequency", 3, "unknown frequency", "frequency"),
+    ("rating", "BB+", "unknown rating", "rating"),
+    ("day_count", "ACT/360", "unknown day count", "day_count"),
+    ("obs_date", "not a date", "missing or unparseable observation date", "obs_date"),
+    ("sector", "", "missing or unknown sector", "sector"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "reason", "named"), BAD_CASES)
+def test_each_problem_is_named_with_column_count_and_rows(column, value, reason, named):
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
+    raw[column][[0, 4]] = value  # positions 0 and 4
+    with pytest.raises(DataValidationError) as info:
+        validate(raw)
+    message = str(info.value)
+    assert re.search(rf"{re.escape(reason)}: column '{named}', 2 rows, first rows \[0, 4\]", message), message
+    assert "0-based positions" in message
+
+
+def test_one_error_lists_every_problem_with_file_rows():
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows(12).items()}
+    raw["clean_price"][[2, 3, 5, 6, 7, 8, 9]] = -1.0
+    raw["rating"][1] = "AAA+"
+    with pytest.raises(DataValidationError) as info:
+        validate(raw, row_numbers=np.arange(12) + 1)
+    message = str(info.value)
+    assert "2 data problems" in message and "1-based data rows" in message
+    assert "non-positive price: column 'clean_price', 7 rows, first rows [3, 4, 6, 7, 8]" in message
+    assert "unknown rating: column 'rating', 1 rows, first rows [2]" in message
+    assert "data.on_invalid=drop" in message
+
+
+def test_duplicates_are_found_and_drop_counts_per_reason():
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
+    raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date
+    raw["coupon_rate"][5] = -0.02
+    with pytest.raises(DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"):
+        validate(raw)
+    table, dropped = validate(raw, on_invalid="drop")
+    assert dropped == {"duplicate (bond_id, obs_date)": 2, "negative coupon": 1}
+    assert len(table) == 3
+
+
+def test_columns_of_different_lengths_raise():
+    with pytest.raises(DataValidationError, match="share one length"):
+        validate({**raw_rows(), "coupon_rate": np.zeros(3)})
+
+
+def test_missing_columns_raise_even_when_dropping():
+    raw = raw_rows()
+    del raw["clean_price"], raw["rating"]
+    with pytest.raises(DataValidationError, match=r"Missing required columns \['rating', 'clean_price'\]"):
+        validate(raw, on_invalid="drop")
+    without_size = {name: values for name, values in raw_rows().items() if name != "issue_size"}
+    table, _ = validate(without_size)  # issue_size is optional: NaN when absent
+    assert np.isnan(table["issue_size"]).all()
+
+
+def test_text_and_integer_ids_and_sector_codes():
+    raw = raw_rows()
+    raw["bond_id"] = np.array(["XS2", "XS10", "XS3"] * 2)
+    raw["sector"] = np.array([1, 0, 1, 0, 1, 0])
+    table, _ = validate(raw, sectors=("Energy", "Utilities"))
+    assert table["bond_id"][:3].tolist() == [0, 1, 2]  # numbered in sorted text order: XS10, XS2, XS3
+    assert table["sector"][:3].tolist() == [0, 1, 1]  # codes travel with their rows: XS10 had 0, XS2 and XS3 had 1
+    assert table.sectors == ("Energy", "Utilities")
+    raw["bond_id"] = np.array(["007", "8", "9"] * 2)  # digit text is an integer id
+    table, _ = validate(raw, sectors=("Energy", "Utilities"))
+    assert set(table["bond_id"]) == {7, 8, 9}
+
+
+def test_on_invalid_must_be_known():
+    with pytest.raises(DataValidationError, match="'on_invalid' parameter of validate must be 'raise' or 'drop'"):
+        validate(raw_rows(), on_invalid="ignore")
