@@ -155,7 +155,10 @@ def _days(values, name: str) -> np.ndarray:
 
 
 def _per_bond(values, n_bonds: int, name: str, dtype) -> np.ndarray:
-    array = np.asarray(values, dtype=dtype)
+    try:
+        array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise PricingError(f"{name} must be numeric ({np.dtype(dtype)}); got {np.asarray(values).dtype}.") from exc
     if array.ndim > 1 or array.size not in (1, n_bonds):
         raise PricingError(f"{name} must be a scalar or one value per bond ({n_bonds}); got shape {array.shape}.")
     return np.broadcast_to(array.reshape(-1), (n_bonds,))
@@ -229,7 +232,7 @@ def _terms(bonds, settlement) -> _Terms:
             )
     maturity_serial = _days(columns["maturity_date"], "maturity_date")
     settle_serial = _per_bond(_days(settlement, "settlement"), n_bonds, "settlement", np.int64)
-    coupon = columns["coupon_rate"].astype(np.float64)
+    coupon = _per_bond(columns["coupon_rate"], n_bonds, "coupon_rate", np.float64)
     frequency = columns["frequency"]
     _check(~np.isin(frequency, FREQUENCIES), f"unknown frequency (expected one of {FREQUENCIES})")
     act = _day_count_is_act(columns["day_count"])
@@ -408,8 +411,9 @@ def price_from_yield(bonds, settlement, ytm) -> dict[str, np.ndarray]:
         value *= amount
         dirty = value.sum(axis=1)
         value *= time
-        macaulay = value.sum(axis=1) / dirty
-        curvature = frequency * np.einsum("ij,ij->i", value, time) + macaulay * dirty
+        timed = value.sum(axis=1)
+        macaulay = timed / dirty
+        curvature = frequency * np.einsum("ij,ij->i", value, time) + timed  # sum of PV * t * (f t + 1)
         out["dirty_price"][rows] = dirty
         out["macaulay_duration"][rows] = macaulay
         out["modified_duration"][rows] = macaulay / base
