@@ -1,9 +1,65 @@
+"""`python -m bondexp` and the `bondexp` script: a thin Hydra shell around `bondexp.app.run`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import hydra
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bondexp.app import resume_command, run
+from bondexp.config import register_configs, resolve_run_dir
+from bondexp.errors import BondexpError
+
+register_configs()
+
+
+def _resumed_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """Compose the resumed run's original overrides plus today's (minus `resume`)."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    original = list(OmegaConf.load(saved)) if saved.exists() else []
+    today = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == "resume"]
+    combined = original + today
+    cfg = hydra.compose(config_name="config", overrides=combined, return_hydra_config=True)
+    return cfg, combined
+
 
 @hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="config")
-def main(cfg):
-    print(OmegaConf.to_yaml(cfg))
+def _main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    run_dir = Path(hc.runtime.output_dir)
+    workers = None
+    if hc.mode == RunMode.MULTIRUN:
+        # sweep jobs share the machine: each runs its steps on its share of the workers
+        n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+        workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
+    choice = hc.runtime.choices.get("model")
+    if cfg.resume is not None:
+        run_dir = Path(resolve_run_dir(cfg.resume))
+        cfg, overrides = _resumed_config(run_dir, overrides)
+        choice = cfg.hydra.runtime.choices.get("model")
+        with_hydra = cfg
+        cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra if k != "hydra"])
+    try:
+        result = run(cfg, run_dir=run_dir, model_choice=choice, overrides=overrides, workers=workers)
+    except BondexpError as err:
+        print(f"bondexp: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
+        sys.exit(130)
+    if result is not None and not result.ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
 
 if __name__ == "__main__":
     main()

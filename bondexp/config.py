@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -92,9 +93,36 @@ class BondexpConf:
     steps: Dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
 
 
+def latest_run(outputs: Path = Path("outputs")) -> Path:
+    """The newest run folder under ``outputs/`` (Hydra's ``<date>/<time>`` layout)."""
+    runs = sorted(p for p in outputs.glob("*/*") if (p / ".hydra").is_dir() or (p / "checkpoints").is_dir())
+    if not runs:
+        raise ConfigError(f"The 'resume' config key is 'last' but there is no run folder under {outputs.resolve()}.")
+    return runs[-1]
+
+
+def resolve_run_dir(resume: Optional[str]) -> Optional[str]:
+    """The folder `resume` names (``last``: the newest run), or None for a fresh run."""
+    if resume is None:
+        return None
+    return str(latest_run() if resume == "last" else Path(resume))
+
+
 def register_configs() -> None:
-    """Register the schema so `conf/config.yaml` can name it first in its defaults list."""
+    """Register the schema and the resolvers `conf/config.yaml` uses; safe to call twice.
+
+    ``hydra.run.dir`` and ``hydra.output_subdir`` follow ``resume``: a resumed run works in its own
+    folder and keeps that folder's original ``.hydra/`` (config and overrides) untouched.
+    """
     ConfigStore.instance().store(name="bondexp_schema", node=BondexpConf)
+    stamp = datetime.now()
+    resolvers = {
+        "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
+        "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)
 
 
 def _fail(key: str, expected: str, got: Any) -> None:

@@ -122,9 +122,16 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
     bonds, curves = market.bonds, market.curves
     obs = bonds["obs_date"]
     fair = curves.fair_value(bonds)["clean_price"]
+    date_idx = curves.date_index(obs)
+    ttm = _years(bonds["maturity_date"], obs)
+    spread = curves.spread(date_idx, bonds["rating"])
     ytm = yield_from_price(bonds, obs, fair)
     analytics = price_from_yield(bonds, obs, ytm)
-    date_idx = curves.date_index(obs)
+    # One cash flow zero day-count years away: the price does not depend on the yield (NaN).
+    # The curve's rate to maturity plus the spread stands in, so no row is dropped.
+    timeless = ~np.isfinite(ytm)
+    if timeless.any():
+        ytm[timeless] = curves.zero_rate(date_idx[timeless], ttm[timeless]) + spread[timeless]
     state = curves.market_state()
     market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
     residual = market_price - fair
@@ -137,13 +144,13 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
         "rating": bonds["rating"],
         "sector": bonds["sector"],
         "log_issue_size": np.log(np.where(np.isfinite(issue_size) & (issue_size > 0), issue_size, np.nan)),
-        "time_to_maturity": _years(bonds["maturity_date"], obs),
+        "time_to_maturity": ttm,
         "age": _years(obs, bonds["issue_date"]),
         "fair_value": fair,
         "yield_at_fair": ytm,
         "modified_duration": analytics["modified_duration"],
         "convexity": analytics["convexity"],
-        "credit_spread": curves.spread(date_idx, bonds["rating"]),
+        "credit_spread": spread,
         "prev_residual": np.nan_to_num(prev, nan=0.0),
         "has_prev_residual": np.isfinite(prev),
         "curve_level": state["curve_level"][date_idx],

@@ -1,0 +1,200 @@
+"""The experiment: check the config, prepare the data, run the step graph, write the run's reports.
+
+`run(cfg, run_dir=...)` does the work and is what tests call; `bondexp.__main__` is a thin Hydra shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bondexp.checkpoints import atomic_write_json
+from bondexp.config import collect_models, validate_config
+from bondexp.errors import ConfigError
+from bondexp.features import load_dataset
+from bondexp.graph import build_graph
+from bondexp.pipeline import build_steps
+from bondexp.runner import RunResult, dry_run_plan, run_graph
+
+log = logging.getLogger("bondexp")
+
+#: Report steps whose module writes files after the run: step name -> module with `write_outputs`.
+OUTPUT_WRITERS = {
+    "evaluate": "bondexp.steps.evaluate",
+    "drift": "bondexp.steps.drift",
+    "tune": "bondexp.steps.tune",
+}
+
+
+def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
+    """Rows per split and residual statistics: what the run is about, in a few numbers."""
+    summary: Dict[str, Any] = {
+        "fingerprint": info["fingerprint"],
+        "cache_hit": info["cache_hit"],
+        "load_seconds": round(info["seconds"], 3),
+        "n_rows": int(len(dataset.y)),
+        "dropped_rows": dict(dataset.dropped),
+        "splits": {},
+    }
+    for split, rows in dataset.splits.items():
+        y = np.asarray(dataset.y[rows])
+        dates = np.asarray(dataset.meta["obs_date"][rows])
+        summary["splits"][split] = {
+            "rows": int(len(rows)),
+            "first_date": str(dates.min()) if len(rows) else None,
+            "last_date": str(dates.max()) if len(rows) else None,
+            "residual_mean": float(y.mean()) if len(rows) else None,
+            "residual_std": float(y.std()) if len(rows) else None,
+            "residual_p05": float(np.quantile(y, 0.05)) if len(rows) else None,
+            "residual_p95": float(np.quantile(y, 0.95)) if len(rows) else None,
+        }
+    return summary
+
+
+def format_data_summary(summary: Dict[str, Any]) -> str:
+    lines = [
+        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} "
+        f"in {summary['load_seconds']:.2f}s)"
+    ]
+    for split, s in summary["splits"].items():
+        lines.append(
+            f"  {split:<10} {s['rows']:>9,} rows  {s['first_date']} .. {s['last_date']}  "
+            f"residual mean {s['residual_mean']:+.3f} sd {s['residual_std']:.3f} "
+            f"[p05 {s['residual_p05']:+.3f}, p95 {s['residual_p95']:+.3f}]"
+        )
+    if summary["dropped_rows"]:
+        lines.append(f"  dropped invalid rows: {summary['dropped_rows']}")
+    return "\n".join(lines)
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python -m bondexp resume={shlex.quote(str(run_dir))}"
+
+
+def run(
+    cfg: DictConfig,
+    *,
+    run_dir: Path,
+    model_choice: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    workers: Optional[int] = None,
+) -> Optional[RunResult]:
+    """Run the experiment ``cfg`` in ``run_dir``; return the runner's result (None for a dry run).
+
+    Raises ConfigError or DataValidationError before any step runs when the config or the data is
+    wrong. ``workers`` overrides ``cfg.workers`` (a sweep job shares the machine with its siblings).
+    """
+    models = collect_models(cfg, choice=model_choice)
+    validate_config(cfg, models=models)
+    workers = int(workers or cfg.workers)
+    run_dir = Path(run_dir)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    graph = build_graph(build_steps(cfg, models))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    durations_path = cache_dir / "durations.json"
+
+    if cfg.dry_run:
+        from bondexp.data import data_fingerprint
+
+        fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
+        shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
+        print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
+        return None
+
+    dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
+    summary = data_summary(dataset, info)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "data_summary.json", summary)
+    if dataset.dropped:
+        atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
+    print(format_data_summary(summary), flush=True)
+
+    shared = _shared(data_cfg, cfg, cache_dir, info["fingerprint"])
+    result = run_graph(
+        graph,
+        run_dir=run_dir,
+        workers=workers,
+        executor=cfg.executor.name,
+        executor_options={"address": cfg.executor.address},
+        shared=shared,
+        data_fingerprint=info["fingerprint"],
+        resume=True,
+        progress=bool(cfg.progress),
+        durations_path=durations_path,
+    )
+    write_outputs(result, run_dir=run_dir, dataset=dataset, cfg=cfg, summary=summary, overrides=overrides)
+    print(result.summary_table())
+    if not result.ok:
+        print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
+    print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
+    return result
+
+
+def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> Dict[str, Any]:
+    """Run-level values every step receives (plain data, no Hydra globals)."""
+    return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
+
+
+def write_outputs(
+    result: RunResult, *, run_dir: Path, dataset, cfg: DictConfig, summary: Dict[str, Any], overrides: Sequence[str]
+) -> None:
+    """results.json, the timeline, each report step's files and report.md, from the checkpoints."""
+    import importlib
+
+    import joblib
+
+    from bondexp.report import write_report
+
+    result.write(run_dir)
+    artifacts: Dict[str, Dict[str, Any]] = {}
+    for name, module in OUTPUT_WRITERS.items():
+        step = result.steps.get(name)
+        if step is None or step.status not in ("ran", "reused"):
+            continue
+        artifacts[name] = joblib.load(run_dir / "checkpoints" / f"{name}.joblib")
+    extra_rows: List[Dict[str, Any]] = []
+    if "tune" in artifacts and "evaluate" in artifacts:
+        extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))
+    for name, artifact in artifacts.items():
+        writer = importlib.import_module(OUTPUT_WRITERS[name]).write_outputs
+        if name == "evaluate":
+            writer(artifact, run_dir, extra_rows=extra_rows)
+        else:
+            writer(artifact, run_dir)
+    leaderboard = list(artifacts.get("evaluate", {}).get("leaderboard", [])) + extra_rows
+    leaderboard.sort(key=lambda row: row["rmse"])
+    write_report(
+        run_dir,
+        command=" ".join(["python -m bondexp", *map(shlex.quote, overrides)]),
+        overrides=list(overrides),
+        data_summary=summary,
+        results=result.to_dict(),
+        artifacts=artifacts,
+        leaderboard_rows=leaderboard,
+    )
+
+
+def _score_tuned(tune_artifact: Dict[str, Any], evaluate_artifact: Dict[str, Any], dataset, cfg: DictConfig) -> Dict[str, Any]:
+    """The tuned model's leaderboard row, scored on the very test rows evaluate sampled."""
+    from bondexp.steps.evaluate import score_model
+
+    rows = np.asarray(evaluate_artifact["sample_rows"])
+    prediction = {
+        key: np.asarray(value)[rows] if isinstance(value, np.ndarray) else value
+        for key, value in tune_artifact["predictions"]["test"].items()
+    }
+    meta = {name: dataset.meta_of("test", name)[rows] for name in dataset.meta}
+    return score_model(
+        tune_artifact["name"],
+        prediction,
+        dataset.target("test")[rows],
+        meta=meta,
+        n_bootstrap=int(cfg.eval.n_bootstrap),
+        confidence=float(cfg.eval.confidence),
+        seed=int(cfg.seed),
+    )

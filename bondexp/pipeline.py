@@ -1,0 +1,64 @@
+"""Turn the composed config into the list of steps the runner schedules.
+
+Model files become model steps (all run by `bondexp.steps.train.fit_model`); the `steps` mapping
+adds the report steps, whose ``needs: [models]`` stands for every model step chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from bondexp.config import MODEL_STEP_KEYS
+from bondexp.errors import ConfigError
+from bondexp.graph import Step
+
+MODEL_STEP_TARGET = "bondexp.steps.train.fit_model"
+#: In a step's ``needs``, this word stands for every model step.
+ALL_MODELS = "models"
+
+
+def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *, key: str) -> List[str]:
+    """Expand a feature-set name or a list of features and set names into feature names, in order."""
+    items = [features] if isinstance(features, str) else list(features)
+    names: List[str] = []
+    for item in items:
+        if item in feature_sets:
+            names.extend(resolve_features(list(feature_sets[item]), {k: v for k, v in feature_sets.items() if k != item}, key=key))
+        else:
+            names.append(item)
+    if not names:
+        raise ConfigError(f"The '{key}' config key must name at least one feature. Got {features!r} instead.")
+    return list(dict.fromkeys(names))
+
+
+def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
+    """The step that trains one model file: estimator params apart from the step's own keys."""
+    feature_sets = OmegaConf.to_container(cfg.feature_sets, resolve=True)
+    early_stopping = {**OmegaConf.to_container(cfg.early_stopping, resolve=True), **spec.get("early_stopping", {})}
+    config = {
+        "name": name,
+        "group": spec.get("group", "ml"),
+        "estimator": {k: v for k, v in spec.items() if k not in MODEL_STEP_KEYS},
+        "features": resolve_features(spec.get("features", "all"), feature_sets, key=f"models.{name}.features"),
+        "early_stopping": early_stopping,
+        "seed": int(cfg.seed),
+        "n_jobs": 1,
+    }
+    return Step(name=name, target=MODEL_STEP_TARGET, needs=(), group=config["group"], config=config)
+
+
+def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> List[Step]:
+    """Every step of the experiment: one per model, then the report steps from ``cfg.steps``."""
+    steps = [model_step(name, spec, cfg) for name, spec in models.items()]
+    for name, decl in cfg.steps.items():
+        if name in models:
+            raise ConfigError(f"The step 'steps.{name}' has the name of a model; rename one of them.")
+        needs: List[str] = []
+        for need in decl.needs:
+            needs.extend(models if need == ALL_MODELS else [need])
+        slice_ = OmegaConf.to_container(decl.config, resolve=True) if decl.config is not None else {}
+        slice_ = {**slice_, "seed": int(cfg.seed)}
+        steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))
+    return steps

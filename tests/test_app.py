@@ -1,0 +1,102 @@
+"""Whole runs of `python -m bondexp` as subprocesses on the tiny market, the way a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+QUICK = ["data=small", "tune.n_trials=3", "tune.timeout=60", "eval.n_bootstrap=50", "progress=false"]
+
+
+def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache) -> Path:
+    """One run of two models plus the report steps, on two workers."""
+    run_dir = tmp_path_factory.mktemp("run")
+    bondexp(*QUICK, "model=[enhanced,bayesian]", "workers=2", f"hydra.run.dir={run_dir}", cwd=run_dir, cache=cache)
+    return run_dir
+
+
+def test_run_writes_every_documented_output(finished_run):
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["ok"] is True
+    assert {name: s["status"] for name, s in results["steps"].items()} == {
+        "enhanced": "ran", "bayesian": "ran", "evaluate": "ran", "drift": "ran", "tune": "ran"
+    }
+    for step in results["steps"].values():
+        assert step["duration_s"] > 0 and step["worker"]
+    rows = list(csv.DictReader((finished_run / "leaderboard.csv").open()))
+    models = {r["model"] for r in rows}
+    assert {"dcf_baseline", "oracle", "enhanced", "bayesian", "enhanced_tuned"} <= models
+    assert [float(r["rmse"]) for r in rows] == sorted(float(r["rmse"]) for r in rows)
+    for name in ("leaderboard.md", "report.md", "drift.json", "tuning.json", "data_summary.json",
+                 "plots/timeline.png", "checkpoints/enhanced.joblib", "checkpoints/enhanced.json",
+                 "logs/enhanced.log", ".hydra/config.yaml"):
+        assert (finished_run / name).exists(), name
+    drift = json.loads((finished_run / "drift.json").read_text())
+    assert {"psi", "ks_pvalue", "status"} <= set(drift["features"]["time_to_maturity"])
+    report = (finished_run / "report.md").read_text()
+    assert "enhanced_tuned" in report and "timeline.png" in report
+
+
+def test_resume_of_a_finished_run_reuses_every_step(finished_run, cache):
+    before = json.loads((finished_run / "results.json").read_text())
+    proc = bondexp(f"resume={finished_run}", cwd=finished_run, cache=cache)
+    after = json.loads((finished_run / "results.json").read_text())
+    assert {s["status"] for s in after["steps"].values()} == {"reused"}
+    assert {n: s["metrics"] for n, s in after["steps"].items()} == {n: s["metrics"] for n, s in before["steps"].items()}
+    assert "reused" in proc.stdout
+
+
+def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
+    proc = bondexp("data=small", "model=[basic,factor]", "dry_run=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache)
+    for word in ("basic", "factor", "evaluate", "drift", "tune"):
+        assert word in proc.stdout
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_bad_config_value_fails_before_any_work(tmp_path, cache):
+    proc = bondexp("data=small", "eval.sample_pct=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache, check=False)
+    assert proc.returncode == 2
+    assert "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0" in proc.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
+    run_dir = tmp_path / "r"
+    bondexp(*QUICK, "model=my_lasso", "~steps.tune", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+            f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"]["my_lasso"]["status"] == "ran"
+    assert "my_lasso" in (run_dir / "leaderboard.csv").read_text()
+
+
+def test_sweep_runs_each_job_and_writes_one_summary(tmp_path, cache):
+    sweep_dir = tmp_path / "sweep"
+    bondexp("-m", *QUICK, "model=factor", "~steps.tune", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, cache=cache)
+    summary = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [row["job"] for row in summary] == ["0", "1"]
+    assert all(row["best_model"] == "factor" for row in summary)
+    assert "seed=1" in summary[1]["overrides"]

@@ -1,0 +1,104 @@
+"""The Hydra config tree: composition, the schema's type checks and the semantic checks, as (overrides, message) tables."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from bondexp.config import collect_models, register_configs, validate_config
+from bondexp.errors import ConfigError
+from bondexp.graph import build_graph
+from bondexp.pipeline import build_steps, resolve_features
+
+register_configs()
+
+
+def composed(*overrides: str):
+    with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_defaults_compose_to_the_full_suite():
+    cfg = composed()
+    models = collect_models(cfg)
+    assert set(models) == {"basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian"}
+    assert cfg.data.source == "synthetic"
+    assert cfg.workers >= 1 and cfg.early_stopping.enabled
+    validate_config(cfg, models=models)
+    names = [s.name for s in build_steps(cfg, models)]
+    assert names[-3:] == ["evaluate", "drift", "tune"]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model=enhanced"], {"enhanced"}),
+        (["model=[basic,bayesian]"], {"basic", "bayesian"}),
+        (["model=ml"], {"basic", "enhanced", "advanced", "automl"}),
+        (["model=risk"], {"regime", "factor", "tail_risk", "bayesian"}),
+    ],
+)
+def test_model_sets(overrides, expected):
+    cfg = composed(*overrides)
+    choice = cfg.hydra.runtime.choices.get("model")
+    assert set(collect_models(cfg, choice=choice)) == expected
+
+
+def test_report_steps_need_exactly_the_chosen_models():
+    cfg = composed("model=[basic,bayesian]", "data=small")
+    steps = {s.name: s for s in build_steps(cfg, collect_models(cfg))}
+    assert set(steps["evaluate"].needs) == {"basic", "bayesian"}
+    assert set(steps["tune"].needs) == {"evaluate", "basic", "bayesian"}
+    graph = build_graph(list(steps.values()))
+    assert graph is not None
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (["workers=abc"], ValidationError),  # wrong type: Hydra's own message at compose time
+        (["wrkers=2"], ConfigCompositionException),  # misspelled key
+        (["eval.sampl_pct=5"], ConfigCompositionException),
+        (["early_stopping.enabled=maybe"], ValidationError),
+    ],
+)
+def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
+    with pytest.raises((error, ConfigCompositionException, ConfigKeyError)):
+        composed(*overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["workers=0"], "'workers' config key must be at least 1. Got 0"),
+        (["eval.sample_pct=0"], "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0"),
+        (["eval.sample_pct=150"], "Got 150"),
+        (["early_stopping.validation_fraction=1.5"], "'early_stopping.validation_fraction'"),
+        (["tune.target=enhancd"], "Did you mean 'enhanced'?"),
+        (["model=basic", "tune.target=enhanced"], "'tune.target' config key must name a trained model"),
+        (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
+        (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
+        (["drift.correction=fdr"], "'drift.correction'"),
+    ],
+)
+def test_semantic_checks_name_the_key_and_the_value(overrides, message):
+    cfg = composed(*overrides)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, models=collect_models(cfg, choice=cfg.hydra.runtime.choices.get("model")))
+    assert message in str(err.value)
+
+
+def test_feature_sets_expand_names_of_other_sets():
+    sets = {"a": ["x", "y"], "b": ["z"], "ab": ["a", "b", "x"]}
+    assert resolve_features("ab", sets, key="k") == ["x", "y", "z"]
+    assert resolve_features(["b", "w"], sets, key="k") == ["z", "w"]
+
+
+def test_model_step_gets_early_stopping_and_features():
+    cfg = composed("model=enhanced", "early_stopping.patience=3")
+    (step,) = [s for s in build_steps(cfg, collect_models(cfg)) if s.name == "enhanced"]
+    assert step.config["early_stopping"]["patience"] == 3
+    assert "curve_level" in step.config["features"] and "prev_residual" in step.config["features"]
+    assert "_target_" in step.config["estimator"] and "features" not in step.config["estimator"]
