@@ -54,6 +54,7 @@ from bondexp.bondtable import (
     validate,
 )
 from bondexp.curves import CurveTable
+from bondexp.data import Market, existing_path
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.pricing import DAY_COUNTS
 
@@ -84,8 +85,6 @@ def load_file_market(cfg: Mapping):
         If a mapped column is missing from the file, or rows are invalid and ``on_invalid`` is
         ``raise``, or the curve or spread file is incomplete.
     """
-    from bondexp.data import Market, existing_path
-
     path = existing_path(cfg, "path")
     curve_path = existing_path(cfg, "curve_path")
     spread_path = existing_path(cfg, "spread_path") if cfg.get("spread_path") is not None else None

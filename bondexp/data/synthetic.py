@@ -31,7 +31,7 @@ Prices
       (``oracle_sector_shock``);
     - ``noise``: Student-t with 4.5 degrees of freedom scaled to unit variance, times
       ``oracle_noise_scale = noise_scale * regime factor * exp(-0.35 * standardized log size)``
-      (``oracle_noise``).
+      with the log size clipped to two standard deviations (``oracle_noise``).
 
 The oracle
     ``oracle_prediction`` is the best prediction possible when the price is predicted, knowing
@@ -60,6 +60,7 @@ import numpy as np
 
 from bondexp.bondtable import RATINGS, BondTable
 from bondexp.curves import CurveTable
+from bondexp.data import Market
 from bondexp.data.split import month_counts
 from bondexp.errors import ConfigError
 
@@ -160,8 +161,6 @@ def generate_market(
     ConfigError
         If a parameter is out of range, or no regime path meets the training conditions.
     """
-    from bondexp.data import Market
-
     _check_int("n_observations", n_observations, 100)
     _check_int("n_months", n_months, 12)
     _check_int("n_sectors", n_sectors, 1, 10)
@@ -276,6 +275,7 @@ def _bond_universe(rng, n_observations, n_months, n_sectors, factors, spreads):
     """
     kept, rows = [], 0
     while rows < n_observations:
+        # Candidates to draw: a generous guess (a candidate lives ~60 window months, if at all); the loop tops up.
         n = int(1.3 * (n_observations - rows) * (HISTORY_MONTHS + n_months) / (n_months * 60.0)) + 1000
         issue_month = rng.integers(-HISTORY_MONTHS, n_months, n)
         years = rng.choice(MATURITY_YEARS, size=n, p=MATURITY_P)
