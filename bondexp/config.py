@@ -23,6 +23,56 @@ MODEL_STEP_KEYS = ("group", "features", "early_stopping")
 
 
 @dataclass
+class SplitConf:
+    train: float = 0.6  # earliest share of the observation months
+    validation: float = 0.2  # the next share
+    test: float = 0.2  # the latest share
+
+
+@dataclass
+class SyntheticDataConf:
+    source: str = "synthetic"  # synthetic | csv | parquet
+    n_observations: int = 50_000  # bond-month rows of the panel
+    n_months: int = 72  # monthly observation dates
+    drift: bool = True  # force the test months into stress or crisis; false = stationary market
+    n_sectors: int = 8  # sectors, 1 to 10
+    noise_scale: float = 0.35  # price points of noise in a calm month for a median-size bond
+    min_regime_months: int = 8  # months of stress and of crisis the training months must hold
+    split: SplitConf = field(default_factory=SplitConf)
+    on_invalid: str = "raise"  # raise | drop
+
+
+@dataclass
+class FileColumnsConf:
+    bond_id: str = "bond_id"
+    obs_date: str = "obs_date"
+    issue_date: str = "issue_date"
+    maturity_date: str = "maturity_date"
+    coupon_rate: str = "coupon_rate"
+    frequency: str = "frequency"
+    day_count: str = "day_count"
+    rating: str = "rating"
+    sector: str = "sector"
+    clean_price: str = "clean_price"
+    issue_size: str = "issue_size"
+    face_value: str = "face_value"
+
+
+@dataclass
+class FileDataConf:
+    source: str = "csv"  # csv | parquet
+    path: str = MISSING  # bond file: one row per bond and observation date
+    curve_path: str = MISSING  # zero curves, long: date, tenor, zero_rate
+    spread_path: Optional[str] = None  # optional spreads, long: date, rating, spread
+    columns: FileColumnsConf = field(default_factory=FileColumnsConf)  # our column -> the file's
+    coupon_unit: str = "decimal"  # decimal | percent
+    price_unit: str = "per_100"  # per_100 | per_face
+    face_value: Optional[float] = None  # face value of every bond for price_unit per_face
+    split: SplitConf = field(default_factory=SplitConf)
+    on_invalid: str = "raise"  # raise | drop
+
+
+@dataclass
 class EarlyStoppingConf:
     enabled: bool = True  # stop iterative estimators once the held-out score stalls
     patience: int = 10  # iterations without improvement before stopping (n_iter_no_change)
@@ -114,7 +164,10 @@ def register_configs() -> None:
     ``hydra.run.dir`` and ``hydra.output_subdir`` follow ``resume``: a resumed run works in its own
     folder and keeps that folder's original ``.hydra/`` (config and overrides) untouched.
     """
-    ConfigStore.instance().store(name="bondexp_schema", node=BondexpConf)
+    store = ConfigStore.instance()
+    store.store(name="bondexp_schema", node=BondexpConf)
+    store.store(group="data", name="synthetic_schema", node=SyntheticDataConf)
+    store.store(group="data", name="file_schema", node=FileDataConf)
     stamp = datetime.now()
     resolvers = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
@@ -204,6 +257,8 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
                 f"{_suggest(features, cfg.feature_sets)}"
             )
     for key in ("path", "curve_path", "spread_path"):
+        if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
+            _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")
         value = cfg.data.get(key)
         if value is not None and not Path(value).expanduser().exists():
             _fail(f"data.{key}", "an existing file", value)
