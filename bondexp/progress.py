@@ -7,6 +7,7 @@ one-line events replace the bar.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -46,9 +47,14 @@ class Progress:
         self.mode = None if not enabled else ("bar" if _is_terminal(self.stream) else "lines")
         self._bar = None
         self._t0 = time.perf_counter()
+        self._redirect = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
+            # Console log lines (Hydra's, the runner's) go through tqdm.write so they do not tear the bar.
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+            self._redirect.__enter__()
             self._bar = tqdm(
                 total=total,
                 initial=done,
@@ -71,6 +77,9 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
     def started(self, name: str, *, running: Sequence[str], eta_s: float | None) -> None:
         """A step was handed to a worker."""
@@ -87,23 +96,24 @@ class Progress:
             took = "" if duration_s is None else f" in {duration_s:.2f} s"
             self._line(f"{status:<6} {name}{took} ({self.done}/{self.total})")
         if self._bar is not None:
+            self._bar.set_postfix_str(_postfix(running, eta_s), refresh=False)
             self._bar.update(1)
-        self.refresh(running=running, eta_s=eta_s)
 
     def refresh(self, *, running: Sequence[str], eta_s: float | None) -> None:
         """Redraw the bar's postfix (elapsed time moves even when no step ends)."""
-        if self._bar is None:
-            return
-        parts = []
-        if eta_s is not None:
-            parts.append(f"ETA {_fmt_seconds(eta_s)}")
-        if running:
-            parts.append("running: " + ", ".join(running))
-        self._bar.set_postfix_str("; ".join(parts), refresh=True)
+        if self._bar is not None:
+            self._bar.set_postfix_str(_postfix(running, eta_s), refresh=True)
 
     def _line(self, text: str) -> None:
         elapsed = _fmt_seconds(time.perf_counter() - self._t0)
         print(f"[bondexp {elapsed}] {text}", file=self.stream, flush=True)
+
+
+def _postfix(running: Sequence[str], eta_s: float | None) -> str:
+    parts = [] if eta_s is None else [f"ETA {_fmt_seconds(eta_s)}"]
+    if running:
+        parts.append("running: " + ", ".join(running))
+    return "; ".join(parts)
 
 
 def _is_terminal(stream: Any) -> bool:

@@ -219,11 +219,14 @@ def test_pool_workers_may_start_processes(tmp_path):
 def _script(tmp_path, workers):
     script = tmp_path / "run_it.py"
     script.write_text(textwrap.dedent(f"""
+        import json
+        import signal
         import sys
         from bondexp.graph import Step, build_graph
         from bondexp.runner import run_graph
 
         if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             M = "{MOD}"
             graph = build_graph([
                 Step("q1", M + ".work", config={{"value": 1.0}}),
@@ -234,6 +237,7 @@ def _script(tmp_path, workers):
             ])
             result = run_graph(graph, run_dir=sys.argv[1], workers={workers}, data_fingerprint="data-v1",
                                shared={{"gate": sys.argv[2]}}, progress=False)
+            print(json.dumps(result.to_dict()))
             sys.exit(0 if result.ok else 1)
     """))
     return script
@@ -268,6 +272,35 @@ def test_sigkill_mid_run_then_resume_reruns_only_unfinished_steps(tmp_path):
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
+def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
+                            env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
+                  and (run_dir / "checkpoints" / "q2.json").exists())
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    result = json.loads(out)
+    assert proc.returncode == 1 and result["interrupted"] and not result["ok"]
+    assert {n: s["status"] for n, s in result["steps"].items()} == {
+        "q1": "ran", "q2": "ran", "g1": "skipped", "g2": "skipped", "tail": "skipped"}
+    assert "interrupted" in result["steps"]["g1"]["error"]
+    # the workers are gone (the process group empties), and the folder is free to resume
+    _wait_for(lambda: _group_gone(proc.pid), timeout=10)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def _group_gone(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def test_run_lock_rejects_a_second_concurrent_run(tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
     proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 1)), str(run_dir), str(gate)],
@@ -287,7 +320,9 @@ def test_run_lock_rejects_a_second_concurrent_run(tmp_path):
 
 def test_dask_local_cluster(tmp_path):
     pytest.importorskip("distributed")
-    result = run(diamond(), tmp_path, workers=2, executor="dask")
+    graph = build_graph([*diamond(), S("child", fn="spawn_child")])
+    result = run(graph, tmp_path, workers=2, executor="dask")
     assert result.ok, result.summary_table()
     assert artifact(tmp_path, "d")["value"] == 11.0
+    assert artifact(tmp_path, "child")["exitcode"] == 0  # dask workers are started non-daemonic
     assert artifact(tmp_path, "a")["pid"] != os.getpid()
