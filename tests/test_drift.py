@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
+from bondexp.runner import StepContext
 from bondexp.steps import drift as drift_module
 from bondexp.steps.drift import (
     correct_pvalues,
@@ -154,7 +154,7 @@ def test_categorical_shares_shift_is_flagged_and_a_new_category_stays_finite(toy
     sector[test_rows[: len(test_rows) // 2]] = 7  # a sector never seen in training
     entry = drift_report(_with_column(toy_dataset, "sector", sector), {})["features"]["sector"]
     assert np.isfinite(entry["psi"]) and entry["psi"] > 0.25
-    assert entry["ks_pvalue"] < 1e-6
+    assert entry["ks_pvalue"] < 1e-3  # 60 bonds: the test counts bonds, not bond-months
     assert entry["status"] == "alert"
 
 
@@ -196,15 +196,16 @@ def test_bad_options_raise_config_error(toy_dataset, options, message):
 
 
 def test_a_stationary_ar1_level_is_not_a_shift_but_two_sd_are():
-    """Persistent AR(1) months: 48 training, 12 test; a naive test flags these windows often."""
+    """48 training and 12 test months: a persistent AR(1) (phi 0.9) wanders far over 12 months."""
     train, test = np.arange(48), np.arange(48, 60)
     null_p, shifted_p = [], []
     for seed in range(20):
-        x = _ar1(np.random.default_rng(seed), 60, 0.5)
-        null_p.append(level_shift_test(x[:48], train, x[48:], test)["pvalue"])
+        persistent = _ar1(np.random.default_rng(seed), 60, 0.9)
+        null_p.append(level_shift_test(persistent[:48], train, persistent[48:], test)["pvalue"])
+        x = _ar1(np.random.default_rng(seed), 60, 0.3)
         shifted_p.append(level_shift_test(x[:48], train, x[48:] + 2.0, test)["pvalue"])
     assert sum(p < 0.05 for p in null_p) <= 2
-    assert sum(p < 0.05 for p in shifted_p) >= 16
+    assert sum(p < 0.05 for p in shifted_p) >= 17
 
 
 def test_level_shift_scale_accounts_for_autocorrelation():
@@ -223,7 +224,7 @@ def test_a_validation_gap_widens_the_null():
     assert abs(gapped["z"]) < abs(adjacent["z"])
 
 
-def _panel_with_market(seed, *, shift=0.0, phi=0.6):
+def _panel_with_market(seed, *, shift=0.0, phi):
     """The toy panel over 60 months with AR(1) market-state factors; ``shift`` sd added to curve_level in test."""
     dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=seed)
     month = _month_of_rows(dataset)
@@ -238,16 +239,18 @@ def _panel_with_market(seed, *, shift=0.0, phi=0.6):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_stationary_market_state_raises_no_alert(seed):
-    features = drift_report(_panel_with_market(seed), {})["features"]
+    features = drift_report(_panel_with_market(seed, phi=0.9), {})["features"]
     market = {n: f["status"] for n, f in features.items() if f["kind"] == "market_state"}
     assert "alert" not in market.values(), market
 
 
-def test_a_market_level_shift_is_flagged_in_the_report():
-    """Four sd: in a family of 19 Holm-corrected tests an alert needs |z| above about 3."""
-    features = drift_report(_panel_with_market(0, shift=4.0), {})["features"]
+@pytest.mark.parametrize("seed", range(3))
+def test_a_market_level_shift_is_flagged_in_the_report(seed):
+    """Four sd: in a family of 19 Holm-corrected tests an alert needs a t statistic above about 4."""
+    features = drift_report(_panel_with_market(seed, shift=4.0, phi=0.3), {})["features"]
     assert features["curve_level"]["status"] == "alert"
-    assert features["curve_level"]["z"] > 3
+    assert features["curve_level"]["z"] > 4
+    assert features["curve_slope"]["status"] != "alert"
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def test_a_stale_model_shows_and_a_steady_one_does_not(toy_dataset):
 
 
 def _ctx(tmp_path):
-    return SimpleNamespace(name="drift", run_dir=tmp_path, workers=1, threads=1, shared={}, log=logging.getLogger("test"))
+    return StepContext("drift", tmp_path, 1, 1, {}, logging.getLogger("test"))
 
 
 def test_step_reads_the_run_dataset_and_returns_flat_metrics(toy_dataset, tmp_path, monkeypatch):
