@@ -102,9 +102,9 @@ class ProcessBackend:
         self.concurrency = workers
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
-            # Workers fork from a server that has already imported the runner (and numpy, joblib),
+            # Workers fork from a server that has already imported the worker side (numpy, joblib),
             # so each worker starts in milliseconds. Ignored if the server is already running.
-            self._context.set_forkserver_preload(["bondexp.runner"])
+            self._context.set_forkserver_preload(["bondexp.worker"])
         self._threads = threads_per_worker(workers)
         self._executor: ProcessPoolExecutor | None = None
 

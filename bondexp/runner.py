@@ -9,19 +9,15 @@ pool and a Dask cluster (see :mod:`bondexp.executors`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from threadpoolctl import threadpool_limits
 
 from bondexp import executors
 from bondexp.checkpoints import (
@@ -33,158 +29,15 @@ from bondexp.checkpoints import (
     utc_iso,
 )
 from bondexp.errors import ConfigError, GraphError
-from bondexp.graph import Graph, resolve_target
+from bondexp.graph import Graph
 from bondexp.progress import Progress, plot_timeline
+from bondexp.worker import StepContext, Task, execute_step
+
+__all__ = ["RunResult", "StepContext", "StepOutcome", "dry_run_plan", "run_graph", "step_fingerprints"]
 
 log = logging.getLogger("bondexp")
 
-STATUSES = ("ran", "reused", "failed", "skipped")
 _TICK_S = 0.5  # how often the bar's elapsed time and ETA refresh while steps run
-
-
-# ----------------------------------------------------------------------------- worker side
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What a step function gets besides its config and inputs.
-
-    Attributes
-    ----------
-    name : str
-        The step's name.
-    run_dir : Path
-        The run folder (only the tuning step keeps files here: its study storage).
-    workers : int
-        Steps the run executes at once; a step that starts its own processes stays within it.
-    threads : int
-        The step's BLAS/OpenMP thread budget (already applied with threadpoolctl).
-    shared : dict
-        Run-level plain values the caller passes to every step (data config, cache dir, seed).
-    log : logging.Logger
-        Writes to ``logs/<step>.log`` in the run folder.
-    """
-
-    name: str
-    run_dir: Path
-    workers: int
-    threads: int
-    shared: dict
-    log: logging.Logger
-
-
-@dataclass(frozen=True)
-class _Task:
-    """Plain data shipped to a worker: nothing from Hydra, no open handles."""
-
-    name: str
-    target: str
-    config: dict
-    needs: tuple[str, ...]
-    run_dir: str
-    workers: int
-    threads: int
-    shared: dict
-
-
-def execute_step(task: _Task) -> dict[str, Any]:
-    """Run one step in a worker: import it, load its inputs, call it under the thread budget.
-
-    Returns
-    -------
-    dict
-        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``started`` and
-        ``ended`` (POSIX seconds), ``duration_s`` and ``worker`` (``host:pid``). A step that
-        raises is reported in ``error``, not raised, so the parent records it as a value.
-    """
-    started, t0 = time.time(), time.perf_counter()
-    run_dir = Path(task.run_dir)
-    step_log, handlers = _open_step_log(task.name, run_dir / "logs" / f"{task.name}.log")
-    artifact, metrics, error = None, {}, None
-    try:
-        step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, task.threads)
-        fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
-        store = CheckpointStore(run_dir / "checkpoints")
-        inputs = {need: store.load(need) for need in task.needs}
-        ctx = StepContext(task.name, run_dir, task.workers, task.threads, dict(task.shared), step_log)
-        with threadpool_limits(limits=task.threads), _interruptible():
-            artifact = fn(dict(task.config), inputs, ctx)
-        metrics = _check_artifact(task.name, artifact)
-        step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
-    except Exception:
-        artifact, metrics, error = None, {}, traceback.format_exc()
-        step_log.error("step %s failed:\n%s", task.name, error)
-    finally:
-        _close_step_log(step_log, handlers)
-    return {
-        "artifact": artifact,
-        "metrics": metrics,
-        "error": error,
-        "started": started,
-        "ended": time.time(),
-        "duration_s": time.perf_counter() - t0,
-        "worker": executors.worker_label(),
-    }
-
-
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """In a pool worker, let Ctrl-C interrupt the step (and reach processes it starts) only while it runs."""
-    if not executors.IN_POOL_WORKER:
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
-    """Attach ``logs/<step>.log`` to the step's logger; in a pool worker also to the root logger and warnings.
-
-    A pool worker runs one step at a time, so library logs and warnings there belong to the step.
-    In the parent process the root logger is the application's, so it is left alone.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    step_log = logging.getLogger(f"bondexp.steps.{name}")
-    step_log.setLevel(logging.INFO)
-    step_log.propagate = False
-    attached = [(step_log, handler)]
-    if executors.IN_POOL_WORKER:
-        logging.captureWarnings(True)
-        logging.getLogger().addHandler(handler)
-        attached.append((logging.getLogger(), handler))
-    step_log.addHandler(handler)
-    return step_log, attached
-
-
-def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logger, logging.Handler]]) -> None:
-    for logger, handler in attached:
-        logger.removeHandler(handler)
-    attached[0][1].close()
-
-
-def _check_artifact(name: str, artifact: Any) -> dict[str, Any]:
-    """Return the artifact's flat metrics as plain Python scalars; raise TypeError on a malformed artifact."""
-    if not isinstance(artifact, Mapping):
-        raise TypeError(f"Step {name!r} must return a dict artifact. Got {type(artifact).__name__} instead.")
-    metrics = artifact.get("metrics", {})
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"The 'metrics' of step {name!r} must be a dict. Got {type(metrics).__name__} instead.")
-    clean: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if hasattr(value, "item") and callable(value.item):  # numpy scalar -> Python scalar
-            value = value.item()
-        if not isinstance(key, str) or not isinstance(value, (int, float, str)):
-            raise TypeError(
-                f"Metrics of step {name!r} must map str to a number or str. "
-                f"Got {key!r}: {type(value).__name__} instead."
-            )
-        clean[key] = value
-    return clean
 
 
 # ----------------------------------------------------------------------------- results
@@ -482,6 +335,7 @@ def run_graph(
     if shared is not None and not isinstance(shared, Mapping):
         raise ConfigError(f"The 'shared' parameter of run_graph must be a mapping. Got {type(shared).__name__} instead.")
     backend = executors.make_backend(executor, workers=workers, options=executor_options)
+    t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     history = DurationHistory(durations_path)
     with RunLock(run_dir):
@@ -492,13 +346,13 @@ def run_graph(
         expected = _expected_durations(graph, store, history)
         run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
                          expected=expected, shared=dict(shared or {}))
-        result = run.run(plan, progress=progress)
+        result = run.run(plan, progress=progress, t0=t0)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran"})
     return result
 
 
 class _Scheduler:
-    """State of one run: what is pending, running, done or blocked, and the outcomes so far."""
+    """State of one run: steps pending, running and done, crash suspects, and the outcomes so far."""
 
     def __init__(self, graph: Graph, *, run_dir: Path, store: CheckpointStore, backend: Any,
                  fingerprints: Mapping[str, str], expected: Mapping[str, float | None], shared: dict):
@@ -521,9 +375,11 @@ class _Scheduler:
         self.submitted_at: dict[str, float] = {}
         self._labels: dict[str, str] = {}
 
-    def run(self, plan: Mapping[str, str | None], *, progress: bool) -> RunResult:
-        """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C)."""
-        t0 = time.perf_counter()
+    def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float) -> RunResult:
+        """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C).
+
+        ``t0`` is the ``perf_counter`` time the run began (before checkpoints were verified).
+        """
         for name, reason in plan.items():
             if reason is None:
                 self._reuse(name)
@@ -570,7 +426,7 @@ class _Scheduler:
             ready = [] if self.running else suspects[:1]  # a suspect of a worker crash runs alone
         for name in ready[: max(0, self.concurrency - len(self.running))]:
             step = self.graph[name]
-            task = _Task(name=name, target=step.target, config=step.config, needs=step.needs,
+            task = Task(name=name, target=step.target, config=step.config, needs=step.needs,
                          run_dir=str(self.run_dir), workers=self.concurrency, threads=self.threads,
                          shared=self.shared)
             self.pending.discard(name)
