@@ -88,6 +88,8 @@ class RunResult:
     steps: dict[str, StepOutcome]
     wall_s: float
     run_dir: Path
+    executor: str = "local"
+    workers: int = 1
     interrupted: bool = False
 
     @property
@@ -107,6 +109,8 @@ class RunResult:
             "wall_s": round(self.wall_s, 4),
             "ok": self.ok,
             "interrupted": self.interrupted,
+            "executor": self.executor,
+            "workers": self.workers,
         }
 
     def write(self, run_dir: Path | None = None) -> dict[str, Path | None]:
@@ -346,7 +350,7 @@ def run_graph(
         expected = _expected_durations(graph, store, history)
         run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
                          expected=expected, shared=dict(shared or {}))
-        result = run.run(plan, progress=progress, t0=t0)
+        result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran"})
     return result
 
@@ -375,10 +379,11 @@ class _Scheduler:
         self.submitted_at: dict[str, float] = {}
         self._labels: dict[str, str] = {}
 
-    def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float) -> RunResult:
+    def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float, executor_name: str) -> RunResult:
         """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C).
 
-        ``t0`` is the ``perf_counter`` time the run began (before checkpoints were verified).
+        ``t0`` is the ``perf_counter`` time the run began (before checkpoints were verified);
+        ``executor_name`` is recorded in the result.
         """
         for name, reason in plan.items():
             if reason is None:
@@ -413,7 +418,8 @@ class _Scheduler:
                 if name not in self.outcomes:
                     self._skip(name, "the run was interrupted before this step finished")
         steps = {name: self.outcomes[name] for name in self.graph.order}
-        return RunResult(steps=steps, wall_s=time.perf_counter() - t0, run_dir=self.run_dir, interrupted=interrupted)
+        return RunResult(steps=steps, wall_s=time.perf_counter() - t0, run_dir=self.run_dir,
+                         executor=executor_name, workers=self.concurrency, interrupted=interrupted)
 
     # -- the loop's parts
 
