@@ -125,7 +125,7 @@ class ProcessBackend:
         if not kill:
             executor.shutdown(wait=True)
             return
-        # ProcessPoolExecutor has no public terminate; its process table is the documented-by-use way.
+        # ProcessPoolExecutor cannot stop calls already running, so terminate its (private) process table.
         processes = list((executor._processes or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
