@@ -20,6 +20,7 @@ from bondexp.steps.drift import (
     level_shift_test,
     population_stability_index,
     status_of,
+    volatility_test,
     write_outputs,
 )
 from conftest import make_toy_dataset
@@ -224,6 +225,37 @@ def test_a_validation_gap_widens_the_null():
     assert abs(gapped["z"]) < abs(adjacent["z"])
 
 
+def _ar1_with_turbulence(rng, n, phi, *, start, factor):
+    """An AR(1) whose innovations are ``factor`` times larger from month ``start`` on."""
+    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
+    shocks[start:] *= factor
+    x = np.empty(n)
+    x[0] = rng.standard_normal()
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + shocks[t]
+    return x
+
+
+def test_volatility_test_finds_turbulence_but_not_persistence_or_calm():
+    train, test = np.arange(48), np.arange(48, 60)
+    null_p, turbulent_p, calm_p = [], [], []
+    for seed in range(20):
+        x = _ar1(np.random.default_rng(seed), 60, 0.95)
+        null_p.append(volatility_test(x[:48], train, x[48:], test)["pvalue"])
+        y = _ar1_with_turbulence(np.random.default_rng(seed), 60, 0.95, start=48, factor=2.5)
+        turbulent_p.append(volatility_test(y[:48], train, y[48:], test)["pvalue"])
+        z = _ar1_with_turbulence(np.random.default_rng(seed), 60, 0.95, start=48, factor=0.4)
+        calm_p.append(volatility_test(z[:48], train, z[48:], test)["pvalue"])
+    assert sum(p < 0.05 for p in null_p) <= 2
+    assert sum(p < 0.05 for p in turbulent_p) >= 17
+    assert sum(p < 0.05 for p in calm_p) == 0  # one-sided: a calmer market is no alarm
+
+
+def test_volatility_test_counts_only_consecutive_months():
+    result = volatility_test(np.array([0.0, 1.0, 0.0, 1.0]), np.array([0, 1, 2, 3]), np.array([0.0, 9.0]), np.array([10, 12]))
+    assert np.isnan(result["pvalue"])  # the two current months are not adjacent: no change to test
+
+
 def _panel_with_market(seed, *, shift=0.0, phi):
     """The toy panel over 60 months with AR(1) market-state factors; ``shift`` sd added to curve_level in test."""
     dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=seed)
@@ -251,6 +283,15 @@ def test_a_market_level_shift_is_flagged_in_the_report(seed):
     assert features["curve_level"]["status"] == "alert"
     assert features["curve_level"]["z"] > 4
     assert features["curve_slope"]["status"] != "alert"
+
+
+def test_turbulent_market_state_is_flagged_in_the_report():
+    dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=0)
+    month = _month_of_rows(dataset)
+    series = 0.03 + 0.004 * _ar1_with_turbulence(np.random.default_rng(1), 60, 0.95, start=48, factor=3.0)
+    entry = drift_report(_with_column(dataset, "market_credit_spread", series[month]), {})["features"]["market_credit_spread"]
+    assert entry["volatility_ratio"] > 2
+    assert entry["status"] == "alert"
 
 
 # --- models ---------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ Each feature gets the test that suits how it is observed, train against test and
   chi-square test of the 2 x categories count table (``scipy.stats.chi2_contingency``) in KS's
   place: KS needs an ordering, and rating or sector codes have none that matters;
 * **market-state features** (``Dataset.market_features``, one value per month): the level-shift
-  test alone. A dozen test months cannot fill ten quantile bins, so PSI is noise there.
+  test and a one-sided volatility test of the month-on-month changes
+  (:func:`volatility_test`). A dozen test months cannot fill ten quantile bins, so PSI is noise
+  there; a stress or crisis shows as larger monthly moves even when the level stays inside the
+  training range, and differencing makes the changes nearly independent, so the test stays honest.
 
 The level-shift test (:func:`level_shift_test`) exists because months are autocorrelated: a
 persistent but stationary factor spends long stretches away from its mean, and a test that treats
@@ -25,8 +28,8 @@ so PSI stays finite and an empty bin counts as a large but bounded difference.
 KS and chi-square count **bonds, not rows**: a bond observed for 30 months is not 30 draws of its
 coupon, so each sample's size is scaled by its distinct bonds per row (statistic from
 ``scipy.stats.ks_2samp``, p-value from scipy's large-sample ``kstwo`` at the effective sizes).
-The features' KS / chi-square / market-state p-values are one family, and the observation
-features' level and scale p-values a second; each is corrected with Holm's step-down method
+The features' KS / chi-square / market-state level p-values are one family, and the month-level
+tests (observation features' level and scale, market-state volatility) a second; each is corrected with Holm's step-down method
 (default) or Bonferroni, written here with numpy. Monthly p-values are corrected across features
 within each month.
 
@@ -39,8 +42,9 @@ Status (``ok`` / ``warn`` / ``alert``):
   significant before correction. Rows of one month share the market, so a feature priced off the
   curve (fair value, yield, spread) has a large PSI whenever the persistent market sits away from
   its training average; only the month-level test can tell that from a change, so only it alerts.
-* market state: **alert** if the corrected p < ``ks_alpha``, **warn** if the uncorrected one is;
-  the test is scaled by the factor's own month-to-month variation, so significance is the effect.
+* market state: **alert** if the level or volatility test's corrected p < ``ks_alpha``, **warn**
+  if an uncorrected one is; both tests are scaled by the factor's own month-to-month variation,
+  so significance is the effect size.
 
 Models are compared against their **validation** predictions, not training: training errors are
 in-sample, so a flexible model (boosting, forests) would look as if it had drifted on any new data.
@@ -210,6 +214,38 @@ def level_shift_test(
         "shift": shift,
         "monthly_z": monthly_z,
         "monthly_pvalue": 2 * stats.t.sf(np.abs(monthly_z), df),
+    }
+
+
+def volatility_test(
+    reference: np.ndarray, reference_months: np.ndarray, current: np.ndarray, current_months: np.ndarray
+) -> Dict[str, float]:
+    """One-sided F test: are a monthly series' month-on-month changes more volatile in ``current``?
+
+    Differencing removes the persistent level, so the changes of even a near unit-root AR(1) are
+    close to independent and a variance test stays honest on a dozen months. One-sided, because a
+    market calmer than training moves inside what the models saw, while a stress or crisis shows
+    as larger moves. Only changes between consecutive months count.
+
+    Returns
+    -------
+    dict
+        ``ratio`` (sd of current changes over sd of reference changes) and ``pvalue``; NaN when
+        either side has fewer than 2 changes.
+    """
+    def changes(values, months):
+        values, months = np.asarray(values, dtype=np.float64), np.asarray(months, dtype=np.int64)
+        return np.diff(values)[np.diff(months) == 1]
+
+    ref, cur = changes(reference, reference_months), changes(current, current_months)
+    if len(ref) < 2 or len(cur) < 2:
+        return {"ratio": float("nan"), "pvalue": float("nan")}
+    ref_var, cur_var = ref.var(ddof=1), cur.var(ddof=1)
+    if ref_var == 0:
+        return {"ratio": float("inf") if cur_var > 0 else 1.0, "pvalue": 0.0 if cur_var > 0 else 1.0}
+    return {
+        "ratio": float(np.sqrt(cur_var / ref_var)),
+        "pvalue": float(stats.f.sf(cur_var / ref_var, len(cur) - 1, len(ref) - 1)),
     }
 
 
@@ -401,11 +437,14 @@ def drift_report(
         ref, cur = np.asarray(dataset.X[train_rows, j]), np.asarray(dataset.X[test_rows, j])
         if name in dataset.market_features:
             ref_months, ref_series = _monthly_series(ref, train_month)
-            shift = level_shift_test(ref_series, ref_months, _monthly_series(cur, month_number[test_rows])[1], test_months)
+            cur_series = _monthly_series(cur, month_number[test_rows])[1]
+            shift = level_shift_test(ref_series, ref_months, cur_series, test_months)
+            volatility = volatility_test(ref_series, ref_months, cur_series, test_months)
             tests.append({
                 "kind": "market_state", "test": "level_shift", "psi": np.nan, "p": shift["pvalue"],
                 "monthly_psi": np.full(n_months, np.nan), "monthly_p": shift["monthly_pvalue"],
                 "monthly": {"z": shift["monthly_z"]}, "extra": {key: shift[key] for key in ("z", "shift", "sd", "phi")},
+                "parts": {"volatility": {"ratio": volatility["ratio"], "p": volatility["pvalue"]}},
             })
             continue
         categorical = name in dataset.categorical
@@ -422,15 +461,18 @@ def drift_report(
     raw = np.array([t["p"] for t in tests])
     corrected = correct_pvalues(raw, method=correction)
     monthly_p = correct_pvalues(np.array([t["monthly_p"] for t in tests]).reshape(len(tests), n_months), method=correction)
-    split_tests = [t for t in tests if "parts" in t]
-    parts_p = correct_pvalues(np.array([[t["parts"][k]["p"] for k in PARTS] for t in split_tests]).ravel(), method=correction)
-    for t, row in zip(split_tests, parts_p.reshape(len(split_tests), len(PARTS))):
-        for k, value in zip(PARTS, row):
-            t["parts"][k]["p_corrected"] = value
+    month_level = [part for t in tests for part in t.get("parts", {}).values()]
+    for part, value in zip(month_level, correct_pvalues(np.array([part["p"] for part in month_level]), method=correction)):
+        part["p_corrected"] = value
     features: Dict[str, Dict[str, Any]] = {}
     for i, (name, t) in enumerate(zip(dataset.feature_names, tests)):
         if t["kind"] == "market_state":
-            status = "alert" if corrected[i] < ks_alpha else "warn" if raw[i] < ks_alpha else "ok"
+            volatility = t["parts"]["volatility"]
+            status = (
+                "alert" if min(corrected[i], volatility["p_corrected"]) < ks_alpha
+                else "warn" if min(raw[i], volatility["p"]) < ks_alpha else "ok"
+            )
+            t["extra"].update({"volatility_ratio": volatility["ratio"], "volatility_pvalue": volatility["p_corrected"]})
         elif t["kind"] == "categorical":
             status = status_of(t["psi"], corrected[i], **rules)
         else:
