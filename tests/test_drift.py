@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import bondexp.conf
 
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
@@ -343,3 +346,73 @@ def test_write_outputs_writes_valid_json_and_the_plot(toy_dataset, tmp_path):
     assert set(written["models"]["m"]) >= {"psi", "ks_pvalue", "status", "rmse_test", "monthly"}
     assert (tmp_path / "plots" / "drift.png").stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drift.json", "plots"]  # no temp file left behind
+
+
+# --- the real synthetic market --------------------------------------------------------------------
+
+
+def _market(preset, *, drift_on, seed, cache_dir):
+    import yaml
+
+    from bondexp.data import data_fingerprint
+    from bondexp.features import load_dataset
+
+    data_cfg = dict(yaml.safe_load((Path(bondexp.conf.__file__).parent / "data" / f"{preset}.yaml").read_text()), drift=drift_on)
+    dataset, _ = load_dataset(data_cfg, seed=seed, cache_dir=cache_dir)
+    return dataset, data_cfg, data_fingerprint(data_cfg, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stationary_default_market_raises_no_alert(seed, tmp_path_factory):
+    dataset, _, _ = _market("synthetic", drift_on=False, seed=seed, cache_dir=tmp_path_factory.mktemp("cache"))
+    report = drift_report(dataset, {})
+    assert report["metrics"]["n_alert"] == 0, {n: f["status"] for n, f in report["features"].items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forced_stress_on_the_default_market_alerts_on_the_credit_spread(seed, tmp_path_factory):
+    """The forced stress/crisis test period: spreads move more month to month than in training."""
+    dataset, _, _ = _market("synthetic", drift_on=True, seed=seed, cache_dir=tmp_path_factory.mktemp("cache"))
+    spread = drift_report(dataset, {})["features"]["market_credit_spread"]
+    assert spread["status"] == "alert"
+    assert spread["volatility_ratio"] > 1.5
+
+
+def linear_model(config, inputs, ctx):
+    """A model step for the runner test: ridge regression on every feature, predictions for every split."""
+    from sklearn.linear_model import Ridge
+
+    dataset = drift_module.dataset_for(ctx.shared)
+    model = Ridge(alpha=1.0).fit(dataset.frame("train"), dataset.target("train"))
+    predictions = {split: {"mean": model.predict(dataset.frame(split))} for split in dataset.splits}
+    val_rmse = float(np.sqrt(np.mean((dataset.target("validation") - predictions["validation"]["mean"]) ** 2)))
+    return {
+        "name": ctx.name, "group": "ml", "config": config, "model": model, "features": list(dataset.feature_names),
+        "predictions": predictions, "metrics": {"val_rmse": val_rmse}, "info": {},
+    }
+
+
+def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
+    """Model step, then drift through the real runner (in-process); the parent then writes the outputs."""
+    import joblib
+
+    from bondexp.graph import Step, build_graph
+    from bondexp.runner import run_graph
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    cache = tmp_path / "cache"
+    _, data_cfg, fingerprint = _market("small", drift_on=True, seed=0, cache_dir=cache)
+    graph = build_graph([
+        Step("ridge", "test_drift.linear_model", group="ml"),
+        Step("drift", "bondexp.steps.drift.drift", needs=("ridge",), group="report",
+             config={"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4}),
+    ])
+    shared = {"data": data_cfg, "seed": 0, "cache_dir": str(cache), "data_fingerprint": fingerprint}
+    run_dir = tmp_path / "run"
+    result = run_graph(graph, run_dir=run_dir, workers=1, shared=shared, data_fingerprint=fingerprint, progress=False)
+    assert result.ok, result.to_dict()
+    artifact = joblib.load(run_dir / "checkpoints" / "drift.joblib")
+    assert set(artifact["models"]) == {"ridge"}
+    assert set(artifact["models"]["ridge"]["monthly"]) == set(artifact["months"])
+    write_outputs(artifact, run_dir)
+    assert json.loads((run_dir / "drift.json").read_text())["metrics"] == artifact["metrics"]
