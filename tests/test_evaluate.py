@@ -1,0 +1,296 @@
+"""The evaluate step: stratified sampling, scores against the DCF and the oracle, intervals, files."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bondexp.errors import ConfigError, DataValidationError
+from bondexp.steps import evaluate as ev
+from bondexp.steps.evaluate import (
+    COLUMNS,
+    evaluate_models,
+    interval_pinball,
+    sample_rows,
+    score_breakdown,
+    score_model,
+    write_outputs,
+)
+
+
+def model_artifact(dataset, name, *, noise, group="ml", band=None, std=None, seed=0):
+    """A hand-made model-step artifact: the oracle's prediction plus noise on every split."""
+    rng = np.random.default_rng(seed)
+    predictions = {}
+    for split, rows in dataset.splits.items():
+        mean = dataset.meta["oracle_prediction"][rows] + rng.normal(0.0, noise, len(rows))
+        p = {"mean": mean}
+        if band is not None:
+            p.update(lower=mean - band, upper=mean + band, level=0.9)
+        if std is not None:
+            p["std"] = np.full(len(rows), std)
+        predictions[split] = p
+    return {
+        "name": name, "group": group, "config": {"name": name}, "model": None, "features": [],
+        "predictions": predictions, "metrics": {"val_rmse": noise + 0.01}, "info": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def models(toy_dataset):
+    return {
+        "good": model_artifact(toy_dataset, "good", noise=0.05),
+        "band": model_artifact(toy_dataset, "band", noise=0.4, group="risk", band=0.8, seed=1),
+        "prob": model_artifact(toy_dataset, "prob", noise=0.3, group="risk", band=0.6, std=0.5, seed=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def artifact(toy_dataset, models):
+    return evaluate_models(toy_dataset, models, sample_pct=100, n_bootstrap=200, seed=0)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sample_pct_sets_the_count_and_keeps_every_rating(toy_dataset):
+    ratings = toy_dataset.meta_of("test", "rating")
+    n, n_ratings = len(ratings), len(np.unique(ratings))
+    rows = sample_rows(toy_dataset, pct=10, seed=0)
+    assert abs(len(rows) - round(0.1 * n)) <= n_ratings
+    assert set(ratings[rows]) == set(ratings)
+    assert len(np.unique(rows)) == len(rows) and rows.min() >= 0 and rows.max() < n
+    assert np.all(np.diff(rows) > 0)  # time order kept
+    assert len(sample_rows(toy_dataset, pct=50, seed=0)) > 4 * len(rows)
+
+
+def test_sample_is_proportional_per_rating(toy_dataset):
+    ratings = toy_dataset.meta_of("test", "rating")
+    rows = sample_rows(toy_dataset, pct=25, seed=3)
+    for code in np.unique(ratings):
+        expected = 0.25 * np.sum(ratings == code)
+        assert abs(np.sum(ratings[rows] == code) - expected) <= 1
+
+
+def test_seed_changes_the_rows_but_not_their_count(toy_dataset):
+    a = sample_rows(toy_dataset, pct=10, seed=0)
+    b = sample_rows(toy_dataset, pct=10, seed=1)
+    assert len(a) == len(b)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, sample_rows(toy_dataset, pct=10, seed=0))
+    assert not np.array_equal(a, np.arange(len(a)))  # never the first N rows
+
+
+def test_full_percentage_is_every_row_and_a_tiny_one_still_covers_each_rating(toy_dataset):
+    n = len(toy_dataset.splits["test"])
+    np.testing.assert_array_equal(sample_rows(toy_dataset, pct=100, seed=5), np.arange(n))
+    ratings = toy_dataset.meta_of("test", "rating")
+    tiny = sample_rows(toy_dataset, pct=0.01, seed=0)
+    assert len(tiny) == len(np.unique(ratings))
+    assert set(ratings[tiny]) == set(ratings)
+
+
+@pytest.mark.parametrize("pct", [0, -5, 100.5])
+def test_sample_pct_out_of_range_is_a_config_error(toy_dataset, pct):
+    with pytest.raises(ConfigError, match=r"'eval.sample_pct' config key must be a percentage in \(0, 100\]"):
+        sample_rows(toy_dataset, pct=pct, seed=0)
+
+
+def test_sample_pct_changes_the_evaluated_rows(toy_dataset, models):
+    small = evaluate_models(toy_dataset, models, sample_pct=20, n_bootstrap=50, seed=0)
+    other = evaluate_models(toy_dataset, models, sample_pct=20, n_bootstrap=50, seed=1)
+    n = len(small["sample_rows"])
+    assert small["metrics"]["n_evaluated"] == n < small["metrics"]["n_test"]
+    assert {row["n"] for row in small["leaderboard"]} == {n}
+    assert len(small["samples"]["y"]) == n
+    y = toy_dataset.target("test")
+    np.testing.assert_array_equal(small["samples"]["y"], y[small["sample_rows"]])
+    assert not np.array_equal(small["sample_rows"], other["sample_rows"])
+
+
+# ----------------------------------------------------------------------------- the leaderboard
+
+
+def test_leaderboard_has_baseline_oracle_and_every_model_sorted(artifact, toy_dataset):
+    rows = artifact["leaderboard"]
+    assert {row["model"] for row in rows} == {"good", "band", "prob", "dcf_baseline", "oracle"}
+    rmse = [row["rmse"] for row in rows]
+    assert rmse == sorted(rmse)
+    by_name = {row["model"]: row for row in rows}
+    y = toy_dataset.target("test")
+    assert by_name["dcf_baseline"]["rmse"] == pytest.approx(np.sqrt(np.mean(y**2)))
+    assert by_name["dcf_baseline"]["improvement_pct"] == pytest.approx(0.0)
+    assert by_name["dcf_baseline"]["oracle_gap_pct"] == pytest.approx(100.0)
+    assert by_name["oracle"]["oracle_gap_pct"] == pytest.approx(0.0)
+    assert artifact["metrics"]["best_model"] == "good"
+    assert artifact["metrics"]["n_models"] == 3
+    assert artifact["validation_rmse"] == {"good": pytest.approx(0.06), "band": pytest.approx(0.41), "prob": pytest.approx(0.31)}
+    assert artifact["groups"] == {"good": "ml", "band": "risk", "prob": "risk"}
+    assert set(artifact["breakdown"]) == {row["model"] for row in rows}
+
+
+def test_scores_match_their_definitions():
+    y = np.array([1.0, -1.0, 2.0, 0.0])
+    pred = np.array([0.5, -1.0, 1.0, 0.5])
+    oracle = np.array([1.0, -1.0, 1.5, 0.0])
+    row = score_model("m", {"mean": pred}, y, meta={"oracle_prediction": oracle}, n_bootstrap=100, confidence=0.9, seed=0)
+    rmse = np.sqrt(np.mean((y - pred) ** 2))
+    rmse_dcf, rmse_oracle = np.sqrt(np.mean(y**2)), np.sqrt(np.mean((y - oracle) ** 2))
+    assert row["rmse"] == pytest.approx(rmse)
+    assert row["mae"] == pytest.approx(np.mean(np.abs(y - pred)))
+    assert row["r2"] == pytest.approx(1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+    assert row["improvement_pct"] == pytest.approx(100 * (1 - rmse / rmse_dcf))
+    assert row["oracle_gap_pct"] == pytest.approx(100 * (rmse - rmse_oracle) / (rmse_dcf - rmse_oracle))
+    assert list(row)[: len(COLUMNS)] == list(COLUMNS)
+
+
+def test_bootstrap_interval_brackets_the_rmse_and_is_seeded():
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 1, 2000)
+    pred = y + rng.normal(0, 0.5, 2000)
+    kw = dict(meta={}, n_bootstrap=300, confidence=0.95)
+    row = score_model("m", {"mean": pred}, y, seed=0, **kw)
+    assert row["rmse_ci_low"] < row["rmse"] < row["rmse_ci_high"]
+    assert row["rmse_ci_high"] - row["rmse_ci_low"] < 0.1  # about 4 standard errors of 0.008
+    assert score_model("m", {"mean": pred}, y, seed=0, **kw)["rmse_ci_low"] == row["rmse_ci_low"]
+    assert score_model("m", {"mean": pred}, y, seed=1, **kw)["rmse_ci_low"] != row["rmse_ci_low"]
+    wider = score_model("m", {"mean": pred}, y, seed=0, meta={}, n_bootstrap=300, confidence=0.99)
+    assert wider["rmse_ci_low"] < row["rmse_ci_low"] and wider["rmse_ci_high"] > row["rmse_ci_high"]
+
+
+def test_bootstrap_chunks_give_the_same_shape_of_answer(monkeypatch):
+    rng = np.random.default_rng(2)
+    sq = rng.exponential(1.0, 500)
+    whole = ev.bootstrap_rmse_ci(sq, n_bootstrap=400, confidence=0.9, seed=0)
+    monkeypatch.setattr(ev, "_BOOTSTRAP_CHUNK", 1000)  # two resamples per chunk
+    chunked = ev.bootstrap_rmse_ci(sq, n_bootstrap=400, confidence=0.9, seed=0)
+    assert chunked[0] < np.sqrt(sq.mean()) < chunked[1]
+    assert chunked == pytest.approx(whole, rel=0.05)
+
+
+def test_interval_scores_on_a_known_band():
+    y = np.arange(10, dtype=float)
+    mean = np.full(10, 4.5)
+    lower, upper = np.full(10, 2.0), np.full(10, 6.0)  # covers 2..6: five of ten
+    prediction = {"mean": mean, "lower": lower, "upper": upper, "level": 0.8}
+    row = score_model("q", prediction, y, meta={}, n_bootstrap=10, confidence=0.95, seed=0)
+    assert row["coverage"] == pytest.approx(0.5)
+    assert row["level"] == 0.8
+    by_hand = 0.5 * (
+        np.mean(np.maximum(0.1 * (y - lower), -0.9 * (y - lower))) + np.mean(np.maximum(0.9 * (y - upper), -0.1 * (y - upper)))
+    )
+    assert row["pinball"] == pytest.approx(by_hand)
+    assert interval_pinball(y, y, y, level=0.8) == 0.0
+    assert "nll" not in row
+
+
+def test_gaussian_nll_prefers_the_right_spread():
+    rng = np.random.default_rng(3)
+    y = rng.normal(0, 2.0, 5000)
+    score = lambda s: score_model("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
+    assert score(2.0) == pytest.approx(0.5 * np.log(2 * np.pi * 4.0) + 0.5, abs=0.05)
+    assert score(2.0) < score(1.0) and score(2.0) < score(4.0)
+
+
+def test_interval_models_get_coverage_and_proper_scores(artifact):
+    by_name = {row["model"]: row for row in artifact["leaderboard"]}
+    assert {"coverage", "pinball", "level"} <= set(by_name["band"]) and "nll" not in by_name["band"]
+    assert "nll" in by_name["prob"]
+    assert "coverage" not in by_name["good"]
+    assert 0.0 <= by_name["band"]["coverage"] <= 1.0
+    assert "coverage" in artifact["breakdown"]["band"]["rating"]["AAA"]
+
+
+def test_breakdown_by_rating_and_regime_adds_up(toy_dataset, artifact):
+    breakdown = artifact["breakdown"]["good"]
+    n_test = len(toy_dataset.splits["test"])
+    assert sum(entry["n"] for entry in breakdown["rating"].values()) == n_test
+    assert sum(entry["n"] for entry in breakdown["regime"].values()) == n_test
+    assert set(breakdown["regime"]) <= {"calm", "stress", "crisis"}
+    # the overall RMSE is the row-weighted root mean of the per-rating mean squares
+    rmse = next(row["rmse"] for row in artifact["leaderboard"] if row["model"] == "good")
+    pooled = np.sqrt(sum(e["n"] * e["rmse"] ** 2 for e in breakdown["rating"].values()) / n_test)
+    assert pooled == pytest.approx(rmse)
+
+
+def test_breakdown_without_oracle_has_no_regime():
+    y = np.array([1.0, 2.0, 3.0])
+    out = score_breakdown({"mean": np.zeros(3)}, y, meta={"rating": np.array([0, 0, 6])})
+    assert out["regime"] == {}
+    assert out["rating"] == {"AAA": {"n": 2, "rmse": pytest.approx(np.sqrt(2.5))}, "CCC": {"n": 1, "rmse": 3.0}}
+
+
+def test_data_without_oracle_has_no_oracle_row(toy_dataset, models):
+    meta = {k: v for k, v in toy_dataset.meta.items() if not k.startswith("oracle_")}
+    plain = type(toy_dataset)(**{**toy_dataset.__dict__, "meta": meta})
+    result = evaluate_models(plain, models, sample_pct=100, n_bootstrap=20, seed=0)
+    assert {row["model"] for row in result["leaderboard"]} == {"good", "band", "prob", "dcf_baseline"}
+    assert all("oracle_gap_pct" not in row for row in result["leaderboard"])
+    assert "oracle_rmse" not in result["metrics"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: {**p, "mean": p["mean"][:-1]}, r"prediction 'mean' of model 'bad' must hold one value per test row"),
+        (lambda p: {**p, "mean": np.where(np.arange(len(p["mean"])) == 3, np.nan, p["mean"])}, r"'mean' of model 'bad' must be finite. Got 1 non-finite value"),
+        (lambda p: {**p, "lower": p["mean"] - 1, "upper": p["mean"][:5], "level": 0.9}, r"prediction 'upper' of model 'bad' must hold one value per test row"),
+        (lambda p: {**p, "std": np.zeros(len(p["mean"]))}, r"'std' of model 'bad' must be positive"),
+    ],
+)
+def test_bad_predictions_are_named(toy_dataset, change, message):
+    bad = model_artifact(toy_dataset, "bad", noise=0.1)
+    bad["predictions"]["test"] = change(bad["predictions"]["test"])
+    with pytest.raises(DataValidationError, match=message):
+        evaluate_models(toy_dataset, {"bad": bad}, n_bootstrap=10)
+
+
+def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, models, monkeypatch):
+    monkeypatch.setattr(ev, "dataset_for", lambda shared: toy_dataset)
+    ctx = SimpleNamespace(name="evaluate", run_dir=None, workers=1, threads=1, shared={}, log=logging.getLogger("t"))
+    config = {"sample_pct": 50, "n_bootstrap": 20, "confidence": 0.9, "seed": 4}
+    inputs = {**models, "drift": {"metrics": {"n_alert": 0}}}
+    result = ev.evaluate(config, inputs, ctx)
+    assert {row["model"] for row in result["leaderboard"]} == {"good", "band", "prob", "dcf_baseline", "oracle"}
+    assert all(isinstance(v, (int, float, str, bool)) for v in result["metrics"].values())
+    with pytest.raises(ConfigError, match=r"'eval' config keys must be among .* Got \['samplepct'\]"):
+        ev.evaluate({**config, "samplepct": 5}, inputs, ctx)
+    with pytest.raises(ConfigError, match="needs at least one model step"):
+        ev.evaluate(config, {"drift": {}}, ctx)
+    with pytest.raises(ConfigError, match=r"'eval.confidence' config key must be in \(0, 1\)"):
+        ev.evaluate({**config, "confidence": 1.0}, inputs, ctx)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models):
+    result = evaluate_models(toy_dataset, models, sample_pct=40, n_bootstrap=50, seed=0)
+    rows = result["sample_rows"]
+    y = toy_dataset.target("test")[rows]
+    meta = {name: toy_dataset.meta_of("test", name)[rows] for name in toy_dataset.meta}
+    extra = score_model("good_tuned", {"mean": y + 0.01 / 3}, y, meta=meta, n_bootstrap=50, confidence=0.95, seed=0)
+    paths = write_outputs(result, tmp_path, extra_rows=[extra])
+    for name in ("leaderboard.csv", "leaderboard.md", "plots/predicted_vs_actual.png",
+                 "plots/residual_distribution.png", "plots/rmse_ci.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "predicted_vs_actual", "residual_distribution", "rmse_ci"}
+    with open(tmp_path / "leaderboard.csv") as handle:
+        reader = csv.DictReader(handle)
+        table = list(reader)
+        header = reader.fieldnames
+    assert header[: len(COLUMNS)] == list(COLUMNS)
+    assert {"oracle_gap_pct", "coverage", "pinball", "nll"} <= set(header)
+    assert [r["model"] for r in table][0] == "good_tuned"
+    assert {r["model"] for r in table} == {"good_tuned", "good", "band", "prob", "dcf_baseline", "oracle"}
+    assert [float(r["rmse"]) for r in table] == sorted(float(r["rmse"]) for r in table)
+    assert float(table[0]["rmse"]) == extra["rmse"]  # full precision
+    assert next(r for r in table if r["model"] == "good")["coverage"] == ""
+    md = (tmp_path / "leaderboard.md").read_text().splitlines()
+    assert md[0].startswith("| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |")
+    assert len(md) == 2 + len(table)
+    assert not list(tmp_path.glob("**/*.tmp"))
