@@ -301,10 +301,15 @@ def test_turbulent_market_state_is_flagged_in_the_report():
 
 
 def test_a_stale_model_shows_and_a_steady_one_does_not(toy_dataset):
-    models = {"steady": _models(toy_dataset, test_noise=0.3), "stale": _models(toy_dataset, test_noise=0.9, seed=1)}
+    models = {
+        "steady": _models(toy_dataset, test_noise=0.3),
+        "stale": _models(toy_dataset, test_noise=0.9, seed=1),
+        "better": _models(toy_dataset, test_noise=0.1, seed=2),
+    }
     report = drift_report(toy_dataset, models)["models"]
     steady, stale = report["steady"], report["stale"]
-    assert stale["status"] != "ok" and stale["ks_pvalue"] < 1e-6
+    assert stale["status"] == "alert" and stale["ks_pvalue"] < 1e-6
+    assert report["better"]["status"] != "alert" and report["better"]["ks_pvalue"] > 0.5  # one-sided: smaller errors are fine
     assert stale["rmse_ratio"] == pytest.approx(3.0, rel=0.15)
     assert steady["ks_pvalue"] > 0.05 and steady["rmse_ratio"] == pytest.approx(1.0, rel=0.15)
     months = list(stale["monthly"])

@@ -48,10 +48,12 @@ Status (``ok`` / ``warn`` / ``alert``):
 
 Models are compared against their **validation** predictions, not training: training errors are
 in-sample, so a flexible model (boosting, forests) would look as if it had drifted on any new data.
-Validation is out of sample and just before the test period, so a change in the predictions
-(PSI) or in the absolute errors (KS) there means the world moved, and the monthly RMSE shows a
-model going stale. Model p-values are corrected across models; the status rule is the categorical
-one (PSI of the predictions, KS of the absolute errors).
+Validation is out of sample and just before the test period, so larger absolute errors there
+mean the world moved, and the monthly RMSE shows a model going stale. The error test is one-sided
+KS (are the test errors stochastically larger?): a model doing better in a calm test period is not
+stale. Model p-values are corrected across models. A model **alerts** when its errors grew
+(corrected p < ``ks_alpha``) and **warns** when they grew before correction or its predictions'
+PSI reaches ``psi_warn`` (it is being asked about inputs unlike validation's).
 """
 
 from __future__ import annotations
@@ -269,18 +271,25 @@ def _by_month(values: np.ndarray, month: np.ndarray, n_months: int) -> list:
     return np.split(values[order], np.cumsum(np.bincount(month, minlength=n_months))[:-1])
 
 
-def _ks_pvalue(reference: np.ndarray, current: np.ndarray, *, shares: Tuple[float, float] = (1.0, 1.0)) -> float:
+def _ks_pvalue(
+    reference: np.ndarray, current: np.ndarray, *, shares: Tuple[float, float] = (1.0, 1.0), larger: bool = False
+) -> float:
     """Two-sample KS p-value with each sample counted as ``len * share`` independent draws.
 
     ``shares`` are the samples' distinct bonds per row: a bond seen in 30 months is not 30 draws of
     its coupon. The statistic is ``scipy.stats.ks_2samp``'s; the p-value is the distribution scipy
-    uses for large samples, ``kstwo`` at ``n1 n2 / (n1 + n2)``, with those effective sizes.
+    uses for large samples at ``n = n1 n2 / (n1 + n2)`` with those effective sizes: ``kstwo`` for
+    the two-sided test, ``exp(-2 n D**2)`` for ``larger=True`` (is ``current`` stochastically larger?).
     """
     if len(reference) == 0 or len(current) == 0:
         return float("nan")
-    statistic = stats.ks_2samp(reference, current).statistic
+    alternative = "greater" if larger else "two-sided"
+    statistic = stats.ks_2samp(reference, current, alternative=alternative, method="asymp").statistic
     n1, n2 = max(len(reference) * shares[0], 1.0), max(len(current) * shares[1], 1.0)
-    return float(stats.kstwo.sf(statistic, max(round(n1 * n2 / (n1 + n2)), 1)))
+    n = n1 * n2 / (n1 + n2)
+    if larger:
+        return float(min(np.exp(-2.0 * n * statistic**2), 1.0))
+    return float(stats.kstwo.sf(statistic, max(round(n), 1)))
 
 
 def _chi2_pvalue(counts: np.ndarray, *, shares: Tuple[float, float] = (1.0, 1.0)) -> float:
@@ -532,13 +541,15 @@ def _model_drift(
         )
         err_val, err_test = y_val - pred_val, y_test - pred_test
         abs_val, abs_test = np.abs(err_val), np.abs(err_test)
-        m_p = np.array([_ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0)) for chunk in _by_month(abs_test, test_month, n_months)])
+        m_p = np.array([
+            _ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0), larger=True) for chunk in _by_month(abs_test, test_month, n_months)
+        ])
         with np.errstate(invalid="ignore", divide="ignore"):
             m_rmse = np.sqrt(np.bincount(test_month, weights=err_test**2, minlength=n_months) / count)
             m_bias = np.bincount(test_month, weights=err_test, minlength=n_months) / count
         rmse_val, rmse_test = float(np.sqrt(np.mean(err_val**2))), float(np.sqrt(np.mean(err_test**2)))
         results[name] = {
-            "psi": psi, "pvalue_raw": _ks_pvalue(abs_val, abs_test, shares=shares), "monthly_psi": m_psi, "monthly_p": m_p,
+            "psi": psi, "pvalue_raw": _ks_pvalue(abs_val, abs_test, shares=shares, larger=True), "monthly_psi": m_psi, "monthly_p": m_p,
             "rmse_validation": rmse_val, "rmse_test": rmse_test, "rmse": m_rmse, "bias": m_bias,
         }
     names = list(results)
@@ -553,7 +564,7 @@ def _model_drift(
             "psi": _json_number(r["psi"]),
             "ks_pvalue": _json_number(corrected[i]),
             "pvalue_raw": _json_number(r["pvalue_raw"]),
-            "status": status_of(r["psi"], corrected[i], **rules),
+            "status": _model_status(r["psi"], corrected[i], r["pvalue_raw"], psi_warn=rules["psi_warn"], ks_alpha=rules["ks_alpha"]),
             "rmse_validation": _json_number(r["rmse_validation"]),
             "rmse_test": _json_number(r["rmse_test"]),
             "rmse_ratio": _json_number(r["rmse_test"] / r["rmse_validation"]) if r["rmse_validation"] > 0 else None,
@@ -568,6 +579,13 @@ def _model_drift(
             },
         }
     return report
+
+
+def _model_status(psi: float, pvalue: float, pvalue_raw: float, *, psi_warn: float, ks_alpha: float) -> str:
+    """Alert when the errors grew (corrected one-sided KS); warn when they may have or the predictions moved."""
+    if pvalue < ks_alpha:
+        return "alert"
+    return "warn" if pvalue_raw < ks_alpha or (np.isfinite(psi) and psi >= psi_warn) else "ok"
 
 
 def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
@@ -617,7 +635,7 @@ def write_outputs(artifact: Dict[str, Any], run_dir) -> None:
 
 
 def _plot(artifact: Dict[str, Any], path: Path) -> None:
-    """Four panels: PSI per feature, market-state |z|, monthly PSI of drifted features, monthly RMSE per model."""
+    """Four panels: PSI per feature, market-state evidence, monthly PSI of drifted features, monthly RMSE per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -637,10 +655,17 @@ def _plot(artifact: Dict[str, Any], path: Path) -> None:
     ax.legend()
     ax = axes[0, 1]
     market = [n for n, f in features.items() if f["kind"] == "market_state"]
-    ax.bar(market, [abs(features[n]["z"] or 0.0) for n in market], color=[STATUS_COLORS[features[n]["status"]] for n in market])
-    ax.axhline(stats.norm.isf(limits["ks_alpha"] / 2), color="grey", ls="--", label=f"|z| = {stats.norm.isf(limits['ks_alpha'] / 2):.2f}")
-    ax.set_title("market state: |z| of the level shift (AR(1) scale; status from t p-values)")
-    ax.legend()
+    x = np.arange(len(market))
+    for offset, key, hatch in ((-0.2, "ks_pvalue", ""), (0.2, "volatility_pvalue", "//")):
+        evidence = [-np.log10(max(features[n][key] if features[n][key] is not None else 1.0, 1e-12)) for n in market]
+        label = "level shift" if key == "ks_pvalue" else "volatility (one-sided)"
+        ax.bar(x + offset, evidence, width=0.4, hatch=hatch, label=label,
+               color=[STATUS_COLORS[features[n]["status"]] for n in market], edgecolor="black")
+    ax.axhline(-np.log10(limits["ks_alpha"]), color="grey", ls="--", label=f"corrected p = {limits['ks_alpha']}")
+    ax.set_xticks(x, market)
+    ax.set_ylabel("-log10 corrected p")
+    ax.set_title("market state: level shift and volatility (bar color = status)")
+    ax.legend(fontsize="small")
     ax = axes[1, 0]
     shown = [n for n in artifact["drifted"] if features[n]["kind"] != "market_state"][:8]
     for name in shown:
