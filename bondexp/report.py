@@ -16,7 +16,7 @@ from bondexp.checkpoints import atomic_write_text
 from bondexp.steps.evaluate import REFERENCES, leaderboard_markdown
 
 #: Metrics shown per step in the step table (the first two a step reports, in this order).
-KEY_METRICS = ("val_rmse", "best_rmse", "best_value", "n_alert", "n_warn", "val_coverage", "n_iter")
+KEY_METRICS = ("val_rmse", "best_model", "best_rmse", "best_value", "n_alert", "n_warn", "val_coverage", "n_iter")
 
 
 def write_report(
@@ -100,7 +100,7 @@ def _data(summary: Mapping[str, Any]) -> str:
         "",
         f"{summary.get('n_rows', 0):,} observations, {how}"
         + (f" in {summary['load_seconds']:.2f} s" if "load_seconds" in summary else "")
-        + (f" (fingerprint `{summary['fingerprint']}`)" if summary.get("fingerprint") else "")
+        + (f" (data fingerprint `{summary['fingerprint'][:12]}`)" if summary.get("fingerprint") else "")
         + ". The residual is market clean price minus DCF fair value, per 100 face.",
         "",
         "| split | rows | first date | last date | residual mean | sd | p05 | p95 |",
