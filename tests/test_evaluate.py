@@ -263,6 +263,8 @@ def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, mode
         ev.evaluate(config, {"drift": {}}, ctx)
     with pytest.raises(ConfigError, match=r"'eval.confidence' config key must be in \(0, 1\)"):
         ev.evaluate({**config, "confidence": 1.0}, inputs, ctx)
+    with pytest.raises(ConfigError, match=r"must differ from the leaderboard's reference rows .* Got \['oracle'\]"):
+        ev.evaluate(config, {"oracle": models["good"]}, ctx)
 
 
 # ----------------------------------------------------------------------------- files

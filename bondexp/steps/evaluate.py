@@ -116,7 +116,7 @@ def evaluate_models(
     Raises
     ------
     ConfigError
-        No model, or an option out of range.
+        No model, a model named like a reference row, or an option out of range.
     DataValidationError
         A model's test predictions do not cover the test split or are not finite.
     """
@@ -128,11 +128,14 @@ def evaluate_models(
         raise ConfigError(f"The 'eval.n_bootstrap' config key must be at least 1. Got {n_bootstrap!r} instead.")
     if not 0 < confidence < 1:
         raise ConfigError(f"The 'eval.confidence' config key must be in (0, 1). Got {confidence!r} instead.")
+    taken = sorted(set(models) & set(REFERENCES))
+    if taken:
+        raise ConfigError(f"Model names must differ from the leaderboard's reference rows {list(REFERENCES)}. Got {taken}; rename the model.")
     n_test = len(dataset.splits["test"])
     rows = sample_rows(dataset, pct=sample_pct, seed=seed)
     y = dataset.target("test")[rows]
     meta = {name: dataset.meta_of("test", name)[rows] for name in dataset.meta}
-    candidates: Dict[str, tuple] = {}
+    candidates: Dict[str, Dict[str, Any]] = {}
     for name, artifact in models.items():
         candidates[name] = _sampled(name, artifact["predictions"]["test"], rows, n_test=n_test)
     candidates[BASELINE] = {"mean": np.zeros(len(rows))}
