@@ -434,10 +434,39 @@ def drift_report(
     """
     _check_options(psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha, correction=correction, n_bins=n_bins, psi_floor=psi_floor)
     rules = {"psi_warn": psi_warn, "psi_alert": psi_alert, "ks_alpha": ks_alpha}
-    train_rows, test_rows = dataset.splits["train"], dataset.splits["test"]
     month_number = np.asarray(dataset.meta["obs_date"]).astype("datetime64[M]").astype(np.int64)
-    test_months, test_month = np.unique(month_number[test_rows], return_inverse=True)
+    test_months, test_month = np.unique(month_number[dataset.splits["test"]], return_inverse=True)
     labels = [str(m) for m in test_months.astype("datetime64[M]")]
+    features = _feature_drift(
+        dataset, month_number, test_months, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules
+    )
+    model_report = _model_drift(dataset, models, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules)
+    drifted = [name for name, entry in features.items() if entry["status"] != "ok"]
+    statuses = [entry["status"] for entry in features.values()]
+    stale = [name for name, entry in model_report.items() if entry["status"] != "ok"]
+    return {
+        "features": features,
+        "models": model_report,
+        "drifted": drifted,
+        "months": labels,
+        "thresholds": {**rules, "correction": correction, "n_bins": n_bins, "psi_floor": psi_floor},
+        "metrics": {
+            "n_alert": statuses.count("alert"),
+            "n_warn": statuses.count("warn"),
+            "drifted": ",".join(drifted),
+            "n_models_drifted": len(stale),
+            "models_drifted": ",".join(stale),
+        },
+    }
+
+
+def _feature_drift(
+    dataset: Dataset, month_number: np.ndarray, test_months: np.ndarray, test_month: np.ndarray, labels: list, *,
+    correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
+) -> Dict[str, Dict[str, Any]]:
+    """Every feature's tests, corrected p-values and status (the ``features`` part of the artifact)."""
+    train_rows, test_rows = dataset.splits["train"], dataset.splits["test"]
+    ks_alpha = rules["ks_alpha"]
     n_months = len(labels)
     train_month = month_number[train_rows]
     feature_shares = (_bond_share(dataset, "train"), _bond_share(dataset, "test"))
@@ -503,24 +532,7 @@ def drift_report(
             **{key: _json_number(value) for key, value in t["extra"].items()},
             "monthly": monthly,
         }
-    model_report = _model_drift(dataset, models, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules)
-    drifted = [name for name, entry in features.items() if entry["status"] != "ok"]
-    statuses = [entry["status"] for entry in features.values()]
-    stale = [name for name, entry in model_report.items() if entry["status"] != "ok"]
-    return {
-        "features": features,
-        "models": model_report,
-        "drifted": drifted,
-        "months": labels,
-        "thresholds": {**rules, "correction": correction, "n_bins": n_bins, "psi_floor": psi_floor},
-        "metrics": {
-            "n_alert": statuses.count("alert"),
-            "n_warn": statuses.count("warn"),
-            "drifted": ",".join(drifted),
-            "n_models_drifted": len(stale),
-            "models_drifted": ",".join(stale),
-        },
-    }
+    return features
 
 
 def _model_drift(
