@@ -231,6 +231,12 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
         _fail("early_stopping.tol", "0 or more", es.tol)
     if not 0 <= cfg.drift.psi_warn <= cfg.drift.psi_alert:
         _fail("drift.psi_warn", f"between 0 and drift.psi_alert ({cfg.drift.psi_alert})", cfg.drift.psi_warn)
+    if cfg.drift.n_bins < 2:
+        _fail("drift.n_bins", "at least 2", cfg.drift.n_bins)
+    if not 0 < cfg.drift.psi_floor < 1:
+        _fail("drift.psi_floor", "in (0, 1)", cfg.drift.psi_floor)
+    if not 0 < cfg.drift.ks_alpha < 1:
+        _fail("drift.ks_alpha", "in (0, 1)", cfg.drift.ks_alpha)
     if cfg.drift.correction not in ("holm", "bonferroni", "none"):
         _fail("drift.correction", "one of ['holm', 'bonferroni', 'none']", cfg.drift.correction)
     if cfg.tune.n_trials < 1:
