@@ -225,10 +225,18 @@ def _complete_trials(run_dir: Path) -> list:
         return []
 
 
-def test_killed_study_resumes_keeping_finished_trials(tmp_path):
-    n_trials, k = 8, 3
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_study_resumes_keeping_finished_trials(tmp_path, workers):
+    n_trials, k = 6, 2
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(TESTS / "tune_helpers.py"), str(tmp_path), str(n_trials), "0.1"]
+    command = [sys.executable, str(TESTS / "tune_helpers.py"), str(tmp_path), str(n_trials), "0.1", str(workers)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while len(_complete_trials(tmp_path)) < k:
@@ -237,8 +245,14 @@ def test_killed_study_resumes_keeping_finished_trials(tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = {t.number: (t.params, t.value) for t in _complete_trials(tmp_path)}
+    trials = _study(tmp_path).get_trials(deepcopy=False)
+    before = {t.number: (t.params, t.value) for t in trials if t.state == TrialState.COMPLETE}
     assert k <= len(before) < n_trials
+    pids = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials if "worker" in t.user_attrs}
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids - {process.pid}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "trial processes outlived the killed run"
 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
@@ -247,8 +261,9 @@ def test_killed_study_resumes_keeping_finished_trials(tmp_path):
     complete = {t.number: (t.params, t.value) for t in trials if t.state == TrialState.COMPLETE}
     assert len(complete) == n_trials
     assert {n: complete[n] for n in before} == before  # the finished trials were kept, not re-run
+    assert len({params["alpha"] for params, _ in complete.values()}) == n_trials  # no replayed points
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
-    assert sum(t.state == TrialState.FAIL for t in trials) <= 1  # at most the trial the kill interrupted
+    assert sum(t.state == TrialState.FAIL for t in trials) <= workers  # at most the trials the kill interrupted
     assert sum(bool(t.user_attrs.get(UNTUNED_ATTR)) for t in trials) == 1
 
 

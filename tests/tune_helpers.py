@@ -1,8 +1,8 @@
 """Importable helpers for the tuning tests: a slow estimator, model artifacts on the toy panel, and
 entry points that run the tune step in another process (a pool worker, or a script to be killed).
 
-Run as a script (``python tune_helpers.py RUN_DIR N_TRIALS DELAY``) it tunes a deliberately slow
-model in-process, so a test can kill it between trials and run it again.
+Run as a script (``python tune_helpers.py RUN_DIR N_TRIALS DELAY WORKERS``) it tunes a deliberately
+slow model, so a test can kill it between trials and run it again.
 """
 
 from __future__ import annotations
@@ -96,17 +96,17 @@ def tune_in_worker(run_dir: str, config: dict, workers: int) -> dict:
     return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"]}
 
 
-def main(run_dir: str, n_trials: str, delay: str) -> None:
-    """Tune the slow model in this process with a fixed budget (the kill-and-resume test's script)."""
+def main(run_dir: str, n_trials: str, delay: str, workers: str) -> None:
+    """Tune the slow model with a fixed budget on ``workers`` processes (the kill-and-resume test's script)."""
     from bondexp.steps.tune import tune
 
     shared = use_toy_dataset()
     estimator = {**ESTIMATORS["slow"], "delay": float(delay)}
     inputs = {"evaluate": {}, "slow": model_artifact("slow", estimator=estimator)}
     config = {**BASE_TUNE, "target": "slow", "n_trials": int(n_trials), "pruner": "none"}
-    artifact = tune(config, inputs, context(Path(run_dir), shared))
+    artifact = tune(config, inputs, context(Path(run_dir), shared, workers=int(workers)))
     print(f"done {artifact['metrics']['n_trials']}", flush=True)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -22,6 +22,9 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -48,6 +51,8 @@ DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 UNTUNED_ATTR = "untuned"
 #: Heartbeat of trials in a database study, so trials of a killed process are failed after a grace period.
 HEARTBEAT_S = 30
+#: How often a trial process checks that the process that started it is still alive (seconds).
+_PARENT_POLL_S = 1.0
 #: Meta columns the trial processes get (never the oracle columns).
 _WINDOW_META = ("obs_date", "bond_id", "rating", "sector", "market_price", "fair_value")
 
@@ -96,6 +101,7 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     seed = int(config.get("seed", 0))
     study = _study(name, storage_spec, seed=seed, pruner=config["pruner"], create=True)
     n_stale = fail_stale_trials(study, storage_spec)
+    n_existing = len(study.get_trials(deepcopy=False))
     enqueue_untuned(study, untuned)
     n_done = len(study.get_trials(deepcopy=False, states=DONE_STATES))
     n_todo = max(0, int(config["n_trials"]) - n_done)
@@ -106,7 +112,8 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     objective = FoldObjective(model_config=artifact["config"], window=window, folds=folds, space=space)
     if n_todo:
         run_trials(objective, study_name=name, storage_spec=storage_spec, n_trials=n_todo,
-                   timeout=config.get("timeout"), workers=ctx.workers, seed=seed, pruner=config["pruner"])
+                   timeout=config.get("timeout"), workers=ctx.workers, seed=seed, pruner=config["pruner"],
+                   n_existing=n_existing)
     study = _study(name, storage_spec, seed=seed, pruner=config["pruner"], create=False)
     trials = study.get_trials(deepcopy=False)
     best = _best_trial(study, trials)
@@ -459,17 +466,19 @@ def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
 
 def run_trials(
     objective: FoldObjective, *, study_name: str, storage_spec: str, n_trials: int, timeout: Optional[float],
-    workers: int, seed: int, pruner: str,
+    workers: int, seed: int, pruner: str, n_existing: int,
 ) -> None:
     """Run ``n_trials`` more trials: in this process when ``workers == 1``, else on spawned processes.
 
-    Worker ``i`` samples with ``seed + i``, so parallel samplers do not propose the same points;
-    with one worker the same seed gives the same trials.
+    Each worker's sampler seed mixes ``seed``, the trials already in the study (``n_existing``) and
+    the worker's index: parallel samplers do not propose the same points, a resumed study does
+    not replay its first random points, and with one worker the same seed gives the same trials.
     """
     n_workers = max(1, min(workers, n_trials))
     shares = [n_trials // n_workers + (i < n_trials % n_workers) for i in range(n_workers)]
+    seeds = np.random.SeedSequence([seed, n_existing]).generate_state(n_workers)
     jobs = [dict(study_name=study_name, storage_spec=storage_spec, n_trials=share, timeout=timeout,
-                 objective=objective, seed=seed + i, pruner=pruner) for i, share in enumerate(shares)]
+                 objective=objective, seed=int(seeds[i]), pruner=pruner) for i, share in enumerate(shares)]
     if n_workers == 1:
         _optimize(**jobs[0])
         return
@@ -482,9 +491,23 @@ def run_trials(
 
 def _optimize_worker(**job: Any) -> None:
     """Entry point of a trial process: one BLAS thread, Optuna's per-trial logs off, then optimize."""
+    _exit_with_parent(os.getppid())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with threadpool_limits(limits=1):
         _optimize(**job)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this trial process soon after its parent dies (a killed run), instead of tuning on as an orphan.
+
+    The trial it was running stays RUNNING in the journal; the resumed run marks it failed.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _optimize(*, study_name: str, storage_spec: str, n_trials: int, timeout: Optional[float],
