@@ -1,0 +1,181 @@
+"""AutoML: an Optuna search over estimator families and their hyperparameters, scored by time-ordered CV.
+
+The budget is a number of candidates and a time limit, both from the model file. Each candidate is
+scored on expanding-window folds of the latest training rows (train on the past, score the next
+block: no shuffling), then the winner is refit on all training rows. Every trial is recorded with
+its family, parameters and score, so the artifact says what was tried and why the winner won.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import optuna
+from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.utils.validation import check_is_fitted
+
+from bondexp.errors import ConfigError
+from bondexp.models.base import CompositeRegressor, as_frame, feature_names, fit_time_ordered, scaled, set_early_stopping
+
+FAMILIES = ("ridge", "boosting", "forest", "extra_trees")
+
+
+def _candidate(trial: optuna.Trial, family: str, names, seed: Optional[int]):
+    """The estimator a trial proposes for ``family`` (parameters drawn from the trial)."""
+    if family == "ridge":
+        return scaled(Ridge(alpha=trial.suggest_float("alpha", 1e-2, 1e3, log=True)), names)
+    if family == "boosting":
+        mono = {"prev_residual": 1} if "prev_residual" in names else None
+        return HistGradientBoostingRegressor(
+            max_iter=500,
+            learning_rate=trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            max_leaf_nodes=trial.suggest_int("max_leaf_nodes", 7, 63, log=True),
+            min_samples_leaf=trial.suggest_int("min_samples_leaf", 20, 400, log=True),
+            l2_regularization=trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
+            monotonic_cst=mono,
+            random_state=seed,
+        )
+    forest = RandomForestRegressor if family == "forest" else ExtraTreesRegressor
+    return forest(
+        n_estimators=trial.suggest_int("n_estimators", 30, 100),
+        min_samples_leaf=trial.suggest_int("min_samples_leaf", 5, 100, log=True),
+        max_features=trial.suggest_float("max_features", 0.2, 1.0),
+        max_samples=0.3,
+        bootstrap=True,
+        n_jobs=1,
+        random_state=seed,
+    )
+
+
+class AutoMLRegressor(CompositeRegressor):
+    """Search estimator families and hyperparameters with Optuna's TPE sampler, then refit the winner.
+
+    Parameters
+    ----------
+    families : sequence of str
+        Families searched, from ``ridge``, ``boosting``, ``forest``, ``extra_trees``.
+    n_candidates : int
+        Trials in the search (the first trial of each family uses its defaults' region).
+    time_budget_s : float, optional
+        Stop starting trials after this many seconds (None: no limit).
+    n_folds : int
+        Expanding-window folds for each trial's score.
+    max_search_rows : int
+        Latest training rows the search uses, to bound each trial's cost.
+    early_stopping : dict, optional
+    random_state : int, optional
+
+    Attributes
+    ----------
+    best_ : dict
+        ``family``, ``params``, ``score`` (mean fold RMSE) of the winner.
+    trials_ : list of dict
+        Every finished trial: ``number``, ``family``, ``params``, ``score``, ``state`` (enqueued
+        trials the time budget left unstarted are not listed).
+    members_ : dict
+        ``best``: the winner refit on all rows.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> X = pd.DataFrame({"a": np.random.default_rng(0).normal(size=300)})
+    >>> model = AutoMLRegressor(families=["ridge"], n_candidates=2, random_state=0).fit(X, 2 * X["a"])
+    >>> model.best_["family"]
+    'ridge'
+    """
+
+    def __init__(
+        self,
+        *,
+        families=FAMILIES,
+        n_candidates: int = 12,
+        time_budget_s: Optional[float] = 20.0,
+        n_folds: int = 3,
+        max_search_rows: int = 15000,
+        early_stopping: Optional[Dict[str, Any]] = None,
+        random_state: Optional[int] = None,
+    ):
+        self.families = families
+        self.n_candidates = n_candidates
+        self.time_budget_s = time_budget_s
+        self.n_folds = n_folds
+        self.max_search_rows = max_search_rows
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+
+    def _score(self, estimator, X, y) -> list[float]:
+        """RMSE on each expanding-window fold: fold k trains on blocks < k and scores block k."""
+        edges = np.linspace(0, len(y), self.n_folds + 2).astype(int)
+        scores = []
+        for k in range(1, self.n_folds + 1):
+            train, test = slice(0, edges[k]), slice(edges[k], edges[k + 1])
+            fit_time_ordered(estimator, X.iloc[train], y[train])
+            scores.append(float(np.sqrt(np.mean((y[test] - estimator.predict(X.iloc[test])) ** 2))))
+        return scores
+
+    def fit(self, X, y):
+        """Run the search on the latest training rows and refit the winner on all of them.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ConfigError
+            If a family is unknown.
+        """
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"The 'families' parameter must hold names from {list(FAMILIES)}. Got {unknown} instead.")
+        names = feature_names(X)
+        X = as_frame(X, names)
+        y = np.asarray(y, dtype=np.float64)
+        recent = slice(max(0, len(y) - self.max_search_rows), None)
+        Xs, ys = X.iloc[recent], y[recent]
+        settings = self._early_stopping()
+
+        def objective(trial: optuna.Trial) -> float:
+            family = trial.suggest_categorical("family", list(self.families))
+            estimator = _candidate(trial, family, names, self.random_state)
+            set_early_stopping(estimator, settings)
+            return float(np.mean(self._score(estimator, Xs, ys)))
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=self.random_state))
+        for family in self.families:  # every family gets one look before TPE narrows down
+            study.enqueue_trial({"family": family})
+        study.optimize(objective, n_trials=max(self.n_candidates, len(self.families)), timeout=self.time_budget_s)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        self.trials_ = [
+            {
+                "number": t.number,
+                "family": t.params["family"],
+                "params": {k: v for k, v in t.params.items() if k != "family"},
+                "score": t.value,
+                "state": t.state.name,
+            }
+            for t in done
+        ]
+        best = study.best_trial
+        params = {k: v for k, v in best.params.items() if k != "family"}
+        self.best_ = {"family": best.params["family"], "params": params, "score": best.value}
+        by_family = {f: min((t.value for t in done if t.params["family"] == f), default=None) for f in self.families}
+        runner_up = sorted((v, f) for f, v in by_family.items() if v is not None and f != self.best_["family"])
+        reason = f"{self.best_['family']} had the lowest mean time-ordered CV RMSE ({best.value:.4f})"
+        if runner_up:
+            reason += f", {runner_up[0][0] - best.value:.4f} below the best {runner_up[0][1]} trial ({runner_up[0][0]:.4f})"
+        winner = _candidate(optuna.trial.FixedTrial(best.params), self.best_["family"], names, self.random_state)
+        set_early_stopping(winner, settings)
+        self.members_ = {"best": fit_time_ordered(winner, X, y)}
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.info_ = {"trials": self.trials_, "best": self.best_, "best_by_family": by_family, "why": reason}
+        self.metrics_ = {"automl_family": self.best_["family"], "automl_trials": len(done), "automl_cv_rmse": float(best.value)}
+        return self
+
+    def predict(self, X):
+        """The refit winner's prediction."""
+        check_is_fitted(self, "members_")
+        return self.members_["best"].predict(as_frame(X, list(self.feature_names_in_)))

@@ -1,0 +1,180 @@
+"""What every bondexp estimator shares: early stopping on a time-ordered holdout, preprocessing, feature lookup.
+
+Rows reach an estimator in time order (the split's order), so "the last 10% of the training rows"
+is the latest months. Early stopping on that tail is honest; the random holdout scikit-learn draws
+by itself shares months with the rows it trains on, and every row of a month sees the same sector
+shocks, so a random holdout rewards memorising month x sector effects that never come back.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
+
+#: Early-stopping settings used when none are given (the defaults of ``conf/config.yaml``).
+DEFAULT_EARLY_STOPPING = {"enabled": True, "patience": 10, "validation_fraction": 0.1, "tol": 1e-4}
+#: Modules whose estimators split on raw values, so category codes and scales need no preprocessing.
+TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "lightgbm", "xgboost", "catboost")
+
+
+class CompositeRegressor(RegressorMixin, BaseEstimator):
+    """Base of bondexp's own estimators: they take the raw feature frame and build their members.
+
+    Subclasses take an ``early_stopping`` dict (``enabled``, ``patience``, ``validation_fraction``,
+    ``tol``) and pass it to their iterative members, and expose those fitted members as
+    ``members_`` so the model step can report how many iterations each one ran.
+    """
+
+    def _early_stopping(self) -> Dict[str, Any]:
+        """The estimator's early-stopping settings with the defaults filled in."""
+        return {**DEFAULT_EARLY_STOPPING, **(getattr(self, "early_stopping", None) or {})}
+
+
+def takes_raw_features(estimator) -> bool:
+    """Whether ``estimator`` should get the feature frame as is (trees and bondexp's composites).
+
+    Everything else (linear models, MLPs, kernels, neighbours) gets standardised numbers and
+    one-hot categories, since a rating code of 6 is not six times a code of 1.
+    """
+    if isinstance(estimator, CompositeRegressor):
+        return True
+    return type(estimator).__module__.startswith(TREE_MODULES)
+
+
+def make_preprocessor(features: Sequence[str], *, categorical: Sequence[str]) -> ColumnTransformer:
+    """Standardise numeric columns and one-hot encode ``categorical`` ones (unknown codes -> all zeros)."""
+    cats = [f for f in features if f in categorical]
+    nums = [f for f in features if f not in categorical]
+    parts = [("num", StandardScaler(), nums)]
+    if cats:
+        parts.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats))
+    return ColumnTransformer(parts, verbose_feature_names_out=False)
+
+
+def scaled(estimator, features: Sequence[str], *, categorical: Optional[Sequence[str]] = None) -> Pipeline:
+    """``estimator`` behind :func:`make_preprocessor` (categorical defaults to the known code features)."""
+    cats = CATEGORICAL_FEATURES if categorical is None else categorical
+    return Pipeline([("prep", make_preprocessor(features, categorical=cats)), ("model", estimator)])
+
+
+def feature_names(X) -> list[str]:
+    """Column names of a frame (``x0, x1, ...`` for an array), so members can find features by name."""
+    if isinstance(X, pd.DataFrame):
+        return [str(c) for c in X.columns]
+    return [f"x{i}" for i in range(np.shape(X)[1])]
+
+
+def market_columns(names: Sequence[str]) -> list[str]:
+    """The market-state features among ``names``."""
+    return [n for n in names if n in MARKET_FEATURES]
+
+
+def as_frame(X, names: Sequence[str]) -> pd.DataFrame:
+    """``X`` as a DataFrame with ``names`` (no copy when it already is one)."""
+    return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(names))
+
+
+def holdout_cut(n_rows: int, fraction: float) -> int:
+    """Index where the time-ordered holdout of ``fraction`` of ``n_rows`` starts (at least one row each side)."""
+    return int(np.clip(round(n_rows * (1.0 - fraction)), 1, n_rows - 1))
+
+
+def final_estimator(model):
+    """The last step of a Pipeline (or the model itself)."""
+    return model[-1] if isinstance(model, Pipeline) else model
+
+
+def transform_features(model, X):
+    """``X`` through every step of a Pipeline but the last (unchanged for a bare estimator)."""
+    if isinstance(model, Pipeline) and len(model) > 1:
+        return model[:-1].transform(X)
+    return X
+
+
+def set_early_stopping(estimator, settings: Optional[Mapping[str, Any]]) -> None:
+    """Put the early-stopping ``settings`` into ``estimator`` (or a Pipeline's last step), in place.
+
+    HistGradientBoosting, MLP and SGD-style estimators get ``early_stopping``, ``n_iter_no_change``,
+    ``validation_fraction`` and ``tol``; GradientBoostingRegressor, which has no switch, gets
+    ``n_iter_no_change`` (None turns it off); bondexp's composites with iterative members get the
+    whole dict. Estimators
+    with none of these parameters are left alone. ``enabled=false`` turns stopping off everywhere.
+    """
+    settings = {**DEFAULT_EARLY_STOPPING, **(settings or {})}
+    est = final_estimator(estimator)
+    params = est.get_params(deep=False)
+    if isinstance(est, CompositeRegressor):
+        if "early_stopping" in params:
+            est.set_params(early_stopping=dict(settings))
+        return
+    update: Dict[str, Any] = {}
+    on = bool(settings["enabled"])
+    if "early_stopping" in params:
+        update["early_stopping"] = on
+        if "n_iter_no_change" in params:
+            update["n_iter_no_change"] = int(settings["patience"])
+    elif "n_iter_no_change" in params:
+        update["n_iter_no_change"] = int(settings["patience"]) if on else None
+    if update:
+        if "validation_fraction" in params:
+            update["validation_fraction"] = float(settings["validation_fraction"])
+        if "tol" in params:
+            update["tol"] = float(settings["tol"])
+        est.set_params(**update)
+
+
+def _accepts_validation_set(estimator) -> bool:
+    return "X_val" in inspect.signature(estimator.fit).parameters
+
+
+def fit_time_ordered(model, X, y):
+    """Fit ``model`` (an estimator or a Pipeline); early stopping uses the latest training rows.
+
+    An estimator whose ``fit`` takes ``X_val``/``y_val`` (HistGradientBoosting) and has early
+    stopping on is trained on the earlier rows and stopped on the last ``validation_fraction`` of
+    them; the preprocessing before it is fit on all rows. Anything else is fit as usual.
+
+    Returns
+    -------
+    model
+        The fitted ``model``.
+    """
+    est = final_estimator(model)
+    params = est.get_params(deep=False)
+    if not (_accepts_validation_set(est) and params.get("early_stopping") is True):
+        return model.fit(X, y)
+    Xt = model[:-1].fit_transform(X, y) if isinstance(model, Pipeline) and len(model) > 1 else X
+    cut = holdout_cut(len(y), float(params.get("validation_fraction") or DEFAULT_EARLY_STOPPING["validation_fraction"]))
+    rows = (slice(None, cut), slice(cut, None))
+    Xa, Xb = (Xt.iloc[r] if isinstance(Xt, pd.DataFrame) else Xt[r] for r in rows)
+    y = np.asarray(y)
+    est.fit(Xa, y[rows[0]], X_val=Xb, y_val=y[rows[1]])
+    return model
+
+
+def iterations(model) -> list[Tuple[int, int]]:
+    """``(iterations run, iteration limit)`` of every early-stoppable estimator in ``model``, members included.
+
+    Only estimators with ``n_iter_no_change`` count: a solver that converged (Lasso's coordinate
+    descent) did not stop early.
+    """
+    est = final_estimator(model)
+    found = []
+    params = est.get_params(deep=False)
+    if "n_iter_no_change" in params and not isinstance(est, CompositeRegressor):
+        if hasattr(est, "n_iter_") and "max_iter" in params:
+            found.append((int(np.max(est.n_iter_)), int(params["max_iter"])))
+        elif hasattr(est, "n_estimators_"):
+            found.append((int(est.n_estimators_), int(params["n_estimators"])))
+    for member in getattr(est, "members_", {}).values():
+        found.extend(iterations(member))
+    return found

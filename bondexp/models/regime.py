@@ -1,0 +1,177 @@
+"""Regime-switching model: market regimes from a Gaussian mixture over months, one booster per regime.
+
+Every bond observed in a month shares that month's market state (curve level, slope, curvature,
+credit spread), so regimes are found on the distinct monthly states, not on rows: fitting a
+mixture to rows would weight a month by how many bonds it happens to have. The number of regimes
+is chosen by BIC within a range; regimes are numbered by their mean credit spread (0 = calmest).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.mixture import GaussianMixture
+from sklearn.utils.validation import check_is_fitted
+
+from bondexp.errors import ConfigError
+from bondexp.models.base import (
+    CompositeRegressor,
+    as_frame,
+    feature_names,
+    fit_time_ordered,
+    market_columns,
+    set_early_stopping,
+)
+
+
+class RegimeSwitchingRegressor(CompositeRegressor):
+    """Gaussian-mixture regimes of the monthly market state and a booster per regime.
+
+    Parameters
+    ----------
+    min_regimes, max_regimes : int
+        Range of mixture sizes compared by BIC.
+    covariance_type : str
+        The mixture's covariance (``full``, ``diag``, ``tied``, ``spherical``).
+    min_rows : int
+        A regime with fewer training rows is predicted by the global booster.
+    max_iter, learning_rate, min_samples_leaf
+        The boosters (the global one and one per regime), early-stopped on the latest rows.
+    early_stopping : dict, optional
+    random_state : int, optional
+
+    Attributes
+    ----------
+    mixture_ : GaussianMixture
+    n_regimes_ : int
+    bic_ : dict
+        BIC per number of regimes tried.
+    members_ : dict
+        ``global`` and ``regime_<k>`` boosters.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> month = np.repeat(np.arange(40), 20)
+    >>> X = pd.DataFrame({"curve_level": np.where(month % 10 < 5, 0.03, 0.01)[month] + 0.0,
+    ...                   "a": np.random.default_rng(0).normal(size=800)})
+    >>> model = RegimeSwitchingRegressor(max_regimes=2, min_rows=10, max_iter=20).fit(X, X["a"])
+    >>> model.n_regimes_
+    2
+    """
+
+    def __init__(
+        self,
+        *,
+        min_regimes: int = 2,
+        max_regimes: int = 4,
+        covariance_type: str = "full",
+        min_rows: int = 1000,
+        max_iter: int = 300,
+        learning_rate: float = 0.05,
+        min_samples_leaf: int = 100,
+        early_stopping: Optional[Dict[str, Any]] = None,
+        random_state: Optional[int] = None,
+    ):
+        self.min_regimes = min_regimes
+        self.max_regimes = max_regimes
+        self.covariance_type = covariance_type
+        self.min_rows = min_rows
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.min_samples_leaf = min_samples_leaf
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+
+    def _states(self, X):
+        """Standardised market state of every row."""
+        return (X[self.market_features_].to_numpy(dtype=np.float64) - self.state_mean_) / self.state_scale_
+
+    def _booster(self) -> HistGradientBoostingRegressor:
+        mono = {"prev_residual": 1} if "prev_residual" in self.feature_names_in_ else None
+        model = HistGradientBoostingRegressor(
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            min_samples_leaf=self.min_samples_leaf,
+            monotonic_cst=mono,
+            random_state=self.random_state,
+        )
+        set_early_stopping(model, self._early_stopping())
+        return model
+
+    def fit(self, X, y):
+        """Find the regimes on the distinct monthly states, then fit the global and per-regime boosters.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ConfigError
+            If no market-state feature is among the model's features, or the regime range is empty.
+        """
+        names = feature_names(X)
+        X = as_frame(X, names)
+        y = np.asarray(y, dtype=np.float64)
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.market_features_ = market_columns(names)
+        if not self.market_features_:
+            raise ConfigError(
+                "The regime model needs market-state features (curve_level, curve_slope, curve_curvature, "
+                f"market_credit_spread) among its features. Got {names} instead; use features: all."
+            )
+        if not 1 <= self.min_regimes <= self.max_regimes:
+            raise ConfigError(
+                f"The 'min_regimes' and 'max_regimes' parameters must satisfy 1 <= min <= max. "
+                f"Got {self.min_regimes} and {self.max_regimes} instead."
+            )
+        raw = X[self.market_features_].to_numpy(dtype=np.float64)
+        months = np.unique(raw, axis=0)
+        self.state_mean_ = months.mean(axis=0)
+        self.state_scale_ = np.where(months.std(axis=0) > 0, months.std(axis=0), 1.0)
+        Z = (months - self.state_mean_) / self.state_scale_
+        fits = {}
+        for k in range(self.min_regimes, min(self.max_regimes, len(Z) - 1) + 1):
+            gm = GaussianMixture(k, covariance_type=self.covariance_type, n_init=3, random_state=self.random_state)
+            fits[k] = gm.fit(Z)
+        self.bic_ = {k: float(gm.bic(Z)) for k, gm in fits.items()}
+        self.n_regimes_ = min(self.bic_, key=self.bic_.get)
+        self.mixture_ = fits[self.n_regimes_]
+        spread = self.market_features_.index("market_credit_spread") if "market_credit_spread" in self.market_features_ else 0
+        self.regime_order_ = np.argsort(np.argsort(self.mixture_.means_[:, spread]))
+        regime = self.predict_regime(X)
+        self.members_ = {"global": fit_time_ordered(self._booster(), X, y)}
+        self.regime_rows_ = {int(k): int(np.sum(regime == k)) for k in range(self.n_regimes_)}
+        for k, count in self.regime_rows_.items():
+            if count >= self.min_rows:
+                rows = regime == k
+                self.members_[f"regime_{k}"] = fit_time_ordered(self._booster(), X[rows], y[rows])
+        self.info_ = {
+            "bic": {str(k): v for k, v in self.bic_.items()},
+            "n_regimes": int(self.n_regimes_),
+            "regime_rows": {str(k): v for k, v in self.regime_rows_.items()},
+            "regime_models": sorted(self.members_),
+        }
+        self.metrics_ = {"n_regimes": int(self.n_regimes_)}
+        return self
+
+    def predict_regime(self, X):
+        """The regime (0 = lowest mean credit spread) of each row's month."""
+        check_is_fitted(self, "mixture_")
+        X = as_frame(X, list(self.feature_names_in_))
+        return self.regime_order_[self.mixture_.predict(self._states(X))]
+
+    def predict(self, X):
+        """Each row by its regime's booster, or the global one where the regime had too few rows."""
+        check_is_fitted(self, "members_")
+        X = as_frame(X, list(self.feature_names_in_))
+        regime = self.predict_regime(X)
+        out = self.members_["global"].predict(X)
+        for k in range(self.n_regimes_):
+            rows = regime == k
+            if f"regime_{k}" in self.members_ and rows.any():
+                out[rows] = self.members_[f"regime_{k}"].predict(X[rows])
+        return out

@@ -1,0 +1,243 @@
+"""The model step: build any estimator a model file names, fit it on the train split, predict every split.
+
+Every model of the suite, and a user's own (``_target_: sklearn.linear_model.Lasso``), goes through
+the same three functions: :func:`build_model` (config -> unfitted pipeline), :func:`fit_predict`
+(fit, calibrate on validation, predict) and the step :func:`fit_model`. The tuning step calls the
+first two with its own parameters and training rows.
+
+Estimators may implement a small protocol, detected with ``hasattr`` on the pipeline's last step:
+``calibrate(X_val, y_val)`` (conformal calibration on the validation split),
+``predict_interval(X) -> (lower, upper)`` with ``interval_level_``, ``predict_std(X)``,
+``predict_var_es(X) -> (VaR, ES)``, ``predict_regime(X)``, and the attributes ``metrics_`` (flat)
+and ``info_`` (anything) that land in the artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from sklearn.metrics import adjusted_rand_score
+from sklearn.pipeline import Pipeline
+
+from bondexp.errors import ConfigError
+from bondexp.features import Dataset, dataset_for
+from bondexp.models.base import (
+    final_estimator,
+    fit_time_ordered,
+    iterations,
+    make_preprocessor,
+    set_early_stopping,
+    takes_raw_features,
+    transform_features,
+)
+
+SPLITS = ("train", "validation", "test")
+
+
+def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Optional[Mapping[str, Any]] = None) -> Pipeline:
+    """The unfitted model a model step's config describes.
+
+    Parameters
+    ----------
+    config : mapping
+        The model step's config slice (``estimator`` with ``_target_``, ``features``,
+        ``early_stopping``, ``seed``, ``n_jobs``).
+    dataset : Dataset
+        Only its feature names and which of them are categorical are read; never its rows.
+    params : mapping, optional
+        Estimator parameters overriding the model file's, by the names the file uses.
+
+    Returns
+    -------
+    Pipeline
+        ``prep`` (standardisation and one-hot encoding for estimators that need them, else
+        ``passthrough``) then ``model``, the estimator with ``random_state``, ``n_jobs`` and the
+        early-stopping settings put in where it has them.
+
+    Raises
+    ------
+    ConfigError
+        If ``_target_`` is missing or cannot be instantiated, or a feature is unknown.
+    """
+    spec = dict(config["estimator"])
+    if "_target_" not in spec:
+        raise ConfigError(f"The 'models.{config.get('name')}._target_' config key must name an estimator class. Got none.")
+    spec.update(params or {})
+    try:
+        estimator = instantiate(spec, _convert_="all")
+    except Exception as exc:  # hydra wraps import and argument errors in its own exception types
+        raise ConfigError(
+            f"The 'models.{config.get('name')}' model file could not build {spec['_target_']!r}: {exc}"
+        ) from exc
+    own = estimator.get_params(deep=False)
+    fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
+    estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
+    set_early_stopping(estimator, config.get("early_stopping"))
+    features = list(config["features"])
+    dataset.columns(features)  # raises ConfigError naming an unknown feature
+    prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
+    return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
+    """Predictions for the rows of ``X`` in one batch: ``mean`` plus whatever the estimator offers.
+
+    Returns
+    -------
+    dict
+        ``mean``; with an interval ``lower``, ``upper`` and ``level``; ``std``; ``var`` and
+        ``es`` (value at risk and expected shortfall, price points per 100 below fair value).
+    """
+    est, Xt = final_estimator(model), transform_features(model, X)
+    out: Dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
+    if hasattr(est, "predict_interval"):
+        out["lower"], out["upper"] = (np.asarray(a, dtype=np.float64) for a in est.predict_interval(Xt))
+        out["level"] = float(est.interval_level_)
+    if hasattr(est, "predict_std"):
+        out["std"] = np.asarray(est.predict_std(Xt), dtype=np.float64)
+    if hasattr(est, "predict_var_es"):
+        out["var"], out["es"] = (np.asarray(a, dtype=np.float64) for a in est.predict_var_es(Xt))
+    return out
+
+
+def _train(config, dataset: Dataset, *, params, train_rows) -> Pipeline:
+    """Build, fit on the training rows (time order kept) and calibrate on the validation split."""
+    features = list(config["features"])
+    model = build_model(config, dataset=dataset, params=params)
+    rows = dataset.splits["train"] if train_rows is None else np.sort(np.asarray(train_rows))
+    cols = dataset.columns(features)
+    X = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows, cols)]), columns=features)
+    fit_time_ordered(model, X, np.asarray(dataset.y[rows]))
+    est = final_estimator(model)
+    if hasattr(est, "calibrate"):
+        est.calibrate(transform_features(model, dataset.frame("validation", features)), dataset.target("validation"))
+    return model
+
+
+def fit_predict(
+    config: Mapping[str, Any],
+    dataset: Dataset,
+    *,
+    params: Optional[Mapping[str, Any]] = None,
+    train_rows: Optional[Sequence[int]] = None,
+) -> Tuple[Pipeline, Dict[str, Dict[str, Any]]]:
+    """Fit a model as its step would and predict the validation and test splits.
+
+    Parameters
+    ----------
+    config : mapping
+        The model step's config slice.
+    dataset : Dataset
+    params : mapping, optional
+        Estimator parameters overriding the model file's.
+    train_rows : sequence of int, optional
+        Dataset row indices to train on instead of the train split (sorted into time order).
+
+    Returns
+    -------
+    (fitted, predictions)
+        The fitted pipeline and ``{"validation": P, "test": P}`` (see :func:`predict_all`).
+
+    Raises
+    ------
+    ConfigError
+        From :func:`build_model`.
+    """
+    model = _train(config, dataset, params=params, train_rows=train_rows)
+    features = list(config["features"])
+    return model, {s: predict_all(model, dataset.frame(s, features)) for s in ("validation", "test")}
+
+
+def _pinball(y: np.ndarray, q: np.ndarray, alpha: float) -> float:
+    """Mean pinball loss of quantile ``alpha`` predicted as ``q``."""
+    return float(np.mean(np.maximum(alpha * (y - q), (alpha - 1.0) * (y - q))))
+
+
+def validation_metrics(y: np.ndarray, pred: Mapping[str, Any]) -> Dict[str, float]:
+    """``val_rmse``, ``val_mae``, ``val_r2``; with an interval ``val_coverage`` and ``val_pinball``;
+    with a std ``val_nll`` (Gaussian negative log-likelihood per row)."""
+    err = y - pred["mean"]
+    out = {
+        "val_rmse": float(np.sqrt(np.mean(err**2))),
+        "val_mae": float(np.mean(np.abs(err))),
+        "val_r2": float(1.0 - np.mean(err**2) / np.var(y)),
+    }
+    if "lower" in pred:
+        lo, hi, tail = pred["lower"], pred["upper"], (1.0 - pred["level"]) / 2.0
+        out["val_coverage"] = float(np.mean((y >= lo) & (y <= hi)))
+        out["val_pinball"] = float((_pinball(y, lo, tail) + _pinball(y, hi, 1.0 - tail)) / 2.0)
+    if "std" in pred:
+        var = pred["std"] ** 2
+        out["val_nll"] = float(np.mean(0.5 * np.log(2.0 * np.pi * var) + err**2 / (2.0 * var)))
+    return out
+
+
+def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Regime by month for every split and, with oracle columns, the ARI over the training months.
+
+    Reads ``dataset.meta`` (dates, oracle regimes) for reporting only; nothing here is fit.
+    """
+    by_month: Dict[str, int] = {}
+    metrics: Dict[str, Any] = {}
+    for split in SPLITS:
+        regime = np.asarray(est.predict_regime(transform_features(model, dataset.frame(split, features))))
+        months = dataset.meta_of(split, "obs_date").astype("datetime64[M]")
+        first = np.unique(months, return_index=True)[1]
+        by_month.update({str(months[i]): int(regime[i]) for i in first})
+        if split == "train" and dataset.has_oracle:
+            oracle = dataset.meta_of(split, "oracle_regime")
+            metrics["train_regime_ari"] = float(adjusted_rand_score(oracle[first], regime[first]))
+            stressed = (oracle[first] > 0).astype(int)
+            metrics["train_regime_ari_calm_vs_stress"] = float(adjusted_rand_score(stressed, regime[first] > 0))
+    return metrics, {"regime_by_month": by_month}
+
+
+def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+    """The step function of every model: fit on train, calibrate on validation, predict all splits.
+
+    Returns
+    -------
+    dict
+        The model artifact: ``name``, ``group``, ``config``, ``model`` (fitted pipeline),
+        ``features``, ``predictions`` ({split: P}), ``metrics`` (validation scores, iterations,
+        the estimator's own) and ``info``.
+
+    Raises
+    ------
+    ConfigError
+        From :func:`build_model`.
+    """
+    dataset = dataset_for(ctx.shared)
+    features = list(config["features"])
+    model = _train(config, dataset, params=None, train_rows=None)
+    predictions = {s: predict_all(model, dataset.frame(s, features)) for s in SPLITS}
+    metrics: Dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
+    est = final_estimator(model)
+    runs = iterations(model)
+    if runs:
+        metrics.update(
+            n_iter=sum(n for n, _ in runs),
+            max_iter=sum(m for _, m in runs),
+            early_stopped=any(n < m for n, m in runs),
+        )
+    metrics.update(getattr(est, "metrics_", {}))
+    info: Dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"]))}
+    info.update(getattr(est, "info_", {}))
+    if hasattr(est, "predict_regime"):
+        regime_metrics, regime_info = _regime_report(est, model, dataset, features)
+        metrics.update(regime_metrics)
+        info.update(regime_info)
+    ctx.log.info("%s: validation RMSE %.4f", config["name"], metrics["val_rmse"])
+    return {
+        "name": config["name"],
+        "group": config.get("group", "ml"),
+        "config": dict(config),
+        "model": model,
+        "features": features,
+        "predictions": predictions,
+        "metrics": metrics,
+        "info": info,
+    }

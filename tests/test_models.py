@@ -1,0 +1,213 @@
+"""The model step and bondexp's estimators on the toy dataset: every model trains, scores sanely and stops early."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.base import clone
+
+from bondexp import features as features_module
+from bondexp.errors import ConfigError
+from bondexp.features import BOND_FEATURES, FEATURES
+from bondexp.models.base import final_estimator
+from bondexp.models.quantile import conformal_quantile, kupiec_pof
+from bondexp.steps.train import build_model, fit_model, fit_predict
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian")
+FEATURE_SETS = {"bond": list(BOND_FEATURES), "all": list(FEATURES)}
+ES = {"enabled": True, "patience": 5, "validation_fraction": 0.1, "tol": 1e-4}
+#: Budget cuts so each model trains in about a second on the toy panel.
+FAST = {"automl": {"n_candidates": 4, "time_budget_s": 5}, "advanced": {"forest_n_estimators": 20}}
+
+
+def step_config(name: str, *, estimator=None, early_stopping=None) -> dict:
+    """The config slice the lead's pipeline builds from ``conf/model/<name>.yaml``."""
+    spec = estimator or yaml.safe_load((MODEL_DIR / f"{name}.yaml").read_text())
+    est = {k: v for k, v in spec.items() if k not in ("group", "features", "early_stopping")}
+    est.update(FAST.get(name, {}))
+    return {
+        "name": name,
+        "group": spec.get("group", "ml"),
+        "estimator": est,
+        "features": FEATURE_SETS[spec.get("features", "all")],
+        "early_stopping": {**ES, **(early_stopping or {})},
+        "seed": 0,
+        "n_jobs": 1,
+    }
+
+
+@pytest.fixture()
+def ctx(toy_dataset, monkeypatch, tmp_path):
+    """A step context whose dataset_for returns the toy panel."""
+    monkeypatch.setattr("bondexp.steps.train.dataset_for", lambda shared: toy_dataset)
+    return SimpleNamespace(name="m", run_dir=tmp_path, workers=1, threads=1, shared={}, log=logging.getLogger("t"))
+
+
+@pytest.fixture(scope="module")
+def artifacts(toy_dataset):
+    """Every model of the suite trained once through the step."""
+    import bondexp.steps.train as train
+
+    original = train.dataset_for
+    train.dataset_for = lambda shared: toy_dataset
+    try:
+        c = SimpleNamespace(name="m", run_dir=Path("."), workers=1, threads=1, shared={}, log=logging.getLogger("t"))
+        return {name: fit_model(step_config(name), {}, c) for name in MODELS}
+    finally:
+        train.dataset_for = original
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_dataset):
+    art = artifacts[name]
+    assert set(art) >= {"name", "group", "config", "model", "features", "predictions", "metrics", "info"}
+    for split in ("train", "validation", "test"):
+        mean = art["predictions"][split]["mean"]
+        assert mean.shape == (len(toy_dataset.splits[split]),) and np.isfinite(mean).all()
+    y = toy_dataset.target("test")
+    rmse = np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2))
+    assert rmse < np.sqrt(np.mean(y**2))
+    m = art["metrics"]
+    assert np.isfinite([m["val_rmse"], m["val_mae"], m["val_r2"]]).all() and m["val_r2"] > 0
+    for value in m.values():
+        assert isinstance(value, (int, float, str, bool))
+
+
+@pytest.mark.parametrize("name, low, high", [("tail_risk", 0.75, 0.99), ("bayesian", 0.75, 0.99)])
+def test_interval_models_cover_about_ninety_percent(name, low, high, artifacts, toy_dataset):
+    pred = artifacts[name]["predictions"]["test"]
+    y = toy_dataset.target("test")
+    assert pred["level"] == pytest.approx(0.9)
+    assert np.all(pred["lower"] <= pred["upper"])
+    assert low <= np.mean((y >= pred["lower"]) & (y <= pred["upper"])) <= high
+    assert 0.8 <= artifacts[name]["metrics"]["val_coverage"] <= 0.97
+
+
+def test_tail_risk_reports_var_es_and_kupiec(artifacts):
+    art = artifacts["tail_risk"]
+    pred = art["predictions"]["test"]
+    assert np.all(pred["es"] >= pred["var"])
+    np.testing.assert_allclose(pred["var"], -pred["lower"])
+    assert 0 <= art["metrics"]["val_kupiec_pvalue"] <= 1 and np.isfinite(art["metrics"]["val_pinball"])
+
+
+def test_bayesian_std_matches_its_band(artifacts):
+    pred = artifacts["bayesian"]["predictions"]["test"]
+    half = (pred["upper"] - pred["lower"]) / 2
+    np.testing.assert_allclose(half, 1.6448536 * pred["std"], rtol=1e-6)
+    assert np.isfinite(artifacts["bayesian"]["metrics"]["val_nll"])
+
+
+def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
+    art = artifacts["regime"]
+    assert set(art["info"]["bic"]) == {"2", "3", "4"}
+    months = np.unique(toy_dataset.meta["obs_date"].astype("datetime64[M]"))
+    assert len(art["info"]["regime_by_month"]) == len(months)
+    assert -1 <= art["metrics"]["train_regime_ari"] <= 1
+
+
+def test_factor_and_automl_record_what_they_found(artifacts):
+    var = artifacts["factor"]["info"]["bond_explained_variance"]
+    assert len(var) == 8 and all(a >= b for a, b in zip(var, var[1:]))
+    info = artifacts["automl"]["info"]
+    assert {t["family"] for t in info["trials"]} == {"ridge", "boosting", "forest", "extra_trees"}
+    best = min(t["score"] for t in info["trials"] if t["score"] is not None)
+    assert info["best"]["score"] == best and info["best"]["family"] in info["why"]
+
+
+def test_custom_lasso_runs_through_the_step_with_scaling(ctx, toy_dataset):
+    config = step_config("lasso", estimator={"_target_": "sklearn.linear_model.Lasso", "alpha": 0.01, "features": "all"})
+    art = fit_model(config, {}, ctx)
+    y = toy_dataset.target("test")
+    assert np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2)) < np.sqrt(np.mean(y**2))
+    assert art["model"].named_steps["prep"] != "passthrough"  # linear models get standardisation and one-hot
+    assert "n_iter" not in art["metrics"]
+
+
+@pytest.mark.parametrize("name", ["enhanced", "advanced", "tail_risk"])
+def test_early_stopping_is_visible_and_can_be_switched_off(name, toy_dataset, ctx):
+    stop = fit_model(step_config(name), {}, ctx)["metrics"]
+    assert stop["early_stopped"] and stop["n_iter"] < stop["max_iter"]
+    config = step_config(name, early_stopping={"enabled": False})
+    if name == "advanced":
+        config["estimator"].update(gb_max_iter=30, mlp_max_iter=20)
+    else:
+        config["estimator"]["max_iter"] = 30
+    full = fit_model(config, {}, ctx)["metrics"]
+    assert not full["early_stopped"] and full["n_iter"] == full["max_iter"]
+
+
+def test_build_model_injects_seed_jobs_and_params(toy_dataset):
+    config = step_config("basic")
+    model = build_model(config, dataset=toy_dataset, params={"n_estimators": 7})
+    forest = final_estimator(model)
+    assert (forest.n_estimators, forest.random_state, forest.n_jobs) == (7, 0, 1)
+    assert model.named_steps["prep"] == "passthrough"
+    clone(model)  # scikit-learn conventions: get_params/set_params round-trip
+
+
+def test_unknown_target_and_feature_are_config_errors(toy_dataset):
+    bad = step_config("x", estimator={"_target_": "sklearn.linear_model.NoSuchModel"})
+    with pytest.raises(ConfigError, match="NoSuchModel"):
+        build_model(bad, dataset=toy_dataset)
+    config = step_config("basic")
+    config["features"] = ["coupon_rate", "market_price"]
+    with pytest.raises(ConfigError, match="market_price"):
+        build_model(config, dataset=toy_dataset)
+
+
+def test_fit_predict_trains_on_the_given_rows(toy_dataset):
+    rows = toy_dataset.splits["train"][-300:]
+    fitted, preds = fit_predict(step_config("enhanced"), toy_dataset, train_rows=rows, params={"max_iter": 20})
+    assert set(preds) == {"validation", "test"}
+    assert final_estimator(fitted).n_iter_ <= 20
+    assert len(preds["test"]["mean"]) == len(toy_dataset.splits["test"])
+
+
+def test_no_feature_leaks_the_market_price_or_an_oracle_column(toy_dataset):
+    """Market price = fair value + residual, so a leak shows as a feature tracking the residual or an oracle column."""
+    y, X = toy_dataset.y, toy_dataset.X
+    # oracle_regime and oracle_noise_scale describe the month and the bond (market state and size
+    # legitimately track them); these two carry the row's own residual.
+    leaks = {"residual": y, **{k: toy_dataset.meta[k] for k in ("oracle_adjustment", "oracle_prediction")}}
+    for j, name in enumerate(toy_dataset.feature_names):
+        assert not np.allclose(X[:, j], toy_dataset.meta["market_price"]), f"feature {name} is the market price"
+        for what, target in leaks.items():
+            if np.std(X[:, j]) > 0 and np.std(target) > 0:
+                corr = abs(np.corrcoef(X[:, j], np.asarray(target, dtype=float))[0, 1])
+                assert corr < 0.95, f"feature {name} tracks {what} (|corr| = {corr:.3f})"
+
+
+def test_build_and_fit_never_read_meta(toy_dataset):
+    """A dataset whose meta raises on access still trains and predicts: fitting sees features only."""
+
+    class Guarded(dict):
+        def __getitem__(self, key):
+            raise AssertionError(f"meta[{key!r}] read while fitting")
+
+    guarded = features_module.Dataset(
+        fingerprint="guarded",
+        feature_names=toy_dataset.feature_names,
+        X=toy_dataset.X,
+        y=toy_dataset.y,
+        splits=toy_dataset.splits,
+        meta=Guarded(),
+    )
+    for name in ("enhanced", "tail_risk", "bayesian", "regime"):
+        fitted, preds = fit_predict(step_config(name), guarded)
+        assert np.isfinite(preds["test"]["mean"]).all()
+
+
+def test_conformal_quantile_and_kupiec():
+    scores = np.arange(1.0, 100.0)
+    assert conformal_quantile(scores, 0.9) == 90.0
+    assert conformal_quantile(scores, 0.999) == 99.0
+    exact = kupiec_pof(50, 1000, 0.05)
+    assert exact["lr"] == pytest.approx(0.0, abs=1e-9) and exact["pvalue"] == pytest.approx(1.0)
+    assert kupiec_pof(120, 1000, 0.05)["pvalue"] < 1e-6
