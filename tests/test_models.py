@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from threadpoolctl import threadpool_limits
 from sklearn.base import clone
 
 from bondexp import features as features_module
@@ -40,6 +41,13 @@ def step_config(name: str, *, estimator=None, early_stopping=None) -> dict:
         "seed": 0,
         "n_jobs": 1,
     }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One BLAS/OpenMP thread, as the runner gives a step on a shared machine (boosting oversubscribes otherwise)."""
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture()

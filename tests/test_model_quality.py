@@ -1,0 +1,117 @@
+"""Quality bars of the models on the stationary synthetic market (test split, two seeds).
+
+Slow by design (a real market is priced per seed and every model trained through the step);
+each bar is a share of what the oracle achieves, so it does not depend on the market's noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from threadpoolctl import threadpool_limits
+
+from bondexp.features import BOND_FEATURES, FEATURES, load_dataset
+
+pytestmark = pytest.mark.slow
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+DATA = CONF / "data" / "synthetic.yaml"
+MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian")
+SEEDS = (0, 1)
+ML = ("basic", "enhanced", "advanced", "automl")
+#: Why two bars are expected to fail on this generator (see test docstrings).
+MARKET_LAGS_REGIMES = (
+    "the market state is a slow OU process (curve level speed 0.06/month), so calm months after a "
+    "crisis look stressed; regimes are not identifiable from month-level features"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One BLAS/OpenMP thread, as the runner gives a step on a shared machine (boosting oversubscribes otherwise)."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def trained(request, tmp_path_factory):
+    """A stationary 20,000-row market and every model trained on it through the step."""
+    import bondexp.steps.train as train
+
+    cfg = yaml.safe_load(DATA.read_text())
+    cfg.update(drift=False, n_observations=20000, n_months=60)
+    dataset, _ = load_dataset(cfg, seed=request.param, cache_dir=tmp_path_factory.mktemp("cache"))
+    original = train.dataset_for
+    train.dataset_for = lambda shared: dataset
+    try:
+        ctx = SimpleNamespace(name="q", run_dir=Path("."), workers=1, threads=1, shared={}, log=logging.getLogger("q"))
+        artifacts = {name: train.fit_model(_config(name, request.param), {}, ctx) for name in MODELS}
+    finally:
+        train.dataset_for = original
+    return dataset, artifacts
+
+
+def _config(name: str, seed: int) -> dict:
+    """The step config of ``conf/model/<name>.yaml`` exactly as shipped (no budget cuts)."""
+    spec = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    return {
+        "name": name,
+        "group": spec.get("group", "ml"),
+        "estimator": {k: v for k, v in spec.items() if k not in ("group", "features", "early_stopping")},
+        "features": list(BOND_FEATURES if spec.get("features") == "bond" else FEATURES),
+        "early_stopping": {"enabled": True, "patience": 10, "validation_fraction": 0.1, "tol": 1e-4},
+        "seed": seed,
+        "n_jobs": 1,
+    }
+
+
+def _rmse(y, p):
+    return float(np.sqrt(np.mean((y - p) ** 2)))
+
+
+def test_ml_models_reach_most_of_the_oracle_gain(trained):
+    dataset, artifacts = trained
+    y, oracle = dataset.target("test"), dataset.meta_of("test", "oracle_prediction")
+    zero, best = _rmse(y, 0.0), _rmse(y, oracle)
+    shares = {n: (zero - _rmse(y, artifacts[n]["predictions"]["test"]["mean"])) / (zero - best) for n in ML}
+    print("share of the oracle's RMSE reduction:", {n: round(s, 3) for n, s in shares.items()})
+    assert min(shares.values()) >= 0.7, shares
+    r2 = {n: 1 - _rmse(y, artifacts[n]["predictions"]["test"]["mean"]) ** 2 / np.var(y) for n in ML}
+    assert max(r2.values()) >= 0.8 * (1 - best**2 / np.var(y)), r2
+
+
+def _coverage_by_regime(dataset, pred):
+    y, regime = dataset.target("test"), dataset.meta_of("test", "oracle_regime")
+    inside = (y >= pred["lower"]) & (y <= pred["upper"])
+    return float(inside.mean()), {int(k): float(inside[regime == k].mean()) for k in np.unique(regime)}
+
+
+def test_tail_risk_band_covers_ninety_percent(trained):
+    dataset, artifacts = trained
+    overall, by_regime = _coverage_by_regime(dataset, artifacts["tail_risk"]["predictions"]["test"])
+    print("tail_risk coverage:", round(overall, 3), by_regime)
+    assert abs(overall - 0.9) <= 0.04
+
+
+@pytest.mark.xfail(reason=MARKET_LAGS_REGIMES, strict=False)
+def test_bayesian_band_covers_ninety_percent_in_every_regime(trained):
+    """Normalized conformal is calibrated on validation; when test's regime mix differs and the
+    variance model cannot tell calm from stressed months, calm test months are over-covered."""
+    dataset, artifacts = trained
+    overall, by_regime = _coverage_by_regime(dataset, artifacts["bayesian"]["predictions"]["test"])
+    print("bayesian coverage:", round(overall, 3), by_regime)
+    assert abs(overall - 0.9) <= 0.05
+    assert all(abs(c - 0.9) <= 0.05 for c in by_regime.values()), by_regime
+
+
+@pytest.mark.xfail(reason=MARKET_LAGS_REGIMES, strict=False)
+def test_regimes_match_the_oracle_over_training_months(trained):
+    _, artifacts = trained
+    metrics = artifacts["regime"]["metrics"]
+    print("regime ARI:", metrics["train_regime_ari"], "calm vs stress:", metrics["train_regime_ari_calm_vs_stress"])
+    assert max(metrics["train_regime_ari"], metrics["train_regime_ari_calm_vs_stress"]) >= 0.5
