@@ -91,6 +91,12 @@ def test_target_without_search_space_is_a_clear_error(tmp_path, shared, inputs):
     assert not (tmp_path / "tuning").exists()  # failed before touching the study
 
 
+def test_unknown_estimator_parameter_is_a_clear_error(tmp_path, shared, inputs):
+    config = {**helpers.BASE_TUNE, "target": "tree", "search_space": {"tree": {"max_dept": {"low": 2, "high": 8}}}}
+    with pytest.raises(ConfigError, match=r"'tune\.search_space\.tree\.max_dept' .* of DecisionTreeRegressor.*'max_depth'"):
+        tune(config, inputs, helpers.context(tmp_path, shared))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
