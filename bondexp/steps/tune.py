@@ -609,6 +609,7 @@ def plot_history(artifact: Mapping[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     trials = artifact["trials"]
     done = [t for t in trials if t["state"] == "COMPLETE"]
@@ -625,6 +626,9 @@ def plot_history(artifact: Mapping[str, Any], path: Path) -> None:
     untuned = [t for t in done if t["untuned"]]
     if untuned:
         ax.axhline(untuned[0]["value"], color="tab:orange", linestyle="--", label="untuned parameters")
+    if trials:  # the pruned marks use axes coordinates for y, which autoscaling ignores
+        ax.set_xlim(-0.5, max(t["number"] for t in trials) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("objective: mean fold RMSE")
     ax.set_title(f"Tuning {artifact['target']}: best {artifact['best_value']:.4f}")
