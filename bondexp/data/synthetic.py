@@ -6,7 +6,9 @@ best achievable score, so the generator writes down the truth alongside the pric
 The market, month by month
     A Markov chain of regimes (0 calm, 1 stress, 2 crisis) drives a Nelson-Siegel zero curve
     (level, slope, curvature) and a credit-spread factor; each is a mean-reverting (OU/AR(1))
-    process whose long-run mean and volatility depend on the regime. Rating spreads are
+    process whose long-run mean and volatility depend on the regime. Spreads revert fast (0.8 a
+    month, as credit markets reprice stress within weeks) and the curve within a few months (0.3),
+    so the market state tells the regime, as a desk reads it off the spread. Rating spreads are
     ``base[rating] * exp(beta[rating] * spread_factor)``. The curve is evaluated on a monthly
     tenor grid out to 30 years, so linear interpolation on it is accurate.
 
@@ -65,7 +67,7 @@ from bondexp.data.split import month_counts
 from bondexp.errors import ConfigError
 
 #: Bumped whenever a change alters the generated data, so cached features are recomputed.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SECTOR_NAMES = (
     "Financials", "Utilities", "Industrials", "Energy", "Technology",
@@ -82,9 +84,12 @@ N_CHAINS = 4096  # candidate regime paths drawn at once (see _regime_path)
 
 # Market factors as monthly OU processes: long-run mean and volatility per regime, speed.
 FACTORS = ("level", "slope", "curvature", "spread")
-FACTOR_MEAN = np.array([[0.035, 0.030, 0.022], [-0.015, -0.020, -0.028], [0.0, -0.005, -0.010], [0.0, 0.40, 0.80]])
-FACTOR_VOL = np.array([[0.0015, 0.0025, 0.0040], [0.0010, 0.0018, 0.0030], [0.0020, 0.0030, 0.0045], [0.05, 0.08, 0.12]])
-FACTOR_SPEED = np.array([0.06, 0.10, 0.15, 0.20])
+FACTOR_MEAN = np.array([[0.035, 0.030, 0.022], [-0.015, -0.020, -0.028], [0.0, -0.005, -0.010], [0.0, 0.60, 1.20]])
+FACTOR_VOL = np.array([[0.0015, 0.0025, 0.0040], [0.0010, 0.0018, 0.0030], [0.0020, 0.0030, 0.0045], [0.05, 0.12, 0.20]])
+# Speeds: credit spreads gap into stress within a month or two (0.8), rates follow over a few months
+# (0.3). Slower speeds leave a calm month after a crisis looking stressed, and regimes unidentifiable.
+# Spread volatility quadruples from calm to crisis (5% to 20% a month), as credit markets' does.
+FACTOR_SPEED = np.array([0.30, 0.30, 0.30, 0.80])
 NS_TAU = 2.0  # Nelson-Siegel decay (years)
 TENORS = np.arange(1, 361) / 12.0  # curve grid: monthly to 30 years
 SPREAD_BASE = np.array([0.0030, 0.0050, 0.0080, 0.0130, 0.0250, 0.0400, 0.0800])
