@@ -24,11 +24,6 @@ DATA = CONF / "data" / "synthetic.yaml"
 MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian")
 SEEDS = (0, 1)
 ML = ("basic", "enhanced", "advanced", "automl")
-#: Why two bars are expected to fail on this generator (see test docstrings).
-MARKET_LAGS_REGIMES = (
-    "the market state is a slow OU process (curve level speed 0.06/month), so calm months after a "
-    "crisis look stressed; regimes are not identifiable from month-level features"
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,16 +87,17 @@ def _coverage_by_regime(dataset, pred):
 
 
 def test_tail_risk_band_covers_ninety_percent(trained):
+    """Overall only: a regime with one or two test months is a handful of sector shocks, so per
+    regime is printed for the record, not asserted."""
     dataset, artifacts = trained
     overall, by_regime = _coverage_by_regime(dataset, artifacts["tail_risk"]["predictions"]["test"])
     print("tail_risk coverage:", round(overall, 3), by_regime)
     assert abs(overall - 0.9) <= 0.04
 
 
-@pytest.mark.xfail(reason=MARKET_LAGS_REGIMES, strict=False)
 def test_bayesian_band_covers_ninety_percent_in_every_regime(trained):
-    """Normalized conformal is calibrated on validation; when test's regime mix differs and the
-    variance model cannot tell calm from stressed months, calm test months are over-covered."""
+    """Normalized conformal is calibrated on validation, whose regime mix differs from test's, so
+    the bar holds per regime only if sigma(x) tells calm from stressed bonds and months."""
     dataset, artifacts = trained
     overall, by_regime = _coverage_by_regime(dataset, artifacts["bayesian"]["predictions"]["test"])
     print("bayesian coverage:", round(overall, 3), by_regime)
@@ -109,7 +105,6 @@ def test_bayesian_band_covers_ninety_percent_in_every_regime(trained):
     assert all(abs(c - 0.9) <= 0.05 for c in by_regime.values()), by_regime
 
 
-@pytest.mark.xfail(reason=MARKET_LAGS_REGIMES, strict=False)
 def test_regimes_match_the_oracle_over_training_months(trained):
     _, artifacts = trained
     metrics = artifacts["regime"]["metrics"]

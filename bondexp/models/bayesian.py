@@ -1,51 +1,74 @@
-"""Probabilistic model: Bayesian ridge on a spline basis, a variance model, normalized conformal calibration.
+"""Probabilistic model: Bayesian ridge on a regime-aware spline basis, a variance model, normalized conformal.
 
 The residual's noise is heteroscedastic (small issues and stressed months are noisier), so one
-global variance gives intervals too wide for calm, liquid bonds and too narrow in a crisis. A
-ridge on the same spline basis learns the log squared residual (noise scales multiply, so they
-add on the log scale, and a linear model of a target this noisy overfits far less than a tree); normalized conformal prediction on
-the validation split then scales ``mean +- q * sigma(x)`` so that 90% of validation residuals fall
-inside, and the predictive std is that band's half-width over the normal 95% quantile, so a
-Gaussian with this std reproduces the calibrated band.
+global variance gives intervals too wide for calm, liquid bonds and too narrow in a crisis.
+
+- **Mean**: bond effects (liquidity, high yield, long investment grade) widen with market stress,
+  so the basis holds each bond term (cubic splines, one-hot categories) both alone and times the
+  standardised market credit spread, plus the market state linearly: splines of the market state
+  would give the 30-odd training months a free intercept each and memorise their common shocks.
+- **Variance**: gradient boosting with a log link (Poisson deviance, so it estimates E[e^2], not
+  a geometric mean) of the squared residuals of mean models fitted on the other time blocks: the
+  in-sample residual of a basis this rich understates the error on a new month. It sees the bond
+  features and the credit spread (monotone: a wider spread never means a quieter market), not
+  the curve factors, whose month-specific values let trees memorise single training months.
+- **Calibration**: normalized conformal prediction on the validation split scales
+  ``mean +- q * sigma(x)`` so that 90% of validation residuals fall inside; the predictive std is
+  that band's half-width over the normal 95% quantile, so a Gaussian with it reproduces the band.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 from scipy.stats import norm
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import BayesianRidge, RidgeCV
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import BayesianRidge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from bondexp.features import CATEGORICAL_FEATURES
-from bondexp.models.base import CompositeRegressor, as_frame, feature_names
+from bondexp.errors import ConfigError
+from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
+from bondexp.models.base import CompositeRegressor, as_frame, feature_names, fit_time_ordered, set_early_stopping
 from bondexp.models.quantile import conformal_quantile
+
+#: The market-state feature that scales the bond terms and drives the variance model.
+STRESS_FEATURE = "market_credit_spread"
 
 
 class BayesianHeteroscedasticRegressor(CompositeRegressor):
-    """Bayesian ridge mean, ridge log-variance, normalized conformal 90% band.
+    """Bayesian ridge mean, boosted variance on cross-fitted residuals, normalized conformal 90% band.
 
     Parameters
     ----------
     alpha : float
         Miscoverage of the calibrated band (0.1: 90%).
     n_knots : int
-        Knots of the cubic spline basis of each numeric feature (0: linear features only).
+        Knots of the cubic spline basis of each numeric bond feature (0 or 1: linear features).
+    n_folds : int
+        Consecutive time blocks of the training rows; each block's residuals for the variance
+        model come from a mean model fitted on the other blocks.
+    variance_max_iter, variance_learning_rate, variance_min_samples_leaf, variance_max_leaf_nodes
+        The variance booster (early-stopped on the latest rows).
+    early_stopping : dict, optional
     random_state : int, optional
-        Unused (both fits are deterministic); kept so the model step can set it like any other.
 
     Attributes
     ----------
-    mean_ : Pipeline
-        Spline basis and one-hot categories, then ``BayesianRidge``.
-    variance_ : Pipeline
-        Spline basis and one-hot categories, then a ridge of the log squared residual.
+    basis_ : ColumnTransformer
+        Splines of the numeric bond features and one-hot categories.
+    market_ : ColumnTransformer or None
+        The standardised market-state features.
+    mean_ : BayesianRidge
+        The mean on :meth:`_design`.
+    members_ : dict
+        ``variance``: the booster of the squared residual.
     scale_ : float
-        The normalized conformal quantile from validation.
+        The normalized conformal quantile from validation (the normal quantile until calibrated).
     interval_level_ : float
 
     Examples
@@ -54,7 +77,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     >>> rng = np.random.default_rng(0)
     >>> X = pd.DataFrame({"a": rng.uniform(-1, 1, 800)})
     >>> y = X["a"].to_numpy() + rng.normal(size=800) * (1 + X["a"].to_numpy() ** 2)
-    >>> model = BayesianHeteroscedasticRegressor(n_knots=4).fit(X[:600], y[:600])
+    >>> model = BayesianHeteroscedasticRegressor(n_knots=4, variance_min_samples_leaf=50).fit(X[:600], y[:600])
     >>> bool(np.all(model.calibrate(X[600:], y[600:]).predict_std(X[600:]) > 0))
     True
     """
@@ -64,53 +87,114 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         *,
         alpha: float = 0.1,
         n_knots: int = 5,
+        n_folds: int = 5,
+        variance_max_iter: int = 300,
+        variance_learning_rate: float = 0.1,
+        variance_min_samples_leaf: int = 500,
+        variance_max_leaf_nodes: int = 7,
+        early_stopping: Optional[Dict[str, Any]] = None,
         random_state: Optional[int] = None,
     ):
         self.alpha = alpha
         self.n_knots = n_knots
+        self.n_folds = n_folds
+        self.variance_max_iter = variance_max_iter
+        self.variance_learning_rate = variance_learning_rate
+        self.variance_min_samples_leaf = variance_min_samples_leaf
+        self.variance_max_leaf_nodes = variance_max_leaf_nodes
+        self.early_stopping = early_stopping
         self.random_state = random_state
 
-    def _basis(self, names) -> ColumnTransformer:
+    def _bases(self, names):
+        """Unfitted (bond basis, market-state scaler or None) for the feature ``names``."""
         cats = [n for n in names if n in CATEGORICAL_FEATURES]
-        nums = [n for n in names if n not in CATEGORICAL_FEATURES]
+        nums = [n for n in names if n not in CATEGORICAL_FEATURES and n not in MARKET_FEATURES]
+        market = [n for n in names if n in MARKET_FEATURES]
         numeric = (
             Pipeline([("scale", StandardScaler()), ("spline", SplineTransformer(n_knots=self.n_knots, degree=3))])
             if self.n_knots > 1
             else StandardScaler()
         )
-        parts = [("num", numeric, nums)]
+        parts = [("num", numeric, nums)] if nums else []
         if cats:
             parts.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats))
-        return ColumnTransformer(parts)
+        if not parts:
+            raise ConfigError(f"The bayesian model needs at least one bond feature. Got {list(names)} instead.")
+        scaler = ColumnTransformer([("market", StandardScaler(), market)]) if market else None
+        return ColumnTransformer(parts), scaler
+
+    def _design(self, X):
+        """``[bond basis, market state, bond basis x standardised credit spread]`` (as available)."""
+        bond = self.basis_.transform(X)
+        if self.market_ is None:
+            return bond
+        market = self.market_.transform(X)
+        blocks = [bond, market]
+        if self.stress_column_ is not None:
+            blocks.append(bond * market[:, [self.stress_column_]])
+        return np.hstack(blocks)
+
+    def _variance_features(self):
+        """Features the variance booster sees: everything but the curve factors."""
+        return [n for n in self.feature_names_in_ if n not in MARKET_FEATURES or n == STRESS_FEATURE]
 
     def fit(self, X, y):
-        """Fit the Bayesian ridge mean, then the variance ridge on its log squared residuals.
+        """Fit the mean, then the variance booster on residuals cross-fitted over consecutive time blocks.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        ConfigError
+            If ``n_folds`` is below 2 or there is no bond feature.
         """
+        if not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
+            raise ConfigError(f"The 'n_folds' parameter must be an int >= 2. Got {self.n_folds!r} instead.")
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
         self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.mean_ = Pipeline([("basis", self._basis(names)), ("ridge", BayesianRidge())]).fit(X, y)
-        log_sq = np.log((y - self.mean_.predict(X)) ** 2 + 1e-6)
-        self.variance_ = Pipeline([("basis", self._basis(names)), ("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13)))])
-        self.variance_.fit(X, log_sq)
-        # E[log chi2_1] = -1.27: shift so exp(.) estimates the variance, not its geometric mean.
-        self.log_var_shift_ = float(np.log(np.mean(np.exp(log_sq - self.variance_.predict(X)))))
+        self.basis_, self.market_ = self._bases(names)
+        self.basis_.fit(X)
+        if self.market_ is not None:
+            self.market_.fit(X)
+        market = [n for n in names if n in MARKET_FEATURES]
+        self.stress_column_ = market.index(STRESS_FEATURE) if STRESS_FEATURE in market else None
+        design = self._design(X)
+        self.mean_ = BayesianRidge().fit(design, y)
+        squared = np.empty(len(y))
+        for block in np.array_split(np.arange(len(y)), self.n_folds):
+            rest = np.ones(len(y), dtype=bool)
+            rest[block] = False
+            fold = clone(self.mean_).fit(design[rest], y[rest])
+            squared[block] = (y[block] - fold.predict(design[block])) ** 2
+        variance_features = self._variance_features()
+        booster = HistGradientBoostingRegressor(
+            loss="poisson",
+            max_iter=self.variance_max_iter,
+            learning_rate=self.variance_learning_rate,
+            min_samples_leaf=self.variance_min_samples_leaf,
+            max_leaf_nodes=self.variance_max_leaf_nodes,
+            monotonic_cst={STRESS_FEATURE: 1} if STRESS_FEATURE in variance_features else None,
+            random_state=self.random_state,
+        )
+        set_early_stopping(booster, self._early_stopping())
+        self.members_ = {"variance": fit_time_ordered(booster, X[variance_features], squared)}
         self.scale_ = float(norm.ppf(1.0 - self.alpha / 2.0))
         self.interval_level_ = 1.0 - self.alpha
         self.metrics_, self.info_ = {}, {}
         return self
 
     def _sigma(self, X):
-        """Noise std from the variance model, plus the ridge's own (epistemic) std."""
+        """Noise std from the variance booster, plus the ridge's own (epistemic) std."""
         X = as_frame(X, list(self.feature_names_in_))
-        _, ridge_std = self.mean_.predict(X, return_std=True)
-        noise_var = np.exp(self.variance_.predict(X) + self.log_var_shift_)
-        return np.sqrt(noise_var + ridge_std**2)
+        _, ridge_std = self.mean_.predict(self._design(X), return_std=True)
+        # BayesianRidge's std includes its global noise 1 / alpha_, which the booster already models.
+        epistemic = np.maximum(ridge_std**2 - 1.0 / self.mean_.alpha_, 0.0)
+        noise = self.members_["variance"].predict(X[self._variance_features()])
+        return np.sqrt(noise + epistemic)
 
     def calibrate(self, X_val, y_val):
         """Scale the band so that ``1 - alpha`` of validation residuals fall inside (normalized conformal).
@@ -119,7 +203,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         -------
         self
         """
-        check_is_fitted(self, "variance_")
+        check_is_fitted(self, "members_")
         y = np.asarray(y_val, dtype=np.float64)
         scores = np.abs(y - self.predict(X_val)) / self._sigma(X_val)
         gaussian = float(norm.ppf(1.0 - self.alpha / 2.0))
@@ -131,7 +215,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     def predict(self, X):
         """The posterior mean of the residual."""
         check_is_fitted(self, "mean_")
-        return self.mean_.predict(as_frame(X, list(self.feature_names_in_)))
+        return self.mean_.predict(self._design(as_frame(X, list(self.feature_names_in_))))
 
     def predict_std(self, X):
         """Predictive std: the calibrated band's half-width over the normal ``1 - alpha/2`` quantile."""
