@@ -99,9 +99,9 @@ class DriftConf:
 
 @dataclass
 class TuneConf:
-    target: Optional[str] = None  # model to tune; null = the best ML model on the validation split
+    target: Optional[str] = None  # model to tune; null = the best ML model with a search space
     n_trials: int = 20  # trials in the study (finished trials of a resumed study count)
-    timeout: Optional[float] = 120.0  # seconds for the whole study; null = no limit
+    timeout: Optional[float] = 60.0  # seconds for the whole study; null = no limit
     storage: Optional[str] = None  # null = Optuna journal file in the run folder; or a database URL
     pruner: str = "median"  # median | none
     n_folds: int = 3  # time-ordered folds whose scores feed the pruner
@@ -187,6 +187,31 @@ def _suggest(name: str, known) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> None:
+    """The tune step needs a target with a search space; say so before any model trains."""
+    spaces = {name for name, space in (cfg.tune.search_space or {}).items() if space}
+    target = cfg.tune.target
+    if target is None:
+        if not any(spec.get("group", "ml") == "ml" and name in spaces for name, spec in models.items()):
+            raise ConfigError(
+                "The 'tune.target' config key is null, which tunes the best ML model with a search space, but "
+                f"no chosen model of group 'ml' has one in tune.search_space (models: {sorted(models)}; "
+                f"search spaces: {sorted(spaces)}). Add tune.search_space.<model>, set tune.target, "
+                "or drop the step with ~steps.tune."
+            )
+        return
+    if target not in models:
+        raise ConfigError(
+            f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
+            f"Got {target!r} instead.{_suggest(target, models)}"
+        )
+    if target not in spaces:
+        raise ConfigError(
+            f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges "
+            f"to tune it. Models with a search space: {sorted(spaces)}."
+        )
+
+
 def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """Return ``{model name: plain model spec}`` for the chosen models.
 
@@ -247,11 +272,8 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
         _fail("tune.pruner", "one of ['median', 'none']", cfg.tune.pruner)
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
-    if cfg.tune.target is not None and "tune" in cfg.steps and cfg.tune.target not in models:
-        raise ConfigError(
-            f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
-            f"Got {cfg.tune.target!r} instead.{_suggest(cfg.tune.target, models)}"
-        )
+    if "tune" in cfg.steps:
+        _check_tune_target(cfg, models)
     for name, spec in models.items():
         if "_target_" not in spec:
             _fail(f"models.{name}._target_", "the estimator's import path", None)

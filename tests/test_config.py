@@ -78,6 +78,8 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["early_stopping.validation_fraction=1.5"], "'early_stopping.validation_fraction'"),
         (["tune.target=enhancd"], "Did you mean 'enhanced'?"),
         (["model=basic", "tune.target=enhanced"], "'tune.target' config key must name a trained model"),
+        (["model=[factor,bayesian]"], "'tune.target' config key is null, which tunes the best ML model"),
+        (["model=[basic,bayesian]", "tune.target=bayesian"], "'tune.search_space.bayesian' config key must"),
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
         (["drift.correction=fdr"], "'drift.correction'"),

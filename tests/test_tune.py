@@ -59,22 +59,26 @@ def inputs(shared):
 # ----------------------------------------------------------------------------- choosing and checking
 
 
-def test_target_defaults_to_best_ml_model_by_validation_rmse():
-    models = {"basic": _artifact("ml", 0.9), "enhanced": _artifact("ml", 0.7), "bayesian": _artifact("risk", 0.5)}
-    assert choose_target(None, models) == "enhanced"  # the risk model is better but not ML
-    assert choose_target("bayesian", models) == "bayesian"
+def test_target_defaults_to_best_tunable_ml_model_by_validation_rmse():
+    models = {"basic": _artifact("ml", 0.9), "enhanced": _artifact("ml", 0.7), "automl": _artifact("ml", 0.6),
+              "bayesian": _artifact("risk", 0.5)}
+    spaces = {"basic": {"a": {}}, "enhanced": {"a": {}}, "bayesian": {"a": {}}}
+    # the risk model is better but not ML; automl is the best ML model but has no search space
+    assert choose_target(None, models, spaces) == "enhanced"
+    assert choose_target("bayesian", models, spaces) == "bayesian"
 
 
 @pytest.mark.parametrize(
     ("target", "models", "message"),
     [
         (None, {"bayesian": _artifact("risk", 0.5)}, "'tune.target' config key is null.*no model of group 'ml'"),
+        (None, {"automl": _artifact("ml", 0.5)}, "'tune.target' config key is null.*no model of group 'ml'"),
         ("enhancd", {"enhanced": _artifact("ml", 0.5)}, r"must name a trained model, one of \['enhanced'\]"),
     ],
 )
 def test_target_errors(target, models, message):
     with pytest.raises(ConfigError, match=message):
-        choose_target(target, models)
+        choose_target(target, models, {"bayesian": {"a": {}}, "enhanced": {"a": {}}})
 
 
 def test_tune_defaults_to_the_best_ml_model(tmp_path, shared, inputs):

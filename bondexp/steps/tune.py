@@ -61,7 +61,7 @@ _WINDOW_META = ("obs_date", "bond_id", "rating", "sector", "market_price", "fair
 
 
 def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
-    """Tune ``config["target"]`` (or the best ML model) with Optuna, refit the best trial, score it.
+    """Tune ``config["target"]`` (or the best tunable ML model) with Optuna, refit the best trial, score it.
 
     Parameters
     ----------
@@ -88,7 +88,7 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     models = model_artifacts(inputs)
-    target = choose_target(config.get("target"), models)
+    target = choose_target(config.get("target"), models, config.get("search_space") or {})
     artifact = models[target]
     space = parse_search_space(config.get("search_space") or {}, target=target)
     check_estimator_params(space, artifact, target=target)
@@ -203,13 +203,17 @@ def model_artifacts(inputs: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     }
 
 
-def choose_target(target: Optional[str], models: Mapping[str, Mapping[str, Any]]) -> str:
-    """``target`` itself, or when None the ML model (group ``ml``) with the lowest validation RMSE.
+def choose_target(
+    target: Optional[str], models: Mapping[str, Mapping[str, Any]], search_space: Mapping[str, Any]
+) -> str:
+    """``target`` itself, or when None the ML model (group ``ml``) with a search space and the lowest
+    validation RMSE. Models without a search space (an AutoML search, a user's Lasso) are left out:
+    there is nothing declared to tune in them.
 
     Raises
     ------
     ConfigError
-        ``target`` is not a trained model, or it is None and no ML model was trained.
+        ``target`` is not a trained model, or it is None and no ML model with a search space was trained.
     """
     if target is not None:
         if target not in models:
@@ -220,12 +224,14 @@ def choose_target(target: Optional[str], models: Mapping[str, Mapping[str, Any]]
         return target
     scores = {
         name: float(art["metrics"]["val_rmse"]) for name, art in models.items()
-        if art["group"] == "ml" and np.isfinite(art["metrics"].get("val_rmse", np.nan))
+        if art["group"] == "ml" and search_space.get(name)
+        and np.isfinite(art["metrics"].get("val_rmse", np.nan))
     }
     if not scores:
         raise ConfigError(
-            "The 'tune.target' config key is null, which tunes the best ML model, but no model of group "
-            f"'ml' with a validation RMSE was trained (models: {sorted(models)}). Name one in tune.target."
+            "The 'tune.target' config key is null, which tunes the best ML model with a search space, but "
+            f"no model of group 'ml' with one and a validation RMSE was trained (models: {sorted(models)}; "
+            f"search spaces: {sorted(k for k, v in search_space.items() if v)}). Name one in tune.target."
         )
     return min(scores, key=scores.__getitem__)
 
