@@ -28,11 +28,21 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BL
 
 
 def cpu_count() -> int:
-    """Cores this process may use (its CPU affinity), at least 1."""
+    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when that is set.
+
+    A process that was given a share of the machine is told so through ``OMP_NUM_THREADS``: joblib's
+    loky workers (every job of a ``-m`` sweep) get ``cores // n_jobs``, and so does a user who pins
+    it. Ignoring it gives each of two sweep jobs both cores, and OpenMP boosting oversubscribed that
+    way ran 25 times slower (tail_risk: 74.7 s against 2.9 s on the default market).
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    share = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if share.isdigit() and int(share) > 0:
+        cores = min(cores, int(share))
+    return cores
 
 
 def threads_per_worker(workers: int) -> int:

@@ -15,7 +15,8 @@ QUICK = ["data=small", "tune.n_trials=3", "tune.timeout=60", "eval.n_bootstrap=5
 
 
 def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
+    # without a thread pin of the caller's, so the run's own thread budget is what is tested
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)}
     proc = subprocess.run(
         [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -100,3 +101,6 @@ def test_sweep_runs_each_job_and_writes_one_summary(tmp_path, cache):
     assert [row["job"] for row in summary] == ["0", "1"]
     assert all(row["best_model"] == "factor" for row in summary)
     assert "seed=1" in summary[1]["overrides"]
+    # two jobs share the machine: each runs its steps on its share of the cores, not on all of them
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"{expected} thread(s)" in (sweep_dir / "0" / "logs" / "factor.log").read_text()

@@ -326,3 +326,15 @@ def test_dask_local_cluster(tmp_path):
     assert artifact(tmp_path, "d")["value"] == 11.0
     assert artifact(tmp_path, "child")["exitcode"] == 0  # dask workers are started non-daemonic
     assert artifact(tmp_path, "a")["pid"] != os.getpid()
+
+
+def test_thread_budget_honours_the_share_a_launcher_gave(monkeypatch):
+    from bondexp.executors import cpu_count, threads_per_worker
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert (cpu_count(), threads_per_worker(2)) == (8, 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what joblib's loky gives each of 4 sweep jobs on 8 cores
+    assert (cpu_count(), threads_per_worker(1), threads_per_worker(4)) == (2, 2, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # a pin above the machine does not add cores
+    assert cpu_count() == 8
