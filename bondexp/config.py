@@ -230,8 +230,8 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
         name = (choice or "model").strip("[]")
         if "," in name:
             raise ConfigError(
-                f"Several model files without a '# @package models.<name>' header were chosen ({choice}); "
-                "they would overwrite each other. Give each file that header."
+                f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' "
+                "header; in a list every file needs that header, so that each lands under its own name."
             )
         models[name] = OmegaConf.to_container(loose, resolve=True)
     return models
@@ -270,6 +270,9 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
         _fail("tune.n_folds", "at least 2", cfg.tune.n_folds)
     if cfg.tune.pruner not in ("median", "none"):
         _fail("tune.pruner", "one of ['median', 'none']", cfg.tune.pruner)
+    if cfg.tune.storage is not None and "://" not in cfg.tune.storage:
+        _fail("tune.storage", "null (a journal file in the run folder) or a database URL such as "
+              "'sqlite:///tuning.db'", cfg.tune.storage)
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
     if "tune" in cfg.steps:

@@ -83,6 +83,7 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
         (["drift.correction=fdr"], "'drift.correction'"),
+        (["tune.storage=tuning.db"], "'tune.storage' config key must be null (a journal file in the run folder) or a database URL"),
     ],
 )
 def test_semantic_checks_name_the_key_and_the_value(overrides, message):
@@ -104,3 +105,19 @@ def test_model_step_gets_early_stopping_and_features():
     assert step.config["early_stopping"]["patience"] == 3
     assert "curve_level" in step.config["features"] and "prev_residual" in step.config["features"]
     assert "_target_" in step.config["estimator"] and "features" not in step.config["estimator"]
+
+
+def test_user_model_files_from_the_search_path(tmp_path):
+    """A header-less file is named after the choice; in a list only files with the header may be combined."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
+    (tmp_path / "model" / "my_ridge.yaml").write_text("# @package models.my_ridge\n_target_: sklearn.linear_model.Ridge\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+
+    cfg = composed("model=my_lasso", search)
+    assert collect_models(cfg, choice="my_lasso") == {"my_lasso": {"_target_": "sklearn.linear_model.Lasso", "alpha": 0.01}}
+    cfg = composed("model=[basic,my_ridge]", search)
+    assert set(collect_models(cfg, choice="[basic,my_ridge]")) == {"basic", "my_ridge"}
+    cfg = composed("model=[basic,my_lasso]", search)
+    with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header"):
+        collect_models(cfg, choice="[basic,my_lasso]")
