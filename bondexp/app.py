@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shlex
 from pathlib import Path
@@ -29,6 +31,8 @@ OUTPUT_WRITERS = {
     "drift": "bondexp.steps.drift",
     "tune": "bondexp.steps.tune",
 }
+#: File in the run folder naming the checkpoints its report files were written from, and the files.
+OUTPUTS_STAMP = ".outputs.json"
 
 
 def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
@@ -143,13 +147,22 @@ def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
 def write_outputs(
     result: RunResult, *, run_dir: Path, dataset, cfg: DictConfig, summary: Dict[str, Any], overrides: Sequence[str]
 ) -> None:
-    """results.json, the timeline, each report step's files and report.md, from the checkpoints."""
+    """results.json, the timeline, each report step's files and report.md, from the checkpoints.
+
+    When every step was reused from checkpoints the folder's outputs were already written from,
+    only results.json is rewritten: redrawing identical plots was most of a resume's time.
+    """
     import importlib
 
     import joblib
 
     from bondexp.report import write_report
 
+    stamp = run_dir / OUTPUTS_STAMP
+    key = _outputs_key(result, overrides)
+    if key is not None and _outputs_current(stamp, key, run_dir):
+        result.write_json(run_dir / "results.json")
+        return
     result.write(run_dir)
     artifacts: Dict[str, Dict[str, Any]] = {}
     for name, module in OUTPUT_WRITERS.items():
@@ -177,6 +190,34 @@ def write_outputs(
         artifacts=artifacts,
         leaderboard_rows=leaderboard,
     )
+    if result.ok:
+        atomic_write_json(stamp, {"key": _outputs_key(result, overrides, reused_only=False), "files": _output_files(run_dir)})
+
+
+def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> Optional[str]:
+    """A hash of every step's fingerprint and the command; None when a step did not finish (or, with
+    ``reused_only``, when a step ran in this attempt: its outputs are new)."""
+    wanted = ("reused",) if reused_only else ("ran", "reused")
+    if not result.steps or any(step.status not in wanted for step in result.steps.values()):
+        return None
+    payload = {"steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
+               "overrides": sorted(o for o in overrides if not o.startswith(("resume=", "progress=", "workers=")))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _output_files(run_dir: Path) -> List[str]:
+    """The report files in ``run_dir`` (relative paths), results.json aside."""
+    found = [*run_dir.glob("*.csv"), *run_dir.glob("*.md"), *run_dir.glob("*.json"), *run_dir.glob("plots/*.png")]
+    return sorted(str(p.relative_to(run_dir)) for p in found if p.name not in ("results.json", OUTPUTS_STAMP))
+
+
+def _outputs_current(stamp: Path, key: str, run_dir: Path) -> bool:
+    """Whether ``stamp`` says the outputs were written for ``key`` and every file it lists still exists."""
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded.get("key") == key and all((run_dir / name).is_file() for name in recorded.get("files", []))
 
 
 def _score_tuned(tune_artifact: Dict[str, Any], evaluate_artifact: Dict[str, Any], dataset, cfg: DictConfig) -> Dict[str, Any]:

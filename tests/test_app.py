@@ -62,11 +62,17 @@ def test_run_writes_every_documented_output(finished_run):
 
 def test_resume_of_a_finished_run_reuses_every_step(finished_run, cache):
     before = json.loads((finished_run / "results.json").read_text())
+    plot = finished_run / "plots" / "rmse_ci.png"
+    drawn = plot.stat().st_mtime_ns
     proc = bondexp(f"resume={finished_run}", cwd=finished_run, cache=cache)
     after = json.loads((finished_run / "results.json").read_text())
     assert {s["status"] for s in after["steps"].values()} == {"reused"}
     assert {n: s["metrics"] for n, s in after["steps"].items()} == {n: s["metrics"] for n, s in before["steps"].items()}
     assert "reused" in proc.stdout
+    assert plot.stat().st_mtime_ns == drawn  # the same checkpoints: report files kept, not redrawn
+    plot.unlink()
+    bondexp(f"resume={finished_run}", cwd=finished_run, cache=cache)
+    assert plot.is_file()  # a missing report file is written again
 
 
 def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
