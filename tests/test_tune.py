@@ -279,10 +279,12 @@ def test_killed_study_resumes_keeping_finished_trials(tmp_path, workers):
 
 
 def test_parallel_trials_share_one_study_from_inside_a_pool_worker(tmp_path):
-    config = {**helpers.BASE_TUNE, "target": "ridge", "n_trials": 6, "pruner": "none"}
+    config = {**helpers.BASE_TUNE, "target": "slow", "n_trials": 6, "pruner": "none"}
     # The runner's pool workers are forkserver processes; the step spawns its own trial processes.
+    # Fits sleep 0.3 s (two folds: 0.6 s a trial), so the second process is up before the first
+    # has taken every trial: processes take trials one at a time, not a fixed share each.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        result = pool.submit(helpers.tune_in_worker, str(tmp_path), config, 2).result(timeout=120)
+        result = pool.submit(helpers.tune_in_worker, str(tmp_path), config, 2, 0.3).result(timeout=120)
     numbers = [t["number"] for t in result["trials"]]
     assert sorted(numbers) == list(range(6))  # unique trial numbers, all in one study
     trials = _study(tmp_path).get_trials(deepcopy=False)
@@ -290,3 +292,11 @@ def test_parallel_trials_share_one_study_from_inside_a_pool_worker(tmp_path):
     assert len(list((tmp_path / "tuning").iterdir())) == 1  # one journal file
     assert sum(bool(t.user_attrs.get(UNTUNED_ATTR)) for t in trials) == 1
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # two trial processes
+
+
+def test_no_trial_starts_after_the_timeout(tmp_path, shared):
+    slow = helpers.model_artifact("slow", estimator={**helpers.ESTIMATORS["slow"], "delay": 0.25})
+    config = {**helpers.BASE_TUNE, "target": "slow", "n_trials": 50, "timeout": 1.0, "pruner": "none"}
+    artifact = tune(config, {"evaluate": {}, "slow": slow}, helpers.context(tmp_path, shared))
+    # a trial fits two folds at 0.25 s each: about two trials fit in the second, far from fifty
+    assert 1 <= artifact["metrics"]["n_trials"] <= 4

@@ -86,12 +86,16 @@ def context(run_dir: Path, shared: dict, *, workers: int = 1) -> SimpleNamespace
                            log=logging.getLogger("test.tune"))
 
 
-def tune_in_worker(run_dir: str, config: dict, workers: int) -> dict:
-    """Run the tune step inside a pool process (as the runner does); return what the tests check."""
+def tune_in_worker(run_dir: str, config: dict, workers: int, delay: float = 0.0) -> dict:
+    """Run the tune step inside a pool process (as the runner does); return what the tests check.
+
+    ``delay`` > 0 tunes the slow ridge (``target: slow``), whose fits sleep that long.
+    """
     from bondexp.steps.tune import tune
 
     shared = use_toy_dataset()
-    inputs = {"evaluate": {}, "ridge": model_artifact("ridge")}
+    inputs = {"evaluate": {}, "ridge": model_artifact("ridge"),
+              "slow": model_artifact("slow", estimator={**ESTIMATORS["slow"], "delay": float(delay)})}
     artifact = tune(config, inputs, context(Path(run_dir), shared, workers=workers))
     return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"]}
 

@@ -520,30 +520,45 @@ def run_trials(
 ) -> None:
     """Run ``n_trials`` more trials: in this process when ``workers == 1``, else on spawned processes.
 
-    Each worker's sampler seed mixes ``seed``, the trials already in the study (``n_existing``) and
-    the worker's index: parallel samplers do not propose the same points, a resumed study does
-    not replay its first random points, and with one worker the same seed gives the same trials.
+    The trials are tickets the processes take one at a time, so a process whose trials were pruned
+    early takes more instead of idling while another finishes a fixed share; no new trial starts
+    after ``timeout`` seconds. Each worker's sampler seed mixes ``seed``, the trials already in the
+    study (``n_existing``) and the worker's index: parallel samplers do not propose the same points,
+    a resumed study does not replay its first random points, and with one worker the same seed
+    gives the same trials.
     """
     n_workers = max(1, min(workers, n_trials))
-    shares = [n_trials // n_workers + (i < n_trials % n_workers) for i in range(n_workers)]
     seeds = np.random.SeedSequence([seed, n_existing]).generate_state(n_workers)
-    jobs = [dict(study_name=study_name, storage_spec=storage_spec, n_trials=share, timeout=timeout,
-                 objective=objective, seed=int(seeds[i]), pruner=pruner) for i, share in enumerate(shares)]
-    if n_workers == 1:
-        _optimize(**jobs[0])
-        return
+    deadline = None if timeout is None else time.time() + float(timeout)
     # spawn: safe from a runner worker (itself a pool process) and from a parent with threads.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+    tickets = context.Value("i", n_trials)
+    jobs = [dict(study_name=study_name, storage_spec=storage_spec, deadline=deadline, objective=objective,
+                 seed=int(seed_i), pruner=pruner) for seed_i in seeds]
+    if n_workers == 1:
+        _optimize(tickets=tickets, **jobs[0])
+        return
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context, initializer=_init_trial_process,
+                             initargs=(tickets, os.getpid())) as pool:
         for future in [pool.submit(_optimize_worker, **job) for job in jobs]:
             future.result()
 
 
-def _optimize_worker(**job: Any) -> None:
-    """Entry point of a trial process: watch the parent, Optuna's per-trial logs off, then optimize."""
-    _exit_with_parent(os.getppid())
+#: The trial tickets shared by the trial processes of one study (set by :func:`_init_trial_process`).
+_TICKETS = None
+
+
+def _init_trial_process(tickets, parent: int) -> None:
+    """Initializer of a trial process: the shared tickets, exit with the parent, Optuna's per-trial logs off."""
+    global _TICKETS
+    _TICKETS = tickets
+    _exit_with_parent(parent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _optimize(**job)
+
+
+def _optimize_worker(**job: Any) -> None:
+    """Entry point of a trial process."""
+    _optimize(tickets=_TICKETS, **job)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -559,15 +574,26 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _optimize(*, study_name: str, storage_spec: str, n_trials: int, timeout: Optional[float],
+def _take_ticket(tickets) -> bool:
+    """Take one trial from the shared count; False when none is left."""
+    with tickets.get_lock():
+        if tickets.value <= 0:
+            return False
+        tickets.value -= 1
+        return True
+
+
+def _optimize(*, tickets, study_name: str, storage_spec: str, deadline: Optional[float],
               objective: FoldObjective, seed: int, pruner: str) -> None:
-    """Run trials with one BLAS/OpenMP thread, also in-process: trial fits are small, and on a busy
-    machine OpenMP threads spin-waiting for a core cost far more than a second thread gains (a
-    15k-row HistGradientBoosting fit measured 0.24 s on one thread, 13-25 s on two, under load)."""
+    """Run trials while tickets last and the deadline has not passed, with one BLAS/OpenMP thread, also
+    in-process: trial fits are small, and on a busy machine OpenMP threads spin-waiting for a core
+    cost far more than a second thread gains (a 15k-row HistGradientBoosting fit measured 0.24 s on
+    one thread, 13-25 s on two, under load)."""
     study = _study(study_name, storage_spec, seed=seed, pruner=pruner, create=False)
     # A trial that raises is recorded FAILED and the study goes on; all failing is reported afterwards.
     with threadpool_limits(limits=1):
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), gc_after_trial=False)
+        while (deadline is None or time.time() < deadline) and _take_ticket(tickets):
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
 
 
 def _best_trial(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
