@@ -105,7 +105,7 @@ class TuneConf:
     storage: Optional[str] = None  # null = Optuna journal file in the run folder; or a database URL
     pruner: str = "median"  # median | none
     n_folds: int = 3  # time-ordered folds whose scores feed the pruner
-    max_train_rows: int = 20000  # rows per trial fit (the latest training rows), to bound the cost
+    max_train_rows: int = 20000  # rows per trial fit (the latest whole training months), to bound the cost
     search_space: Dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
 
 

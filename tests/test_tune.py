@@ -134,9 +134,9 @@ def test_search_space_kinds():
 
 
 def test_time_folds_expand_forward_in_time_and_never_split_a_month(toy_dataset):
-    window = tuning_window(toy_dataset, max_train_rows=700)
+    window = tuning_window(toy_dataset, max_train_rows=700, n_folds=3)
     dates = window.meta["obs_date"]
-    assert len(window.y) == 700 and np.all(np.diff(dates.astype("int64")) >= 0)
+    assert len(window.y) == 660 and np.all(np.diff(dates.astype("int64")) >= 0)  # 11 whole months of 60 rows
     assert dates[-1] == toy_dataset.meta_of("train", "obs_date").max()  # the latest training rows
     folds = time_folds(dates, n_folds=3)
     assert len(folds) == 3
@@ -147,6 +147,17 @@ def test_time_folds_expand_forward_in_time_and_never_split_a_month(toy_dataset):
             assert np.array_equal(np.union1d(folds[k - 1][0], folds[k - 1][1]), train)
     sizes = [len(v) for _, v in folds]
     assert max(sizes) - min(sizes) <= 2 * 60  # blocks of about equal rows (60 rows per month here)
+
+
+def test_window_keeps_enough_months_and_samples_rows_when_a_month_is_larger_than_the_budget(toy_dataset):
+    """A large market has more bonds in one month than max_train_rows: sample rows, keep the months."""
+    window = tuning_window(toy_dataset, max_train_rows=100, n_folds=3, seed=0)
+    months = np.unique(window.meta["obs_date"].astype("datetime64[M]"))
+    assert len(window.y) == 100 and len(months) == 8  # 2 * (n_folds + 1) months, 100 of their 480 rows
+    assert np.all(np.diff(window.meta["obs_date"].astype("int64")) >= 0)
+    assert len(time_folds(window.meta["obs_date"], n_folds=3)) == 3
+    again = tuning_window(toy_dataset, max_train_rows=100, n_folds=3, seed=0)
+    assert np.array_equal(window.y, again.y)  # seeded
 
 
 def test_time_folds_need_enough_months():

@@ -146,7 +146,8 @@ def run_study(
         ``n_folds``, ``window_rows``, ``stale_trials_failed``, ``study_seconds``,
         ``untuned_params`` and ``unplaced`` (searched parameters with no untuned value in range).
     """
-    window = tuning_window(dataset, max_train_rows=int(config["max_train_rows"]))
+    window = tuning_window(dataset, max_train_rows=int(config["max_train_rows"]), n_folds=int(config["n_folds"]),
+                           seed=int(config.get("seed", 0)))
     folds = time_folds(window.meta["obs_date"], n_folds=int(config["n_folds"]))
     untuned, unplaced = untuned_params(artifact, space)
     storage_spec = storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
@@ -339,18 +340,30 @@ def _holds(dist: BaseDistribution, value: Any) -> bool:
 # ----------------------------------------------------------------------------- folds and objective
 
 
-def tuning_window(dataset: Dataset, *, max_train_rows: int) -> Dataset:
-    """The latest ``max_train_rows`` training rows, in date order, as a small Dataset of their own.
+def tuning_window(dataset: Dataset, *, max_train_rows: int, n_folds: int, seed: int = 0) -> Dataset:
+    """The latest training months holding at most ``max_train_rows`` rows, as a small Dataset of their own.
 
-    The trial processes get this (not the whole dataset), so shipping it to them is cheap.
+    Whole months, never part of one, and at least ``2 * (n_folds + 1)`` of them, so the folds have
+    months to cut; when those months hold more than ``max_train_rows`` rows (a large market, where
+    one month alone may), a seeded uniform sample of their rows bounds each trial's cost instead.
+    The trial processes get this window (not the whole dataset), so shipping it to them is cheap.
     """
     if max_train_rows < 1:
         raise ConfigError(f"The 'tune.max_train_rows' config key must be at least 1. Got {max_train_rows!r} instead.")
     train = np.asarray(dataset.splits["train"])
-    train = train[np.argsort(dataset.meta["obs_date"][train], kind="stable")][-max_train_rows:]
+    train = train[np.argsort(dataset.meta["obs_date"][train], kind="stable")]
+    month = dataset.meta["obs_date"][train].astype("datetime64[M]")
+    months, starts = np.unique(month, return_index=True)
+    rows_from = len(train) - starts  # rows in month i and every later one
+    fits = np.flatnonzero(rows_from <= max_train_rows)
+    first = min(fits[0] if len(fits) else len(months) - 1, max(len(months) - 2 * (n_folds + 1), 0))
+    train = train[starts[first]:]
+    if len(train) > max_train_rows:
+        keep = np.random.default_rng([seed, max_train_rows]).choice(len(train), max_train_rows, replace=False)
+        train = train[np.sort(keep)]
     everything = np.arange(len(train))
     return Dataset(
-        fingerprint=f"{dataset.fingerprint}-tune-{max_train_rows}",
+        fingerprint=f"{dataset.fingerprint}-tune-{max_train_rows}-{n_folds}-{seed}",
         feature_names=dataset.feature_names,
         X=np.ascontiguousarray(dataset.X[train]),
         y=np.asarray(dataset.y[train]),
@@ -380,7 +393,7 @@ def time_folds(obs_date: np.ndarray, *, n_folds: int) -> List[Tuple[np.ndarray, 
         raise ConfigError(
             f"The 'tune.n_folds' config key must leave every fold at least one month: {n_blocks} blocks "
             f"of the tuning window's {len(months)} month(s) of training rows. Got {n_folds!r} instead; "
-            "lower tune.n_folds or raise tune.max_train_rows."
+            "lower tune.n_folds."
         )
     block = block_of_month[codes]
     return [(np.flatnonzero(block <= k), np.flatnonzero(block == k + 1)) for k in range(n_folds)]
