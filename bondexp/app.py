@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp.checkpoints import atomic_write_json
 from bondexp.config import collect_models, validate_config
-from bondexp.errors import ConfigError
 from bondexp.features import load_dataset
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
@@ -111,6 +110,7 @@ def run(
         return None
 
     dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
+    check_config_against_data(cfg, dataset)
     summary = data_summary(dataset, info)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "data_summary.json", summary)
@@ -139,6 +139,16 @@ def run(
     return result
 
 
+def check_config_against_data(cfg: DictConfig, dataset) -> None:
+    """Config checks that need the data, run before any step: tune.n_folds against the training months."""
+    if "tune" in cfg.steps:
+        from bondexp.steps.tune import time_folds, tuning_window
+
+        window = tuning_window(dataset, max_train_rows=int(cfg.tune.max_train_rows), n_folds=int(cfg.tune.n_folds),
+                               seed=int(cfg.seed))
+        time_folds(window.meta["obs_date"], n_folds=int(cfg.tune.n_folds))
+
+
 def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> Dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
@@ -165,7 +175,7 @@ def write_outputs(
         return
     result.write(run_dir)
     artifacts: Dict[str, Dict[str, Any]] = {}
-    for name, module in OUTPUT_WRITERS.items():
+    for name in OUTPUT_WRITERS:
         step = result.steps.get(name)
         if step is None or step.status not in ("ran", "reused"):
             continue

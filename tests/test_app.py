@@ -82,10 +82,18 @@ def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_bad_config_value_fails_before_any_work(tmp_path, cache):
-    proc = bondexp("data=small", "eval.sample_pct=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache, check=False)
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("eval.sample_pct=0", "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0"),
+        # needs the data: the tiny market's 22 training months cannot make 31 blocks
+        ("tune.n_folds=30", "'tune.n_folds' config key must leave every fold at least one month"),
+    ],
+)
+def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, message):
+    proc = bondexp("data=small", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache, check=False)
     assert proc.returncode == 2
-    assert "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0" in proc.stderr
+    assert message in proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
