@@ -211,7 +211,7 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     if not result.steps or any(step.status not in wanted for step in result.steps.values()):
         return None
     payload = {"steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
-               "overrides": sorted(o for o in overrides if not o.startswith(("resume=", "progress=", "workers=")))}
+               "overrides": sorted({o for o in overrides if not o.startswith(("resume=", "progress=", "workers="))})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
