@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bondexp.checkpoints import atomic_write_json
+from bondexp.atomic import atomic_write_json
 from bondexp.config import collect_models, validate_config
 from bondexp.features import load_dataset
 from bondexp.graph import build_graph

@@ -1,7 +1,7 @@
-"""Checkpoints of a run folder: atomic files, step fingerprints, verification, run lock, durations.
+"""Checkpoints of a run folder: step fingerprints, verification, run lock, durations.
 
-Every file is written whole (temporary file in the same folder, flush, fsync, ``os.replace``,
-fsync of the folder), so a crash at any moment leaves either a complete checkpoint or none.
+Every file is written whole through :mod:`bondexp.atomic`, so a crash at any moment leaves
+either a complete checkpoint or none.
 A checkpoint is reused only when its manifest's fingerprint matches the step as configured
 now and the artifact's sha256 matches the manifest. Only the parent process writes here.
 """
@@ -17,13 +17,13 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import joblib
 
+from bondexp.atomic import atomic_file, atomic_write_json
 from bondexp.errors import RunLockedError
 
 MANIFEST_FORMAT = 1
@@ -61,44 +61,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Any]:
-    """Yield a binary file that replaces ``path`` only once it is completely written and synced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` so readers see the old file or the new one, never a part."""
-    with _atomic_file(path) as fh:
-        fh.write(text.encode())
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as indented JSON through :func:`atomic_write_text`."""
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @functools.cache
@@ -148,7 +110,7 @@ class CheckpointStore:
             The manifest as written.
         """
         path = self.artifact_path(name)
-        with _atomic_file(path) as fh:
+        with atomic_file(path) as fh:
             joblib.dump(artifact, fh)
         full = {
             "format": MANIFEST_FORMAT,

@@ -12,7 +12,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bondexp.checkpoints import atomic_write_text
+from bondexp.atomic import atomic_write_text
 from bondexp.steps.evaluate import REFERENCES, leaderboard_markdown
 
 #: Metrics shown per step in the step table (the first two a step reports, in this order).

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from bondexp.atomic import atomic_write_text
 
 
 def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
@@ -42,15 +42,6 @@ def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_sweep_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` in the sweep folder; return the rows."""
     rows = summarize_sweep(sweep_dir)
@@ -61,12 +52,12 @@ def write_sweep_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
     writer = csv.DictWriter(buffer, fieldnames=header)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(sweep_dir / "summary.csv", buffer.getvalue())
+    atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
-    _write_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
 

@@ -10,10 +10,10 @@ from bondexp.checkpoints import (
     CheckpointStore,
     DurationHistory,
     RunLock,
-    atomic_write_text,
     fingerprint,
     sha256_file,
 )
+from bondexp.atomic import atomic_write_text
 from bondexp.errors import RunLockedError
 
 BASE = dict(target="m.f", config={"a": 1, "b": [1, 2]}, inputs={"x": "1", "y": "2"}, data="d0")
