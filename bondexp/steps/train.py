@@ -24,6 +24,7 @@ from sklearn.pipeline import Pipeline
 
 from bondexp.errors import ConfigError
 from bondexp.features import Dataset, dataset_for
+from bondexp.metrics import prediction_scores
 from bondexp.models.base import (
     final_estimator,
     fit_time_ordered,
@@ -151,28 +152,10 @@ def fit_predict(
     return model, {s: predict_all(model, dataset.frame(s, features)) for s in ("validation", "test")}
 
 
-def _pinball(y: np.ndarray, q: np.ndarray, alpha: float) -> float:
-    """Mean pinball loss of quantile ``alpha`` predicted as ``q``."""
-    return float(np.mean(np.maximum(alpha * (y - q), (alpha - 1.0) * (y - q))))
-
-
 def validation_metrics(y: np.ndarray, pred: Mapping[str, Any]) -> Dict[str, float]:
-    """``val_rmse``, ``val_mae``, ``val_r2``; with an interval ``val_coverage`` and ``val_pinball``;
-    with a std ``val_nll`` (Gaussian negative log-likelihood per row)."""
-    err = y - pred["mean"]
-    out = {
-        "val_rmse": float(np.sqrt(np.mean(err**2))),
-        "val_mae": float(np.mean(np.abs(err))),
-        "val_r2": float(1.0 - np.mean(err**2) / np.var(y)),
-    }
-    if "lower" in pred:
-        lo, hi, tail = pred["lower"], pred["upper"], (1.0 - pred["level"]) / 2.0
-        out["val_coverage"] = float(np.mean((y >= lo) & (y <= hi)))
-        out["val_pinball"] = float((_pinball(y, lo, tail) + _pinball(y, hi, 1.0 - tail)) / 2.0)
-    if "std" in pred:
-        var = pred["std"] ** 2
-        out["val_nll"] = float(np.mean(0.5 * np.log(2.0 * np.pi * var) + err**2 / (2.0 * var)))
-    return out
+    """:func:`bondexp.metrics.prediction_scores` of the validation split, named ``val_*``: ``val_rmse``,
+    ``val_mae``, ``val_r2``; with an interval ``val_coverage`` and ``val_pinball``; with a std ``val_nll``."""
+    return {f"val_{key}": value for key, value in prediction_scores(y, pred).items() if key != "level"}
 
 
 def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -36,10 +36,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
-from bondexp.checkpoints import atomic_write_json
+from bondexp.atomic import atomic_write_json
 from bondexp.errors import BondexpError, ConfigError
 from bondexp.executors import worker_label
 from bondexp.features import Dataset, dataset_for
+from bondexp.metrics import rmse
 from bondexp.models.base import final_estimator
 from bondexp.steps.train import fit_predict
 
@@ -100,7 +101,7 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     started = time.perf_counter()
     fitted, predictions = fit_predict(artifact["config"], dataset, params=dict(best.params))
     info["refit_seconds"] = round(time.perf_counter() - started, 3)
-    val_rmse = _rmse(predictions["validation"]["mean"], dataset.target("validation"))
+    val_rmse = rmse(dataset.target("validation"), predictions["validation"]["mean"])
     untuned_value = float(artifact["metrics"]["val_rmse"])
     improved = bool(val_rmse < untuned_value)
     note = _note(target, best, val_rmse=val_rmse, untuned_value=untuned_value, unplaced=info.pop("unplaced"))
@@ -415,7 +416,7 @@ class FoldObjective:
         for k, (train_rows, val_rows) in enumerate(self.folds):
             fold = dataclasses.replace(self.window, splits={"train": train_rows, "validation": val_rows, "test": val_rows})
             _, predictions = fit_predict(self.model_config, fold, params=params)
-            scores.append(_rmse(predictions["validation"]["mean"], self.window.y[val_rows]))
+            scores.append(rmse(self.window.y[val_rows], predictions["validation"]["mean"]))
             trial.report(scores[-1], step=k)
             if k < len(self.folds) - 1 and trial.should_prune():  # after the last fold, finishing is free
                 raise optuna.TrialPruned(f"fold {k} RMSE {scores[-1]:.6g}")
@@ -428,10 +429,6 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, IntDistribution):
         return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
     return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-
-
-def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(prediction, dtype=np.float64) - truth) ** 2)))
 
 
 # ----------------------------------------------------------------------------- the study
