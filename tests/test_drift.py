@@ -1,4 +1,4 @@
-"""Tests of the drift step: PSI, the multiple-testing correction, each feature kind's test, model drift, outputs."""
+"""Tests of the drift step: each feature kind's test and status, model drift, outputs (the statistics: test_stats.py)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,9 @@ from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
 from bondexp.runner import StepContext
 from bondexp.steps import drift as drift_module
-from bondexp.steps.drift import (
-    correct_pvalues,
-    drift,
-    drift_report,
-    level_shift_test,
-    population_stability_index,
-    status_of,
-    volatility_test,
-    write_outputs,
-)
+from bondexp.steps.drift import drift, drift_report, status_of, write_outputs
 from conftest import make_toy_dataset
+from series import ar1, ar1_with_turbulence
 
 RULES = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05}
 
@@ -43,16 +35,6 @@ def _month_of_rows(dataset):
     return months - months.min()
 
 
-def _ar1(rng, n, phi):
-    """A stationary AR(1) with unit variance."""
-    x = np.empty(n)
-    x[0] = rng.standard_normal()
-    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + shocks[t]
-    return x
-
-
 def _models(dataset, *, test_noise, seed=0):
     """A model artifact whose errors have sd 0.3 on validation and ``test_noise`` on test."""
     rng = np.random.default_rng(seed)
@@ -61,61 +43,6 @@ def _models(dataset, *, test_noise, seed=0):
         split: {"mean": dataset.target(split) + rng.normal(0, sd, len(dataset.splits[split]))} for split, sd in noise.items()
     }
     return {"name": "m", "group": "ml", "predictions": predictions, "metrics": {}}
-
-
-# --- PSI ------------------------------------------------------------------------------------------
-
-
-def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
-    rng = np.random.default_rng(0)
-    reference = rng.normal(size=20000)
-    assert population_stability_index(reference, rng.normal(size=5000)) < 0.01
-    assert population_stability_index(reference, rng.normal(0.5, 1, size=5000)) > 0.2
-
-
-def test_psi_floor_keeps_empty_bins_finite_and_matches_the_formula():
-    reference = np.arange(1000.0)
-    current = np.full(50, 10.0)  # every value in the first of ten bins; nine bins empty
-    psi = population_stability_index(reference, current, n_bins=10, psi_floor=1e-4)
-    q = np.array([1.0] + [1e-4] * 9)
-    q /= q.sum()
-    p = np.full(10, 0.1)
-    assert np.isfinite(psi)
-    assert psi == pytest.approx(np.sum((q - p) * np.log(q / p)))
-    assert population_stability_index(reference, current, psi_floor=1e-6) > psi  # a smaller floor: a larger index
-
-
-def test_psi_of_an_empty_sample_is_nan():
-    assert np.isnan(population_stability_index(np.arange(10.0), np.array([np.nan])))
-
-
-# --- multiple testing -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "method, expected",
-    [
-        ("holm", [0.03, 0.06, 0.06, 0.02]),  # sorted 0.005*4, 0.01*3, 0.03*2, max(0.04*1, 0.06)
-        ("bonferroni", [0.04, 0.16, 0.12, 0.02]),
-        ("none", [0.01, 0.04, 0.03, 0.005]),
-    ],
-)
-def test_correction_matches_the_hand_computed_values(method, expected):
-    np.testing.assert_allclose(correct_pvalues(np.array([0.01, 0.04, 0.03, 0.005]), method=method), expected)
-
-
-def test_correction_skips_nan_caps_at_one_and_treats_columns_as_families():
-    p = np.array([[0.01, 0.5], [np.nan, 0.6], [0.02, 0.001]])
-    out = correct_pvalues(p, method="holm")
-    np.testing.assert_allclose(out[:, 0], [0.02, np.nan, 0.02])  # two tested values in the first column
-    np.testing.assert_allclose(out[:, 1], [1.0, 1.0, 0.003])
-    holm, bonferroni = correct_pvalues(p, method="holm"), correct_pvalues(p, method="bonferroni")
-    assert np.all((holm <= bonferroni) | np.isnan(p))
-
-
-def test_unknown_correction_names_the_key():
-    with pytest.raises(ConfigError, match=r"'drift.correction' config key must be one of \['holm'"):
-        correct_pvalues(np.array([0.1]), method="bh")
 
 
 @pytest.mark.parametrize(
@@ -196,69 +123,6 @@ def test_bad_options_raise_config_error(toy_dataset, options, message):
         drift_report(toy_dataset, {}, **options)
 
 
-# --- market state ---------------------------------------------------------------------------------
-
-
-def test_a_stationary_ar1_level_is_not_a_shift_but_two_sd_are():
-    """48 training and 12 test months: a persistent AR(1) (phi 0.9) wanders far over 12 months."""
-    train, test = np.arange(48), np.arange(48, 60)
-    null_p, shifted_p = [], []
-    for seed in range(20):
-        persistent = _ar1(np.random.default_rng(seed), 60, 0.9)
-        null_p.append(level_shift_test(persistent[:48], train, persistent[48:], test)["pvalue"])
-        x = _ar1(np.random.default_rng(seed), 60, 0.3)
-        shifted_p.append(level_shift_test(x[:48], train, x[48:] + 2.0, test)["pvalue"])
-    assert sum(p < 0.05 for p in null_p) <= 2
-    assert sum(p < 0.05 for p in shifted_p) >= 17
-
-
-def test_level_shift_scale_accounts_for_autocorrelation():
-    x = _ar1(np.random.default_rng(3), 60, 0.9)
-    result = level_shift_test(x[:48], np.arange(48), x[48:], np.arange(48, 60))
-    assert result["phi"] > 0.7
-    naive = result["shift"] / (x[:48].std(ddof=1) * np.sqrt(1 / 48 + 1 / 12))
-    assert abs(result["z"]) < abs(naive)
-
-
-def test_a_validation_gap_widens_the_null():
-    x = _ar1(np.random.default_rng(5), 48, 0.8)
-    current = np.full(6, x[:36].mean() + 1.0)
-    adjacent = level_shift_test(x[:36], np.arange(36), current, np.arange(36, 42))
-    gapped = level_shift_test(x[:36], np.arange(36), current, np.arange(48, 54))
-    assert abs(gapped["z"]) < abs(adjacent["z"])
-
-
-def _ar1_with_turbulence(rng, n, phi, *, start, factor):
-    """An AR(1) whose innovations are ``factor`` times larger from month ``start`` on."""
-    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
-    shocks[start:] *= factor
-    x = np.empty(n)
-    x[0] = rng.standard_normal()
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + shocks[t]
-    return x
-
-
-def test_volatility_test_finds_turbulence_but_not_persistence_or_calm():
-    train, test = np.arange(48), np.arange(48, 60)
-    null_p, turbulent_p, calm_p = [], [], []
-    for seed in range(20):
-        x = _ar1(np.random.default_rng(seed), 60, 0.95)
-        null_p.append(volatility_test(x[:48], train, x[48:], test)["pvalue"])
-        y = _ar1_with_turbulence(np.random.default_rng(seed), 60, 0.95, start=48, factor=2.5)
-        turbulent_p.append(volatility_test(y[:48], train, y[48:], test)["pvalue"])
-        z = _ar1_with_turbulence(np.random.default_rng(seed), 60, 0.95, start=48, factor=0.4)
-        calm_p.append(volatility_test(z[:48], train, z[48:], test)["pvalue"])
-    assert sum(p < 0.05 for p in null_p) <= 2
-    assert sum(p < 0.05 for p in turbulent_p) >= 17
-    assert sum(p < 0.05 for p in calm_p) == 0  # one-sided: a calmer market is no alarm
-
-
-def test_volatility_test_counts_only_consecutive_months():
-    result = volatility_test(np.array([0.0, 1.0, 0.0, 1.0]), np.array([0, 1, 2, 3]), np.array([0.0, 9.0]), np.array([10, 12]))
-    assert np.isnan(result["pvalue"])  # the two current months are not adjacent: no change to test
-
-
 def _panel_with_market(seed, *, shift=0.0, phi):
     """The toy panel over 60 months with AR(1) market-state factors; ``shift`` sd added to curve_level in test."""
     dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=seed)
@@ -266,7 +130,7 @@ def _panel_with_market(seed, *, shift=0.0, phi):
     rng = np.random.default_rng(100 + seed)
     test_month = month >= 48
     for name in ("curve_level", "curve_slope", "curve_curvature", "market_credit_spread"):
-        series = 0.03 + 0.004 * _ar1(rng, 60, phi)
+        series = 0.03 + 0.004 * ar1(rng, 60, phi)
         values = series[month] + (0.004 * shift * test_month if name == "curve_level" else 0.0)
         dataset = _with_column(dataset, name, values)
     return dataset
@@ -291,7 +155,7 @@ def test_a_market_level_shift_is_flagged_in_the_report(seed):
 def test_turbulent_market_state_is_flagged_in_the_report():
     dataset = make_toy_dataset(n_bonds=15, n_months=60, seed=0)
     month = _month_of_rows(dataset)
-    series = 0.03 + 0.004 * _ar1_with_turbulence(np.random.default_rng(1), 60, 0.95, start=48, factor=3.0)
+    series = 0.03 + 0.004 * ar1_with_turbulence(np.random.default_rng(1), 60, 0.95, start=48, factor=3.0)
     entry = drift_report(_with_column(dataset, "market_credit_spread", series[month]), {})["features"]["market_credit_spread"]
     assert entry["volatility_ratio"] > 2
     assert entry["status"] == "alert"

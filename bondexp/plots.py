@@ -1,0 +1,225 @@
+"""Every plot bondexp draws, each rendered to PNG bytes.
+
+Plots take plain data (artifacts, leaderboard rows, step outcomes) and return the PNG as bytes,
+so a step can hand its pictures back to whoever writes the run folder (see :mod:`bondexp.atomic`);
+nothing here touches the disk. matplotlib is imported inside the functions, with the Agg
+backend, so importing this module costs nothing and no display is needed. The tuning history
+plot stays with the tuning step for now.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Colors of the drift statuses.
+DRIFT_COLORS = {"ok": "tab:green", "warn": "tab:orange", "alert": "tab:red"}
+#: Colors of the runner's step statuses.
+STEP_COLORS = {"ran": "tab:green", "reused": "tab:gray", "failed": "tab:red", "skipped": "tab:orange"}
+#: Points per scatter panel; a seeded subsample keeps the PNG small and readable.
+MAX_SCATTER_POINTS = 5000
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig, *, dpi: int) -> bytes:
+    """The figure as PNG bytes; the figure is closed either way."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- drift
+
+
+def drift_png(artifact: Mapping[str, Any]) -> bytes:
+    """Four panels of a drift artifact: PSI per feature, market-state evidence, monthly PSI of drifted
+    features, monthly RMSE per model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    _drift_psi(axes[0, 0], artifact)
+    _drift_market(axes[0, 1], artifact)
+    _drift_monthly_psi(axes[1, 0], artifact)
+    _drift_model_rmse(axes[1, 1], artifact)
+    fig.tight_layout()
+    return _png(fig, dpi=100)
+
+
+def _drift_psi(ax, artifact: Mapping[str, Any]) -> None:
+    limits, features = artifact["thresholds"], artifact["features"]
+    binned = [n for n, f in features.items() if f["kind"] != "market_state"]
+    ax.bar(binned, [features[n]["psi"] or 0.0 for n in binned], color=[DRIFT_COLORS[features[n]["status"]] for n in binned])
+    ax.axhline(limits["psi_warn"], color=DRIFT_COLORS["warn"], ls="--", label=f"warn {limits['psi_warn']}")
+    ax.axhline(limits["psi_alert"], color=DRIFT_COLORS["alert"], ls="--", label=f"alert {limits['psi_alert']}")
+    ax.set_title("PSI, train vs test (bar color = status)")
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend()
+
+
+def _drift_market(ax, artifact: Mapping[str, Any]) -> None:
+    limits, features = artifact["thresholds"], artifact["features"]
+    market = [n for n, f in features.items() if f["kind"] == "market_state"]
+    x = np.arange(len(market))
+    for offset, key, hatch in ((-0.2, "ks_pvalue", ""), (0.2, "volatility_pvalue", "//")):
+        evidence = [-np.log10(max(features[n][key] if features[n][key] is not None else 1.0, 1e-12)) for n in market]
+        label = "level shift" if key == "ks_pvalue" else "volatility (one-sided)"
+        ax.bar(x + offset, evidence, width=0.4, hatch=hatch, label=label,
+               color=[DRIFT_COLORS[features[n]["status"]] for n in market], edgecolor="black")
+    ax.axhline(-np.log10(limits["ks_alpha"]), color="grey", ls="--", label=f"corrected p = {limits['ks_alpha']}")
+    ax.set_xticks(x, market)
+    ax.set_ylabel("-log10 corrected p")
+    ax.set_title("market state: level shift and volatility (bar color = status)")
+    ax.legend(fontsize="small")
+
+
+def _drift_monthly_psi(ax, artifact: Mapping[str, Any]) -> None:
+    limits, features, months = artifact["thresholds"], artifact["features"], artifact["months"]
+    shown = [n for n in artifact["drifted"] if features[n]["kind"] != "market_state"][:8]
+    for name in shown:
+        ax.plot(months, [features[name]["monthly"][m]["psi"] for m in months], marker="o", label=name)
+    ax.axhline(limits["psi_warn"], color=DRIFT_COLORS["warn"], ls="--")
+    ax.axhline(limits["psi_alert"], color=DRIFT_COLORS["alert"], ls="--")
+    ax.set_title("monthly PSI of drifted features" if shown else "monthly PSI: no drifted feature")
+    ax.tick_params(axis="x", rotation=60)
+    if shown:
+        ax.legend(fontsize="small")
+
+
+def _drift_model_rmse(ax, artifact: Mapping[str, Any]) -> None:
+    months = artifact["months"]
+    for name, entry in artifact["models"].items():
+        line, = ax.plot(months, [entry["monthly"][m]["rmse"] for m in months], marker=".", label=f"{name} ({entry['status']})")
+        ax.axhline(entry["rmse_validation"], color=line.get_color(), ls=":", lw=0.8)
+    ax.set_title("test RMSE per month (dotted: validation RMSE)")
+    ax.tick_params(axis="x", rotation=60)
+    if artifact["models"]:
+        ax.legend(fontsize="small")
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def predicted_vs_actual_png(artifact: Mapping[str, Any], names: Sequence[str]) -> bytes:
+    """Predicted against actual residual, one panel per model in ``names``, from an evaluate
+    artifact's samples (a seeded subsample of points)."""
+    plt = _pyplot()
+    y = np.asarray(artifact["samples"]["y"])
+    shown = np.arange(len(y))
+    if len(y) > MAX_SCATTER_POINTS:
+        shown = np.sort(np.random.default_rng(artifact["config"]["seed"]).choice(len(y), MAX_SCATTER_POINTS, replace=False))
+    rmse = {row["model"]: row["rmse"] for row in artifact["leaderboard"]}
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.6 * max(len(names), 1), 4.4), squeeze=False)
+    limits = np.quantile(y, [0.005, 0.995]) if len(y) else np.array([-1.0, 1.0])
+    for ax, name in zip(axes[0], names):
+        pred = np.asarray(artifact["samples"]["predictions"][name])
+        ax.scatter(y[shown], pred[shown], s=4, alpha=0.35, color="tab:blue", rasterized=True)
+        ax.plot(limits, limits, color="black", lw=1, ls="--", label="perfect")
+        ax.set_xlim(limits)
+        ax.set_ylim(limits)
+        ax.set_title(f"{name} (test RMSE {rmse[name]:.3f})")
+        ax.set_xlabel("actual residual (market - DCF, per 100)")
+        ax.set_ylabel("predicted residual")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Predicted vs actual residual, {len(y):,} test rows ({len(shown):,} drawn)")
+    fig.tight_layout()
+    return _png(fig, dpi=110)
+
+
+def residual_distribution_png(artifact: Mapping[str, Any], names: Sequence[str]) -> bytes:
+    """Histogram of the actual residual against the predicted residuals of ``names`` (shared bins)."""
+    plt = _pyplot()
+    y = np.asarray(artifact["samples"]["y"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    lo, hi = np.quantile(y, [0.005, 0.995]) if len(y) else (-1.0, 1.0)
+    bins = np.linspace(lo, hi, int(np.clip(np.sqrt(len(y)), 10, 60)) + 1)
+    ax.hist(y, bins=bins, density=True, color="lightgray", edgecolor="gray", label="actual")
+    for name in names:
+        pred = np.asarray(artifact["samples"]["predictions"][name])
+        ax.hist(pred, bins=bins, density=True, histtype="step", lw=1.6, label=f"{name} predicted")
+    ax.axvline(0.0, color="black", lw=1, ls=":", label="DCF alone (0)")
+    ax.set_xlabel("residual: market clean price - DCF fair value (per 100; central 99% of actual)")
+    ax.set_ylabel("density")
+    ax.set_title("Residual distribution on the evaluated test rows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig, dpi=110)
+
+
+def rmse_ci_png(rows: Sequence[Mapping[str, Any]], *, references: Sequence[str] = ()) -> bytes:
+    """Test RMSE per leaderboard row with its bootstrap interval, best at the top; ``references`` in gray."""
+    plt = _pyplot()
+    rows = list(rows)[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    positions = np.arange(len(rows))
+    rmse = np.array([row["rmse"] for row in rows], dtype=np.float64)
+    low = np.array([row.get("rmse_ci_low", np.nan) for row in rows], dtype=np.float64)
+    high = np.array([row.get("rmse_ci_high", np.nan) for row in rows], dtype=np.float64)
+    errors = np.nan_to_num(np.vstack([rmse - low, high - rmse]), nan=0.0)
+    colors = ["tab:gray" if row["model"] in references else "tab:blue" for row in rows]
+    ax.barh(positions, rmse, xerr=errors, color=colors, alpha=0.8, capsize=3)
+    ax.set_yticks(positions, [row["model"] for row in rows])
+    ax.set_xlabel("test RMSE of the residual (per 100) with bootstrap interval")
+    ax.set_title("RMSE per model (gray: DCF baseline and oracle)")
+    fig.tight_layout()
+    return _png(fig, dpi=110)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def timeline_png(steps: Iterable[Any], *, title: str = "bondexp run timeline") -> bytes | None:
+    """One bar per step on its worker's row over time, colored by status.
+
+    Parameters
+    ----------
+    steps : iterable
+        Step outcomes with ``name``, ``status``, ``worker``, ``started`` and ``ended``
+        (POSIX seconds); steps without times (reused, skipped) are left out.
+
+    Returns
+    -------
+    bytes or None
+        The PNG, or ``None`` when no step ran in this run (nothing to draw).
+    """
+    rows = [s for s in steps if s.started is not None and s.ended is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    t0 = min(s.started for s in rows)
+    workers = sorted({s.worker for s in rows}, key=_worker_sort_key)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(workers)))
+    for s in rows:
+        y = workers.index(s.worker)
+        ax.barh(y, s.ended - s.started, left=s.started - t0, height=0.6,
+                color=STEP_COLORS.get(s.status, "tab:blue"), edgecolor="black", linewidth=0.5)
+        ax.text(s.started - t0 + (s.ended - s.started) / 2, y, s.name, ha="center", va="center", fontsize=8)
+    ax.set_yticks(range(len(workers)), workers)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first step started")
+    ax.set_title(title)
+    statuses = sorted({s.status for s in rows})
+    ax.legend(handles=[Patch(color=STEP_COLORS.get(k, "tab:blue"), label=k) for k in statuses],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return _png(fig, dpi=100)
+
+
+def _worker_sort_key(label: str) -> tuple[int, str]:
+    """Workers in number order (``w2`` before ``w10``), unnumbered labels last."""
+    head = label.split("/", 1)[0]
+    return (int(head[1:]) if head[1:].isdigit() else 1 << 30, label)
