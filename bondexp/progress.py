@@ -1,4 +1,4 @@
-"""What the user sees while and after a run: one progress bar (or plain lines) and the timeline plot.
+"""What the user sees while a run goes: one progress bar (or plain lines).
 
 The bar lives in the parent process only and is updated by the scheduler loop on every start and
 finish, so it cannot stall on the first step. When stderr is not a terminal (CI, log files), plain
@@ -10,11 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TextIO
-
-STATUS_COLORS = {"ran": "tab:green", "reused": "tab:gray", "failed": "tab:red", "skipped": "tab:orange"}
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -121,56 +118,3 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-
-
-def plot_timeline(steps: Iterable[Any], path: Path, *, title: str = "bondexp run timeline") -> Path | None:
-    """Draw one bar per step on its worker's row over time, colored by status.
-
-    Parameters
-    ----------
-    steps : iterable
-        Step outcomes with ``name``, ``status``, ``worker``, ``started`` and ``ended``
-        (POSIX seconds); steps without times (reused, skipped) are left out.
-    path : path
-        The PNG to write (parent folders are created).
-
-    Returns
-    -------
-    Path or None
-        ``path``, or ``None`` when no step ran in this run (nothing to draw).
-    """
-    rows = [s for s in steps if s.started is not None and s.ended is not None]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    t0 = min(s.started for s in rows)
-    workers = sorted({s.worker for s in rows}, key=_worker_sort_key)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(workers)))
-    for s in rows:
-        y = workers.index(s.worker)
-        ax.barh(y, s.ended - s.started, left=s.started - t0, height=0.6,
-                color=STATUS_COLORS.get(s.status, "tab:blue"), edgecolor="black", linewidth=0.5)
-        ax.text(s.started - t0 + (s.ended - s.started) / 2, y, s.name, ha="center", va="center", fontsize=8)
-    ax.set_yticks(range(len(workers)), workers)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since the first step started")
-    ax.set_title(title)
-    statuses = sorted({s.status for s in rows})
-    ax.legend(handles=[Patch(color=STATUS_COLORS.get(k, "tab:blue"), label=k) for k in statuses],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _worker_sort_key(label: str) -> tuple[int, str]:
-    head = label.split("/", 1)[0]
-    return (int(head[1:]) if head[1:].isdigit() else 1 << 30, label)

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from bondexp import executors
+from bondexp.atomic import atomic_write_bytes, atomic_write_json
 from bondexp.checkpoints import (
     CheckpointStore,
     DurationHistory,
     RunLock,
-    atomic_write_json,
     fingerprint,
     utc_iso,
 )
 from bondexp.errors import ConfigError, GraphError
 from bondexp.graph import Graph
-from bondexp.progress import Progress, plot_timeline
+from bondexp.progress import Progress
 from bondexp.worker import StepContext, Task, execute_step
 
 __all__ = ["RunResult", "StepContext", "StepOutcome", "dry_run_plan", "run_graph", "step_fingerprints"]
@@ -142,7 +142,10 @@ class RunResult:
             The PNG written, or ``None`` when no step ran (everything reused).
         """
         path = Path(path) if path is not None else self.run_dir / "plots" / "timeline.png"
-        return plot_timeline(self.steps.values(), path)
+        from bondexp.plots import timeline_png  # numpy and matplotlib only when a timeline is drawn
+
+        png = timeline_png(self.steps.values())
+        return None if png is None else atomic_write_bytes(path, png)
 
     def summary_table(self, *, key_metrics: Sequence[str] = ()) -> str:
         """A plain-text table: step, group, status, duration, worker and one key metric per step.

@@ -13,19 +13,20 @@ so the intervals are a lower bound on the uncertainty, not an exact one.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
+from bondexp import plots
+from bondexp.atomic import atomic_write_bytes, atomic_write_text
 from bondexp.bondtable import RATINGS
-from bondexp.checkpoints import atomic_write_text
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.features import Dataset, dataset_for
+from bondexp.metrics import prediction_scores
+from bondexp.metrics import rmse as rmse_of
+from bondexp.stats import bootstrap_rmse_ci
+from bondexp.tables import csv_text, markdown_table
 
 #: Names of the synthetic market's regime codes (``oracle_regime``).
 REGIMES = ("calm", "stress", "crisis")
@@ -40,10 +41,6 @@ OPTIONAL_COLUMNS = ("oracle_gap_pct", "level", "coverage", "pinball", "nll")
 CONFIG_KEYS = ("sample_pct", "n_bootstrap", "confidence", "seed")
 #: Best models drawn in the prediction plots.
 N_PLOTTED = 3
-#: Points per scatter panel; a seeded subsample keeps the PNG small and readable.
-MAX_SCATTER_POINTS = 5000
-#: Bootstrap draws held in memory at once (resamples x rows).
-_BOOTSTRAP_CHUNK = 1 << 22
 
 
 # ----------------------------------------------------------------------------- the step
@@ -120,17 +117,7 @@ def evaluate_models(
     DataValidationError
         A model's test predictions do not cover the test split or are not finite.
     """
-    if not models:
-        raise ConfigError("The evaluate step needs at least one model step; its inputs hold no 'predictions'.")
-    if not 0 < sample_pct <= 100:
-        raise ConfigError(f"The 'eval.sample_pct' config key must be a percentage in (0, 100]. Got {sample_pct!r} instead.")
-    if n_bootstrap < 1:
-        raise ConfigError(f"The 'eval.n_bootstrap' config key must be at least 1. Got {n_bootstrap!r} instead.")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"The 'eval.confidence' config key must be in (0, 1). Got {confidence!r} instead.")
-    taken = sorted(set(models) & set(REFERENCES))
-    if taken:
-        raise ConfigError(f"Model names must differ from the leaderboard's reference rows {list(REFERENCES)}. Got {taken}; rename the model.")
+    _check_options(models, sample_pct=sample_pct, n_bootstrap=n_bootstrap, confidence=confidence)
     n_test = len(dataset.splits["test"])
     rows = sample_rows(dataset, pct=sample_pct, seed=seed)
     y = dataset.target("test")[rows]
@@ -175,6 +162,21 @@ def evaluate_models(
         "config": {"sample_pct": sample_pct, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed},
         "metrics": metrics,
     }
+
+
+def _check_options(models: Mapping[str, Any], *, sample_pct: float, n_bootstrap: int, confidence: float) -> None:
+    """Raise :class:`ConfigError` naming the key for no model, a reserved model name or an option out of range."""
+    if not models:
+        raise ConfigError("The evaluate step needs at least one model step; its inputs hold no 'predictions'.")
+    if not 0 < sample_pct <= 100:
+        raise ConfigError(f"The 'eval.sample_pct' config key must be a percentage in (0, 100]. Got {sample_pct!r} instead.")
+    if n_bootstrap < 1:
+        raise ConfigError(f"The 'eval.n_bootstrap' config key must be at least 1. Got {n_bootstrap!r} instead.")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"The 'eval.confidence' config key must be in (0, 1). Got {confidence!r} instead.")
+    taken = sorted(set(models) & set(REFERENCES))
+    if taken:
+        raise ConfigError(f"Model names must differ from the leaderboard's reference rows {list(REFERENCES)}. Got {taken}; rename the model.")
 
 
 def _sampled(name: str, prediction: Mapping[str, Any], rows: np.ndarray, *, n_test: int) -> Dict[str, Any]:
@@ -278,41 +280,23 @@ def score_model(
         ``std`` is not positive.
     """
     y = np.asarray(y, dtype=np.float64)
-    mean = _checked(name, "mean", prediction["mean"], len(y))
-    err = y - mean
-    sq = err**2
-    rmse = float(np.sqrt(sq.mean())) if len(y) else np.nan
-    rmse_dcf = float(np.sqrt(np.mean(y**2))) if len(y) else np.nan
-    low, high = bootstrap_rmse_ci(sq, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    sst = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
-    row: Dict[str, Any] = {
-        "model": name,
-        "n": int(len(y)),
-        "rmse": rmse,
-        "rmse_ci_low": low,
-        "rmse_ci_high": high,
-        "mae": float(np.abs(err).mean()) if len(y) else np.nan,
-        "r2": 1.0 - float(sq.sum()) / sst if sst > 0 else np.nan,
-        "improvement_pct": 100.0 * (1.0 - rmse / rmse_dcf) if rmse_dcf > 0 else np.nan,
-    }
+    checked = {key: _checked(name, key, prediction[key], len(y)) for key in ("mean", "lower", "upper", "std") if key in prediction}
+    if "std" in checked and np.any(checked["std"] <= 0):
+        raise DataValidationError(
+            f"The predicted 'std' of model '{name}' must be positive. Got {int(np.sum(checked['std'] <= 0))} value(s) <= 0."
+        )
+    if "level" in prediction:
+        checked["level"] = prediction["level"]
+    scores = prediction_scores(y, checked)
+    rmse, rmse_dcf = scores["rmse"], rmse_of(y, np.zeros_like(y))
+    low, high = bootstrap_rmse_ci((y - checked["mean"]) ** 2, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    row: Dict[str, Any] = {"model": name, "n": int(len(y)), "rmse": rmse, "rmse_ci_low": low, "rmse_ci_high": high}
+    row.update(mae=scores["mae"], r2=scores["r2"], improvement_pct=100.0 * (1.0 - rmse / rmse_dcf) if rmse_dcf > 0 else np.nan)
     if "oracle_prediction" in meta:
-        rmse_oracle = float(np.sqrt(np.mean((y - np.asarray(meta["oracle_prediction"], dtype=np.float64)) ** 2)))
+        rmse_oracle = rmse_of(y, meta["oracle_prediction"])
         reach = rmse_dcf - rmse_oracle
         row["oracle_gap_pct"] = 100.0 * (rmse - rmse_oracle) / reach if reach > 0 else np.nan
-    if "lower" in prediction and "upper" in prediction:
-        level = float(prediction.get("level", 0.9))
-        lower = _checked(name, "lower", prediction["lower"], len(y))
-        upper = _checked(name, "upper", prediction["upper"], len(y))
-        row["level"] = level
-        row["coverage"] = float(np.mean((y >= lower) & (y <= upper)))
-        row["pinball"] = interval_pinball(y, lower, upper, level=level)
-    if "std" in prediction:
-        std = _checked(name, "std", prediction["std"], len(y))
-        if np.any(std <= 0):
-            raise DataValidationError(
-                f"The predicted 'std' of model '{name}' must be positive. Got {int(np.sum(std <= 0))} value(s) <= 0."
-            )
-        row["nll"] = float(np.mean(0.5 * np.log(2 * np.pi * std**2) + sq / (2 * std**2)))
+    row.update({key: scores[key] for key in OPTIONAL_COLUMNS if key in scores})
     return row
 
 
@@ -331,38 +315,6 @@ def _checked(name: str, key: str, values: Any, n: int) -> np.ndarray:
             f"the first at evaluated row {int(np.flatnonzero(bad)[0])}."
         )
     return values
-
-
-def bootstrap_rmse_ci(sq_errors: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int) -> tuple:
-    """Percentile bootstrap interval of the RMSE from squared errors, ``(low, high)``.
-
-    Resamples are drawn in chunks of whole resamples so memory stays bounded on large test
-    splits; the draws depend only on ``seed``, ``n_bootstrap`` and the number of rows.
-    """
-    n = len(sq_errors)
-    if n == 0:
-        return (np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    means = np.empty(n_bootstrap)
-    for start in range(0, n_bootstrap, per_chunk):
-        stop = min(start + per_chunk, n_bootstrap)
-        means[start:stop] = sq_errors[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(np.sqrt(means), [tail, 1.0 - tail])
-    return (float(low), float(high))
-
-
-def pinball_loss(y: np.ndarray, q_pred: np.ndarray, *, quantile: float) -> float:
-    """Mean pinball (quantile) loss of ``q_pred`` as the ``quantile`` of ``y``."""
-    diff = np.asarray(y) - np.asarray(q_pred)
-    return float(np.mean(np.maximum(quantile * diff, (quantile - 1.0) * diff)))
-
-
-def interval_pinball(y: np.ndarray, lower: np.ndarray, upper: np.ndarray, *, level: float) -> float:
-    """Mean pinball loss of a central ``level`` band: the average over its two quantiles."""
-    tail = (1.0 - level) / 2.0
-    return 0.5 * (pinball_loss(y, lower, quantile=tail) + pinball_loss(y, upper, quantile=1.0 - tail))
 
 
 def score_breakdown(prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -408,39 +360,7 @@ def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
 
 def leaderboard_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The leaderboard as a markdown table (4 decimals; an empty cell where a column does not apply)."""
-    columns = leaderboard_columns(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if c != "model" else "---" for c in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), decimals=4) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any, *, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{decimals}f}"
-    return str(value)
-
-
-def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV with full-precision floats; NaN and absent values are empty fields."""
-    columns = leaderboard_columns(rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        cells = []
-        for c in columns:
-            value = row.get(c)
-            if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
-                cells.append("")
-            elif isinstance(value, (float, np.floating)):
-                cells.append(repr(float(value)))
-            else:
-                cells.append(str(value))
-        writer.writerow(cells)
-    return buffer.getvalue()
+    return markdown_table(rows, leaderboard_columns(rows), decimals=4, text_columns=("model",))
 
 
 def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[Mapping[str, Any]] = ()) -> Dict[str, Path]:
@@ -457,13 +377,16 @@ def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[
     run_dir = Path(run_dir)
     rows = sorted([dict(row) for row in artifact["leaderboard"]] + [dict(row) for row in extra_rows], key=lambda row: row["rmse"])
     paths = {"leaderboard_csv": run_dir / "leaderboard.csv", "leaderboard_md": run_dir / "leaderboard.md"}
-    atomic_write_text(paths["leaderboard_csv"], _csv_text(rows))
+    atomic_write_text(paths["leaderboard_csv"], csv_text(rows, leaderboard_columns(rows)))
     atomic_write_text(paths["leaderboard_md"], leaderboard_markdown(rows))
-    plots = run_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    paths["predicted_vs_actual"] = plot_predicted_vs_actual(artifact, plots / "predicted_vs_actual.png")
-    paths["residual_distribution"] = plot_residual_distribution(artifact, plots / "residual_distribution.png")
-    paths["rmse_ci"] = plot_rmse_ci(rows, plots / "rmse_ci.png")
+    best = _best_models(artifact)
+    drawn = {
+        "predicted_vs_actual": plots.predicted_vs_actual_png(artifact, best),
+        "residual_distribution": plots.residual_distribution_png(artifact, best),
+        "rmse_ci": plots.rmse_ci_png(rows, references=REFERENCES),
+    }
+    for label, png in drawn.items():
+        paths[label] = atomic_write_bytes(run_dir / "plots" / f"{label}.png", png)
     return paths
 
 
@@ -471,92 +394,3 @@ def _best_models(artifact: Mapping[str, Any], k: int = N_PLOTTED) -> List[str]:
     """The ``k`` best trained models whose sampled predictions the artifact holds."""
     held = artifact["samples"]["predictions"]
     return [row["model"] for row in artifact["leaderboard"] if row["model"] not in REFERENCES and row["model"] in held][:k]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG through a temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        _pyplot().close(fig)
-    return path
-
-
-def plot_predicted_vs_actual(artifact: Mapping[str, Any], path: Path) -> Path:
-    """Predicted against actual residual for the best models (a seeded subsample of points)."""
-    plt = _pyplot()
-    names = _best_models(artifact)
-    y = np.asarray(artifact["samples"]["y"])
-    shown = np.arange(len(y))
-    if len(y) > MAX_SCATTER_POINTS:
-        shown = np.sort(np.random.default_rng(artifact["config"]["seed"]).choice(len(y), MAX_SCATTER_POINTS, replace=False))
-    rmse = {row["model"]: row["rmse"] for row in artifact["leaderboard"]}
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.6 * max(len(names), 1), 4.4), squeeze=False)
-    limits = np.quantile(y, [0.005, 0.995]) if len(y) else np.array([-1.0, 1.0])
-    for ax, name in zip(axes[0], names):
-        pred = np.asarray(artifact["samples"]["predictions"][name])
-        ax.scatter(y[shown], pred[shown], s=4, alpha=0.35, color="tab:blue", rasterized=True)
-        ax.plot(limits, limits, color="black", lw=1, ls="--", label="perfect")
-        ax.set_xlim(limits)
-        ax.set_ylim(limits)
-        ax.set_title(f"{name} (test RMSE {rmse[name]:.3f})")
-        ax.set_xlabel("actual residual (market - DCF, per 100)")
-        ax.set_ylabel("predicted residual")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Predicted vs actual residual, {len(y):,} test rows ({len(shown):,} drawn)")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_residual_distribution(artifact: Mapping[str, Any], path: Path) -> Path:
-    """Histogram of the actual residual against the best models' predicted residuals (shared bins)."""
-    plt = _pyplot()
-    y = np.asarray(artifact["samples"]["y"])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    lo, hi = np.quantile(y, [0.005, 0.995]) if len(y) else (-1.0, 1.0)
-    bins = np.linspace(lo, hi, int(np.clip(np.sqrt(len(y)), 10, 60)) + 1)
-    ax.hist(y, bins=bins, density=True, color="lightgray", edgecolor="gray", label="actual")
-    for name in _best_models(artifact):
-        pred = np.asarray(artifact["samples"]["predictions"][name])
-        ax.hist(pred, bins=bins, density=True, histtype="step", lw=1.6, label=f"{name} predicted")
-    ax.axvline(0.0, color="black", lw=1, ls=":", label="DCF alone (0)")
-    ax.set_xlabel("residual: market clean price - DCF fair value (per 100; central 99% of actual)")
-    ax.set_ylabel("density")
-    ax.set_title("Residual distribution on the evaluated test rows")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_rmse_ci(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Test RMSE per model with its bootstrap interval, best at the top; references in gray."""
-    plt = _pyplot()
-    rows = list(rows)[::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
-    positions = np.arange(len(rows))
-    rmse = np.array([row["rmse"] for row in rows], dtype=np.float64)
-    low = np.array([row.get("rmse_ci_low", np.nan) for row in rows], dtype=np.float64)
-    high = np.array([row.get("rmse_ci_high", np.nan) for row in rows], dtype=np.float64)
-    errors = np.nan_to_num(np.vstack([rmse - low, high - rmse]), nan=0.0)
-    colors = ["tab:gray" if row["model"] in REFERENCES else "tab:blue" for row in rows]
-    ax.barh(positions, rmse, xerr=errors, color=colors, alpha=0.8, capsize=3)
-    ax.set_yticks(positions, [row["model"] for row in rows])
-    ax.set_xlabel("test RMSE of the residual (per 100) with bootstrap interval")
-    ax.set_title("RMSE per model (gray: DCF baseline and oracle)")
-    fig.tight_layout()
-    return _save(fig, path)
