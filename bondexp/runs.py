@@ -132,9 +132,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [str(p) for p in args.folders if not p.exists()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")
-    rows = select((run_row(folder) for folder in find_run_folders(roots)), since=args.since, patterns=args.override)
+    folders = find_run_folders(roots)
+    rows = select((run_row(folder) for folder in folders), since=args.since, patterns=args.override)
     if not rows:
-        print(f"no run folders found under {', '.join(map(str, roots)) or 'outputs/ or multirun/'}", file=sys.stderr)
+        where = ", ".join(map(str, roots)) or "outputs/ or multirun/"
+        print(f"no run folders found under {where}" if not folders else
+              f"none of the {len(folders)} run folders under {where} matches --since/--override", file=sys.stderr)
         return 1
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -188,19 +188,23 @@ def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_
     leaderboard = read_leaderboard(run_dir)
     client = _client(settings.uri)
     run_id = _open_run(client, settings, run_dir=run_dir)
-    logged = client.get_run(run_id).data.params
-    # MLflow params are immutable: a resume keeps what its first attempt logged and adds only new keys
-    params = {key: value for key, value in run_params(cfg, overrides).items() if key not in logged}
-    tags = run_tags(run_dir=run_dir, results=results, leaderboard=leaderboard, model_choice=model_choice)
-    _log_batch(client, run_id, params=params, metrics=run_metrics(results, leaderboard), tags=tags)
-    for name in ARTIFACT_FILES:
-        if (run_dir / name).is_file():
-            client.log_artifact(run_id, str(run_dir / name))
-    for name in ARTIFACT_DIRS:
-        if (run_dir / name).is_dir():
-            client.log_artifacts(run_id, str(run_dir / name), artifact_path=name)
-    if settings.log_models:
-        _log_models(settings, run_id=run_id, run_dir=run_dir, results=results, leaderboard=leaderboard)
+    try:
+        logged = client.get_run(run_id).data.params
+        # MLflow params are immutable: a resume keeps what its first attempt logged and adds only new keys
+        params = {key: value for key, value in run_params(cfg, overrides).items() if key not in logged}
+        tags = run_tags(run_dir=run_dir, results=results, leaderboard=leaderboard, model_choice=model_choice)
+        _log_batch(client, run_id, params=params, metrics=run_metrics(results, leaderboard), tags=tags)
+        for name in ARTIFACT_FILES:
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+        for name in ARTIFACT_DIRS:
+            if (run_dir / name).is_dir():
+                client.log_artifacts(run_id, str(run_dir / name), artifact_path=name)
+        if settings.log_models:
+            _log_models(settings, run_id=run_id, run_dir=run_dir, results=results, leaderboard=leaderboard)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")  # half-logged: not left RUNNING in the UI
+        raise
     client.set_terminated(run_id, status="FINISHED" if results.get("ok") else "FAILED")
     return run_id
 
