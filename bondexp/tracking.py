@@ -230,6 +230,7 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
     """Log each fitted model (sha256-verified checkpoint) with the sklearn flavour and register it as
     ``bondexp-<model>``, the run's test metrics in the version's description."""
     import mlflow
+    import skops.io
     import sklearn
 
     store = CheckpointStore(run_dir / "checkpoints")
@@ -245,14 +246,16 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
         if problem:
             raise RuntimeError(f"checkpoint of model {name!r} not logged: {problem}")
         artifact = store.load(name)
+        # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact["model"]))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.sklearn.log_model(artifact["model"], name=name, registered_model_name=f"bondexp-{name}",
-                                            pip_requirements=requirements)
+                                            pip_requirements=requirements, skops_trusted_types=trusted)
         scores = ", ".join(f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS
                            if isinstance(rows[name].get(column), float))
         client.update_model_version(
             f"bondexp-{name}", info.registered_model_version,
-            description=f"Test split of run {run_dir}: {scores}. Features: {', '.join(artifact['features'])}.",
+            description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact['features'])}.",
         )
 
 

@@ -9,7 +9,7 @@ import socket
 import pytest
 from omegaconf import OmegaConf
 
-from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params
+from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
 from test_app import bondexp
 
 mlflow = pytest.importorskip("mlflow")
@@ -76,6 +76,22 @@ def test_a_resume_logs_into_the_run_it_started(tracked_run, store, cache):
     assert after.info.run_id == before.info.run_id
     assert after.data.metrics["factor.rmse"] == before.data.metrics["factor.rmse"]
     assert (tracked_run / "report.md").read_text().count("## Tracking") == 1
+
+
+def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, store, monkeypatch):
+    folder, uri = store
+    monkeypatch.chdir(folder)
+    cfg = OmegaConf.load(tracked_run / ".hydra" / "config.yaml")
+    cfg.tracking.log_models = True
+    [before] = _runs(uri)
+    assert track_run(cfg, run_dir=tracked_run, overrides=["model=factor"]) == before.info.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    [version] = client.search_model_versions("name='bondexp-factor'")
+    rmse = _runs(uri)[0].data.metrics["factor.rmse"]
+    assert f"rmse {rmse:.4f}" in version.description and version.run_id == before.info.run_id
+    mlflow.set_registry_uri(uri)
+    model = mlflow.sklearn.load_model("models:/bondexp-factor/1")
+    assert hasattr(model, "predict")
 
 
 def test_a_sweep_is_one_parent_run_with_one_child_per_job(tmp_path, cache):
