@@ -9,8 +9,11 @@ import socket
 import pytest
 from omegaconf import OmegaConf
 
+from bondexp.config import collect_models, validate_config
+from bondexp.errors import ConfigError
 from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
 from test_app import bondexp
+from test_config import composed
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -123,7 +126,30 @@ def test_an_unreachable_tracking_uri_warns_and_the_run_completes(tmp_path, cache
     assert (run_dir / "leaderboard.csv").is_file() and not (run_dir / RUN_FILE).exists()
 
 
-# ----------------------------------------------------------------------------- pure functions
+# ----------------------------------------------------------------------------- config and pure functions
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], {"name": "none", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
+        (["tracking=mlflow"], {"name": "mlflow", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
+        (["tracking=mlflow", "tracking.uri=http://mlflow:5000", "tracking.log_models=true"],
+         {"name": "mlflow", "uri": "http://mlflow:5000", "experiment": "bondexp", "log_models": True}),
+    ],
+)
+def test_the_tracking_group_composes(overrides, expected):
+    assert OmegaConf.to_container(composed(*overrides).tracking) == expected
+
+
+def test_tracking_mlflow_without_mlflow_installed_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    cfg = composed("tracking=mlflow", "data=small")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"'tracking' config group is 'mlflow' but MLflow is not installed: pip install"):
+        validate_config(cfg, models=collect_models(cfg, choice="all"))
 
 
 def test_params_are_the_overrides_and_the_flattened_config_without_hydra():
