@@ -21,6 +21,7 @@ from bondexp.features import load_dataset
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
 from bondexp.runner import RunResult, dry_run_plan, run_graph
+from bondexp.tracking import track_run
 
 log = logging.getLogger("bondexp")
 
@@ -132,6 +133,7 @@ def run(
         durations_path=durations_path,
     )
     write_outputs(result, run_dir=run_dir, dataset=dataset, cfg=cfg, summary=summary, overrides=overrides)
+    track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
     print(result.summary_table())
     if not result.ok:
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")

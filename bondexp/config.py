@@ -8,6 +8,7 @@ fails before a single step runs.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -116,6 +117,14 @@ class ExecutorConf:
 
 
 @dataclass
+class TrackingConf:
+    name: str = "none"  # none | mlflow
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (relative paths from the launch folder)
+    experiment: str = "bondexp"  # MLflow experiment name
+    log_models: bool = False  # log and register every fitted model as bondexp-<model>
+
+
+@dataclass
 class StepConf:
     _target_: str = MISSING  # module-level function that runs the step
     needs: List[str] = field(default_factory=list)  # steps (or `models`, every model step) it reads
@@ -140,6 +149,7 @@ class BondexpConf:
     drift: DriftConf = field(default_factory=DriftConf)
     tune: TuneConf = field(default_factory=TuneConf)
     executor: ExecutorConf = field(default_factory=ExecutorConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
     steps: Dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
 
 
@@ -273,6 +283,11 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
     if cfg.tune.storage is not None and "://" not in cfg.tune.storage:
         _fail("tune.storage", "null (a journal file in the run folder) or a database URL such as "
               "'sqlite:///tuning.db'", cfg.tune.storage)
+    if cfg.tracking.name not in ("none", "mlflow"):
+        _fail("tracking.name", "one of ['none', 'mlflow'] (choose with tracking=mlflow)", cfg.tracking.name)
+    if cfg.tracking.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("The 'tracking' config group is 'mlflow' but MLflow is not installed: "
+                          "pip install \".[mlflow]\" (or choose tracking=none).")
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
     if "tune" in cfg.steps:

@@ -1,4 +1,5 @@
-"""A Hydra callback that writes one table comparing the jobs of a sweep (`python -m bondexp -m ...`)."""
+"""Hydra callbacks of a sweep (`python -m bondexp -m ...`): one table comparing its jobs, and with
+``tracking=mlflow`` the parent MLflow run its jobs log under as children."""
 
 from __future__ import annotations
 
@@ -69,3 +70,18 @@ class SweepSummary(Callback):
         if sweep_dir.is_dir():
             rows = write_sweep_summary(sweep_dir)
             print(f"sweep summary ({len(rows)} jobs): {sweep_dir / 'summary.md'}")
+
+
+class SweepTracking(Callback):
+    """Registered under ``hydra.callbacks`` before SweepSummary (Hydra calls end hooks in reverse
+    order, so the summary exists when the parent run logs it). Does nothing with ``tracking=none``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from bondexp.tracking import start_sweep
+
+        start_sweep(config, sweep_dir=Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from bondexp.tracking import end_sweep
+
+        end_sweep(config, sweep_dir=Path(config.hydra.sweep.dir))

@@ -1,0 +1,199 @@
+"""`python -m bondexp.runs`: list and compare finished run folders, without MLflow.
+
+One row per run folder (a `python -m bondexp` run or one job of a sweep): when it started, its
+overrides, its status, wall time, data fingerprint, the best model chosen on validation and that
+model's test RMSE. It reads each folder's small text files only (results.json, leaderboard.csv,
+data_summary.json, .hydra/overrides.yaml), never a checkpoint, so it is fast on any number of runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+#: Leaderboard rows that are references, not trained models.
+REFERENCE_ROWS = ("dcf_baseline", "oracle")
+#: Folders searched when no folder is given (Hydra's run and sweep layouts, under the current folder).
+DEFAULT_ROOTS = ("outputs", "multirun")
+COLUMNS = ("date", "folder", "status", "wall_s", "data", "best_model", "test_rmse", "overrides")
+
+
+def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """The model validation chose: evaluate's ``best_model`` when it reports one, else the leaderboard
+    row with the lowest ``val_rmse``, else the model step with the lowest ``val_rmse`` in results.json.
+
+    Returns None when none of the three is available (no model finished).
+    """
+    steps = results.get("steps", {})
+    chosen = (steps.get("evaluate", {}).get("metrics") or {}).get("best_model")
+    if chosen:
+        return str(chosen)
+    scored = [(float(row["val_rmse"]), row["model"]) for row in leaderboard
+              if row.get("model") not in REFERENCE_ROWS and _is_number(row.get("val_rmse"))]
+    if not scored:
+        scored = [(float(step["metrics"]["val_rmse"]), name) for name, step in steps.items()
+                  if _is_number((step.get("metrics") or {}).get("val_rmse"))]
+    return min(scored)[1] if scored else None
+
+
+def read_leaderboard(run_dir: Path) -> List[Dict[str, Any]]:
+    """The rows of ``leaderboard.csv`` (numbers as floats, empty cells as None); [] when there is none."""
+    path = Path(run_dir) / "leaderboard.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: _cell(value) if key != "model" else value for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_overrides(run_dir: Path) -> List[str]:
+    """The run's original overrides from ``.hydra/overrides.yaml`` ([] when the folder has none)."""
+    import yaml
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+
+
+def run_row(run_dir: Path) -> Dict[str, Any]:
+    """One comparison row for the run folder ``run_dir``."""
+    run_dir = Path(run_dir)
+    results = read_json(run_dir / "results.json")
+    leaderboard = read_leaderboard(run_dir)
+    best = best_model_on_validation(results, leaderboard)
+    test_rmse = next((row.get("rmse") for row in leaderboard if row.get("model") == best), None)
+    if results.get("interrupted"):
+        status = "interrupted"
+    else:
+        status = {True: "ok", False: "failed"}.get(results.get("ok"), "unfinished")
+    started = run_dir / ".hydra" / "overrides.yaml"
+    stamp = (started if started.is_file() else run_dir / "results.json" if results else run_dir).stat().st_mtime
+    return {
+        "date": datetime.fromtimestamp(stamp),
+        "folder": str(run_dir),
+        "status": status,
+        "wall_s": results.get("wall_s"),
+        "data": (read_json(run_dir / "data_summary.json").get("fingerprint") or "")[:12],
+        "best_model": best,
+        "test_rmse": test_rmse,
+        "overrides": read_overrides(run_dir),
+    }
+
+
+def find_run_folders(paths: Iterable[Path]) -> List[Path]:
+    """Every run folder at or below ``paths``: a folder holding results.json or a .hydra folder."""
+    found = set()
+    for path in map(Path, paths):
+        if _is_run_folder(path):
+            found.add(path)
+        elif path.is_dir():
+            found.update(p.parent for p in path.rglob("results.json"))
+            found.update(p.parent for p in path.rglob(".hydra") if p.is_dir() and p.parent.name != ".hydra")
+    return sorted(found)
+
+
+def select(rows: Iterable[Dict[str, Any]], *, since: Optional[datetime] = None, patterns: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Rows started at or after ``since`` whose overrides match every pattern (fnmatch: ``model=enhanced``,
+    ``seed=*``), oldest first."""
+    kept = [
+        row for row in rows
+        if (since is None or row["date"] >= since)
+        and all(any(fnmatch.fnmatchcase(o, pattern) for o in row["overrides"]) for pattern in patterns)
+    ]
+    return sorted(kept, key=lambda row: (row["date"], row["folder"]))
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    cells = [[_show(key, row[key]) for key in COLUMNS] for row in rows]
+    widths = [max([len(key)] + [len(line[i]) for line in cells]) for i, key in enumerate(COLUMNS)]
+    lines = ["  ".join(key.ljust(w) for key, w in zip(COLUMNS, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bondexp.runs",
+        description="List and compare bondexp run folders (default: everything under outputs/ and multirun/).",
+    )
+    parser.add_argument("folders", nargs="*", type=Path, help="run folders, or folders to search for runs")
+    parser.add_argument("--since", type=_date, help="only runs started on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")
+    parser.add_argument("--override", action="append", default=[], metavar="PATTERN",
+                        help="only runs with an override matching PATTERN, e.g. model=enhanced or 'seed=*' (repeatable)")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    args = parser.parse_args(argv)
+    roots = args.folders or [Path(root) for root in DEFAULT_ROOTS if Path(root).is_dir()]
+    missing = [str(p) for p in args.folders if not p.exists()]
+    if missing:
+        parser.error(f"no such folder: {', '.join(missing)}")
+    folders = find_run_folders(roots)
+    rows = select((run_row(folder) for folder in folders), since=args.since, patterns=args.override)
+    if not rows:
+        where = ", ".join(map(str, roots)) or "outputs/ or multirun/"
+        print(f"no run folders found under {where}" if not folders else
+              f"none of the {len(folders)} run folders under {where} matches --since/--override", file=sys.stderr)
+        return 1
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows([_show(key, row[key]) for key in COLUMNS] for row in rows)
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "results.json").is_file() or (path / ".hydra").is_dir()
+
+
+def read_json(path: Path) -> Dict[str, Any]:
+    """The JSON object in ``path``, or {} when the file is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell as a float when it is one, None when empty, else the text."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _show(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "date":
+        return value.strftime("%Y-%m-%d %H:%M")
+    if key == "overrides":
+        return " ".join(value)
+    if key == "wall_s":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2026-11-29 or 2026-11-29T10:00, got {text!r}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""MLflow tracking (``tracking=mlflow``): a finished run, or a sweep, logged to MLflow from the parent.
+
+Everything here reads the run folder's files after the steps (results.json, leaderboard.csv,
+data_summary.json, the checkpoints for ``tracking.log_models``), so a step never talks to MLflow
+and a worker on another machine needs no access to it. MLflow is imported only when tracking is
+on (its import takes seconds). Tracking never breaks a run: any failure becomes a warning and a
+line in report.md, and the run's own files stay as they are.
+
+The MLflow run's id is kept in the run folder (``mlflow_run.json``), so a resume logs into the run
+it started; a sweep keeps its parent run's id in the sweep folder (``mlflow_sweep.json``), where each
+job, in its own worker process, finds it and logs itself as a child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from bondexp import __version__
+from bondexp.checkpoints import CheckpointStore, atomic_write_json, atomic_write_text
+from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
+
+log = logging.getLogger("bondexp")
+
+#: In a run folder: the MLflow run this folder logs to ({"run_id", "experiment_id", "uri"}).
+RUN_FILE = "mlflow_run.json"
+#: In a sweep folder: the sweep's parent MLflow run, same fields.
+SWEEP_FILE = "mlflow_sweep.json"
+#: Leaderboard columns logged as ``<model>.<column>`` metrics.
+LEADERBOARD_METRICS = ("rmse", "mae", "r2", "improvement_pct", "oracle_gap_pct", "coverage", "nll")
+#: Run-folder files logged as artifacts (those that exist), and the folder logged whole.
+ARTIFACT_FILES = ("report.md", "leaderboard.csv", "drift.json", "tuning.json", "results.json")
+ARTIFACT_DIRS = ("plots",)
+#: report.md's closing section, rewritten (never appended twice) on every tracked attempt.
+REPORT_SECTION = "## Tracking"
+#: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
+#: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
+MLFLOW_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                       "MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+
+def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), model_choice: Optional[str] = None) -> Optional[str]:
+    """Log the finished run in ``run_dir`` to MLflow when ``cfg.tracking.name`` is ``mlflow``.
+
+    Returns the MLflow run id, or None when tracking is off or failed (then a warning is logged and
+    report.md says why). Never raises.
+    """
+    settings = cfg.tracking
+    if settings.name != "mlflow":
+        return None
+    run_dir = Path(run_dir)
+    try:
+        run_id = _log_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice or ",".join(cfg.models))
+    except Exception as err:  # tracking must never fail the run: any error is reported, not raised
+        message = f"MLflow tracking to {settings.uri} failed ({type(err).__name__}: {_first_line(err)}); the run folder is complete."
+        log.warning(message)
+        note_in_report(run_dir, f"Not tracked: {message}")
+        return None
+    note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{settings.uri}`.")
+    return run_id
+
+
+def start_sweep(config: DictConfig, *, sweep_dir: Path) -> Optional[str]:
+    """Create the sweep's parent MLflow run and keep its id in ``sweep_dir``; return it (None when off or failed)."""
+    settings = config.tracking
+    if settings.name != "mlflow":
+        return None
+    try:
+        client = _client(settings.uri)
+        experiment_id = _experiment_id(client, settings.experiment)
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        run = client.create_run(
+            experiment_id,
+            run_name=_run_name(sweep_dir),
+            tags={"bondexp.sweep_dir": str(Path(sweep_dir).resolve()), "bondexp.version": __version__,
+                  **_git_tags()},
+        )
+        client.log_param(run.info.run_id, "overrides", " ".join(overrides))
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(sweep_dir) / SWEEP_FILE,
+                          {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
+        return run.info.run_id
+    except Exception as err:  # a sweep's jobs then log as runs of their own, or warn in turn
+        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", settings.uri, type(err).__name__, _first_line(err))
+        return None
+
+
+def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
+    """Log the sweep summary to the parent run and close it (FAILED when a job failed)."""
+    if config.tracking.name != "mlflow":
+        return
+    parent = read_json(Path(sweep_dir) / SWEEP_FILE)
+    if not parent:
+        return
+    try:
+        client = _client(parent["uri"])
+        for name in ("summary.csv", "summary.md"):
+            if (Path(sweep_dir) / name).is_file():
+                client.log_artifact(parent["run_id"], str(Path(sweep_dir) / name))
+        children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+        failed = any(child.info.status != "FINISHED" for child in children)
+        client.set_terminated(parent["run_id"], status="FAILED" if failed else "FINISHED")
+    except Exception as err:
+        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", parent.get("uri"), type(err).__name__, _first_line(err))
+
+
+# ----------------------------------------------------------------------------- what a run logs
+
+
+def run_params(cfg: DictConfig, overrides: Sequence[str]) -> Dict[str, str]:
+    """``overrides`` (the command line's, space-joined) plus the composed config flattened to dotted
+    keys, Hydra's own node left out; values as text (JSON for everything but strings)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    params = {"overrides": " ".join(overrides)}
+    params.update(flatten(plain))
+    return params
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and empty mappings stay one JSON value."""
+    flat: Dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    """Every numeric step metric as ``<step>.<metric>``, every leaderboard row as ``<model>.<column>``
+    (:data:`LEADERBOARD_METRICS`), and ``wall_s``. Text, flags and non-finite values are left out."""
+    metrics: Dict[str, float] = {}
+    for step, record in results.get("steps", {}).items():
+        for key, value in (record.get("metrics") or {}).items():
+            metrics[f"{step}.{key}"] = value
+    for row in leaderboard:
+        for column in LEADERBOARD_METRICS:
+            metrics[f"{row['model']}.{column}"] = row.get(column)
+    metrics["wall_s"] = results.get("wall_s")
+    return {key: float(value) for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def run_tags(*, run_dir: Path, results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]],
+             model_choice: Optional[str]) -> Dict[str, str]:
+    """Run folder, data fingerprint, bondexp version, git commit (when launched in a checkout), the
+    model choice, the status and the model validation chose."""
+    summary = read_json(run_dir / "data_summary.json")
+    tags = {
+        "bondexp.run_dir": str(run_dir.resolve()),
+        "bondexp.data_fingerprint": summary.get("fingerprint", ""),
+        "bondexp.version": __version__,
+        "bondexp.model": model_choice or "",
+        "bondexp.status": "ok" if results.get("ok") else "failed",
+        "bondexp.best_model": best_model_on_validation(results, leaderboard) or "",
+        **_git_tags(),
+    }
+    return {key: value for key, value in tags.items() if value}
+
+
+def note_in_report(run_dir: Path, line: str) -> None:
+    """Make report.md end with a Tracking section holding ``line`` (replacing an earlier one)."""
+    path = Path(run_dir) / "report.md"
+    try:
+        text = path.read_text() if path.is_file() else ""
+        head = text.split(f"\n\n{REPORT_SECTION}\n", 1)[0].rstrip()
+        atomic_write_text(path, (head + "\n\n" if head else "") + f"{REPORT_SECTION}\n\n{line}\n")
+    except OSError as err:
+        log.warning("could not note tracking in %s: %s", path, err)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_choice: Optional[str]) -> str:
+    settings = cfg.tracking
+    results = read_json(run_dir / "results.json")
+    leaderboard = read_leaderboard(run_dir)
+    client = _client(settings.uri)
+    run_id = _open_run(client, settings, run_dir=run_dir)
+    try:
+        logged = client.get_run(run_id).data.params
+        # MLflow params are immutable: a resume keeps what its first attempt logged and adds only new keys
+        params = {key: value for key, value in run_params(cfg, overrides).items() if key not in logged}
+        tags = run_tags(run_dir=run_dir, results=results, leaderboard=leaderboard, model_choice=model_choice)
+        _log_batch(client, run_id, params=params, metrics=run_metrics(results, leaderboard), tags=tags)
+        for name in ARTIFACT_FILES:
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+        for name in ARTIFACT_DIRS:
+            if (run_dir / name).is_dir():
+                client.log_artifacts(run_id, str(run_dir / name), artifact_path=name)
+        if settings.log_models:
+            _log_models(settings, run_id=run_id, run_dir=run_dir, results=results, leaderboard=leaderboard)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")  # half-logged: not left RUNNING in the UI
+        raise
+    client.set_terminated(run_id, status="FINISHED" if results.get("ok") else "FAILED")
+    return run_id
+
+
+def _open_run(client, settings, *, run_dir: Path) -> str:
+    """The MLflow run this folder logged to before (same store), else a new one: a child of the
+    sweep's parent run when this is a sweep job. Its id is written to the run folder."""
+    known = read_json(run_dir / RUN_FILE)
+    if known.get("uri") == settings.uri and known.get("run_id"):
+        client.get_run(known["run_id"])  # raises when the store lost it: a warning, never a second run
+        return known["run_id"]
+    experiment_id = _experiment_id(client, settings.experiment)
+    tags = {}
+    parent = _sweep_parent()
+    if parent.get("uri") == settings.uri and parent.get("experiment_id") == experiment_id:
+        tags["mlflow.parentRunId"] = parent["run_id"]
+    run = client.create_run(experiment_id, run_name=_run_name(run_dir), tags=tags)
+    atomic_write_json(run_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
+    return run.info.run_id
+
+
+def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> None:
+    """Log each fitted model (sha256-verified checkpoint) with the sklearn flavour and register it as
+    ``bondexp-<model>``, the run's test metrics in the version's description."""
+    import mlflow
+    import skops.io
+    import sklearn
+
+    store = CheckpointStore(run_dir / "checkpoints")
+    rows = {row["model"]: row for row in leaderboard}
+    client = _client(settings.uri)
+    mlflow.set_tracking_uri(settings.uri)
+    mlflow.set_registry_uri(settings.uri)
+    requirements = [f"scikit-learn=={sklearn.__version__}", f"bondexp=={__version__}"]
+    for name, step in results.get("steps", {}).items():
+        if step.get("group") == "report" or step.get("status") not in ("ran", "reused") or name not in rows:
+            continue
+        problem = store.verify(name, step.get("fingerprint"))
+        if problem:
+            raise RuntimeError(f"checkpoint of model {name!r} not logged: {problem}")
+        artifact = store.load(name)
+        # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact["model"]))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sklearn.log_model(artifact["model"], name=name, registered_model_name=f"bondexp-{name}",
+                                            pip_requirements=requirements, skops_trusted_types=trusted)
+        scores = ", ".join(f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS
+                           if isinstance(rows[name].get(column), float))
+        client.update_model_version(
+            f"bondexp-{name}", info.registered_model_version,
+            description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact['features'])}.",
+        )
+
+
+def _client(uri: str):
+    for key, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created meanwhile by a sibling sweep job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _log_batch(client, run_id: str, *, params: Mapping[str, str], metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+        params=[Param(key, value) for key, value in params.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+
+
+def _sweep_parent() -> Dict[str, Any]:
+    """The sweep's parent run (from the sweep folder) when this process runs a job of a sweep, else {}."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    return read_json(Path(HydraConfig.get().sweep.dir) / SWEEP_FILE)
+
+
+def _git_tags() -> Dict[str, str]:
+    """MLflow's own git-commit tag, when the current folder is inside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit} if commit else {}
+
+
+def _run_name(folder: Path) -> str:
+    """``2026-11-29/10-00-00`` for a run, ``.../10-00-00/3`` for a sweep job: the folder's last parts."""
+    parts = Path(folder).resolve().parts
+    return "/".join(parts[-3:] if len(parts) >= 3 and parts[-1].isdigit() else parts[-2:])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""

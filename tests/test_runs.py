@@ -1,0 +1,87 @@
+"""`python -m bondexp.runs`: run folders listed and compared from their small files, without MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from bondexp.runs import best_model_on_validation, find_run_folders, main, run_row, select
+
+HEADER = "model,n,rmse,mae,r2,improvement_pct,val_rmse\n"
+
+
+def make_run(folder: Path, *, overrides, ok=True, leaderboard=HEADER + "basic,10,1.2,1,0.5,10,0.9\nfactor,10,1.1,1,0.5,12,1.0\n",
+             evaluate=None, started=None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    steps = {"basic": {"status": "ran", "metrics": {"val_rmse": 0.9}}, "factor": {"status": "ran", "metrics": {"val_rmse": 1.0}}}
+    if evaluate is not None:
+        steps["evaluate"] = {"status": "ran", "metrics": evaluate}
+    (folder / "results.json").write_text(json.dumps({"steps": steps, "wall_s": 12.5, "ok": ok, "interrupted": False}))
+    (folder / "data_summary.json").write_text(json.dumps({"fingerprint": "abcdef0123456789"}))
+    if leaderboard is not None:
+        (folder / "leaderboard.csv").write_text(leaderboard)
+    if started is not None:
+        os.utime(folder / ".hydra" / "overrides.yaml", (started, started))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "evaluate, leaderboard, expected",
+    [
+        ({"best_model": "factor"}, [{"model": "basic", "val_rmse": 0.5}], "factor"),  # evaluate's choice first
+        ({}, [{"model": "oracle", "val_rmse": 0.1}, {"model": "basic", "val_rmse": 0.9},
+              {"model": "factor", "val_rmse": 0.8}], "factor"),  # then the leaderboard's val_rmse
+        ({}, [{"model": "basic", "rmse": 0.1}], "basic"),  # then the model steps' val_rmse (basic 0.9 < factor 1.0)
+    ],
+)
+def test_best_model_is_chosen_on_validation(evaluate, leaderboard, expected):
+    results = {"steps": {"basic": {"metrics": {"val_rmse": 0.9}}, "factor": {"metrics": {"val_rmse": 1.0}},
+                         "evaluate": {"metrics": evaluate}}}
+    assert best_model_on_validation(results, leaderboard) == expected
+
+
+def test_a_row_names_the_validation_choice_and_its_test_rmse(tmp_path):
+    row = run_row(make_run(tmp_path / "r", overrides=["model=[basic,factor]"]))
+    # factor has the lower test RMSE, but validation chose basic
+    assert (row["best_model"], row["test_rmse"], row["status"], row["wall_s"], row["data"]) == ("basic", 1.2, "ok", 12.5, "abcdef012345")
+    assert row["overrides"] == ["model=[basic,factor]"]
+
+
+def test_folders_are_found_filtered_by_override_and_date(tmp_path):
+    old = time.mktime((2026, 1, 5, 10, 0, 0, 0, 0, -1))
+    make_run(tmp_path / "outputs" / "2026-01-05" / "10-00-00", overrides=["model=basic"], started=old)
+    make_run(tmp_path / "multirun" / "2026-11-20" / "09-00-00" / "0", overrides=["seed=0"])
+    make_run(tmp_path / "multirun" / "2026-11-20" / "09-00-00" / "1", overrides=["seed=1"], ok=False)
+    folders = find_run_folders([tmp_path / "outputs", tmp_path / "multirun"])
+    assert len(folders) == 3
+    rows = [run_row(f) for f in folders]
+    assert [r["overrides"] for r in select(rows, patterns=["seed=*"])] == [["seed=0"], ["seed=1"]]
+    assert [r["status"] for r in select(rows, patterns=["seed=1"])] == ["failed"]
+    assert len(select(rows, since=datetime(2026, 6, 1))) == 2
+    assert select(rows, since=datetime(2026, 6, 1), patterns=["model=basic"]) == []
+
+
+def test_the_cli_lists_runs_under_outputs_and_multirun(tmp_path):
+    make_run(tmp_path / "outputs" / "2026-11-29" / "10-00-00", overrides=["model=basic"], leaderboard=None)
+    make_run(tmp_path / "multirun" / "2026-11-29" / "11-00-00" / "0", overrides=["seed=0"])
+    proc = subprocess.run([sys.executable, "-m", "bondexp.runs"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["date", "folder", "status", "wall_s", "data", "best_model", "test_rmse", "overrides"]
+    assert len(lines) == 4 and "model=basic" in lines[2] and "seed=0" in lines[3] and "1.2000" in lines[3]
+
+
+def test_the_cli_says_when_nothing_matches(tmp_path, capsys):
+    make_run(tmp_path / "r", overrides=["seed=0"])
+    assert main([str(tmp_path / "r"), "--override", "seed=9"]) == 1
+    assert "none of the 1 run folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])

@@ -1,0 +1,181 @@
+"""MLflow tracking with the real package (no mock): runs, resumes and sweeps logged into a temporary store,
+read back through `mlflow.search_runs`; and what a run logs, as pure functions."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from omegaconf import OmegaConf
+
+from bondexp.config import collect_models, validate_config
+from bondexp.errors import ConfigError
+from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
+from test_app import bondexp
+from test_config import composed
+
+mlflow = pytest.importorskip("mlflow")
+
+TRACKED = ["data=small", "model=factor", "~steps.tune", "eval.n_bootstrap=20", "progress=false", "workers=1",
+           "tracking=mlflow"]
+
+
+def _runs(uri: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["bondexp"], output_format="list")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh sqlite store; MLflow puts its artifacts in ./mlruns beside it (the subprocess runs there)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    return folder, f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def tracked_run(store, cache):
+    folder, uri = store
+    run_dir = folder / "run"
+    bondexp(*TRACKED, f"tracking.uri={uri}", f"hydra.run.dir={run_dir}", cwd=folder, cache=cache)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts(tracked_run, store):
+    _, uri = store
+    [run] = _runs(uri)
+    assert run.info.run_id == json.loads((tracked_run / RUN_FILE).read_text())["run_id"]
+    assert run.info.status == "FINISHED"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert "model=factor" in params["overrides"]
+    assert params["models.factor._target_"].startswith("bondexp.models")
+    assert not any(key.startswith("hydra.") for key in params)
+    for column in ("rmse", "mae", "r2", "improvement_pct"):
+        assert f"factor.{column}" in metrics and f"dcf_baseline.{column}" in metrics
+    assert metrics["factor.val_rmse"] > 0 and "evaluate.best_rmse" in metrics
+    leaderboard = (tracked_run / "leaderboard.csv").read_text().splitlines()
+    factor_row = next(line for line in leaderboard if line.startswith("factor,"))
+    assert metrics["factor.rmse"] == pytest.approx(float(factor_row.split(",")[2]))
+    assert tags["bondexp.run_dir"] == str(tracked_run.resolve())
+    assert tags["bondexp.best_model"] == "factor" and tags["bondexp.model"] == "factor"
+    assert len(tags["bondexp.data_fingerprint"]) >= 12
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "leaderboard.csv", "drift.json", "results.json", "plots"} <= top
+    assert "plots/timeline.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert f"MLflow run `{run.info.run_id}`" in (tracked_run / "report.md").read_text()
+
+
+def test_a_resume_logs_into_the_run_it_started(tracked_run, store, cache):
+    folder, uri = store
+    [before] = _runs(uri)
+    bondexp(f"resume={tracked_run}", f"tracking.uri={uri}", cwd=folder, cache=cache)
+    [after] = _runs(uri)
+    assert after.info.run_id == before.info.run_id
+    assert after.data.metrics["factor.rmse"] == before.data.metrics["factor.rmse"]
+    assert (tracked_run / "report.md").read_text().count("## Tracking") == 1
+
+
+def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, store, monkeypatch):
+    folder, uri = store
+    monkeypatch.chdir(folder)
+    cfg = OmegaConf.load(tracked_run / ".hydra" / "config.yaml")
+    cfg.tracking.log_models = True
+    [before] = _runs(uri)
+    assert track_run(cfg, run_dir=tracked_run, overrides=["model=factor"]) == before.info.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    [version] = client.search_model_versions("name='bondexp-factor'")
+    rmse = _runs(uri)[0].data.metrics["factor.rmse"]
+    assert f"rmse {rmse:.4f}" in version.description and version.run_id == before.info.run_id
+    mlflow.set_registry_uri(uri)
+    model = mlflow.sklearn.load_model("models:/bondexp-factor/1")
+    assert hasattr(model, "predict")
+
+
+def test_a_sweep_is_one_parent_run_with_one_child_per_job(tmp_path, cache):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    bondexp("-m", *TRACKED, "seed=0,1", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, cache=cache)
+    runs = _runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert parents[0].info.status == "FINISHED"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert "summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+def test_an_unreachable_tracking_uri_warns_and_the_run_completes(tmp_path, cache):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = tmp_path / "run"
+    proc = bondexp(*TRACKED, f"tracking.uri=http://127.0.0.1:{port}", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    assert proc.returncode == 0
+    output = proc.stdout + proc.stderr
+    assert "MLflow tracking to http://127.0.0.1" in output and "failed" in output
+    assert "Not tracked: MLflow tracking" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "results.json").read_text())["ok"] is True
+    assert (run_dir / "leaderboard.csv").is_file() and not (run_dir / RUN_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- config and pure functions
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], {"name": "none", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
+        (["tracking=mlflow"], {"name": "mlflow", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
+        (["tracking=mlflow", "tracking.uri=http://mlflow:5000", "tracking.log_models=true"],
+         {"name": "mlflow", "uri": "http://mlflow:5000", "experiment": "bondexp", "log_models": True}),
+    ],
+)
+def test_the_tracking_group_composes(overrides, expected):
+    assert OmegaConf.to_container(composed(*overrides).tracking) == expected
+
+
+def test_tracking_mlflow_without_mlflow_installed_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    cfg = composed("tracking=mlflow", "data=small")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"'tracking' config group is 'mlflow' but MLflow is not installed: pip install"):
+        validate_config(cfg, models=collect_models(cfg, choice="all"))
+
+
+def test_params_are_the_overrides_and_the_flattened_config_without_hydra():
+    cfg = OmegaConf.create({"seed": 3, "eval": {"confidence": 0.95}, "feature_sets": {"all": ["bond"]},
+                            "executor": {"address": None}, "hydra": {"run": {"dir": "x"}}, "steps": {}})
+    assert run_params(cfg, ["seed=3", "model=basic"]) == {
+        "overrides": "seed=3 model=basic", "seed": "3", "eval.confidence": "0.95", "feature_sets.all": '["bond"]',
+        "executor.address": "null", "steps": "{}",
+    }
+    assert flatten({"a": {"b": {"c": "x"}}}) == {"a.b.c": "x"}
+
+
+def test_metrics_are_numeric_step_metrics_and_leaderboard_columns():
+    results = {"steps": {"basic": {"metrics": {"val_rmse": 1.5, "early_stopped": True, "n_iter": 20}},
+                         "evaluate": {"metrics": {"best_model": "basic", "best_rmse": 1.7}}},
+               "wall_s": 9.5}
+    leaderboard = [{"model": "basic", "rmse": 1.7, "mae": 1.1, "r2": 0.3, "improvement_pct": 10.0, "n": 594.0,
+                    "coverage": None, "nll": float("nan")}]
+    assert run_metrics(results, leaderboard) == {
+        "basic.val_rmse": 1.5, "basic.n_iter": 20.0, "evaluate.best_rmse": 1.7, "wall_s": 9.5,
+        "basic.rmse": 1.7, "basic.mae": 1.1, "basic.r2": 0.3, "basic.improvement_pct": 10.0,
+    }
+
+
+def test_the_report_holds_one_tracking_section(tmp_path):
+    (tmp_path / "report.md").write_text("# bondexp run\n\nbody\n")
+    note_in_report(tmp_path, "Not tracked: first")
+    note_in_report(tmp_path, "MLflow run `abc`")
+    assert (tmp_path / "report.md").read_text() == "# bondexp run\n\nbody\n\n## Tracking\n\nMLflow run `abc`\n"
