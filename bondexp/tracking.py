@@ -24,7 +24,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp import __version__
-from bondexp.checkpoints import CheckpointStore, atomic_write_json, atomic_write_text
+from bondexp.atomic import atomic_write_json, atomic_write_text
+from bondexp.checkpoints import CheckpointStore
 from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
 
 log = logging.getLogger("bondexp")
