@@ -90,6 +90,12 @@ def _atomic_file(path: Path) -> Iterator[Any]:
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
+    with _atomic_file(path) as fh:
+        fh.write(data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` so readers see the old file or the new one, never a part."""
     with _atomic_file(path) as fh:
