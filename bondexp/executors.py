@@ -223,7 +223,7 @@ class DaskBackend:
         reports = {need: self._reports[need] for need in task.needs if need in self._reports}
         for need in task.needs:
             if need not in reports and need not in self._reused:
-                self._reused[need] = self._client.scatter(load_input(need), hash=False)
+                self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
         future = self._client.submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
                                      key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}", pure=False)
@@ -234,8 +234,12 @@ class DaskBackend:
         if dataset is None:
             return None
         if self._dataset is None or self._dataset[0] is not dataset:
-            self._dataset = (dataset, self._client.scatter(dataset, broadcast=True, hash=False))
+            self._dataset = (dataset, self._scatter(dataset, broadcast=True))
         return self._dataset[1]
+
+    def _scatter(self, value: Any, *, broadcast: bool = False) -> Any:
+        """One future of ``value`` (in a list: ``scatter`` would split a dict into futures named by its keys)."""
+        return self._client.scatter([value], broadcast=broadcast, hash=False)[0]
 
     def stop(self, *, kill: bool) -> None:
         """Release this run's data on the cluster and close the client (and the local cluster if started here).
