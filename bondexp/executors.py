@@ -174,7 +174,7 @@ class DaskBackend:
 
     The dataset is scattered once to every worker; a step gets its needs' artifacts as Dask
     futures of their reports (worker to worker, never through the parent) or, for needs reused
-    from checkpoints, as data the parent loaded and scattered. A step returns its artifact, log
+    from checkpoints, as data the parent loaded and scattered to every worker. A step returns its artifact, log
     text and files; only the parent writes the run folder. A worker that dies mid-step has its
     step run again elsewhere by Dask's scheduler. The local cluster has ``workers``
     single-threaded, non-daemonic worker processes.
@@ -234,12 +234,13 @@ class DaskBackend:
         if dataset is None:
             return None
         if self._dataset is None or self._dataset[0] is not dataset:
-            self._dataset = (dataset, self._scatter(dataset, broadcast=True))
+            self._dataset = (dataset, self._scatter(dataset))
         return self._dataset[1]
 
-    def _scatter(self, value: Any, *, broadcast: bool = False) -> Any:
-        """One future of ``value`` (in a list: ``scatter`` would split a dict into futures named by its keys)."""
-        return self._client.scatter([value], broadcast=broadcast, hash=False)[0]
+    def _scatter(self, value: Any) -> Any:
+        """One future of ``value`` on every worker: scattered data has no task to recompute it from, so
+        one copy per worker keeps it when a worker dies (in a list: ``scatter`` splits a dict by its keys)."""
+        return self._client.scatter([value], broadcast=True, hash=False)[0]
 
     def stop(self, *, kill: bool) -> None:
         """Release this run's data on the cluster and close the client (and the local cluster if started here).
