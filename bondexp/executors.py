@@ -203,7 +203,13 @@ class DaskBackend:
         from distributed import Client, LocalCluster
 
         if self._address:
-            self._client = Client(self._address)
+            try:
+                self._client = Client(self._address)
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(
+                    f"The 'executor.address' config key must name a running Dask scheduler. "
+                    f"Got {self._address!r}, which did not answer: {exc}"
+                ) from exc
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(

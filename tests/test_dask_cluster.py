@@ -296,3 +296,14 @@ def test_killing_a_worker_mid_run_loses_nothing(start_cluster, local_run, tmp_pa
     results = _results(run_dir)
     assert results["ok"] and all(step["status"] == "ran" for step in results["steps"].values())
     assert _metrics(run_dir) == _metrics(local_run)
+
+
+def test_an_address_with_no_scheduler_is_named(tmp_path):
+    import dask
+
+    from bondexp.errors import ConfigError
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ConfigError, match=f"'executor.address' .* Got '{address}', which did not answer"):
+            _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
