@@ -87,7 +87,7 @@ def execute_step(task: Task) -> dict[str, Any]:
     dict
         ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``started`` and
         ``ended`` (POSIX seconds), ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb``
-        (see :func:`_peak_rss`). A step that raises is reported in ``error``, not raised, so the
+        (see :class:`_PeakRSS`). A step that raises is reported in ``error``, not raised, so the
         parent records it as a value.
     """
     run_dir = Path(task.run_dir)
@@ -121,6 +121,7 @@ def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], ar
     """
     with tempfile.TemporaryDirectory(prefix=f"bondexp-{task.name}-", dir=_scratch_parent()) as scratch:
         run_dir, log_path = Path(scratch) / "run", Path(scratch) / "step.log"
+        run_dir.mkdir()
         sent = {}
         for relative, data in task.files.items():
             path = run_dir / relative
