@@ -434,8 +434,13 @@ class _Scheduler:
                 if started:
                     self.backend.stop(kill=kill)
         if interrupted:
+            in_flight = self.pending | set(self.running.values())
             for name in self.graph.order:
-                if name not in self.outcomes:
+                if name in self.outcomes:
+                    continue
+                if name not in in_flight and self.store.verify(name, self.fps[name]) is None:
+                    self._reuse(name, status="ran")  # Ctrl-C came after its checkpoint was written
+                else:
                     self._skip(name, "the run was interrupted before this step finished")
         steps = {name: self.outcomes[name] for name in self.graph.order}
         return RunResult(steps=steps, wall_s=time.perf_counter() - t0, run_dir=self.run_dir,
@@ -574,11 +579,12 @@ class _Scheduler:
                                           fingerprint=self.fps[name], error=reason)
         log.warning("skipped %s: %s", name, reason)
 
-    def _reuse(self, name: str) -> None:
+    def _reuse(self, name: str, *, status: str = "reused") -> None:
+        """Record a step from its verified checkpoint's manifest."""
         manifest = self.store.manifest(name) or {}
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=self.graph[name].group, status="reused", fingerprint=self.fps[name],
+            name=name, group=self.graph[name].group, status=status, fingerprint=self.fps[name],
             duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
             metrics=dict(manifest.get("metrics") or {}), peak_rss_mb=manifest.get("peak_rss_mb"),
         )
