@@ -99,7 +99,9 @@ def run(
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
     graph = build_graph(build_steps(cfg, models))
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    from bondexp.data import with_absolute_paths
+
+    data_cfg = with_absolute_paths(OmegaConf.to_container(cfg.data, resolve=True))  # steps may run elsewhere
     durations_path = cache_dir / "durations.json"
 
     if cfg.dry_run:
@@ -131,6 +133,7 @@ def run(
         resume=True,
         progress=bool(cfg.progress),
         durations_path=durations_path,
+        dataset=dataset,
     )
     write_outputs(result, run_dir=run_dir, dataset=dataset, cfg=cfg, summary=summary, overrides=overrides)
     track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)

@@ -1,8 +1,11 @@
 """The executors steps run on, chosen by name: in-process, a local process pool, or a Dask cluster.
 
-Each entry of :data:`EXECUTORS` builds a backend with ``start() -> concurrent.futures.Executor``
-and ``stop(kill=...)``; the scheduler loop in :mod:`bondexp.runner` is the same for all of them,
-so a new executor is one more entry here.
+Each entry of :data:`EXECUTORS` builds a backend with ``start()``, ``submit(task, ...)`` returning a
+``concurrent.futures.Future`` of the step's report, and ``stop(kill=...)``; the scheduler loop in
+:mod:`bondexp.runner` is the same for all of them, so a new executor is one more entry here.
+The in-process and local-process backends share the run folder's disk with their workers; the
+Dask backend assumes no shared disk and ships a step's inputs, the dataset and its files through
+Dask (see :func:`bondexp.worker.execute_remote_step`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
@@ -68,7 +72,25 @@ class InlineExecutor(Executor):
         return future
 
 
-class InlineBackend:
+class _SharedDiskBackend:
+    """A backend whose workers see the run folder: a step reads its inputs from the checkpoints itself."""
+
+    #: Whether steps run without the run folder (their inputs, files and log travel through the backend).
+    remote = False
+    _executor: Executor | None = None
+
+    def submit(self, task: Any, *, load_input: Callable[[str], Any], dataset: Any) -> Future:
+        """Run ``task`` through :func:`bondexp.worker.execute_step`.
+
+        ``load_input`` and ``dataset`` are for backends without a shared disk: here the worker
+        loads its inputs from the checkpoints and the dataset from the feature cache.
+        """
+        from bondexp.worker import execute_step  # not at the top: bondexp.worker imports this module
+
+        return self._executor.submit(execute_step, task)
+
+
+class InlineBackend(_SharedDiskBackend):
     """Steps run one after another inside the parent process."""
 
     concurrency = 1
@@ -76,11 +98,12 @@ class InlineBackend:
     def __init__(self, *, workers: int, options: Mapping[str, Any]):
         _check_options("serial", options, ())
 
-    def start(self) -> Executor:
-        return InlineExecutor()
+    def start(self) -> None:
+        self._executor = InlineExecutor()
 
     def stop(self, *, kill: bool) -> None:
         """Nothing to stop: no processes were started."""
+        self._executor = None
 
 
 def _init_pool_worker(threads: int) -> None:
@@ -93,7 +116,7 @@ def _init_pool_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class ProcessBackend:
+class ProcessBackend(_SharedDiskBackend):
     """``workers`` processes started once per run (``forkserver`` on POSIX, else ``spawn``).
 
     Both start methods are safe with threads in the parent and give non-daemonic workers,
@@ -118,14 +141,13 @@ class ProcessBackend:
         self._threads = threads_per_worker(workers)
         self._executor: ProcessPoolExecutor | None = None
 
-    def start(self) -> Executor:
+    def start(self) -> None:
         self._executor = ProcessPoolExecutor(
             max_workers=self.concurrency,
             mp_context=self._context,
             initializer=_init_pool_worker,
             initargs=(self._threads,),
         )
-        return self._executor
 
     def stop(self, *, kill: bool) -> None:
         """Shut the pool down; with ``kill`` terminate the workers instead of letting running steps end."""
@@ -148,11 +170,17 @@ class ProcessBackend:
 
 
 class DaskBackend:
-    """A ``distributed.Client`` executor: on ``options['address']``, or a new ``LocalCluster``.
+    """Steps on a Dask cluster that shares no disk with the parent: ``options['address']``, or a new ``LocalCluster``.
 
-    The local cluster has ``workers`` single-threaded, non-daemonic worker processes. The
-    run folder must be visible to every worker (the same path on a shared file system).
+    The dataset is scattered once to every worker; a step gets its needs' artifacts as Dask
+    futures of their reports (worker to worker, never through the parent) or, for needs reused
+    from checkpoints, as data the parent loaded and scattered to every worker. A step returns its artifact, log
+    text and files; only the parent writes the run folder. A worker that dies mid-step has its
+    step run again elsewhere by Dask's scheduler. The local cluster has ``workers``
+    single-threaded, non-daemonic worker processes.
     """
+
+    remote = True
 
     def __init__(self, *, workers: int, options: Mapping[str, Any]):
         _check_options("dask", options, ("address",))
@@ -166,13 +194,22 @@ class DaskBackend:
         self._address = options.get("address")
         self._client = None
         self._cluster = None
+        self._reports: dict[str, Any] = {}  # step name -> Dask future of its report, kept for its dependents
+        self._reused: dict[str, Any] = {}  # step name -> scattered artifact of a step reused from its checkpoint
+        self._dataset: tuple[Any, Any] | None = None  # (the dataset, its scattered future)
 
-    def start(self) -> Executor:
+    def start(self) -> None:
         import dask
         from distributed import Client, LocalCluster
 
         if self._address:
-            self._client = Client(self._address)
+            try:
+                self._client = Client(self._address)
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(
+                    f"The 'executor.address' config key must name a running Dask scheduler. "
+                    f"Got {self._address!r}, which did not answer: {exc}"
+                ) from exc
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(
@@ -180,16 +217,68 @@ class DaskBackend:
                     dashboard_address=None, silence_logs=logging.WARNING,
                 )
             self._client = Client(self._cluster)
-        return self._client.get_executor(pure=False)
+
+    def submit(self, task: Any, *, load_input: Callable[[str], Any], dataset: Any) -> Future:
+        """Submit ``task`` with its inputs as Dask data; return a future of its report.
+
+        ``load_input(name)`` loads a need's artifact in the parent (a need reused from its
+        checkpoint); ``dataset`` is scattered to every worker the first time it is needed.
+        """
+        from bondexp.worker import execute_remote_step  # not at the top: bondexp.worker imports this module
+
+        reports = {need: self._reports[need] for need in task.needs if need in self._reports}
+        for need in task.needs:
+            if need not in reports and need not in self._reused:
+                self._reused[need] = self._scatter(load_input(need))
+        artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
+        future = self._client.submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
+                                     key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}", pure=False)
+        self._reports[task.name] = future
+        return _as_concurrent_future(future)
+
+    def _scattered(self, dataset: Any) -> Any:
+        if dataset is None:
+            return None
+        if self._dataset is None or self._dataset[0] is not dataset:
+            self._dataset = (dataset, self._scatter(dataset))
+        return self._dataset[1]
+
+    def _scatter(self, value: Any) -> Any:
+        """One future of ``value`` on every worker: scattered data has no task to recompute it from, so
+        one copy per worker keeps it when a worker dies (in a list: ``scatter`` splits a dict by its keys)."""
+        return self._client.scatter([value], broadcast=True, hash=False)[0]
 
     def stop(self, *, kill: bool) -> None:
-        """Close the client, and the local cluster if this backend started one."""
+        """Release this run's data on the cluster and close the client (and the local cluster if started here).
+
+        With ``kill`` the steps still running are cancelled first.
+        """
         client, cluster = self._client, self._cluster
-        self._client = self._cluster = None
+        futures = list(self._reports.values())
+        self._client = self._cluster = self._dataset = None
+        self._reports.clear()
+        self._reused.clear()
         if client is not None:
+            if kill and futures:
+                client.cancel(futures)
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _as_concurrent_future(dask_future: Any) -> Future:
+    """A ``concurrent.futures.Future`` that ends as ``dask_future`` does, for the runner's ``wait``."""
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+
+    def copy(done: Any) -> None:
+        try:
+            future.set_result(done.result())
+        except BaseException as exc:  # the step's own errors come back in the report; this is Dask's
+            future.set_exception(exc)
+
+    dask_future.add_done_callback(copy)
+    return future
 
 
 def _local_backend(*, workers: int, options: Mapping[str, Any]) -> InlineBackend | ProcessBackend:
@@ -213,8 +302,9 @@ def make_backend(name: str, *, workers: int, options: Mapping[str, Any] | None =
     Returns
     -------
     backend
-        An object with ``concurrency`` (steps it runs at once), ``start()`` returning a
-        ``concurrent.futures.Executor`` and ``stop(kill=bool)``.
+        An object with ``concurrency`` (steps it runs at once), ``remote`` (steps run without
+        the run folder), ``start()``, ``submit(task, load_input=, dataset=)`` returning a
+        ``concurrent.futures.Future`` of the step's report, and ``stop(kill=bool)``.
 
     Raises
     ------

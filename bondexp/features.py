@@ -12,10 +12,11 @@ copy of the arrays through the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,26 @@ def dataset_for(shared: Mapping[str, Any]) -> Dataset:
             shared["data"], seed=shared["seed"], cache_dir=shared["cache_dir"], fingerprint=key
         )
     return _LOADED[key]
+
+
+_PROVIDED: Dict[str, int] = {}  # fingerprint -> steps now running with a dataset the parent sent
+
+
+@contextlib.contextmanager
+def provided_dataset(dataset: Dataset) -> Iterator[None]:
+    """Within the block, :func:`dataset_for` returns ``dataset`` (sent by the parent) instead of reading the cache.
+
+    A Dask worker shares no disk with the parent, so the parent scatters the dataset and the
+    worker provides it around each step. It is forgotten when the last step using it ends, since
+    a worker outlives runs (a worker may run several steps at once, hence the count).
+    """
+    key = dataset.fingerprint
+    _LOADED[key] = dataset
+    _PROVIDED[key] = _PROVIDED.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _PROVIDED[key] -= 1
+        if not _PROVIDED[key]:
+            del _PROVIDED[key]
+            _LOADED.pop(key, None)

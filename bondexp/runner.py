@@ -9,6 +9,7 @@ pool and a Dask cluster (see :mod:`bondexp.executors`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bondexp import executors
-from bondexp.atomic import atomic_write_bytes, atomic_write_json
+from bondexp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bondexp.checkpoints import (
     CheckpointStore,
     DurationHistory,
@@ -31,7 +32,7 @@ from bondexp.checkpoints import (
 from bondexp.errors import ConfigError, GraphError
 from bondexp.graph import Graph
 from bondexp.progress import Progress
-from bondexp.worker import StepContext, Task, execute_step
+from bondexp.worker import StepContext, Task
 
 __all__ = ["RunResult", "StepContext", "StepOutcome", "dry_run_plan", "run_graph", "step_fingerprints"]
 
@@ -49,8 +50,9 @@ class StepOutcome:
 
     ``status`` is ``ran``, ``reused``, ``failed`` or ``skipped``; ``error`` is the traceback of a
     failed step or the reason a step was skipped. ``started``/``ended`` are POSIX seconds measured
-    in the worker (``None`` for reused and skipped steps); ``duration_s`` of a reused step is the
-    one recorded when its checkpoint was made.
+    in the worker (``None`` for reused and skipped steps); ``duration_s`` and ``peak_rss_mb`` (the
+    step process's peak resident memory, MiB) of a reused step are the ones recorded when its
+    checkpoint was made.
     """
 
     name: str
@@ -63,12 +65,14 @@ class StepOutcome:
     ended: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    peak_rss_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "group": self.group,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 4),
+            "peak_rss_mb": self.peak_rss_mb,
             "worker": self.worker,
             "started": utc_iso(self.started),
             "ended": utc_iso(self.ended),
@@ -76,6 +80,14 @@ class StepOutcome:
             "error": self.error,
             "fingerprint": self.fingerprint,
         }
+
+
+@dataclass(frozen=True)
+class _FilesIndex:
+    """``logs/<step>.files.json``: the files (relative paths) a remote step handed back so far."""
+
+    path: Path
+    names: list[str]
 
 
 @dataclass
@@ -103,7 +115,7 @@ class RunResult:
         return [name for name, s in self.steps.items() if s.status == "failed"]
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` form: ``{"steps": {name: {status, duration_s, worker, metrics, ...}}, "wall_s", "ok"}``."""
+        """The ``results.json`` form: ``{"steps": {name: {status, duration_s, peak_rss_mb, worker, metrics, ...}}, "wall_s", "ok"}``."""
         return {
             "steps": {name: outcome.to_dict() for name, outcome in self.steps.items()},
             "wall_s": round(self.wall_s, 4),
@@ -288,6 +300,7 @@ def run_graph(
     progress: bool = True,
     executor_options: Mapping[str, Any] | None = None,
     durations_path: str | Path | None = None,
+    dataset: Any = None,
 ) -> RunResult:
     """Run every step of ``graph`` in ``run_dir`` and checkpoint each one as it finishes.
 
@@ -316,6 +329,9 @@ def run_graph(
     durations_path : path, optional
         JSON file of step durations shared between runs (e.g. in a cache folder); read to order
         ready steps and estimate the ETA, updated with this run's durations.
+    dataset : optional
+        The run's dataset (what ``dataset_for(ctx.shared)`` returns in a step). An executor without
+        a shared disk (Dask) sends it to its workers once; the others' workers read the feature cache.
 
     Returns
     -------
@@ -352,7 +368,7 @@ def run_graph(
         plan = _reuse_plan(graph, store, fps) if resume else {name: "resume=False" for name in graph.order}
         expected = _expected_durations(graph, store, history)
         run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
-                         expected=expected, shared=dict(shared or {}))
+                         expected=expected, shared=dict(shared or {}), dataset=dataset)
         result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran"})
     return result
@@ -362,7 +378,8 @@ class _Scheduler:
     """State of one run: steps pending, running and done, crash suspects, and the outcomes so far."""
 
     def __init__(self, graph: Graph, *, run_dir: Path, store: CheckpointStore, backend: Any,
-                 fingerprints: Mapping[str, str], expected: Mapping[str, float | None], shared: dict):
+                 fingerprints: Mapping[str, str], expected: Mapping[str, float | None], shared: dict,
+                 dataset: Any = None):
         self.graph = graph
         self.run_dir = run_dir
         self.store = store
@@ -372,6 +389,7 @@ class _Scheduler:
         self.priority = _priorities(graph, expected)
         self.position = {name: i for i, name in enumerate(graph.order)}
         self.shared = shared
+        self.dataset = dataset
         self.concurrency = backend.concurrency
         self.threads = executors.threads_per_worker(self.concurrency)
         self.outcomes: dict[str, StepOutcome] = {}
@@ -394,31 +412,36 @@ class _Scheduler:
             else:
                 self.pending.add(name)
         interrupted, kill = False, True
-        executor = None
+        started = False
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         log.info("run %s: %d steps, %d reused, %d to run on %d worker(s)", self.run_dir, len(self.graph),
                  len(self.done), len(self.pending), self.concurrency)
         with Progress(total=len(self.graph), done=len(self.done), enabled=progress) as bar:
             try:
-                executor = self.backend.start() if self.pending else None
+                started = self._start() if self.pending else False
                 while self.pending or self.running:
-                    executor = self._submit_ready(executor, bar)
+                    started = self._submit_ready(started, bar)
                     finished, _ = wait(self.running, timeout=_TICK_S, return_when=FIRST_COMPLETED)
                     bar.refresh(running=self._running_names(), eta_s=self._eta())
                     for future in finished:
                         if future in self.running:
-                            executor = self._collect(future, executor, bar)
+                            started = self._collect(future, started, bar)
                 kill = False
             except KeyboardInterrupt:
                 interrupted = True
                 log.warning("interrupted: stopping workers; finished checkpoints are kept")
                 self._harvest_finished(bar)
             finally:
-                if executor is not None:
+                if started:
                     self.backend.stop(kill=kill)
         if interrupted:
+            in_flight = self.pending | set(self.running.values())
             for name in self.graph.order:
-                if name not in self.outcomes:
+                if name in self.outcomes:
+                    continue
+                if name not in in_flight and self.store.verify(name, self.fps[name]) is None:
+                    self._reuse(name, status="ran")  # Ctrl-C came after its checkpoint was written
+                else:
                     self._skip(name, "the run was interrupted before this step finished")
         steps = {name: self.outcomes[name] for name in self.graph.order}
         return RunResult(steps=steps, wall_s=time.perf_counter() - t0, run_dir=self.run_dir,
@@ -426,8 +449,15 @@ class _Scheduler:
 
     # -- the loop's parts
 
-    def _submit_ready(self, executor: Any, bar: Progress) -> Any:
-        """Submit ready steps (needs all done) up to the worker limit; raise if nothing can ever run."""
+    def _start(self) -> bool:
+        self.backend.start()
+        return True
+
+    def _submit_ready(self, started: bool, bar: Progress) -> bool:
+        """Submit ready steps (needs all done) up to the worker limit; raise if nothing can ever run.
+
+        Returns whether the backend is started (a broken pool is replaced, or left stopped when no work remains).
+        """
         ready = sorted((n for n in self.pending if set(self.graph[n].needs) <= self.done),
                        key=lambda n: (-self.priority[n], self.position[n]))
         suspects = [n for n in ready if n in self.suspects]
@@ -437,13 +467,13 @@ class _Scheduler:
             step = self.graph[name]
             task = Task(name=name, target=step.target, config=step.config, needs=step.needs,
                          run_dir=str(self.run_dir), workers=self.concurrency, threads=self.threads,
-                         shared=self.shared)
+                         shared=self.shared, files=self._step_files(name) if self.backend.remote else {})
             self.pending.discard(name)
             self.submitted_at[name] = time.perf_counter()
             log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
             bar.started(name, running=[*self._running_names(), name], eta_s=self._eta())
             try:
-                self.running[executor.submit(execute_step, task)] = name
+                self.running[self.backend.submit(task, load_input=self.store.load, dataset=self.dataset)] = name
             except BrokenExecutor as exc:  # the pool broke before its running futures said so
                 self.pending.add(name)
                 return self._pool_broke(list(self.running.values()), exc, bar)
@@ -453,9 +483,9 @@ class _Scheduler:
                 "The scheduler is stuck: nothing is running but steps remain. "
                 f"todo={sorted(self.pending)} done={sorted(self.done)} ready={ready_now}"
             )
-        return executor
+        return started
 
-    def _collect(self, future: Future, executor: Any, bar: Progress) -> Any:
+    def _collect(self, future: Future, started: bool, bar: Progress) -> bool:
         """Record a finished future: checkpoint it, or fail it and skip what needs it."""
         name = self.running.pop(future)
         exc = future.exception()
@@ -463,15 +493,21 @@ class _Scheduler:
             return self._pool_broke([name, *self.running.values()], exc, bar)
         if exc is not None:
             self._fail(name, "".join(traceback.format_exception(exc)), bar)
-            return executor
+            return started
         report = future.result()
+        try:
+            self._keep_handed_back(name, report)
+        except Exception:
+            self._fail(name, "the step ran but its log or files could not be written:\n" + traceback.format_exc(),
+                       bar, report=report)
+            return started
         if report["error"] is not None:
             self._fail(name, report["error"], bar, report=report)
-            return executor
+            return started
         self._finish(name, report, bar)
-        return executor
+        return started
 
-    def _pool_broke(self, lost: list[str], exc: BaseException, bar: Progress) -> Any:
+    def _pool_broke(self, lost: list[str], exc: BaseException, bar: Progress) -> bool:
         """A worker process died and took the pool with it: fail or re-queue ``lost``, start a new pool.
 
         A lone lost step is the culprit. Several go back to the queue and run again one at a
@@ -487,7 +523,7 @@ class _Scheduler:
                         ", ".join(lost))
             self.suspects.update(lost)
             self.pending.update(lost)
-        return self.backend.start() if self.pending else None
+        return self._start() if self.pending else False
 
     def _finish(self, name: str, report: Mapping[str, Any], bar: Progress) -> None:
         step = self.graph[name]
@@ -500,6 +536,7 @@ class _Scheduler:
             "started": utc_iso(report["started"]),
             "ended": utc_iso(report["ended"]),
             "worker": worker,
+            "peak_rss_mb": report.get("peak_rss_mb"),
             "metrics": report["metrics"],
         }
         try:
@@ -512,7 +549,7 @@ class _Scheduler:
         self.outcomes[name] = StepOutcome(
             name=name, group=step.group, status="ran", fingerprint=self.fps[name],
             duration_s=report["duration_s"], worker=worker, started=report["started"],
-            ended=report["ended"], metrics=dict(report["metrics"]),
+            ended=report["ended"], metrics=dict(report["metrics"]), peak_rss_mb=report.get("peak_rss_mb"),
         )
         log.info("ran %s in %.2f s on %s", name, report["duration_s"], worker)
         bar.finished(name, status="ran", duration_s=report["duration_s"], running=self._running_names(),
@@ -524,6 +561,7 @@ class _Scheduler:
             name=name, group=self.graph[name].group, status="failed", fingerprint=self.fps[name],
             duration_s=report.get("duration_s"), worker=self._label(report["worker"]) if report else None,
             started=report.get("started"), ended=report.get("ended"), error=error,
+            peak_rss_mb=report.get("peak_rss_mb"),
         )
         log.error("failed %s: %s (traceback in logs/%s.log and results.json)",
                   name, error.strip().splitlines()[-1], name)
@@ -542,22 +580,65 @@ class _Scheduler:
                                           fingerprint=self.fps[name], error=reason)
         log.warning("skipped %s: %s", name, reason)
 
-    def _reuse(self, name: str) -> None:
+    def _reuse(self, name: str, *, status: str = "reused") -> None:
+        """Record a step from its verified checkpoint's manifest."""
         manifest = self.store.manifest(name) or {}
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=self.graph[name].group, status="reused", fingerprint=self.fps[name],
+            name=name, group=self.graph[name].group, status=status, fingerprint=self.fps[name],
             duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
-            metrics=dict(manifest.get("metrics") or {}),
+            metrics=dict(manifest.get("metrics") or {}), peak_rss_mb=manifest.get("peak_rss_mb"),
         )
 
     def _harvest_finished(self, bar: Progress) -> None:
         """After Ctrl-C, keep the results of steps that finished but were not yet collected."""
         for future in [f for f in self.running if f.done() and not f.cancelled()]:
-            name = self.running[future]
             if future.exception() is None and future.result()["error"] is None:
-                del self.running[future]
-                self._finish(name, future.result(), bar)
+                self._collect(future, True, bar)
+
+    # -- a remote step's log and files (executors without a shared disk)
+
+    def _keep_handed_back(self, name: str, report: Mapping[str, Any]) -> None:
+        """Write the log text and files a remote step handed back into the run folder (whole, atomically).
+
+        The files' paths are recorded in ``logs/<step>.files.json``, so the next attempt at the
+        step (a resume, or a re-run after its inputs changed) gets them back in its scratch folder.
+        """
+        if "log_text" not in report:  # a shared-disk worker wrote both itself
+            return
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        before = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
+        atomic_write_text(log_path, before + report["log_text"])
+        files = report.get("files") or {}
+        for relative, data in files.items():
+            atomic_write_bytes(self._inside_run_dir(name, relative), data)
+        if files:
+            index = self._files_index(name)
+            atomic_write_json(index.path, sorted(set(index.names) | set(files)))
+
+    def _step_files(self, name: str) -> dict[str, bytes]:
+        """The files a remote step handed back in earlier attempts, as they are now in the run folder."""
+        files = {}
+        for relative in self._files_index(name).names:
+            path = self._inside_run_dir(name, relative)
+            if path.is_file():
+                files[relative] = path.read_bytes()
+        return files
+
+    def _files_index(self, name: str) -> _FilesIndex:
+        path = self.run_dir / "logs" / f"{name}.files.json"
+        try:
+            names = json.loads(path.read_text())
+        except (OSError, ValueError):
+            names = []
+        return _FilesIndex(path, [n for n in names if isinstance(n, str)])
+
+    def _inside_run_dir(self, name: str, relative: str) -> Path:
+        """``run_dir / relative``; raise ValueError when a step's file path would leave the run folder."""
+        path = (self.run_dir / relative).resolve()
+        if Path(relative).is_absolute() or not path.is_relative_to(self.run_dir):
+            raise ValueError(f"Step {name!r} handed back the file {relative!r}, which is outside the run folder.")
+        return path
 
     # -- small helpers
 

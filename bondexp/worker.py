@@ -1,19 +1,27 @@
 """What runs inside a worker process: import the step, load its inputs, call it, report back.
 
 Everything here gets plain data only (a :class:`Task`) and returns plain data, so it runs the same
-in the parent (``workers=1``), in a pool process, or on a Dask worker. It is imported light: the
-forkserver preloads it, so a new worker starts in milliseconds.
+in the parent (``workers=1``), in a pool process, or on a Dask worker. On a shared disk
+(:func:`execute_step`) a step reads its inputs from the run folder's checkpoints and writes its log
+there. Without one (:func:`execute_remote_step`, Dask) it gets its inputs and the dataset as
+arguments, works in a scratch folder, and hands back its log text and the files it wrote, which
+only the parent writes into the run folder. It is imported light: the forkserver preloads it, so
+a new worker starts in milliseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import resource
 import signal
+import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +41,12 @@ class StepContext:
     name : str
         The step's name.
     run_dir : Path
-        The run folder (only the tuning step keeps files here: its study storage).
+        The run folder (only the tuning step keeps files here: its study storage). On a cluster
+        without a shared disk, a scratch folder holding the files this step left in the run
+        folder before; whatever the step writes there is copied back into the run folder.
     workers : int
         Steps the run executes at once; a step that starts its own processes stays within it.
+        ``1`` on a Dask worker, whose process may not start children.
     threads : int
         The step's BLAS/OpenMP thread budget (already applied with threadpoolctl).
     shared : dict
@@ -64,29 +75,81 @@ class Task:
     workers: int
     threads: int
     shared: dict
+    #: Files (path relative to the run folder -> bytes) the step left there before; sent to a remote step.
+    files: dict = field(default_factory=dict)
 
 
 def execute_step(task: Task) -> dict[str, Any]:
-    """Run one step in a worker: import it, load its inputs, call it under the thread budget.
+    """Run one step on the run folder's disk: inputs from its checkpoints, log to ``logs/<step>.log``.
 
     Returns
     -------
     dict
         ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``started`` and
-        ``ended`` (POSIX seconds), ``duration_s`` and ``worker`` (``host:pid``). A step that
-        raises is reported in ``error``, not raised, so the parent records it as a value.
+        ``ended`` (POSIX seconds), ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb``
+        (see :class:`_PeakRSS`). A step that raises is reported in ``error``, not raised, so the
+        parent records it as a value.
     """
-    started, t0 = time.time(), time.perf_counter()
     run_dir = Path(task.run_dir)
-    step_log, handlers = _open_step_log(task.name, run_dir / "logs" / f"{task.name}.log")
+    store = CheckpointStore(run_dir / "checkpoints")
+    return _run(task, run_dir=run_dir, log_path=run_dir / "logs" / f"{task.name}.log",
+                load_inputs=lambda: {need: store.load(need) for need in task.needs},
+                threads=task.threads, workers=task.workers, own_process=executors.IN_POOL_WORKER)
+
+
+def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], artifacts: Mapping[str, Any],
+                        dataset: Any = None) -> dict[str, Any]:
+    """Run one step on a Dask worker that shares no disk with the parent.
+
+    Parameters
+    ----------
+    task : Task
+        The step; ``task.files`` pre-fill its scratch run folder.
+    reports : mapping
+        Need name -> the report of a need that ran in this run (its artifact is taken from it).
+    artifacts : mapping
+        Need name -> the artifact of a need reused from a checkpoint (the parent sent it).
+    dataset : Dataset, optional
+        The run's dataset, scattered once by the parent; the step's ``dataset_for`` returns it.
+
+    Returns
+    -------
+    dict
+        What :func:`execute_step` returns, plus ``log_text`` (the step's log) and ``files``
+        (path relative to the run folder -> bytes: every file the step wrote or changed).
+        The thread budget is this worker's cores divided by its task slots (``nthreads``).
+    """
+    with tempfile.TemporaryDirectory(prefix=f"bondexp-{task.name}-", dir=_scratch_parent()) as scratch:
+        run_dir, log_path = Path(scratch) / "run", Path(scratch) / "step.log"
+        run_dir.mkdir()
+        sent = {}
+        for relative, data in task.files.items():
+            path = run_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            sent[relative] = hashlib.sha256(data).hexdigest()
+        inputs = {**{need: report["artifact"] for need, report in reports.items()}, **artifacts}
+        with _dataset_provided(dataset):
+            report = _run(task, run_dir=run_dir, log_path=log_path, load_inputs=lambda: inputs,
+                          threads=_dask_worker_threads(), workers=1, own_process=True)
+        report["log_text"] = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
+        report["files"] = _written_files(run_dir, sent)
+    return report
+
+
+def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[], dict], threads: int,
+         workers: int, own_process: bool) -> dict[str, Any]:
+    """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
+    started, t0 = time.time(), time.perf_counter()
+    step_log, handlers = _open_step_log(task.name, log_path)
     artifact, metrics, error = None, {}, None
+    peak = _PeakRSS(reset=own_process)
     try:
-        step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, task.threads)
+        step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
         fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
-        store = CheckpointStore(run_dir / "checkpoints")
-        inputs = {need: store.load(need) for need in task.needs}
-        ctx = StepContext(task.name, run_dir, task.workers, task.threads, dict(task.shared), step_log)
-        with threadpool_limits(limits=task.threads), _interruptible():
+        inputs = load_inputs()
+        ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log)
+        with threadpool_limits(limits=threads), _interruptible():
             artifact = fn(dict(task.config), inputs, ctx)
         metrics = _check_artifact(task.name, artifact)
         step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
@@ -103,7 +166,94 @@ def execute_step(task: Task) -> dict[str, Any]:
         "ended": time.time(),
         "duration_s": time.perf_counter() - t0,
         "worker": executors.worker_label(),
+        "peak_rss_mb": peak.mb(),
     }
+
+
+class _PeakRSS:
+    """The peak resident memory of a step's process (MiB), and of the children it waited for if larger.
+
+    In a worker process (a pool process or a Dask worker) the kernel's peak (``VmHWM``) is reset
+    when the step starts (Linux ``/proc/self/clear_refs``), so the figure is the step's own. In
+    the parent (``workers=1``) it is not reset, since that would lose the run's own peak: the
+    figure is then the parent's peak up to the step's end. Children (the tuning step's trial
+    processes) count once reaped, when their peak is above every earlier child's.
+    """
+
+    def __init__(self, *, reset: bool):
+        if reset:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        self._children_before = _maxrss_mb(resource.RUSAGE_CHILDREN)
+
+    def mb(self) -> float:
+        own = _vm_hwm_mb()
+        own = own if own is not None else _maxrss_mb(resource.RUSAGE_SELF)
+        children = _maxrss_mb(resource.RUSAGE_CHILDREN)
+        if children > self._children_before:
+            own = max(own, children)
+        return round(own, 1)
+
+
+def _vm_hwm_mb() -> float | None:
+    """``VmHWM`` of this process in MiB (Linux), or ``None`` where /proc has no such line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_mb(who: int) -> float:
+    """``ru_maxrss`` in MiB (kilobytes on Linux, bytes on macOS)."""
+    value = resource.getrusage(who).ru_maxrss
+    return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
+
+
+def _scratch_parent() -> str | None:
+    """The Dask worker's own ``--local-directory`` when running on one, else the system's temp folder."""
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    return None
+
+
+def _dask_worker_threads() -> int:
+    """BLAS/OpenMP threads per task on this Dask worker: its own cores over its task slots (``nthreads``)."""
+    slots = 1
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    return max(1, executors.cpu_count() // max(1, slots))
+
+
+@contextlib.contextmanager
+def _dataset_provided(dataset: Any) -> Iterator[None]:
+    """Make ``dataset_for`` return the dataset the parent sent, and forget it afterwards (workers outlive runs)."""
+    if dataset is None:
+        yield
+        return
+    from bondexp.features import provided_dataset
+
+    with provided_dataset(dataset):
+        yield
+
+
+def _written_files(run_dir: Path, sent: Mapping[str, str]) -> dict[str, bytes]:
+    """Files under ``run_dir`` that are new or differ from what was sent (relative POSIX path -> bytes)."""
+    files: dict[str, bytes] = {}
+    if not run_dir.is_dir():
+        return files
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(run_dir).as_posix()
+        data = path.read_bytes()
+        if sent.get(relative) != hashlib.sha256(data).hexdigest():
+            files[relative] = data
+    return files
 
 
 @contextlib.contextmanager

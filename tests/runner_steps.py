@@ -78,3 +78,21 @@ def gated(config, inputs, ctx):
 
 
 NOT_CALLABLE = 42  # a target that imports but cannot be called
+
+
+def uses_dataset(config, inputs, ctx):
+    """Read the run's dataset the way model steps do; return its row count."""
+    from bondexp.features import dataset_for
+
+    dataset = dataset_for(ctx.shared)
+    return {"value": float(len(dataset.y)), "metrics": {"rows": len(dataset.y)}}
+
+
+def counts_attempts(config, inputs, ctx):
+    """Keep a file in the run folder counting this step's attempts, as the tuning step keeps its journal."""
+    path = Path(ctx.run_dir) / "notes" / "attempts.txt"
+    attempts = int(path.read_text()) + 1 if path.exists() else 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(attempts))
+    ctx.log.info("attempt %d", attempts)
+    return {"value": float(attempts), "run_dir": str(ctx.run_dir), "threads": ctx.threads, "metrics": {}}

@@ -180,3 +180,14 @@ def test_fingerprint_hashes_file_contents(csv_files, tmp_path):
     assert data_fingerprint(cfg, seed=0) != before
     with pytest.raises(ConfigError, match="'data.spread_path' config key must name an existing file"):
         data_fingerprint({**cfg, "spread_path": "/missing.csv"}, seed=0)
+
+
+def test_relative_paths_are_made_absolute_for_workers_elsewhere(csv_files, tmp_path, monkeypatch):
+    from bondexp.data import with_absolute_paths
+
+    copy = tmp_path / "bonds.csv"
+    copy.write_bytes(open(csv_files["path"], "rb").read())
+    monkeypatch.chdir(tmp_path)
+    cfg = with_absolute_paths(cfg_for({**csv_files, "path": "bonds.csv", "spread_path": None}))
+    assert cfg["path"] == str(copy) and cfg["curve_path"] == csv_files["curve_path"] and cfg["spread_path"] is None
+    assert with_absolute_paths({"source": "synthetic", "n_observations": 10}) == {"source": "synthetic", "n_observations": 10}

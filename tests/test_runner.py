@@ -328,6 +328,16 @@ def test_dask_local_cluster(tmp_path):
     assert artifact(tmp_path, "a")["pid"] != os.getpid()
 
 
+def test_every_step_records_its_peak_memory(tmp_path):
+    result = run(diamond(), tmp_path, workers=2)
+    assert result.ok, result.summary_table()
+    for name, step in result.to_dict()["steps"].items():
+        manifest = json.loads((tmp_path / "checkpoints" / f"{name}.json").read_text())
+        assert step["peak_rss_mb"] == manifest["peak_rss_mb"] > 0
+    reused = run(diamond(), tmp_path, workers=2)
+    assert reused.to_dict()["steps"]["a"]["peak_rss_mb"] == result.to_dict()["steps"]["a"]["peak_rss_mb"]
+
+
 def test_thread_budget_honours_the_share_a_launcher_gave(monkeypatch):
     from bondexp.executors import cpu_count, threads_per_worker
 

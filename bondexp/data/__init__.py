@@ -104,6 +104,19 @@ def data_fingerprint(data_cfg: Mapping, *, seed: int) -> str:
     return digest.hexdigest()
 
 
+def with_absolute_paths(data_cfg: Mapping) -> dict:
+    """``data_cfg`` with its file keys made absolute against the current folder (the parent's).
+
+    Steps on other machines (a Dask cluster) get the config as data; a relative path there
+    would name a file relative to the worker's own folder.
+    """
+    cfg = _plain(data_cfg)
+    for key in _FILE_KEYS:
+        if cfg.get(key) not in (None, "???"):
+            cfg[key] = str(Path(cfg[key]).expanduser().absolute())
+    return cfg
+
+
 def existing_path(cfg: Mapping, key: str) -> Path:
     """The file ``data.<key>`` names, which must exist.
 

@@ -1,0 +1,309 @@
+"""Steps on a real Dask cluster started with the `dask` command-line tools, sharing no state with the run.
+
+One `dask scheduler` and two `dask worker` processes on 127.0.0.1, each worker in its own working
+and local directory. The runner tests send tiny steps; the whole-run tests run `python -m bondexp`
+against the cluster and compare with the local executor. Every process started here is stopped
+(its whole process group) by the fixture's finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+import pytest
+
+pytest.importorskip("distributed")
+
+import runner_steps  # noqa: E402
+from bondexp.executors import cpu_count  # noqa: E402
+from bondexp.graph import Step, build_graph  # noqa: E402
+from bondexp.runner import run_graph  # noqa: E402
+from conftest import make_toy_dataset  # noqa: E402
+
+TESTS = Path(__file__).parent
+MOD = runner_steps.__name__
+DASK = Path(sys.executable).parent / "dask"
+QUICK = ["data=small", "model=[basic,factor]", "tune.n_trials=3", "tune.timeout=60", "eval.n_bootstrap=50",
+         "progress=false"]
+
+if not DASK.exists():
+    pytest.skip(f"the dask command-line tool is not installed beside {sys.executable}", allow_module_level=True)
+
+
+# ----------------------------------------------------------------------------- a cluster from the command line
+
+
+@dataclass
+class Cluster:
+    address: str
+    root: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    workers: dict[Path, subprocess.Popen] = field(default_factory=dict)  # local directory -> worker process
+
+    def client(self):
+        from distributed import Client
+
+        return Client(self.address, timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(cluster: Cluster, args: list[str], *, cwd: Path, log_name: str, env: dict) -> subprocess.Popen:
+    log = open(cluster.root / log_name, "wb")
+    process = subprocess.Popen([str(DASK), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # its own process group, so the finalizer stops its children
+    log.close()
+    cluster.processes.append(process)
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        with _suppress_gone():
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    with _suppress_gone():
+        os.killpg(process.pid, signal.SIGKILL)  # the nanny's worker process too, if it outlived the nanny
+    process.wait(timeout=10)
+
+
+class _suppress_gone:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is ProcessLookupError
+
+
+@contextlib.contextmanager
+def _cluster_starter(tmp_path_factory):
+    """Yield ``start(n_workers=2, nthreads=1) -> Cluster``; every process it started is stopped on exit."""
+    clusters: list[Cluster] = []
+
+    def start(*, n_workers: int = 2, nthreads: int = 1) -> Cluster:
+        root = tmp_path_factory.mktemp("cluster")
+        port = _free_port()
+        cluster = Cluster(address=f"tcp://127.0.0.1:{port}", root=root)
+        clusters.append(cluster)
+        # Workers import the tests' step module; they get no cache folder and no thread pin of the caller's.
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "BONDEXP_CACHE_DIR")}
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+        _start(cluster, ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+               cwd=root, log_name="scheduler.log", env=env)
+        for i in range(n_workers):
+            home = root / f"worker{i}"
+            home.mkdir()
+            cluster.workers[home] = _start(
+                cluster, ["worker", cluster.address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
+                          "--no-dashboard", "--local-directory", str(home), "--death-timeout", "60"],
+                cwd=home, log_name=f"worker{i}.log", env={**env, "BONDEXP_CACHE_DIR": str(home / "cache")},
+            )
+        with cluster.client() as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            for process in reversed(cluster.processes):  # workers first, then the scheduler
+                _stop(process)
+
+
+@pytest.fixture
+def start_cluster(tmp_path_factory):
+    """A test's own clusters: ``start_cluster(n_workers=2, nthreads=1)``."""
+    with _cluster_starter(tmp_path_factory) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One two-worker cluster shared by the tests that do not break it."""
+    with _cluster_starter(tmp_path_factory) as start:
+        yield start()
+
+
+# ----------------------------------------------------------------------------- the runner on the cluster
+
+
+def S(name, fn="work", needs=(), **config):
+    return Step(name, f"{MOD}.{fn}", needs=tuple(needs), group="g", config=config)
+
+
+def _run(graph, run_dir, cluster, **kwargs):
+    kwargs.setdefault("data_fingerprint", "toy-data")
+    return run_graph(graph, run_dir=run_dir, executor="dask", executor_options={"address": cluster.address},
+                     progress=False, **kwargs)
+
+
+def _artifact(run_dir, name):
+    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.joblib")
+
+
+def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path):
+    toy = make_toy_dataset(n_bonds=20, n_months=24)
+    # A step that read the cache would fail: this data config cannot be built and the folder does not exist.
+    shared = {"data": {"source": "not-on-this-worker"}, "seed": 0, "cache_dir": str(tmp_path / "no-cache"),
+              "data_fingerprint": toy.fingerprint}
+    graph = build_graph([S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"),
+                         S("total", needs=["rows", "counter"], value=0.5)])
+    run_dir = tmp_path / "run"
+    result = _run(graph, run_dir, cluster, shared=shared, dataset=toy, workers=2)
+    assert result.ok, result.summary_table()
+    assert _artifact(run_dir, "rows")["value"] == len(toy.y)
+    assert _artifact(run_dir, "total")["value"] == len(toy.y) + 1 + 0.5
+    assert not (tmp_path / "no-cache").exists()
+    # The step wrote into a scratch folder on its worker; the parent wrote the file and the log.
+    scratch = Path(_artifact(run_dir, "counter")["run_dir"])
+    assert scratch != run_dir and not scratch.exists()
+    assert (run_dir / "notes" / "attempts.txt").read_text() == "1"
+    assert "attempt 1" in (run_dir / "logs" / "counter.log").read_text()
+    assert json.loads((run_dir / "logs" / "counter.files.json").read_text()) == ["notes/attempts.txt"]
+    assert all(step.peak_rss_mb > 0 for step in result.steps.values())
+    assert json.loads((run_dir / "checkpoints" / "rows.json").read_text())["peak_rss_mb"] > 0
+
+    # Run again: the counter's scratch folder starts from the parent's file; the reused step's
+    # artifact reaches its dependent from the parent's checkpoint.
+    graph = build_graph([S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"),
+                         S("total", needs=["rows", "counter"], value=0.25)])
+    store_before = (run_dir / "checkpoints" / "rows.json").read_text()
+    result = _run(graph, run_dir, cluster, shared=shared, dataset=toy, workers=2, resume=True)
+    assert result.ok, result.summary_table()
+    assert {n: s.status for n, s in result.steps.items()} == {"rows": "reused", "counter": "reused", "total": "ran"}
+    assert _artifact(run_dir, "total")["value"] == len(toy.y) + 1 + 0.25
+    assert (run_dir / "checkpoints" / "rows.json").read_text() == store_before
+    result = _run(graph, run_dir, cluster, shared=shared, dataset=toy, workers=2, resume=False)
+    assert result.ok, result.summary_table()
+    assert (run_dir / "notes" / "attempts.txt").read_text() == "2"
+    assert "attempt 1" in (log := (run_dir / "logs" / "counter.log").read_text()) and "attempt 2" in log
+    for home in cluster.workers:
+        assert not list(home.rglob("attempts.txt")) and not (home / "cache").exists()
+
+
+def test_thread_budget_comes_from_the_workers_own_cores(start_cluster, tmp_path):
+    cluster = start_cluster(n_workers=1, nthreads=2)
+    graph = build_graph([S("counter", fn="counts_attempts")])
+    result = _run(graph, tmp_path, cluster, workers=1)
+    assert result.ok, result.summary_table()
+    # Two task slots on this worker: half its cores each, whatever the parent's `workers` says.
+    assert _artifact(tmp_path, "counter")["threads"] == max(1, cpu_count() // 2)
+
+
+# ----------------------------------------------------------------------------- whole runs on the cluster
+
+
+def _bondexp_env(cache: Path) -> dict:
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)}
+
+
+def bondexp(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=_bondexp_env(cache),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _metrics(run_dir: Path) -> dict:
+    return {name: step["metrics"] for name, step in _results(run_dir)["steps"].items()}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    """The reference: the same experiment on the local executor, in-process."""
+    run_dir = tmp_path_factory.mktemp("local")
+    bondexp(*QUICK, "workers=1", f"hydra.run.dir={run_dir}", cwd=run_dir, cache=tmp_path_factory.mktemp("cache"))
+    return run_dir
+
+
+def test_a_run_on_the_cluster_equals_the_local_run_and_resumes_its_study(cluster, local_run, tmp_path):
+    run_dir = tmp_path / "run"
+    cluster_run = [*QUICK, "executor=dask", f"executor.address={cluster.address}", f"hydra.run.dir={run_dir}"]
+    bondexp(*cluster_run, cwd=tmp_path, cache=tmp_path / "cache")
+    results = _results(run_dir)
+    assert results["ok"] and results["executor"] == "dask"
+    assert _metrics(run_dir) == _metrics(local_run)
+    for name, step in results["steps"].items():
+        assert step["peak_rss_mb"] > 0, name
+        assert f"step {name} finished" in (run_dir / "logs" / f"{name}.log").read_text()
+    assert (run_dir / "tuning" / "journal.log").is_file()  # written by the parent, from the tune step's files
+    for home in cluster.workers:  # nothing of the run stayed on a worker's disk
+        assert not [p for p in home.rglob("*") if p.suffix in (".log", ".joblib") and "bondexp" in str(p)]
+        assert not (home / "cache").exists()
+
+    # More trials: the tune step starts from the journal the parent sends, so the study resumes.
+    bondexp(*cluster_run, "tune.n_trials=5", cwd=tmp_path, cache=tmp_path / "cache")
+    steps = _results(run_dir)["steps"]
+    assert steps["tune"]["status"] == "ran" and steps["basic"]["status"] == "reused"
+    assert "3 trial(s) done, 2 to run" in (run_dir / "logs" / "tune.log").read_text()
+
+
+def _worker_running_a_step(client, run: subprocess.Popen, deadline_s: float = 300) -> str:
+    """The local directory of a worker that is running a bondexp step now."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert run.poll() is None, "the run ended before any step was seen running"
+        for address, keys in client.processing().items():
+            if any(str(key).startswith("bondexp-step-") for key in keys):
+                return client.scheduler_info()["workers"][address]["local_directory"]
+        time.sleep(0.05)
+    raise AssertionError("no step was seen running on the cluster")
+
+
+def test_killing_a_worker_mid_run_loses_nothing(start_cluster, local_run, tmp_path):
+    cluster = start_cluster()
+    run_dir = tmp_path / "run"
+    output = tmp_path / "output.txt"
+    with open(output, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "bondexp", *QUICK, "executor=dask", f"executor.address={cluster.address}",
+             f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path, env=_bondexp_env(tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with cluster.client() as client:
+            busy = _worker_running_a_step(client, run)
+        home = next(home for home in cluster.workers if busy.startswith(str(home)))
+        os.killpg(cluster.workers[home].pid, signal.SIGKILL)  # the nanny and its worker, mid-step
+        code = run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert code == 0, output.read_text()
+    results = _results(run_dir)
+    assert results["ok"] and all(step["status"] == "ran" for step in results["steps"].values())
+    assert _metrics(run_dir) == _metrics(local_run)
+
+
+def test_an_address_with_no_scheduler_is_named(tmp_path):
+    import dask
+
+    from bondexp.errors import ConfigError
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ConfigError, match=f"'executor.address' .* Got '{address}', which did not answer"):
+            _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
