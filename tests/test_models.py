@@ -24,7 +24,7 @@ MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_r
 FEATURE_SETS = {"bond": list(BOND_FEATURES), "all": list(FEATURES)}
 ES = {"enabled": True, "patience": 5, "validation_fraction": 0.1, "tol": 1e-4}
 #: Budget cuts so each model trains in about a second on the toy panel.
-FAST = {"automl": {"n_candidates": 4, "time_budget_s": 5}, "advanced": {"forest_n_estimators": 20}}
+FAST = {"automl": {"n_candidates": 4, "time_limit_s": 600}, "advanced": {"forest_n_estimators": 20}}
 
 
 def step_config(name: str, *, estimator=None, early_stopping=None) -> dict:
@@ -192,12 +192,14 @@ def test_no_feature_leaks_the_market_price_or_an_oracle_column(toy_dataset):
                 assert corr < 0.95, f"feature {name} tracks {what} (|corr| = {corr:.3f})"
 
 
-def test_build_and_fit_never_read_meta(toy_dataset):
-    """A dataset whose meta raises on access still trains and predicts: fitting sees features only."""
+def test_build_and_fit_read_no_meta_but_the_dates(toy_dataset):
+    """Fitting sees features only, plus each row's observation date to cut holdouts between months."""
 
     class Guarded(dict):
         def __getitem__(self, key):
-            raise AssertionError(f"meta[{key!r}] read while fitting")
+            if key != "obs_date":
+                raise AssertionError(f"meta[{key!r}] read while fitting")
+            return super().__getitem__(key)
 
     guarded = features_module.Dataset(
         fingerprint="guarded",
@@ -205,7 +207,7 @@ def test_build_and_fit_never_read_meta(toy_dataset):
         X=toy_dataset.X,
         y=toy_dataset.y,
         splits=toy_dataset.splits,
-        meta=Guarded(),
+        meta=Guarded(obs_date=toy_dataset.meta["obs_date"]),
     )
     for name in ("enhanced", "tail_risk", "bayesian", "regime"):
         fitted, preds = fit_predict(step_config(name), guarded)
