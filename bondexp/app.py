@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bondexp.checkpoints import atomic_write_json
+from bondexp.checkpoints import CheckpointStore, atomic_write_json
 from bondexp.config import collect_models, validate_config
 from bondexp.features import load_dataset
 from bondexp.graph import build_graph
@@ -164,8 +164,6 @@ def write_outputs(
     """
     import importlib
 
-    import joblib
-
     from bondexp.report import write_report
 
     stamp = run_dir / OUTPUTS_STAMP
@@ -175,11 +173,12 @@ def write_outputs(
         return
     result.write(run_dir)
     artifacts: Dict[str, Dict[str, Any]] = {}
+    store = CheckpointStore(run_dir / "checkpoints")
     for name in OUTPUT_WRITERS:
         step = result.steps.get(name)
         if step is None or step.status not in ("ran", "reused"):
             continue
-        artifacts[name] = joblib.load(run_dir / "checkpoints" / f"{name}.joblib")
+        artifacts[name] = store.load(name)
     extra_rows: List[Dict[str, Any]] = []
     if "tune" in artifacts and "evaluate" in artifacts:
         extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))
