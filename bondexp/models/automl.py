@@ -72,8 +72,9 @@ class AutoMLRegressor(CompositeRegressor):
     n_candidates : int
         Trials in the search, the budget (the first trial of each family uses its defaults' region).
     time_limit_s : float, optional
-        Safety cap: no trial starts after this many seconds (None: no cap). When it binds the
-        search depends on the machine's speed, and the metrics say so.
+        Safety cap: after the first trial, no trial starts once this many seconds have passed
+        (None: no cap). When it binds the search depends on the machine's speed, and the metrics
+        say so.
     n_folds : int
         Expanding-window folds of whole months for each trial's score.
     max_search_rows : int
@@ -169,7 +170,8 @@ class AutoMLRegressor(CompositeRegressor):
         for family in self.families:  # every family gets one look before TPE narrows down
             study.enqueue_trial({"family": family})
         n_trials = max(self.n_candidates, len(self.families))
-        study.optimize(objective, n_trials=n_trials, timeout=self.time_limit_s)
+        study.optimize(objective, n_trials=1)  # the first candidate always runs, whatever the cap
+        study.optimize(objective, n_trials=n_trials - 1, timeout=self.time_limit_s)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         time_limited = len(study.trials) < n_trials
         self.trials_ = [
