@@ -100,7 +100,7 @@ def test_full_report_has_every_section(tmp_path, evaluate_artifact):
     for model in ("enhanced_tuned", "enhanced", "basic", "dcf_baseline", "oracle"):
         assert f"| {model} |" in text, model
     chosen = evaluate_artifact["metrics"]["best_model"]  # validation's choice, not the lowest test RMSE (enhanced_tuned)
-    assert f"Best model, chosen on validation (lowest validation RMSE" in text and f"**{chosen}**, test RMSE" in text
+    assert "Best model, chosen on validation (lowest validation RMSE" in text and f"**{chosen}**, test RMSE" in text
     assert f"| {chosen} * |" in text
     assert "50% sample, stratified by rating" in text
     assert "| curve_level | alert | 0.4200 |" in text and "| credit_spread | warn |" in text
