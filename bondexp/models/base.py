@@ -24,7 +24,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from bondexp.data.split import month_holdout
+from bondexp.data.split import month_holdout, month_labels
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
 
 #: Early-stopping settings used when none are given (the defaults of ``conf/config.yaml``).
@@ -188,7 +188,10 @@ def fit_time_ordered(model, X, y, *, groups=None):
         return model.fit(X, y)
     Xt = model[:-1].fit_transform(X, y) if isinstance(model, Pipeline) and len(model) > 1 else X
     fraction = float(params.get("validation_fraction") or DEFAULT_EARLY_STOPPING["validation_fraction"])
-    rows = month_holdout(row_months(groups, len(y)), fraction=fraction)
+    months = row_months(groups, len(y))
+    if len(np.unique(month_labels(months))) < 2:  # one month (a small regime's rows): cut in row order
+        months = np.arange(len(y))
+    rows = month_holdout(months, fraction=fraction)
     Xa, Xb = (Xt.iloc[r] if isinstance(Xt, pd.DataFrame) else Xt[r] for r in rows)
     y = np.asarray(y)
     est.fit(Xa, y[rows[0]], X_val=Xb, y_val=y[rows[1]])
