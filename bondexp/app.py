@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_json
+from bondexp.checkpoints import CheckpointStore
 from bondexp.config import collect_models, validate_config
 from bondexp.features import load_dataset
 from bondexp.graph import build_graph
@@ -169,8 +170,6 @@ def write_outputs(
     """
     import importlib
 
-    import joblib
-
     from bondexp.report import write_report
 
     stamp = run_dir / OUTPUTS_STAMP
@@ -180,11 +179,12 @@ def write_outputs(
         return
     result.write(run_dir)
     artifacts: Dict[str, Dict[str, Any]] = {}
+    store = CheckpointStore(run_dir / "checkpoints")
     for name in OUTPUT_WRITERS:
         step = result.steps.get(name)
         if step is None or step.status not in ("ran", "reused"):
             continue
-        artifacts[name] = joblib.load(run_dir / "checkpoints" / f"{name}.joblib")
+        artifacts[name] = store.load(name)
     extra_rows: List[Dict[str, Any]] = []
     if "tune" in artifacts and "evaluate" in artifacts:
         extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))

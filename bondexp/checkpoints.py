@@ -3,7 +3,10 @@
 Every file is written whole through :mod:`bondexp.atomic`, so a crash at any moment leaves
 either a complete checkpoint or none.
 A checkpoint is reused only when its manifest's fingerprint matches the step as configured
-now and the artifact's sha256 matches the manifest. Only the parent process writes here.
+now (config, inputs, data, and the versions of bondexp and the libraries whose objects it
+pickles) and the artifact's sha256 matches the manifest. Every load of a pickle goes through
+:func:`load_verified`, which checks the sha256 first: unpickling runs code, so a file that is not
+byte for byte the one this program wrote is never unpickled. Only the parent process writes here.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from typing import Any
 import joblib
 
 from bondexp.atomic import atomic_file, atomic_write_json
-from bondexp.errors import RunLockedError
+from bondexp.errors import CheckpointError, RunLockedError
 
 MANIFEST_FORMAT = 1
 _VERSIONED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna", "QuantLib")
+#: What a step's fingerprint holds besides its config: the packages whose code made the result
+#: or whose classes are in its pickle (Python's own version is recorded, not fingerprinted).
+FINGERPRINTED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna")
 
 
 def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, str], data: str) -> str:
@@ -47,9 +53,15 @@ def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, 
     Returns
     -------
     str
-        sha256 hex digest of a canonical JSON of the four parts.
+        sha256 hex digest of a canonical JSON of the four parts and :func:`fingerprinted_versions`.
     """
-    payload = {"target": target, "config": config, "inputs": dict(sorted(inputs.items())), "data": data}
+    payload = {
+        "target": target,
+        "config": config,
+        "inputs": dict(sorted(inputs.items())),
+        "data": data,
+        "versions": fingerprinted_versions(),
+    }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -71,6 +83,41 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     return versions
+
+
+def fingerprinted_versions() -> dict[str, str]:
+    """The installed versions of the :data:`FINGERPRINTED` packages (those installed)."""
+    return {name: v for name, v in library_versions().items() if name in FINGERPRINTED}
+
+
+def changed_versions(recorded: Mapping[str, str] | None) -> list[str]:
+    """``"scikit-learn 1.5.0 -> 1.6.1"`` for each fingerprinted package whose version differs from ``recorded``."""
+    recorded = recorded or {}
+    now = fingerprinted_versions()
+    return [
+        f"{name} {recorded.get(name, 'absent')} -> {now.get(name, 'absent')}"
+        for name in FINGERPRINTED
+        if recorded.get(name) != now.get(name)
+    ]
+
+
+def load_verified(path: Path, sha256: str | None) -> Any:
+    """Unpickle ``path`` only after checking that its bytes have the ``sha256`` its manifest recorded.
+
+    Raises
+    ------
+    CheckpointError
+        If ``sha256`` is missing or the file's digest differs (the file is then never unpickled).
+    """
+    if not sha256:
+        raise CheckpointError(f"The checkpoint {str(path)!r} has no recorded sha256 (no manifest); it is not loaded.")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise CheckpointError(
+            f"The checkpoint {str(path)!r} has sha256 {digest[:12]}..., not the {sha256[:12]}... its manifest "
+            "recorded: it changed after it was written. It is not loaded; resume to re-run that step."
+        )
+    return joblib.load(path)
 
 
 def utc_iso(timestamp: float | None) -> str | None:
@@ -124,8 +171,14 @@ class CheckpointStore:
         return full
 
     def load(self, name: str) -> Any:
-        """Load a step's artifact (called in workers to build a step's inputs)."""
-        return joblib.load(self.artifact_path(name))
+        """Load a step's artifact after verifying its sha256 against the manifest (see :func:`load_verified`).
+
+        Raises
+        ------
+        CheckpointError
+            If the manifest is missing or the artifact's bytes differ from what it recorded.
+        """
+        return load_verified(self.artifact_path(name), (self.manifest(name) or {}).get("sha256"))
 
     def manifest(self, name: str) -> dict[str, Any] | None:
         """The step's manifest, or ``None`` when it is missing or unreadable."""
@@ -147,6 +200,9 @@ class CheckpointStore:
         if manifest is None:
             return "no checkpoint"
         if manifest.get("fingerprint") != expected_fingerprint:
+            changed = changed_versions(manifest.get("versions"))
+            if changed:
+                return f"library versions changed: {', '.join(changed)}"
             return "stale (config, inputs or data changed)"
         try:
             digest = sha256_file(self.artifact_path(name))

@@ -23,3 +23,7 @@ class GraphError(BondexpError):
 
 class RunLockedError(BondexpError):
     """Another live process is using this run folder."""
+
+
+class CheckpointError(BondexpError):
+    """A checkpoint's bytes do not match the sha256 its manifest recorded (or it has no manifest)."""

@@ -13,7 +13,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 import numpy as np
 
 from bondexp.atomic import atomic_write_text
-from bondexp.steps.evaluate import REFERENCES, leaderboard_markdown
+from bondexp.steps.evaluate import leaderboard_markdown
 
 #: Metrics shown per step in the step table (the first two a step reports, in this order).
 KEY_METRICS = ("val_rmse", "best_model", "best_rmse", "best_value", "n_alert", "n_warn", "val_coverage", "n_iter")
@@ -148,6 +148,7 @@ def _leaderboard(rows: Sequence[Mapping[str, Any]], artifact: Optional[Mapping[s
         return "\n".join(lines + [f"No leaderboard: the evaluate step {status}."])
     n = rows[0].get("n")
     config = (artifact or {}).get("config", {})
+    chosen = (artifact or {}).get("metrics", {}).get("best_model")
     sample = f"{n:,} test rows" if isinstance(n, (int, np.integer)) else "the test rows"
     if config.get("sample_pct", 100) < 100:
         sample += f" ({config['sample_pct']:g}% sample, stratified by rating, seed {config.get('seed')})"
@@ -158,13 +159,13 @@ def _leaderboard(rows: Sequence[Mapping[str, Any]], artifact: Optional[Mapping[s
         "the oracle's improvement it has not reached (0 = as good as the oracle). The RMSE interval is a "
         f"{100 * config.get('confidence', 0.95):g}% row bootstrap.",
         "",
-        leaderboard_markdown(rows),
+        leaderboard_markdown(rows, chosen=chosen),
     ]
-    trained = [r for r in rows if r["model"] not in REFERENCES]
-    if trained:
-        best = trained[0]
+    best = next((r for r in rows if r["model"] == chosen), None)
+    if best is not None:
         lines.append(
-            f"Best model: **{best['model']}**, RMSE {best['rmse']:.4f} "
+            f"Best model, chosen on validation (lowest validation RMSE, {_num(best.get('val_rmse'), 4)}): "
+            f"**{best['model']}**, test RMSE {best['rmse']:.4f} "
             f"[{_num(best.get('rmse_ci_low'), 4)}, {_num(best.get('rmse_ci_high'), 4)}]"
             + _against_dcf(best.get("improvement_pct"))
         )

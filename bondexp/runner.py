@@ -77,6 +77,8 @@ class StepOutcome:
             "started": utc_iso(self.started),
             "ended": utc_iso(self.ended),
             "metrics": self.metrics,
+            # A step whose metrics say reproducible=false (a time cap bound) may differ on a re-run.
+            "reproducible": self.metrics.get("reproducible", True) is not False,
             "error": self.error,
             "fingerprint": self.fingerprint,
         }

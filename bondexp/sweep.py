@@ -16,7 +16,7 @@ from bondexp.atomic import atomic_write_text
 
 
 def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
-    """One row per job folder: its overrides, status, wall time and best model by test RMSE."""
+    """One row per job folder: its overrides, status, wall time, the model validation chose and its test RMSE."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
@@ -36,8 +36,9 @@ def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
         leaderboard = job / "leaderboard.csv"
         if leaderboard.exists():
             models = [r for r in csv.DictReader(leaderboard.open()) if r["model"] not in ("dcf_baseline", "oracle")]
-            if models:
-                best = min(models, key=lambda r: float(r["rmse"]))
+            chosen = [r for r in models if r.get("val_rmse")]  # validation chooses; test RMSE is reported
+            if chosen:
+                best = min(chosen, key=lambda r: float(r["val_rmse"]))
                 row["best_model"], row["best_rmse"] = best["model"], float(best["rmse"])
         rows.append(row)
     return rows

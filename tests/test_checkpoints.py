@@ -97,3 +97,42 @@ def test_duration_history_merges(tmp_path):
     (tmp_path / "cache" / "durations.json").write_text("not json")
     assert history.read() == {}
     assert DurationHistory(None).read() == {}
+
+
+def _upgrade_scikit_learn(monkeypatch, version="99.0.0"):
+    """Pretend scikit-learn was upgraded since the checkpoint was written."""
+    from bondexp import checkpoints
+
+    real = dict(checkpoints.library_versions())
+    monkeypatch.setattr(checkpoints, "library_versions", lambda: {**real, "scikit-learn": version})
+    return real["scikit-learn"]
+
+
+def test_an_upgrade_makes_a_checkpoint_stale_and_says_which_library(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    fp = fingerprint(**BASE)
+    store.save("basic", {"a": 1}, {"fingerprint": fp})
+    assert store.verify("basic", fp) is None
+    old = _upgrade_scikit_learn(monkeypatch)
+    upgraded = fingerprint(**BASE)
+    assert upgraded != fp
+    assert store.verify("basic", upgraded) == f"library versions changed: scikit-learn {old} -> 99.0.0"
+
+
+def test_load_verifies_the_sha256_before_unpickling(tmp_path):
+    from bondexp.checkpoints import load_verified
+    from bondexp.errors import CheckpointError
+
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.save("basic", {"a": 1}, {"fingerprint": "abc"})
+    path = store.artifact_path("basic")
+    import joblib
+
+    joblib.dump({"a": 2}, path)  # a different, well-formed pickle in its place
+    with pytest.raises(CheckpointError, match="not the .* its manifest recorded"):
+        store.load("basic")
+    store.manifest_path("basic").unlink()
+    with pytest.raises(CheckpointError, match="no recorded sha256"):
+        store.load("basic")
+    with pytest.raises(CheckpointError, match="no recorded sha256"):
+        load_verified(path, None)

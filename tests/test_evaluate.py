@@ -282,5 +282,35 @@ def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models
     assert next(r for r in table if r["model"] == "good")["coverage"] == ""
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
     assert md[0].startswith("| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |")
-    assert len(md) == 2 + len(table)
+    assert len(md) == 2 + len(table) + 2  # the table, then the line naming validation's choice
+    assert any(line.startswith("| good * |") for line in md) and md[-1].startswith("Sorted by test RMSE. \\* Validation chose **good**")
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_validation_chooses_the_best_model_when_test_disagrees(toy_dataset, tmp_path):
+    """``lucky`` has the lowest test RMSE but the higher validation RMSE: validation's choice wins everywhere."""
+    from bondexp.sweep import summarize_sweep
+
+    lucky = model_artifact(toy_dataset, "lucky", noise=0.05, seed=3)
+    lucky["metrics"]["val_rmse"] = 0.5
+    steady = model_artifact(toy_dataset, "steady", noise=0.2, seed=4)
+    steady["metrics"]["val_rmse"] = 0.2
+    artifact = evaluate_models(toy_dataset, {"lucky": lucky, "steady": steady}, n_bootstrap=50, seed=0)
+    trained = [row for row in artifact["leaderboard"] if row["model"] in ("lucky", "steady")]
+    assert trained[0]["model"] == "lucky"  # still sorted by test RMSE
+    assert artifact["metrics"]["best_model"] == "steady" and artifact["metrics"]["best_val_rmse"] == 0.2
+    assert artifact["metrics"]["best_rmse"] == next(r["rmse"] for r in trained if r["model"] == "steady")
+    assert {r["model"]: r["val_rmse"] for r in trained} == {"lucky": 0.5, "steady": 0.2}
+    job = tmp_path / "sweep" / "0"
+    write_outputs(artifact, job)
+    assert "Validation chose **steady**" in (job / "leaderboard.md").read_text()
+    rows = list(csv.DictReader((job / "leaderboard.csv").open()))
+    assert {r["model"]: float(r["val_rmse"]) for r in rows if r["model"] in ("lucky", "steady")} == {"lucky": 0.5, "steady": 0.2}
+    assert summarize_sweep(tmp_path / "sweep")[0]["best_model"] == "steady"
+
+
+def test_no_validation_rmse_to_choose_by_is_an_error(toy_dataset):
+    blind = model_artifact(toy_dataset, "blind", noise=0.1)
+    blind["metrics"] = {}
+    with pytest.raises(DataValidationError, match="no model step reported a finite 'val_rmse'"):
+        evaluate_models(toy_dataset, {"blind": blind}, n_bootstrap=10)

@@ -2,6 +2,8 @@
 
 Slow by design (a real market is priced per seed and every model trained through the step);
 each bar is a share of what the oracle achieves, so it does not depend on the market's noise.
+Every bar the README states is asserted here; what is only printed, the README calls reported.
+The best model is the one validation chooses (lowest validation RMSE), never the test split's.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ def test_ml_models_reach_most_of_the_oracle_gain(trained):
     shares = {n: (zero - _rmse(y, artifacts[n]["predictions"]["test"]["mean"])) / (zero - best) for n in ML}
     print("share of the oracle's RMSE reduction:", {n: round(s, 3) for n, s in shares.items()})
     assert min(shares.values()) >= 0.7, shares
-    r2 = {n: 1 - _rmse(y, artifacts[n]["predictions"]["test"]["mean"]) ** 2 / np.var(y) for n in ML}
-    assert max(r2.values()) >= 0.8 * (1 - best**2 / np.var(y)), r2
+    chosen = min(ML, key=lambda n: artifacts[n]["metrics"]["val_rmse"])  # validation chooses, test reports
+    r2 = 1 - _rmse(y, artifacts[chosen]["predictions"]["test"]["mean"]) ** 2 / np.var(y)
+    assert r2 >= 0.8 * (1 - best**2 / np.var(y)), (chosen, r2)
 
 
 def _coverage_by_regime(dataset, pred):
@@ -87,8 +90,8 @@ def _coverage_by_regime(dataset, pred):
 
 
 def test_tail_risk_band_covers_ninety_percent(trained):
-    """Overall only: a regime with one or two test months is a handful of sector shocks, so per
-    regime is printed for the record, not asserted."""
+    """Overall only (the README says so): a regime with one or two test months is a handful of
+    sector shocks, so per regime is printed for the record, not asserted."""
     dataset, artifacts = trained
     overall, by_regime = _coverage_by_regime(dataset, artifacts["tail_risk"]["predictions"]["test"])
     print("tail_risk coverage:", round(overall, 3), by_regime)
@@ -109,4 +112,5 @@ def test_regimes_match_the_oracle_over_training_months(trained):
     _, artifacts = trained
     metrics = artifacts["regime"]["metrics"]
     print("regime ARI:", metrics["train_regime_ari"], "calm vs stress:", metrics["train_regime_ari_calm_vs_stress"])
-    assert max(metrics["train_regime_ari"], metrics["train_regime_ari_calm_vs_stress"]) >= 0.5
+    assert metrics["train_regime_ari"] >= 0.5, metrics  # calm, stress and crisis told apart
+    assert metrics["train_regime_ari_calm_vs_stress"] >= 0.5, metrics

@@ -24,7 +24,7 @@ MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_r
 FEATURE_SETS = {"bond": list(BOND_FEATURES), "all": list(FEATURES)}
 ES = {"enabled": True, "patience": 5, "validation_fraction": 0.1, "tol": 1e-4}
 #: Budget cuts so each model trains in about a second on the toy panel.
-FAST = {"automl": {"n_candidates": 4, "time_budget_s": 5}, "advanced": {"forest_n_estimators": 20}}
+FAST = {"automl": {"n_candidates": 4, "time_limit_s": 600}, "advanced": {"forest_n_estimators": 20}}
 
 
 def step_config(name: str, *, estimator=None, early_stopping=None) -> dict:
@@ -192,12 +192,14 @@ def test_no_feature_leaks_the_market_price_or_an_oracle_column(toy_dataset):
                 assert corr < 0.95, f"feature {name} tracks {what} (|corr| = {corr:.3f})"
 
 
-def test_build_and_fit_never_read_meta(toy_dataset):
-    """A dataset whose meta raises on access still trains and predicts: fitting sees features only."""
+def test_build_and_fit_read_no_meta_but_the_dates(toy_dataset):
+    """Fitting sees features only, plus each row's observation date to cut holdouts between months."""
 
     class Guarded(dict):
         def __getitem__(self, key):
-            raise AssertionError(f"meta[{key!r}] read while fitting")
+            if key != "obs_date":
+                raise AssertionError(f"meta[{key!r}] read while fitting")
+            return super().__getitem__(key)
 
     guarded = features_module.Dataset(
         fingerprint="guarded",
@@ -205,7 +207,7 @@ def test_build_and_fit_never_read_meta(toy_dataset):
         X=toy_dataset.X,
         y=toy_dataset.y,
         splits=toy_dataset.splits,
-        meta=Guarded(),
+        meta=Guarded(obs_date=toy_dataset.meta["obs_date"]),
     )
     for name in ("enhanced", "tail_risk", "bayesian", "regime"):
         fitted, preds = fit_predict(step_config(name), guarded)
@@ -219,3 +221,41 @@ def test_conformal_quantile_and_kupiec():
     exact = kupiec_pof(50, 1000, 0.05)
     assert exact["lr"] == pytest.approx(0.0, abs=1e-9) and exact["pvalue"] == pytest.approx(1.0)
     assert kupiec_pof(120, 1000, 0.05)["pvalue"] < 1e-6
+
+
+def _panel(n_months=12, per_month=40, seed=0):
+    """A small frame of two features, its target and each row's month-end date, in time order."""
+    rng = np.random.default_rng(seed)
+    n = n_months * per_month
+    import pandas as pd
+
+    X = pd.DataFrame({"a": rng.normal(size=n), "market_credit_spread": np.repeat(rng.normal(size=n_months), per_month)})
+    y = X["a"].to_numpy() + 0.5 * X["market_credit_spread"].to_numpy() + rng.normal(scale=0.3, size=n)
+    dates = np.repeat(np.datetime64("2020-01-31") + np.arange(n_months) * 30, per_month)
+    return X, y, dates
+
+
+def test_automl_budget_counts_candidates_and_a_binding_time_cap_is_reported():
+    from bondexp.models.automl import AutoMLRegressor
+
+    X, y, dates = _panel()
+    kw = dict(families=["ridge", "boosting"], n_candidates=3, n_folds=2, random_state=0)
+    full = AutoMLRegressor(**kw, time_limit_s=None).fit(X, y, groups=dates)
+    again = AutoMLRegressor(**kw, time_limit_s=None).fit(X, y, groups=dates)
+    assert full.metrics_ == again.metrics_ and full.metrics_["automl_trials"] == 3
+    assert full.metrics_["automl_time_limited"] is False and "reproducible" not in full.metrics_
+    capped = AutoMLRegressor(**kw, time_limit_s=1e-9).fit(X, y, groups=dates)
+    assert capped.metrics_["automl_time_limited"] is True and capped.metrics_["reproducible"] is False
+
+
+@pytest.mark.parametrize("name", ["advanced", "automl", "regime", "tail_risk", "bayesian"])
+def test_bondexp_estimators_fit_with_months_and_without(name):
+    """``groups`` (the rows' dates) is optional: plain ``fit(X, y)`` cuts at row counts instead."""
+    X, y, dates = _panel(n_months=20, per_month=60)
+    est = build_model(step_config(name, early_stopping={"patience": 2}) | {"features": list(X.columns)},
+                      dataset=SimpleNamespace(columns=lambda f: f, categorical=()))[-1]
+    if name == "regime":
+        est.set_params(min_rows=100, max_iter=20)
+    for groups in (dates, None):
+        fitted = clone(est).fit(X, y, groups=groups) if groups is not None else clone(est).fit(X, y)
+        assert np.isfinite(fitted.predict(X)).all()

@@ -99,7 +99,9 @@ def test_full_report_has_every_section(tmp_path, evaluate_artifact):
     assert "| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |" in text
     for model in ("enhanced_tuned", "enhanced", "basic", "dcf_baseline", "oracle"):
         assert f"| {model} |" in text, model
-    assert "Best model: **enhanced_tuned**" in text
+    chosen = evaluate_artifact["metrics"]["best_model"]  # validation's choice, not the lowest test RMSE (enhanced_tuned)
+    assert "Best model, chosen on validation (lowest validation RMSE" in text and f"**{chosen}**, test RMSE" in text
+    assert f"| {chosen} * |" in text
     assert "50% sample, stratified by rating" in text
     assert "| curve_level | alert | 0.4200 |" in text and "| credit_spread | warn |" in text
     assert "time_to_maturity" not in text.split("## Drift")[1].split("## Tuning")[0]

@@ -348,3 +348,16 @@ def test_thread_budget_honours_the_share_a_launcher_gave(monkeypatch):
     assert (cpu_count(), threads_per_worker(1), threads_per_worker(4)) == (2, 2, 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # a pin above the machine does not add cores
     assert cpu_count() == 8
+
+
+def test_a_library_upgrade_reruns_every_step_and_the_plan_says_why(tmp_path, monkeypatch):
+    from bondexp import checkpoints
+
+    graph = diamond()
+    results = run(graph, tmp_path, workers=1).to_dict()
+    assert all(step["reproducible"] for step in results["steps"].values())
+    real = dict(checkpoints.library_versions())
+    monkeypatch.setattr(checkpoints, "library_versions", lambda: {**real, "scikit-learn": "99.0.0"})
+    plan = dry_run_plan(graph, run_dir=tmp_path, data_fingerprint="data-v1")
+    assert "0 reusable, 5 to run" in plan
+    assert f"a  needs -; run: library versions changed: scikit-learn {real['scikit-learn']} -> 99.0.0" in plan

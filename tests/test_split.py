@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bondexp.data.split import month_counts, split_by_date
+from bondexp.data.split import expanding_folds, latest_months, month_blocks, month_holdout, month_counts, split_by_date
 from bondexp.errors import ConfigError
 
 
@@ -50,3 +50,57 @@ def test_bad_fractions_name_the_key(fractions, message):
     with pytest.raises(ConfigError) as info:
         split_by_date(shuffled_dates(n_months=5), **fractions)
     assert message in str(info.value)
+
+
+def _months_of(dates, rows):
+    return set(np.asarray(dates)[rows].astype("datetime64[M]").tolist())
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.25, 0.5, 0.9])
+def test_month_holdout_takes_the_latest_whole_months(fraction):
+    dates = shuffled_dates(n_months=12, per_month=5)
+    fit, held = month_holdout(dates, fraction=fraction)
+    assert len(fit) + len(held) == len(dates) and len(np.intersect1d(fit, held)) == 0
+    assert max(_months_of(dates, fit)) < min(_months_of(dates, held))  # no month on both sides, later months held out
+    assert abs(len(held) / len(dates) - fraction) <= 0.5 / 12 + 1e-9 or len(_months_of(dates, fit)) == 1
+
+
+def test_month_holdout_keeps_a_month_each_side_and_checks_its_input():
+    dates = shuffled_dates(n_months=3, per_month=4)
+    assert len(_months_of(dates, month_holdout(dates, fraction=0.01)[1])) == 1
+    assert len(_months_of(dates, month_holdout(dates, fraction=0.99)[0])) == 1
+    with pytest.raises(ValueError, match="at least two months"):
+        month_holdout(shuffled_dates(n_months=1), fraction=0.5)
+    with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+        month_holdout(dates, fraction=1.0)
+
+
+def test_without_dates_each_row_is_its_own_month():
+    fit, held = month_holdout(np.arange(100), fraction=0.1)
+    assert fit.tolist() == list(range(90)) and held.tolist() == list(range(90, 100))
+
+
+def test_latest_months_stay_within_the_row_budget():
+    dates = shuffled_dates(n_months=10, per_month=7)
+    rows = latest_months(dates, max_rows=30)
+    assert len(rows) == 28 and _months_of(dates, rows) == _months_of(np.sort(dates), np.arange(70 - 28, 70))
+    assert len(latest_months(dates, max_rows=3)) == 7  # never less than one month
+
+
+def test_expanding_folds_train_on_the_past_and_never_split_a_month():
+    dates = shuffled_dates(n_months=12, per_month=5)
+    folds = expanding_folds(dates, n_folds=3)
+    assert len(folds) == 3
+    for train, val in folds:
+        assert max(_months_of(dates, train)) < min(_months_of(dates, val))
+    assert all(len(a[0]) < len(b[0]) for a, b in zip(folds, folds[1:]))
+
+
+def test_month_blocks_cover_every_row_in_time_order():
+    dates = np.sort(shuffled_dates(n_months=10, per_month=3))
+    block = month_blocks(dates, n_blocks=5)
+    assert block.tolist() == sorted(block.tolist()) and set(block.tolist()) == set(range(5))
+    with pytest.raises(ValueError, match="cannot fill 11 blocks"):
+        month_blocks(dates, n_blocks=11)
+    with pytest.raises(ConfigError, match="'models.automl.n_folds' config key must leave every fold at least one month"):
+        expanding_folds(dates, n_folds=10, key="models.automl.n_folds")

@@ -1,9 +1,13 @@
 """AutoML: an Optuna search over estimator families and their hyperparameters, scored by time-ordered CV.
 
-The budget is a number of candidates and a time limit, both from the model file. Each candidate is
-scored on expanding-window folds of the latest training rows (train on the past, score the next
-block: no shuffling), then the winner is refit on all training rows. Every trial is recorded with
-its family, parameters and score, so the artifact says what was tried and why the winner won.
+The budget is a number of candidates (``n_candidates``), so the same config and seed try the same
+candidates on any machine under any load: the trials run one after another with a seeded sampler.
+``time_limit_s`` is only a safety cap; when it stops the search early the step's metrics say so
+(``automl_time_limited``) and mark the result ``reproducible: false``. Each candidate is scored on
+expanding-window folds of whole months among the latest training months (train on the past,
+score the next block: no shuffling), then the winner is refit on all training rows. Every trial
+is recorded with its family, parameters and score, so the artifact says what was tried and why
+the winner won.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.errors import ConfigError
-from bondexp.models.base import CompositeRegressor, as_frame, feature_names, fit_time_ordered, scaled, set_early_stopping
+from bondexp.data.split import expanding_folds, latest_months
+from bondexp.models.base import (
+    CompositeRegressor,
+    as_frame,
+    feature_names,
+    fit_time_ordered,
+    row_months,
+    scaled,
+    set_early_stopping,
+)
 
 FAMILIES = ("ridge", "boosting", "forest", "extra_trees")
 
@@ -57,13 +70,15 @@ class AutoMLRegressor(CompositeRegressor):
     families : sequence of str
         Families searched, from ``ridge``, ``boosting``, ``forest``, ``extra_trees``.
     n_candidates : int
-        Trials in the search (the first trial of each family uses its defaults' region).
-    time_budget_s : float, optional
-        Stop starting trials after this many seconds (None: no limit).
+        Trials in the search, the budget (the first trial of each family uses its defaults' region).
+    time_limit_s : float, optional
+        Safety cap: after the first trial, no trial starts once this many seconds have passed
+        (None: no cap). When it binds the search depends on the machine's speed, and the metrics
+        say so.
     n_folds : int
-        Expanding-window folds for each trial's score.
+        Expanding-window folds of whole months for each trial's score.
     max_search_rows : int
-        Latest training rows the search uses, to bound each trial's cost.
+        The search uses the latest whole training months holding at most this many rows.
     early_stopping : dict, optional
     random_state : int, optional
 
@@ -73,7 +88,7 @@ class AutoMLRegressor(CompositeRegressor):
         ``family``, ``params``, ``score`` (mean fold RMSE) of the winner.
     trials_ : list of dict
         Every finished trial: ``number``, ``family``, ``params``, ``score``, ``state`` (enqueued
-        trials the time budget left unstarted are not listed).
+        trials the time cap left unstarted are not listed).
     members_ : dict
         ``best``: the winner refit on all rows.
 
@@ -91,7 +106,7 @@ class AutoMLRegressor(CompositeRegressor):
         *,
         families=FAMILIES,
         n_candidates: int = 12,
-        time_budget_s: Optional[float] = 20.0,
+        time_limit_s: Optional[float] = 600.0,
         n_folds: int = 3,
         max_search_rows: int = 15000,
         early_stopping: Optional[Dict[str, Any]] = None,
@@ -99,24 +114,29 @@ class AutoMLRegressor(CompositeRegressor):
     ):
         self.families = families
         self.n_candidates = n_candidates
-        self.time_budget_s = time_budget_s
+        self.time_limit_s = time_limit_s
         self.n_folds = n_folds
         self.max_search_rows = max_search_rows
         self.early_stopping = early_stopping
         self.random_state = random_state
 
-    def _score(self, estimator, X, y) -> list[float]:
-        """RMSE on each expanding-window fold: fold k trains on blocks < k and scores block k."""
-        edges = np.linspace(0, len(y), self.n_folds + 2).astype(int)
+    @staticmethod
+    def _score(estimator, X, y, months, folds) -> list[float]:
+        """RMSE on each expanding-window fold (train on the earlier months, score the next block)."""
         scores = []
-        for k in range(1, self.n_folds + 1):
-            train, test = slice(0, edges[k]), slice(edges[k], edges[k + 1])
-            fit_time_ordered(estimator, X.iloc[train], y[train])
+        for train, test in folds:
+            fit_time_ordered(estimator, X.iloc[train], y[train], groups=months[train])
             scores.append(float(np.sqrt(np.mean((y[test] - estimator.predict(X.iloc[test])) ** 2))))
         return scores
 
-    def fit(self, X, y):
-        """Run the search on the latest training rows and refit the winner on all of them.
+    def fit(self, X, y, groups=None):
+        """Run the search on the latest training months and refit the winner on all rows.
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each row's observation date (month label), so folds fall between whole months;
+            None: rows in time order, each its own month.
 
         Returns
         -------
@@ -125,7 +145,7 @@ class AutoMLRegressor(CompositeRegressor):
         Raises
         ------
         ConfigError
-            If a family is unknown.
+            If a family is unknown, or the search months cannot fill ``n_folds`` folds.
         """
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
@@ -133,22 +153,27 @@ class AutoMLRegressor(CompositeRegressor):
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
-        recent = slice(max(0, len(y) - self.max_search_rows), None)
-        Xs, ys = X.iloc[recent], y[recent]
+        months = row_months(groups, len(y))
+        recent = latest_months(months, max_rows=self.max_search_rows)
+        Xs, ys, ms = X.iloc[recent], y[recent], months[recent]
+        folds = expanding_folds(ms, n_folds=self.n_folds, key="n_folds")
         settings = self._early_stopping()
 
         def objective(trial: optuna.Trial) -> float:
             family = trial.suggest_categorical("family", list(self.families))
             estimator = _candidate(trial, family, names, self.random_state)
             set_early_stopping(estimator, settings)
-            return float(np.mean(self._score(estimator, Xs, ys)))
+            return float(np.mean(self._score(estimator, Xs, ys, ms, folds)))
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=self.random_state))
         for family in self.families:  # every family gets one look before TPE narrows down
             study.enqueue_trial({"family": family})
-        study.optimize(objective, n_trials=max(self.n_candidates, len(self.families)), timeout=self.time_budget_s)
+        n_trials = max(self.n_candidates, len(self.families))
+        study.optimize(objective, n_trials=1)  # the first candidate always runs, whatever the cap
+        study.optimize(objective, n_trials=n_trials - 1, timeout=self.time_limit_s)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        time_limited = len(study.trials) < n_trials
         self.trials_ = [
             {
                 "number": t.number,
@@ -169,10 +194,17 @@ class AutoMLRegressor(CompositeRegressor):
             reason += f", {runner_up[0][0] - best.value:.4f} below the best {runner_up[0][1]} trial ({runner_up[0][0]:.4f})"
         winner = _candidate(optuna.trial.FixedTrial(best.params), self.best_["family"], names, self.random_state)
         set_early_stopping(winner, settings)
-        self.members_ = {"best": fit_time_ordered(winner, X, y)}
+        self.members_ = {"best": fit_time_ordered(winner, X, y, groups=months)}
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.info_ = {"trials": self.trials_, "best": self.best_, "best_by_family": by_family, "why": reason}
-        self.metrics_ = {"automl_family": self.best_["family"], "automl_trials": len(done), "automl_cv_rmse": float(best.value)}
+        self.metrics_ = {
+            "automl_family": self.best_["family"],
+            "automl_trials": len(done),
+            "automl_cv_rmse": float(best.value),
+            "automl_time_limited": time_limited,
+        }
+        if time_limited:  # how many trials ran depended on the machine's speed and load
+            self.metrics_["reproducible"] = False
         return self
 
     def predict(self, X):

@@ -1,9 +1,15 @@
-"""What every bondexp estimator shares: early stopping on a time-ordered holdout, preprocessing, feature lookup.
+"""What every bondexp estimator shares: early stopping on the latest months, preprocessing, feature lookup.
 
-Rows reach an estimator in time order (the split's order), so "the last 10% of the training rows"
-is the latest months. Early stopping on that tail is honest; the random holdout scikit-learn draws
-by itself shares months with the rows it trains on, and every row of a month sees the same sector
-shocks, so a random holdout rewards memorising month x sector effects that never come back.
+Early stopping holds out the latest whole months of the training rows
+(:func:`bondexp.data.split.month_holdout`); the random holdout scikit-learn draws by itself shares
+months with the rows it trains on, and every row of a month sees the same sector shocks, so a
+random holdout rewards memorising month x sector effects that never come back.
+
+**Months.** bondexp's estimators take an optional ``groups`` fit argument: each row's observation
+date (or month label). The model step passes it (``fit(X, y, groups=obs_date)``); every holdout
+and fold they cut is then cut between whole months. Without it (``fit(X, y)`` alone, as in any
+scikit-learn code) each row counts as its own month: rows must be in time order, and cuts fall at
+row counts.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from bondexp.data.split import month_holdout, month_labels
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
 
 #: Early-stopping settings used when none are given (the defaults of ``conf/config.yaml``).
@@ -83,9 +90,25 @@ def as_frame(X, names: Sequence[str]) -> pd.DataFrame:
     return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(names))
 
 
-def holdout_cut(n_rows: int, fraction: float) -> int:
-    """Index where the time-ordered holdout of ``fraction`` of ``n_rows`` starts (at least one row each side)."""
-    return int(np.clip(round(n_rows * (1.0 - fraction)), 1, n_rows - 1))
+def row_months(groups, n_rows: int) -> np.ndarray:
+    """The month label of each row: ``groups`` as given, or each row its own month when it is None.
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not hold one label per row.
+    """
+    if groups is None:
+        return np.arange(n_rows)
+    groups = np.asarray(groups)
+    if groups.shape != (n_rows,):
+        raise ValueError(f"The 'groups' fit argument must hold one month per row ({n_rows}). Got shape {groups.shape} instead.")
+    return groups
+
+
+def takes_groups(estimator) -> bool:
+    """Whether ``estimator.fit`` (a Pipeline's last step) accepts the rows' months as ``groups``."""
+    return "groups" in inspect.signature(final_estimator(estimator).fit).parameters
 
 
 def final_estimator(model):
@@ -136,12 +159,19 @@ def _accepts_validation_set(estimator) -> bool:
     return "X_val" in inspect.signature(estimator.fit).parameters
 
 
-def fit_time_ordered(model, X, y):
-    """Fit ``model`` (an estimator or a Pipeline); early stopping uses the latest training rows.
+def fit_time_ordered(model, X, y, *, groups=None):
+    """Fit ``model`` (an estimator or a Pipeline); early stopping holds out the latest months.
 
     An estimator whose ``fit`` takes ``X_val``/``y_val`` (HistGradientBoosting) and has early
-    stopping on is trained on the earlier rows and stopped on the last ``validation_fraction`` of
-    them; the preprocessing before it is fit on all rows. Anything else is fit as usual.
+    stopping on is trained on the earlier months and stopped on the latest whole months holding
+    about ``validation_fraction`` of the rows; the preprocessing before it is fit on all rows.
+    An estimator whose ``fit`` takes ``groups`` (bondexp's own) gets the months. Anything else is
+    fit as usual.
+
+    Parameters
+    ----------
+    groups : array-like, optional
+        Each row's observation date or month label; None: each row its own month (see the module).
 
     Returns
     -------
@@ -150,11 +180,18 @@ def fit_time_ordered(model, X, y):
     """
     est = final_estimator(model)
     params = est.get_params(deep=False)
+    if takes_groups(est):
+        if isinstance(model, Pipeline):
+            return model.fit(X, y, **{f"{model.steps[-1][0]}__groups": groups})
+        return model.fit(X, y, groups=groups)
     if not (_accepts_validation_set(est) and params.get("early_stopping") is True):
         return model.fit(X, y)
     Xt = model[:-1].fit_transform(X, y) if isinstance(model, Pipeline) and len(model) > 1 else X
-    cut = holdout_cut(len(y), float(params.get("validation_fraction") or DEFAULT_EARLY_STOPPING["validation_fraction"]))
-    rows = (slice(None, cut), slice(cut, None))
+    fraction = float(params.get("validation_fraction") or DEFAULT_EARLY_STOPPING["validation_fraction"])
+    months = row_months(groups, len(y))
+    if len(np.unique(month_labels(months))) < 2:  # one month (a small regime's rows): cut in row order
+        months = np.arange(len(y))
+    rows = month_holdout(months, fraction=fraction)
     Xa, Xb = (Xt.iloc[r] if isinstance(Xt, pd.DataFrame) else Xt[r] for r in rows)
     y = np.asarray(y)
     est.fit(Xa, y[rows[0]], X_val=Xb, y_val=y[rows[1]])

@@ -33,7 +33,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from bondexp.errors import ConfigError
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
-from bondexp.models.base import CompositeRegressor, as_frame, feature_names, fit_time_ordered, set_early_stopping
+from bondexp.data.split import month_blocks
+from bondexp.models.base import (
+    CompositeRegressor,
+    as_frame,
+    feature_names,
+    fit_time_ordered,
+    row_months,
+    set_early_stopping,
+)
 from bondexp.models.quantile import conformal_quantile
 
 #: The market-state feature that scales the bond terms and drives the variance model.
@@ -50,7 +58,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     n_knots : int
         Knots of the cubic spline basis of each numeric bond feature (0 or 1: linear features).
     n_folds : int
-        Consecutive time blocks of the training rows; each block's residuals for the variance
+        Consecutive time blocks of whole training months; each block's residuals for the variance
         model come from a mean model fitted on the other blocks.
     variance_max_iter, variance_learning_rate, variance_min_samples_leaf, variance_max_leaf_nodes
         The variance booster (early-stopped on the latest rows).
@@ -138,8 +146,14 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         """Features the variance booster sees: everything but the curve factors."""
         return [n for n in self.feature_names_in_ if n not in MARKET_FEATURES or n == STRESS_FEATURE]
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Fit the mean, then the variance booster on residuals cross-fitted over consecutive time blocks.
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each row's observation date (month label), so holdouts fall between whole months;
+            None: rows in time order, each its own month.
 
         Returns
         -------
@@ -148,13 +162,18 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         Raises
         ------
         ConfigError
-            If ``n_folds`` is below 2 or there is no bond feature.
+            If ``n_folds`` is below 2 or above the months, or there is no bond feature.
         """
         if not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
             raise ConfigError(f"The 'n_folds' parameter must be an int >= 2. Got {self.n_folds!r} instead.")
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
+        months = row_months(groups, len(y))
+        try:
+            block_of_row = month_blocks(months, n_blocks=self.n_folds)
+        except ValueError as exc:
+            raise ConfigError(f"The 'n_folds' parameter must leave each time block a month: {exc}") from None
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.basis_, self.market_ = self._bases(names)
         self.basis_.fit(X)
@@ -165,9 +184,8 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         design = self._design(X)
         self.mean_ = BayesianRidge().fit(design, y)
         squared = np.empty(len(y))
-        for block in np.array_split(np.arange(len(y)), self.n_folds):
-            rest = np.ones(len(y), dtype=bool)
-            rest[block] = False
+        for k in range(self.n_folds):
+            block, rest = block_of_row == k, block_of_row != k
             fold = clone(self.mean_).fit(design[rest], y[rest])
             squared[block] = (y[block] - fold.predict(design[block])) ** 2
         variance_features = self._variance_features()
@@ -181,7 +199,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
             random_state=self.random_state,
         )
         set_early_stopping(booster, self._early_stopping())
-        self.members_ = {"variance": fit_time_ordered(booster, X[variance_features], squared)}
+        self.members_ = {"variance": fit_time_ordered(booster, X[variance_features], squared, groups=months)}
         self.scale_ = float(norm.ppf(1.0 - self.alpha / 2.0))
         self.interval_level_ = 1.0 - self.alpha
         self.metrics_, self.info_ = {}, {}

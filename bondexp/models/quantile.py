@@ -16,7 +16,15 @@ from scipy.stats import chi2
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.utils.validation import check_is_fitted
 
-from bondexp.models.base import CompositeRegressor, as_frame, feature_names, fit_time_ordered, set_early_stopping
+from bondexp.data.split import month_holdout
+from bondexp.models.base import (
+    CompositeRegressor,
+    as_frame,
+    feature_names,
+    fit_time_ordered,
+    row_months,
+    set_early_stopping,
+)
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -115,8 +123,14 @@ class ConformalQuantileRegressor(CompositeRegressor):
         set_early_stopping(model, self._early_stopping())
         return model
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Fit the lower and upper quantile boosters and the mean booster (uncalibrated until :meth:`calibrate`).
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each row's observation date (month label), so holdouts fall between whole months;
+            None: rows in time order, each its own month.
 
         Returns
         -------
@@ -126,10 +140,11 @@ class ConformalQuantileRegressor(CompositeRegressor):
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
         tail = self.alpha / 2.0
+        months = row_months(groups, len(y))
         self.members_ = {
-            "lower": fit_time_ordered(self._booster(loss="quantile", quantile=tail), X, y),
-            "upper": fit_time_ordered(self._booster(loss="quantile", quantile=1.0 - tail), X, y),
-            "mean": fit_time_ordered(self._booster(), X, y),
+            "lower": fit_time_ordered(self._booster(loss="quantile", quantile=tail), X, y, groups=months),
+            "upper": fit_time_ordered(self._booster(loss="quantile", quantile=1.0 - tail), X, y, groups=months),
+            "mean": fit_time_ordered(self._booster(), X, y, groups=months),
         }
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.interval_level_ = 1.0 - self.alpha
@@ -150,8 +165,13 @@ class ConformalQuantileRegressor(CompositeRegressor):
             "upper": conformal_quantile(y - raw["upper"], level),
         }
 
-    def calibrate(self, X_val, y_val):
+    def calibrate(self, X_val, y_val, groups=None):
         """Conformalize both tails on the validation split and estimate the tail factor for ES.
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each validation row's observation date: the Kupiec check's halves are whole months.
 
         Returns
         -------
@@ -162,9 +182,8 @@ class ConformalQuantileRegressor(CompositeRegressor):
         raw = self._raw(X_val)
         tail = self.alpha / 2.0
         raw_cover = np.mean((y >= raw["lower"]) & (y <= raw["upper"]))
-        # Out-of-sample check: calibrate on one half of the (time-ordered) rows, test on the other.
-        half = len(y) // 2
-        halves = (slice(None, half), slice(half, None))
+        # Out-of-sample check: calibrate on one half of the validation months, test on the other.
+        halves = month_holdout(row_months(groups, len(y)), fraction=0.5)
         hits, n = 0, 0
         for fit_part, test_part in (halves, halves[::-1]):
             adj = self._adjustments({k: v[fit_part] for k, v in raw.items()}, y[fit_part])

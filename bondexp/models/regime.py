@@ -27,6 +27,7 @@ from bondexp.models.base import (
     as_frame,
     feature_names,
     fit_time_ordered,
+    row_months,
     market_columns,
     set_early_stopping,
 )
@@ -112,8 +113,14 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         set_early_stopping(model, self._early_stopping())
         return model
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Find the regimes on the distinct monthly states, then fit the global and per-regime boosters.
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each row's observation date (month label), so holdouts fall between whole months;
+            None: rows in time order, each its own month.
 
         Returns
         -------
@@ -128,6 +135,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
+        row_month = row_months(groups, len(y))
         self.feature_names_in_ = np.asarray(names, dtype=object)
         market = market_columns(names)
         self.state_features_ = [f for f in self.state_features if f in market]
@@ -158,12 +166,12 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         spread = self.state_features_.index("market_credit_spread") if "market_credit_spread" in self.state_features_ else 0
         self.regime_order_ = np.argsort(np.argsort(self.mixture_.means_[:, spread]))
         regime = self.predict_regime(X)
-        self.members_ = {"global": fit_time_ordered(self._booster(), X, y)}
+        self.members_ = {"global": fit_time_ordered(self._booster(), X, y, groups=row_month)}
         self.regime_rows_ = {int(k): int(np.sum(regime == k)) for k in range(self.n_regimes_)}
         for k, count in self.regime_rows_.items():
             if count >= self.min_rows:
                 rows = regime == k
-                self.members_[f"regime_{k}"] = fit_time_ordered(self._booster(), X[rows], y[rows])
+                self.members_[f"regime_{k}"] = fit_time_ordered(self._booster(), X[rows], y[rows], groups=row_month[rows])
         self.info_ = {
             "bic": {str(k): v for k, v in self.bic_.items()},
             "n_regimes": int(self.n_regimes_),

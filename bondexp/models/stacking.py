@@ -19,12 +19,13 @@ from sklearn.linear_model import LinearRegression, RidgeCV
 from sklearn.neural_network import MLPRegressor
 from sklearn.utils.validation import check_is_fitted
 
+from bondexp.data.split import month_holdout
 from bondexp.models.base import (
     CompositeRegressor,
     as_frame,
     feature_names,
     fit_time_ordered,
-    holdout_cut,
+    row_months,
     scaled,
     set_early_stopping,
 )
@@ -42,7 +43,7 @@ class StackedRegressor(CompositeRegressor):
     mlp_hidden_layer_sizes, mlp_alpha, mlp_max_iter, mlp_learning_rate_init
         The MLP member, on standardised features with one-hot categories (early-stopped).
     holdout_fraction : float
-        Latest share of the training rows the meta-model is fit on.
+        About this share of the training rows, the latest whole months, is what the meta-model is fit on.
     refit : bool
         Refit the members on all rows after the blend is chosen (False: keep the first fit).
     monotone_features : sequence of str
@@ -145,8 +146,13 @@ class StackedRegressor(CompositeRegressor):
             set_early_stopping(member, self._early_stopping())
         return members
 
-    def fit(self, X, y):
-        """Fit the members on the earlier rows, the blend on the latest, then refit the members.
+    def fit(self, X, y, groups=None):
+        """Fit the members on the earlier months, the blend on the latest, then refit the members.
+
+        Parameters
+        ----------
+        groups : array-like, optional
+            Each row's observation date (month label); None: rows in time order, each its own month.
 
         Returns
         -------
@@ -155,22 +161,25 @@ class StackedRegressor(CompositeRegressor):
         names = feature_names(X)
         X = as_frame(X, names)
         y = np.asarray(y, dtype=np.float64)
-        cut = holdout_cut(len(y), self.holdout_fraction)
+        months = row_months(groups, len(y))
+        early, late = month_holdout(months, fraction=self.holdout_fraction)
         members = self._members(names)
         # The MLP's epoch cap is its time budget; running into it is expected, not a fault.
         warnings.filterwarnings("ignore", category=ConvergenceWarning, module="sklearn.neural_network")
-        first = {name: fit_time_ordered(clone(m), X.iloc[:cut], y[:cut]) for name, m in members.items()}
-        holdout = np.column_stack([m.predict(X.iloc[cut:]) for m in first.values()])
-        self.meta_ = LinearRegression(positive=True).fit(holdout, y[cut:])
+        first = {
+            name: fit_time_ordered(clone(m), X.iloc[early], y[early], groups=months[early]) for name, m in members.items()
+        }
+        holdout = np.column_stack([m.predict(X.iloc[late]) for m in first.values()])
+        self.meta_ = LinearRegression(positive=True).fit(holdout, y[late])
         blend = self.meta_.predict(holdout)
         self.holdout_rmse_ = {
-            name: float(np.sqrt(np.mean((y[cut:] - holdout[:, j]) ** 2))) for j, name in enumerate(first)
+            name: float(np.sqrt(np.mean((y[late] - holdout[:, j]) ** 2))) for j, name in enumerate(first)
         }
-        self.holdout_rmse_["blend"] = float(np.sqrt(np.mean((y[cut:] - blend) ** 2)))
+        self.holdout_rmse_["blend"] = float(np.sqrt(np.mean((y[late] - blend) ** 2)))
         self.weights_ = {name: float(w) for name, w in zip(first, self.meta_.coef_)}
         self.weights_["intercept"] = float(self.meta_.intercept_)
         self.members_ = (
-            {name: fit_time_ordered(m, X, y) for name, m in members.items()} if self.refit else first
+            {name: fit_time_ordered(m, X, y, groups=months) for name, m in members.items()} if self.refit else first
         )
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.info_ = {"weights": dict(self.weights_), "holdout_rmse": dict(self.holdout_rmse_)}

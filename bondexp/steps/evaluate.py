@@ -6,6 +6,10 @@ so the DCF alone predicts a residual of 0 and ``dcf_baseline`` is that constant.
 ``oracle`` predicts with the generator's own expectation (``oracle_prediction``): no model can
 expect to beat it, and ``oracle_gap_pct`` says how much of the way from DCF to oracle is left.
 
+Validation chooses, test only reports: ``best_model`` is the trained model with the lowest
+validation RMSE (``val_rmse``, the column beside the test scores); the leaderboard is sorted by
+test RMSE for reading, and the test split never picks anything.
+
 Every model is scored on the same rows with the same bootstrap resamples, so the RMSE intervals
 of two models are comparable. The resamples are of rows; residuals of one month move together,
 so the intervals are a lower bound on the uncertainty, not an exact one.
@@ -14,7 +18,7 @@ so the intervals are a lower bound on the uncertainty, not an exact one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +39,8 @@ BASELINE, ORACLE = "dcf_baseline", "oracle"
 REFERENCES = (BASELINE, ORACLE)
 #: Columns of every leaderboard row, in file order.
 COLUMNS = ("model", "n", "rmse", "rmse_ci_low", "rmse_ci_high", "mae", "r2", "improvement_pct")
+#: Leaderboard file columns: the test scores, then the validation RMSE that chooses the best model.
+LEADERBOARD_COLUMNS = COLUMNS + ("val_rmse",)
 #: Columns present only for some rows (oracle data, interval or probabilistic models), in file order.
 OPTIONAL_COLUMNS = ("oracle_gap_pct", "level", "coverage", "pinball", "nll")
 #: Keys of the step's config slice.
@@ -84,8 +90,8 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
     )
     m = artifact["metrics"]
     ctx.log.info(
-        "evaluate: %d of %d test rows, best %s (RMSE %.4f, %+.1f%% against the DCF)",
-        m["n_evaluated"], m["n_test"], m["best_model"], m["best_rmse"], m["best_improvement_pct"],
+        "evaluate: %d of %d test rows, validation chose %s (validation RMSE %.4f; test RMSE %.4f, %+.1f%% against the DCF)",
+        m["n_evaluated"], m["n_test"], m["best_model"], m["best_val_rmse"], m["best_rmse"], m["best_improvement_pct"],
     )
     return artifact
 
@@ -104,18 +110,20 @@ def evaluate_models(
     Returns
     -------
     dict
-        ``leaderboard`` (rows of :func:`score_model`, sorted by RMSE), ``breakdown``
+        ``leaderboard`` (rows of :func:`score_model` plus ``val_rmse``, sorted by test RMSE), ``breakdown``
         ({model: {"rating": ..., "regime": ...}}), ``sample_rows`` (positions in the test split),
         ``samples`` (the sampled target and each model's sampled mean prediction, for the plots),
         ``validation_rmse`` and ``groups`` ({model: value}) from the model artifacts, ``config``
-        and flat ``metrics``.
+        and flat ``metrics``: ``best_model`` is validation's choice (lowest ``val_rmse``), and
+        ``best_val_rmse``, ``best_rmse``, ``best_improvement_pct`` are its scores.
 
     Raises
     ------
     ConfigError
         No model, a model named like a reference row, or an option out of range.
     DataValidationError
-        A model's test predictions do not cover the test split or are not finite.
+        A model's test predictions do not cover the test split or are not finite, or no model
+        reported a finite validation RMSE to choose by.
     """
     _check_options(models, sample_pct=sample_pct, n_bootstrap=n_bootstrap, confidence=confidence)
     n_test = len(dataset.splits["test"])
@@ -130,22 +138,24 @@ def evaluate_models(
         candidates[ORACLE] = {"mean": np.asarray(meta["oracle_prediction"], dtype=np.float64)}
 
     options = dict(meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    val_rmse = {name: _val_rmse(artifact) for name, artifact in models.items()}
+    val_rmse.update(_reference_val_rmse(dataset))
     leaderboard, breakdown = [], {}
     for name, prediction in candidates.items():
-        leaderboard.append(score_model(name, prediction, y, **options))
+        leaderboard.append({**score_model(name, prediction, y, **options), "val_rmse": val_rmse.get(name, np.nan)})
         breakdown[name] = score_breakdown(prediction, y, meta=meta)
     leaderboard.sort(key=lambda row: row["rmse"])
-    trained = [row for row in leaderboard if row["model"] not in REFERENCES]
-    best = trained[0]
+    best = choose_best(leaderboard)
     metrics: Dict[str, Any] = {
         "best_model": best["model"],
+        "best_val_rmse": best["val_rmse"],
         "best_rmse": best["rmse"],
         "best_improvement_pct": best["improvement_pct"],
         "dcf_rmse": next(row["rmse"] for row in leaderboard if row["model"] == BASELINE),
         "n_evaluated": int(len(rows)),
         "n_test": int(n_test),
-        "n_models": len(trained),
     }
+    metrics["n_models"] = sum(row["model"] not in REFERENCES for row in leaderboard)
     if dataset.has_oracle:
         metrics["oracle_rmse"] = next(row["rmse"] for row in leaderboard if row["model"] == ORACLE)
         metrics["best_oracle_gap_pct"] = best["oracle_gap_pct"]
@@ -157,7 +167,7 @@ def evaluate_models(
             "y": y,
             "predictions": {name: np.asarray(prediction["mean"], dtype=np.float64) for name, prediction in candidates.items()},
         },
-        "validation_rmse": {name: _val_rmse(artifact) for name, artifact in models.items()},
+        "validation_rmse": {name: val_rmse[name] for name in models},
         "groups": {name: str(artifact.get("group", "")) for name, artifact in models.items()},
         "config": {"sample_pct": sample_pct, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed},
         "metrics": metrics,
@@ -199,6 +209,34 @@ def _sampled(name: str, prediction: Mapping[str, Any], rows: np.ndarray, *, n_te
 def _val_rmse(artifact: Mapping[str, Any]) -> float:
     """A model's validation RMSE as its step reported it (NaN when it reported none)."""
     return float(artifact.get("metrics", {}).get("val_rmse", np.nan))
+
+
+def _reference_val_rmse(dataset: Dataset) -> Dict[str, float]:
+    """Validation RMSE of the reference rows: the DCF alone (residual 0) and, on synthetic data, the oracle."""
+    y = dataset.target("validation")
+    out = {BASELINE: float(np.sqrt(np.mean(y**2)))}
+    if dataset.has_oracle:
+        oracle = np.asarray(dataset.meta_of("validation", "oracle_prediction"), dtype=np.float64)
+        out[ORACLE] = float(np.sqrt(np.mean((y - oracle) ** 2)))
+    return out
+
+
+def choose_best(rows: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The trained model's row with the lowest ``val_rmse``: validation chooses, the test split never does.
+
+    Raises
+    ------
+    DataValidationError
+        If no trained model's row has a finite ``val_rmse``.
+    """
+    rows = list(rows)
+    scored = [r for r in rows if r["model"] not in REFERENCES and np.isfinite(r.get("val_rmse", np.nan))]
+    if not scored:
+        raise DataValidationError(
+            "The evaluate step chooses the best model by validation RMSE, but no model step reported a finite "
+            f"'val_rmse' in its metrics (models: {[r['model'] for r in rows if r['model'] not in REFERENCES]})."
+        )
+    return min(scored, key=lambda r: r["val_rmse"])
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -355,12 +393,22 @@ def score_breakdown(prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mappi
 
 def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     """The documented columns, then the optional ones that any row has."""
-    return list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
+    return list(LEADERBOARD_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
 
 
-def leaderboard_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The leaderboard as a markdown table (4 decimals; an empty cell where a column does not apply)."""
-    return markdown_table(rows, leaderboard_columns(rows), decimals=4, text_columns=("model",))
+def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, chosen: Optional[str] = None) -> str:
+    """The leaderboard as a markdown table (4 decimals; an empty cell where a column does not apply).
+
+    With ``chosen`` (validation's best model) its name is marked with ``*`` and a line under the
+    table says how it was chosen.
+    """
+    marked = [{**row, "model": f"{row['model']} *"} if chosen is not None and row.get("model") == chosen else row
+              for row in rows]
+    table = markdown_table(marked, leaderboard_columns(rows), decimals=4, text_columns=("model",))
+    if chosen is None:
+        return table
+    return table + (f"\nSorted by test RMSE. \\* Validation chose **{chosen}** (lowest `val_rmse`); the test split "
+                    "only reports, it never chooses.\n")
 
 
 def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[Mapping[str, Any]] = ()) -> Dict[str, Path]:
@@ -378,7 +426,7 @@ def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[
     rows = sorted([dict(row) for row in artifact["leaderboard"]] + [dict(row) for row in extra_rows], key=lambda row: row["rmse"])
     paths = {"leaderboard_csv": run_dir / "leaderboard.csv", "leaderboard_md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["leaderboard_csv"], csv_text(rows, leaderboard_columns(rows)))
-    atomic_write_text(paths["leaderboard_md"], leaderboard_markdown(rows))
+    atomic_write_text(paths["leaderboard_md"], leaderboard_markdown(rows, chosen=artifact["metrics"].get("best_model")))
     best = _best_models(artifact)
     drawn = {
         "predicted_vs_actual": plots.predicted_vs_actual_png(artifact, best),

@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from bondexp.atomic import atomic_write_json
+from bondexp.data.split import expanding_folds as time_folds
 from bondexp.errors import BondexpError, ConfigError
 from bondexp.executors import worker_label
 from bondexp.features import Dataset, dataset_for
@@ -372,32 +373,6 @@ def tuning_window(dataset: Dataset, *, max_train_rows: int, n_folds: int, seed: 
         meta={k: np.asarray(dataset.meta[k][train]) for k in _WINDOW_META if k in dataset.meta},
         sectors=dataset.sectors,
     )
-
-
-def time_folds(obs_date: np.ndarray, *, n_folds: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Expanding-window folds over date-sorted rows: ``[(train_rows, validation_rows), ...]``.
-
-    The months are cut into ``n_folds + 1`` contiguous blocks of about equal row counts (a month
-    is never split, so no month is on both sides); fold ``k`` trains on blocks ``0..k`` and is
-    scored on block ``k + 1``.
-
-    Raises
-    ------
-    ConfigError
-        Fewer months than blocks.
-    """
-    months, codes, counts = np.unique(np.asarray(obs_date).astype("datetime64[M]"), return_inverse=True, return_counts=True)
-    n_blocks = n_folds + 1
-    middle = np.cumsum(counts) - counts / 2.0
-    block_of_month = np.minimum((middle / counts.sum() * n_blocks).astype(int), n_blocks - 1)
-    if len(np.unique(block_of_month)) < n_blocks:
-        raise ConfigError(
-            f"The 'tune.n_folds' config key must leave every fold at least one month: {n_blocks} blocks "
-            f"of the tuning window's {len(months)} month(s) of training rows. Got {n_folds!r} instead; "
-            "lower tune.n_folds."
-        )
-    block = block_of_month[codes]
-    return [(np.flatnonzero(block <= k), np.flatnonzero(block == k + 1)) for k in range(n_folds)]
 
 
 @dataclasses.dataclass(frozen=True)
