@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import graphlib
 import importlib
 import importlib.util
@@ -126,19 +127,20 @@ def _no_such_function(target: str, names: Iterable[str]) -> GraphError:
     return GraphError(f"Module {module_name!r} has no function {attr!r} (target {target!r}).{hint}")
 
 
-def _top_level_names(origin: str | None) -> tuple[set[str], set[str], bool]:
+@functools.lru_cache(maxsize=None)
+def _top_level_names(origin: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
     """``(names of top-level defs and classes, other top-level bindings, opaque)`` of a module's source.
 
     ``opaque`` says the source cannot settle which names exist: no Python source, ``import *``
     or a module-level ``__getattr__``.
     """
     if not origin or not origin.endswith(".py"):
-        return set(), set(), True
+        return frozenset(), frozenset(), True
     try:
         with open(origin, "rb") as source:
             tree = ast.parse(source.read(), filename=origin)
     except (OSError, SyntaxError, ValueError):
-        return set(), set(), True  # importing it gives the real error
+        return frozenset(), frozenset(), True  # importing it gives the real error
     defined: set[str] = set()
     bound: set[str] = set()
     opaque = False
@@ -156,7 +158,7 @@ def _top_level_names(origin: str | None) -> tuple[set[str], set[str], bool]:
                 for alias in node.names:
                     opaque |= alias.name == "*"
                     bound.add(alias.asname or alias.name.split(".")[0])
-    return defined, bound, opaque or "__getattr__" in defined
+    return frozenset(defined), frozenset(bound), opaque or "__getattr__" in defined
 
 
 class Graph:
