@@ -94,7 +94,7 @@ def main() -> None:
             rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache)))
         loop_after = loop_seconds()
     load = os.getloadavg()
-    print(f"{opts.n or 'default'} observations; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+    print(f"{opts.n or 'default'} observations {' '.join(opts.extra)}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} cores")
     print(calibration_line((loop_s + loop_after) / 2) + f" (before {loop_s:.2f} s, after {loop_after:.2f} s)")
     scale = (loop_s + loop_after) / 2 / REFERENCE_LOOP_S
