@@ -6,14 +6,27 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bondexp.app import resume_command, run
 from bondexp.config import register_configs, resolve_run_dir
 from bondexp.errors import BondexpError
 
+
+def _share_config_store() -> None:
+    """Let Hydra's config repositories share the one ConfigStore instead of deep-copying it.
+
+    Hydra 1.3 deep-copies its config repository, ConfigStore included, for every group it lists
+    (about 70 times for `--help`) and every compose: half of `--help`'s time. The store is a
+    singleton that loading never mutates (`ConfigStore.load` hands out copies), and Hydra's own
+    fix (facebookresearch/hydra#2928, unreleased in 1.3) stops holding a copy of it the same way.
+    """
+    ConfigStore.__deepcopy__ = lambda self, memo: self
+
+
+_share_config_store()
 register_configs()
 
 
@@ -29,6 +42,9 @@ def _resumed_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, li
 
 @hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="config")
 def _main(cfg: DictConfig) -> None:
+    # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
+    from bondexp.app import resume_command, run
+
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     run_dir = Path(hc.runtime.output_dir)

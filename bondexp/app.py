@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore
 from bondexp.config import collect_models, validate_config
-from bondexp.features import load_dataset
+from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
-from bondexp.runner import RunResult, dry_run_plan, run_graph
+from bondexp.runner import RunResult, dry_run_plan, run_graph, step_fingerprints
 from bondexp.tracking import track_run
 
 log = logging.getLogger("bondexp")
@@ -100,29 +100,30 @@ def run(
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
     graph = build_graph(build_steps(cfg, models))
-    from bondexp.data import with_absolute_paths
-
     data_cfg = with_absolute_paths(OmegaConf.to_container(cfg.data, resolve=True))  # steps may run elsewhere
     durations_path = cache_dir / "durations.json"
 
+    fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
+    shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
     if cfg.dry_run:
-        from bondexp.data import data_fingerprint
-
-        fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
-        shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
 
-    dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
-    check_config_against_data(cfg, dataset)
-    summary = data_summary(dataset, info)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "data_summary.json", summary)
-    if dataset.dropped:
-        atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
+    summary = _finished_run_summary(graph, run_dir, fingerprint)
+    if summary is None:
+        from bondexp.features import load_dataset
+
+        dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir, fingerprint=fingerprint)
+        check_config_against_data(cfg, dataset)
+        summary = data_summary(dataset, info)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "data_summary.json", summary)
+        if dataset.dropped:
+            atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
+    else:
+        dataset = None  # every step is reused: the parent needs no data, and the steps none either
     print(format_data_summary(summary), flush=True)
 
-    shared = _shared(data_cfg, cfg, cache_dir, info["fingerprint"])
     result = run_graph(
         graph,
         run_dir=run_dir,
@@ -130,7 +131,7 @@ def run(
         executor=cfg.executor.name,
         executor_options={"address": cfg.executor.address},
         shared=shared,
-        data_fingerprint=info["fingerprint"],
+        data_fingerprint=fingerprint,
         resume=True,
         progress=bool(cfg.progress),
         durations_path=durations_path,
@@ -143,6 +144,25 @@ def run(
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
     return result
+
+
+def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> Optional[Dict[str, Any]]:
+    """The data summary a finished run wrote, when every step's checkpoint verifies; else None.
+
+    Such a resume reuses every step, so loading the data (and importing what loading and the
+    data checks need) would only slow it down.
+    """
+    path = run_dir / "data_summary.json"
+    if not path.is_file():
+        return None
+    store = CheckpointStore(run_dir / "checkpoints")
+    fingerprints = step_fingerprints(graph, fingerprint)
+    if any(store.verify(name, fingerprints[name]) is not None for name in graph.order):
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
 def check_config_against_data(cfg: DictConfig, dataset) -> None:
@@ -168,15 +188,15 @@ def write_outputs(
     When every step was reused from checkpoints the folder's outputs were already written from,
     only results.json is rewritten: redrawing identical plots was most of a resume's time.
     """
-    import importlib
-
-    from bondexp.report import write_report
-
     stamp = run_dir / OUTPUTS_STAMP
     key = _outputs_key(result, overrides)
     if key is not None and _outputs_current(stamp, key, run_dir):
         result.write_json(run_dir / "results.json")
         return
+    import importlib
+
+    from bondexp.report import write_report
+
     result.write(run_dir)
     artifacts: Dict[str, Dict[str, Any]] = {}
     store = CheckpointStore(run_dir / "checkpoints")
@@ -187,6 +207,11 @@ def write_outputs(
         artifacts[name] = store.load(name)
     extra_rows: List[Dict[str, Any]] = []
     if "tune" in artifacts and "evaluate" in artifacts:
+        if dataset is None:  # a resume that reused every step but must write its reports again
+            from bondexp.features import load_dataset
+
+            dataset, _ = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed),
+                                      cache_dir=Path(cfg.cache_dir).expanduser())
         extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))
     for name, artifact in artifacts.items():
         writer = importlib.import_module(OUTPUT_WRITERS[name]).write_outputs

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
 from bondexp.errors import DataValidationError
 from bondexp.pricing import DAY_COUNTS, FREQUENCIES  # re-exported: one definition, shared with the pricer
@@ -310,6 +309,8 @@ def parse_dates(values) -> np.ndarray:
         return array
     if array.dtype.kind == "M":
         return array.astype("datetime64[D]")
+    import pandas as pd  # here, not at the top: a resume that loads no data never needs pandas
+
     series = pd.Series(array, dtype=object)
     parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
     retry = parsed.isna() & series.notna() & (series.astype(str).str.strip() != "")
@@ -323,6 +324,8 @@ def parse_numbers(values) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype.kind in "biuf":
         return array.astype(np.float64, copy=False)
+    import pandas as pd
+
     return pd.to_numeric(pd.Series(array, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 

@@ -2,14 +2,20 @@
 
 A broken graph (duplicate name, unknown need, cycle, unimportable target, config that is
 not JSON) fails here with a message naming the step, so a run never stops halfway for it.
+Targets are checked without importing their modules where the source says enough, so building
+the graph (a dry run, a resume that reuses every step) does not import scikit-learn and friends.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
 import graphlib
 import importlib
+import importlib.util
 import json
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -65,23 +71,94 @@ def resolve_target(target: str) -> Callable[..., Any]:
     GraphError
         If the module cannot be imported, lacks the attribute, or the attribute is not callable.
     """
-    module_name, _, attr = target.rpartition(".")
-    if not module_name or not attr:
-        raise GraphError(
-            f"A step target must be a dotted path 'package.module.function'. Got {target!r} instead."
-        )
+    module_name, attr = _split_target(target)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise GraphError(f"Cannot import module {module_name!r} of target {target!r}: {exc}") from exc
     fn = getattr(module, attr, None)
     if fn is None:
-        close = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=3)
-        hint = f" Did you mean {', '.join(repr(f'{module_name}.{c}') for c in close)}?" if close else ""
-        raise GraphError(f"Module {module_name!r} has no function {attr!r} (target {target!r}).{hint}")
+        raise _no_such_function(target, dir(module))
     if not callable(fn):
         raise GraphError(f"Target {target!r} must be a callable. Got {type(fn).__name__} instead.")
     return fn
+
+
+def check_target(target: str) -> None:
+    """Raise what :func:`resolve_target` would, importing the module only when its source cannot tell.
+
+    A module not yet imported is found with ``importlib.util.find_spec`` and its source read: a
+    top-level ``def`` or ``class`` of that name settles it. Anything else (a name bound by an
+    assignment or an import, a module without Python source, a module-level ``__getattr__`` or
+    ``import *``) is imported and checked as :func:`resolve_target` does.
+    """
+    module_name, attr = _split_target(target)
+    if module_name in sys.modules:
+        resolve_target(target)
+        return
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise GraphError(f"Cannot import module {module_name!r} of target {target!r}: {exc}") from exc
+    if spec is None:
+        raise GraphError(f"Cannot import module {module_name!r} of target {target!r}: No module named {module_name!r}")
+    defined, bound, opaque = _top_level_names(spec.origin)
+    if attr in defined:
+        return
+    if opaque or attr in bound:
+        resolve_target(target)
+        return
+    raise _no_such_function(target, defined | bound)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    module_name, _, attr = target.rpartition(".")
+    if not module_name or not attr:
+        raise GraphError(
+            f"A step target must be a dotted path 'package.module.function'. Got {target!r} instead."
+        )
+    return module_name, attr
+
+
+def _no_such_function(target: str, names: Iterable[str]) -> GraphError:
+    module_name, attr = target.rsplit(".", 1)
+    close = difflib.get_close_matches(attr, [n for n in names if not n.startswith("_")], n=3)
+    hint = f" Did you mean {', '.join(repr(f'{module_name}.{c}') for c in close)}?" if close else ""
+    return GraphError(f"Module {module_name!r} has no function {attr!r} (target {target!r}).{hint}")
+
+
+@functools.lru_cache(maxsize=None)
+def _top_level_names(origin: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
+    """``(names of top-level defs and classes, other top-level bindings, opaque)`` of a module's source.
+
+    ``opaque`` says the source cannot settle which names exist: no Python source, ``import *``
+    or a module-level ``__getattr__``.
+    """
+    if not origin or not origin.endswith(".py"):
+        return frozenset(), frozenset(), True
+    try:
+        with open(origin, "rb") as source:
+            tree = ast.parse(source.read(), filename=origin)
+    except (OSError, SyntaxError, ValueError):
+        return frozenset(), frozenset(), True  # importing it gives the real error
+    defined: set[str] = set()
+    bound: set[str] = set()
+    opaque = False
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(statement.name)
+            continue
+        # anything else may bind names, also inside `if`/`try` blocks: over-counting only means importing
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                bound.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    opaque |= alias.name == "*"
+                    bound.add(alias.asname or alias.name.split(".")[0])
+    return frozenset(defined), frozenset(bound), opaque or "__getattr__" in defined
 
 
 class Graph:
@@ -160,7 +237,7 @@ def build_graph(steps: Iterable[Step]) -> Graph:
     ------
     GraphError
         On an empty graph, a duplicate name, an unknown need (with close matches),
-        a cycle (naming the steps on it), an unimportable or non-callable target, or a
+        a cycle (naming the steps on it), a target that does not exist or is not callable, or a
         config that cannot be written as JSON (it is hashed into the fingerprint).
     """
     by_name: dict[str, Step] = {}
@@ -190,7 +267,7 @@ def build_graph(steps: Iterable[Step]) -> Graph:
 
     order = _topological_order(by_name)
     for step in by_name.values():
-        resolve_target(step.target)
+        check_target(step.target)
         try:
             json.dumps(step.config, sort_keys=True)
         except (TypeError, ValueError) as exc:

@@ -47,11 +47,8 @@ class Progress:
         self._redirect = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
 
-            # Console log lines (Hydra's, the runner's) go through tqdm.write so they do not tear the bar.
-            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
-            self._redirect.__enter__()
+            self._redirect = _ConsoleThroughTqdm(logging.getLogger())
             self._bar = tqdm(
                 total=total,
                 initial=done,
@@ -75,7 +72,7 @@ class Progress:
             self._bar.close()
             self._bar = None
         if self._redirect is not None:
-            self._redirect.__exit__(None, None, None)
+            self._redirect.restore()
             self._redirect = None
 
     def started(self, name: str, *, running: Sequence[str], eta_s: float | None) -> None:
@@ -104,6 +101,48 @@ class Progress:
     def _line(self, text: str) -> None:
         elapsed = _fmt_seconds(time.perf_counter() - self._t0)
         print(f"[bondexp {elapsed}] {text}", file=self.stream, flush=True)
+
+
+class _ConsoleThroughTqdm:
+    """Route a logger's console handlers through ``tqdm.write`` while the bar is shown, so a log line
+    does not tear the bar.
+
+    tqdm's own ``logging_redirect_tqdm`` swaps each console handler for one of level NOTSET, so the
+    terminal got every INFO line although Hydra's console handler is at WARNING; the stand-in here
+    keeps the replaced handler's level, formatter and filters.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+        self.original = list(logger.handlers)
+        logger.handlers = [_TqdmWriteHandler.like(h) if _is_console_handler(h) else h for h in self.original]
+
+    def restore(self) -> None:
+        self.logger.handlers = self.original
+
+
+class _TqdmWriteHandler(logging.StreamHandler):
+    """A console handler that writes through ``tqdm.write`` (clear the bar, print, redraw)."""
+
+    @classmethod
+    def like(cls, handler: logging.StreamHandler) -> _TqdmWriteHandler:
+        twin = cls(handler.stream)
+        twin.setLevel(handler.level)
+        twin.setFormatter(handler.formatter)
+        twin.filters = list(handler.filters)
+        return twin
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
+
+
+def _is_console_handler(handler: logging.Handler) -> bool:
+    return type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)
 
 
 def _postfix(running: Sequence[str], eta_s: float | None) -> str:

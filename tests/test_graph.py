@@ -75,3 +75,16 @@ def test_order_groups_and_downstream():
 def test_needs_list_is_stored_as_tuple():
     step = Step("b", W, needs=["a"])
     assert step.needs == ("a",)
+
+
+def test_targets_are_checked_without_importing_their_modules(tmp_path, monkeypatch):
+    """A dry run or a finished resume builds the graph: that must not import the steps' libraries."""
+    (tmp_path / "unimported_steps.py").write_text(
+        "raise ImportError('imported while building the graph')\n\ndef fit(ctx):\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build_graph([S("a", target="unimported_steps.fit")])
+    with pytest.raises(GraphError, match="has no function 'fti'.*Did you mean 'unimported_steps.fit'"):
+        build_graph([S("a", target="unimported_steps.fti")])
+    with pytest.raises(GraphError, match="Cannot import module 'no_such_package_xyz.mod'"):
+        build_graph([S("a", target="no_such_package_xyz.mod.fn")])

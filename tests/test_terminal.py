@@ -1,0 +1,61 @@
+"""What a person sees in a real terminal: the progress bar, and no INFO log lines over it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+QUICK = ["data=small", "model=[basic,factor]", "~steps.tune", "eval.n_bootstrap=50", "workers=2"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float = 300) -> tuple[int, str]:
+    """Run `python -m bondexp` with stdin, stdout and stderr on a pseudo-terminal; return (exit code, screen text)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "TERM": "xterm", "COLUMNS": "160"}
+    proc = subprocess.Popen([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env,
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the terminal closed: every writer has exited
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise AssertionError("bondexp did not finish in a terminal within the time limit")
+    finally:
+        os.close(leader)
+    code = proc.wait(timeout=30)
+    return code, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+
+
+def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
+    code, screen = run_in_terminal([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, cache=tmp_path / "cache")
+    assert code == 0, screen[-4000:]
+    assert re.search(r"bondexp: +\d+%\|.*\| \d+/4 steps", screen), screen[-4000:]  # the tqdm bar
+    assert "[INFO]" not in screen, screen[-4000:]
+    assert not re.search(r"\b(start|ran) +(basic|factor|evaluate|drift)\b", screen), screen[-4000:]
+    assert "run folder:" in screen  # the end of the run still prints its table and where it wrote
+    main_log = (tmp_path / "run" / "__main__.log").read_text()
+    assert "start basic" in main_log  # step events go to the main log instead
