@@ -23,3 +23,8 @@ class GraphError(BondexpError):
 
 class RunLockedError(BondexpError):
     """Another live process is using this run folder."""
+
+
+class StepSkipped(BondexpError):
+    """Raised by a step that has nothing to do (tune with nothing tunable): the runner records it as
+    ``skipped`` with this reason, and the steps that need it run without its artifact."""

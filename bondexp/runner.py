@@ -48,7 +48,8 @@ class StepOutcome:
     """How one step ended in this run.
 
     ``status`` is ``ran``, ``reused``, ``failed`` or ``skipped``; ``error`` is the traceback of a
-    failed step or the reason a step was skipped. ``started``/``ended`` are POSIX seconds measured
+    failed step or the reason a step was skipped (by itself, raising StepSkipped, or because a
+    step it needs failed). ``started``/``ended`` are POSIX seconds measured
     in the worker (``None`` for reused and skipped steps); ``duration_s`` of a reused step is the
     one recorded when its checkpoint was made.
     """
@@ -94,8 +95,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """Every step ran or was reused, and the run was not interrupted."""
-        return not self.interrupted and all(s.status in ("ran", "reused") for s in self.steps.values())
+        """No step failed and the run was not interrupted (a step may have skipped itself: nothing to do)."""
+        return not self.interrupted and not self.failed
 
     @property
     def failed(self) -> list[str]:
@@ -499,6 +500,9 @@ class _Scheduler:
             "worker": worker,
             "metrics": report["metrics"],
         }
+        status = "ran" if report.get("skipped") is None else "skipped"
+        if status == "skipped":  # checkpointed too: a resume reuses the skip, and needs get None
+            manifest["skipped"] = report["skipped"]
         try:
             self.store.save(name, report["artifact"], manifest)
         except Exception:
@@ -507,12 +511,12 @@ class _Scheduler:
             return
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=step.group, status="ran", fingerprint=self.fps[name],
+            name=name, group=step.group, status=status, fingerprint=self.fps[name],
             duration_s=report["duration_s"], worker=worker, started=report["started"],
-            ended=report["ended"], metrics=dict(report["metrics"]),
+            ended=report["ended"], metrics=dict(report["metrics"]), error=report.get("skipped"),
         )
-        log.info("ran %s in %.2f s on %s", name, report["duration_s"], worker)
-        bar.finished(name, status="ran", duration_s=report["duration_s"], running=self._running_names(),
+        log.info("%s %s in %.2f s on %s", status, name, report["duration_s"], worker)
+        bar.finished(name, status=status, duration_s=report["duration_s"], running=self._running_names(),
                      eta_s=self._eta())
 
     def _fail(self, name: str, error: str, bar: Progress, *, report: Mapping[str, Any] | None = None) -> None:
@@ -543,9 +547,9 @@ class _Scheduler:
         manifest = self.store.manifest(name) or {}
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=self.graph[name].group, status="reused", fingerprint=self.fps[name],
-            duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
-            metrics=dict(manifest.get("metrics") or {}),
+            name=name, group=self.graph[name].group, status="skipped" if manifest.get("skipped") else "reused",
+            fingerprint=self.fps[name], duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
+            metrics=dict(manifest.get("metrics") or {}), error=manifest.get("skipped"),
         )
 
     def _harvest_finished(self, bar: Progress) -> None:

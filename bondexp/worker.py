@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from bondexp import executors
 from bondexp.checkpoints import CheckpointStore
+from bondexp.errors import StepSkipped
 from bondexp.graph import resolve_target
 
 
@@ -72,14 +73,15 @@ def execute_step(task: Task) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``started`` and
+        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
+        step raised :class:`StepSkipped`, else ``None``), ``started`` and
         ``ended`` (POSIX seconds), ``duration_s`` and ``worker`` (``host:pid``). A step that
         raises is reported in ``error``, not raised, so the parent records it as a value.
     """
     started, t0 = time.time(), time.perf_counter()
     run_dir = Path(task.run_dir)
     step_log, handlers = _open_step_log(task.name, run_dir / "logs" / f"{task.name}.log")
-    artifact, metrics, error = None, {}, None
+    artifact, metrics, error, skipped = None, {}, None, None
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, task.threads)
         fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
@@ -90,6 +92,9 @@ def execute_step(task: Task) -> dict[str, Any]:
             artifact = fn(dict(task.config), inputs, ctx)
         metrics = _check_artifact(task.name, artifact)
         step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
+    except StepSkipped as exc:
+        artifact, metrics, skipped = None, {}, str(exc)
+        step_log.info("step %s skipped: %s", task.name, skipped)
     except Exception:
         artifact, metrics, error = None, {}, traceback.format_exc()
         step_log.error("step %s failed:\n%s", task.name, error)
@@ -99,6 +104,7 @@ def execute_step(task: Task) -> dict[str, Any]:
         "artifact": artifact,
         "metrics": metrics,
         "error": error,
+        "skipped": skipped,
         "started": started,
         "ended": time.time(),
         "duration_s": time.perf_counter() - t0,
