@@ -157,7 +157,7 @@ def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: Mapping[st
         value = studies._run_trial(artifact["config"], dataset, dict(best.params))
         if isinstance(value, BaseException):
             raise value
-        _, model, predictions = value
+        _, model, predictions, _ = value
     predictions["train"] = predict_all(model, dataset.frame("train", list(artifact["config"]["features"])))
     return model, predictions
 

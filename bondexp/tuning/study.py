@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import threading
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -35,6 +34,7 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from bondexp.errors import ConfigError
+from bondexp.executors import worker_label
 from bondexp.features import Dataset
 from bondexp.steps.train import fit_predict
 
@@ -44,8 +44,6 @@ STUDY_DIR = "tuning"
 UNTUNED_ATTR = "untuned"
 #: User attribute marking a trial a killed process left RUNNING (failed on resume, asked again).
 STALE_ATTR = "stale"
-#: Heartbeat of trials in a database study, so trials of a killed process are failed after a grace period.
-HEARTBEAT_S = 30
 #: How often a trial process checks that the process that started it is still alive (seconds).
 _PARENT_POLL_S = 1.0
 
@@ -89,9 +87,7 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
         backend = optuna.storages.journal.JournalFileBackend(spec[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
     try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental", and the only way to fail dead trials
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        return optuna.storages.RDBStorage(spec)
     except Exception as exc:  # a missing driver or an unreachable server: say which key to fix
         raise ConfigError(f"The 'tune.storage' config key names a database Optuna cannot open ({spec!r}): {exc}") from exc
 
@@ -123,8 +119,8 @@ def fail_stale_trials(study: optuna.Study, spec: str) -> int:
     """Mark trials a killed process left RUNNING as failed (and stale); return how many.
 
     Only for the run folder's journal: the run lock guarantees no other process is tuning in it.
-    A database study may be shared with live processes elsewhere; there Optuna's heartbeat fails
-    a dead process's trials after its grace period.
+    A database study may be shared with live processes elsewhere, so its RUNNING trials are left
+    alone; they are not counted as finished, so a resume still runs ``n_trials``.
     """
     if not spec.startswith("journal:"):
         return 0
@@ -185,10 +181,11 @@ def run_study(
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: Optional[TrialFit]) -> Optional[TrialFit]:
     if isinstance(result, BaseException):
+        trial.set_user_attr("error", f"{type(result).__name__}: {result}")
         study.tell(trial, state=TrialState.FAIL)
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"{type(result).__name__}: {result}")
         return best
-    value, model, predictions = result
+    value, model, predictions, worker = result
+    trial.set_user_attr("worker", worker)
     study.tell(trial, value)
     if best is None or value < best.value:
         return TrialFit(trial.number, value, model, predictions)
@@ -218,7 +215,7 @@ class _trial_pool:
 
 
 def _run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
-    """``(validation RMSE, fitted model, predictions)`` of one parameter set, or the exception it raised.
+    """``(validation RMSE, fitted model, predictions, worker label)`` of one parameter set, or the exception it raised.
 
     One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
     """
@@ -229,7 +226,7 @@ def _run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mappin
         value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
         if not np.isfinite(value):
             raise ValueError(f"the validation RMSE is {value}")
-        return value, model, predictions
+        return value, model, predictions, worker_label()
     except Exception as exc:  # a trial that fails is recorded FAIL and the study goes on
         return exc
 
