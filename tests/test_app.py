@@ -87,8 +87,7 @@ def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     "override, message",
     [
         ("eval.sample_pct=0", "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0"),
-        # needs the data: the tiny market's 22 training months cannot make 31 blocks
-        ("tune.n_folds=30", "'tune.n_folds' config key must leave every fold at least one month"),
+        ("tune.target=bayesian", "'tune.search_space.bayesian' config key must map parameters of model 'bayesian'"),
     ],
 )
 def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, message):
