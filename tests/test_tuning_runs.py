@@ -41,8 +41,9 @@ def test_nothing_to_tune_skips_the_step_and_the_run_succeeds(tmp_path, cache):
 def test_a_users_extra_trees_is_tuned_through_its_class_space(tmp_path, cache):
     folder = tmp_path / "myconf" / "model"
     folder.mkdir(parents=True)
-    (folder / "my_trees.yaml").write_text(
-        BASIC.replace("models.basic", "models.my_trees").replace("RandomForestRegressor", "ExtraTreesRegressor"))
+    # basic.yaml with the class swapped; ExtraTrees draws no bootstrap sample unless asked, and max_samples needs one
+    (folder / "my_trees.yaml").write_text(BASIC.replace("models.basic", "models.my_trees").replace(
+        "RandomForestRegressor", "ExtraTreesRegressor") + "bootstrap: true\n")
     run_dir = tmp_path / "r"
     bondexp(*QUICK, "model=my_trees", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}",
             cwd=tmp_path, cache=cache)

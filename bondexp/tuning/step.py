@@ -154,7 +154,7 @@ def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: Mapping[st
     if best_fit is not None and best_fit.number == best.number:
         model, predictions = best_fit.model, dict(best_fit.predictions)
     else:
-        value = studies._run_trial(artifact["config"], dataset, dict(best.params))
+        value = studies.run_trial(artifact["config"], dataset, dict(best.params))
         if isinstance(value, BaseException):
             raise value
         _, model, predictions, _ = value

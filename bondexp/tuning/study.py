@@ -167,7 +167,7 @@ def run_study(
     """
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     best: Optional[TrialFit] = None
-    with _trial_pool(model_config, dataset, workers=min(workers, batch_size)) as run_batch:
+    with _TrialPool(model_config, dataset, workers=min(workers, batch_size)) as run_batch:
         while (n_done := len(finished_trials(study))) < n_trials:
             if deadline is not None and time.monotonic() > deadline:
                 return best, True
@@ -192,7 +192,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: Optional[
     return best
 
 
-class _trial_pool:
+class _TrialPool:
     """Context manager giving a function that runs one batch of parameter sets and returns their results in order."""
 
     def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int):
@@ -203,7 +203,7 @@ class _trial_pool:
 
     def __enter__(self):
         if self.in_process:
-            return lambda batch: [_run_trial(*self.args, params) for params in batch]
+            return lambda batch: [run_trial(*self.args, params) for params in batch]
         # spawn: safe from a runner worker (itself a pool process) and from a parent with threads.
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_trial_process, initargs=(*self.args, os.getpid()))
@@ -214,7 +214,7 @@ class _trial_pool:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
+def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
     """``(validation RMSE, fitted model, predictions, worker label)`` of one parameter set, or the exception it raised.
 
     One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
@@ -250,4 +250,4 @@ def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, paren
 
 
 def _run_trial_here(params: Mapping[str, Any]) -> Any:
-    return _run_trial(*_TRIAL_ARGS, params)
+    return run_trial(*_TRIAL_ARGS, params)
