@@ -97,5 +97,5 @@ def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_valid
 
 
 #: The reduced stationary market of the test above (figures in README "Tuning").
-STATIONARY = ["+experiment=stationary", "data=small", "model=basic", "eval.n_bootstrap=50", "progress=false",
-              "~steps.drift"]
+STATIONARY = ["+experiment=stationary", "data=small", "model=[basic,enhanced]", "eval.n_bootstrap=50",
+              "progress=false", "~steps.drift"]
