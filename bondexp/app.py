@@ -30,7 +30,7 @@ log = logging.getLogger("bondexp")
 OUTPUT_WRITERS = {
     "evaluate": "bondexp.steps.evaluate",
     "drift": "bondexp.steps.drift",
-    "tune": "bondexp.steps.tune",
+    "tune": "bondexp.tuning.step",
 }
 #: File in the run folder naming the checkpoints its report files were written from, and the files.
 OUTPUTS_STAMP = ".outputs.json"
@@ -114,7 +114,6 @@ def run(
         from bondexp.features import load_dataset
 
         dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir, fingerprint=fingerprint)
-        check_config_against_data(cfg, dataset)
         summary = data_summary(dataset, info)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "data_summary.json", summary)
@@ -137,7 +136,7 @@ def run(
         durations_path=durations_path,
         dataset=dataset,
     )
-    write_outputs(result, run_dir=run_dir, dataset=dataset, cfg=cfg, summary=summary, overrides=overrides)
+    write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides)
     track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
     print(result.summary_table())
     if not result.ok:
@@ -165,23 +164,13 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> Optional[Di
         return None
 
 
-def check_config_against_data(cfg: DictConfig, dataset) -> None:
-    """Config checks that need the data, run before any step: tune.n_folds against the training months."""
-    if "tune" in cfg.steps:
-        from bondexp.steps.tune import time_folds, tuning_window
-
-        window = tuning_window(dataset, max_train_rows=int(cfg.tune.max_train_rows), n_folds=int(cfg.tune.n_folds),
-                               seed=int(cfg.seed))
-        time_folds(window.meta["obs_date"], n_folds=int(cfg.tune.n_folds))
-
-
 def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> Dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
 
 
 def write_outputs(
-    result: RunResult, *, run_dir: Path, dataset, cfg: DictConfig, summary: Dict[str, Any], overrides: Sequence[str]
+    result: RunResult, *, run_dir: Path, summary: Dict[str, Any], overrides: Sequence[str]
 ) -> None:
     """results.json, the timeline, each report step's files and report.md, from the checkpoints.
 
@@ -205,22 +194,9 @@ def write_outputs(
         if step is None or step.status not in ("ran", "reused"):
             continue
         artifacts[name] = store.load(name)
-    extra_rows: List[Dict[str, Any]] = []
-    if "tune" in artifacts and "evaluate" in artifacts:
-        if dataset is None:  # a resume that reused every step but must write its reports again
-            from bondexp.features import load_dataset
-
-            dataset, _ = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed),
-                                      cache_dir=Path(cfg.cache_dir).expanduser())
-        extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))
     for name, artifact in artifacts.items():
-        writer = importlib.import_module(OUTPUT_WRITERS[name]).write_outputs
-        if name == "evaluate":
-            writer(artifact, run_dir, extra_rows=extra_rows)
-        else:
-            writer(artifact, run_dir)
-    leaderboard = list(artifacts.get("evaluate", {}).get("leaderboard", [])) + extra_rows
-    leaderboard.sort(key=lambda row: row["rmse"])
+        importlib.import_module(OUTPUT_WRITERS[name]).write_outputs(artifact, run_dir)
+    leaderboard = list(artifacts.get("evaluate", {}).get("leaderboard", []))
     write_report(
         run_dir,
         command=" ".join(["python -m bondexp", *map(shlex.quote, overrides)]),
@@ -237,7 +213,7 @@ def write_outputs(
 def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> Optional[str]:
     """A hash of every step's fingerprint and the command; None when a step did not finish (or, with
     ``reused_only``, when a step ran in this attempt: its outputs are new)."""
-    wanted = ("reused",) if reused_only else ("ran", "reused")
+    wanted = ("reused", "skipped") if reused_only else ("ran", "reused", "skipped")
     if not result.steps or any(step.status not in wanted for step in result.steps.values()):
         return None
     payload = {"steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
@@ -258,24 +234,3 @@ def _outputs_current(stamp: Path, key: str, run_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return recorded.get("key") == key and all((run_dir / name).is_file() for name in recorded.get("files", []))
-
-
-def _score_tuned(tune_artifact: Dict[str, Any], evaluate_artifact: Dict[str, Any], dataset, cfg: DictConfig) -> Dict[str, Any]:
-    """The tuned model's leaderboard row, scored on the very test rows evaluate sampled."""
-    from bondexp.steps.evaluate import score_model
-
-    rows = np.asarray(evaluate_artifact["sample_rows"])
-    prediction = {
-        key: np.asarray(value)[rows] if isinstance(value, np.ndarray) else value
-        for key, value in tune_artifact["predictions"]["test"].items()
-    }
-    meta = {name: dataset.meta_of("test", name)[rows] for name in dataset.meta}
-    return score_model(
-        tune_artifact["name"],
-        prediction,
-        dataset.target("test")[rows],
-        meta=meta,
-        n_bootstrap=int(cfg.eval.n_bootstrap),
-        confidence=float(cfg.eval.confidence),
-        seed=int(cfg.seed),
-    )

@@ -101,13 +101,12 @@ class DriftConf:
 @dataclass
 class TuneConf:
     target: Optional[str] = None  # model to tune; null = the best ML model with a search space
-    n_trials: int = 20  # trials in the study (finished trials of a resumed study count)
-    timeout: Optional[float] = 60.0  # seconds for the whole study; null = no limit
+    n_trials: int = 16  # trials in the study (finished trials of a resumed study count)
+    batch_size: int = 4  # trials asked together, run at once and told back in trial order
+    timeout: Optional[float] = 600.0  # safety cap in seconds, checked between batches; null = none
     storage: Optional[str] = None  # null = Optuna journal file in the run folder; or a database URL
-    pruner: str = "median"  # median | none
-    n_folds: int = 3  # time-ordered folds whose scores feed the pruner
-    max_train_rows: int = 20000  # rows per trial fit (the latest whole training months), to bound the cost
     search_space: Dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
+    class_search_space: Dict[str, Any] = field(default_factory=dict)  # estimator class -> param -> range (group search_space)
 
 
 @dataclass
@@ -127,7 +126,8 @@ class TrackingConf:
 @dataclass
 class StepConf:
     _target_: str = MISSING  # module-level function that runs the step
-    needs: List[str] = field(default_factory=list)  # steps (or `models`, every model step) it reads
+    needs: List[str] = field(default_factory=list)  # steps it reads; `models` = every model step, a group name = its models
+    needs_if_chosen: List[str] = field(default_factory=list)  # steps it reads when they are in the graph (tune)
     group: str = "report"  # label shown in the plan and the summary
     config: Any = None  # the config slice handed to the function
 
@@ -182,6 +182,7 @@ def register_configs() -> None:
     resolvers = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
         "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
+        "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -198,27 +199,28 @@ def _suggest(name: str, known) -> str:
 
 
 def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> None:
-    """The tune step needs a target with a search space; say so before any model trains."""
-    spaces = {name for name, space in (cfg.tune.search_space or {}).items() if space}
+    """A named tune target must be a chosen model with a search space, by name or by class; say so before any work.
+
+    With ``tune.target`` null, having nothing to tune is not an error: the step is skipped.
+    """
+    from bondexp.tuning.space import class_name, space_key
+
     target = cfg.tune.target
     if target is None:
-        if not any(spec.get("group", "ml") == "ml" and name in spaces for name, spec in models.items()):
-            raise ConfigError(
-                "The 'tune.target' config key is null, which tunes the best ML model with a search space, but "
-                f"no chosen model of group 'ml' has one in tune.search_space (models: {sorted(models)}; "
-                f"search spaces: {sorted(spaces)}). Add tune.search_space.<model>, set tune.target, "
-                "or drop the step with ~steps.tune."
-            )
         return
     if target not in models:
         raise ConfigError(
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
             f"Got {target!r} instead.{_suggest(target, models)}"
         )
-    if target not in spaces:
+    by_name = OmegaConf.to_container(cfg.tune.search_space, resolve=True) or {}
+    by_class = OmegaConf.to_container(cfg.tune.class_search_space, resolve=True) or {}
+    if space_key(target, models[target], by_name=by_name, by_class=by_class) is None:
         raise ConfigError(
-            f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges "
-            f"to tune it. Models with a search space: {sorted(spaces)}."
+            f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges to tune "
+            f"it, since its class {class_name(models[target])!r} has no default space in tune.class_search_space. "
+            f"Models with a space by name: {sorted(k for k, v in by_name.items() if v)}; "
+            f"classes with one: {sorted(k for k, v in by_class.items() if v)}."
         )
 
 
@@ -276,10 +278,10 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
         _fail("drift.correction", "one of ['holm', 'bonferroni', 'none']", cfg.drift.correction)
     if cfg.tune.n_trials < 1:
         _fail("tune.n_trials", "at least 1", cfg.tune.n_trials)
-    if cfg.tune.n_folds < 2:
-        _fail("tune.n_folds", "at least 2", cfg.tune.n_folds)
-    if cfg.tune.pruner not in ("median", "none"):
-        _fail("tune.pruner", "one of ['median', 'none']", cfg.tune.pruner)
+    if cfg.tune.batch_size < 1:
+        _fail("tune.batch_size", "at least 1", cfg.tune.batch_size)
+    if cfg.tune.timeout is not None and cfg.tune.timeout <= 0:
+        _fail("tune.timeout", "a positive number of seconds or null", cfg.tune.timeout)
     if cfg.tune.storage is not None and "://" not in cfg.tune.storage:
         _fail("tune.storage", "null (a journal file in the run folder) or a database URL such as "
               "'sqlite:///tuning.db'", cfg.tune.storage)

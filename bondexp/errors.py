@@ -27,3 +27,8 @@ class RunLockedError(BondexpError):
 
 class CheckpointError(BondexpError):
     """A checkpoint's bytes do not match the sha256 its manifest recorded (or it has no manifest)."""
+
+
+class StepSkipped(BondexpError):
+    """Raised by a step that has nothing to do (tune with nothing tunable): the runner records it as
+    ``skipped`` with this reason, and the steps that need it run without its artifact."""

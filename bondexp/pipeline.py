@@ -1,7 +1,9 @@
 """Turn the composed config into the list of steps the runner schedules.
 
 Model files become model steps (all run by `bondexp.steps.train.fit_model`); the `steps` mapping
-adds the report steps, whose ``needs: [models]`` stands for every model step chosen.
+adds the report steps, whose ``needs: [models]`` stands for every model step chosen, a group name
+(``ml``) for that group's model steps, and ``needs_if_chosen`` names steps read only when present
+(``~steps.tune`` removes tune, and evaluate then runs without it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from bondexp.graph import Step
 MODEL_STEP_TARGET = "bondexp.steps.train.fit_model"
 #: In a step's ``needs``, this word stands for every model step.
 ALL_MODELS = "models"
+#: In a step's ``needs``, a group name stands for the chosen model steps of that group; these mean none when none is chosen.
+MODEL_GROUPS = ("ml", "risk")
 
 
 def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *, key: str) -> List[str]:
@@ -52,12 +56,21 @@ def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
 def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> List[Step]:
     """Every step of the experiment: one per model, then the report steps from ``cfg.steps``."""
     steps = [model_step(name, spec, cfg) for name, spec in models.items()]
+    groups: Dict[str, List[str]] = {}
+    for step in steps:
+        groups.setdefault(step.group, []).append(step.name)
     for name, decl in cfg.steps.items():
         if name in models:
             raise ConfigError(f"The step 'steps.{name}' has the name of a model; rename one of them.")
         needs: List[str] = []
         for need in decl.needs:
-            needs.extend(models if need == ALL_MODELS else [need])
+            if need == ALL_MODELS:
+                needs.extend(models)
+            elif need not in models and need not in cfg.steps and (need in groups or need in MODEL_GROUPS):
+                needs.extend(groups.get(need, []))  # a group none of the chosen models is in stands for none
+            else:
+                needs.append(need)
+        needs.extend(need for need in decl.get("needs_if_chosen", []) if need in cfg.steps or need in models)
         slice_ = OmegaConf.to_container(decl.config, resolve=True) if decl.config is not None else {}
         slice_ = {**slice_, "seed": int(cfg.seed)}
         steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))

@@ -235,7 +235,7 @@ def _tuning(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
     params = artifact.get("best_params", {})
     lines += [
         f"Tuned **{artifact.get('target', '?')}** over {n_trials} trial(s): best objective {_num(artifact.get('best_value'), 4)} "
-        f"(mean fold RMSE). Validation RMSE untuned {_num(artifact.get('untuned_value'), 4)}, "
+        f"(validation RMSE of a fit on the whole training split). Validation RMSE untuned {_num(artifact.get('untuned_value'), 4)}, "
         f"tuned {_num(metrics.get('val_rmse'), 4)}.",
         "",
         "Best parameters: " + (", ".join(f"`{k}={_value(v)}`" for k, v in params.items()) if params else "none."),
@@ -264,9 +264,9 @@ def _status(steps: Mapping[str, Mapping[str, Any]], name: str) -> str:
     step = steps.get(name)
     if step is None:
         return "was not part of this run"
-    return {"failed": "failed (see Steps)", "skipped": "was skipped because a step it needs failed"}.get(
-        step.get("status"), f"left no artifact (status {step.get('status')!r})"
-    )
+    if step.get("status") == "skipped":
+        return f"was skipped: {step.get('error') or 'a step it needs failed'}"
+    return {"failed": "failed (see Steps)"}.get(step.get("status"), f"left no artifact (status {step.get('status')!r})")
 
 
 def _num(value: Any, decimals: int) -> str:

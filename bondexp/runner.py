@@ -49,10 +49,10 @@ class StepOutcome:
     """How one step ended in this run.
 
     ``status`` is ``ran``, ``reused``, ``failed`` or ``skipped``; ``error`` is the traceback of a
-    failed step or the reason a step was skipped. ``started``/``ended`` are POSIX seconds measured
-    in the worker (``None`` for reused and skipped steps); ``duration_s`` and ``peak_rss_mb`` (the
-    step process's peak resident memory, MiB) of a reused step are the ones recorded when its
-    checkpoint was made.
+    failed step or the reason a step was skipped (by itself, raising StepSkipped, or because a
+    step it needs failed). ``started``/``ended`` are POSIX seconds measured in the worker (``None``
+    for reused and skipped steps); ``duration_s`` and ``peak_rss_mb`` (the step process's peak
+    resident memory, MiB) of a reused step are the ones recorded when its checkpoint was made.
     """
 
     name: str
@@ -108,8 +108,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """Every step ran or was reused, and the run was not interrupted."""
-        return not self.interrupted and all(s.status in ("ran", "reused") for s in self.steps.values())
+        """No step failed and the run was not interrupted (a step may have skipped itself: nothing to do)."""
+        return not self.interrupted and not self.failed
 
     @property
     def failed(self) -> list[str]:
@@ -541,6 +541,9 @@ class _Scheduler:
             "peak_rss_mb": report.get("peak_rss_mb"),
             "metrics": report["metrics"],
         }
+        status = "ran" if report.get("skipped") is None else "skipped"
+        if status == "skipped":  # checkpointed too: a resume reuses the skip, and needs get None
+            manifest["skipped"] = report["skipped"]
         try:
             self.store.save(name, report["artifact"], manifest)
         except Exception:
@@ -549,12 +552,13 @@ class _Scheduler:
             return
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=step.group, status="ran", fingerprint=self.fps[name],
+            name=name, group=step.group, status=status, fingerprint=self.fps[name],
             duration_s=report["duration_s"], worker=worker, started=report["started"],
             ended=report["ended"], metrics=dict(report["metrics"]), peak_rss_mb=report.get("peak_rss_mb"),
+            error=report.get("skipped"),
         )
-        log.info("ran %s in %.2f s on %s", name, report["duration_s"], worker)
-        bar.finished(name, status="ran", duration_s=report["duration_s"], running=self._running_names(),
+        log.info("%s %s in %.2f s on %s", status, name, report["duration_s"], worker)
+        bar.finished(name, status=status, duration_s=report["duration_s"], running=self._running_names(),
                      eta_s=self._eta())
 
     def _fail(self, name: str, error: str, bar: Progress, *, report: Mapping[str, Any] | None = None) -> None:
@@ -587,9 +591,10 @@ class _Scheduler:
         manifest = self.store.manifest(name) or {}
         self.done.add(name)
         self.outcomes[name] = StepOutcome(
-            name=name, group=self.graph[name].group, status=status, fingerprint=self.fps[name],
-            duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
+            name=name, group=self.graph[name].group, status="skipped" if manifest.get("skipped") else status,
+            fingerprint=self.fps[name], duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
             metrics=dict(manifest.get("metrics") or {}), peak_rss_mb=manifest.get("peak_rss_mb"),
+            error=manifest.get("skipped"),
         )
 
     def _harvest_finished(self, bar: Progress) -> None:

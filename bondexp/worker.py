@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from bondexp import executors
 from bondexp.checkpoints import CheckpointStore
+from bondexp.errors import StepSkipped
 from bondexp.graph import resolve_target
 
 
@@ -85,10 +86,10 @@ def execute_step(task: Task) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``started`` and
-        ``ended`` (POSIX seconds), ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb``
-        (see :class:`_PeakRSS`). A step that raises is reported in ``error``, not raised, so the
-        parent records it as a value.
+        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
+        step raised :class:`StepSkipped`, else ``None``), ``started`` and ``ended`` (POSIX seconds),
+        ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb`` (see :class:`_PeakRSS`). A step
+        that raises is reported in ``error``, not raised, so the parent records it as a value.
     """
     run_dir = Path(task.run_dir)
     store = CheckpointStore(run_dir / "checkpoints")
@@ -142,7 +143,7 @@ def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[],
     """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
     started, t0 = time.time(), time.perf_counter()
     step_log, handlers = _open_step_log(task.name, log_path)
-    artifact, metrics, error = None, {}, None
+    artifact, metrics, error, skipped = None, {}, None, None
     peak = _PeakRSS(reset=own_process)
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
@@ -153,6 +154,9 @@ def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[],
             artifact = fn(dict(task.config), inputs, ctx)
         metrics = _check_artifact(task.name, artifact)
         step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
+    except StepSkipped as exc:
+        artifact, metrics, skipped = None, {}, str(exc)
+        step_log.info("step %s skipped: %s", task.name, skipped)
     except Exception:
         artifact, metrics, error = None, {}, traceback.format_exc()
         step_log.error("step %s failed:\n%s", task.name, error)
@@ -162,6 +166,7 @@ def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[],
         "artifact": artifact,
         "metrics": metrics,
         "error": error,
+        "skipped": skipped,
         "started": started,
         "ended": time.time(),
         "duration_s": time.perf_counter() - t0,

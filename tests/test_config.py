@@ -46,13 +46,21 @@ def test_model_sets(overrides, expected):
     assert set(collect_models(cfg, choice=choice)) == expected
 
 
-def test_report_steps_need_exactly_the_chosen_models():
-    cfg = composed("model=[basic,bayesian]", "data=small")
+@pytest.mark.parametrize(
+    "overrides, tune_needs, report_needs",
+    [
+        ([], {"basic"}, {"basic", "bayesian", "tune"}),  # tune.target null: every ml model
+        (["tune.target=bayesian"], {"bayesian"}, {"basic", "bayesian", "tune"}),  # a named target only
+        (["model=[factor,bayesian]"], set(), {"factor", "bayesian", "tune"}),  # no ml model: needs nothing, skips
+        (["~steps.tune"], None, {"basic", "bayesian"}),  # evaluate and drift run as soon as the models finish
+    ],
+)
+def test_report_steps_need_exactly_the_chosen_models_and_tune(overrides, tune_needs, report_needs):
+    cfg = composed("model=[basic,bayesian]", "data=small", *overrides)
     steps = {s.name: s for s in build_steps(cfg, collect_models(cfg))}
-    assert set(steps["evaluate"].needs) == {"basic", "bayesian"}
-    assert set(steps["tune"].needs) == {"evaluate", "basic", "bayesian"}
-    graph = build_graph(list(steps.values()))
-    assert graph is not None
+    assert set(steps["evaluate"].needs) == set(steps["drift"].needs) == report_needs
+    assert (set(steps["tune"].needs) if "tune" in steps else None) == tune_needs
+    assert build_graph(list(steps.values())) is not None
 
 
 @pytest.mark.parametrize(
@@ -78,8 +86,10 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["early_stopping.validation_fraction=1.5"], "'early_stopping.validation_fraction'"),
         (["tune.target=enhancd"], "Did you mean 'enhanced'?"),
         (["model=basic", "tune.target=enhanced"], "'tune.target' config key must name a trained model"),
-        (["model=[factor,bayesian]"], "'tune.target' config key is null, which tunes the best ML model"),
-        (["model=[basic,bayesian]", "tune.target=bayesian"], "'tune.search_space.bayesian' config key must"),
+        (["model=[basic,bayesian]", "tune.target=bayesian"],
+         "'tune.search_space.bayesian' config key must map parameters of model 'bayesian' to ranges to tune it, since "
+         "its class 'BayesianHeteroscedasticRegressor' has no default"),
+        (["tune.batch_size=0"], "'tune.batch_size' config key must be at least 1. Got 0"),
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
         (["drift.correction=fdr"], "'drift.correction'"),

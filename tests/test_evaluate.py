@@ -252,19 +252,20 @@ def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, mode
     with pytest.raises(ConfigError, match=r"'eval.confidence' config key must be in \(0, 1\)"):
         ev.evaluate({**config, "confidence": 1.0}, inputs, ctx)
     with pytest.raises(ConfigError, match=r"must differ from the leaderboard's reference rows .* Got \['oracle'\]"):
-        ev.evaluate(config, {"oracle": models["good"]}, ctx)
+        ev.evaluate(config, {"oracle": {**models["good"], "name": "oracle"}}, ctx)
+    # the tune step's artifact is scored under its own name; a skipped tune (None) is no model
+    tuned = ev.evaluate(config, {**inputs, "tune": {**models["good"], "name": "good_tuned"}}, ctx)
+    assert "good_tuned" in {row["model"] for row in tuned["leaderboard"]}
+    skipped = ev.evaluate(config, {**inputs, "tune": None}, ctx)
+    assert {row["model"] for row in skipped["leaderboard"]} == {row["model"] for row in result["leaderboard"]}
 
 
 # ----------------------------------------------------------------------------- files
 
 
 def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models):
-    result = evaluate_models(toy_dataset, models, sample_pct=40, n_bootstrap=50, seed=0)
-    rows = result["sample_rows"]
-    y = toy_dataset.target("test")[rows]
-    meta = {name: toy_dataset.meta_of("test", name)[rows] for name in toy_dataset.meta}
-    extra = score_model("good_tuned", {"mean": y + 0.01 / 3}, y, meta=meta, n_bootstrap=50, confidence=0.95, seed=0)
-    paths = write_outputs(result, tmp_path, extra_rows=[extra])
+    result = evaluate_models(toy_dataset, {**models, "good_tuned": models["good"]}, sample_pct=40, n_bootstrap=50, seed=0)
+    paths = write_outputs(result, tmp_path)
     for name in ("leaderboard.csv", "leaderboard.md", "plots/predicted_vs_actual.png",
                  "plots/residual_distribution.png", "plots/rmse_ci.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -275,10 +276,10 @@ def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models
         header = reader.fieldnames
     assert header[: len(COLUMNS)] == list(COLUMNS)
     assert {"oracle_gap_pct", "coverage", "pinball", "nll"} <= set(header)
-    assert [r["model"] for r in table][0] == "good_tuned"
     assert {r["model"] for r in table} == {"good_tuned", "good", "band", "prob", "dcf_baseline", "oracle"}
     assert [float(r["rmse"]) for r in table] == sorted(float(r["rmse"]) for r in table)
-    assert float(table[0]["rmse"]) == extra["rmse"]  # full precision
+    assert float(next(r for r in table if r["model"] == "good")["rmse"]) == next(
+        row["rmse"] for row in result["leaderboard"] if row["model"] == "good")  # full precision
     assert next(r for r in table if r["model"] == "good")["coverage"] == ""
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
     assert md[0].startswith("| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |")

@@ -124,7 +124,7 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
     )
     text = path.read_text()
     assert "Overrides: none" in text
-    assert "No leaderboard: the evaluate step was skipped because a step it needs failed." in text
+    assert "No leaderboard: the evaluate step was skipped: needs failed step 'evaluate'." in text
     assert "No drift findings: the drift step was not part of this run." in text
     assert "No tuning results: the tune step was skipped" in text
     assert "failed **basic**: ValueError: boom" in text

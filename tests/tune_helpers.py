@@ -7,6 +7,7 @@ slow model, so a test can kill it between trials and run it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -23,11 +24,10 @@ from conftest import make_toy_dataset
 BASE_TUNE = {
     "target": None,
     "n_trials": 4,
+    "batch_size": 2,
     "timeout": None,
     "storage": None,
-    "pruner": "median",
-    "n_folds": 2,
-    "max_train_rows": 100_000,
+    "class_search_space": {},
     "search_space": {
         "ridge": {"alpha": {"low": 1e-3, "high": 1e3, "log": True}},
         "tree": {"max_depth": {"low": 2, "high": 8}, "min_samples_leaf": {"low": 1, "high": 50, "log": True}},
@@ -91,25 +91,26 @@ def tune_in_worker(run_dir: str, config: dict, workers: int, delay: float = 0.0)
 
     ``delay`` > 0 tunes the slow ridge (``target: slow``), whose fits sleep that long.
     """
-    from bondexp.steps.tune import tune
+    from bondexp.tuning.step import tune
 
     shared = use_toy_dataset()
     inputs = {"evaluate": {}, "ridge": model_artifact("ridge"),
               "slow": model_artifact("slow", estimator={**ESTIMATORS["slow"], "delay": float(delay)})}
     artifact = tune(config, inputs, context(Path(run_dir), shared, workers=workers))
-    return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"]}
+    return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"],
+            "metrics": artifact["metrics"]}
 
 
 def main(run_dir: str, n_trials: str, delay: str, workers: str) -> None:
     """Tune the slow model with a fixed budget on ``workers`` processes (the kill-and-resume test's script)."""
-    from bondexp.steps.tune import tune
+    from bondexp.tuning.step import tune
 
     shared = use_toy_dataset()
     estimator = {**ESTIMATORS["slow"], "delay": float(delay)}
     inputs = {"evaluate": {}, "slow": model_artifact("slow", estimator=estimator)}
-    config = {**BASE_TUNE, "target": "slow", "n_trials": int(n_trials), "pruner": "none"}
+    config = {**BASE_TUNE, "target": "slow", "n_trials": int(n_trials)}
     artifact = tune(config, inputs, context(Path(run_dir), shared, workers=int(workers)))
-    print(f"done {artifact['metrics']['n_trials']}", flush=True)
+    print(f"done {artifact['metrics']['n_trials']} {json.dumps(artifact['best_params'])}", flush=True)
 
 
 if __name__ == "__main__":

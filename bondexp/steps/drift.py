@@ -375,7 +375,8 @@ def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"The 'drift' config keys must be among {list(known)}. Got {unknown} instead.")
-    models = {name: artifact for name, artifact in inputs.items() if "predictions" in artifact}
+    models = {artifact.get("name", name): artifact for name, artifact in inputs.items()
+              if isinstance(artifact, Mapping) and "predictions" in artifact}  # the tuned model too, as <target>_tuned
     artifact = drift_report(dataset_for(ctx.shared), models, **options)
     ctx.log.info(
         "drift: %d alert, %d warn (%s); models drifted: %s",

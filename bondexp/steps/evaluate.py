@@ -79,7 +79,8 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"The 'eval' config keys must be among {list(CONFIG_KEYS)}. Got {unknown} instead.")
-    models = {name: artifact for name, artifact in inputs.items() if isinstance(artifact, Mapping) and "predictions" in artifact}
+    models = {artifact.get("name", name): artifact for name, artifact in inputs.items()
+              if isinstance(artifact, Mapping) and "predictions" in artifact}  # the tune step's is <target>_tuned
     artifact = evaluate_models(
         dataset_for(ctx.shared),
         models,
@@ -411,11 +412,10 @@ def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, chosen: Optional[
                     "only reports, it never chooses.\n")
 
 
-def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[Mapping[str, Any]] = ()) -> Dict[str, Path]:
+def write_outputs(artifact: Mapping[str, Any], run_dir) -> Dict[str, Path]:
     """Write ``leaderboard.csv``, ``leaderboard.md`` and the plots under ``plots/`` into ``run_dir``.
 
-    ``extra_rows`` are rows scored after the run on the same sample (the tuned model), ranked with
-    the rest. Every file is written whole through a temporary file and ``os.replace``.
+    Every file is written whole through a temporary file and ``os.replace``.
 
     Returns
     -------
@@ -423,7 +423,7 @@ def write_outputs(artifact: Mapping[str, Any], run_dir, *, extra_rows: Iterable[
         ``{file label: path}`` of what was written.
     """
     run_dir = Path(run_dir)
-    rows = sorted([dict(row) for row in artifact["leaderboard"]] + [dict(row) for row in extra_rows], key=lambda row: row["rmse"])
+    rows = [dict(row) for row in artifact["leaderboard"]]
     paths = {"leaderboard_csv": run_dir / "leaderboard.csv", "leaderboard_md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["leaderboard_csv"], csv_text(rows, leaderboard_columns(rows)))
     atomic_write_text(paths["leaderboard_md"], leaderboard_markdown(rows, chosen=artifact["metrics"].get("best_model")))

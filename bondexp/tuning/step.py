@@ -1,0 +1,235 @@
+"""The tune step: choose the target, run the study, keep the best trial's fit, return it as one more model.
+
+The artifact has a model step's shape (``name`` ``<target>_tuned``, ``group``, ``config``, ``model``,
+``features``, ``predictions`` on every split, ``metrics``, ``info``), so evaluate, drift and predict
+treat the tuned model like any other; the tuning facts (``target``, ``best_params``, ``trials``,
+``untuned_value``, ``improved``, ``note``) ride along for ``tuning.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from bondexp.checkpoints import atomic_write_json
+from bondexp.errors import BondexpError, ConfigError, StepSkipped
+from bondexp.features import Dataset, dataset_for
+from bondexp.models.base import final_estimator
+from bondexp.steps.train import predict_all, validation_metrics
+from bondexp.tuning import study as studies
+from bondexp.tuning.space import check_estimator_params, search_space, space_key, untuned_params
+
+
+def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+    """Tune ``config["target"]`` (or the best tunable ML model) with a batched Optuna study.
+
+    Parameters
+    ----------
+    config : dict
+        The ``tune`` config slice plus ``seed``.
+    inputs : dict
+        The artifacts of the models it may tune.
+    ctx : StepContext
+        ``run_dir`` holds the study journal; up to ``workers`` processes run a batch's trials.
+
+    Returns
+    -------
+    dict
+        A model artifact named ``<target>_tuned``: the best trial's own fit.
+
+    Raises
+    ------
+    StepSkipped
+        ``target`` is null and no ML model among ``inputs`` has a search space.
+    ConfigError
+        An unknown target, a target without a search space, a bad search space or storage.
+    BondexpError
+        Every trial of the study failed (the message carries the first failure).
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    by_name, by_class = config.get("search_space") or {}, config.get("class_search_space") or {}
+    models = model_artifacts(inputs)
+    target = choose_target(config.get("target"), models, by_name=by_name, by_class=by_class)
+    artifact = models[target]
+    estimator_config = artifact["config"].get("estimator", {})
+    key, space = search_space(target, estimator_config, by_name=by_name, by_class=by_class)
+    estimator = final_estimator(artifact["model"])
+    check_estimator_params(space, estimator, key=key)
+    untuned, unplaced = untuned_params(estimator_config, estimator, space)
+    dataset = dataset_for(ctx.shared)
+
+    spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
+    name = studies.study_name(target, model_config=artifact["config"], space_spec={p: repr(d) for p, d in space.items()},
+                              batch_size=int(config["batch_size"]), seed=int(config.get("seed", 0)),
+                              data_fingerprint=dataset.fingerprint)
+    study = studies.open_study(name, spec)
+    n_stale = studies.fail_stale_trials(study, spec)
+    studies.enqueue_untuned(study, untuned)
+    ctx.log.info("tuning %s (space %s): study %s, %d trial(s) finished, %d stale trial(s) failed",
+                 target, key, name, len(studies.finished_trials(study)), n_stale)
+    started = time.perf_counter()
+    best_fit, timed_out = studies.run_study(
+        study, model_config=artifact["config"], dataset=dataset, space=space, n_trials=int(config["n_trials"]),
+        batch_size=int(config["batch_size"]), timeout=config.get("timeout"), workers=ctx.workers,
+        seed=int(config.get("seed", 0)),
+    )
+    info = {"study_name": name, "storage": studies.storage_label(spec), "search_space": key, "stale_trials_failed": n_stale,
+            "study_seconds": round(time.perf_counter() - started, 3), "untuned_params": untuned, "unplaced": unplaced}
+    best = _best_trial(study)
+    model, predictions = _best_model(best, best_fit, artifact, dataset, exact_untuned=not unplaced)
+    return _tuned_artifact(artifact, study, best, model=model, predictions=predictions, dataset=dataset,
+                           info=info, timed_out=timed_out, ctx=ctx)
+
+
+def model_artifacts(inputs: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The model steps among ``inputs``: artifacts carrying ``group``, ``config`` and ``metrics``."""
+    return {
+        name: art for name, art in inputs.items()
+        if isinstance(art, Mapping) and {"group", "config", "metrics", "predictions"} <= art.keys()
+    }
+
+
+def choose_target(target: Optional[str], models: Mapping[str, Mapping[str, Any]], *,
+                  by_name: Mapping[str, Any], by_class: Mapping[str, Any]) -> str:
+    """``target`` itself, or when None the ML model (group ``ml``) with a search space, by name or by
+    class, and the lowest validation RMSE.
+
+    Raises
+    ------
+    ConfigError
+        ``target`` is not among the trained models.
+    StepSkipped
+        ``target`` is None and no ML model has a search space: there is nothing to tune, which is
+        no reason to stop a run.
+    """
+    if target is not None:
+        if target not in models:
+            raise ConfigError(
+                f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
+                f"Got {target!r} instead."
+            )
+        return target
+    scores = {
+        name: float(art["metrics"]["val_rmse"]) for name, art in models.items()
+        if art["group"] == "ml" and np.isfinite(art["metrics"].get("val_rmse", np.nan))
+        and space_key(name, art["config"].get("estimator", {}), by_name=by_name, by_class=by_class)
+    }
+    if not scores:
+        raise StepSkipped(
+            f"nothing to tune: tune.target is null and no chosen model of group 'ml' (of {sorted(models)}) has a "
+            "search space in tune.search_space (by name) or tune.class_search_space (by estimator class)"
+        )
+    return min(scores, key=scores.__getitem__)
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The complete trial with the lowest value, the earliest among equals (Optuna's own tie-break is unspecified)."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        return min(done, key=lambda t: (t.value, t.number))
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(studies.STALE_ATTR)]
+    reason = failed[0].user_attrs.get("error", "unknown") if failed else "no trial ran (tune.timeout too short?)"
+    raise BondexpError(
+        f"The tuning study {study.study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}"
+    )
+
+
+def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: Mapping[str, Any], dataset: Dataset, *,
+                exact_untuned: bool):
+    """The tuned model and its predictions on every split: never a second, different fit.
+
+    The untuned trial's fit is the untuned model itself (``exact_untuned``: every searched parameter
+    had its untuned value in range), so that one is reused as is. Otherwise the
+    best trial's own fit, or, when it was made by an earlier (interrupted) run, the same fit made
+    again: one thread, same parameters, same seed, same rows.
+    """
+    if best.user_attrs.get(studies.UNTUNED_ATTR) and exact_untuned:
+        return artifact["model"], dict(artifact["predictions"])
+    if best_fit is not None and best_fit.number == best.number:
+        model, predictions = best_fit.model, dict(best_fit.predictions)
+    else:
+        value = studies.run_trial(artifact["config"], dataset, dict(best.params))
+        if isinstance(value, BaseException):
+            raise value
+        _, model, predictions, _ = value
+    predictions["train"] = predict_all(model, dataset.frame("train", list(artifact["config"]["features"])))
+    return model, predictions
+
+
+def _tuned_artifact(artifact, study, best, *, model, predictions, dataset, info, timed_out, ctx) -> Dict[str, Any]:
+    target = artifact["name"]
+    trials = study.get_trials(deepcopy=False)
+    metrics: Dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
+    untuned_value = float(artifact["metrics"]["val_rmse"])
+    improved = bool(metrics["val_rmse"] < untuned_value)
+    n_done = len(studies.finished_trials(study))
+    metrics.update(best_value=float(best.value), n_trials=n_done, improved=improved,
+                   timed_out=timed_out, reproducible=not timed_out)
+    note = _note(target, best, val_rmse=metrics["val_rmse"], untuned_value=untuned_value,
+                 unplaced=info.pop("unplaced"), timed_out=timed_out)
+    ctx.log.info(note)
+    model_config = artifact["config"]
+    return {
+        "name": f"{target}_tuned",
+        "group": artifact["group"],
+        "config": {**model_config, "name": f"{target}_tuned",
+                   "estimator": {**model_config.get("estimator", {}), **best.params}},
+        "model": model,
+        "features": list(artifact["features"]),
+        "predictions": predictions,
+        "metrics": metrics,
+        "info": info,
+        "target": target,
+        "best_params": dict(best.params),
+        "best_value": float(best.value),
+        "trials": [_trial_record(t) for t in trials],
+        "untuned_value": untuned_value,
+        "untuned_params": info["untuned_params"],
+        "improved": improved,
+        "note": note,
+    }
+
+
+def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced: Sequence[str], timed_out: bool) -> str:
+    """One sentence on the outcome the report prints."""
+    if best.user_attrs.get(studies.UNTUNED_ATTR):
+        text = f"No trial beat the untuned parameters of {target} on validation; the tuned model is the untuned one"
+    else:
+        text = f"Tuning {target} lowered the validation RMSE from {untuned_value:.4f} to {val_rmse:.4f}"
+    if unplaced:
+        text += f" (no untuned value in the search space for {sorted(unplaced)}, so the untuned trial sampled them)"
+    if timed_out:
+        text += "; tune.timeout stopped the study before tune.n_trials, so this result depends on the machine's speed"
+    return text + "."
+
+
+def _trial_record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
+    """Plain JSON-safe summary of a trial: value is None unless it completed."""
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": float(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "params": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()},
+        "untuned": bool(trial.user_attrs.get(studies.UNTUNED_ATTR, False)),
+        "error": trial.user_attrs.get("error"),
+    }
+
+
+def write_outputs(artifact: Dict[str, Any], run_dir) -> None:
+    """Write ``tuning.json`` (atomically) and ``plots/tuning_history.png`` into ``run_dir``."""
+    from bondexp.tuning.plot import plot_history
+
+    run_dir = Path(run_dir)
+    keys = ("target", "best_params", "best_value", "untuned_value", "untuned_params", "improved", "note", "trials")
+    record = {key: artifact[key] for key in keys}
+    record["val_rmse"] = artifact["metrics"]["val_rmse"]
+    record["timed_out"] = artifact["metrics"]["timed_out"]
+    atomic_write_json(run_dir / "tuning.json", record)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plot_history(artifact, run_dir / "plots" / "tuning_history.png")

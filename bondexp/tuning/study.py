@@ -1,0 +1,253 @@
+"""The study: its storage and name, resume, and trials asked in fixed batches and told back in order.
+
+Determinism: the trials of a batch are asked one after another from a TPE sampler seeded by the
+run's seed and the number of trials already finished, run at once, and told back in trial-number
+order once the whole batch is done. So the sampler sees the same history whatever order the fits
+finish in, with one trial process or many, in-process or not, and a resumed study (whose
+unfinished batch is asked again) proposes what an uninterrupted one would. There is no pruning:
+a trial is one fit on the whole training split, so there is nothing cheaper to stop it on, and
+pruning inside a batch would depend on finishing order. ``timeout`` is only a safety cap checked
+between batches; when it binds the outcome says so (``timed_out``), since the study then depends
+on the machine's speed.
+
+The objective is the validation RMSE of a fit on the whole training split: the fit the tuned
+model keeps, so trial fits see the data the tuned model sees, and the untuned parameters (trial
+0) score exactly what the untuned model scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from threadpoolctl import threadpool_limits
+
+from bondexp.errors import ConfigError
+from bondexp.executors import worker_label
+from bondexp.features import Dataset
+from bondexp.steps.train import fit_predict
+
+#: Folder of the run holding the study's journal file.
+STUDY_DIR = "tuning"
+#: User attribute marking the enqueued trial that holds the model's untuned parameters.
+UNTUNED_ATTR = "untuned"
+#: User attribute marking a trial a killed process left RUNNING (failed on resume, asked again).
+STALE_ATTR = "stale"
+#: How often a trial process checks that the process that started it is still alive (seconds).
+_PARENT_POLL_S = 1.0
+
+
+@dataclasses.dataclass
+class TrialFit:
+    """A finished trial's fit, kept in the parent so the tuned model is the best trial's own fit."""
+
+    number: int
+    value: float
+    model: Any
+    predictions: Dict[str, Dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- storage and name
+
+
+def storage_spec_for(storage: Optional[str], *, run_dir: Path) -> str:
+    """The study's storage as text: the database URL, or ``journal:<path>`` in the run folder when None.
+
+    Raises
+    ------
+    ConfigError
+        ``storage`` is not a URL (``sqlite:///...``, ``postgresql://...``).
+    """
+    if storage is None:
+        path = Path(run_dir) / STUDY_DIR / "journal.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"journal:{path}"
+    if not isinstance(storage, str) or "://" not in storage:
+        raise ConfigError(
+            "The 'tune.storage' config key must be null (a journal file in the run folder) or a database URL "
+            f"such as 'sqlite:///tuning.db' or 'postgresql://user@host/db'. Got {storage!r} instead."
+        )
+    return storage
+
+
+def open_storage(spec: str) -> optuna.storages.BaseStorage:
+    """Build the storage a spec names."""
+    if spec.startswith("journal:"):
+        backend = optuna.storages.journal.JournalFileBackend(spec[len("journal:"):])
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(spec)
+    except Exception as exc:  # a missing driver or an unreachable server: say which key to fix
+        raise ConfigError(f"The 'tune.storage' config key names a database Optuna cannot open ({spec!r}): {exc}") from exc
+
+
+def storage_label(spec: str) -> str:
+    """The spec without a password, for the artifact and the logs."""
+    if spec.startswith("journal:"):
+        return spec
+    scheme, _, rest = spec.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if "@" in rest else spec
+
+
+def study_name(target: str, *, model_config: Mapping[str, Any], space_spec: Any, batch_size: int, seed: int,
+               data_fingerprint: str) -> str:
+    """``<target>-<hash>``: the hash covers what defines the trials, not the budget (``n_trials``, ``timeout``)."""
+    defining = {"model": model_config, "space": space_spec, "batch_size": batch_size, "seed": seed,
+                "data": data_fingerprint}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{target}-{digest}"
+
+
+def open_study(name: str, spec: str) -> optuna.Study:
+    """Create or load the study (the sampler is replaced per batch by :func:`batch_sampler`)."""
+    return optuna.create_study(study_name=name, storage=open_storage(spec), direction="minimize",
+                               load_if_exists=True, pruner=optuna.pruners.NopPruner())
+
+
+def fail_stale_trials(study: optuna.Study, spec: str) -> int:
+    """Mark trials a killed process left RUNNING as failed (and stale); return how many.
+
+    Only for the run folder's journal: the run lock guarantees no other process is tuning in it.
+    A database study may be shared with live processes elsewhere, so its RUNNING trials are left
+    alone; they are not counted as finished, so a resume still runs ``n_trials``.
+    """
+    if not spec.startswith("journal:"):
+        return 0
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        # FrozenTrial has no public storage id; Optuna's own fail_stale_trials uses the same one.
+        study._storage.set_trial_user_attr(trial._trial_id, STALE_ATTR, True)
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return len(stale)
+
+
+def finished_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+    """Trials told back (complete, or failed by the objective), stale ones aside: the ones ``n_trials`` counts."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if not t.user_attrs.get(STALE_ATTR)]
+
+
+def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
+    """Enqueue the untuned parameters unless the study already ran or queued them; return whether enqueued."""
+    if any(t.user_attrs.get(UNTUNED_ATTR) and not t.user_attrs.get(STALE_ATTR) for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(dict(params), user_attrs={UNTUNED_ATTR: True})
+    return True
+
+
+def batch_sampler(seed: int, n_finished: int) -> optuna.samplers.BaseSampler:
+    """A TPE sampler seeded by the run's seed and the trials finished so far: same history, same proposals."""
+    state = np.random.SeedSequence([seed, n_finished]).generate_state(1)[0]
+    return optuna.samplers.TPESampler(seed=int(state))
+
+
+# ----------------------------------------------------------------------------- the batches
+
+
+def run_study(
+    study: optuna.Study, *, model_config: Mapping[str, Any], dataset: Dataset, space: Mapping[str, Any],
+    n_trials: int, batch_size: int, timeout: Optional[float], workers: int, seed: int,
+) -> Tuple[Optional[TrialFit], bool]:
+    """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
+
+    A batch's trials run on ``min(workers, batch_size)`` spawned processes, or one after another in
+    this process when ``workers == 1`` or this process is daemonic (a Dask worker, whose children
+    would be killed with it and which may not start any): the batch design makes both identical.
+    """
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    best: Optional[TrialFit] = None
+    with _TrialPool(model_config, dataset, workers=min(workers, batch_size)) as run_batch:
+        while (n_done := len(finished_trials(study))) < n_trials:
+            if deadline is not None and time.monotonic() > deadline:
+                return best, True
+            study.sampler = batch_sampler(seed, n_done)
+            asked = [study.ask(dict(space)) for _ in range(min(batch_size, n_trials - n_done))]
+            results = run_batch([dict(trial.params) for trial in asked])
+            for trial, result in zip(asked, results):  # told in trial-number order
+                best = _tell(study, trial, result, best)
+    return best, False
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: Optional[TrialFit]) -> Optional[TrialFit]:
+    if isinstance(result, BaseException):
+        trial.set_user_attr("error", f"{type(result).__name__}: {result}")
+        study.tell(trial, state=TrialState.FAIL)
+        return best
+    value, model, predictions, worker = result
+    trial.set_user_attr("worker", worker)
+    study.tell(trial, value)
+    if best is None or value < best.value:
+        return TrialFit(trial.number, value, model, predictions)
+    return best
+
+
+class _TrialPool:
+    """Context manager giving a function that runs one batch of parameter sets and returns their results in order."""
+
+    def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int):
+        self.in_process = workers <= 1 or multiprocessing.current_process().daemon
+        self.args = (dict(model_config), dataset)
+        self.workers = workers
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def __enter__(self):
+        if self.in_process:
+            return lambda batch: [run_trial(*self.args, params) for params in batch]
+        # spawn: safe from a runner worker (itself a pool process) and from a parent with threads.
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_trial_process, initargs=(*self.args, os.getpid()))
+        return lambda batch: [future.result() for future in [self.pool.submit(_run_trial_here, p) for p in batch]]
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
+    """``(validation RMSE, fitted model, predictions, worker label)`` of one parameter set, or the exception it raised.
+
+    One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
+    """
+    try:
+        with threadpool_limits(limits=1):
+            model, predictions = fit_predict(model_config, dataset, params=params)
+        truth = dataset.target("validation")
+        value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
+        if not np.isfinite(value):
+            raise ValueError(f"the validation RMSE is {value}")
+        return value, model, predictions, worker_label()
+    except Exception as exc:  # a trial that fails is recorded FAIL and the study goes on
+        return exc
+
+
+#: The model config and dataset a trial process fits on (set once by :func:`_init_trial_process`).
+_TRIAL_ARGS: Tuple[Any, ...] = ()
+
+
+def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, parent: int) -> None:
+    """Initializer of a trial process: keep the data, exit with the parent, Optuna's logs off."""
+    global _TRIAL_ARGS
+    _TRIAL_ARGS = (model_config, dataset)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def watch() -> None:  # a killed run must not leave trial processes fitting on as orphans
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _run_trial_here(params: Mapping[str, Any]) -> Any:
+    return run_trial(*_TRIAL_ARGS, params)

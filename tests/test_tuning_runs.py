@@ -1,0 +1,101 @@
+"""Whole runs around tuning, as subprocesses on the tiny market: nothing to tune skips, a user's model
+is tuned through its class's default space, the study is the same for one and two workers under
+load, and on the stationary market tuning helps on test and never hurts on validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from test_app import bondexp
+
+QUICK = ["data=small", "tune.n_trials=4", "tune.batch_size=2", "eval.n_bootstrap=50", "progress=false", "~steps.drift"]
+BASIC = (Path(__file__).parent.parent / "conf" / "model" / "basic.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _leaderboard(run_dir: Path) -> dict:
+    return {row["model"]: float(row["rmse"]) for row in csv.DictReader((run_dir / "leaderboard.csv").open())}
+
+
+def test_nothing_to_tune_skips_the_step_and_the_run_succeeds(tmp_path, cache):
+    run_dir = tmp_path / "r"
+    proc = bondexp(*QUICK, "model=factor", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    tune = json.loads((run_dir / "results.json").read_text())["steps"]["tune"]
+    assert tune["status"] == "skipped" and "nothing to tune" in tune["error"]
+    assert "skipped tune: nothing to tune" in proc.stdout
+    assert "nothing to tune" in (run_dir / "report.md").read_text()
+    assert set(_leaderboard(run_dir)) >= {"factor"} and not (run_dir / "tuning.json").exists()
+    again = bondexp("progress=false", f"resume={run_dir}", cwd=tmp_path, cache=cache)  # the skip is checkpointed
+    assert json.loads((run_dir / "results.json").read_text())["steps"]["tune"]["status"] == "skipped"
+    assert again.returncode == 0
+
+
+def test_a_users_extra_trees_is_tuned_through_its_class_space(tmp_path, cache):
+    folder = tmp_path / "myconf" / "model"
+    folder.mkdir(parents=True)
+    # basic.yaml with the class swapped; ExtraTrees draws no bootstrap sample unless asked, and max_samples needs one
+    (folder / "my_trees.yaml").write_text(BASIC.replace("models.basic", "models.my_trees").replace(
+        "RandomForestRegressor", "ExtraTreesRegressor") + "bootstrap: true\n")
+    run_dir = tmp_path / "r"
+    bondexp(*QUICK, "model=my_trees", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}",
+            cwd=tmp_path, cache=cache)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["ok"] and results["steps"]["tune"]["status"] == "ran"
+    assert "my_trees_tuned" in _leaderboard(run_dir)
+    log = (run_dir / "logs" / "tune.log").read_text()
+    assert "tune.class_search_space.ExtraTreesRegressor" in log
+
+
+def _burn(seconds: float) -> None:
+    """Keep a core busy: the machine's load must not change the study."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_tuning_is_identical_for_one_and_two_workers_under_load(tmp_path, cache):
+    runs = {}
+    for workers in (1, 2):
+        burner = multiprocessing.get_context("spawn").Process(target=_burn, args=(600,), daemon=True)
+        if workers == 2:
+            burner.start()
+        try:
+            run_dir = tmp_path / f"w{workers}"
+            bondexp(*QUICK, "model=basic", f"workers={workers}", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+        finally:
+            if burner.is_alive():
+                burner.terminate()
+        runs[workers] = run_dir
+    metrics = [json.loads((runs[w] / "results.json").read_text())["steps"]["tune"]["metrics"] for w in (1, 2)]
+    tuning = [json.loads((runs[w] / "tuning.json").read_text()) for w in (1, 2)]
+    assert metrics[0] == metrics[1] and metrics[0]["reproducible"]
+    assert tuning[0]["best_params"] == tuning[1]["best_params"]
+    assert [(t["params"], t["value"]) for t in tuning[0]["trials"]] == [(t["params"], t["value"]) for t in tuning[1]["trials"]]
+    assert _leaderboard(runs[1])["basic_tuned"] == _leaderboard(runs[2])["basic_tuned"]
+
+
+def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_validation(tmp_path, cache):
+    gains = []
+    for seed in (0, 1, 2):
+        run_dir = tmp_path / f"s{seed}"
+        bondexp(*STATIONARY, f"seed={seed}", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+        tuning = json.loads((run_dir / "tuning.json").read_text())
+        assert tuning["val_rmse"] <= tuning["untuned_value"]
+        board = _leaderboard(run_dir)
+        gains.append(board[tuning["target"]] - board[f"{tuning['target']}_tuned"])
+    assert sum(gains) / len(gains) > 0, gains
+
+
+#: The reduced stationary market of the test above (figures in README "Tuning").
+STATIONARY = ["+experiment=stationary", "data=small", "model=[basic,enhanced]", "eval.n_bootstrap=50",
+              "progress=false", "~steps.drift"]
