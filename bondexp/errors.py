@@ -23,3 +23,7 @@ class GraphError(BondexpError):
 
 class RunLockedError(BondexpError):
     """Another live process is using this run folder."""
+
+
+class RunFolderError(BondexpError):
+    """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""
