@@ -60,7 +60,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     models = OmegaConf.to_container(cfg.models) if isinstance(cfg.models, ListConfig) else cfg.models
     run = open_run(resolve_run(cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    market, dropped = load_new_bonds(data_cfg, run.dataset.sectors)
+    market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
     best = best_model(run.artifacts)
     latest = market.bonds["obs_date"].max()
 
@@ -72,7 +72,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     ranked: List[Dict[str, np.ndarray]] = []
     parquet = csv = None
     try:
-        for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), progress=bool(cfg.progress)):
+        for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), bond_names=bond_names,
+                                       progress=bool(cfg.progress)):
             table = pa.table(columns)
             if parquet is None:
                 parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema)

@@ -26,6 +26,8 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str]):
     Returns
     -------
     market : Market
+    bond_names : tuple of str or None
+        The file's text bond ids by code (None when they are integers).
     dropped : dict of str to int
         Rows dropped per problem (``data.on_invalid: drop``).
 
@@ -37,6 +39,7 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str]):
     """
     from bondexp.bondtable import BondTable
     from bondexp.data import Market, load_market
+    from bondexp.data.files import bond_id_names
 
     if data_cfg.get("source") not in ("csv", "parquet"):
         raise ConfigError(f"The 'data.source' config key must be 'csv' or 'parquet' for predict. Got {data_cfg.get('source')!r} instead.")
@@ -61,12 +64,16 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str]):
     bonds = BondTable(columns, tuple(run_sectors))
     date_idx = market.curves.date_index(bonds["obs_date"])  # names the dates the curve does not cover
     market.curves.spread(date_idx, bonds["rating"])  # names the ratings the spread file lacks
-    return Market(bonds=bonds, curves=market.curves), dropped
+    return Market(bonds=bonds, curves=market.curves), dropped, bond_id_names(data_cfg)
 
 
-def previous_residuals(bonds, residual: np.ndarray, run_dataset) -> np.ndarray:
+def previous_residuals(bonds, residual: np.ndarray, run_dataset, *, names=None, run_names=None) -> np.ndarray:
     """Each row's previous residual: the bond's previous row in the new file, else its last observation
-    before that date in the run's data, else NaN (``has_prev_residual = 0``)."""
+    before that date in the run's data, else NaN (``has_prev_residual = 0``).
+
+    ``names`` and ``run_names`` are the text bond ids of the two files by code (None for integer ids):
+    bonds are matched across the files by their ids, not by the codes each file numbered on its own.
+    """
     import pandas as pd
 
     from bondexp.features import previous_residual
@@ -74,19 +81,27 @@ def previous_residuals(bonds, residual: np.ndarray, run_dataset) -> np.ndarray:
     prev = previous_residual(bonds["bond_id"], bonds["obs_date"], residual)
     missing = np.flatnonzero(np.isnan(prev))
     if len(missing) and len(run_dataset.y):
-        left = pd.DataFrame({"obs_date": bonds["obs_date"][missing], "bond_id": bonds["bond_id"][missing], "row": missing})
+        left = pd.DataFrame({"obs_date": bonds["obs_date"][missing], "bond": _ids(bonds["bond_id"][missing], names, run_names),
+                             "row": missing})
         right = pd.DataFrame({"obs_date": np.asarray(run_dataset.meta["obs_date"]),
-                              "bond_id": np.asarray(run_dataset.meta["bond_id"]), "prev": np.asarray(run_dataset.y)})
+                              "bond": _ids(np.asarray(run_dataset.meta["bond_id"]), run_names, names), "prev": np.asarray(run_dataset.y)})
         merged = pd.merge_asof(left.sort_values("obs_date", kind="stable"), right.sort_values("obs_date", kind="stable"),
-                               on="obs_date", by="bond_id", allow_exact_matches=False, direction="backward")
+                               on="obs_date", by="bond", allow_exact_matches=False, direction="backward")
         prev[merged["row"].to_numpy()] = merged["prev"].to_numpy(dtype=np.float64)
     return prev
+
+
+def _ids(codes: np.ndarray, names, other_names) -> np.ndarray:
+    """Bond ids comparable across two files: the codes when neither file has text ids, else text."""
+    if names is None and other_names is None:
+        return codes
+    return np.asarray(names, dtype=object)[codes] if names is not None else codes.astype(str).astype(object)
 
 
 # ---------------------------------------------------------------- predicting
 
 
-def predict_batches(run: RunModels, market, *, batch_rows: int, progress: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None, progress: bool = False) -> Iterator[Dict[str, np.ndarray]]:
     """Output columns of every batch of rows (see the README's Predict section), in the table's row order."""
     from bondexp.bondtable import RATINGS
     from bondexp.features import FEATURES, feature_matrix
@@ -101,7 +116,7 @@ def predict_batches(run: RunModels, market, *, batch_rows: int, progress: bool =
             fair[rows], accrued[rows] = priced["clean_price"], priced["accrued"]
             bar.update(rows.stop - rows.start)
         market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
-        prev = previous_residuals(bonds, market_price - fair, run.dataset)
+        prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
         issue_size_known = bool(np.isfinite(bonds["issue_size"]).any())
         bar.reset(), bar.set_description(f"predict ({len(run.artifacts)} models)")
         duration = FEATURES.index("modified_duration")
@@ -109,7 +124,7 @@ def predict_batches(run: RunModels, market, *, batch_rows: int, progress: bool =
             batch = bonds.take(np.arange(n)[rows])
             X = feature_matrix(batch, curves, fair=fair[rows], prev_residual=prev[rows], issue_size_known=issue_size_known)
             out = {
-                "bond_id": batch["bond_id"],
+                "bond_id": batch["bond_id"] if bond_names is None else np.asarray(bond_names, dtype=object)[batch["bond_id"]],
                 "obs_date": batch["obs_date"],
                 "rating": np.asarray(RATINGS)[batch["rating"]],
                 "sector": np.asarray(bonds.sectors)[batch["sector"]],

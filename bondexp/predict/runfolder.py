@@ -32,6 +32,7 @@ class RunModels:
     dataset: Any
     artifacts: Dict[str, Dict[str, Any]]
     manifests: Dict[str, Dict[str, Any]]
+    bond_names: Optional[tuple] = None  # the run's text bond ids by code; None when its ids are integers
 
 
 def resolve_run(run: Optional[str], outputs: Path = Path("outputs")) -> Path:
@@ -115,13 +116,15 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
         )
     artifacts = {name: tuned if step_of[name] == "tune" else joblib.load(store.artifact_path(step_of[name])) for name in wanted}
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
-    return RunModels(run_dir, config, _run_dataset(run_dir, config, cache_dir), artifacts,
-                     {name: manifests[step_of[name]] for name in wanted})
+    dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
+    return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
 
 
-def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> Any:
-    """The run's own data (from the feature cache when it is there), which must still be what the run saw."""
+def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
+    """The run's own data (from the feature cache when it is there), which must still be what the run saw,
+    and its text bond ids (None for integer ids)."""
     from bondexp.data import data_fingerprint
+    from bondexp.data.files import bond_id_names
     from bondexp.features import load_dataset
 
     data_cfg, seed = dict(config["data"]), int(config.get("seed", 0))
@@ -136,7 +139,7 @@ def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> Any:
             "its sectors and previous residuals would not be the ones the models learned from."
         )
     dataset, _ = load_dataset(data_cfg, seed=seed, cache_dir=cache_dir, fingerprint=fingerprint)
-    return dataset
+    return dataset, (None if data_cfg["source"] == "synthetic" else bond_id_names(data_cfg))
 
 
 def best_model(artifacts: Mapping[str, Mapping[str, Any]]) -> str:
