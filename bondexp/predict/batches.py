@@ -109,22 +109,24 @@ def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None,
     bonds, curves = market.bonds, market.curves
     n = len(bonds)
     slices = [slice(start, min(start + batch_rows, n)) for start in range(0, n, batch_rows)]
+    names = None if bond_names is None else np.asarray(bond_names, dtype=object)
     with _bar(n, progress, "fair value") as bar:
         fair, accrued = np.empty(n), np.empty(n)
         for rows in slices:
-            priced = curves.fair_value(bonds.take(np.arange(n)[rows]))
+            priced = curves.fair_value(bonds.take(np.arange(rows.start, rows.stop)))
             fair[rows], accrued[rows] = priced["clean_price"], priced["accrued"]
             bar.update(rows.stop - rows.start)
         market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
         prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
         issue_size_known = bool(np.isfinite(bonds["issue_size"]).any())
-        bar.reset(), bar.set_description(f"predict ({len(run.artifacts)} models)")
+        bar.reset()
+        bar.set_description(f"predict ({len(run.artifacts)} models)")
         duration = FEATURES.index("modified_duration")
         for rows in slices:
-            batch = bonds.take(np.arange(n)[rows])
+            batch = bonds.take(np.arange(rows.start, rows.stop))
             X = feature_matrix(batch, curves, fair=fair[rows], prev_residual=prev[rows], issue_size_known=issue_size_known)
             out = {
-                "bond_id": batch["bond_id"] if bond_names is None else np.asarray(bond_names, dtype=object)[batch["bond_id"]],
+                "bond_id": batch["bond_id"] if names is None else names[batch["bond_id"]],
                 "obs_date": batch["obs_date"],
                 "rating": np.asarray(RATINGS)[batch["rating"]],
                 "sector": np.asarray(bonds.sectors)[batch["sector"]],
