@@ -89,8 +89,8 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     candidates = [n for n, s in steps.items() if s["status"] in ("ran", "reused") and (s.get("group") != "report" or n == "tune")]
     store = CheckpointStore(run_dir / "checkpoints")
     manifests = {name: store.manifest(name) or {} for name in candidates}
-    corrupt = [f"{n} ({store.verify(n, manifests[n].get('fingerprint', ''))})" for n in candidates
-               if store.verify(n, manifests[n].get("fingerprint", "")) is not None]
+    reasons = {name: store.verify(name, manifests[name].get("fingerprint", "")) for name in candidates}
+    corrupt = [f"{name} ({reason})" for name, reason in reasons.items() if reason is not None]
     if corrupt:
         raise RunFolderError(
             f"The run {str(run_dir)!r} has checkpoints that do not verify: {', '.join(corrupt)}. They changed after "
