@@ -25,7 +25,8 @@ from bondexp.predict.app import OUTPUT_FILES, predict, register_configs
 from bondexp.predict.batches import previous_residuals
 from bondexp.predict.runfolder import best_model, resolve_run, version_conflicts
 
-QUICK = ["data=small", "tune.n_trials=3", "tune.timeout=60", "eval.n_bootstrap=50", "progress=false"]
+# no wall-clock budget for tuning: on a loaded machine it may end before a trial does
+QUICK = ["data=small", "tune.n_trials=2", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
 MODEL_STEPS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian", "tune")
 
 
