@@ -58,7 +58,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
         if int(cfg[key]) < low:
             raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
     models = OmegaConf.to_container(cfg.models) if isinstance(cfg.models, ListConfig) else cfg.models
-    run = open_run(resolve_run(cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
+    run = open_run(resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
     best = best_model(run.artifacts)
