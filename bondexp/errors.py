@@ -32,3 +32,7 @@ class CheckpointError(BondexpError):
 class StepSkipped(BondexpError):
     """Raised by a step that has nothing to do (tune with nothing tunable): the runner records it as
     ``skipped`` with this reason, and the steps that need it run without its artifact."""
+
+
+class RunFolderError(BondexpError):
+    """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""

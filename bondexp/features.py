@@ -103,7 +103,7 @@ class Dataset:
         return np.asarray(self.meta[name][self.splits[split]])
 
 
-def _previous_residual(bond_id: np.ndarray, obs_date: np.ndarray, residual: np.ndarray) -> np.ndarray:
+def previous_residual(bond_id: np.ndarray, obs_date: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """Residual of the same bond's previous observation (NaN for its first one)."""
     order = np.lexsort((obs_date, bond_id))
     prev = np.full(len(residual), np.nan)
@@ -118,11 +118,49 @@ def _years(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
 
 def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
     """Price the market and derive ``(feature_names, X, y, meta)``; no caching here."""
+    bonds, curves = market.bonds, market.curves
+    fair = curves.fair_value(bonds)["clean_price"]
+    market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
+    residual = market_price - fair
+    prev = previous_residual(bonds["bond_id"], bonds["obs_date"], residual)
+    issue_size = np.asarray(bonds["issue_size"], dtype=np.float64)
+    X = feature_matrix(bonds, curves, fair=fair, prev_residual=prev, issue_size_known=bool(np.isfinite(issue_size).any()))
+    meta = {
+        "obs_date": bonds["obs_date"],
+        "bond_id": bonds["bond_id"],
+        "rating": bonds["rating"],
+        "sector": bonds["sector"],
+        "market_price": market_price,
+        "fair_value": fair,
+    }
+    meta.update({name: bonds[name] for name in bonds.columns if name.startswith("oracle_")})
+    return FEATURES, X, residual, meta
+
+
+def feature_matrix(
+    bonds, curves, *, fair: np.ndarray, prev_residual: np.ndarray, issue_size_known: bool
+) -> np.ndarray:
+    """The ``FEATURES`` columns (float64, rows x features) of any rows: a whole market or one batch.
+
+    Training and ``bondexp.predict`` both call this, so a model sees the same features in both.
+
+    Parameters
+    ----------
+    bonds : BondTable
+        The rows to describe.
+    curves : CurveTable
+        Curves and spreads covering every row's observation date.
+    fair : ndarray
+        DCF fair clean price of each row (``curves.fair_value(bonds)["clean_price"]``).
+    prev_residual : ndarray
+        Residual of the same bond's previous observation, NaN where there is none.
+    issue_size_known : bool
+        Whether the data gives any issue size; without one ``log_issue_size`` is 0 everywhere
+        (decided over the whole data, not per batch).
+    """
     from bondexp.pricing import price_from_yield, yield_from_price
 
-    bonds, curves = market.bonds, market.curves
     obs = bonds["obs_date"]
-    fair = curves.fair_value(bonds)["clean_price"]
     date_idx = curves.date_index(obs)
     ttm = _years(bonds["maturity_date"], obs)
     spread = curves.spread(date_idx, bonds["rating"])
@@ -134,9 +172,6 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
     if timeless.any():
         ytm[timeless] = curves.zero_rate(date_idx[timeless], ttm[timeless]) + spread[timeless]
     state = curves.market_state()
-    market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
-    residual = market_price - fair
-    prev = _previous_residual(bonds["bond_id"], obs, residual)
     issue_size = np.asarray(bonds["issue_size"], dtype=np.float64)
     columns = {
         "coupon_rate": bonds["coupon_rate"],
@@ -144,7 +179,9 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
         "day_count": bonds["day_count"],
         "rating": bonds["rating"],
         "sector": bonds["sector"],
-        "log_issue_size": np.log(np.where(np.isfinite(issue_size) & (issue_size > 0), issue_size, np.nan)),
+        "log_issue_size": np.log(np.where(np.isfinite(issue_size) & (issue_size > 0), issue_size, np.nan))
+        if issue_size_known
+        else np.zeros(len(issue_size)),
         "time_to_maturity": ttm,
         "age": _years(obs, bonds["issue_date"]),
         "fair_value": fair,
@@ -152,8 +189,8 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
         "modified_duration": analytics["modified_duration"],
         "convexity": analytics["convexity"],
         "credit_spread": spread,
-        "prev_residual": np.nan_to_num(prev, nan=0.0),
-        "has_prev_residual": np.isfinite(prev),
+        "prev_residual": np.nan_to_num(prev_residual, nan=0.0),
+        "has_prev_residual": np.isfinite(prev_residual),
         "curve_level": state["curve_level"][date_idx],
         "curve_slope": state["curve_slope"][date_idx],
         "curve_curvature": state["curve_curvature"][date_idx],
@@ -162,18 +199,7 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
     X = np.empty((len(bonds), len(FEATURES)), dtype=np.float64)
     for j, name in enumerate(FEATURES):
         X[:, j] = columns[name]
-    if np.isnan(X[:, FEATURES.index("log_issue_size")]).all():
-        X[:, FEATURES.index("log_issue_size")] = 0.0
-    meta = {
-        "obs_date": obs,
-        "bond_id": bonds["bond_id"],
-        "rating": bonds["rating"],
-        "sector": bonds["sector"],
-        "market_price": market_price,
-        "fair_value": fair,
-    }
-    meta.update({name: bonds[name] for name in bonds.columns if name.startswith("oracle_")})
-    return FEATURES, X, residual, meta
+    return X
 
 
 def _build(data_cfg: Dict[str, Any], seed: int, fingerprint: str) -> Dataset:

@@ -19,14 +19,14 @@ maturity with the end-of-month rule:
   settlement date counts as paid.
 
 Why a padded matrix: schedules differ in length, so each bond is one row of a
-(bonds x remaining cash flows) matrix built with month arithmetic on day serials. Rows are sorted
-by their number of remaining cash flows and priced in chunks of at most :data:`CHUNK_CELLS`
-cells, which bounds memory for a million 40-year monthly bonds and keeps the padding small.
+(bonds x remaining cash flows) matrix built with month arithmetic on day serials. Rows are grouped
+by their number of remaining cash flows and priced in chunks of one length and at most
+:data:`CHUNK_CELLS` cells, which bounds memory for a million 40-year monthly bonds and leaves no
+padding, so a bond's figures never depend on the other bonds priced with it.
 """
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
@@ -280,23 +280,19 @@ def _terms(bonds, settlement) -> _Terms:
 
 
 def _chunks(remaining: np.ndarray, index: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """Bond indices (all, or those in ``index``) in chunks of similar schedule length.
+    """Bond indices (all, or those in ``index``) in chunks of one schedule length.
 
-    Sorting by the number of remaining cash flows keeps padding small; each chunk's matrix
-    (rows x its longest schedule) stays within :data:`CHUNK_CELLS` cells unless one bond alone
-    is longer.
+    A chunk's cash-flow matrix has no padding, so each bond's sums run over its own cash flows
+    alone and its figures do not depend on which other bonds are priced with it: a batch of rows
+    reproduces a whole-table run bit for bit (``bondexp.predict`` relies on this). Each chunk
+    stays within :data:`CHUNK_CELLS` cells unless one bond alone is longer.
     """
     index = np.arange(remaining.size) if index is None else index
     order = index[np.argsort(remaining[index], kind="stable")]
-    counts = remaining[order]
-    start = 0
-    while start < order.size:
-        fits = bisect.bisect_right(
-            range(start + 1, order.size + 1), CHUNK_CELLS, key=lambda stop: (stop - start) * int(counts[stop - 1])
-        )
-        stop = start + max(fits, 1)
-        yield order[start:stop]
-        start = stop
+    for group in np.split(order, np.flatnonzero(np.diff(remaining[order])) + 1):
+        size = max(1, CHUNK_CELLS // max(int(remaining[group[0]]), 1)) if group.size else 1
+        for start in range(0, group.size, size):
+            yield group[start : start + size]
 
 
 class _Flows(NamedTuple):

@@ -111,6 +111,21 @@ def load_file_market(cfg: Mapping):
     return Market(bonds=bonds, curves=read_curves(curve_path, spread_path)), dropped
 
 
+def bond_id_names(cfg: Mapping) -> tuple[str, ...] | None:
+    """The text bond ids (ISIN, CUSIP) of the bond file ``cfg`` names, indexed by the code :func:`validate`
+    gives each; None when the ids are integers (then the code is the id).
+
+    A BondTable keeps codes only; ``bondexp.predict`` names bonds, and matches them across files, with these.
+    """
+    path = existing_path(cfg, "path")
+    parquet = cfg["source"] == "parquet"
+    column = _mapping(cfg, _header(path, parquet=parquet), path)["bond_id"]
+    ids = coerce_columns(_concat(list(_batches(path, {"bond_id": column}, parquet=parquet))))["bond_id"]
+    if ids.dtype.kind in "iu":
+        return None
+    return tuple(str(name) for name in np.unique(ids) if name.strip() != "")  # validate's numbering: sorted, blanks out
+
+
 def read_curves(curve_path, spread_path=None) -> CurveTable:
     """A CurveTable from a long curve file and an optional long spread file.
 

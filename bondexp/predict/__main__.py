@@ -1,0 +1,35 @@
+"""`python -m bondexp.predict`: a thin Hydra shell around :func:`bondexp.predict.app.predict`; a refused input exits 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from bondexp.errors import BondexpError
+from bondexp.predict.app import predict, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="predict")
+def _main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    try:
+        written = predict(cfg, out_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+    except BondexpError as err:
+        print(f"bondexp.predict: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(f"{name}: {path}" for name, path in written.items()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The predict command's work: check the run and the new file, predict every batch, move the outputs into place.
+
+`predict(cfg, out_dir=...)` does the work and is what tests call; ``bondexp.predict.__main__`` is the Hydra shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from bondexp.errors import ConfigError
+from bondexp.predict.batches import load_new_bonds, predict_batches
+from bondexp.predict.runfolder import best_model, open_run, resolve_run
+from bondexp.predict.summary import Scores, concat, ranking_columns, render_markdown
+
+
+@dataclass
+class PredictConf:
+    run: str = MISSING  # a finished run folder, or `last` (the newest run under outputs/)
+    data: Any = MISSING  # the new bonds: the data group, csv or parquet
+    models: Any = "all"  # all | a list of the run's model names (`<model>_tuned` included)
+    batch_rows: int = 65_536  # rows priced and predicted at once: memory follows this, not the file
+    n_ranked: int = 20  # cheapest and richest bonds listed in predictions.md
+    progress: bool = True  # a tqdm bar over the rows
+    cache_dir: str = "~/.cache/bondexp"  # the feature cache holding the run's own data
+
+
+def register_configs() -> None:
+    """Register the predict schema beside bondexp's (the data group's schemas come from there)."""
+    from hydra.core.config_store import ConfigStore
+
+    from bondexp.config import register_configs as register_bondexp
+
+    register_bondexp()
+    ConfigStore.instance().store(name="predict_schema", node=PredictConf)
+
+
+OUTPUT_FILES = ("predictions.parquet", "predictions.csv", "predictions.md")
+
+
+def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) -> Dict[str, Path]:
+    """Check the run and the new file, predict every batch, then move the three output files into ``out_dir``.
+
+    Returns the paths written. Raises a :class:`~bondexp.errors.BondexpError` (nothing written) when
+    the config, the run folder or the data is wrong.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for key, low in (("batch_rows", 1), ("n_ranked", 0)):
+        if int(cfg[key]) < low:
+            raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
+    models = OmegaConf.to_container(cfg.models) if isinstance(cfg.models, ListConfig) else cfg.models
+    run = open_run(resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
+    best = best_model(run.artifacts)
+    latest = market.bonds["obs_date"].max()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = {name: out_dir / name for name in OUTPUT_FILES}
+    temporary = {name: out_dir / f".{name}.tmp" for name in OUTPUT_FILES}
+    scores = Scores(list(run.artifacts))
+    ranked: List[Dict[str, np.ndarray]] = []
+    parquet = csv = None
+    try:
+        for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), bond_names=bond_names,
+                                       progress=bool(cfg.progress)):
+            table = pa.table(columns)
+            if parquet is None:
+                parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema)
+                csv = pacsv.CSVWriter(str(temporary["predictions.csv"]), table.schema)
+            parquet.write_table(table)
+            csv.write_table(table)
+            scores.add(columns)
+            today = columns["obs_date"] == latest
+            ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
+        parquet.close()
+        csv.close()
+        parquet = csv = None
+        text = render_markdown(run, best=best, scores=scores, ranked=concat(ranked), data_cfg=data_cfg, dropped=dropped,
+                               n_rows=len(market.bonds), n_ranked=int(cfg.n_ranked), overrides=overrides)
+        temporary["predictions.md"].write_text(text)
+        for name in OUTPUT_FILES:
+            os.replace(temporary[name], final[name])
+    finally:
+        for writer in (parquet, csv):
+            if writer is not None:
+                writer.close()
+        for path in temporary.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return final

@@ -1,0 +1,172 @@
+"""The new bonds: loaded and validated as a run's data is, coded as the run codes them, predicted batch by batch.
+
+Features come from :func:`bondexp.features.feature_matrix`, the code training uses; only the fair
+value, the accrued interest and the previous residual are held for the whole file (three floats
+a row), everything else lives for one batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Dict, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from bondexp.errors import ConfigError, DataValidationError
+from bondexp.predict.runfolder import RunModels
+
+#: Prediction keys that go to the output as they are, as ``<model>_<key>`` (see train.predict_all).
+_AS_IS = ("level", "std", "var", "es")
+
+
+def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str]):
+    """Load and validate the new file as a run would, with sectors coded as the run codes them.
+
+    Returns
+    -------
+    market : Market
+    bond_names : tuple of str or None
+        The file's text bond ids by code (None when they are integers).
+    dropped : dict of str to int
+        Rows dropped per problem (``data.on_invalid: drop``).
+
+    Raises
+    ------
+    ConfigError, DataValidationError
+        As loading a run's data does; also for sectors the run never saw (unless dropped), and
+        observation dates the curve file does not cover (named).
+    """
+    from bondexp.bondtable import BondTable
+    from bondexp.data import Market, load_market
+    from bondexp.data.files import bond_id_names
+
+    if data_cfg.get("source") not in ("csv", "parquet"):
+        raise ConfigError(f"The 'data.source' config key must be 'csv' or 'parquet' for predict. Got {data_cfg.get('source')!r} instead.")
+    market, dropped = load_market(data_cfg, seed=0)
+    bonds = market.bonds
+    lookup = {name: code for code, name in enumerate(run_sectors)}
+    to_run = np.array([lookup.get(name, -1) for name in bonds.sectors], dtype=np.int16)
+    unknown = to_run[bonds["sector"]] < 0
+    if unknown.any():
+        names = sorted({bonds.sectors[c] for c in np.unique(bonds["sector"][unknown])})
+        if data_cfg.get("on_invalid", "raise") != "drop":
+            raise DataValidationError(
+                f"The file {data_cfg['path']} (data.path) has {int(unknown.sum())} rows of sectors the run's models never "
+                f"saw: {names}; they know {list(run_sectors)}. Fix the data, or set data.on_invalid=drop to drop these rows."
+            )
+        dropped = {**dropped, "sector unknown to the run": int(unknown.sum())}
+        bonds = bonds.take(np.flatnonzero(~unknown))
+    if len(bonds) == 0:
+        raise DataValidationError(f"The file {data_cfg['path']} (data.path) has no valid rows left to predict.")
+    columns = dict(bonds.data)
+    columns["sector"] = to_run[bonds["sector"]]
+    bonds = BondTable(columns, tuple(run_sectors))
+    date_idx = market.curves.date_index(bonds["obs_date"])  # names the dates the curve does not cover
+    market.curves.spread(date_idx, bonds["rating"])  # names the ratings the spread file lacks
+    return Market(bonds=bonds, curves=market.curves), dropped, bond_id_names(data_cfg)
+
+
+def previous_residuals(bonds, residual: np.ndarray, run_dataset, *, names=None, run_names=None) -> np.ndarray:
+    """Each row's previous residual: the bond's previous row in the new file, else its last observation
+    before that date in the run's data, else NaN (``has_prev_residual = 0``).
+
+    ``names`` and ``run_names`` are the text bond ids of the two files by code (None for integer ids):
+    bonds are matched across the files by their ids, not by the codes each file numbered on its own.
+    """
+    import pandas as pd
+
+    from bondexp.features import previous_residual
+
+    prev = previous_residual(bonds["bond_id"], bonds["obs_date"], residual)
+    missing = np.flatnonzero(np.isnan(prev))
+    if len(missing) and len(run_dataset.y):
+        left = pd.DataFrame({"obs_date": bonds["obs_date"][missing], "bond": _ids(bonds["bond_id"][missing], names, run_names),
+                             "row": missing})
+        right = pd.DataFrame({"obs_date": np.asarray(run_dataset.meta["obs_date"]),
+                              "bond": _ids(np.asarray(run_dataset.meta["bond_id"]), run_names, names), "prev": np.asarray(run_dataset.y)})
+        merged = pd.merge_asof(left.sort_values("obs_date", kind="stable"), right.sort_values("obs_date", kind="stable"),
+                               on="obs_date", by="bond", allow_exact_matches=False, direction="backward")
+        prev[merged["row"].to_numpy()] = merged["prev"].to_numpy(dtype=np.float64)
+    return prev
+
+
+def _ids(codes: np.ndarray, names, other_names) -> np.ndarray:
+    """Bond ids comparable across two files: the codes when neither file has text ids, else text."""
+    if names is None and other_names is None:
+        return codes
+    return np.asarray(names, dtype=object)[codes] if names is not None else codes.astype(str).astype(object)
+
+
+# ---------------------------------------------------------------- predicting
+
+
+def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None, progress: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+    """Output columns of every batch of rows (see the README's Predict section), in the table's row order."""
+    from bondexp.bondtable import RATINGS
+    from bondexp.features import FEATURES, feature_matrix
+
+    bonds, curves = market.bonds, market.curves
+    n = len(bonds)
+    slices = [slice(start, min(start + batch_rows, n)) for start in range(0, n, batch_rows)]
+    names = None if bond_names is None else np.asarray(bond_names, dtype=object)
+    with _bar(n, progress, "fair value") as bar:
+        fair, accrued = np.empty(n), np.empty(n)
+        for rows in slices:
+            priced = curves.fair_value(bonds.take(np.arange(rows.start, rows.stop)))
+            fair[rows], accrued[rows] = priced["clean_price"], priced["accrued"]
+            bar.update(rows.stop - rows.start)
+        market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
+        prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
+        issue_size_known = bool(np.isfinite(bonds["issue_size"]).any())
+        bar.reset()
+        bar.set_description(f"predict ({len(run.artifacts)} models)")
+        duration = FEATURES.index("modified_duration")
+        for rows in slices:
+            batch = bonds.take(np.arange(rows.start, rows.stop))
+            X = feature_matrix(batch, curves, fair=fair[rows], prev_residual=prev[rows], issue_size_known=issue_size_known)
+            out = {
+                "bond_id": batch["bond_id"] if names is None else names[batch["bond_id"]],
+                "obs_date": batch["obs_date"],
+                "rating": np.asarray(RATINGS)[batch["rating"]],
+                "sector": np.asarray(bonds.sectors)[batch["sector"]],
+                "market_price": market_price[rows],
+                "fair_value": fair[rows],
+                "dcf_market_minus_model": market_price[rows] - fair[rows],
+            }
+            for name, artifact in run.artifacts.items():
+                out.update(_model_columns(name, artifact, X, fair[rows], accrued[rows], market_price[rows], X[:, duration]))
+            yield out
+            bar.update(rows.stop - rows.start)
+
+
+def _model_columns(name, artifact, X, fair, accrued, market, duration) -> Dict[str, np.ndarray]:
+    """One model's output columns for a batch: adjustment, price, its interval, risk figures and the gap to market."""
+    import pandas as pd
+
+    from bondexp.features import FEATURES
+    from bondexp.steps.train import predict_all
+
+    features = list(artifact["features"])
+    frame = pd.DataFrame(X[:, [FEATURES.index(f) for f in features]], columns=features)
+    pred = predict_all(artifact["model"], frame)
+    price = fair + pred["mean"]
+    cols = {f"{name}_adjustment": pred["mean"], f"{name}_price": price}
+    if "lower" in pred:
+        cols[f"{name}_price_lower"], cols[f"{name}_price_upper"] = fair + pred["lower"], fair + pred["upper"]
+    for key in _AS_IS:
+        if key in pred:
+            cols[f"{name}_{key}"] = np.broadcast_to(np.asarray(pred[key], dtype=np.float64), price.shape)
+    gap = market - price
+    cols[f"{name}_market_minus_model"] = gap
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols[f"{name}_yield_gap_bp"] = np.where(duration > 0, -1e4 * gap / ((price + accrued) * duration), np.nan)
+    return cols
+
+
+@contextlib.contextmanager
+def _bar(total: int, enabled: bool, description: str):
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=description, unit="rows", unit_scale=True, disable=not enabled, file=sys.stderr) as bar:
+        yield bar

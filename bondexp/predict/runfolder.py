@@ -1,0 +1,147 @@
+"""The run folder a prediction trusts: verified checkpoints, matching library versions, the run's own data.
+
+Nothing is unpickled before every model checkpoint of the run matches its manifest's sha256 and
+was pickled with library versions that load it the same way (:data:`VERSION_PARTS`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from omegaconf import OmegaConf
+
+from bondexp.errors import ConfigError, RunFolderError
+
+#: and behave as they did (scikit-learn supports no cross-version unpickling; bondexp's own classes
+#: are pickled; numpy and pandas break pickles across major versions).
+VERSION_PARTS = {"python": 2, "bondexp": 3, "scikit-learn": 3, "numpy": 1, "scipy": 2, "pandas": 1, "joblib": 1}
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """A verified run: its folder, resolved config, own data, and the chosen model artifacts by name."""
+
+    run_dir: Path
+    config: Dict[str, Any]
+    dataset: Any
+    artifacts: Dict[str, Dict[str, Any]]
+    manifests: Dict[str, Dict[str, Any]]
+    bond_names: Optional[tuple] = None  # the run's text bond ids by code; None when its ids are integers
+
+
+def resolve_run(run: Optional[str], outputs: Path = Path("outputs")) -> Path:
+    """The folder ``run`` names; ``last`` is the newest folder under ``outputs/`` holding checkpoints."""
+    if run in (None, "???", ""):
+        raise ConfigError("The 'run' config key must name a finished run folder or be 'last'. Got no value.")
+    if run != "last":
+        return Path(run).expanduser()
+    runs = sorted(p.parent for p in outputs.glob("*/*/checkpoints") if p.is_dir())
+    if not runs:
+        raise ConfigError(f"The 'run' config key is 'last' but there is no run folder under {outputs.resolve()}.")
+    return runs[-1]
+
+
+def version_conflicts(recorded: Mapping[str, str]) -> List[str]:
+    """``"<library> <then> -> <now>"`` for each library whose version differs where :data:`VERSION_PARTS` says it matters."""
+    from bondexp.checkpoints import library_versions
+
+    now = library_versions()
+    conflicts = []
+    for dist, parts in VERSION_PARTS.items():
+        then, here = recorded.get(dist), now.get(dist)
+        if _release(then)[:parts] != _release(here)[:parts]:
+            conflicts.append(f"{dist} {then or 'unrecorded'} -> {here or 'absent'}")
+    return conflicts
+
+
+def _release(version: Optional[str]) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", version or "")[:3])
+
+
+def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> RunModels:
+    """Verify a run folder and load the models asked for and the run's own data.
+
+    Raises
+    ------
+    RunFolderError
+        If the folder is not a finished run, a model checkpoint fails its sha256 or was pickled with
+        library versions that differ (see :data:`VERSION_PARTS`), or a requested model is missing.
+    """
+    import joblib
+
+    from bondexp.checkpoints import CheckpointStore
+
+    run_dir = Path(run_dir)
+    config_path, results_path = run_dir / ".hydra" / "config.yaml", run_dir / "results.json"
+    if not (config_path.is_file() and results_path.is_file()):
+        raise RunFolderError(
+            f"The 'run' config key must name a finished run folder (with .hydra/config.yaml and results.json). "
+            f"Got {str(run_dir)!r} instead."
+        )
+    steps = json.loads(results_path.read_text())["steps"]
+    # model steps, and the tuned model (the tune step's artifact has a model step's shape)
+    candidates = [n for n, s in steps.items() if s["status"] in ("ran", "reused") and (s.get("group") != "report" or n == "tune")]
+    store = CheckpointStore(run_dir / "checkpoints")
+    manifests = {name: store.manifest(name) or {} for name in candidates}
+    reasons = {name: store.verify(name, manifests[name].get("fingerprint", "")) for name in candidates}
+    corrupt = [f"{name} ({reason})" for name, reason in reasons.items() if reason is not None]
+    if corrupt:
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} has checkpoints that do not verify: {', '.join(corrupt)}. They changed after "
+            f"the run wrote them; rebuild them with: python -m bondexp resume={shlex.quote(str(run_dir))}"
+        )
+    conflicts = sorted({c for n in candidates for c in version_conflicts(manifests[n].get("versions", {}))})
+    if conflicts:
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} pickled its models with other library versions: {', '.join(conflicts)}. "
+            f"Unpickling may fail or change predictions; predict with those versions installed, or re-run the experiment here."
+        )
+    step_of = {name: name for name in candidates if name != "tune"}
+    if "tune" in candidates:
+        tuned = joblib.load(store.artifact_path("tune"))
+        step_of[tuned["name"]] = "tune"
+    wanted = list(step_of) if models in (None, "all") else ([models] if isinstance(models, str) else list(models))
+    missing = [name for name in wanted if name not in step_of]
+    if missing:
+        hints = [m for name in missing for m in difflib.get_close_matches(name, step_of, n=1)]
+        raise RunFolderError(
+            f"The 'models' config key names {missing}, which the run {str(run_dir)!r} lacks"
+            f"{f' (did you mean {hints}?)' if hints else ''}; its models are {sorted(step_of)}. Use models=all or some of these."
+        )
+    artifacts = {name: tuned if step_of[name] == "tune" else joblib.load(store.artifact_path(step_of[name])) for name in wanted}
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
+    return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
+
+
+def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
+    """The run's own data (from the feature cache when it is there), which must still be what the run saw,
+    and its text bond ids (None for integer ids)."""
+    from bondexp.data import data_fingerprint
+    from bondexp.data.files import bond_id_names
+    from bondexp.features import load_dataset
+
+    data_cfg, seed = dict(config["data"]), int(config.get("seed", 0))
+    recorded = json.loads((run_dir / "data_summary.json").read_text()).get("fingerprint")
+    try:
+        fingerprint = data_fingerprint(data_cfg, seed=seed)
+    except ConfigError as err:
+        raise RunFolderError(f"The run's own data is needed (bond sectors, previous residuals) but cannot be read: {err}") from None
+    if fingerprint != recorded:
+        raise RunFolderError(
+            f"The run's own data changed since the run (data fingerprint {fingerprint[:12]}, the run saw {recorded[:12]}); "
+            "its sectors and previous residuals would not be the ones the models learned from."
+        )
+    dataset, _ = load_dataset(data_cfg, seed=seed, cache_dir=cache_dir, fingerprint=fingerprint)
+    return dataset, (None if data_cfg["source"] == "synthetic" else bond_id_names(data_cfg))
+
+
+def best_model(artifacts: Mapping[str, Mapping[str, Any]]) -> str:
+    """The model with the lowest validation RMSE: the run's own rule for its best model (never the test split)."""
+    return min(artifacts, key=lambda name: float(artifacts[name]["metrics"]["val_rmse"]))

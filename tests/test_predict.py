@@ -1,0 +1,239 @@
+"""`python -m bondexp.predict` on a finished run of the tiny market: exact reproduction, a second market, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from bondexp.bondtable import BondTable
+from bondexp.data import Market, load_market
+from bondexp.data.files import write_market
+from bondexp.features import load_dataset
+from bondexp.predict.app import OUTPUT_FILES, predict, register_configs
+from bondexp.predict.batches import previous_residuals
+from bondexp.predict.runfolder import best_model, resolve_run, version_conflicts
+
+# no wall-clock budget for tuning: on a loaded machine it may end before a trial does
+QUICK = ["data=small", "tune.n_trials=2", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
+MODEL_STEPS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian", "tune")
+
+
+def python_m(module: str, *args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache) -> Path:
+    """A run of all eight models and the tuned one on the tiny market."""
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = python_m("bondexp", *QUICK, "workers=2", f"hydra.run.dir={run_dir}", cwd=run_dir, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def run_data(run_dir: Path, cache: Path):
+    """The run's market and dataset, as the run built them."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    market, _ = load_market(data_cfg, seed=int(cfg.seed))
+    dataset, _ = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache)
+    return market, dataset
+
+
+def file_overrides(files) -> list[str]:
+    return [f"data.{key}={path}" for key, path in files.items()]
+
+
+def compose_predict(overrides: list[str]):
+    register_configs()
+    with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
+        return compose(config_name="predict", overrides=overrides)
+
+
+def test_predicting_the_runs_test_split_reproduces_its_checkpointed_predictions(finished_run, cache, tmp_path):
+    market, dataset = run_data(finished_run, cache)
+    test = dataset.splits["test"]
+    files = write_market(Market(market.bonds.take(test), market.curves), tmp_path / "test_split")
+    cfg = compose_predict([f"run={finished_run}", *file_overrides(files), "progress=false", f"cache_dir={cache}"])
+    out = pd.read_parquet(predict(cfg, out_dir=tmp_path / "out")["predictions.parquet"])
+
+    np.testing.assert_array_equal(out["bond_id"], dataset.meta["bond_id"][test])
+    fair = dataset.meta["fair_value"][test]
+    np.testing.assert_array_equal(out["fair_value"], fair)
+    checked = []
+    for step in MODEL_STEPS:
+        artifact = joblib.load(finished_run / "checkpoints" / f"{step}.joblib")
+        name, expected = artifact["name"], artifact["predictions"]["test"]
+        np.testing.assert_array_equal(out[f"{name}_adjustment"], expected["mean"], err_msg=name)
+        if "lower" in expected:
+            np.testing.assert_array_equal(out[f"{name}_price_lower"], fair + expected["lower"], err_msg=name)
+            np.testing.assert_array_equal(out[f"{name}_price_upper"], fair + expected["upper"], err_msg=name)
+        for key in ("level", "std", "var", "es"):
+            if key in expected:
+                want = np.broadcast_to(expected[key], fair.shape)
+                np.testing.assert_array_equal(out[f"{name}_{key}"], want, err_msg=f"{name} {key}")
+        checked.append(name)
+    assert len(checked) == 9 and any(name.endswith("_tuned") for name in checked)
+
+
+def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(finished_run, cache, tmp_path):
+    cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
+    other, _ = load_market(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed) + 1)
+    # other bonds: ids the run never saw, so none borrows a previous residual from the run's data
+    bonds = BondTable({**other.bonds.data, "bond_id": other.bonds["bond_id"] + 1_000_000}, other.bonds.sectors)
+    files = write_market(Market(bonds, other.curves), tmp_path / "other")
+    out_dir = tmp_path / "out"
+    proc = python_m("bondexp.predict", f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}",
+                    cwd=tmp_path, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_parquet(out_dir / "predictions.parquet")
+    assert len(out) == len(bonds) == len(pd.read_csv(out_dir / "predictions.csv"))
+
+    artifacts = {a["name"]: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.joblib") for s in MODEL_STEPS)}
+    best = best_model(artifacts)
+    assert f"best model: **{best}**" in (out_dir / "predictions.md").read_text()
+    board = pd.read_csv(finished_run / "leaderboard.csv").set_index("model")["rmse"]
+    own_gain = board["dcf_baseline"] - board[best]
+    rmse = lambda gap: float(np.sqrt(np.mean(np.square(gap))))  # noqa: E731
+    new_gain = rmse(out["dcf_market_minus_model"]) - rmse(out[f"{best}_market_minus_model"])
+    assert new_gain >= 0.5 * own_gain, (best, new_gain, own_gain)
+
+
+def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
+    copy = tmp_path / "run_copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("run.lock"))
+    if how == "sha256":
+        with open(copy / "checkpoints" / "factor.joblib", "ab") as fh:
+            fh.write(b"\0")
+    else:
+        manifest = json.loads((copy / "checkpoints" / "basic.json").read_text())
+        manifest["versions"]["scikit-learn"] = "0.24.2"
+        (copy / "checkpoints" / "basic.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _bad_rows(files):
+    frame = pd.read_csv(files["path"], dtype=str)
+    frame.loc[2, "clean_price"] = "-1"
+    frame.loc[4, "maturity_date"] = "soon"
+    frame.to_csv(files["path"], index=False)
+
+
+def _uncovered_date(files):
+    curve = pd.read_csv(files["curve_path"])
+    curve[curve["date"] != curve["date"].max()].to_csv(files["curve_path"], index=False)
+
+
+def _unknown_sector(files):
+    frame = pd.read_csv(files["path"], dtype=str)
+    frame.loc[0, "sector"] = "Shipping"
+    frame.to_csv(files["path"], index=False)
+
+
+@pytest.mark.parametrize(
+    "case, messages",
+    [
+        ("sha256", ["do not verify", "factor (corrupt (sha256 mismatch))", "resume="]),
+        ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
+        ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
+        ("bad rows", ["non-positive price: column 'clean_price', 1 rows, first rows [3]",
+                      "missing or unparseable maturity date: column 'maturity_date', 1 rows, first rows [5]"]),
+        ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
+        ("unknown sector", ["sectors the run's models never saw: ['Shipping']"]),
+    ],
+)
+def test_refusals_exit_2_with_one_message_and_write_nothing(finished_run, cache, tmp_path, case, messages):
+    market, dataset = run_data(finished_run, cache)
+    files = write_market(Market(market.bonds.take(dataset.splits["test"]), market.curves), tmp_path / "data")
+    run_dir, extra = finished_run, []
+    if case in ("sha256", "versions"):
+        run_dir = _tamper(finished_run, tmp_path, case)
+    elif case == "missing model":
+        extra = ["models=[basic,enhancd]"]
+    else:
+        {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
+    out_dir = tmp_path / "out"
+    proc = python_m("bondexp.predict", f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={out_dir}",
+                    cwd=tmp_path, cache=cache)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("bondexp.predict: error:") == 1 and "Traceback" not in proc.stderr
+    for message in messages:
+        assert message in proc.stderr
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(("predictions", ".predictions"))]
+
+
+def test_previous_residual_comes_from_the_file_then_the_run_then_is_absent():
+    day = lambda text: np.datetime64(text, "D")  # noqa: E731
+    bonds = {"bond_id": np.array([1, 1, 2, 3]), "obs_date": np.array([day("2020-02-29"), day("2020-03-31"), day("2020-03-31"), day("2020-03-31")])}
+    run = SimpleNamespace(
+        y=np.array([0.5, 0.7, 9.0]),
+        meta={"bond_id": np.array([2, 2, 2]), "obs_date": np.array([day("2020-01-31"), day("2020-02-29"), day("2020-03-31")])},
+    )
+    prev = previous_residuals(bonds, np.array([0.1, 0.2, 0.3, 0.4]), run)
+    # bond 1: none before its first row, then its own previous row; bond 2: the run's last one *before*
+    # 2020-03-31 (not the same day); bond 3: nowhere
+    np.testing.assert_array_equal(prev, [np.nan, 0.1, 0.7, np.nan])
+
+
+def test_text_bond_ids_are_matched_by_name_across_files(tmp_path):
+    day = lambda text: np.datetime64(text, "D")  # noqa: E731
+    # each file numbers its own text ids in sorted order: XS2 is code 0 here and code 1 in the run
+    bonds = {"bond_id": np.array([0, 1]), "obs_date": np.array([day("2020-02-29"), day("2020-02-29")])}
+    run = SimpleNamespace(y=np.array([0.5, 0.9]), meta={"bond_id": np.array([1, 0]), "obs_date": np.array([day("2020-01-31")] * 2)})
+    prev = previous_residuals(bonds, np.zeros(2), run, names=("XS2", "XS9"), run_names=("XS1", "XS2"))
+    np.testing.assert_array_equal(prev, [0.5, np.nan])
+
+
+def test_bond_id_names_follow_validates_numbering(tmp_path):
+    from bondexp.data.files import bond_id_names, load_file_market
+
+    small = {"source": "synthetic", "n_observations": 400, "n_months": 36, "n_sectors": 5}
+    market, _ = load_market(small, seed=0)
+    files = write_market(market, tmp_path)
+    data_cfg = {"source": "csv", **{k: str(v) for k, v in files.items()}}
+    assert bond_id_names(data_cfg) is None  # integer ids: the code is the id
+    frame = pd.read_csv(files["path"])
+    frame["bond_id"] = [f" ISIN{9999 - i:05d}" for i in frame["bond_id"]]
+    frame.to_csv(files["path"], index=False)
+    names = bond_id_names(data_cfg)
+    table, _ = load_file_market(data_cfg)
+    original = 9999 - np.asarray(market.bonds["bond_id"])
+    shown = np.asarray(names)[table.bonds["bond_id"]]
+    assert sorted(shown) == sorted(f"ISIN{i:05d}" for i in original)
+
+
+def test_version_conflicts_follow_the_table():
+    from bondexp.checkpoints import library_versions
+
+    now = dict(library_versions())
+    assert version_conflicts(now) == []
+    numpy_major = str(int(now["numpy"].split(".")[0]) + 1) + ".0.0"
+    assert version_conflicts({**now, "numpy": now["numpy"].rsplit(".", 1)[0] + ".999"}) == []  # a numpy patch is fine
+    assert version_conflicts({**now, "numpy": numpy_major}) == [f"numpy {numpy_major} -> {now['numpy']}"]
+    assert version_conflicts({k: v for k, v in now.items() if k != "scikit-learn"}) == [f"scikit-learn unrecorded -> {now['scikit-learn']}"]
+
+
+def test_run_last_is_the_newest_folder_with_checkpoints(tmp_path):
+    for name in ("2026-01-01/10-00-00", "2026-01-02/09-00-00"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+    (tmp_path / "predict" / "2026-01-03" / "08-00-00").mkdir(parents=True)
+    assert resolve_run("last", outputs=tmp_path) == tmp_path / "2026-01-02" / "09-00-00"
+    assert set(OUTPUT_FILES) == {"predictions.parquet", "predictions.csv", "predictions.md"}
