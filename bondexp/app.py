@@ -29,6 +29,7 @@ OUTPUT_WRITERS = {
     "evaluate": "bondexp.steps.evaluate",
     "drift": "bondexp.steps.drift",
     "tune": "bondexp.steps.tune",
+    "backtest": "bondexp.steps.backtest",
 }
 #: File in the run folder naming the checkpoints its report files were written from, and the files.
 OUTPUTS_STAMP = ".outputs.json"
@@ -97,9 +98,12 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    graph = build_graph(build_steps(cfg, models))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     durations_path = cache_dir / "durations.json"
+    backtest = cfg.backtest.origins is not None
+    if backtest:  # the origins are months of the data: load it before the graph, dry run included
+        dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
+    graph = build_graph(build_steps(cfg, models, months=dataset.meta["obs_date"] if backtest else None))
 
     if cfg.dry_run:
         from bondexp.data import data_fingerprint
@@ -109,7 +113,8 @@ def run(
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
 
-    dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
+    if not backtest:
+        dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir)
     check_config_against_data(cfg, dataset)
     summary = data_summary(dataset, info)
     run_dir.mkdir(parents=True, exist_ok=True)
