@@ -284,10 +284,9 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
               "'sqlite:///tuning.db'", cfg.tune.storage)
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
-    if cfg.backtest.origins is not None:
-        from bondexp.steps.backtest import check_backtest_config
+    from bondexp.steps.backtest import check_backtest_config
 
-        check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
+    check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():

@@ -88,6 +88,14 @@ def test_steps_are_one_per_model_and_origin_then_the_backtest(cache):
     assert not any(name.startswith("tuned@") for name in (s.name for s in build_steps(no_tune, models, months=small_months(cache))))
 
 
+def test_a_dry_run_plans_the_refits_and_runs_nothing(tmp_path, cache, capsys):
+    cfg = composed("data=small", "backtest.origins=2", "model=[basic]", "dry_run=true", f"cache_dir={cache}")
+    assert run(cfg, run_dir=tmp_path / "run", workers=1) is None
+    plan = capsys.readouterr().out
+    assert "basic@2017-07" in plan and "basic@2017-10" in plan and "tuned@2017-10" in plan
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

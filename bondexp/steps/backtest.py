@@ -159,7 +159,7 @@ def origin_rows(
     dict
         ``fit`` (months before the origin, within the window, before the calibration months when
         the model calibrates), ``calibration`` (the latest ``calibration_months`` before the origin,
-        or empty) and ``scored`` (the ``horizon`` months from the origin on), each sorted int64.
+        or empty) and ``scored`` (the ``horizon`` months from the origin on), each sorted.
     """
     months = np.asarray(month_of_row, dtype="datetime64[M]")
     start = np.datetime64(origin, "M")
@@ -194,6 +194,8 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
         (``rmse`` over the scored rows, ``n_train``, ``n_scored``). No fitted model: the backtest's
         refits are scored, not reused.
     """
+    import pandas as pd
+
     from bondexp.features import dataset_for
     from bondexp.models.base import final_estimator
     from bondexp.steps.train import _train, build_model, predict_all
@@ -209,8 +211,6 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
     model = _train(model_config, dataset, params=None, train_rows=rows["fit"],
                    calibration_rows=rows["calibration"] if calibrates else None)
     cols = dataset.columns(features)
-    import pandas as pd
-
     frame = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows["scored"], cols)]), columns=features)
     predictions = predict_all(model, frame)
     y = np.asarray(dataset.y[rows["scored"]])
@@ -222,7 +222,7 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
         "origin": config["origin"],
         "group": model_config.get("group", "ml"),
         "estimator": dict(model_config["estimator"]),
-        "rows": {k: v.astype(np.int64) for k, v in rows.items()},
+        "rows": {k: v.astype(np.int32) for k, v in rows.items()},  # int32: the backtest step receives them all
         "predictions": predictions,
         "metrics": {"rmse": rmse, "n_train": int(len(rows["fit"]) + len(rows["calibration"])), "n_scored": int(len(y))},
     }
@@ -404,7 +404,7 @@ def plot_rmse_by_origin(artifact: Mapping[str, Any], path: Path) -> Path:
         style = {"ls": "--", "color": "gray" if name == BASELINE else "black", "lw": 1.2} if name in (BASELINE, ORACLE) else {"marker": "o"}
         ax.plot(x, [by_origin[o] for o in origins], label=name, **style)
     ax.set_xticks(x, origins, rotation=45, ha="right")
-    ax.set_xlabel("origin (refit month; the next months are scored)")
+    ax.set_xlabel("origin (first scored month; each refit saw only the months before it)")
     ax.set_ylabel("RMSE of the residual (per 100)")
     ax.set_title("Walk-forward backtest: RMSE by origin")
     ax.legend(fontsize=8, ncol=2)
