@@ -67,9 +67,12 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
         return []
     if months is None:
         raise ValueError("backtest_steps needs the data's months when backtest.origins is set.")
-    taken = sorted({bt.REPORT_STEP} & (set(models) | set(cfg.steps)) | ({bt.TUNED} & set(models) if "tune" in cfg.steps else set()))
+    taken = {bt.REPORT_STEP} & (set(models) | set(cfg.steps))
+    if "tune" in cfg.steps:
+        taken |= {bt.TUNED} & set(models)  # its refits would be named like the tuned model's
     if taken:
-        raise ConfigError(f"The backtest adds steps named {taken!r}; rename the model or step of that name, or set backtest.origins=null.")
+        raise ConfigError(f"The backtest adds steps named after {sorted(taken)}; rename that model or step, "
+                          "or set backtest.origins=null.")
     shared = {"horizon": spec["horizon"], "window": spec["window"], "calibration_months": spec["calibration_months"]}
     origins = bt.origin_months(months, spec)
     refits = {name: (model_step(name, model, cfg).config, ()) for name, model in models.items()}

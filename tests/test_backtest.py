@@ -88,6 +88,13 @@ def test_steps_are_one_per_model_and_origin_then_the_backtest(cache):
     assert not any(name.startswith("tuned@") for name in (s.name for s in build_steps(no_tune, models, months=small_months(cache))))
 
 
+def test_a_model_named_like_a_backtest_step_is_a_config_error(cache):
+    cfg = composed(*SMALL, "model=[basic]")
+    basic = collect_models(cfg)["basic"]
+    with pytest.raises(ConfigError, match=r"named after \['tuned'\]; rename that model"):
+        build_steps(cfg, {"tuned": basic}, months=small_months(cache))
+
+
 def test_a_dry_run_plans_the_refits_and_runs_nothing(tmp_path, cache, capsys):
     cfg = composed("data=small", "backtest.origins=2", "model=[basic]", "dry_run=true", f"cache_dir={cache}")
     assert run(cfg, run_dir=tmp_path / "run", workers=1) is None
