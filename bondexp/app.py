@@ -31,6 +31,7 @@ OUTPUT_WRITERS = {
     "evaluate": "bondexp.steps.evaluate",
     "drift": "bondexp.steps.drift",
     "tune": "bondexp.tuning.step",
+    "backtest": "bondexp.steps.backtest",
 }
 #: File in the run folder naming the checkpoints its report files were written from, and the files.
 OUTPUTS_STAMP = ".outputs.json"
@@ -99,21 +100,23 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    graph = build_graph(build_steps(cfg, models))
     data_cfg = with_absolute_paths(OmegaConf.to_container(cfg.data, resolve=True))  # steps may run elsewhere
     durations_path = cache_dir / "durations.json"
-
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
+    dataset = info = None
+    backtest = cfg.backtest.origins is not None
+    if backtest:  # the origins are months of the data: load it before the graph, dry run included
+        dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+    graph = build_graph(build_steps(cfg, models, months=dataset.meta["obs_date"] if backtest else None))
     if cfg.dry_run:
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
 
     summary = _finished_run_summary(graph, run_dir, fingerprint)
     if summary is None:
-        from bondexp.features import load_dataset
-
-        dataset, info = load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir, fingerprint=fingerprint)
+        if dataset is None:
+            dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
         summary = data_summary(dataset, info)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "data_summary.json", summary)
@@ -143,6 +146,13 @@ def run(
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
     return result
+
+
+def _load_dataset(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str):
+    """The run's dataset and load info; imported here so commands that load no data stay light."""
+    from bondexp.features import load_dataset
+
+    return load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir, fingerprint=fingerprint)
 
 
 def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> Optional[Dict[str, Any]]:

@@ -110,6 +110,14 @@ class TuneConf:
 
 
 @dataclass
+class BacktestConf:
+    origins: Any = None  # null = no backtest; a count (origins `horizon` months apart, ending at the data) or ['YYYY-MM', ...]
+    horizon: int = 3  # months scored after each origin
+    window: Any = "expanding"  # expanding (every month before the origin) | a number of months before it
+    calibration_months: int = 6  # latest months before the origin that calibrating models (tail_risk, bayesian) calibrate on
+
+
+@dataclass
 class ExecutorConf:
     name: str = "local"  # local (processes; workers=1 runs in-process) | dask
     address: Optional[str] = None  # dask scheduler address; null starts a LocalCluster
@@ -148,6 +156,7 @@ class BondexpConf:
     eval: EvalConf = field(default_factory=EvalConf)
     drift: DriftConf = field(default_factory=DriftConf)
     tune: TuneConf = field(default_factory=TuneConf)
+    backtest: BacktestConf = field(default_factory=BacktestConf)
     executor: ExecutorConf = field(default_factory=ExecutorConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     steps: Dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
@@ -292,6 +301,9 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
                           "pip install \".[mlflow]\" (or choose tracking=none).")
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
+    from bondexp.steps.backtest import check_backtest_config
+
+    check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():

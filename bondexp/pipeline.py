@@ -8,7 +8,7 @@ adds the report steps, whose ``needs: [models]`` stands for every model step cho
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -53,8 +53,51 @@ def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
     return Step(name=name, target=MODEL_STEP_TARGET, needs=(), group=config["group"], config=config)
 
 
-def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> List[Step]:
-    """Every step of the experiment: one per model, then the report steps from ``cfg.steps``."""
+def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: Optional[Sequence[Any]]) -> List[Step]:
+    """The walk-forward backtest: a ``<model>@<YYYY-MM>`` step per model and origin (``tuned@...``
+    refits the tune step's best parameters when tune runs), then the ``backtest`` step gathering them.
+
+    Empty while ``backtest.origins`` is null. ``months`` are the data's observation months.
+
+    Raises
+    ------
+    ConfigError
+        From :func:`bondexp.steps.backtest.origin_months`, or a model or step named like a backtest step.
+    """
+    from bondexp.steps import backtest as bt
+
+    spec = OmegaConf.to_container(cfg.backtest, resolve=True)
+    if spec["origins"] is None:
+        return []
+    if months is None:
+        raise ValueError("backtest_steps needs the data's months when backtest.origins is set.")
+    taken = {bt.REPORT_STEP} & (set(models) | set(cfg.steps))
+    if "tune" in cfg.steps:
+        taken |= {bt.TUNED} & set(models)  # its refits would be named like the tuned model's
+    if taken:
+        raise ConfigError(f"The backtest adds steps named after {sorted(taken)}; rename that model or step, "
+                          "or set backtest.origins=null.")
+    shared = {"horizon": spec["horizon"], "window": spec["window"], "calibration_months": spec["calibration_months"]}
+    origins = bt.origin_months(months, spec)
+    refits = {name: (model_step(name, model, cfg).config, ()) for name, model in models.items()}
+    if "tune" in cfg.steps:
+        refits[bt.TUNED] = (None, ("tune",))
+    steps = [
+        Step(name=f"{name}@{origin}", target=bt.ORIGIN_TARGET, needs=needs, group="backtest",
+             config={**shared, "origin": origin, "model": config})
+        for name, (config, needs) in refits.items()
+        for origin in origins
+    ]
+    report = {"n_bootstrap": int(cfg.eval.n_bootstrap), "confidence": float(cfg.eval.confidence), "seed": int(cfg.seed)}
+    return steps + [Step(name=bt.REPORT_STEP, target=bt.REPORT_TARGET, needs=tuple(s.name for s in steps), group="report", config=report)]
+
+
+def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], *, months: Optional[Sequence[Any]] = None) -> List[Step]:
+    """Every step of the experiment: one per model, the report steps from ``cfg.steps``, then the backtest's.
+
+    ``months`` (the data's observation months) place the backtest origins; only needed when
+    ``backtest.origins`` is set.
+    """
     steps = [model_step(name, spec, cfg) for name, spec in models.items()]
     groups: Dict[str, List[str]] = {}
     for step in steps:
@@ -74,4 +117,4 @@ def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> List[Step
         slice_ = OmegaConf.to_container(decl.config, resolve=True) if decl.config is not None else {}
         slice_ = {**slice_, "seed": int(cfg.seed)}
         steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))
-    return steps
+    return steps + backtest_steps(cfg, models, months)

@@ -223,3 +223,27 @@ def _worker_sort_key(label: str) -> tuple[int, str]:
     """Workers in number order (``w2`` before ``w10``), unnumbered labels last."""
     head = label.split("/", 1)[0]
     return (int(head[1:]) if head[1:].isdigit() else 1 << 30, label)
+
+
+# ----------------------------------------------------------------------------- backtest
+
+
+def backtest_png(artifact: Mapping[str, Any], *, references: Sequence[str], overall: str) -> bytes:
+    """RMSE of each model at each walk-forward origin; the reference rows (DCF, oracle) dashed."""
+    plt = _pyplot()
+    origins = artifact["origins"]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(origins) + 3), 4.8))
+    x = np.arange(len(origins))
+    present = [n for n in references if any(r["model"] == n for r in artifact["rows"])]
+    for name in list(artifact["models"]) + present:
+        by_origin = {r["origin"]: r["rmse"] for r in artifact["rows"] if r["model"] == name and r["origin"] != overall}
+        style = ({"ls": "--", "color": "gray" if name == references[0] else "black", "lw": 1.2}
+                 if name in references else {"marker": "o"})
+        ax.plot(x, [by_origin[o] for o in origins], label=name, **style)
+    ax.set_xticks(x, origins, rotation=45, ha="right")
+    ax.set_xlabel("origin (first scored month; each refit saw only the months before it)")
+    ax.set_ylabel("RMSE of the residual (per 100)")
+    ax.set_title("Walk-forward backtest: RMSE by origin")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return _png(fig, dpi=110)

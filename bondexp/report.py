@@ -13,6 +13,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 import numpy as np
 
 from bondexp.atomic import atomic_write_text
+from bondexp.steps.backtest import report_section as backtest_section
 from bondexp.steps.evaluate import leaderboard_markdown
 
 #: Metrics shown per step in the step table (the first two a step reports, in this order).
@@ -43,7 +44,7 @@ def write_report(
         The ``results.json`` dict: ``steps`` ({name: status, duration_s, worker, metrics, error}),
         ``wall_s``, ``ok``.
     artifacts : dict
-        The ``evaluate``, ``drift`` and ``tune`` artifacts of the steps that finished.
+        The ``evaluate``, ``drift``, ``tune`` and ``backtest`` artifacts of the steps that finished.
     leaderboard_rows : list of dict
         Leaderboard rows, the tuned model's included, sorted by RMSE.
 
@@ -61,6 +62,7 @@ def write_report(
         _leaderboard(leaderboard_rows, artifacts.get("evaluate"), status=_status(steps, "evaluate")),
         _drift(artifacts.get("drift"), status=_status(steps, "drift")),
         _tuning(artifacts.get("tune"), status=_status(steps, "tune")),
+        *([backtest_section(artifacts.get("backtest"), status=_status(steps, "backtest"))] if "backtest" in steps else []),
         _plots(run_dir),
     ]
     path = run_dir / "report.md"

@@ -108,8 +108,12 @@ def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
     return out
 
 
-def _train(config, dataset: Dataset, *, params, train_rows) -> Pipeline:
-    """Build, fit on the training rows (time order kept, months given) and calibrate on the validation split."""
+def _train(config, dataset: Dataset, *, params, train_rows, calibration_rows=None) -> Pipeline:
+    """Build, fit on the training rows (time order kept, months given) and calibrate on the validation split.
+
+    ``calibration_rows`` calibrate instead of the validation split (a backtest calibrates on the
+    latest months before its origin).
+    """
     features = list(config["features"])
     model = build_model(config, dataset=dataset, params=params)
     rows = dataset.splits["train"] if train_rows is None else np.sort(np.asarray(train_rows))
@@ -118,8 +122,14 @@ def _train(config, dataset: Dataset, *, params, train_rows) -> Pipeline:
     fit_time_ordered(model, X, np.asarray(dataset.y[rows]), groups=np.asarray(dataset.meta["obs_date"])[rows])
     est = final_estimator(model)
     if hasattr(est, "calibrate"):
-        _calibrate(est, transform_features(model, dataset.frame("validation", features)), dataset.target("validation"),
-                   dataset.meta_of("validation", "obs_date"))
+        if calibration_rows is None:
+            X_cal, y_cal = dataset.frame("validation", features), dataset.target("validation")
+            dates = dataset.meta_of("validation", "obs_date")
+        else:
+            rows = np.sort(np.asarray(calibration_rows))
+            X_cal = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows, cols)]), columns=features)
+            y_cal, dates = np.asarray(dataset.y[rows]), np.asarray(dataset.meta["obs_date"])[rows]
+        _calibrate(est, transform_features(model, X_cal), y_cal, dates)
     return model
 
 
