@@ -3,8 +3,8 @@
 Each run is `python -m bondexp` as a subprocess, the way a user runs it: with one worker, with two
 workers while a CPU-burning process competes for the cores, and through a Dask LocalCluster.
 Every step's metrics in results.json and every model's predictions in its checkpoint must be
-identical; AutoML is in the model set, since its budget counts candidates, not seconds.
-(Tuning is left out here: its determinism is the tuning package's own test.)
+identical; AutoML is in the model set, since its budget counts candidates, not seconds, and so
+is tuning (a batched study on two trial processes when workers=2, in-process when workers=1).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from test_app import bondexp
 
 pytestmark = pytest.mark.slow
 
-#: A small model set with AutoML (its budget cut to one candidate per family and a TPE one) and an interval model.
-RUN = ["data=small", "~steps.tune", "model=[automl,tail_risk]", "models.automl.n_candidates=5",
-       "eval.n_bootstrap=50", "progress=false"]
-MODELS = ("automl", "tail_risk")
+#: A small model set with AutoML (its budget cut to one candidate per family and a TPE one), an
+#: interval model, and enhanced tuned in two batches of two trials (no time cap).
+RUN = ["data=small", "model=[automl,tail_risk,enhanced]", "models.automl.n_candidates=5", "tune.target=enhanced",
+       "tune.n_trials=4", "tune.batch_size=2", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
+MODELS = ("automl", "tail_risk", "enhanced", "tune")
 
 
 @contextlib.contextmanager
