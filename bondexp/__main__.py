@@ -30,14 +30,19 @@ _share_config_store()
 register_configs()
 
 
-def _resumed_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
-    """Compose the resumed run's original overrides plus today's (minus `resume`)."""
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    original = list(OmegaConf.load(saved)) if saved.exists() else []
-    today = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == "resume"]
-    combined = original + today
-    cfg = hydra.compose(config_name="config", overrides=combined, return_hydra_config=True)
-    return cfg, combined
+def _with_resumed_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with a resumed run's original overrides put before today's, so Hydra composes once.
+
+    ``resume=<folder>`` (or ``last``) continues that run with the overrides it was started with
+    (``<folder>/.hydra/overrides.yaml``); overrides given today come after them and win.
+    """
+    resume = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
+    if not resume or resume[-1] in ("null", "None", ""):
+        return argv
+    saved = Path(resolve_run_dir(resume[-1])) / ".hydra" / "overrides.yaml"
+    original = [str(o) for o in OmegaConf.load(saved)] if saved.exists() else []
+    first = next(i for i, a in enumerate(argv) if i and not a.startswith("-") and ("=" in a or a.startswith("~")))
+    return [*argv[:first], *original, *argv[first:]]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="config")
@@ -46,22 +51,16 @@ def _main(cfg: DictConfig) -> None:
     from bondexp.app import resume_command, run
 
     hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
+    overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
     workers = None
     if hc.mode == RunMode.MULTIRUN:
         # sweep jobs share the machine: each runs its steps on its share of the workers
         n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
-    choice = hc.runtime.choices.get("model")
-    if cfg.resume is not None:
-        run_dir = Path(resolve_run_dir(cfg.resume))
-        cfg, overrides = _resumed_config(run_dir, overrides)
-        choice = cfg.hydra.runtime.choices.get("model")
-        with_hydra = cfg
-        cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra if k != "hydra"])
     try:
-        result = run(cfg, run_dir=run_dir, model_choice=choice, overrides=overrides, workers=workers)
+        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides,
+                     workers=workers)
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -74,6 +73,11 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    try:
+        sys.argv = _with_resumed_overrides(sys.argv)
+    except BondexpError as err:
+        print(f"bondexp: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _main()
 
 

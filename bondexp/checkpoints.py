@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from bondexp.atomic import atomic_file, atomic_write_json
 from bondexp.errors import CheckpointError, RunLockedError
 
@@ -117,6 +115,8 @@ def load_verified(path: Path, sha256: str | None) -> Any:
             f"The checkpoint {str(path)!r} has sha256 {digest[:12]}..., not the {sha256[:12]}... its manifest "
             "recorded: it changed after it was written. It is not loaded; resume to re-run that step."
         )
+    import joblib  # here, not at the top: a resume that loads no checkpoint never needs it
+
     return joblib.load(path)
 
 
@@ -158,6 +158,8 @@ class CheckpointStore:
         """
         path = self.artifact_path(name)
         with atomic_file(path) as fh:
+            import joblib
+
             joblib.dump(artifact, fh)
         full = {
             "format": MANIFEST_FORMAT,
