@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from bondexp.graph import Step, build_graph
-from bondexp.runner import RunResult, run_graph
+from bondexp.results import RunResult
+from bondexp.runner import run_graph
 
 UNITS = (6, 16, 3, 12, 8, 14, 4, 10)  # unequal costs, deliberately not sorted
 TAIL_UNITS = 2

@@ -21,7 +21,9 @@ from bondexp.config import collect_models, validate_config
 from bondexp.features import load_dataset
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
-from bondexp.runner import RunResult, dry_run_plan, run_graph
+from bondexp.planning import dry_run_plan
+from bondexp.results import RunResult
+from bondexp.runner import run_graph
 from bondexp.tracking import track_run
 
 log = logging.getLogger("bondexp")

@@ -14,7 +14,7 @@ import bondexp.conf
 
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
-from bondexp.runner import StepContext
+from bondexp.worker import StepContext
 from bondexp.steps import drift as drift_module
 from bondexp.steps.drift import drift, drift_report, status_of, write_outputs
 from conftest import make_toy_dataset
