@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from bondexp.graph import Step, build_graph
@@ -70,7 +71,7 @@ def overhead(result: RunResult, t_call: float, wall: float) -> dict[str, float]:
     by_worker: dict[str, list] = {}
     for s in steps:
         by_worker.setdefault(s.worker, []).append(s)
-    gaps = [b.started - a.ended for row in by_worker.values() for a, b in zip(row, row[1:])]
+    gaps = [b.started - a.ended for row in by_worker.values() for a, b in pairwise(row)]
     first = steps[0].started - t_call
     last = max(s.ended for s in steps)
     return {

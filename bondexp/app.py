@@ -9,8 +9,9 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -38,9 +39,9 @@ OUTPUT_WRITERS = {
 OUTPUTS_STAMP = ".outputs.json"
 
 
-def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
+def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
     """Rows per split and residual statistics: what the run is about, in a few numbers."""
-    summary: Dict[str, Any] = {
+    summary: dict[str, Any] = {
         "fingerprint": info["fingerprint"],
         "cache_hit": info["cache_hit"],
         "load_seconds": round(info["seconds"], 3),
@@ -63,7 +64,7 @@ def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
-def format_data_summary(summary: Dict[str, Any]) -> str:
+def format_data_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} "
         f"in {summary['load_seconds']:.2f}s)"
@@ -87,10 +88,10 @@ def run(
     cfg: DictConfig,
     *,
     run_dir: Path,
-    model_choice: Optional[str] = None,
+    model_choice: str | None = None,
     overrides: Sequence[str] = (),
-    workers: Optional[int] = None,
-) -> Optional[RunResult]:
+    workers: int | None = None,
+) -> RunResult | None:
     """Run the experiment ``cfg`` in ``run_dir``; return the runner's result (None for a dry run).
 
     Raises ConfigError or DataValidationError before any step runs when the config or the data is
@@ -157,13 +158,13 @@ def check_config_against_data(cfg: DictConfig, dataset) -> None:
         time_folds(window.meta["obs_date"], n_folds=int(cfg.tune.n_folds))
 
 
-def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> Dict[str, Any]:
+def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
 
 
 def write_outputs(
-    result: RunResult, *, run_dir: Path, dataset, cfg: DictConfig, summary: Dict[str, Any], overrides: Sequence[str]
+    result: RunResult, *, run_dir: Path, dataset, cfg: DictConfig, summary: dict[str, Any], overrides: Sequence[str]
 ) -> None:
     """results.json, the timeline, each report step's files and report.md, from the checkpoints.
 
@@ -180,14 +181,14 @@ def write_outputs(
         result.write_json(run_dir / "results.json")
         return
     result.write(run_dir)
-    artifacts: Dict[str, Dict[str, Any]] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
     store = CheckpointStore(run_dir / "checkpoints")
     for name in OUTPUT_WRITERS:
         step = result.steps.get(name)
         if step is None or step.status not in ("ran", "reused"):
             continue
         artifacts[name] = store.load(name)
-    extra_rows: List[Dict[str, Any]] = []
+    extra_rows: list[dict[str, Any]] = []
     if "tune" in artifacts and "evaluate" in artifacts:
         extra_rows.append(_score_tuned(artifacts["tune"], artifacts["evaluate"], dataset, cfg))
     for name, artifact in artifacts.items():
@@ -211,7 +212,7 @@ def write_outputs(
         atomic_write_json(stamp, {"key": _outputs_key(result, overrides, reused_only=False), "files": _output_files(run_dir)})
 
 
-def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> Optional[str]:
+def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> str | None:
     """A hash of every step's fingerprint and the command; None when a step did not finish (or, with
     ``reused_only``, when a step ran in this attempt: its outputs are new)."""
     wanted = ("reused",) if reused_only else ("ran", "reused")
@@ -222,7 +223,7 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _output_files(run_dir: Path) -> List[str]:
+def _output_files(run_dir: Path) -> list[str]:
     """The report files in ``run_dir`` (relative paths), results.json aside."""
     found = [*run_dir.glob("*.csv"), *run_dir.glob("*.md"), *run_dir.glob("*.json"), *run_dir.glob("plots/*.png")]
     return sorted(str(p.relative_to(run_dir)) for p in found if p.name not in ("results.json", OUTPUTS_STAMP))
@@ -237,7 +238,7 @@ def _outputs_current(stamp: Path, key: str, run_dir: Path) -> bool:
     return recorded.get("key") == key and all((run_dir / name).is_file() for name in recorded.get("files", []))
 
 
-def _score_tuned(tune_artifact: Dict[str, Any], evaluate_artifact: Dict[str, Any], dataset, cfg: DictConfig) -> Dict[str, Any]:
+def _score_tuned(tune_artifact: dict[str, Any], evaluate_artifact: dict[str, Any], dataset, cfg: DictConfig) -> dict[str, Any]:
     """The tuned model's leaderboard row, scored on the very test rows evaluate sampled."""
     from bondexp.steps.evaluate import score_model
 

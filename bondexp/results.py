@@ -173,7 +173,7 @@ class RunResult:
             took = "" if s.duration_s is None else f"{s.duration_s:.2f} s"
             rows.append((s.name, s.group, s.status, took, s.worker or "", metric))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         state = "interrupted" if self.interrupted else ("ok" if self.ok else "FAILED")
         lines.append(f"wall {self.wall_s:.2f} s, {state}")
