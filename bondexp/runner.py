@@ -107,7 +107,7 @@ def run_graph(
         run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
                          expected=expected, shared=dict(shared or {}), dataset=dataset)
         result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
-        history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran"})
+        history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
     return result
 
 
