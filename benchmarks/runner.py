@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from bondexp.graph import Step, build_graph
-from bondexp.runner import RunResult, run_graph
+from bondexp.results import RunResult
+from bondexp.runner import run_graph
 
 UNITS = (6, 16, 3, 12, 8, 14, 4, 10)  # unequal costs, deliberately not sorted
 TAIL_UNITS = 2
@@ -69,7 +71,7 @@ def overhead(result: RunResult, t_call: float, wall: float) -> dict[str, float]:
     by_worker: dict[str, list] = {}
     for s in steps:
         by_worker.setdefault(s.worker, []).append(s)
-    gaps = [b.started - a.ended for row in by_worker.values() for a, b in zip(row, row[1:])]
+    gaps = [b.started - a.ended for row in by_worker.values() for a, b in pairwise(row)]
     first = steps[0].started - t_call
     last = max(s.ended for s in steps)
     return {

@@ -9,8 +9,9 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,9 @@ from bondexp.config import collect_models, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
-from bondexp.runner import RunResult, dry_run_plan, run_graph, step_fingerprints
+from bondexp.planning import dry_run_plan, step_fingerprints
+from bondexp.results import RunResult
+from bondexp.runner import run_graph
 from bondexp.tracking import track_run
 
 log = logging.getLogger("bondexp")
@@ -37,9 +40,9 @@ OUTPUT_WRITERS = {
 OUTPUTS_STAMP = ".outputs.json"
 
 
-def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
+def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
     """Rows per split and residual statistics: what the run is about, in a few numbers."""
-    summary: Dict[str, Any] = {
+    summary: dict[str, Any] = {
         "fingerprint": info["fingerprint"],
         "cache_hit": info["cache_hit"],
         "load_seconds": round(info["seconds"], 3),
@@ -62,7 +65,7 @@ def data_summary(dataset, info: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
-def format_data_summary(summary: Dict[str, Any]) -> str:
+def format_data_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} "
         f"in {summary['load_seconds']:.2f}s)"
@@ -86,10 +89,10 @@ def run(
     cfg: DictConfig,
     *,
     run_dir: Path,
-    model_choice: Optional[str] = None,
+    model_choice: str | None = None,
     overrides: Sequence[str] = (),
-    workers: Optional[int] = None,
-) -> Optional[RunResult]:
+    workers: int | None = None,
+) -> RunResult | None:
     """Run the experiment ``cfg`` in ``run_dir``; return the runner's result (None for a dry run).
 
     Raises ConfigError or DataValidationError before any step runs when the config or the data is
@@ -148,14 +151,14 @@ def run(
     return result
 
 
-def _load_dataset(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str):
+def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str):
     """The run's dataset and load info; imported here so commands that load no data stay light."""
     from bondexp.features import load_dataset
 
     return load_dataset(data_cfg, seed=int(cfg.seed), cache_dir=cache_dir, fingerprint=fingerprint)
 
 
-def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> Optional[Dict[str, Any]]:
+def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The data summary a finished run wrote, when every step's checkpoint verifies; else None.
 
     Such a resume reuses every step, so loading the data (and importing what loading and the
@@ -174,13 +177,13 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> Optional[Di
         return None
 
 
-def _shared(data_cfg: Dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> Dict[str, Any]:
+def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
 
 
 def write_outputs(
-    result: RunResult, *, run_dir: Path, summary: Dict[str, Any], overrides: Sequence[str]
+    result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]
 ) -> None:
     """results.json, the timeline, each report step's files and report.md, from the checkpoints.
 
@@ -197,7 +200,7 @@ def write_outputs(
     from bondexp.report import write_report
 
     result.write(run_dir)
-    artifacts: Dict[str, Dict[str, Any]] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
     store = CheckpointStore(run_dir / "checkpoints")
     for name in OUTPUT_WRITERS:
         step = result.steps.get(name)
@@ -220,7 +223,7 @@ def write_outputs(
         atomic_write_json(stamp, {"key": _outputs_key(result, overrides, reused_only=False), "files": _output_files(run_dir)})
 
 
-def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> Optional[str]:
+def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> str | None:
     """A hash of every step's fingerprint and the command; None when a step did not finish (or, with
     ``reused_only``, when a step ran in this attempt: its outputs are new)."""
     wanted = ("reused", "skipped") if reused_only else ("ran", "reused", "skipped")
@@ -231,7 +234,7 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _output_files(run_dir: Path) -> List[str]:
+def _output_files(run_dir: Path) -> list[str]:
     """The report files in ``run_dir`` (relative paths), results.json aside."""
     found = [*run_dir.glob("*.csv"), *run_dir.glob("*.md"), *run_dir.glob("*.json"), *run_dir.glob("plots/*.png")]
     return sorted(str(p.relative_to(run_dir)) for p in found if p.name not in ("results.json", OUTPUTS_STAMP))

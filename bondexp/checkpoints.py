@@ -267,7 +267,7 @@ class DurationHistory:
     Concurrent runs (a sweep) merge their updates under an ``flock`` on a side file.
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: str | Path | None):
         self.path = None if path is None else Path(path)
 
     def read(self) -> dict[str, float]:

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 import bondexp.conf
-
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
-from bondexp.runner import StepContext
 from bondexp.steps import drift as drift_module
 from bondexp.steps.drift import drift, drift_report, status_of, write_outputs
+from bondexp.worker import StepContext
 from conftest import make_toy_dataset
 from series import ar1, ar1_with_turbulence
 

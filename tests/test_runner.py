@@ -16,7 +16,8 @@ import pytest
 import runner_steps
 from bondexp.errors import ConfigError, RunLockedError
 from bondexp.graph import Step, build_graph
-from bondexp.runner import dry_run_plan, run_graph
+from bondexp.planning import dry_run_plan
+from bondexp.runner import run_graph
 
 TESTS = Path(__file__).parent
 MOD = runner_steps.__name__

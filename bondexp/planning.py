@@ -1,0 +1,161 @@
+"""What a run will do: step fingerprints, which checkpoints to reuse and why, expected durations,
+submission priorities, the ETA, which ready steps may start, and the dry-run plan.
+
+Pure functions of the graph, the checkpoints on disk and the durations history; nothing here
+runs a step or writes a file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bondexp.checkpoints import CheckpointStore, DurationHistory, fingerprint
+from bondexp.graph import Graph
+
+__all__ = [
+    "dry_run_plan",
+    "eta_s",
+    "expected_durations",
+    "priorities",
+    "reuse_plan",
+    "step_fingerprints",
+    "submittable",
+]
+
+
+def step_fingerprints(graph: Graph, data_fingerprint: str) -> dict[str, str]:
+    """Fingerprint of every step, from its target, config, its needs' fingerprints and the data's."""
+    fps: dict[str, str] = {}
+    for step in graph:
+        fps[step.name] = fingerprint(
+            target=step.target, config=step.config, inputs={n: fps[n] for n in step.needs}, data=data_fingerprint
+        )
+    return fps
+
+
+def reuse_plan(graph: Graph, store: CheckpointStore, fps: Mapping[str, str]) -> dict[str, str | None]:
+    """For each step, ``None`` if its checkpoint can be reused, else why it must run.
+
+    A step whose need runs again runs again too, even if its own checkpoint verifies.
+    """
+    plan: dict[str, str | None] = {}
+    for step in graph:
+        reason = store.verify(step.name, fps[step.name])
+        rerun_needs = [n for n in step.needs if plan[n] is not None]
+        if reason is None and rerun_needs:
+            reason = f"needs {', '.join(rerun_needs)}, which will run"
+        plan[step.name] = reason
+    return plan
+
+
+def expected_durations(graph: Graph, store: CheckpointStore, history: DurationHistory) -> dict[str, float | None]:
+    """Expected seconds per step: this folder's manifests first, then the durations history."""
+    known = history.read()
+    expected: dict[str, float | None] = {}
+    for name in graph.order:
+        manifest = store.manifest(name)
+        duration = manifest.get("duration_s") if manifest else None
+        expected[name] = float(duration) if isinstance(duration, (int, float)) else known.get(name)
+    return expected
+
+
+def priorities(graph: Graph, expected: Mapping[str, float | None]) -> dict[str, float]:
+    """Longest expected path from each step to the end of the graph (its own time included).
+
+    Ready steps are submitted highest first: longest-expected-first for independent steps, and
+    steps that head long chains go before short leaves. Unknown durations count as the mean known.
+    """
+    known = [d for d in expected.values() if d is not None]
+    fallback = sum(known) / len(known) if known else 1.0
+    rank: dict[str, float] = {}
+    for name in reversed(graph.order):
+        tail = max((rank[d] for d in graph.dependents(name)), default=0.0)
+        own = expected[name]
+        rank[name] = (own if own is not None else fallback) + tail
+    return rank
+
+
+def submittable(ready: Sequence[str], *, suspects: Collection[str], running: Collection[str]) -> list[str]:
+    """The ready steps that may start now, best first: all of them, unless a worker crash is being isolated.
+
+    A suspect (a step in flight when a worker process died) runs alone: nothing starts beside a
+    running suspect, and a ready suspect waits for the workers to be idle, then starts by itself.
+    """
+    ready_suspects = [n for n in ready if n in suspects]
+    if ready_suspects or set(suspects) & set(running):
+        return [] if running else ready_suspects[:1]
+    return list(ready)
+
+
+def eta_s(
+    graph: Graph, expected: Mapping[str, float | None], *, pending: Collection[str],
+    running_for: Mapping[str, float], concurrency: int,
+) -> float | None:
+    """Lower-bound estimate of the time left: max(longest remaining chain, remaining work / workers).
+
+    ``running_for`` maps each running step to the seconds since it was submitted. ``None`` until
+    earlier runs have recorded a duration for every step still to finish.
+    """
+    left = set(pending) | set(running_for)
+    if not left:
+        return 0.0
+    known = {n: expected[n] for n in left}
+    if any(d is None for d in known.values()):
+        return None
+    remaining = {n: float(known[n] or 0.0) for n in pending}
+    for n, elapsed in running_for.items():
+        remaining[n] = max(0.0, float(known[n] or 0.0) - elapsed)
+    chain: dict[str, float] = {}
+    for name in reversed(graph.order):
+        if name in remaining:
+            tail = max((chain[d] for d in graph.dependents(name) if d in chain), default=0.0)
+            chain[name] = remaining[name] + tail
+    eta = max(max(chain.values()), sum(remaining.values()) / concurrency)
+    return eta if math.isfinite(eta) else None
+
+
+def dry_run_plan(
+    graph: Graph,
+    *,
+    run_dir: str | Path,
+    shared: Mapping[str, Any] | None = None,
+    data_fingerprint: str,
+    durations_path: str | Path | None = None,
+) -> str:
+    """Describe what :func:`bondexp.runner.run_graph` would do, without doing any of it.
+
+    Lists each group's steps with their needs, whether a resume would reuse the checkpoint
+    (and why not), and the expected duration where an earlier run recorded one. Nothing is
+    created, locked or run; checkpoints are only read to verify them.
+
+    Returns
+    -------
+    str
+        The plan as text.
+    """
+    run_dir = Path(run_dir)
+    store = CheckpointStore(run_dir / "checkpoints")
+    plan = reuse_plan(graph, store, step_fingerprints(graph, data_fingerprint))
+    expected = expected_durations(graph, store, DurationHistory(durations_path))
+    n_reuse = sum(reason is None for reason in plan.values())
+    work = [expected[n] for n, reason in plan.items() if reason is not None]
+    known_work = sum(d for d in work if d is not None)
+    lines = [
+        f"Plan for {run_dir}: {len(graph)} steps, {n_reuse} reusable, {len(graph) - n_reuse} to run"
+        + (f" (~{known_work:.1f} s of known work)" if known_work else "")
+    ]
+    if shared:
+        lines.append("shared with every step: " + ", ".join(f"{k}={v!r}" for k, v in shared.items()))
+    width = max(len(n) for n in graph.order)
+    for group, names in graph.groups.items():
+        lines.append(f"[{group}]")
+        for name in names:
+            step = graph[name]
+            needs = ", ".join(step.needs) or "-"
+            action = "reuse checkpoint" if plan[name] is None else f"run: {plan[name]}"
+            took = "" if expected[name] is None else f"  ~{expected[name]:.2f} s"
+            lines.append(f"  {name.ljust(width)}  needs {needs}; {action}{took}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Planning as pure functions: priorities, the crash-suspect policy and the ETA, on tiny graphs."""
+
+import pytest
+
+from bondexp.graph import Step, build_graph
+from bondexp.planning import eta_s, priorities, submittable
+
+
+def chain_and_leaf():
+    """a -> b (a long chain) beside a short independent leaf c."""
+    return build_graph([
+        Step("a", "runner_steps.work", needs=(), group="g", config={}),
+        Step("b", "runner_steps.work", needs=("a",), group="g", config={}),
+        Step("c", "runner_steps.work", needs=(), group="g", config={}),
+    ])
+
+
+def test_priorities_are_the_longest_expected_path_to_the_end():
+    graph = chain_and_leaf()
+    assert priorities(graph, {"a": 1.0, "b": 2.0, "c": 2.5}) == {"a": 3.0, "b": 2.0, "c": 2.5}
+
+
+def test_unknown_durations_count_as_the_mean_known():
+    graph = chain_and_leaf()
+    assert priorities(graph, {"a": None, "b": 2.0, "c": 4.0})["a"] == pytest.approx(3.0 + 2.0)
+
+
+@pytest.mark.parametrize(
+    ("ready", "suspects", "running", "allowed"),
+    [
+        (["a", "c"], set(), [], ["a", "c"]),  # no crash: everything ready may start
+        (["a", "c"], {"c"}, [], ["c"]),  # a ready suspect starts alone once the workers are idle
+        (["a", "c"], {"c"}, ["b"], []),  # ... and waits while anything runs
+        (["a", "c"], {"b"}, ["b"], []),  # nothing starts beside a running suspect
+        (["a", "c"], {"b"}, [], ["a", "c"]),  # a suspect that finished holds nothing back
+    ],
+)
+def test_a_crash_suspect_runs_alone(ready, suspects, running, allowed):
+    assert submittable(ready, suspects=suspects, running=running) == allowed
+
+
+def test_eta_is_the_longer_of_the_critical_path_and_work_over_workers():
+    graph = chain_and_leaf()
+    expected = {"a": 1.0, "b": 2.0, "c": 2.5}
+    # b waits on a (1 s left of a after 0 s): chain 3 s; work 5.5 s over 2 workers: 2.75 s.
+    assert eta_s(graph, expected, pending={"b", "c"}, running_for={"a": 0.0}, concurrency=2) == pytest.approx(3.0)
+    # One worker: all the work in turn, and a running step counts only what is left of it.
+    assert eta_s(graph, expected, pending={"b", "c"}, running_for={"a": 0.5}, concurrency=1) == pytest.approx(5.0)
+    # A step running past its expected time counts as nothing left, never negative.
+    assert eta_s(graph, expected, pending=set(), running_for={"c": 9.0}, concurrency=1) == 0.0
+
+
+def test_eta_is_unknown_until_every_step_left_has_a_duration_and_zero_when_nothing_is_left():
+    graph = chain_and_leaf()
+    assert eta_s(graph, {"a": 1.0, "b": None, "c": 2.0}, pending={"b"}, running_for={}, concurrency=1) is None
+    assert eta_s(graph, {"a": 1.0, "b": None, "c": 2.0}, pending=set(), running_for={}, concurrency=1) == 0.0
