@@ -191,7 +191,7 @@ def test_step_reads_the_run_dataset_and_returns_flat_metrics(toy_dataset, tmp_pa
     monkeypatch.setattr(drift_module, "dataset_for", lambda shared: toy_dataset)
     config = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4, "seed": 0}
     artifact = drift(config, {"basic": _models(toy_dataset, test_noise=0.3)}, _ctx(tmp_path))
-    assert list(artifact["models"]) == ["basic"]
+    assert list(artifact["models"]) == ["m"]  # a model is named by its artifact (the tuned one is <target>_tuned)
     assert all(isinstance(v, (int, float, str, bool)) for v in artifact["metrics"].values())
     assert set(artifact["metrics"]) >= {"n_alert", "n_warn", "drifted"}
     assert list(tmp_path.iterdir()) == []  # the step writes nothing

@@ -24,6 +24,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from bondexp.data.split import month_holdout, month_labels
 from bondexp.errors import ConfigError
@@ -96,15 +97,18 @@ def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
         ``mean``; with an interval ``lower``, ``upper`` and ``level``; ``std``; ``var`` and
         ``es`` (value at risk and expected shortfall, price points per 100 below fair value).
     """
-    est, Xt = final_estimator(model), transform_features(model, X)
-    out: Dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
-    if hasattr(est, "predict_interval"):
-        out["lower"], out["upper"] = (np.asarray(a, dtype=np.float64) for a in est.predict_interval(Xt))
-        out["level"] = float(est.interval_level_)
-    if hasattr(est, "predict_std"):
-        out["std"] = np.asarray(est.predict_std(Xt), dtype=np.float64)
-    if hasattr(est, "predict_var_es"):
-        out["var"], out["es"] = (np.asarray(a, dtype=np.float64) for a in est.predict_var_es(Xt))
+    # One BLAS/OpenMP thread: a matrix product's last bit can depend on the thread count, and the
+    # same model must give the same predictions in a step (any worker count) and in predict.
+    with threadpool_limits(limits=1):
+        est, Xt = final_estimator(model), transform_features(model, X)
+        out: Dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
+        if hasattr(est, "predict_interval"):
+            out["lower"], out["upper"] = (np.asarray(a, dtype=np.float64) for a in est.predict_interval(Xt))
+            out["level"] = float(est.interval_level_)
+        if hasattr(est, "predict_std"):
+            out["std"] = np.asarray(est.predict_std(Xt), dtype=np.float64)
+        if hasattr(est, "predict_var_es"):
+            out["var"], out["es"] = (np.asarray(a, dtype=np.float64) for a in est.predict_var_es(Xt))
     return out
 
 
