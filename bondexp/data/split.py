@@ -151,7 +151,7 @@ def month_blocks(obs_date, *, n_blocks: int) -> np.ndarray:
     return block_of_month[codes.reshape(-1)]
 
 
-def expanding_folds(obs_date, *, n_folds: int, key: str = "tune.n_folds") -> list[tuple[np.ndarray, np.ndarray]]:
+def expanding_folds(obs_date, *, n_folds: int, key: str = "n_folds") -> list[tuple[np.ndarray, np.ndarray]]:
     """Expanding-window folds: ``[(train_rows, validation_rows), ...]``, past months train, the next block scores.
 
     The months are cut into ``n_folds + 1`` contiguous blocks of about equal row counts (a month

@@ -156,7 +156,7 @@ class AutoMLRegressor(CompositeRegressor):
         months = row_months(groups, len(y))
         recent = latest_months(months, max_rows=self.max_search_rows)
         Xs, ys, ms = X.iloc[recent], y[recent], months[recent]
-        folds = expanding_folds(ms, n_folds=self.n_folds, key="n_folds")
+        folds = expanding_folds(ms, n_folds=self.n_folds, key="models.automl.n_folds")
         settings = self._early_stopping()
 
         def objective(trial: optuna.Trial) -> float:
