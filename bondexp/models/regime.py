@@ -159,6 +159,11 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         self.state_mean_ = months.mean(axis=0)
         self.state_scale_ = np.where(months.std(axis=0) > 0, months.std(axis=0), 1.0)
         Z = (months - self.state_mean_) / self.state_scale_
+        if len(Z) <= self.min_regimes:
+            raise ValueError(
+                f"The regime model needs more distinct market states than 'min_regimes' ({self.min_regimes}). "
+                f"Got {len(Z)} in the columns {self.state_features_} instead."
+            )
         fits = {}
         for k in range(self.min_regimes, min(self.max_regimes, len(Z) - 1) + 1):
             gm = GaussianMixture(k, covariance_type=self.covariance_type, n_init=3, random_state=self.random_state)
