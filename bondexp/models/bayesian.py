@@ -7,12 +7,11 @@ global variance gives intervals too wide for calm, liquid bonds and too narrow i
   so the basis holds each bond term (cubic splines, one-hot categories) both alone and times the
   standardised market credit spread, plus the market state linearly: splines of the market state
   would give the 30-odd training months a free intercept each and memorise their common shocks.
-- **Variance**: the squared residuals of mean models fitted on the other time blocks (the
-  in-sample residual of a basis this rich understates the error on a new month) are split into a
-  month level, increasing in the market credit spread and interpolated between training spreads
-  (isotonic), times a bond level from gradient boosting with a log link (Poisson deviance, so it
-  estimates E[e^2], not a geometric mean) on the bond features. The curve factors stay out: their
-  month-specific values let trees memorise single training months.
+- **Variance**: gradient boosting with a log link (Poisson deviance, so it estimates E[e^2], not
+  a geometric mean) of the squared residuals of mean models fitted on the other time blocks: the
+  in-sample residual of a basis this rich understates the error on a new month. It sees the bond
+  features and the credit spread (monotone: a wider spread never means a quieter market), not
+  the curve factors, whose month-specific values let trees memorise single training months.
 - **Calibration**: normalized conformal prediction on the validation split scales
   ``mean +- q * sigma(x)`` so that 90% of validation residuals fall inside; the predictive std is
   that band's half-width over the normal 95% quantile, so a Gaussian with it reproduces the band.
@@ -27,7 +26,6 @@ from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import BayesianRidge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
@@ -35,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from bondexp.errors import ConfigError
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
-from bondexp.data.split import month_blocks, month_labels
+from bondexp.data.split import month_blocks
 from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
@@ -73,8 +71,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     mean_ : BayesianRidge
         The mean on :meth:`_design`.
     members_ : dict
-        ``variance``: the booster of each bond's squared residual relative to its month's level;
-        ``month_level`` (with the credit spread among the features): the isotonic month level.
+        ``variance``: the booster of the squared residual.
     scale_ : float
         The normalized conformal quantile from validation (the normal quantile until calibrated).
     interval_level_ : float
@@ -143,8 +140,8 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         return np.hstack(blocks)
 
     def _variance_features(self):
-        """Features the variance booster sees: the bond features (the month level carries the market)."""
-        return [n for n in self.columns_ if n not in MARKET_FEATURES]
+        """Features the variance booster sees: everything but the curve factors."""
+        return [n for n in self.columns_ if n not in MARKET_FEATURES or n == STRESS_FEATURE]
 
     def fit(self, X, y, groups=None):
         """Fit the mean, then the variance booster on residuals cross-fitted over consecutive time blocks.
@@ -185,67 +182,31 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
             block, rest = block_of_row == k, block_of_row != k
             fold = clone(self.mean_).fit(design[rest], y[rest])
             squared[block] = (y[block] - fold.predict(design[block])) ** 2
-        self.members_ = self._fit_variance(X, squared, months)
-        self.scale_ = float(norm.ppf(1.0 - self.alpha / 2.0))
-        self.interval_level_ = 1.0 - self.alpha
-        self.metrics_, self.info_ = {}, {}
-        return self
-
-    def _fit_variance(self, X, squared, months):
-        """The variance members: a month level in the credit spread times a bond-level booster.
-
-        The month level is the isotonic (increasing) fit of each training month's mean squared
-        residual on its credit spread; between two training spreads it interpolates. A tree in
-        the spread jumps at the midpoint between the calmest crisis month and the most stressed
-        stress month, so a new month whose spread falls in that gap got a crisis-sized variance
-        (test coverage 95% in stress months, 88% in calm ones). The booster then learns each
-        bond's squared residual relative to its month's level from the bond features alone.
-        """
-        labels = month_labels(months)
-        _, month_of_row = np.unique(labels, return_inverse=True)
-        month_of_row = month_of_row.reshape(-1)
-        rows_per_month = np.bincount(month_of_row)
-        level = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=1e-12)
-        if STRESS_FEATURE in self.columns_:
-            spread = X[STRESS_FEATURE].to_numpy(dtype=np.float64)
-            level.fit(
-                np.bincount(month_of_row, weights=spread) / rows_per_month,
-                np.bincount(month_of_row, weights=squared) / rows_per_month,
-                sample_weight=rows_per_month,
-            )
-            relative = squared / level.predict(spread)
-        else:
-            level = None
-            relative = squared
-        bond_features = self._variance_features()
+        variance_features = self._variance_features()
         booster = HistGradientBoostingRegressor(
             loss="poisson",
             max_iter=self.variance_max_iter,
             learning_rate=self.variance_learning_rate,
             min_samples_leaf=self.variance_min_samples_leaf,
             max_leaf_nodes=self.variance_max_leaf_nodes,
+            monotonic_cst={STRESS_FEATURE: 1} if STRESS_FEATURE in variance_features else None,
             random_state=self.random_state,
         )
         set_early_stopping(booster, self._early_stopping())
-        members = {"variance": fit_time_ordered(booster, X[bond_features], relative, groups=months)}
-        if level is not None:
-            members["month_level"] = level
-        return members
-
-    def _noise_variance(self, X):
-        """The variance members' E[e^2] for the rows of frame ``X``."""
-        noise = self.members_["variance"].predict(X[self._variance_features()])
-        if "month_level" in self.members_:
-            noise = noise * self.members_["month_level"].predict(X[STRESS_FEATURE].to_numpy(dtype=np.float64))
-        return noise
+        self.members_ = {"variance": fit_time_ordered(booster, X[variance_features], squared, groups=months)}
+        self.scale_ = float(norm.ppf(1.0 - self.alpha / 2.0))
+        self.interval_level_ = 1.0 - self.alpha
+        self.metrics_, self.info_ = {}, {}
+        return self
 
     def _sigma(self, X):
-        """Noise std from the variance members, plus the ridge's own (epistemic) std."""
+        """Noise std from the variance booster, plus the ridge's own (epistemic) std."""
         X = self._frame(X)
         _, ridge_std = self.mean_.predict(self._design(X), return_std=True)
         # BayesianRidge's std includes its global noise 1 / alpha_, which the booster already models.
         epistemic = np.maximum(ridge_std**2 - 1.0 / self.mean_.alpha_, 0.0)
-        return np.sqrt(self._noise_variance(X) + epistemic)
+        noise = self.members_["variance"].predict(X[self._variance_features()])
+        return np.sqrt(noise + epistemic)
 
     def calibrate(self, X_val, y_val):
         """Scale the band so that ``1 - alpha`` of validation residuals fall inside (normalized conformal).
