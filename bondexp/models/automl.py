@@ -24,10 +24,7 @@ from bondexp.errors import ConfigError
 from bondexp.data.split import expanding_folds, latest_months
 from bondexp.models.base import (
     CompositeRegressor,
-    as_frame,
-    feature_names,
     fit_time_ordered,
-    row_months,
     scaled,
     set_early_stopping,
 )
@@ -150,10 +147,8 @@ class AutoMLRegressor(CompositeRegressor):
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ConfigError(f"The 'families' parameter must hold names from {list(FAMILIES)}. Got {unknown} instead.")
-        names = feature_names(X)
-        X = as_frame(X, names)
-        y = np.asarray(y, dtype=np.float64)
-        months = row_months(groups, len(y))
+        X, y, months = self._fit_data(X, y, groups)
+        names = self.columns_
         recent = latest_months(months, max_rows=self.max_search_rows)
         Xs, ys, ms = X.iloc[recent], y[recent], months[recent]
         folds = expanding_folds(ms, n_folds=self.n_folds, key="models.automl.n_folds")
@@ -195,7 +190,6 @@ class AutoMLRegressor(CompositeRegressor):
         winner = _candidate(optuna.trial.FixedTrial(best.params), self.best_["family"], names, self.random_state)
         set_early_stopping(winner, settings)
         self.members_ = {"best": fit_time_ordered(winner, X, y, groups=months)}
-        self.feature_names_in_ = np.asarray(names, dtype=object)
         self.info_ = {"trials": self.trials_, "best": self.best_, "best_by_family": by_family, "why": reason}
         self.metrics_ = {
             "automl_family": self.best_["family"],
@@ -210,4 +204,4 @@ class AutoMLRegressor(CompositeRegressor):
     def predict(self, X):
         """The refit winner's prediction."""
         check_is_fitted(self, "members_")
-        return self.members_["best"].predict(as_frame(X, list(self.feature_names_in_)))
+        return self.members_["best"].predict(self._frame(X))

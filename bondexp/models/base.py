@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bondexp.data.split import month_holdout, month_labels
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
@@ -40,6 +41,32 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
     ``tol``) and pass it to their iterative members, and expose those fitted members as
     ``members_`` so the model step can report how many iterations each one ran.
     """
+
+    def __sklearn_tags__(self):
+        """Dense float input only: the members are built on named columns of a DataFrame."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def _fit_data(self, X, y, groups=None) -> Tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The shared preamble of ``fit``: validate ``X``/``y`` (scikit-learn's ``validate_data``, which
+        sets ``n_features_in_`` and, for a DataFrame, ``feature_names_in_``) and return ``(X as a frame
+        with named columns, y as float64, each row's month)``.
+
+        Raises
+        ------
+        ValueError
+            On NaN or infinity, complex numbers, fewer than two rows, or ``groups`` not one per row.
+        """
+        Xa, ya = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, y_numeric=True)
+        self.columns_ = feature_names(X) if isinstance(X, pd.DataFrame) else [f"x{i}" for i in range(Xa.shape[1])]
+        return pd.DataFrame(Xa, columns=self.columns_), np.asarray(ya, dtype=np.float64), row_months(groups, len(ya))
+
+    def _frame(self, X) -> pd.DataFrame:
+        """``X`` checked against the fit (fitted, same number and names of columns, finite) as a named frame."""
+        check_is_fitted(self)
+        return pd.DataFrame(validate_data(self, X, dtype=np.float64, reset=False), columns=self.columns_)
 
     def _early_stopping(self) -> Dict[str, Any]:
         """The estimator's early-stopping settings with the defaults filled in."""
@@ -83,11 +110,6 @@ def feature_names(X) -> list[str]:
 def market_columns(names: Sequence[str]) -> list[str]:
     """The market-state features among ``names``."""
     return [n for n in names if n in MARKET_FEATURES]
-
-
-def as_frame(X, names: Sequence[str]) -> pd.DataFrame:
-    """``X`` as a DataFrame with ``names`` (no copy when it already is one)."""
-    return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=np.float64), columns=list(names))
 
 
 def row_months(groups, n_rows: int) -> np.ndarray:

@@ -36,10 +36,7 @@ from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
 from bondexp.data.split import month_blocks
 from bondexp.models.base import (
     CompositeRegressor,
-    as_frame,
-    feature_names,
     fit_time_ordered,
-    row_months,
     set_early_stopping,
 )
 from bondexp.models.quantile import conformal_quantile
@@ -144,7 +141,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
 
     def _variance_features(self):
         """Features the variance booster sees: everything but the curve factors."""
-        return [n for n in self.feature_names_in_ if n not in MARKET_FEATURES or n == STRESS_FEATURE]
+        return [n for n in self.columns_ if n not in MARKET_FEATURES or n == STRESS_FEATURE]
 
     def fit(self, X, y, groups=None):
         """Fit the mean, then the variance booster on residuals cross-fitted over consecutive time blocks.
@@ -166,15 +163,12 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         """
         if not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
             raise ConfigError(f"The 'n_folds' parameter must be an int >= 2. Got {self.n_folds!r} instead.")
-        names = feature_names(X)
-        X = as_frame(X, names)
-        y = np.asarray(y, dtype=np.float64)
-        months = row_months(groups, len(y))
+        X, y, months = self._fit_data(X, y, groups)
+        names = self.columns_
         try:
             block_of_row = month_blocks(months, n_blocks=self.n_folds)
         except ValueError as exc:
             raise ConfigError(f"The 'n_folds' parameter must leave each time block a month: {exc}") from None
-        self.feature_names_in_ = np.asarray(names, dtype=object)
         self.basis_, self.market_ = self._bases(names)
         self.basis_.fit(X)
         if self.market_ is not None:
@@ -207,7 +201,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
 
     def _sigma(self, X):
         """Noise std from the variance booster, plus the ridge's own (epistemic) std."""
-        X = as_frame(X, list(self.feature_names_in_))
+        X = self._frame(X)
         _, ridge_std = self.mean_.predict(self._design(X), return_std=True)
         # BayesianRidge's std includes its global noise 1 / alpha_, which the booster already models.
         epistemic = np.maximum(ridge_std**2 - 1.0 / self.mean_.alpha_, 0.0)
@@ -233,7 +227,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     def predict(self, X):
         """The posterior mean of the residual."""
         check_is_fitted(self, "mean_")
-        return self.mean_.predict(self._design(as_frame(X, list(self.feature_names_in_))))
+        return self.mean_.predict(self._design(self._frame(X)))
 
     def predict_std(self, X):
         """Predictive std: the calibrated band's half-width over the normal ``1 - alpha/2`` quantile."""

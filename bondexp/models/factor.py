@@ -16,7 +16,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.features import CATEGORICAL_FEATURES
-from bondexp.models.base import CompositeRegressor, as_frame, feature_names, make_preprocessor, market_columns
+from bondexp.models.base import CompositeRegressor, make_preprocessor, market_columns
 
 #: Features that carry the residual's own history, kept out of PCA as direct exposures.
 RESIDUAL_FEATURES = ("prev_residual", "has_prev_residual")
@@ -85,9 +85,8 @@ class FactorRegressor(CompositeRegressor):
         -------
         self
         """
-        names = feature_names(X)
-        X = as_frame(X, names)
-        self.feature_names_in_ = np.asarray(names, dtype=object)
+        X, y, _ = self._fit_data(X, y)
+        names = self.columns_
         self.market_features_ = market_columns(names)
         self.residual_features_ = [n for n in names if n in RESIDUAL_FEATURES]
         self.bond_features_ = [n for n in names if n not in self.market_features_ and n not in RESIDUAL_FEATURES]
@@ -100,7 +99,7 @@ class FactorRegressor(CompositeRegressor):
             market = self.market_prep_.transform(X[self.market_features_])
             k = min(self.n_market_factors, market.shape[1])
             self.market_pca_ = PCA(k, random_state=self.random_state).fit(market)
-        self.ridge_ = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(self._design(X), np.asarray(y, dtype=np.float64))
+        self.ridge_ = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(self._design(X), y)
         self.info_ = {
             "bond_explained_variance": [float(v) for v in self.bond_pca_.explained_variance_ratio_],
             "market_explained_variance": (
@@ -117,4 +116,4 @@ class FactorRegressor(CompositeRegressor):
     def predict(self, X):
         """The ridge's prediction from each row's factor exposures."""
         check_is_fitted(self, "ridge_")
-        return self.ridge_.predict(self._design(as_frame(X, list(self.feature_names_in_))))
+        return self.ridge_.predict(self._design(self._frame(X)))

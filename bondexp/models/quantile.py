@@ -19,8 +19,6 @@ from sklearn.utils.validation import check_is_fitted
 from bondexp.data.split import month_holdout
 from bondexp.models.base import (
     CompositeRegressor,
-    as_frame,
-    feature_names,
     fit_time_ordered,
     row_months,
     set_early_stopping,
@@ -136,17 +134,14 @@ class ConformalQuantileRegressor(CompositeRegressor):
         -------
         self
         """
-        names = feature_names(X)
-        X = as_frame(X, names)
-        y = np.asarray(y, dtype=np.float64)
+        X, y, months = self._fit_data(X, y, groups)
         tail = self.alpha / 2.0
-        months = row_months(groups, len(y))
         self.members_ = {
             "lower": fit_time_ordered(self._booster(loss="quantile", quantile=tail), X, y, groups=months),
             "upper": fit_time_ordered(self._booster(loss="quantile", quantile=1.0 - tail), X, y, groups=months),
             "mean": fit_time_ordered(self._booster(), X, y, groups=months),
         }
-        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.n_iter_ = np.array([m.n_iter_ for m in self.members_.values()])
         self.interval_level_ = 1.0 - self.alpha
         self.adjustment_ = {"lower": 0.0, "upper": 0.0}
         self.tail_factor_ = 1.0
@@ -154,7 +149,7 @@ class ConformalQuantileRegressor(CompositeRegressor):
         return self
 
     def _raw(self, X):
-        X = as_frame(X, list(self.feature_names_in_))
+        X = self._frame(X)
         return {name: m.predict(X) for name, m in self.members_.items()}
 
     def _adjustments(self, raw: Dict[str, np.ndarray], y: np.ndarray) -> Dict[str, float]:
@@ -207,7 +202,7 @@ class ConformalQuantileRegressor(CompositeRegressor):
     def predict(self, X):
         """The conditional mean of the residual."""
         check_is_fitted(self, "members_")
-        return self.members_["mean"].predict(as_frame(X, list(self.feature_names_in_)))
+        return self.members_["mean"].predict(self._frame(X))
 
     def predict_interval(self, X):
         """``(lower, upper)``: the calibrated 5% and 95% quantiles (for ``alpha=0.1``)."""

@@ -14,20 +14,16 @@ months (0.69-1.0 calm against stressed); all four factors scored markedly lower.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.mixture import GaussianMixture
-from sklearn.utils.validation import check_is_fitted
 
 from bondexp.errors import ConfigError
 from bondexp.models.base import (
     CompositeRegressor,
-    as_frame,
-    feature_names,
     fit_time_ordered,
-    row_months,
     market_columns,
     set_early_stopping,
 )
@@ -38,8 +34,9 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
     Parameters
     ----------
-    state_features : sequence of str
-        Market-state features the mixture clusters (those among the model's features are used).
+    state_features : sequence of str or int, optional
+        Columns the mixture clusters, by name or position. None: ``market_credit_spread`` when a
+        column has that name (a DataFrame), else every column (a plain array).
     min_regimes, max_regimes : int
         Range of mixture sizes compared by BIC.
     covariance_type : str
@@ -75,7 +72,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
     def __init__(
         self,
         *,
-        state_features: Sequence[str] = ("market_credit_spread",),
+        state_features: Optional[Sequence[Union[str, int]]] = None,
         min_regimes: int = 2,
         max_regimes: int = 4,
         covariance_type: str = "full",
@@ -97,12 +94,27 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         self.early_stopping = early_stopping
         self.random_state = random_state
 
+    def _state_columns(self, names):
+        """Names of the columns the mixture clusters: ``state_features`` given by name or position;
+        None: the credit spread when a column has its name, else every column (a plain array)."""
+        if self.state_features is None:
+            return ["market_credit_spread"] if "market_credit_spread" in names else list(names)
+        picked = [names[f] if isinstance(f, (int, np.integer)) and -len(names) <= f < len(names) else f for f in self.state_features]
+        unknown = [f for f in picked if f not in names]
+        if unknown or not picked:
+            raise ConfigError(
+                f"The regime model's 'state_features' must name (or give the position of) columns it is "
+                f"fit on. Got {list(self.state_features)} ({unknown} not among {list(names)}) instead; "
+                f"with a DataFrame use features: all for the market-state features."
+            )
+        return list(dict.fromkeys(picked))
+
     def _states(self, X):
         """Standardised market state of every row."""
         return (X[self.state_features_].to_numpy(dtype=np.float64) - self.state_mean_) / self.state_scale_
 
     def _booster(self) -> HistGradientBoostingRegressor:
-        mono = {"prev_residual": 1} if "prev_residual" in self.feature_names_in_ else None
+        mono = {"prev_residual": 1} if "prev_residual" in self.columns_ else None
         model = HistGradientBoostingRegressor(
             max_iter=self.max_iter,
             learning_rate=self.learning_rate,
@@ -129,33 +141,29 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         Raises
         ------
         ConfigError
-            If none of ``state_features`` is among the model's market-state features, or the
+            If a ``state_features`` entry is not a column (name or position) of ``X``, or the
             regime range is empty.
         """
-        names = feature_names(X)
-        X = as_frame(X, names)
-        y = np.asarray(y, dtype=np.float64)
-        row_month = row_months(groups, len(y))
-        self.feature_names_in_ = np.asarray(names, dtype=object)
-        market = market_columns(names)
-        self.state_features_ = [f for f in self.state_features if f in market]
-        if not self.state_features_:
-            raise ConfigError(
-                f"The regime model clusters the market-state features {list(self.state_features)} "
-                f"('state_features'); none is among its features {names}. Use features: all, or name "
-                f"state features from {market or ['curve_level', 'curve_slope', 'curve_curvature', 'market_credit_spread']}."
-            )
+        X, y, row_month = self._fit_data(X, y, groups)
+        names = self.columns_
+        self.state_features_ = self._state_columns(names)
         if not 1 <= self.min_regimes <= self.max_regimes:
             raise ConfigError(
                 f"The 'min_regimes' and 'max_regimes' parameters must satisfy 1 <= min <= max. "
                 f"Got {self.min_regimes} and {self.max_regimes} instead."
             )
         # A month is a distinct whole market state; the mixture sees only its state features.
-        columns = [market.index(f) for f in self.state_features_]
-        months = np.unique(X[market].to_numpy(dtype=np.float64), axis=0)[:, columns]
+        distinct = list(dict.fromkeys(market_columns(names) + self.state_features_))
+        columns = [distinct.index(f) for f in self.state_features_]
+        months = np.unique(X[distinct].to_numpy(dtype=np.float64), axis=0)[:, columns]
         self.state_mean_ = months.mean(axis=0)
         self.state_scale_ = np.where(months.std(axis=0) > 0, months.std(axis=0), 1.0)
         Z = (months - self.state_mean_) / self.state_scale_
+        if len(Z) <= self.min_regimes:
+            raise ValueError(
+                f"The regime model needs more distinct market states than 'min_regimes' ({self.min_regimes}). "
+                f"Got {len(Z)} in the columns {self.state_features_} instead."
+            )
         fits = {}
         for k in range(self.min_regimes, min(self.max_regimes, len(Z) - 1) + 1):
             gm = GaussianMixture(k, covariance_type=self.covariance_type, n_init=3, random_state=self.random_state)
@@ -165,13 +173,14 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         self.mixture_ = fits[self.n_regimes_]
         spread = self.state_features_.index("market_credit_spread") if "market_credit_spread" in self.state_features_ else 0
         self.regime_order_ = np.argsort(np.argsort(self.mixture_.means_[:, spread]))
-        regime = self.predict_regime(X)
+        regime = self._regime_of(X)
         self.members_ = {"global": fit_time_ordered(self._booster(), X, y, groups=row_month)}
         self.regime_rows_ = {int(k): int(np.sum(regime == k)) for k in range(self.n_regimes_)}
         for k, count in self.regime_rows_.items():
             if count >= self.min_rows:
                 rows = regime == k
                 self.members_[f"regime_{k}"] = fit_time_ordered(self._booster(), X[rows], y[rows], groups=row_month[rows])
+        self.n_iter_ = np.array([m.n_iter_ for m in self.members_.values()])
         self.info_ = {
             "bic": {str(k): v for k, v in self.bic_.items()},
             "n_regimes": int(self.n_regimes_),
@@ -183,15 +192,15 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
     def predict_regime(self, X):
         """The regime (0 = lowest mean credit spread) of each row's month."""
-        check_is_fitted(self, "mixture_")
-        X = as_frame(X, list(self.feature_names_in_))
+        return self._regime_of(self._frame(X))
+
+    def _regime_of(self, X):
         return self.regime_order_[self.mixture_.predict(self._states(X))]
 
     def predict(self, X):
         """Each row by its regime's booster, or the global one where the regime had too few rows."""
-        check_is_fitted(self, "members_")
-        X = as_frame(X, list(self.feature_names_in_))
-        regime = self.predict_regime(X)
+        X = self._frame(X)
+        regime = self._regime_of(X)
         out = self.members_["global"].predict(X)
         for k in range(self.n_regimes_):
             rows = regime == k

@@ -22,10 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from bondexp.data.split import month_holdout
 from bondexp.models.base import (
     CompositeRegressor,
-    as_frame,
-    feature_names,
     fit_time_ordered,
-    row_months,
     scaled,
     set_early_stopping,
 )
@@ -158,10 +155,8 @@ class StackedRegressor(CompositeRegressor):
         -------
         self
         """
-        names = feature_names(X)
-        X = as_frame(X, names)
-        y = np.asarray(y, dtype=np.float64)
-        months = row_months(groups, len(y))
+        X, y, months = self._fit_data(X, y, groups)
+        names = self.columns_
         early, late = month_holdout(months, fraction=self.holdout_fraction)
         members = self._members(names)
         # The MLP's epoch cap is its time budget; running into it is expected, not a fault.
@@ -181,12 +176,11 @@ class StackedRegressor(CompositeRegressor):
         self.members_ = (
             {name: fit_time_ordered(m, X, y, groups=months) for name, m in members.items()} if self.refit else first
         )
-        self.feature_names_in_ = np.asarray(names, dtype=object)
         self.info_ = {"weights": dict(self.weights_), "holdout_rmse": dict(self.holdout_rmse_)}
         return self
 
     def predict(self, X):
         """The meta-model's blend of the members' predictions."""
         check_is_fitted(self, "members_")
-        X = as_frame(X, list(self.feature_names_in_))
+        X = self._frame(X)
         return self.meta_.predict(np.column_stack([m.predict(X) for m in self.members_.values()]))
