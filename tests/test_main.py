@@ -1,6 +1,10 @@
-"""The resume shortcut of the entry point: a resumed run's overrides go before today's on the command line."""
+"""The entry point: a resumed run's overrides go before today's, and a run composes its config once."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -24,3 +28,50 @@ def test_resume_last_without_runs_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="resume"):
         _with_resumed_overrides(["bondexp", "resume=last"])
+
+
+def _main_hydra():
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+
+    return Hydra.create_main_hydra2(task_name="bondexp", config_search_path=create_automatic_config_search_path(None, None, "pkg://bondexp.conf"))
+
+
+@pytest.mark.parametrize("overrides", [["data=small", "model=[basic,factor]", "seed=3"], ["+experiment=quick", "hydra.verbose=true"]])
+def test_a_run_composes_its_config_once_and_gets_what_two_composes_gave(overrides, monkeypatch):
+    """Hydra checks the mode with one compose and runs with another; the run now reuses the first, unchanged."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from bondexp.__main__ import _compose_once
+
+    try:
+        hydra = _main_hydra()
+        twice = hydra.compose_config("config", [*overrides, "hydra.mode=RUN"], run_mode=RunMode.RUN)
+        composes = []
+        impl = ConfigLoaderImpl._load_configuration_impl
+        monkeypatch.setattr(ConfigLoaderImpl, "_load_configuration_impl", lambda *a, **k: composes.append(1) or impl(*a, **k))
+        monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # restored after the test
+        _compose_once()
+        argv = list(overrides)
+        assert hydra.get_mode("config", argv) is None
+        argv.append("hydra.mode=RUN")  # what Hydra's run does when the config names no mode
+        once = hydra.compose_config("config", argv, run_mode=RunMode.RUN)
+        assert len(composes) == 1
+        assert OmegaConf.to_yaml(once) == OmegaConf.to_yaml(twice)
+        hydra.compose_config("config", argv, run_mode=RunMode.RUN)  # a later compose (a sweep job's) composes
+        assert len(composes) == 2
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_a_sweep_value_without_multirun_keeps_hydras_message(tmp_path):
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "bondexp", "data=small", "seed=1,2", f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Ambiguous value for argument 'seed=1,2'" in proc.stderr
+    assert not (tmp_path / "r").exists()
