@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_json
@@ -42,6 +41,8 @@ OUTPUTS_STAMP = ".outputs.json"
 
 def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
     """Rows per split and residual statistics: what the run is about, in a few numbers."""
+    import numpy as np  # here: a dry run and a finished resume load no data and need no numpy
+
     summary: dict[str, Any] = {
         "fingerprint": info["fingerprint"],
         "cache_hit": info["cache_hit"],

@@ -212,11 +212,10 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
 
     With ``tune.target`` null, having nothing to tune is not an error: the step is skipped.
     """
-    from bondexp.tuning.space import class_name, space_key
-
     target = cfg.tune.target
     if target is None:
         return
+    from bondexp.tuning.space import class_name, space_key  # here: it imports numpy
     if target not in models:
         raise ConfigError(
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
@@ -301,9 +300,10 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
                           "pip install \".[mlflow]\" (or choose tracking=none).")
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
-    from bondexp.steps.backtest import check_backtest_config
+    if cfg.backtest.origins is not None:  # the other backtest keys are read only then; null keeps numpy unimported
+        from bondexp.steps.backtest import check_backtest_config
 
-    check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
+        check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():

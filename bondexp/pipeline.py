@@ -64,11 +64,10 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
     ConfigError
         From :func:`bondexp.steps.backtest.origin_months`, or a model or step named like a backtest step.
     """
-    from bondexp.steps import backtest as bt
-
     spec = OmegaConf.to_container(cfg.backtest, resolve=True)
     if spec["origins"] is None:
         return []
+    from bondexp.steps import backtest as bt  # here: it imports numpy, which a run without a backtest may not need
     if months is None:
         raise ValueError("backtest_steps needs the data's months when backtest.origins is set.")
     taken = {bt.REPORT_STEP} & (set(models) | set(cfg.steps))

@@ -11,15 +11,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from bondexp.bondtable import BondTable
-from bondexp.curves import CurveTable
 from bondexp.errors import ConfigError
 
+if TYPE_CHECKING:  # the tables need numpy; a fingerprint, a dry run and a finished resume do not
+    from bondexp.bondtable import BondTable
+    from bondexp.curves import CurveTable
+
 SOURCES = ("synthetic", "csv", "parquet")
+#: Version of the synthetic generator (bondexp.data.synthetic), kept here so the data fingerprint
+#: needs no numpy: bump it whenever a change there alters the generated data, so features are recomputed.
+GENERATOR_VERSION = 2
 _FILE_KEYS = ("path", "curve_path", "spread_path")
 
 
@@ -91,8 +96,6 @@ def data_fingerprint(data_cfg: Mapping, *, seed: int) -> str:
     cfg = _plain(data_cfg)
     digest = hashlib.sha256()
     if _source(cfg) == "synthetic":
-        from bondexp.data.synthetic import GENERATOR_VERSION
-
         digest.update(json.dumps({"config": cfg, "seed": seed, "version": GENERATOR_VERSION}, sort_keys=True).encode())
         return digest.hexdigest()
     digest.update(json.dumps(cfg, sort_keys=True, default=str).encode())
