@@ -160,18 +160,24 @@ def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fi
 
 
 def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The data summary a finished run wrote, when every step's checkpoint verifies; else None.
+    """The data summary a finished run wrote, when every step's checkpoint looks reusable; else None.
 
     Such a resume reuses every step, so loading the data (and importing what loading and the
-    data checks need) would only slow it down.
+    data checks need) would only slow it down. "Looks reusable" is the manifest's fingerprint and
+    the artifact's size: the runner verifies each sha256 right after, once, and re-runs a step whose
+    bytes changed (its worker then loads the data itself).
     """
     path = run_dir / "data_summary.json"
     if not path.is_file():
         return None
     store = CheckpointStore(run_dir / "checkpoints")
     fingerprints = step_fingerprints(graph, fingerprint)
-    if any(store.verify(name, fingerprints[name]) is not None for name in graph.order):
-        return None
+    for name in graph.order:
+        manifest = store.manifest(name) or {}
+        artifact = store.artifact_path(name)
+        if manifest.get("fingerprint") != fingerprints[name] or not artifact.is_file() \
+                or artifact.stat().st_size != manifest.get("size_bytes"):
+            return None
     try:
         return json.loads(path.read_text())
     except ValueError:

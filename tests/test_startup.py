@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,31 @@ def test_a_dry_run_imports_no_numerical_stack(tmp_path, cache):
     assert heavy(modules) == []
 
 
-def test_a_finished_resume_imports_no_numerical_stack(tmp_path, cache):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache) -> Path:
+    """A finished run of one quick model and the report steps, and what it imported."""
+    run_dir = tmp_path_factory.mktemp("finished")
     args = ["data=small", "model=factor", "~steps.tune", "eval.n_bootstrap=50", "workers=1", "progress=false"]
-    first = imported(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
-    assert "numpy" in first and "sklearn" in first  # the run itself trains: the check below can fail
-    modules = imported(f"resume={run_dir}", cwd=tmp_path, cache=cache)
-    results = json.loads((run_dir / "results.json").read_text())
+    modules = imported(*args, f"hydra.run.dir={run_dir}", cwd=run_dir, cache=cache)
+    assert "numpy" in modules and "sklearn" in modules  # the run itself trains: the checks below can fail
+    return run_dir
+
+
+def test_a_finished_resume_imports_no_numerical_stack(finished_run, cache):
+    modules = imported(f"resume={finished_run}", cwd=finished_run, cache=cache)
+    results = json.loads((finished_run / "results.json").read_text())
     assert {step["status"] for step in results["steps"].values()} == {"reused"}
     assert heavy(modules) == []
+
+
+def test_a_checkpoint_changed_in_place_is_run_again_not_reused(finished_run, tmp_path, cache):
+    """The finished-resume shortcut trusts fingerprints and sizes; the runner's sha256 still decides what is reused."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    artifact = run_dir / "checkpoints" / "factor.joblib"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    artifact.write_bytes(bytes(data))
+    imported(f"resume={run_dir}", cwd=tmp_path, cache=cache)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {name: step["status"] for name, step in results["steps"].items()} == {"factor": "ran", "evaluate": "ran", "drift": "ran"}
