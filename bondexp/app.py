@@ -24,7 +24,6 @@ from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
 from bondexp.results import RunResult
 from bondexp.runner import run_graph
-from bondexp.tracking import track_run
 
 log = logging.getLogger("bondexp")
 
@@ -144,7 +143,10 @@ def run(
         dataset=dataset,
     )
     write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides)
-    track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
+    if cfg.tracking.name != "none":  # its module is imported only then
+        from bondexp.tracking import track_run
+
+        track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
     print(result.summary_table())
     if not result.ok:
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from threadpoolctl import threadpool_limits
-
 from bondexp import executors
 from bondexp.checkpoints import CheckpointStore
 from bondexp.errors import StepSkipped
@@ -148,6 +146,8 @@ def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[],
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
         fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
+        from threadpoolctl import threadpool_limits  # here: a run whose every step is reused never needs it
+
         inputs = load_inputs()
         ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log)
         with threadpool_limits(limits=threads), _interruptible():
