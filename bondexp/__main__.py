@@ -6,73 +6,16 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra._internal.hydra import Hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from bondexp import hydra_startup
 from bondexp.config import register_configs, resolve_run_dir
 from bondexp.errors import BondexpError
 
-
-def _share_config_store() -> None:
-    """Let Hydra's config repositories share the one ConfigStore instead of deep-copying it.
-
-    Hydra 1.3 deep-copies its config repository, ConfigStore included, for every group it lists
-    (about 70 times for `--help`) and every compose: half of `--help`'s time. The store is a
-    singleton that loading never mutates (`ConfigStore.load` hands out copies), and Hydra's own
-    fix (facebookresearch/hydra#2928, unreleased in 1.3) stops holding a copy of it the same way.
-    """
-    ConfigStore.__deepcopy__ = lambda self, memo: self
-
-
-_share_config_store()
+hydra_startup.install()
 register_configs()
-
-
-def _compose_once() -> None:
-    """Make a run compose its config once: the mode check's config is handed to the run.
-
-    Before it dispatches, Hydra 1.3 composes the whole config only to read ``hydra.mode``
-    (``Hydra.get_mode``, in MULTIRUN mode), drops it and composes again to run (hydra#3440): a
-    third of a finished resume's time. Here the check composes in RUN mode, which yields the same
-    config whenever it succeeds (RUN mode only adds checks: no sweep values, no missing group),
-    and the run's compose right after it gets that config. When the check fails (a sweep, a config
-    error) Hydra's own check runs, so sweeps and error messages are Hydra's.
-    """
-    hydras_check = Hydra.get_mode
-
-    def get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
-        try:
-            cfg = self.config_loader.load_configuration(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN)
-        except Exception:  # what Hydra's own check catches; it reports nothing either
-            return hydras_check(self, config_name, overrides)
-        _hand_over(self.config_loader, cfg, config_name=config_name, overrides=list(overrides))
-        return cfg.hydra.mode
-
-    Hydra.get_mode = get_mode
-
-
-def _hand_over(loader, cfg: DictConfig, *, config_name: str | None, overrides: list[str]) -> None:
-    """Have ``loader``'s next compose return ``cfg`` if it asks for the same run; later ones compose as usual.
-
-    Hydra's run appends ``hydra.mode=RUN`` when the config sets no mode; that override is applied here.
-    """
-    compose = loader.load_configuration
-
-    def load_configuration(**kwargs):
-        del loader.load_configuration  # once: a sweep's job configs are composed by Hydra
-        extra = kwargs["overrides"][len(overrides):]
-        if (kwargs["run_mode"] != RunMode.RUN or kwargs["config_name"] != config_name
-                or kwargs["overrides"][:len(overrides)] != overrides or extra not in ([], ["hydra.mode=RUN"])):
-            return compose(**kwargs)
-        if extra:
-            cfg.hydra.mode = RunMode.RUN
-            cfg.hydra.overrides.hydra.append(extra[0])
-        return cfg
-
-    loader.load_configuration = load_configuration
 
 
 def _with_resumed_overrides(argv: list[str]) -> list[str]:
@@ -123,7 +66,6 @@ def main() -> None:
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)
-    _compose_once()
     _main()
 
 

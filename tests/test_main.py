@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -41,12 +42,11 @@ def _main_hydra():
 def test_a_run_composes_its_config_once_and_gets_what_two_composes_gave(overrides, monkeypatch):
     """Hydra checks the mode with one compose and runs with another; the run now reuses the first, unchanged."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from bondexp.__main__ import _compose_once
+    from bondexp.hydra_startup import install
 
     try:
         hydra = _main_hydra()
@@ -54,8 +54,7 @@ def test_a_run_composes_its_config_once_and_gets_what_two_composes_gave(override
         composes = []
         impl = ConfigLoaderImpl._load_configuration_impl
         monkeypatch.setattr(ConfigLoaderImpl, "_load_configuration_impl", lambda *a, **k: composes.append(1) or impl(*a, **k))
-        monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # restored after the test
-        _compose_once()
+        install()
         argv = list(overrides)
         assert hydra.get_mode("config", argv) is None
         argv.append("hydra.mode=RUN")  # what Hydra's run does when the config names no mode
@@ -75,3 +74,28 @@ def test_a_sweep_value_without_multirun_keeps_hydras_message(tmp_path):
     assert proc.returncode == 1
     assert "Ambiguous value for argument 'seed=1,2'" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("template", [None, "$APP_CONFIG_GROUPS\n--\n$HYDRA_CONFIG_GROUPS\n--\n$FLAGS_HELP\n$CONFIG"])
+def test_help_lists_the_groups_hydra_lists(template):
+    """--help fills only the placeholders its template uses, with what Hydra's own get_help puts there."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from bondexp.hydra_startup import _HYDRA_GET_HELP, install
+
+    install()
+    try:
+        hydra = _main_hydra()
+        full = hydra.compose_config("config", [], run_mode=RunMode.RUN)
+        help_cfg, cfg = full.hydra.help, hydra.get_sanitized_cfg(copy.deepcopy(full), "job")  # as Hydra's app_help
+        if template is not None:
+            help_cfg.template = template
+        ours = Hydra.get_help(hydra, help_cfg, cfg, get_args_parser(), resolve=False)
+        assert ours == _HYDRA_GET_HELP(hydra, help_cfg, cfg, get_args_parser(), resolve=False)
+        assert "model: advanced, all, automl" in ours
+        assert ("hydra/launcher:" in ours) == (template is not None)
+    finally:
+        GlobalHydra.instance().clear()

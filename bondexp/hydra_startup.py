@@ -1,0 +1,115 @@
+"""Work Hydra 1.3 does on every start that bondexp's commands do not need, skipped (see README, Start-up).
+
+Three changes, each to a private Hydra method whose behaviour stays what Hydra documents: the
+ConfigStore is shared instead of deep-copied, a run composes its config once instead of twice, and
+`--help` lists only the config groups its template shows. `install()` makes them; calling it again
+changes nothing. Each names the Hydra issue or code it works around, so it can go when Hydra fixes it.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from hydra._internal.hydra import Hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+#: Hydra's own methods, kept before `install` replaces them (the replacements call or mirror them).
+_HYDRA_GET_MODE, _HYDRA_GET_HELP = Hydra.get_mode, Hydra.get_help
+
+
+def install() -> None:
+    """Apply the three changes below (idempotent)."""
+    _share_config_store()
+    Hydra.get_mode = _get_mode
+    Hydra.get_help = _get_help
+
+
+def _share_config_store() -> None:
+    """Let Hydra's config repositories share the one ConfigStore instead of deep-copying it.
+
+    Hydra 1.3 deep-copies its config repository, ConfigStore included, for every group it lists
+    (about 70 times for `--help`) and every compose: half of `--help`'s time. The store is a
+    singleton that loading never mutates (`ConfigStore.load` hands out copies), and Hydra's own
+    fix (facebookresearch/hydra#2928, unreleased in 1.3) stops holding a copy of it the same way.
+    """
+    ConfigStore.__deepcopy__ = lambda self, memo: self
+
+
+def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
+    """``Hydra.get_mode`` that hands its composed config to the run, so a run composes once.
+
+    Before it dispatches, Hydra 1.3 composes the whole config only to read ``hydra.mode`` (in
+    MULTIRUN mode), drops it and composes again to run (hydra#3440): a third of a finished resume's
+    time. Here the check composes in RUN mode, which yields the same config whenever it succeeds
+    (RUN mode only adds checks: no sweep values, no missing group), and the run's compose right
+    after it gets that config. When the check fails (a sweep, a config error) Hydra's own check
+    runs, so sweeps and error messages are Hydra's.
+    """
+    try:
+        cfg = self.config_loader.load_configuration(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN)
+    except Exception:  # what Hydra's own check catches; it reports nothing either
+        return _HYDRA_GET_MODE(self, config_name, overrides)
+    _hand_over(self.config_loader, cfg, config_name=config_name, overrides=list(overrides))
+    return cfg.hydra.mode
+
+
+def _hand_over(loader: Any, cfg: DictConfig, *, config_name: str | None, overrides: list[str]) -> None:
+    """Have ``loader``'s next compose return ``cfg`` if it asks for the same run; later ones compose as usual.
+
+    Hydra's run appends ``hydra.mode=RUN`` when the config sets no mode; that override is applied here.
+    """
+    compose = loader.load_configuration
+
+    def load_configuration(**kwargs: Any) -> DictConfig:
+        del loader.load_configuration  # once: a sweep's job configs are composed by Hydra
+        extra = kwargs["overrides"][len(overrides):]
+        if (kwargs["run_mode"] != RunMode.RUN or kwargs["config_name"] != config_name
+                or kwargs["overrides"][:len(overrides)] != overrides or extra not in ([], ["hydra.mode=RUN"])):
+            return compose(**kwargs)
+        if extra:
+            cfg.hydra.mode = RunMode.RUN
+            cfg.hydra.overrides.hydra.append(extra[0])
+        return cfg
+
+    loader.load_configuration = load_configuration
+
+
+def _get_help(self: Hydra, help_cfg: DictConfig, cfg: DictConfig, args_parser: Any, resolve: bool) -> str:
+    """``Hydra.get_help`` that fills only the placeholders the help template uses.
+
+    Hydra 1.3 lists Hydra's own config groups (launchers, sweepers, logging: some 70 listings) for
+    ``$HYDRA_CONFIG_GROUPS`` even when the template, like bondexp's, shows only ``$APP_CONFIG_GROUPS``,
+    and walks Hydra's groups again to leave them out of the latter.
+    """
+    template = string.Template(help_cfg.template)
+    used = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)}
+    fill = {
+        "FLAGS_HELP": lambda: self.format_args_help(args_parser),
+        "HYDRA_CONFIG_GROUPS": lambda: _format_groups(self, hydras=True),
+        "APP_CONFIG_GROUPS": lambda: _format_groups(self, hydras=False),
+        "CONFIG": lambda: OmegaConf.to_yaml(cfg, resolve=resolve),
+    }
+    return template.substitute({name: make() for name, make in fill.items() if name in used})
+
+
+def _format_groups(hydra: Hydra, *, hydras: bool) -> str:
+    """Hydra's compact ``group: option, option`` lines for Hydra's own groups or for the app's, walking only those."""
+    loader = hydra.config_loader
+
+    def walk(parent: str) -> list[str]:
+        found = []
+        for child in loader.list_groups(parent):
+            group = f"{parent}/{child}" if parent else child
+            if not parent and (group == "hydra") != hydras:
+                continue
+            if loader.get_group_options(group, ObjectType.CONFIG):
+                found.append(group)
+            if loader.get_group_options(group, ObjectType.GROUP):
+                found.extend(walk(group))
+        return found
+
+    return "".join(f"{group}: {', '.join(sorted(loader.get_group_options(group)))}\n" for group in sorted(walk("")))
