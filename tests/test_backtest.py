@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import joblib
@@ -16,7 +21,8 @@ from bondexp.config import collect_models, register_configs, validate_config
 from bondexp.errors import ConfigError
 from bondexp.features import load_dataset
 from bondexp.pipeline import build_steps
-from bondexp.steps.backtest import OVERALL, origin_months, origin_rows, score_backtest
+from bondexp.steps.backtest import origin_months, origin_rows
+from bondexp.steps.backtest_score import OVERALL, score_backtest
 
 register_configs()
 
@@ -154,12 +160,15 @@ def test_score_backtest_matches_a_hand_computation():
     assert rmse[("b", OVERALL)]["rmse_ci_high"] == pytest.approx(np.percentile(boot, 95))
 
 
+#: basic and bayesian (which calibrates), plus basic tuned, without the drift step.
+FINISHED = [*SMALL, "model=[basic,bayesian]", "tune.target=basic", "tune.n_trials=2", "~steps.drift"]
+
+
 @pytest.fixture(scope="module")
 def finished_backtest(tmp_path_factory, cache):
     """basic and bayesian (which calibrates), plus basic tuned, over the tiny market's last 9 months."""
     run_dir = tmp_path_factory.mktemp("bt")
-    cfg = composed(*SMALL, "model=[basic,bayesian]", "tune.target=basic", "tune.n_trials=2", "~steps.drift",
-                   f"cache_dir={cache}")
+    cfg = composed(*FINISHED, f"cache_dir={cache}")
     result = run(cfg, run_dir=run_dir, workers=1)
     assert result.ok
     return cfg, run_dir
@@ -223,6 +232,37 @@ def test_a_second_run_in_the_folder_reuses_every_refit_and_reruns_a_lost_one(fin
     assert ran == {"basic@2017-07", "backtest"}
     after = json.loads((run_dir / "results.json").read_text())["steps"]
     assert after["basic@2017-07"]["metrics"] == before["basic@2017-07"]["metrics"]
+
+
+def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_path, finished_backtest):
+    """`python -m bondexp` interrupted after some refits, then `resume=<folder>`: the same files as one whole run."""
+    cfg, whole = finished_backtest
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "bondexp", *FINISHED, f"cache_dir={cfg.cache_dir}", "workers=1", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((run_dir / "checkpoints").glob("*@*.json"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or stalled before two refits"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and f"resume={run_dir}" in output, output[-2000:]
+    finished = {p.stem for p in (run_dir / "checkpoints").glob("*@*.json")}
+    assert not (run_dir / "backtest.csv").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "bondexp", f"resume={run_dir}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    refits = {name for name in steps if "@" in name}
+    assert {name for name in refits if steps[name]["status"] == "reused"} == finished
+    assert {name for name in refits - finished if steps[name]["status"] == "ran"} == refits - finished
+    assert (run_dir / "backtest.csv").read_text() == (whole / "backtest.csv").read_text()
 
 
 def _months(cfg) -> np.ndarray:
