@@ -13,9 +13,11 @@ feature cache (built once first), workers=1 first, then workers=2. Printed for e
 - runner overhead a step, two ways:
   `graph`: (runner wall x workers - steps' own time) / steps, i.e. every second a worker slot was
   not running a step, idle tail and the parent's start-up of the pool included;
-  `gap`: the mean time between a step's end and the start of the next step on the same worker
-  (the parent collecting, checkpointing and submitting, and the worker unpickling the task),
-  from the `started`/`ended` times each worker records.
+  `gap`: the mean (and median) time between a step's end and the start of the next step on the same
+  worker (the parent collecting, checkpointing and submitting, and the worker unpickling the task),
+  from the `started`/`ended` times each worker records; with 2 workers it also holds a worker's
+  wait for a step the next one needs, so `latency` is the mean time from the latest end of any step
+  to each start (the runner submits only when some step ends).
 Goals (issue 12): speedup of the runner's wall 1.8, overhead under 0.1 s a step.
 The steps' own time differs between the two when a step runs slower or faster with 2 BLAS/OpenMP
 threads (workers=1) than with 1 (workers=2); the ratio is printed, since it moves the speedup.
@@ -31,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +71,19 @@ def dispatch_gaps(steps: dict[str, dict[str, Any]]) -> list[float]:
     return gaps
 
 
+def start_latencies(steps: dict[str, dict[str, Any]]) -> list[float]:
+    """Seconds from the latest end of any step to each step's start (steps started before any end are left out)."""
+    spans = [(_seconds(s["started"]), _seconds(s["ended"])) for s in steps.values()
+             if s["status"] == "ran" and s["started"] and s["ended"]]
+    ends = sorted(end for _, end in spans)
+    latencies = []
+    for start, _ in spans:
+        before = [end for end in ends if end <= start]
+        if before:
+            latencies.append(start - before[-1])
+    return latencies
+
+
 def measure(workers: int, common: list[str], *, tmp: Path, cache: Path, env: dict[str, str]) -> dict[str, float]:
     """Run the preset on ``workers`` and return its figures (see the module docstring)."""
     run_dir = tmp / f"w{workers}"
@@ -75,15 +91,16 @@ def measure(workers: int, common: list[str], *, tmp: Path, cache: Path, env: dic
     results = json.loads((run_dir / "results.json").read_text())
     steps = results["steps"]
     own = sum(s["duration_s"] for s in steps.values())
-    gaps = dispatch_gaps(steps)
+    gaps, latencies = dispatch_gaps(steps), start_latencies(steps)
     figures = {"wall": wall, "graph": results["wall_s"], "own": own, "steps": len(steps),
                "refits": sum("@" in name for name in steps),
                "overhead_graph": (results["wall_s"] * workers - own) / len(steps),
-               "overhead_gap": sum(gaps) / len(gaps), "gap_max": max(gaps)}
+               "overhead_gap": statistics.mean(gaps), "gap_median": statistics.median(gaps), "gap_max": max(gaps),
+               "latency": statistics.mean(latencies)}
     print(f"workers={workers}: {wall:7.1f} s wall, {figures['graph']:7.1f} s in the runner; {figures['steps']} steps "
           f"({figures['refits']} refits), steps' own time {own:7.1f} s; overhead a step: graph "
-          f"{figures['overhead_graph']:.3f} s, gap {figures['overhead_gap']:.3f} s (largest {figures['gap_max']:.3f} s)",
-          flush=True)
+          f"{figures['overhead_graph']:.3f} s, gap {figures['overhead_gap']:.3f} s (median {figures['gap_median']:.3f} s, "
+          f"largest {figures['gap_max']:.3f} s), latency {figures['latency']:.3f} s", flush=True)
     return figures
 
 
