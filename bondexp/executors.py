@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -106,7 +108,7 @@ class InlineBackend(_SharedDiskBackend):
         self._executor = None
 
 
-def _init_pool_worker(threads: int) -> None:
+def _init_pool_worker(threads: int, run_pid: int) -> None:
     """Set up a fresh worker process: thread budget for it and its children, Ctrl-C left to the parent."""
     global IN_POOL_WORKER
     IN_POOL_WORKER = True
@@ -114,6 +116,21 @@ def _init_pool_worker(threads: int) -> None:
         os.environ[var] = str(threads)
     # Idle workers ignore Ctrl-C (no tracebacks from queue reads); the parent terminates them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_without, args=(run_pid,), name="bondexp-run-watch", daemon=True).start()
+
+
+def _exit_without(run_pid: int, *, every_s: float = 1.0) -> None:
+    """End this worker once the run's process is gone.
+
+    A run killed with SIGKILL cannot stop its pool, and its workers (children of the forkserver,
+    not of the run) would otherwise idle, or finish a step no one collects, until the machine reboots.
+    """
+    while True:
+        time.sleep(every_s)
+        try:
+            os.kill(run_pid, 0)
+        except (ProcessLookupError, PermissionError):  # PermissionError: the pid now belongs to another user
+            os._exit(1)
 
 
 class ProcessBackend(_SharedDiskBackend):
@@ -146,7 +163,7 @@ class ProcessBackend(_SharedDiskBackend):
             max_workers=self.concurrency,
             mp_context=self._context,
             initializer=_init_pool_worker,
-            initargs=(self._threads,),
+            initargs=(self._threads, os.getpid()),
         )
 
     def stop(self, *, kill: bool) -> None:

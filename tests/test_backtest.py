@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import joblib
@@ -16,7 +21,8 @@ from bondexp.config import collect_models, register_configs, validate_config
 from bondexp.errors import ConfigError
 from bondexp.features import load_dataset
 from bondexp.pipeline import build_steps
-from bondexp.steps.backtest import OVERALL, origin_months, origin_rows, score_backtest
+from bondexp.steps.backtest import origin_months, origin_rows
+from bondexp.steps.backtest_score import OVERALL, score_backtest
 
 register_configs()
 
@@ -223,6 +229,41 @@ def test_a_second_run_in_the_folder_reuses_every_refit_and_reruns_a_lost_one(fin
     assert ran == {"basic@2017-07", "backtest"}
     after = json.loads((run_dir / "results.json").read_text())["steps"]
     assert after["basic@2017-07"]["metrics"] == before["basic@2017-07"]["metrics"]
+
+
+#: Two quick models, no report step but the backtest: 6 refits.
+INTERRUPTED = [*SMALL, "model=[basic,factor]", "~steps.tune", "~steps.drift", "~steps.evaluate", "workers=1"]
+
+
+def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_path, cache):
+    """`python -m bondexp` interrupted after two refits, then `resume=<folder>`: the same backtest as one whole run."""
+    whole, run_dir = tmp_path / "whole", tmp_path / "run"
+    assert run(composed(*INTERRUPTED, f"cache_dir={cache}"), run_dir=whole).ok
+    command = [sys.executable, "-m", "bondexp", *INTERRUPTED, f"cache_dir={cache}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((run_dir / "checkpoints").glob("*@*.json"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or stalled before two refits"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and f"resume={run_dir}" in output, output[-2000:]
+    finished = {p.stem for p in (run_dir / "checkpoints").glob("*@*.json")}
+    assert not (run_dir / "backtest.csv").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "bondexp", f"resume={run_dir}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    refits = {name for name in steps if "@" in name}
+    assert len(refits) == 6 and {name for name in refits if steps[name]["status"] == "reused"} == finished
+    assert all(steps[name]["status"] == "ran" for name in refits - finished)
+    assert (run_dir / "backtest.csv").read_text() == (whole / "backtest.csv").read_text()
 
 
 def _months(cfg) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The runner on graphs of tiny steps: scheduling, failure isolation, resume, lock, executors."""
 
+import contextlib
 import json
 import os
 import signal
@@ -271,6 +272,32 @@ def test_sigkill_mid_run_then_resume_reruns_only_unfinished_steps(tmp_path):
     assert statuses(result) == {"q1": "reused", "q2": "reused", "g1": "ran", "g2": "ran", "tail": "ran"}
     assert artifact(run_dir, "tail")["value"] == 1 + (3 + 1) + 2  # tail + g1 (+ q1) + q2
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_pool_workers_exit_when_the_run_is_killed(tmp_path):
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
+                            env=subprocess_env(), start_new_session=True)
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
+                  and (run_dir / "checkpoints" / "q2.json").exists())
+        workers = {artifact(run_dir, name)["pid"] for name in ("q1", "q2")}
+        proc.kill()  # SIGKILL of the run alone: it cannot stop its pool, whose workers wait on the gate
+        proc.wait()
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _alive(pid):
+    """Running (not exited, nor a zombie waiting for its parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):

@@ -6,9 +6,8 @@ Every fit sees only months before its origin (the whole past, or the last ``wind
 a model that calibrates (tail_risk, bayesian) fits on the earlier part of that past and calibrates
 on its latest ``calibration_months``, never on months after the origin.
 
-The RMSE interval of the whole backtest is a month-block bootstrap: the scored months are drawn
-as wholes, since the bonds of one month share that month's curve, spread and sector shocks and
-are not independent draws. Every model is scored on the same draws, so intervals compare.
+The gathering step scores the refits with :func:`bondexp.steps.backtest_score.score_backtest`
+(RMSE per origin and overall, with a month-block bootstrap interval).
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bondexp.errors import ConfigError, DataValidationError, StepSkipped
+from bondexp.errors import ConfigError, StepSkipped
+from bondexp.steps.backtest_score import BASELINE, ORACLE, OVERALL, score_backtest
 
 #: Keys of the ``backtest`` config group.
 CONFIG_KEYS = ("origins", "horizon", "window", "calibration_months")
@@ -31,10 +31,6 @@ REPORT_TARGET = "bondexp.steps.backtest.backtest"
 REPORT_STEP = "backtest"
 #: Model name of the tuned model's origin steps (``tuned@<YYYY-MM>``); their artifacts carry ``<target>_tuned``.
 TUNED = "tuned"
-#: Rows of backtest.csv that are references, not trained models.
-BASELINE, ORACLE = "dcf_baseline", "oracle"
-#: The ``origin`` of a model's row over the whole backtest.
-OVERALL = "all"
 CSV_COLUMNS = ("model", "origin", "n", "n_months", "n_train", "rmse", "rmse_ci_low", "rmse_ci_high",
                "improvement_pct", "oracle_gap_pct")
 
@@ -250,112 +246,6 @@ def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
                               confidence=float(config["confidence"]), seed=int(config["seed"]))
     ctx.log.info("backtest: %d models over %d origins", artifact["metrics"]["n_models"], artifact["metrics"]["n_origins"])
     return artifact
-
-
-def score_backtest(
-    fits: Sequence[Mapping[str, Any]],
-    *,
-    y: np.ndarray,
-    meta: Mapping[str, np.ndarray],
-    n_bootstrap: int,
-    confidence: float,
-    seed: int,
-) -> Dict[str, Any]:
-    """RMSE per model and origin, and over the whole backtest with a month-block bootstrap interval.
-
-    Parameters
-    ----------
-    fits : sequence of dict
-        (model, origin) artifacts of :func:`fit_origin`.
-    y : ndarray
-        The target of every dataset row (``rows['scored']`` index it).
-    meta : mapping
-        ``obs_date`` of every row and, when the data has it, ``oracle_prediction``.
-    n_bootstrap, confidence, seed
-        The interval: ``n_bootstrap`` draws of the scored (origin, month) blocks with replacement,
-        the same draws for every model, percentile interval at ``confidence``.
-
-    Returns
-    -------
-    dict
-        ``rows`` (per model and origin, then per model over ``all`` origins; ``dcf_baseline`` and
-        ``oracle`` included), ``origins``, ``models``, ``config`` and ``metrics``.
-
-    Raises
-    ------
-    DataValidationError
-        No fit, models that do not share their origins, or two fits of one origin scoring different rows.
-    """
-    if not fits:
-        raise DataValidationError("The backtest step needs (model, origin) steps among its inputs; it got none.")
-    by_model: Dict[str, Dict[str, Mapping[str, Any]]] = {}
-    for fit in fits:
-        by_model.setdefault(fit["name"], {})[fit["origin"]] = fit
-    origins = sorted({o for per in by_model.values() for o in per})
-    missing = {name: sorted(set(origins) - set(per)) for name, per in by_model.items() if set(per) != set(origins)}
-    if missing:
-        raise DataValidationError(f"Every backtest model must be refit at every origin; missing (model: origins): {missing}.")
-    scored = {}
-    for origin in origins:
-        row_sets = [np.asarray(per[origin]["rows"]["scored"]) for per in by_model.values()]
-        if any(not np.array_equal(rows, row_sets[0]) for rows in row_sets[1:]):
-            raise DataValidationError(f"The backtest fits at origin {origin} scored different rows; they must share them.")
-        scored[origin] = row_sets[0]
-    predictions = {name: {o: np.asarray(per[o]["predictions"]["mean"], dtype=np.float64) for o in origins}
-                   for name, per in by_model.items()}
-    predictions[BASELINE] = {o: np.zeros(len(scored[o])) for o in origins}
-    if "oracle_prediction" in meta:
-        predictions[ORACLE] = {o: np.asarray(meta["oracle_prediction"][scored[o]], dtype=np.float64) for o in origins}
-    n_train = {name: {o: per[o]["metrics"]["n_train"] for o in origins} for name, per in by_model.items()}
-
-    # (origin, month) blocks: per block, each model's sum of squared errors and the row count
-    block_of = {}
-    blocks: List[tuple] = []
-    for origin in origins:
-        month = np.asarray(meta["obs_date"][scored[origin]], dtype="datetime64[M]")
-        codes, inverse = np.unique(month, return_inverse=True)
-        block_of[origin] = (len(blocks) + inverse.reshape(-1), len(codes))
-        blocks += [(origin, str(m)) for m in codes]
-    n_blocks = len(blocks)
-    count = np.zeros(n_blocks)
-    for origin in origins:
-        idx, _ = block_of[origin]
-        count += np.bincount(idx, minlength=n_blocks)
-    draws = np.random.default_rng(seed).integers(0, n_blocks, size=(n_bootstrap, n_blocks))
-    n_drawn = count[draws].sum(axis=1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-
-    rows: List[Dict[str, Any]] = []
-    overall: Dict[str, Dict[str, Any]] = {}
-    for name, per_origin in predictions.items():
-        sse = np.zeros(n_blocks)
-        for origin in origins:
-            idx, _ = block_of[origin]
-            err = y[scored[origin]] - per_origin[origin]
-            sse += np.bincount(idx, weights=err**2, minlength=n_blocks)
-            rows.append({"model": name, "origin": origin, "n": int(len(err)), "n_months": block_of[origin][1],
-                         "n_train": n_train.get(name, {}).get(origin), "rmse": float(np.sqrt(np.mean(err**2)))})
-        boot = np.sqrt(sse[draws].sum(axis=1) / n_drawn)
-        low, high = np.percentile(boot, [tail, 100.0 - tail])
-        overall[name] = {"model": name, "origin": OVERALL, "n": int(count.sum()), "n_months": n_blocks,
-                         "rmse": float(np.sqrt(sse.sum() / count.sum())), "rmse_ci_low": float(low), "rmse_ci_high": float(high)}
-    rows += sorted(overall.values(), key=lambda row: row["rmse"])
-    reference = {(row["origin"]): row["rmse"] for row in rows if row["model"] == BASELINE}
-    oracle = {(row["origin"]): row["rmse"] for row in rows if row["model"] == ORACLE}
-    for row in rows:
-        dcf = reference[row["origin"]]
-        row["improvement_pct"] = 100.0 * (1.0 - row["rmse"] / dcf) if dcf > 0 else None
-        if oracle and dcf > oracle[row["origin"]]:
-            row["oracle_gap_pct"] = 100.0 * (row["rmse"] - oracle[row["origin"]]) / (dcf - oracle[row["origin"]])
-    models = sorted(by_model)
-    return {
-        "rows": rows,
-        "origins": origins,
-        "models": models,
-        "config": {"n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed},
-        "metrics": {"n_models": len(models), "n_origins": len(origins), "n_scored": int(count.sum()),
-                    "n_scored_months": n_blocks},
-    }
 
 
 # ----------------------------------------------------------------------------- outputs
