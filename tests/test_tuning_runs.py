@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from test_app import bondexp
 
 QUICK = ["data=small", "tune.n_trials=4", "tune.batch_size=2", "eval.n_bootstrap=50", "progress=false", "~steps.drift"]
