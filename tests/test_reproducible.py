@@ -4,12 +4,14 @@ Each run is `python -m bondexp` as a subprocess, the way a user runs it: with on
 workers while a CPU-burning process competes for the cores, and through a Dask LocalCluster.
 Every step's metrics in results.json and every model's predictions in its checkpoint must be
 identical; AutoML is in the model set, since its budget counts candidates, not seconds, and so
-is tuning (a batched study on two trial processes when workers=2, in-process when workers=1).
+is tuning (a batched study on two trial processes when workers=2, in-process when workers=1): its
+trials, one by one, and the tuned model's test score must be the same too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import subprocess
 import sys
@@ -75,6 +77,12 @@ def test_two_workers_under_load_give_the_same_numbers_as_one(serial_run, tmp_pat
     with cpu_burner():
         loaded = _run(tmp_path, cache, "w2", "workers=2")
     _assert_same_run(serial, loaded)
+    # the same study: in-process with one worker, on two trial processes with two
+    tuning = [json.loads((run / "tuning.json").read_text()) for run in (serial, loaded)]
+    assert tuning[0]["best_params"] == tuning[1]["best_params"]
+    assert [(t["params"], t["value"]) for t in tuning[0]["trials"]] == [(t["params"], t["value"]) for t in tuning[1]["trials"]]
+    boards = [{row["model"]: row["rmse"] for row in csv.DictReader((run / "leaderboard.csv").open())} for run in (serial, loaded)]
+    assert boards[0]["enhanced_tuned"] == boards[1]["enhanced_tuned"]
 
 
 def test_dask_gives_the_same_numbers(serial_run, tmp_path):

@@ -1,15 +1,15 @@
 """Whole runs around tuning, as subprocesses on the tiny market: nothing to tune skips, a user's model
-is tuned through its class's default space, the study is the same for one and two workers under
-load, and on the stationary market tuning helps on test and never hurts on validation."""
+is tuned through its class's default space, and on the stationary market tuning helps on test and
+never hurts on validation. (The study is the same for one and two workers under load: test_reproducible.py.)"""
 
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 from pathlib import Path
 
 import pytest
+
 from test_app import bondexp
 
 QUICK = ["data=small", "tune.n_trials=4", "tune.batch_size=2", "eval.n_bootstrap=50", "progress=false", "~steps.drift"]
@@ -52,36 +52,6 @@ def test_a_users_extra_trees_is_tuned_through_its_class_space(tmp_path, cache):
     assert "my_trees_tuned" in _leaderboard(run_dir)
     log = (run_dir / "logs" / "tune.log").read_text()
     assert "tune.class_search_space.ExtraTreesRegressor" in log
-
-
-def _burn(seconds: float) -> None:
-    """Keep a core busy: the machine's load must not change the study."""
-    import time
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
-
-
-def test_tuning_is_identical_for_one_and_two_workers_under_load(tmp_path, cache):
-    runs = {}
-    for workers in (1, 2):
-        burner = multiprocessing.get_context("spawn").Process(target=_burn, args=(600,), daemon=True)
-        if workers == 2:
-            burner.start()
-        try:
-            run_dir = tmp_path / f"w{workers}"
-            bondexp(*QUICK, "model=basic", f"workers={workers}", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
-        finally:
-            if burner.is_alive():
-                burner.terminate()
-        runs[workers] = run_dir
-    metrics = [json.loads((runs[w] / "results.json").read_text())["steps"]["tune"]["metrics"] for w in (1, 2)]
-    tuning = [json.loads((runs[w] / "tuning.json").read_text()) for w in (1, 2)]
-    assert metrics[0] == metrics[1] and metrics[0]["reproducible"]
-    assert tuning[0]["best_params"] == tuning[1]["best_params"]
-    assert [(t["params"], t["value"]) for t in tuning[0]["trials"]] == [(t["params"], t["value"]) for t in tuning[1]["trials"]]
-    assert _leaderboard(runs[1])["basic_tuned"] == _leaderboard(runs[2])["basic_tuned"]
 
 
 def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_validation(tmp_path, cache):
