@@ -148,7 +148,7 @@ class _Scheduler:
         self.pending: set[str] = set()
         self.running: dict[Future, str] = {}
         self.started = False  # whether the backend is started (it starts at the first submit)
-        self.bar = Progress(total=0, enabled=False)
+        self.bar = Progress(total=0, enabled=False)  # shows nothing; run() puts the run's bar here
 
     def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float, executor_name: str) -> RunResult:
         """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C).
@@ -205,6 +205,7 @@ class _Scheduler:
         return self.suspects.submittable(ready, running=self.running.values())[:free]
 
     def _submit(self, names: list[str]) -> None:
+        """Hand ``names`` to the backend, starting it on first use; a pool found broken is replaced and submitting goes on."""
         for name in names:
             step = self.graph[name]
             task = Task(name=name, target=step.target, config=step.config, needs=step.needs,
