@@ -104,8 +104,9 @@ def run_graph(
         fps = planning.step_fingerprints(graph, data_fingerprint)
         plan = planning.reuse_plan(graph, store, fps) if resume else {name: "resume=False" for name in graph.order}
         expected = planning.expected_durations(graph, store, history)
-        run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
-                         expected=expected, shared=dict(shared or {}), dataset=dataset)
+        run = _Scheduler(
+            graph, store, backend, run_dir=run_dir, fingerprints=fps, expected=expected, shared=dict(shared or {}), dataset=dataset
+        )
         result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
     return result
@@ -128,9 +129,8 @@ def _check_arguments(graph: Any, *, workers: Any, data_fingerprint: Any, shared:
 class _Scheduler:
     """One run: steps pending, running and done, their outcomes, and the loop that moves them along."""
 
-    def __init__(self, graph: Graph, *, run_dir: Path, store: CheckpointStore, backend: Any,
-                 fingerprints: Mapping[str, str], expected: Mapping[str, float | None], shared: dict,
-                 dataset: Any = None):
+    def __init__(self, graph: Graph, store: CheckpointStore, backend: Any, *, run_dir: Path, fingerprints: Mapping[str, str],
+                 expected: Mapping[str, float | None], shared: dict, dataset: Any = None):
         self.graph = graph
         self.run_dir = run_dir
         self.store = store
