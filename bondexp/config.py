@@ -7,7 +7,6 @@ fails before a single step runs.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, did_you_mean
 
 #: Keys of a model file that configure the step rather than the estimator.
 MODEL_STEP_KEYS = ("group", "features", "early_stopping")
@@ -202,11 +201,6 @@ def _fail(key: str, expected: str, got: Any) -> None:
     raise ConfigError(f"The '{key}' config key must be {expected}. Got {got!r} instead.")
 
 
-def _suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> None:
     """A named tune target must be a chosen model with a search space, by name or by class; say so before any work.
 
@@ -219,7 +213,7 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
     if target not in models:
         raise ConfigError(
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
-            f"Got {target!r} instead.{_suggest(target, models)}"
+            f"Got {target!r} instead.{did_you_mean(target, models)}"
         )
     by_name = OmegaConf.to_container(cfg.tune.search_space, resolve=True) or {}
     by_class = OmegaConf.to_container(cfg.tune.class_search_space, resolve=True) or {}
@@ -314,7 +308,7 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
             raise ConfigError(
                 f"The 'models.{name}.features' config key must name a feature set, one of "
                 f"{sorted(cfg.feature_sets)}, or list features. Got {features!r} instead."
-                f"{_suggest(features, cfg.feature_sets)}"
+                f"{did_you_mean(features, cfg.feature_sets)}"
             )
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):

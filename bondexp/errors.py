@@ -1,5 +1,9 @@
 """The few named exceptions bondexp raises; every message says what was expected, what came, and what to fix."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class BondexpError(Exception):
     """Base class: anything bondexp raises on purpose."""
@@ -36,3 +40,11 @@ class StepSkipped(BondexpError):
 
 class RunFolderError(BondexpError):
     """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""
+
+
+def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
+    """`` Did you mean 'x'?`` with the up to ``n`` names of ``known`` closest to ``name``; empty when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=n)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bondexp.errors import GraphError
+from bondexp.errors import GraphError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -258,11 +258,9 @@ def build_graph(steps: Iterable[Step]) -> Graph:
     for step in by_name.values():
         for need in step.needs:
             if need not in by_name:
-                close = difflib.get_close_matches(need, list(by_name), n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise GraphError(
                     f"Step {step.name!r} needs {need!r}, which is not a step. "
-                    f"Known steps: {sorted(by_name)}.{hint}"
+                    f"Known steps: {sorted(by_name)}.{did_you_mean(need, by_name, n=3)}"
                 )
 
     order = _topological_order(by_name)

@@ -1,14 +1,16 @@
 """What a run will do: step fingerprints, which checkpoints to reuse and why, expected durations,
-submission priorities, the ETA, which ready steps may start, and the dry-run plan.
+the order ready steps start in, which may start after a worker crash, the ETA, and the dry-run plan.
 
-Pure functions of the graph, the checkpoints on disk and the durations history; nothing here
-runs a step or writes a file.
+Functions of the graph, the checkpoints on disk and the durations history, plus two small records
+the scheduler keeps while a run goes (:class:`CrashSuspects`, :class:`Eta`); nothing here runs a
+step or writes a file.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,13 @@ from bondexp.checkpoints import CheckpointStore, DurationHistory, fingerprint
 from bondexp.graph import Graph
 
 __all__ = [
+    "CrashSuspects",
+    "Eta",
     "dry_run_plan",
     "eta_s",
     "expected_durations",
     "priorities",
+    "ready_order",
     "reuse_plan",
     "step_fingerprints",
     "submittable",
@@ -78,6 +83,13 @@ def priorities(graph: Graph, expected: Mapping[str, float | None]) -> dict[str, 
     return rank
 
 
+def ready_order(graph: Graph, expected: Mapping[str, float | None]) -> Callable[[str], tuple[float, int]]:
+    """Sort key for ready steps: highest :func:`priorities` first, then declaration order."""
+    rank = priorities(graph, expected)
+    position = {name: i for i, name in enumerate(graph.order)}
+    return lambda name: (-rank[name], position[name])
+
+
 def submittable(ready: Sequence[str], *, suspects: Collection[str], running: Collection[str]) -> list[str]:
     """The ready steps that may start now, best first: all of them, unless a worker crash is being isolated.
 
@@ -88,6 +100,46 @@ def submittable(ready: Sequence[str], *, suspects: Collection[str], running: Col
     if ready_suspects or set(suspects) & set(running):
         return [] if running else ready_suspects[:1]
     return list(ready)
+
+
+class CrashSuspects:
+    """The steps in flight when a worker process died and took the pool with it.
+
+    A lone step lost that way is the culprit and fails. Several lost together become suspects:
+    they run again, each alone (:func:`submittable`), so only the culprit fails the second time.
+    """
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def culprit(self, lost: Sequence[str]) -> str | None:
+        """The step to fail for a pool that broke while ``lost`` ran; ``None`` when they all run again as suspects."""
+        if len(lost) == 1:
+            return lost[0]
+        self.names.update(lost)
+        return None
+
+    def submittable(self, ready: Sequence[str], *, running: Collection[str]) -> list[str]:
+        """:func:`submittable` with these suspects."""
+        return submittable(ready, suspects=self.names, running=running)
+
+
+class Eta:
+    """The time left while a run goes: :func:`eta_s`, timing each running step from its submission."""
+
+    def __init__(self, graph: Graph, expected: Mapping[str, float | None], *, concurrency: int):
+        self.graph = graph
+        self.expected = expected
+        self.concurrency = concurrency
+        self._submitted_at: dict[str, float] = {}
+
+    def submitted(self, name: str) -> None:
+        self._submitted_at[name] = time.perf_counter()
+
+    def __call__(self, *, pending: Collection[str], running: Collection[str]) -> float | None:
+        now = time.perf_counter()
+        return eta_s(self.graph, self.expected, pending=pending, concurrency=self.concurrency,
+                     running_for={n: now - self._submitted_at[n] for n in running})
 
 
 def eta_s(

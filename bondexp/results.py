@@ -38,15 +38,23 @@ class StepOutcome:
     peak_rss_mb: float | None = None
 
     @classmethod
-    def from_report(
-        cls, name: str, group: str, fingerprint: str, report: Mapping[str, Any], *, status: str, worker: str | None,
-        error: str | None = None,
-    ) -> StepOutcome:
-        """The outcome of a step a worker ran (``status`` ``ran`` or ``failed``), from the worker's report."""
+    def ran(cls, name: str, group: str, fingerprint: str, report: Mapping[str, Any], *, worker: str) -> StepOutcome:
+        """The outcome of a step a worker finished: ``ran``, or ``skipped`` with its reason when it raised StepSkipped."""
+        skipped = report.get("skipped")
         return cls(
-            name=name, group=group, status=status, fingerprint=fingerprint, duration_s=report.get("duration_s"),
-            worker=worker, started=report.get("started"), ended=report.get("ended"),
-            metrics=dict(report.get("metrics") or {}) if error is None else {}, error=error,
+            name=name, group=group, status="ran" if skipped is None else "skipped", fingerprint=fingerprint,
+            duration_s=report["duration_s"], worker=worker, started=report["started"], ended=report["ended"],
+            metrics=dict(report.get("metrics") or {}), error=skipped, peak_rss_mb=report.get("peak_rss_mb"),
+        )
+
+    @classmethod
+    def failed(
+        cls, name: str, group: str, fingerprint: str, error: str, report: Mapping[str, Any], *, worker: str | None
+    ) -> StepOutcome:
+        """The outcome of a step that raised, or whose worker died (``report`` empty), with its error text."""
+        return cls(
+            name=name, group=group, status="failed", fingerprint=fingerprint, duration_s=report.get("duration_s"),
+            worker=worker, started=report.get("started"), ended=report.get("ended"), error=error,
             peak_rss_mb=report.get("peak_rss_mb"),
         )
 
@@ -61,6 +69,23 @@ class StepOutcome:
             metrics=dict(manifest.get("metrics") or {}), peak_rss_mb=manifest.get("peak_rss_mb"),
             error=manifest.get("skipped"),
         )
+
+    def manifest(self, target: str, needs: Mapping[str, str]) -> dict[str, Any]:
+        """The checkpoint manifest of a step that ran (read back by :meth:`from_manifest`); ``needs`` maps each need to its fingerprint."""
+        manifest = {
+            "target": target,
+            "fingerprint": self.fingerprint,
+            "needs": dict(needs),
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 4),
+            "started": utc_iso(self.started),
+            "ended": utc_iso(self.ended),
+            "worker": self.worker,
+            "peak_rss_mb": self.peak_rss_mb,
+            "metrics": self.metrics,
+        }
+        if self.status == "skipped":  # checkpointed too: a resume reuses the skip, and needs get None
+            manifest["skipped"] = self.error
+        return manifest
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bondexp import executors, planning
-from bondexp.checkpoints import CheckpointStore, DurationHistory, RunLock, utc_iso
+from bondexp.checkpoints import CheckpointStore, DurationHistory, RunLock
 from bondexp.errors import ConfigError, GraphError
 from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, step_files
@@ -104,8 +104,9 @@ def run_graph(
         fps = planning.step_fingerprints(graph, data_fingerprint)
         plan = planning.reuse_plan(graph, store, fps) if resume else {name: "resume=False" for name in graph.order}
         expected = planning.expected_durations(graph, store, history)
-        run = _Scheduler(graph, run_dir=run_dir, store=store, backend=backend, fingerprints=fps,
-                         expected=expected, shared=dict(shared or {}), dataset=dataset)
+        run = _Scheduler(
+            graph, store, backend, run_dir=run_dir, fingerprints=fps, expected=expected, shared=dict(shared or {}), dataset=dataset
+        )
         result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
     return result
@@ -126,30 +127,28 @@ def _check_arguments(graph: Any, *, workers: Any, data_fingerprint: Any, shared:
 
 
 class _Scheduler:
-    """State of one run: steps pending, running and done, crash suspects, and the outcomes so far."""
+    """One run: steps pending, running and done, their outcomes, and the loop that moves them along."""
 
-    def __init__(self, graph: Graph, *, run_dir: Path, store: CheckpointStore, backend: Any,
-                 fingerprints: Mapping[str, str], expected: Mapping[str, float | None], shared: dict,
-                 dataset: Any = None):
+    def __init__(self, graph: Graph, store: CheckpointStore, backend: Any, *, run_dir: Path, fingerprints: Mapping[str, str],
+                 expected: Mapping[str, float | None], shared: dict, dataset: Any = None):
         self.graph = graph
         self.run_dir = run_dir
         self.store = store
         self.backend = backend
         self.fps = fingerprints
-        self.expected = expected
-        self.priority = planning.priorities(graph, expected)
-        self.position = {name: i for i, name in enumerate(graph.order)}
         self.shared = shared
         self.dataset = dataset
-        self.concurrency = backend.concurrency
-        self.threads = executors.threads_per_worker(self.concurrency)
+        self.threads = executors.threads_per_worker(backend.concurrency)
+        self.best_first = planning.ready_order(graph, expected)
+        self.eta = planning.Eta(graph, expected, concurrency=backend.concurrency)
+        self.suspects = planning.CrashSuspects()
+        self.label = WorkerLabels()
         self.outcomes: dict[str, StepOutcome] = {}
         self.done: set[str] = set()
         self.pending: set[str] = set()
         self.running: dict[Future, str] = {}
-        self.suspects: set[str] = set()  # steps in flight when a worker process died
-        self.submitted_at: dict[str, float] = {}
-        self.label = WorkerLabels()
+        self.started = False  # whether the backend is started (it starts at the first submit)
+        self.bar = Progress(total=0, enabled=False)  # shows nothing; run() puts the run's bar here
 
     def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float, executor_name: str) -> RunResult:
         """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C).
@@ -162,162 +161,144 @@ class _Scheduler:
                 self._reuse(name)
             else:
                 self.pending.add(name)
-        interrupted, kill, started = False, True, False
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         log.info("run %s: %d steps, %d reused, %d to run on %d worker(s)", self.run_dir, len(self.graph),
-                 len(self.done), len(self.pending), self.concurrency)
-        with Progress(total=len(self.graph), done=len(self.done), enabled=progress) as bar:
+                 len(self.done), len(self.pending), self.backend.concurrency)
+        interrupted, kill = False, True
+        with Progress(total=len(self.graph), done=len(self.done), enabled=progress) as self.bar:
             try:
-                started = self._start() if self.pending else False
-                while self.pending or self.running:
-                    started = self._submit_ready(started, bar)
-                    finished, _ = wait(self.running, timeout=_TICK_S, return_when=FIRST_COMPLETED)
-                    bar.refresh(running=self._running_names(), eta_s=self._eta())
-                    for future in finished:
-                        if future in self.running:
-                            started = self._collect(future, started, bar)
+                self._loop()
                 kill = False
             except KeyboardInterrupt:
                 interrupted = True
                 log.warning("interrupted: stopping workers; finished checkpoints are kept")
-                self._harvest_finished(bar)
+                self._harvest_finished()
             finally:
-                if started:
-                    self.backend.stop(kill=kill)
+                self._stop(kill=kill)
         if interrupted:
             self._settle_unfinished()
-        steps = {name: self.outcomes[name] for name in self.graph.order}
-        return RunResult(steps=steps, wall_s=time.perf_counter() - t0, run_dir=self.run_dir,
-                         executor=executor_name, workers=self.concurrency, interrupted=interrupted)
+        return RunResult(steps={name: self.outcomes[name] for name in self.graph.order},
+                         wall_s=time.perf_counter() - t0, run_dir=self.run_dir, executor=executor_name,
+                         workers=self.backend.concurrency, interrupted=interrupted)
 
-    def _start(self) -> bool:
-        self.backend.start()
-        return True
+    def _loop(self) -> None:
+        """Kedro's runner loop: submit every ready step, wait for the first to finish, collect it, repeat."""
+        while True:
+            self._submit(self._ready())
+            if not self.running:
+                if self.pending:
+                    raise GraphError(
+                        "The scheduler is stuck: nothing is running but steps remain. "
+                        f"todo={sorted(self.pending)} done={sorted(self.done)} ready={sorted(self._ready())}"
+                    )
+                return
+            finished, _ = wait(self.running, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+            self.bar.refresh(**self._status())
+            for future in finished:
+                if future in self.running:  # not dropped by a broken pool
+                    self._collect(future)
 
-    def _submit_ready(self, started: bool, bar: Progress) -> bool:
-        """Submit ready steps (needs all done) up to the worker limit; raise if nothing can ever run.
+    def _ready(self) -> list[str]:
+        """Steps whose needs are done and that may start now (see CrashSuspects), best first, up to the free workers."""
+        ready = sorted((n for n in self.pending if set(self.graph[n].needs) <= self.done), key=self.best_first)
+        free = max(0, self.backend.concurrency - len(self.running))
+        return self.suspects.submittable(ready, running=self.running.values())[:free]
 
-        Returns whether the backend is started (a broken pool is replaced, or left stopped when no work remains).
-        """
-        ready = sorted((n for n in self.pending if set(self.graph[n].needs) <= self.done),
-                       key=lambda n: (-self.priority[n], self.position[n]))
-        ready = planning.submittable(ready, suspects=self.suspects, running=self.running.values())
-        for name in ready[: max(0, self.concurrency - len(self.running))]:
+    def _submit(self, names: list[str]) -> None:
+        """Hand ``names`` to the backend, starting it on first use; a pool found broken is replaced and submitting goes on."""
+        for name in names:
             step = self.graph[name]
             task = Task(name=name, target=step.target, config=step.config, needs=step.needs,
-                        run_dir=str(self.run_dir), workers=self.concurrency, threads=self.threads,
+                        run_dir=str(self.run_dir), workers=self.backend.concurrency, threads=self.threads,
                         shared=self.shared, files=step_files(self.run_dir, name) if self.backend.remote else {})
+            if not self.started:
+                self.backend.start()
+                self.started = True
             self.pending.discard(name)
-            self.submitted_at[name] = time.perf_counter()
+            self.eta.submitted(name)
             log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
-            bar.started(name, running=[*self._running_names(), name], eta_s=self._eta())
+            self.bar.started(name, **self._status(also_running=name))
             try:
                 self.running[self.backend.submit(task, load_input=self.store.load, dataset=self.dataset)] = name
             except BrokenExecutor as exc:  # the pool broke before its running futures said so
                 self.pending.add(name)
-                return self._pool_broke(list(self.running.values()), exc, bar)
-        if not self.running and self.pending:
-            ready_now = sorted(n for n in self.pending if set(self.graph[n].needs) <= self.done)
-            raise GraphError(
-                "The scheduler is stuck: nothing is running but steps remain. "
-                f"todo={sorted(self.pending)} done={sorted(self.done)} ready={ready_now}"
-            )
-        return started
+                self._pool_broke(list(self.running.values()), exc)
+                self._submit(self._ready())
+                return
 
-    def _collect(self, future: Future, started: bool, bar: Progress) -> bool:
+    def _collect(self, future: Future) -> None:
         """Record a finished future: checkpoint it, or fail it and skip what needs it."""
         name = self.running.pop(future)
         exc = future.exception()
         if isinstance(exc, BrokenExecutor):
-            return self._pool_broke([name, *self.running.values()], exc, bar)
-        if exc is not None:
-            self._fail(name, "".join(traceback.format_exception(exc)), bar)
-            return started
-        report = future.result()
-        try:
-            keep_handed_back(self.run_dir, name, report)
-        except Exception:
-            self._fail(name, "the step ran but its log or files could not be written:\n" + traceback.format_exc(),
-                       bar, report=report)
-            return started
-        if report["error"] is not None:
-            self._fail(name, report["error"], bar, report=report)
-            return started
-        self._record_ran(name, report, bar)
-        return started
+            self._pool_broke([name, *self.running.values()], exc)
+        elif exc is not None:
+            self._fail(name, "".join(traceback.format_exception(exc)))
+        else:
+            report = future.result()
+            try:
+                keep_handed_back(self.run_dir, name, report)
+            except Exception:
+                self._fail(name, "the step ran but its log or files could not be written:\n" + traceback.format_exc(),
+                           report=report)
+                return
+            if report["error"] is not None:
+                self._fail(name, report["error"], report=report)
+            else:
+                self._record_ran(name, report)
 
-    def _pool_broke(self, lost: list[str], exc: BaseException, bar: Progress) -> bool:
-        """A worker process died and took the pool with it: fail or re-queue ``lost``, start a new pool.
+    def _pool_broke(self, lost: list[str], exc: BaseException) -> None:
+        """A worker process died and took the pool with it: fail the culprit or re-queue the suspects.
 
-        A lone lost step is the culprit. Several go back to the queue and run again one at a
-        time, so only the culprit fails.
+        A new pool starts at the next submit.
         """
         self.running.clear()
-        self.backend.stop(kill=True)
-        if len(lost) == 1:
-            self._fail(lost[0], f"its worker process died ({exc!r}); a crash in native code or the "
-                                f"out-of-memory killer are the usual causes", bar)
+        self._stop(kill=True)
+        culprit = self.suspects.culprit(lost)
+        if culprit is not None:
+            self._fail(culprit, f"its worker process died ({exc!r}); a crash in native code or the "
+                                f"out-of-memory killer are the usual causes")
         elif lost:
             log.warning("a worker process died while %s were running; running them again one at a time",
                         ", ".join(lost))
-            self.suspects.update(lost)
             self.pending.update(lost)
-        return self._start() if self.pending else False
 
-    def _record_ran(self, name: str, report: Mapping[str, Any], bar: Progress) -> None:
+    def _record_ran(self, name: str, report: Mapping[str, Any]) -> None:
         """Checkpoint a step that ran (artifact and manifest) and record it as done."""
         step = self.graph[name]
-        worker = self.label(report["worker"])
-        manifest = {
-            "target": step.target,
-            "fingerprint": self.fps[name],
-            "needs": {n: self.fps[n] for n in step.needs},
-            "duration_s": round(report["duration_s"], 4),
-            "started": utc_iso(report["started"]),
-            "ended": utc_iso(report["ended"]),
-            "worker": worker,
-            "peak_rss_mb": report.get("peak_rss_mb"),
-            "metrics": report["metrics"],
-        }
-        status = "ran" if report.get("skipped") is None else "skipped"
-        if status == "skipped":  # checkpointed too: a resume reuses the skip, and needs get None
-            manifest["skipped"] = report["skipped"]
+        outcome = StepOutcome.ran(name, step.group, self.fps[name], report, worker=self.label(report["worker"]))
         try:
-            self.store.save(name, report["artifact"], manifest)
+            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}))
         except Exception:
             self._fail(name, "the step ran but its checkpoint could not be written:\n" + traceback.format_exc(),
-                       bar, report=report)
+                       report=report)
             return
         self.done.add(name)
-        self.outcomes[name] = StepOutcome.from_report(name, step.group, self.fps[name], report, status=status,
-                                                      worker=worker)
-        self.outcomes[name].error = report.get("skipped")  # a step that skipped itself says why
-        log.info("%s %s in %.2f s on %s", status, name, report["duration_s"], worker)
-        bar.finished(name, status=status, duration_s=report["duration_s"], running=self._running_names(),
-                     eta_s=self._eta())
+        log.info("%s %s in %.2f s on %s", outcome.status, name, report["duration_s"], outcome.worker)
+        self._settle(outcome)
 
-    def _fail(self, name: str, error: str, bar: Progress, *, report: Mapping[str, Any] | None = None) -> None:
+    def _fail(self, name: str, error: str, *, report: Mapping[str, Any] | None = None) -> None:
         """Record ``name`` as failed and skip every pending step downstream of it."""
-        report = report or {}
         worker = self.label(report["worker"]) if report else None
-        self.outcomes[name] = StepOutcome.from_report(name, self.graph[name].group, self.fps[name], report,
-                                                      status="failed", worker=worker, error=error)
         log.error("failed %s: %s (traceback in logs/%s.log and results.json)",
                   name, error.strip().splitlines()[-1], name)
-        bar.finished(name, status="failed", duration_s=report.get("duration_s"), running=self._running_names(),
-                     eta_s=self._eta())
-        for downstream in sorted(self.graph.downstream([name]) & self.pending, key=self.position.__getitem__):
+        self._settle(StepOutcome.failed(name, self.graph[name].group, self.fps[name], error, report or {}, worker=worker))
+        blocked = self.graph.downstream([name]) & self.pending
+        for downstream in [n for n in self.graph.order if n in blocked]:
             direct = name in self.graph[downstream].needs
-            reason = f"needs {name!r} which failed" if direct else f"upstream step {name!r} failed"
             self.pending.discard(downstream)
-            self._skip(downstream, reason)
-            bar.finished(downstream, status="skipped", duration_s=None, running=self._running_names(),
-                         eta_s=self._eta())
+            self._settle(self._skip(downstream, f"needs {name!r} which failed" if direct else f"upstream step {name!r} failed"))
 
-    def _skip(self, name: str, reason: str) -> None:
+    def _skip(self, name: str, reason: str) -> StepOutcome:
+        log.warning("skipped %s: %s", name, reason)
         self.outcomes[name] = StepOutcome(name=name, group=self.graph[name].group, status="skipped",
                                           fingerprint=self.fps[name], error=reason)
-        log.warning("skipped %s: %s", name, reason)
+        return self.outcomes[name]
+
+    def _settle(self, outcome: StepOutcome) -> None:
+        """Record how a step ended and move the bar on."""
+        self.outcomes[outcome.name] = outcome
+        self.bar.finished(outcome.name, status=outcome.status, duration_s=outcome.duration_s, **self._status())
 
     def _reuse(self, name: str, *, status: str = "reused") -> None:
         """Record a step from its verified checkpoint's manifest."""
@@ -325,11 +306,11 @@ class _Scheduler:
         self.outcomes[name] = StepOutcome.from_manifest(name, self.graph[name].group, self.fps[name],
                                                         self.store.manifest(name) or {}, status=status)
 
-    def _harvest_finished(self, bar: Progress) -> None:
+    def _harvest_finished(self) -> None:
         """After Ctrl-C, keep the results of steps that finished but were not yet collected."""
         for future in [f for f in self.running if f.done() and not f.cancelled()]:
             if future.exception() is None and future.result()["error"] is None:
-                self._collect(future, True, bar)
+                self._collect(future)
 
     def _settle_unfinished(self) -> None:
         """After Ctrl-C, give every step without an outcome one: ran if its checkpoint is on disk, else skipped."""
@@ -342,10 +323,12 @@ class _Scheduler:
             else:
                 self._skip(name, "the run was interrupted before this step finished")
 
-    def _running_names(self) -> list[str]:
-        return sorted(self.running.values())
+    def _stop(self, *, kill: bool) -> None:
+        if self.started:
+            self.backend.stop(kill=kill)
+            self.started = False
 
-    def _eta(self) -> float | None:
-        now = time.perf_counter()
-        return planning.eta_s(self.graph, self.expected, pending=self.pending, concurrency=self.concurrency,
-                              running_for={n: now - self.submitted_at[n] for n in self.running.values()})
+    def _status(self, also_running: str | None = None) -> dict[str, Any]:
+        """What the bar shows beside the count: the steps running now and the ETA."""
+        running = sorted([*self.running.values(), *([also_running] if also_running else [])])
+        return {"running": running, "eta_s": self.eta(pending=self.pending, running=running)}

@@ -3,7 +3,7 @@
 import pytest
 
 from bondexp.graph import Step, build_graph
-from bondexp.planning import eta_s, priorities, submittable
+from bondexp.planning import CrashSuspects, eta_s, priorities, ready_order, submittable
 
 
 def chain_and_leaf():
@@ -37,6 +37,20 @@ def test_unknown_durations_count_as_the_mean_known():
 )
 def test_a_crash_suspect_runs_alone(ready, suspects, running, allowed):
     assert submittable(ready, suspects=suspects, running=running) == allowed
+
+
+def test_a_lone_lost_step_is_the_culprit_and_several_become_suspects():
+    suspects = CrashSuspects()
+    assert suspects.culprit(["a"]) == "a" and suspects.names == set()
+    assert suspects.culprit(["a", "c"]) is None and suspects.names == {"a", "c"}
+    assert suspects.submittable(["a", "b"], running=[]) == ["a"]
+
+
+def test_ready_steps_sort_by_priority_then_declaration_order():
+    graph = chain_and_leaf()
+    assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 2.0, "c": 2.5})) == ["a", "c"]
+    assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 1.0, "c": 2.0})) == ["a", "c"]  # a tie: a is declared first
+    assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 1.0, "c": 2.5})) == ["c", "a"]
 
 
 def test_eta_is_the_longer_of_the_critical_path_and_work_over_workers():

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bondexp import pricing
+from bondexp import cashflows, pricing
 from bondexp.errors import PricingError
 
 ql = pytest.importorskip("QuantLib")
@@ -190,7 +190,7 @@ def test_chunks_change_nothing_and_the_curve_is_told_its_rows(monkeypatch):
         return pricing.price_from_yield(bonds, settlement, ytm), pricing.price_from_curve(bonds, settlement, flat, 0.01)
 
     whole = run()
-    monkeypatch.setattr(pricing, "CHUNK_CELLS", 500)
+    monkeypatch.setattr(cashflows, "CHUNK_CELLS", 500)
     chunked = run()
     for one, other in zip(whole, chunked):
         for key in one:

@@ -166,19 +166,10 @@ def generate_market(
         If a parameter is out of range, or no regime path meets the training conditions.
     """
     _check_int("n_observations", n_observations, 100)
-    _check_int("n_months", n_months, 12)
     _check_int("n_sectors", n_sectors, 1, 10)
-    _check_int("min_regime_months", min_regime_months, 0)
     if not isinstance(noise_scale, (int, float)) or isinstance(noise_scale, bool) or not noise_scale >= 0:
         raise ConfigError(f"The 'data.noise_scale' config key must be a float >= 0. Got {noise_scale!r} instead.")
-    n_train, _, n_test = month_counts(
-        n_months, train=train_fraction, validation=1.0 - train_fraction - test_fraction, test=test_fraction
-    )
-    if n_train < 2 * min_regime_months + 1:
-        raise ConfigError(
-            f"The {n_train} training months cannot hold {min_regime_months} months of stress and of "
-            f"crisis plus calm ones; raise data.n_months (now {n_months}) or lower data.min_regime_months."
-        )
+    n_train, n_test = _train_and_test_months(n_months, min_regime_months, train_fraction, test_fraction)
     regime_rng, factor_rng, bond_rng, shock_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
     regime = _regime_path(regime_rng, n_months, n_train, n_test, drift=drift, min_months=min_regime_months)
@@ -211,6 +202,17 @@ _COLUMN_ORDER = (
     "rating", "sector", "clean_price", "issue_size", "oracle_regime", "oracle_noise_scale",
     "oracle_adjustment", "oracle_persistent", "oracle_sector_shock", "oracle_noise", "oracle_prediction",
 )  # fmt: skip
+
+
+def _train_and_test_months(n_months, min_regime_months, train_fraction, test_fraction):
+    """``(training months, test months)`` of the time split; raise ConfigError when training cannot hold the regimes."""
+    _check_int("n_months", n_months, 12)
+    _check_int("min_regime_months", min_regime_months, 0)
+    n_train, _, n_test = month_counts(n_months, train=train_fraction, validation=1.0 - train_fraction - test_fraction, test=test_fraction)
+    if n_train < 2 * min_regime_months + 1:
+        problem = f"The {n_train} training months cannot hold {min_regime_months} months of stress and of crisis plus calm ones"
+        raise ConfigError(f"{problem}; raise data.n_months (now {n_months}) or lower data.min_regime_months.")
+    return n_train, n_test
 
 
 def _check_int(name, value, low, high=None):

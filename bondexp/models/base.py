@@ -72,6 +72,14 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
         """The estimator's early-stopping settings with the defaults filled in."""
         return {**DEFAULT_EARLY_STOPPING, **(getattr(self, "early_stopping", None) or {})}
 
+    def _new_booster(self, **params: Any) -> Any:
+        """A ``HistGradientBoostingRegressor(**params)`` member with this estimator's ``random_state`` and early stopping."""
+        from sklearn.ensemble import HistGradientBoostingRegressor  # here: importing this module stays light
+
+        booster = HistGradientBoostingRegressor(random_state=getattr(self, "random_state", None), **params)
+        set_early_stopping(booster, self._early_stopping())
+        return booster
+
 
 def takes_raw_features(estimator) -> bool:
     """Whether ``estimator`` should get the feature frame as is (trees and bondexp's composites).

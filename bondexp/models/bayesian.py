@@ -25,7 +25,6 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import BayesianRidge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
@@ -37,7 +36,6 @@ from bondexp.data.split import month_blocks
 from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
-    set_early_stopping,
 )
 from bondexp.models.quantile import conformal_quantile
 
@@ -149,8 +147,8 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         Parameters
         ----------
         groups : array-like, optional
-            Each row's observation date (month label), so holdouts fall between whole months;
-            None: rows in time order, each its own month.
+            Each row's month: the cross-fitting blocks and the variance booster's early-stopping
+            holdout are whole months (see :mod:`bondexp.models.base` for None).
 
         Returns
         -------
@@ -183,16 +181,14 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
             fold = clone(self.mean_).fit(design[rest], y[rest])
             squared[block] = (y[block] - fold.predict(design[block])) ** 2
         variance_features = self._variance_features()
-        booster = HistGradientBoostingRegressor(
+        booster = self._new_booster(
             loss="poisson",
             max_iter=self.variance_max_iter,
             learning_rate=self.variance_learning_rate,
             min_samples_leaf=self.variance_min_samples_leaf,
             max_leaf_nodes=self.variance_max_leaf_nodes,
             monotonic_cst={STRESS_FEATURE: 1} if STRESS_FEATURE in variance_features else None,
-            random_state=self.random_state,
         )
-        set_early_stopping(booster, self._early_stopping())
         self.members_ = {"variance": fit_time_ordered(booster, X[variance_features], squared, groups=months)}
         self.scale_ = float(norm.ppf(1.0 - self.alpha / 2.0))
         self.interval_level_ = 1.0 - self.alpha

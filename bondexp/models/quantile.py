@@ -21,7 +21,6 @@ from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
     row_months,
-    set_early_stopping,
 )
 
 
@@ -110,16 +109,13 @@ class ConformalQuantileRegressor(CompositeRegressor):
         self.random_state = random_state
 
     def _booster(self, **loss) -> HistGradientBoostingRegressor:
-        model = HistGradientBoostingRegressor(
+        return self._new_booster(
             max_iter=self.max_iter,
             learning_rate=self.learning_rate,
             min_samples_leaf=self.min_samples_leaf,
             max_leaf_nodes=self.max_leaf_nodes,
-            random_state=self.random_state,
             **loss,
         )
-        set_early_stopping(model, self._early_stopping())
-        return model
 
     def fit(self, X, y, groups=None):
         """Fit the lower and upper quantile boosters and the mean booster (uncalibrated until :meth:`calibrate`).
@@ -127,8 +123,8 @@ class ConformalQuantileRegressor(CompositeRegressor):
         Parameters
         ----------
         groups : array-like, optional
-            Each row's observation date (month label), so holdouts fall between whole months;
-            None: rows in time order, each its own month.
+            Each row's month: each booster stops early on the latest whole months (see
+            :mod:`bondexp.models.base` for None).
 
         Returns
         -------

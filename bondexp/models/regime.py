@@ -25,7 +25,6 @@ from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
     market_columns,
-    set_early_stopping,
 )
 
 
@@ -115,15 +114,12 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
     def _booster(self) -> HistGradientBoostingRegressor:
         mono = {"prev_residual": 1} if "prev_residual" in self.columns_ else None
-        model = HistGradientBoostingRegressor(
+        return self._new_booster(
             max_iter=self.max_iter,
             learning_rate=self.learning_rate,
             min_samples_leaf=self.min_samples_leaf,
             monotonic_cst=mono,
-            random_state=self.random_state,
         )
-        set_early_stopping(model, self._early_stopping())
-        return model
 
     def fit(self, X, y, groups=None):
         """Find the regimes on the distinct monthly states, then fit the global and per-regime boosters.
@@ -131,8 +127,8 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         Parameters
         ----------
         groups : array-like, optional
-            Each row's observation date (month label), so holdouts fall between whole months;
-            None: rows in time order, each its own month.
+            Each row's month: the global and per-regime boosters stop early on the latest whole
+            months (see :mod:`bondexp.models.base` for None).
 
         Returns
         -------

@@ -149,7 +149,8 @@ class StackedRegressor(CompositeRegressor):
         Parameters
         ----------
         groups : array-like, optional
-            Each row's observation date (month label); None: rows in time order, each its own month.
+            Each row's month: the blend's holdout and the members' early stopping use whole months
+            (see :mod:`bondexp.models.base` for None).
 
         Returns
         -------

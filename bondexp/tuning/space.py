@@ -8,12 +8,11 @@ so the check needs no import and runs before any work.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:  # Optuna is imported where a distribution is built: the config check needs only space_key
     from optuna.distributions import BaseDistribution
@@ -64,11 +63,9 @@ def check_estimator_params(space: Mapping[str, BaseDistribution], estimator, *, 
     known = estimator.get_params(deep=False)
     for name in space:
         if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
                 f"The '{key}.{name}' config key must name a parameter of {type(estimator).__name__}. "
-                f"Got {name!r} instead.{hint}"
+                f"Got {name!r} instead.{did_you_mean(name, known)}"
             )
 
 
