@@ -141,7 +141,8 @@ def main() -> None:
     print(f"{'output files':<36}{size_mib:>10.0f} MiB")
     if n != 1_000_000:
         print(f"\nEXTRAPOLATED to 1,000,000 rows (not measured): CPU {cpu_million:.0f} s (fixed {fixed:.1f} s + per-row costs "
-              f"x {1e6 / n:.2f}); on {os.cpu_count()} idle cores at least {cpu_million / os.cpu_count():.0f} s wall (goal {GOAL_SECONDS:.0f} s)")
+              f"x {1e6 / n:.2f}); on {os.cpu_count()} idle cores at least {cpu_million / os.cpu_count():.0f} s wall "
+              f"(goal {GOAL_SECONDS:.0f} s)")
     else:
         print(f"\nCPU / cores: {cpu / os.cpu_count():.1f} s, the wall time this run would take on {os.cpu_count()} idle cores at best")
 
