@@ -216,7 +216,7 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
     n = len(cols["bond_id"])
     if "issue_size" not in cols:
         cols["issue_size"] = np.full(n, np.nan)
-    cols["bond_id"], _ = _number(cols["bond_id"], None)
+    cols["bond_id"], _ = _number(cols["bond_id"], ())  # integer ids need no names (one a code up to the largest id)
     cols["sector"], sectors = _number(cols["sector"], sectors)
 
     problems = _find_problems(cols, sectors)

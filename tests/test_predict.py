@@ -94,6 +94,44 @@ def test_predicting_the_runs_test_split_reproduces_its_checkpointed_predictions(
     assert len(checked) == 9 and any(name.endswith("_tuned") for name in checked)
 
 
+def test_worker_processes_change_nothing_but_the_time(finished_run, cache, tmp_path):
+    market, dataset = run_data(finished_run, cache)
+    files = write_market(Market(market.bonds.take(dataset.splits["test"]), market.curves), tmp_path / "test_split")
+    tables = []
+    # the same two batches in this process and in two workers (batches of a few hundred rows may change the
+    # advanced model's last bit against one whole batch: its MLP's BLAS product takes another path on few rows)
+    for workers in (1, 2):
+        cfg = compose_predict([f"run={finished_run}", *file_overrides(files), "progress=false", f"cache_dir={cache}",
+                               f"workers={workers}", f"batch_rows={len(dataset.splits['test']) // 2 + 1}"])
+        written = predict(cfg, out_dir=tmp_path / f"out{workers}")
+        tables.append(pd.read_parquet(written["predictions.parquet"]))
+        assert "## Time" in written["predictions.md"].read_text()
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+
+
+@pytest.mark.parametrize("model", ["tail_risk", "bayesian"])
+def test_one_pass_predictions_equal_the_separate_methods(toy_dataset, model):
+    from bondexp.models.bayesian import BayesianHeteroscedasticRegressor
+    from bondexp.models.quantile import ConformalQuantileRegressor
+    from bondexp.steps.train import predict_all
+
+    est = {"tail_risk": ConformalQuantileRegressor(max_iter=20, random_state=0),
+           "bayesian": BayesianHeteroscedasticRegressor(n_knots=4, variance_max_iter=20, random_state=0)}[model]
+    est.fit(toy_dataset.frame("train"), toy_dataset.target("train"))
+    est.calibrate(toy_dataset.frame("validation"), toy_dataset.target("validation"))
+    X = toy_dataset.frame("test")
+    one_pass = predict_all(est, X)
+    separate = {"mean": est.predict(X), "level": est.interval_level_}
+    separate["lower"], separate["upper"] = est.predict_interval(X)
+    if model == "tail_risk":
+        separate["var"], separate["es"] = est.predict_var_es(X)
+    else:
+        separate["std"] = est.predict_std(X)
+    assert one_pass.keys() == separate.keys()
+    for key, value in separate.items():
+        np.testing.assert_array_equal(one_pass[key], value, err_msg=key)
+
+
 def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(finished_run, cache, tmp_path):
     cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
     other, _ = load_market(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed) + 1)

@@ -199,6 +199,10 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         """Noise std from the variance booster, plus the ridge's own (epistemic) std."""
         X = self._frame(X)
         _, ridge_std = self.mean_.predict(self._design(X), return_std=True)
+        return self._sigma_of(X, ridge_std)
+
+    def _sigma_of(self, X, ridge_std):
+        """:meth:`_sigma` given the checked frame ``X`` and the ridge's predictive std on it."""
         # BayesianRidge's std includes its global noise 1 / alpha_, which the booster already models.
         epistemic = np.maximum(ridge_std**2 - 1.0 / self.mean_.alpha_, 0.0)
         noise = self.members_["variance"].predict(X[self._variance_features()])
@@ -233,3 +237,19 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         """``(lower, upper)``: mean -+ the calibrated conformal scale times sigma(x)."""
         mean, half = self.predict(X), self.scale_ * self._sigma(X)
         return mean - half, mean + half
+
+    def predict_outputs(self, X) -> Dict[str, Any]:
+        """Everything :meth:`predict`, :meth:`predict_interval` and :meth:`predict_std` give, from one design
+        matrix and one ridge and booster pass (the three methods build the design five times)."""
+        check_is_fitted(self, "mean_")
+        X = self._frame(X)
+        mean, ridge_std = self.mean_.predict(self._design(X), return_std=True)
+        sigma = self._sigma_of(X, ridge_std)
+        half = self.scale_ * sigma
+        return {
+            "mean": mean,
+            "lower": mean - half,
+            "upper": mean + half,
+            "level": float(self.interval_level_),
+            "std": sigma * self.scale_ / norm.ppf(1.0 - self.alpha / 2.0),
+        }

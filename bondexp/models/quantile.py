@@ -202,10 +202,7 @@ class ConformalQuantileRegressor(CompositeRegressor):
 
     def predict_interval(self, X):
         """``(lower, upper)``: the calibrated 5% and 95% quantiles (for ``alpha=0.1``)."""
-        raw = self._raw(X)
-        lower = raw["lower"] - self.adjustment_["lower"]
-        upper = np.maximum(raw["upper"] + self.adjustment_["upper"], lower)
-        return lower, upper
+        return self._interval(self._raw(X))
 
     def predict_var_es(self, X):
         """``(VaR, ES)`` per row at ``1 - alpha/2``, as positive price points below fair value.
@@ -213,7 +210,22 @@ class ConformalQuantileRegressor(CompositeRegressor):
         VaR is minus the calibrated lower quantile; ES adds the validation tail factor times the
         bond's distance from its mean to that quantile, so a wide-tailed bond gets a deep ES.
         """
+        return self._var_es(self._raw(X))
+
+    def predict_outputs(self, X) -> Dict[str, Any]:
+        """Everything :meth:`predict`, :meth:`predict_interval` and :meth:`predict_var_es` give, from one
+        pass of the three boosters (the three methods run them seven times)."""
+        check_is_fitted(self, "members_")
         raw = self._raw(X)
+        (lower, upper), (var, es) = self._interval(raw), self._var_es(raw)
+        return {"mean": raw["mean"], "lower": lower, "upper": upper, "level": float(self.interval_level_), "var": var, "es": es}
+
+    def _interval(self, raw: Dict[str, np.ndarray]):
+        lower = raw["lower"] - self.adjustment_["lower"]
+        upper = np.maximum(raw["upper"] + self.adjustment_["upper"], lower)
+        return lower, upper
+
+    def _var_es(self, raw: Dict[str, np.ndarray]):
         lower = raw["lower"] - self.adjustment_["lower"]
         depth = np.maximum(raw["mean"] - lower, 0.0)
         return -lower, -(lower - self.tail_factor_ * depth)

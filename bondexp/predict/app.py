@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -26,6 +27,7 @@ class PredictConf:
     data: Any = MISSING  # the new bonds: the data group, csv or parquet
     models: Any = "all"  # all | a list of the run's model names (`<model>_tuned` included)
     batch_rows: int = 65_536  # rows priced and predicted at once: memory follows this, not the file
+    workers: int = 2  # processes pricing and predicting batches at once (forked); 1 runs in this process
     n_ranked: int = 20  # cheapest and richest bonds listed in predictions.md
     progress: bool = True  # a tqdm bar over the rows
     cache_dir: str = "~/.cache/bondexp"  # the feature cache holding the run's own data
@@ -54,13 +56,16 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    for key, low in (("batch_rows", 1), ("n_ranked", 0)):
+    for key, low in (("batch_rows", 1), ("workers", 1), ("n_ranked", 0)):
         if int(cfg[key]) < low:
             raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
     models = OmegaConf.to_container(cfg.models) if isinstance(cfg.models, ListConfig) else cfg.models
+    wall, clock = time.perf_counter(), time.process_time()
     run = open_run(resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
+    times = {"open the run": time.process_time() - clock}
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
+    times["read and validate"] = time.process_time() - clock - times["open the run"]
     best = best_model(run.artifacts)
     latest = market.bonds["obs_date"].max()
 
@@ -73,21 +78,26 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     parquet = csv = None
     try:
         for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), bond_names=bond_names,
-                                       progress=bool(cfg.progress)):
+                                       progress=bool(cfg.progress), workers=int(cfg.workers), times=times):
+            clock = time.process_time()
             table = pa.table(columns)
             if parquet is None:
-                parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema)
+                # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
+                labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+                parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
                 csv = pacsv.CSVWriter(str(temporary["predictions.csv"]), table.schema)
             parquet.write_table(table)
             csv.write_table(table)
             scores.add(columns)
             today = columns["obs_date"] == latest
             ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
+            times["write"] = times.get("write", 0.0) + time.process_time() - clock
         parquet.close()
         csv.close()
         parquet = csv = None
         text = render_markdown(run, best=best, scores=scores, ranked=concat(ranked), data_cfg=data_cfg, dropped=dropped,
-                               n_rows=len(market.bonds), n_ranked=int(cfg.n_ranked), overrides=overrides)
+                               n_rows=len(market.bonds), n_ranked=int(cfg.n_ranked), overrides=overrides,
+                               times=times, wall=time.perf_counter() - wall, workers=int(cfg.workers))
         temporary["predictions.md"].write_text(text)
         for name in OUTPUT_FILES:
             os.replace(temporary[name], final[name])

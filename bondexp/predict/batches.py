@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.predict.runfolder import RunModels
+from bondexp.predict.workers import lap, ordered_map
 
 #: Prediction keys that go to the output as they are, as ``<model>_<key>`` (see train.predict_all).
 _AS_IS = ("level", "std", "var", "es")
@@ -101,43 +104,84 @@ def _ids(codes: np.ndarray, names, other_names) -> np.ndarray:
 # ---------------------------------------------------------------- predicting
 
 
-def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None, progress: bool = False) -> Iterator[Dict[str, np.ndarray]]:
-    """Output columns of every batch of rows (see the README's Predict section), in the table's row order."""
+def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None, progress: bool = False, workers: int = 1,
+                    times: Dict[str, float] | None = None) -> Iterator[Dict[str, np.ndarray]]:
+    """Output columns of every batch of rows (see the README's Predict section), in the table's row order.
+
+    Two passes over the batches, each spread over ``workers`` processes: the DCF fair value (the
+    previous residuals need every row's), then features and every model. ``times`` (when given)
+    gathers the CPU seconds of each phase, summed over the processes.
+    """
+    bonds = market.bonds
+    n = len(bonds)
+    bounds = [(start, min(start + batch_rows, n)) for start in range(0, n, batch_rows)]
+    times = {} if times is None else times
+    state = _Batches(run=run, market=market, issue_size_known=bool(np.isfinite(bonds["issue_size"]).any()),
+                     names=None if bond_names is None else np.asarray(bond_names, dtype=object))
+    with _bar(n, progress, "fair value") as bar:
+        fair, accrued = np.empty(n), np.empty(n)
+        for (start, stop), (priced, spent) in zip(bounds, ordered_map(_price, bounds, state=state, workers=workers)):
+            fair[start:stop], accrued[start:stop] = priced
+            _add(times, spent)
+            bar.update(stop - start)
+        clock = time.process_time()
+        market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
+        prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
+        _add(times, {"previous residuals": time.process_time() - clock})
+        bar.reset()
+        bar.set_description(f"predict ({len(run.artifacts)} models)")
+        tasks = [(start, stop, fair[start:stop], accrued[start:stop], prev[start:stop]) for start, stop in bounds]
+        for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers)):
+            _add(times, spent)
+            yield out
+            bar.update(stop - start)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """What every batch needs, shared with the worker processes by fork."""
+
+    run: RunModels
+    market: Any
+    issue_size_known: bool  # decided over the whole file, not per batch
+    names: np.ndarray | None  # the file's text bond ids by code
+
+
+def _price(state: _Batches, start: int, stop: int, times) -> tuple:
+    """``(fair clean price, accrued interest)`` of the rows ``start:stop``."""
+    priced = state.market.curves.fair_value(state.market.bonds.take(np.arange(start, stop)))
+    lap(times, "fair value")
+    return priced["clean_price"], priced["accrued"]
+
+
+def _predict(state: _Batches, start: int, stop: int, fair, accrued, prev, times) -> Dict[str, np.ndarray]:
+    """The output columns of the rows ``start:stop``."""
     from bondexp.bondtable import RATINGS
     from bondexp.features import FEATURES, feature_matrix
 
-    bonds, curves = market.bonds, market.curves
-    n = len(bonds)
-    slices = [slice(start, min(start + batch_rows, n)) for start in range(0, n, batch_rows)]
-    names = None if bond_names is None else np.asarray(bond_names, dtype=object)
-    with _bar(n, progress, "fair value") as bar:
-        fair, accrued = np.empty(n), np.empty(n)
-        for rows in slices:
-            priced = curves.fair_value(bonds.take(np.arange(rows.start, rows.stop)))
-            fair[rows], accrued[rows] = priced["clean_price"], priced["accrued"]
-            bar.update(rows.stop - rows.start)
-        market_price = np.asarray(bonds["clean_price"], dtype=np.float64)
-        prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
-        issue_size_known = bool(np.isfinite(bonds["issue_size"]).any())
-        bar.reset()
-        bar.set_description(f"predict ({len(run.artifacts)} models)")
-        duration = FEATURES.index("modified_duration")
-        for rows in slices:
-            batch = bonds.take(np.arange(rows.start, rows.stop))
-            X = feature_matrix(batch, curves, fair=fair[rows], prev_residual=prev[rows], issue_size_known=issue_size_known)
-            out = {
-                "bond_id": batch["bond_id"] if names is None else names[batch["bond_id"]],
-                "obs_date": batch["obs_date"],
-                "rating": np.asarray(RATINGS)[batch["rating"]],
-                "sector": np.asarray(bonds.sectors)[batch["sector"]],
-                "market_price": market_price[rows],
-                "fair_value": fair[rows],
-                "dcf_market_minus_model": market_price[rows] - fair[rows],
-            }
-            for name, artifact in run.artifacts.items():
-                out.update(_model_columns(name, artifact, X, fair[rows], accrued[rows], market_price[rows], X[:, duration]))
-            yield out
-            bar.update(rows.stop - rows.start)
+    batch = state.market.bonds.take(np.arange(start, stop))
+    X = feature_matrix(batch, state.market.curves, fair=fair, prev_residual=prev, issue_size_known=state.issue_size_known)
+    lap(times, "features")
+    market_price = np.asarray(batch["clean_price"], dtype=np.float64)
+    out = {
+        "bond_id": batch["bond_id"] if state.names is None else state.names[batch["bond_id"]],
+        "obs_date": batch["obs_date"],
+        "rating": np.asarray(RATINGS)[batch["rating"]],
+        "sector": np.asarray(state.market.bonds.sectors)[batch["sector"]],
+        "market_price": market_price,
+        "fair_value": fair,
+        "dcf_market_minus_model": market_price - fair,
+    }
+    duration = X[:, FEATURES.index("modified_duration")]
+    for name, artifact in state.run.artifacts.items():
+        out.update(_model_columns(name, artifact, X, fair, accrued, market_price, duration))
+        lap(times, name)
+    return out
+
+
+def _add(total: Dict[str, float], spent: Mapping[str, float]) -> None:
+    for phase, seconds in spent.items():
+        total[phase] = total.get(phase, 0.0) + seconds
 
 
 def _model_columns(name, artifact, X, fair, accrued, market, duration) -> Dict[str, np.ndarray]:

@@ -61,8 +61,8 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mapping[str, np.ndarray], data_cfg, dropped,
-                    n_rows: int, n_ranked: int, overrides: Sequence[str]) -> str:
-    """predictions.md: what was scored with what, and the cheapest and richest bonds by the best model."""
+                    n_rows: int, n_ranked: int, overrides: Sequence[str], times: Mapping[str, float], wall: float, workers: int) -> str:
+    """predictions.md: what was scored with what, the cheapest and richest bonds by the best model, where the time went."""
     board = _leaderboard(run.run_dir)
     summary = json.loads((run.run_dir / "data_summary.json").read_text())
     lines = [
@@ -104,4 +104,14 @@ def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mappin
                     f"| {ranked['bond_id'][i]} | {ranked['rating'][i]} | {ranked['sector'][i]} | {_number(ranked['market_price'][i])} "
                     f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} | {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
                 )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + time_table(times, wall=wall, n_rows=n_rows, workers=workers)) + "\n"
+
+
+def time_table(times: Mapping[str, float], *, wall: float, n_rows: int, workers: int) -> List[str]:
+    """The "Time" section: CPU seconds per phase (summed over the processes) and the wall time."""
+    total = sum(times.values())
+    lines = ["", "## Time", "",
+             f"{n_rows:,} rows in {wall:.1f} s wall ({n_rows / max(wall, 1e-9):,.0f} rows/s), {workers} worker process(es), "
+             f"{total:.1f} s CPU", "", "| phase | CPU s | share |", "|---|---|---|"]
+    lines += [f"| {phase} | {seconds:.2f} | {100 * seconds / max(total, 1e-9):.1f}% |" for phase, seconds in times.items()]
+    return lines

@@ -10,7 +10,8 @@ Estimators may implement a small protocol, detected with ``hasattr`` on the pipe
 between whole months), ``calibrate(X_val, y_val[, groups])`` (conformal calibration on the
 validation split),
 ``predict_interval(X) -> (lower, upper)`` with ``interval_level_``, ``predict_std(X)``,
-``predict_var_es(X) -> (VaR, ES)``, ``predict_regime(X)``, and the attributes ``metrics_`` (flat)
+``predict_var_es(X) -> (VaR, ES)``, ``predict_outputs(X)`` (all of these as :func:`predict_all`'s
+dict, from one pass: used instead of them when present), ``predict_regime(X)``, and the attributes ``metrics_`` (flat)
 and ``info_`` (anything) that land in the artifact.
 """
 
@@ -101,6 +102,8 @@ def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
     # same model must give the same predictions in a step (any worker count) and in predict.
     with threadpool_limits(limits=1):
         est, Xt = final_estimator(model), transform_features(model, X)
+        if hasattr(est, "predict_outputs"):  # the same outputs from one pass over the estimator's members
+            return {k: v if k == "level" else np.asarray(v, dtype=np.float64) for k, v in est.predict_outputs(Xt).items()}
         out: Dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
         if hasattr(est, "predict_interval"):
             out["lower"], out["upper"] = (np.asarray(a, dtype=np.float64) for a in est.predict_interval(Xt))
