@@ -76,12 +76,12 @@ def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_datas
     art = artifacts[name]
     assert set(art) >= {"name", "group", "config", "model", "features", "predictions", "metrics", "info"}
     for split in ("train", "validation", "test"):
-        mean = art["predictions"][split]["mean"]
+        mean = art.predictions[split]["mean"]
         assert mean.shape == (len(toy_dataset.splits[split]),) and np.isfinite(mean).all()
     y = toy_dataset.target("test")
-    rmse = np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2))
+    rmse = np.sqrt(np.mean((y - art.predictions["test"]["mean"]) ** 2))
     assert rmse < np.sqrt(np.mean(y**2))
-    m = art["metrics"]
+    m = art.metrics
     assert np.isfinite([m["val_rmse"], m["val_mae"], m["val_r2"]]).all() and m["val_r2"] > 0
     for value in m.values():
         assert isinstance(value, (int, float, str, bool))
@@ -99,10 +99,10 @@ def test_interval_models_cover_about_ninety_percent(name, low, high, artifacts, 
 
 def test_tail_risk_reports_var_es_and_kupiec(artifacts):
     art = artifacts["tail_risk"]
-    pred = art["predictions"]["test"]
+    pred = art.predictions["test"]
     assert np.all(pred["es"] >= pred["var"])
     np.testing.assert_allclose(pred["var"], -pred["lower"])
-    assert 0 <= art["metrics"]["val_kupiec_pvalue"] <= 1 and np.isfinite(art["metrics"]["val_pinball"])
+    assert 0 <= art.metrics["val_kupiec_pvalue"] <= 1 and np.isfinite(art.metrics["val_pinball"])
 
 
 def test_bayesian_std_matches_its_band(artifacts):
@@ -114,10 +114,10 @@ def test_bayesian_std_matches_its_band(artifacts):
 
 def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
     art = artifacts["regime"]
-    assert set(art["info"]["bic"]) == {"2", "3", "4"}
+    assert set(art.info["bic"]) == {"2", "3", "4"}
     months = np.unique(toy_dataset.meta["obs_date"].astype("datetime64[M]"))
-    assert len(art["info"]["regime_by_month"]) == len(months)
-    assert -1 <= art["metrics"]["train_regime_ari"] <= 1
+    assert len(art.info["regime_by_month"]) == len(months)
+    assert -1 <= art.metrics["train_regime_ari"] <= 1
 
 
 def test_factor_and_automl_record_what_they_found(artifacts):
@@ -133,9 +133,9 @@ def test_custom_lasso_runs_through_the_step_with_scaling(ctx, toy_dataset):
     config = step_config("lasso", estimator={"_target_": "sklearn.linear_model.Lasso", "alpha": 0.01, "features": "all"})
     art = fit_model(config, {}, ctx)
     y = toy_dataset.target("test")
-    assert np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2)) < np.sqrt(np.mean(y**2))
-    assert art["model"].named_steps["prep"] != "passthrough"  # linear models get standardisation and one-hot
-    assert "n_iter" not in art["metrics"]
+    assert np.sqrt(np.mean((y - art.predictions["test"]["mean"]) ** 2)) < np.sqrt(np.mean(y**2))
+    assert art.pipeline.named_steps["prep"] != "passthrough"  # linear models get standardisation and one-hot
+    assert "n_iter" not in art.metrics
 
 
 @pytest.mark.parametrize("name", ["enhanced", "advanced", "tail_risk"])
