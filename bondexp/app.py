@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import shlex
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,8 @@ def run(
         dataset = None  # every step is reused: the parent needs no data, and the steps none either
     print(format_data_summary(summary), flush=True)
 
+    if dataset is not None:  # steps will run: import what the end needs while they do
+        threading.Thread(target=_import_output_libraries, name="bondexp-warm-up", daemon=True).start()
     result = run_graph(
         graph,
         run_dir=run_dir,
@@ -141,6 +145,9 @@ def run(
     if not result.ok:
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
+    ended = [s.ended for s in result.steps.values() if s.ended is not None]
+    if ended:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
+        print(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
     return result
 
 
@@ -173,6 +180,17 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, A
 def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
+
+
+def _import_output_libraries() -> None:
+    """Import matplotlib (the timeline), joblib and the report while the graph runs, so the parent's
+    work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
+    import joblib  # noqa: F401
+
+    from bondexp.plots import import_pyplot
+    from bondexp.report import write_report  # noqa: F401
+
+    import_pyplot()
 
 
 def write_outputs(

@@ -257,16 +257,16 @@ class CheckpointStore:
             if changed:
                 return f"library versions changed: {', '.join(changed)}"
             return "stale (config, inputs or data changed)"
-        kept = ((self.artifact_path(name), "sha256"), (self.pipeline_path(name), "pipeline_sha256"),
-                (self.files_path(name), "files_sha256"))
-        for path, key in kept:
+        kept = ((self.artifact_path(name), "sha256", ""), (self.pipeline_path(name), "pipeline_sha256", " of the pipeline"),
+                (self.files_path(name), "files_sha256", " of the report files"))
+        for path, key, which in kept:
             if key == "sha256" or key in manifest:
                 try:
                     digest = sha256_file(path)
                 except OSError:
-                    return f"{path.name} missing"
+                    return f"artifact file{which} missing"
                 if digest != manifest.get(key):
-                    return f"corrupt ({path.name}: sha256 mismatch)"
+                    return f"corrupt (sha256 mismatch{which})"
         return None
 
     def remove_temporaries(self) -> None:

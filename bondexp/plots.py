@@ -31,6 +31,11 @@ def _pyplot():
     return plt
 
 
+def import_pyplot() -> None:
+    """Import matplotlib's pyplot (Agg) now: a caller with idle time pays the import before its first plot."""
+    _pyplot()
+
+
 def _png(fig, *, dpi: int) -> bytes:
     """The figure as PNG bytes; the figure is closed either way."""
     buffer = io.BytesIO()

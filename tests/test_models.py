@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from sklearn.base import clone
 
 from bondexp import features as features_module
+from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
 from bondexp.features import BOND_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
@@ -74,7 +75,7 @@ def artifacts(toy_dataset):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_dataset):
     art = artifacts[name]
-    assert set(art) >= {"name", "group", "config", "model", "features", "predictions", "metrics", "info"}
+    assert isinstance(art, ModelArtifact) and art.name == name and art.pipeline is not None and art.features
     for split in ("train", "validation", "test"):
         mean = art.predictions[split]["mean"]
         assert mean.shape == (len(toy_dataset.splits[split]),) and np.isfinite(mean).all()
@@ -89,12 +90,12 @@ def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_datas
 
 @pytest.mark.parametrize("name, low, high", [("tail_risk", 0.75, 0.99), ("bayesian", 0.75, 0.99)])
 def test_interval_models_cover_about_ninety_percent(name, low, high, artifacts, toy_dataset):
-    pred = artifacts[name]["predictions"]["test"]
+    pred = artifacts[name].predictions["test"]
     y = toy_dataset.target("test")
     assert pred["level"] == pytest.approx(0.9)
     assert np.all(pred["lower"] <= pred["upper"])
     assert low <= np.mean((y >= pred["lower"]) & (y <= pred["upper"])) <= high
-    assert 0.8 <= artifacts[name]["metrics"]["val_coverage"] <= 0.97
+    assert 0.8 <= artifacts[name].metrics["val_coverage"] <= 0.97
 
 
 def test_tail_risk_reports_var_es_and_kupiec(artifacts):
@@ -106,10 +107,10 @@ def test_tail_risk_reports_var_es_and_kupiec(artifacts):
 
 
 def test_bayesian_std_matches_its_band(artifacts):
-    pred = artifacts["bayesian"]["predictions"]["test"]
+    pred = artifacts["bayesian"].predictions["test"]
     half = (pred["upper"] - pred["lower"]) / 2
     np.testing.assert_allclose(half, 1.6448536 * pred["std"], rtol=1e-6)
-    assert np.isfinite(artifacts["bayesian"]["metrics"]["val_nll"])
+    assert np.isfinite(artifacts["bayesian"].metrics["val_nll"])
 
 
 def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
@@ -121,9 +122,9 @@ def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
 
 
 def test_factor_and_automl_record_what_they_found(artifacts):
-    var = artifacts["factor"]["info"]["bond_explained_variance"]
+    var = artifacts["factor"].info["bond_explained_variance"]
     assert len(var) == 8 and all(a >= b for a, b in zip(var, var[1:]))
-    info = artifacts["automl"]["info"]
+    info = artifacts["automl"].info
     assert {t["family"] for t in info["trials"]} == {"ridge", "boosting", "forest", "extra_trees"}
     best = min(t["score"] for t in info["trials"] if t["score"] is not None)
     assert info["best"]["score"] == best and info["best"]["family"] in info["why"]
