@@ -141,14 +141,14 @@ def test_custom_lasso_runs_through_the_step_with_scaling(ctx, toy_dataset):
 
 @pytest.mark.parametrize("name", ["enhanced", "advanced", "tail_risk"])
 def test_early_stopping_is_visible_and_can_be_switched_off(name, toy_dataset, ctx):
-    stop = fit_model(step_config(name), {}, ctx)["metrics"]
+    stop = fit_model(step_config(name), {}, ctx).metrics
     assert stop["early_stopped"] and stop["n_iter"] < stop["max_iter"]
     config = step_config(name, early_stopping={"enabled": False})
     if name == "advanced":
         config["estimator"].update(gb_max_iter=30, mlp_max_iter=20)
     else:
         config["estimator"]["max_iter"] = 30
-    full = fit_model(config, {}, ctx)["metrics"]
+    full = fit_model(config, {}, ctx).metrics
     assert not full["early_stopped"] and full["n_iter"] == full["max_iter"]
 
 

@@ -17,7 +17,7 @@ so the intervals are a lower bound on the uncertainty, not an exact one.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping
 
 import numpy as np
 
