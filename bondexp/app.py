@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import shlex
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,7 @@ from bondexp.runner import run_graph
 
 log = logging.getLogger("bondexp")
 
-#: Report steps whose module writes files after the run: step name -> module with `write_outputs`.
-OUTPUT_WRITERS = {
-    "evaluate": "bondexp.steps.evaluate",
-    "drift": "bondexp.steps.drift",
-    "tune": "bondexp.tuning.step",
-    "backtest": "bondexp.steps.backtest",
-}
-#: File in the run folder naming the checkpoints its report files were written from, and the files.
+#: File in the run folder naming the step fingerprints and command report.md was written for.
 OUTPUTS_STAMP = ".outputs.json"
 
 
@@ -129,6 +124,8 @@ def run(
         dataset = None  # every step is reused: the parent needs no data, and the steps none either
     print(format_data_summary(summary), flush=True)
 
+    if dataset is not None:  # steps will run: import what the end needs while they do
+        threading.Thread(target=_import_output_libraries, name="bondexp-warm-up", daemon=True).start()
     result = run_graph(
         graph,
         run_dir=run_dir,
@@ -151,6 +148,9 @@ def run(
     if not result.ok:
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
+    ended = [s.ended for s in result.steps.values() if s.ended is not None]
+    if ended:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
+        print(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
     return result
 
 
@@ -191,34 +191,36 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
 
 
+def _import_output_libraries() -> None:
+    """Import matplotlib (the timeline), joblib and the report while the graph runs, so the parent's
+    work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
+    import joblib  # noqa: F401
+
+    from bondexp.plots import import_pyplot
+    from bondexp.report import write_report  # noqa: F401
+
+    import_pyplot()
+
+
 def write_outputs(
     result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]
 ) -> None:
-    """results.json, the timeline, each report step's files and report.md, from the checkpoints.
+    """results.json, the timeline and report.md. Each step's own files the runner wrote as the step finished.
 
-    When every step was reused from checkpoints the folder's outputs were already written from,
-    only results.json is rewritten: redrawing identical plots was most of a resume's time.
+    When every step was reused and report.md was written for these same steps and command, only
+    results.json is rewritten: the report would be the same, and reading the artifacts would slow a resume.
     """
     stamp = run_dir / OUTPUTS_STAMP
     key = _outputs_key(result, overrides)
     if key is not None and _outputs_current(stamp, key, run_dir):
         result.write_json(run_dir / "results.json")
         return
-    import importlib
-
-    from bondexp.report import write_report
+    from bondexp.report import SECTION_STEPS, write_report
 
     result.write(run_dir)
-    artifacts: dict[str, dict[str, Any]] = {}
     store = CheckpointStore(run_dir / "checkpoints")
-    for name in OUTPUT_WRITERS:
-        step = result.steps.get(name)
-        if step is None or step.status not in ("ran", "reused"):
-            continue
-        artifacts[name] = store.load(name)
-    for name, artifact in artifacts.items():
-        importlib.import_module(OUTPUT_WRITERS[name]).write_outputs(artifact, run_dir)
-    leaderboard = list(artifacts.get("evaluate", {}).get("leaderboard", []))
+    finished = [name for name in SECTION_STEPS if name in result.steps and result.steps[name].status in ("ran", "reused")]
+    artifacts = {name: store.load(name) for name in finished}
     write_report(
         run_dir,
         command=" ".join(["python -m bondexp", *map(shlex.quote, overrides)]),
@@ -226,10 +228,9 @@ def write_outputs(
         data_summary=summary,
         results=result.to_dict(),
         artifacts=artifacts,
-        leaderboard_rows=leaderboard,
     )
     if result.ok:
-        atomic_write_json(stamp, {"key": _outputs_key(result, overrides, reused_only=False), "files": _output_files(run_dir)})
+        atomic_write_json(stamp, {"key": _outputs_key(result, overrides, reused_only=False)})
 
 
 def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bool = True) -> str | None:
@@ -243,16 +244,10 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _output_files(run_dir: Path) -> list[str]:
-    """The report files in ``run_dir`` (relative paths), results.json aside."""
-    found = [*run_dir.glob("*.csv"), *run_dir.glob("*.md"), *run_dir.glob("*.json"), *run_dir.glob("plots/*.png")]
-    return sorted(str(p.relative_to(run_dir)) for p in found if p.name not in ("results.json", OUTPUTS_STAMP))
-
-
 def _outputs_current(stamp: Path, key: str, run_dir: Path) -> bool:
-    """Whether ``stamp`` says the outputs were written for ``key`` and every file it lists still exists."""
+    """Whether ``stamp`` says report.md was written for ``key`` and it is still there."""
     try:
         recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return False
-    return recorded.get("key") == key and all((run_dir / name).is_file() for name in recorded.get("files", []))
+    return recorded.get("key") == key and (run_dir / "report.md").is_file()

@@ -12,6 +12,7 @@ byte for byte the one this program wrote is never unpickled. Only the parent pro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import functools
@@ -24,10 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bondexp.artifacts import ModelArtifact
 from bondexp.atomic import atomic_file, atomic_write_json
 from bondexp.errors import CheckpointError, RunLockedError
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: a model's pipeline and a step's report files kept apart from the light artifact
 _VERSIONED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna", "QuantLib")
 #: What a step's fingerprint holds besides its config: the packages whose code made the result
 #: or whose classes are in its pickle (Python's own version is recorded, not fingerprinted).
@@ -128,7 +130,8 @@ def utc_iso(timestamp: float | None) -> str | None:
 
 
 class CheckpointStore:
-    """The ``checkpoints/`` folder of a run: ``<step>.joblib`` artifacts and ``<step>.json`` manifests.
+    """The ``checkpoints/`` folder of a run: per step ``<step>.json`` (the manifest), ``<step>.joblib`` (the
+    light artifact), ``<step>.model.joblib`` (a model's fitted pipeline) and ``<step>.files.joblib`` (its report files).
 
     Parameters
     ----------
@@ -142,45 +145,91 @@ class CheckpointStore:
     def artifact_path(self, name: str) -> Path:
         return self.folder / f"{name}.joblib"
 
+    def pipeline_path(self, name: str) -> Path:
+        return self.folder / f"{name}.model.joblib"
+
+    def files_path(self, name: str) -> Path:
+        return self.folder / f"{name}.files.joblib"
+
     def manifest_path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
 
-    def save(self, name: str, artifact: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Write the artifact, then its manifest (with the artifact's sha256 and library versions).
+    def save(self, name: str, artifact: Any, manifest: Mapping[str, Any], *,
+             files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+        """Write the artifact (a model's fitted pipeline to its own file), the step's files, then the manifest.
 
-        The manifest goes last: a crash between the two leaves an artifact that no manifest
-        vouches for, which :meth:`verify` rejects.
+        The manifest records each file's sha256 (the light artifact's as ``sha256``, the pipeline's
+        as ``pipeline_sha256``, the bundle of report files as ``files_sha256``, and each report file's
+        as ``files``). It goes last: a crash before it leaves files no manifest vouches for, which
+        :meth:`verify` rejects.
 
         Returns
         -------
         dict
             The manifest as written.
         """
+        extra: dict[str, Any] = {}
+        if isinstance(artifact, ModelArtifact) and artifact.pipeline is not None:
+            extra["pipeline_sha256"] = self._dump(self.pipeline_path(name), artifact.pipeline)
+            artifact = artifact.light()
+        if files:
+            extra["files_sha256"] = self._dump(self.files_path(name), dict(files))
+            extra["files"] = {path: hashlib.sha256(data).hexdigest() for path, data in sorted(files.items())}
         path = self.artifact_path(name)
-        with atomic_file(path) as fh:
-            import joblib
-
-            joblib.dump(artifact, fh)
         full = {
             "format": MANIFEST_FORMAT,
             "step": name,
             **manifest,
-            "sha256": sha256_file(path),
+            "sha256": self._dump(path, artifact),
             "size_bytes": path.stat().st_size,
+            **extra,
             "versions": library_versions(),
         }
         atomic_write_json(self.manifest_path(name), full)
         return full
 
-    def load(self, name: str) -> Any:
+    @staticmethod
+    def _dump(path: Path, value: Any) -> str:
+        """Pickle ``value`` to ``path`` whole; return the file's sha256."""
+        import joblib
+
+        with atomic_file(path) as fh:
+            joblib.dump(value, fh)
+        return sha256_file(path)
+
+    def load(self, name: str, *, pipeline: bool = False) -> Any:
         """Load a step's artifact after verifying its sha256 against the manifest (see :func:`load_verified`).
+
+        A model's fitted pipeline is left out (``ModelArtifact.pipeline`` is ``None``) unless
+        ``pipeline`` is true: most readers want only its predictions and metrics.
 
         Raises
         ------
         CheckpointError
-            If the manifest is missing or the artifact's bytes differ from what it recorded.
+            If the manifest is missing or a file's bytes differ from what it recorded.
         """
-        return load_verified(self.artifact_path(name), (self.manifest(name) or {}).get("sha256"))
+        artifact = load_verified(self.artifact_path(name), (self.manifest(name) or {}).get("sha256"))
+        if pipeline and isinstance(artifact, ModelArtifact):
+            artifact = dataclasses.replace(artifact, pipeline=self.load_pipeline(name))
+        return artifact
+
+    def load_pipeline(self, name: str) -> Any:
+        """The fitted pipeline of model step ``name``, sha256-verified.
+
+        Raises
+        ------
+        CheckpointError
+            If the step kept no pipeline or the file's bytes differ from what its manifest recorded.
+        """
+        manifest = self.manifest(name) or {}
+        if "pipeline_sha256" not in manifest:
+            raise CheckpointError(f"The step {name!r} kept no fitted pipeline in {str(self.folder)!r}: it is not a model step.")
+        return load_verified(self.pipeline_path(name), manifest["pipeline_sha256"])
+
+    def load_files(self, name: str) -> dict[str, bytes]:
+        """The report files step ``name`` returned (path relative to the run folder -> bytes), sha256-verified."""
+        manifest = self.manifest(name) or {}
+        return load_verified(self.files_path(name), manifest["files_sha256"]) if "files_sha256" in manifest else {}
 
     def manifest(self, name: str) -> dict[str, Any] | None:
         """The step's manifest, or ``None`` when it is missing or unreadable."""
@@ -201,17 +250,23 @@ class CheckpointStore:
         manifest = self.manifest(name)
         if manifest is None:
             return "no checkpoint"
+        if manifest.get("format") != MANIFEST_FORMAT:
+            return f"written by another bondexp (checkpoint format {manifest.get('format')}, now {MANIFEST_FORMAT})"
         if manifest.get("fingerprint") != expected_fingerprint:
             changed = changed_versions(manifest.get("versions"))
             if changed:
                 return f"library versions changed: {', '.join(changed)}"
             return "stale (config, inputs or data changed)"
-        try:
-            digest = sha256_file(self.artifact_path(name))
-        except OSError:
-            return "artifact file missing"
-        if digest != manifest.get("sha256"):
-            return "corrupt (sha256 mismatch)"
+        kept = ((self.artifact_path(name), "sha256", ""), (self.pipeline_path(name), "pipeline_sha256", " of the pipeline"),
+                (self.files_path(name), "files_sha256", " of the report files"))
+        for path, key, which in kept:
+            if key == "sha256" or key in manifest:
+                try:
+                    digest = sha256_file(path)
+                except OSError:
+                    return f"artifact file{which} missing"
+                if digest != manifest.get(key):
+                    return f"corrupt (sha256 mismatch{which})"
         return None
 
     def remove_temporaries(self) -> None:

@@ -1,4 +1,5 @@
-"""The log text and files a remote step hands back (executors without a shared disk), kept in the run folder.
+"""The files a step hands back, kept in the run folder: report files every step may return, and the log
+text and scratch files of a remote step (executors without a shared disk).
 
 Only the parent process writes the run folder: it writes what a Dask step handed back, records
 the files' paths in ``logs/<step>.files.json``, and gives them back to the next attempt at the step
@@ -7,14 +8,16 @@ the files' paths in ``logs/<step>.files.json``, and gives them back to the next 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bondexp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bondexp.checkpoints import CheckpointStore
 
-__all__ = ["keep_handed_back", "step_files"]
+__all__ = ["keep_handed_back", "restore_step_files", "step_files", "write_step_files"]
 
 
 def keep_handed_back(run_dir: Path, name: str, report: Mapping[str, Any]) -> None:
@@ -29,11 +32,36 @@ def keep_handed_back(run_dir: Path, name: str, report: Mapping[str, Any]) -> Non
     before = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
     atomic_write_text(log_path, before + report["log_text"])
     files = report.get("files") or {}
-    for relative, data in files.items():
-        atomic_write_bytes(_inside_run_dir(run_dir, name, relative), data)
+    write_step_files(run_dir, name, files)
     if files:
         index_path, names = _files_index(run_dir, name)
         atomic_write_json(index_path, sorted(set(names) | set(files)))
+
+
+def write_step_files(run_dir: Path, name: str, files: Mapping[str, bytes]) -> None:
+    """Write each of step ``name``'s files (path relative to ``run_dir`` -> bytes) whole; ValueError for a path outside."""
+    for relative, data in files.items():
+        atomic_write_bytes(_inside_run_dir(run_dir, name, relative), data)
+
+
+def restore_step_files(run_dir: Path, name: str, store: CheckpointStore) -> list[str]:
+    """Write back the report files a reused step returned when it ran, where they are missing or changed.
+
+    The files come from the step's verified checkpoint (``store.load_files``); returns their paths.
+    """
+    recorded = (store.manifest(name) or {}).get("files") or {}
+    stale = [path for path, digest in recorded.items() if not _holds(run_dir / path, digest)]
+    if stale:
+        kept = store.load_files(name)
+        write_step_files(run_dir, name, {path: kept[path] for path in stale})
+    return stale
+
+
+def _holds(path: Path, digest: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:
+        return False
 
 
 def step_files(run_dir: Path, name: str) -> dict[str, bytes]:

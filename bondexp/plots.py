@@ -3,8 +3,7 @@
 Plots take plain data (artifacts, leaderboard rows, step outcomes) and return the PNG as bytes,
 so a step can hand its pictures back to whoever writes the run folder (see :mod:`bondexp.atomic`);
 nothing here touches the disk. matplotlib is imported inside the functions, with the Agg
-backend, so importing this module costs nothing and no display is needed. The tuning history
-plot stays with the tuning step for now.
+backend, so importing this module costs nothing and no display is needed.
 """
 
 from __future__ import annotations
@@ -30,6 +29,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def import_pyplot() -> None:
+    """Import matplotlib's pyplot (Agg) now: a caller with idle time pays the import before its first plot."""
+    _pyplot()
 
 
 def _png(fig, *, dpi: int) -> bytes:
@@ -173,6 +177,44 @@ def rmse_ci_png(rows: Sequence[Mapping[str, Any]], *, references: Sequence[str] 
     ax.set_yticks(positions, [row["model"] for row in rows])
     ax.set_xlabel("test RMSE of the residual (per 100) with bootstrap interval")
     ax.set_title("RMSE per model (gray: DCF baseline and oracle)")
+    fig.tight_layout()
+    return _png(fig, dpi=110)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def tuning_history_png(record: Mapping[str, Any]) -> bytes:
+    """Objective per complete trial, the running best, the untuned trial's value and where trials failed.
+
+    ``record`` is what ``tuning.json`` holds: ``trials`` (``number``, ``state``, ``value``, ``untuned``),
+    ``target`` and ``best_value``.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    trials = record["trials"]
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    failed = [t for t in trials if t["state"] == "FAIL"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if done:
+        numbers = np.array([t["number"] for t in done])
+        values = np.array([t["value"] for t in done])
+        ax.scatter(numbers, values, s=22, color="tab:blue", label="trial (validation RMSE)")
+        ax.step(numbers, np.minimum.accumulate(values), where="post", color="tab:green", label="best so far")
+    if failed:  # a failed trial has no value: mark it along the bottom edge
+        ax.scatter([t["number"] for t in failed], np.full(len(failed), 0.03), s=22, marker="x", color="tab:gray",
+                   transform=ax.get_xaxis_transform(), label="failed trial")
+    untuned = [t for t in done if t["untuned"]]
+    if untuned:
+        ax.axhline(untuned[0]["value"], color="tab:orange", linestyle="--", label="untuned parameters")
+    if trials:  # the failed marks use axes coordinates for y, which autoscaling ignores
+        ax.set_xlim(-0.5, max(t["number"] for t in trials) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective: validation RMSE")
+    ax.set_title(f"Tuning {record['target']}: best {record['best_value']:.4f}")
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return _png(fig, dpi=110)
 

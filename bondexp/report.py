@@ -1,8 +1,8 @@
 """The run's ``report.md``: one page a reader opens first, built from what the run left behind.
 
-It reads plain values (the results dict, the report steps' artifacts, the leaderboard rows), not
-Hydra, so it can be rebuilt from a run folder's files. A section whose step was not chosen or
-failed says so in one line; the report never fails because a step did.
+It reads plain values (the results dict, the report steps' light artifacts), not Hydra, so it can
+be rebuilt from a run folder's files. A section whose step was not chosen or failed says so in one
+line; the report never fails because a step did.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bondexp.artifacts import ModelArtifact
 from bondexp.atomic import atomic_write_text
 from bondexp.steps.backtest import report_section as backtest_section
-from bondexp.steps.evaluate import leaderboard_markdown
+from bondexp.steps.leaderboard import leaderboard_markdown
 
+#: Steps whose light artifacts the report's sections read, by step name.
+SECTION_STEPS = ("evaluate", "drift", "tune", "backtest")
 #: Metrics shown per step in the step table (the first two a step reports, in this order).
 KEY_METRICS = ("val_rmse", "best_model", "best_rmse", "best_value", "n_alert", "n_warn", "val_coverage", "n_iter")
 
@@ -27,8 +30,7 @@ def write_report(
     overrides: Sequence[str],
     data_summary: Mapping[str, Any],
     results: Mapping[str, Any],
-    artifacts: Mapping[str, Mapping[str, Any]],
-    leaderboard_rows: Sequence[Mapping[str, Any]],
+    artifacts: Mapping[str, Any],
 ) -> Path:
     """Write ``<run_dir>/report.md`` (atomically) and return its path.
 
@@ -44,9 +46,8 @@ def write_report(
         The ``results.json`` dict: ``steps`` ({name: status, duration_s, worker, metrics, error}),
         ``wall_s``, ``ok``.
     artifacts : dict
-        The ``evaluate``, ``drift``, ``tune`` and ``backtest`` artifacts of the steps that finished.
-    leaderboard_rows : list of dict
-        Leaderboard rows, the tuned model's included, sorted by RMSE.
+        The light artifacts of the :data:`SECTION_STEPS` that finished, by step name (``tune``'s a
+        :class:`~bondexp.artifacts.ModelArtifact`, the others dicts).
 
     Returns
     -------
@@ -59,7 +60,7 @@ def write_report(
         _header(run_dir, command=command, overrides=overrides, results=results),
         _data(data_summary),
         _steps(steps, run_dir=run_dir),
-        _leaderboard(leaderboard_rows, artifacts.get("evaluate"), status=_status(steps, "evaluate")),
+        _leaderboard(artifacts.get("evaluate"), status=_status(steps, "evaluate")),
         _drift(artifacts.get("drift"), status=_status(steps, "drift")),
         _tuning(artifacts.get("tune"), status=_status(steps, "tune")),
         *([backtest_section(artifacts.get("backtest"), status=_status(steps, "backtest"))] if "backtest" in steps else []),
@@ -144,8 +145,9 @@ def _steps(steps: Mapping[str, Mapping[str, Any]], *, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _leaderboard(rows: Sequence[Mapping[str, Any]], artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
+def _leaderboard(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
     lines = ["## Leaderboard (test split)", ""]
+    rows = (artifact or {}).get("leaderboard", [])
     if not rows:
         return "\n".join(lines + [f"No leaderboard: the evaluate step {status}."])
     n = rows[0].get("n")
@@ -228,24 +230,23 @@ def _drift(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
     return "\n".join(lines)
 
 
-def _tuning(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
+def _tuning(artifact: Optional[ModelArtifact], *, status: str) -> str:
     lines = ["## Tuning", ""]
     if artifact is None:
         return "\n".join(lines + [f"No tuning results: the tune step {status}."])
-    metrics = artifact.get("metrics", {})
-    n_trials = metrics.get("n_trials", len(artifact.get("trials", [])))
-    params = artifact.get("best_params", {})
+    record = artifact.info["tuning"]
+    params = record.get("best_params", {})
     lines += [
-        f"Tuned **{artifact.get('target', '?')}** over {n_trials} trial(s): best objective {_num(artifact.get('best_value'), 4)} "
-        f"(validation RMSE of a fit on the whole training split). Validation RMSE untuned {_num(artifact.get('untuned_value'), 4)}, "
-        f"tuned {_num(metrics.get('val_rmse'), 4)}.",
+        f"Tuned **{record.get('target', '?')}** over {record['n_trials']} trial(s): best objective {_num(record.get('best_value'), 4)} "
+        f"(validation RMSE of a fit on the whole training split). Validation RMSE untuned {_num(record.get('untuned_value'), 4)}, "
+        f"tuned {_num(record.get('val_rmse'), 4)}.",
         "",
         "Best parameters: " + (", ".join(f"`{k}={_value(v)}`" for k, v in params.items()) if params else "none."),
     ]
-    improved = bool(artifact.get("improved", False))
+    improved = bool(record.get("improved", False))
     lines += ["", f"Improved on the untuned model: **{'yes' if improved else 'no'}**."]
-    if artifact.get("note"):
-        lines += ["", artifact["note"]]
+    if record.get("note"):
+        lines += ["", record["note"]]
     elif not improved:
         lines += ["", "Tuning did not beat the untuned model on the validation split; keep the untuned parameters."]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from bondexp import executors, planning
 from bondexp.checkpoints import CheckpointStore, DurationHistory, RunLock
 from bondexp.errors import ConfigError, GraphError
 from bondexp.graph import Graph
-from bondexp.handback import keep_handed_back, step_files
+from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
 from bondexp.results import RunResult, StepOutcome, WorkerLabels
 from bondexp.worker import Task
@@ -219,7 +220,7 @@ class _Scheduler:
             log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
             self.bar.started(name, **self._status(also_running=name))
             try:
-                self.running[self.backend.submit(task, load_input=self.store.load, dataset=self.dataset)] = name
+                self.running[self.backend.submit(task, load_input=partial(self.store.load, pipeline=True), dataset=self.dataset)] = name
             except BrokenExecutor as exc:  # the pool broke before its running futures said so
                 self.pending.add(name)
                 self._pool_broke(list(self.running.values()), exc)
@@ -267,10 +268,13 @@ class _Scheduler:
         """Checkpoint a step that ran (artifact and manifest) and record it as done."""
         step = self.graph[name]
         outcome = StepOutcome.ran(name, step.group, self.fps[name], report, worker=self.label(report["worker"]))
+        files = report.get("output_files") or {}
         try:
-            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}))
+            write_step_files(self.run_dir, name, files)  # the step's report files, kept with its checkpoint too
+            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}),
+                            files=files)
         except Exception:
-            self._fail(name, "the step ran but its checkpoint could not be written:\n" + traceback.format_exc(),
+            self._fail(name, "the step ran but its files or checkpoint could not be written:\n" + traceback.format_exc(),
                        report=report)
             return
         self.done.add(name)
@@ -301,7 +305,8 @@ class _Scheduler:
         self.bar.finished(outcome.name, status=outcome.status, duration_s=outcome.duration_s, **self._status())
 
     def _reuse(self, name: str, *, status: str = "reused") -> None:
-        """Record a step from its verified checkpoint's manifest."""
+        """Record a step from its verified checkpoint's manifest; write back its report files if missing."""
+        restore_step_files(self.run_dir, name, self.store)
         self.done.add(name)
         self.outcomes[name] = StepOutcome.from_manifest(name, self.graph[name].group, self.fps[name],
                                                         self.store.manifest(name) or {}, status=status)

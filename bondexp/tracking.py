@@ -246,17 +246,17 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
         problem = store.verify(name, step.get("fingerprint"))
         if problem:
             raise RuntimeError(f"checkpoint of model {name!r} not logged: {problem}")
-        artifact = store.load(name)
+        artifact = store.load(name, pipeline=True)
         # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact["model"]))
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact.pipeline))
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.sklearn.log_model(artifact["model"], name=name, registered_model_name=f"bondexp-{name}",
+            info = mlflow.sklearn.log_model(artifact.pipeline, name=name, registered_model_name=f"bondexp-{name}",
                                             pip_requirements=requirements, skops_trusted_types=trusted)
         scores = ", ".join(f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS
                            if isinstance(rows[name].get(column), float))
         client.update_model_version(
             f"bondexp-{name}", info.registered_model_version,
-            description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact['features'])}.",
+            description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact.features)}.",
         )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bondexp import executors
+from bondexp.artifacts import ModelArtifact, StepOutput, check_files
 from bondexp.checkpoints import CheckpointStore
 from bondexp.errors import StepSkipped
 from bondexp.graph import resolve_target
@@ -52,6 +53,9 @@ class StepContext:
         Run-level plain values the caller passes to every step (data config, cache dir, seed).
     log : logging.Logger
         Writes to ``logs/<step>.log`` in the run folder.
+    load_pipeline : callable
+        ``load_pipeline(need)``: the fitted pipeline of the model step ``need`` (its inputs carry
+        predictions and metrics only), verified against its checkpoint.
     """
 
     name: str
@@ -60,6 +64,7 @@ class StepContext:
     threads: int
     shared: dict
     log: logging.Logger
+    load_pipeline: Callable[[str], Any] = field(default=lambda need: _no_pipeline(need))
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ def execute_step(task: Task) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``artifact``, ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
+        ``artifact`` (a :class:`~bondexp.artifacts.StepOutput`'s is unwrapped), ``output_files`` (the
+        report files it returned, path -> bytes), ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
         step raised :class:`StepSkipped`, else ``None``), ``started`` and ``ended`` (POSIX seconds),
         ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb`` (see :class:`_PeakRSS`). A step
         that raises is reported in ``error``, not raised, so the parent records it as a value.
@@ -92,7 +98,7 @@ def execute_step(task: Task) -> dict[str, Any]:
     run_dir = Path(task.run_dir)
     store = CheckpointStore(run_dir / "checkpoints")
     return _run(task, run_dir=run_dir, log_path=run_dir / "logs" / f"{task.name}.log",
-                load_inputs=lambda: {need: store.load(need) for need in task.needs},
+                load_inputs=lambda: {need: store.load(need) for need in task.needs}, load_pipeline=store.load_pipeline,
                 threads=task.threads, workers=task.workers, own_process=executors.IN_POOL_WORKER)
 
 
@@ -107,7 +113,8 @@ def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], ar
     reports : mapping
         Need name -> the report of a need that ran in this run (its artifact is taken from it).
     artifacts : mapping
-        Need name -> the artifact of a need reused from a checkpoint (the parent sent it).
+        Need name -> the artifact of a need reused from a checkpoint (the parent sent it, a model's
+        fitted pipeline included: there is no disk to load it from here).
     dataset : Dataset, optional
         The run's dataset, scattered once by the parent; the step's ``dataset_for`` returns it.
 
@@ -130,18 +137,19 @@ def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], ar
         inputs = {**{need: report["artifact"] for need, report in reports.items()}, **artifacts}
         with _dataset_provided(dataset):
             report = _run(task, run_dir=run_dir, log_path=log_path, load_inputs=lambda: inputs,
+                          load_pipeline=lambda need: _carried_pipeline(inputs, need),
                           threads=_dask_worker_threads(), workers=1, own_process=True)
         report["log_text"] = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
         report["files"] = _written_files(run_dir, sent)
     return report
 
 
-def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[], dict], threads: int,
-         workers: int, own_process: bool) -> dict[str, Any]:
+def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[], dict],
+         load_pipeline: Callable[[str], Any], threads: int, workers: int, own_process: bool) -> dict[str, Any]:
     """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
     started, t0 = time.time(), time.perf_counter()
     step_log, handlers = _open_step_log(task.name, log_path)
-    artifact, metrics, error, skipped = None, {}, None, None
+    artifact, files, metrics, error, skipped = None, {}, {}, None, None
     peak = _PeakRSS(reset=own_process)
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
@@ -149,21 +157,24 @@ def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[],
         from threadpoolctl import threadpool_limits  # here: a run whose every step is reused never needs it
 
         inputs = load_inputs()
-        ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log)
+        ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log, load_pipeline)
         with threadpool_limits(limits=threads), _interruptible():
             artifact = fn(dict(task.config), inputs, ctx)
+        if isinstance(artifact, StepOutput):
+            artifact, files = artifact.artifact, check_files(task.name, artifact.files)
         metrics = _check_artifact(task.name, artifact)
         step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
     except StepSkipped as exc:
-        artifact, metrics, skipped = None, {}, str(exc)
+        artifact, files, metrics, skipped = None, {}, {}, str(exc)
         step_log.info("step %s skipped: %s", task.name, skipped)
     except Exception:
-        artifact, metrics, error = None, {}, traceback.format_exc()
+        artifact, files, metrics, error = None, {}, {}, traceback.format_exc()
         step_log.error("step %s failed:\n%s", task.name, error)
     finally:
         _close_step_log(step_log, handlers)
     return {
         "artifact": artifact,
+        "output_files": files,
         "metrics": metrics,
         "error": error,
         "skipped": skipped,
@@ -301,11 +312,28 @@ def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logge
     attached[0][1].close()
 
 
+def _no_pipeline(need: str) -> Any:
+    raise LookupError(f"No fitted pipeline can be loaded for {need!r} here: this step context has no checkpoints.")
+
+
+def _carried_pipeline(inputs: Mapping[str, Any], need: str) -> Any:
+    """A need's fitted pipeline from the artifact the parent sent with it (executors without a shared disk)."""
+    pipeline = getattr(inputs.get(need), "pipeline", None)
+    if pipeline is None:
+        raise LookupError(f"The input {need!r} carries no fitted pipeline: it is not a model step's artifact.")
+    return pipeline
+
+
 def _check_artifact(name: str, artifact: Any) -> dict[str, Any]:
     """Return the artifact's flat metrics as plain Python scalars; raise TypeError on a malformed artifact."""
-    if not isinstance(artifact, Mapping):
-        raise TypeError(f"Step {name!r} must return a dict artifact. Got {type(artifact).__name__} instead.")
-    metrics = artifact.get("metrics", {})
+    if isinstance(artifact, ModelArtifact):
+        metrics: Any = artifact.metrics
+    elif isinstance(artifact, Mapping):
+        metrics = artifact.get("metrics", {})
+    else:
+        raise TypeError(
+            f"Step {name!r} must return a ModelArtifact, a dict or a StepOutput. Got {type(artifact).__name__} instead."
+        )
     if not isinstance(metrics, Mapping):
         raise TypeError(f"The 'metrics' of step {name!r} must be a dict. Got {type(metrics).__name__} instead.")
     clean: dict[str, Any] = {}

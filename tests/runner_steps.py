@@ -34,6 +34,14 @@ def work(config, inputs, ctx):
     }
 
 
+def report_file(config, inputs, ctx):
+    """Render a small text file from the inputs' values and return it for the runner to write."""
+    from bondexp.artifacts import StepOutput
+
+    text = f"value {sum(art['value'] for art in inputs.values())}\n"
+    return StepOutput({"metrics": {"n_inputs": len(inputs)}}, {config.get("path", "plots/r.txt"): text.encode()})
+
+
 def fail(config, inputs, ctx):
     """Raise, as a buggy step would."""
     raise ValueError(config.get("message", "this step always fails"))

@@ -14,9 +14,9 @@ import pytest
 QUICK = ["data=small", "tune.n_trials=3", "eval.n_bootstrap=50", "progress=false"]
 
 
-def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     # without a thread pin of the caller's, so the run's own thread budget is what is tested
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)} | (env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -107,6 +107,42 @@ def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     assert results["steps"]["my_lasso"]["status"] == "ran"
     assert results["steps"]["tune"]["status"] == "ran"  # through the default space of its class, Lasso
     assert "my_lasso_tuned" in (run_dir / "leaderboard.csv").read_text()
+
+
+USER_STEP = """
+from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
+
+
+def model_table(config, inputs, ctx):
+    models = model_artifacts(inputs)
+    assert models and all(isinstance(a, ModelArtifact) and a.pipeline is None for a in models.values())
+    rows = [f"{a.name},{a.metrics['val_rmse']:.{config['digits']}f},{len(a.predictions['test']['mean'])}" for a in models.values()]
+    text = "model,val_rmse,n_test\\n" + "\\n".join(rows) + "\\n"
+    return StepOutput({"metrics": {"n_models": len(models)}}, {"mine/models.csv": text.encode()})
+"""
+USER_STEP_YAML = """# @package _global_
+steps:
+  model_table:
+    _target_: my_report.model_table
+    needs: [models]
+    config: {digits: 4}
+"""
+
+
+def test_a_users_report_step_from_yaml_and_one_function_writes_its_file(tmp_path, cache):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "my_report.py").write_text(USER_STEP)
+    (tmp_path / "myconf" / "experiment").mkdir(parents=True)
+    (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(USER_STEP_YAML)
+    run_dir = tmp_path / "r"
+    bondexp(*QUICK, "model=[basic,factor]", "~steps.tune", "~steps.drift", "~steps.evaluate", "+experiment=mine", "workers=2",
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache,
+            env={"PYTHONPATH": str(tmp_path / "code")})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"]["model_table"]["status"] == "ran" and results["steps"]["model_table"]["metrics"] == {"n_models": 2}
+    rows = list(csv.DictReader((run_dir / "mine" / "models.csv").open()))
+    assert [r["model"] for r in rows] == ["basic", "factor"]
+    assert float(rows[0]["val_rmse"]) == pytest.approx(results["steps"]["basic"]["metrics"]["val_rmse"], abs=1e-4)
 
 
 def test_sweep_runs_each_job_and_writes_one_summary(tmp_path, cache):

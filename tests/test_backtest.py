@@ -188,17 +188,17 @@ def test_no_fit_sees_its_origin_or_later_and_calibration_is_the_latest_past(fini
     tune = joblib.load(run_dir / "checkpoints" / "tune.joblib")
     for path in (run_dir / "checkpoints").glob("*@*.joblib"):
         art = joblib.load(path)
-        origin = np.datetime64(art["origin"], "M")
+        origin = np.datetime64(art.info["origin"], "M")
         dataset_months = _months(cfg)
-        fit, cal, scored = (dataset_months[art["rows"][k]] for k in ("fit", "calibration", "scored"))
+        fit, cal, scored = (dataset_months[art.info["rows"][k]] for k in ("fit", "calibration", "scored"))
         assert fit.max() < origin and (len(cal) == 0 or cal.max() < origin), path.name
         assert scored.min() == origin and scored.max() == origin + 2
-        if art["name"] == "bayesian":
+        if art.name == "bayesian":
             assert sorted(set(cal)) == list(np.arange(origin - 6, origin)) and fit.max() == origin - 7
         else:
             assert len(cal) == 0 and fit.max() == origin - 1 and fit.min() == dataset_months.min()
-        if art["name"] == "basic_tuned":
-            assert tune["best_params"].items() <= art["estimator"].items()
+        if art.name == "basic_tuned":
+            assert tune.info["tuning"]["best_params"].items() <= art.config["estimator"].items()
 
 
 def test_backtest_figures_equal_the_refits_scored_by_hand(finished_backtest):
@@ -210,10 +210,10 @@ def test_backtest_figures_equal_the_refits_scored_by_hand(finished_backtest):
     pooled = []
     for origin in ORIGINS:
         art = joblib.load(run_dir / "checkpoints" / f"bayesian@{origin}.joblib")
-        err = dataset.y[art["rows"]["scored"]] - art["predictions"]["mean"]
+        err = dataset.y[art.info["rows"]["scored"]] - art.predictions["scored"]["mean"]
         pooled.append(err)
         assert rows[("bayesian", origin)]["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
-        oracle = dataset.y[art["rows"]["scored"]] - dataset.meta["oracle_prediction"][art["rows"]["scored"]]
+        oracle = dataset.y[art.info["rows"]["scored"]] - dataset.meta["oracle_prediction"][art.info["rows"]["scored"]]
         assert rows[("oracle", origin)]["rmse"] == pytest.approx(np.sqrt(np.mean(oracle**2)))
     assert rows[("bayesian", OVERALL)]["rmse"] == pytest.approx(np.sqrt(np.mean(np.concatenate(pooled) ** 2)))
 

@@ -56,6 +56,33 @@ def test_flipped_bytes_are_detected(tmp_path):
     assert store.verify("s", "f") == "artifact file missing"
 
 
+def test_a_models_pipeline_and_files_are_kept_apart_verified_and_loaded_on_request(tmp_path):
+    from bondexp.artifacts import ModelArtifact
+    from bondexp.errors import CheckpointError
+
+    store = CheckpointStore(tmp_path)
+    model = ModelArtifact(name="m", group="ml", config={}, features=["x"], predictions={"test": {"mean": np.zeros(3)}},
+                          metrics={"val_rmse": 0.5}, pipeline={"fitted": np.arange(5.0)})
+    manifest = store.save("m", model, {"fingerprint": "f"}, files={"plots/m.png": b"png", "m.csv": b"a,b\n"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.files.joblib", "m.joblib", "m.json", "m.model.joblib"]
+    assert manifest["pipeline_sha256"] == sha256_file(store.pipeline_path("m"))
+    assert set(manifest["files"]) == {"plots/m.png", "m.csv"}
+    light = store.load("m")
+    assert light.pipeline is None and light.metrics == model.metrics  # what a report step gets
+    np.testing.assert_array_equal(store.load("m", pipeline=True).pipeline["fitted"], np.arange(5.0))
+    assert store.load_files("m") == {"plots/m.png": b"png", "m.csv": b"a,b\n"}
+    assert store.verify("m", "f") is None
+    with open(store.pipeline_path("m"), "ab") as fh:  # a tampered pipeline: refused, never unpickled
+        fh.write(b"\0")
+    assert store.verify("m", "f") == "corrupt (sha256 mismatch of the pipeline)"
+    with pytest.raises(CheckpointError, match="not the .* its manifest recorded"):
+        store.load_pipeline("m")
+    store.files_path("m").unlink()
+    store.save("r", {"metrics": {}}, {"fingerprint": "f"})
+    with pytest.raises(CheckpointError, match="kept no fitted pipeline"):
+        store.load_pipeline("r")
+
+
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     store = CheckpointStore(tmp_path)
     store.save("s", {"v": 1}, {"fingerprint": "f"})

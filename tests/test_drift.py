@@ -14,7 +14,8 @@ import bondexp.conf
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
 from bondexp.steps import drift as drift_module
-from bondexp.steps.drift import drift, drift_report, status_of, write_outputs
+from bondexp.artifacts import ModelArtifact
+from bondexp.steps.drift import drift, drift_files, drift_report, status_of
 from bondexp.worker import StepContext
 from conftest import make_toy_dataset
 from series import ar1, ar1_with_turbulence
@@ -41,7 +42,7 @@ def _models(dataset, *, test_noise, seed=0):
     predictions = {
         split: {"mean": dataset.target(split) + rng.normal(0, sd, len(dataset.splits[split]))} for split, sd in noise.items()
     }
-    return {"name": "m", "group": "ml", "predictions": predictions, "metrics": {}}
+    return ModelArtifact(name="m", group="ml", config={}, features=[], predictions=predictions, metrics={})
 
 
 @pytest.mark.parametrize(
@@ -190,7 +191,9 @@ def _ctx(tmp_path):
 def test_step_reads_the_run_dataset_and_returns_flat_metrics(toy_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(drift_module, "dataset_for", lambda shared: toy_dataset)
     config = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4, "seed": 0}
-    artifact = drift(config, {"basic": _models(toy_dataset, test_noise=0.3)}, _ctx(tmp_path))
+    output = drift(config, {"basic": _models(toy_dataset, test_noise=0.3)}, _ctx(tmp_path))
+    artifact = output.artifact
+    assert set(output.files) == {"drift.json", "plots/drift.png"}
     assert list(artifact["models"]) == ["m"]  # a model is named by its artifact (the tuned one is <target>_tuned)
     assert all(isinstance(v, (int, float, str, bool)) for v in artifact["metrics"].values())
     assert set(artifact["metrics"]) >= {"n_alert", "n_warn", "drifted"}
@@ -203,17 +206,16 @@ def test_step_rejects_an_unknown_config_key(toy_dataset, tmp_path, monkeypatch):
         drift({"psi_warning": 0.1}, {}, _ctx(tmp_path))
 
 
-def test_write_outputs_writes_valid_json_and_the_plot(toy_dataset, tmp_path):
+def test_drift_files_are_valid_json_and_the_plot(toy_dataset):
     artifact = drift_report(toy_dataset, {"m": _models(toy_dataset, test_noise=0.5)})
-    write_outputs(artifact, tmp_path)
-    written = json.loads((tmp_path / "drift.json").read_text())
+    files = drift_files(artifact)
+    written = json.loads(files["drift.json"])
     for name in FEATURES:
         assert {"psi", "ks_pvalue", "status", "kind", "monthly"} <= set(written["features"][name])
     assert written["features"]["curve_level"]["psi"] is None
     assert written["drifted"] == artifact["drifted"]
     assert set(written["models"]["m"]) >= {"psi", "ks_pvalue", "status", "rmse_test", "monthly"}
-    assert (tmp_path / "plots" / "drift.png").stat().st_size > 10_000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["drift.json", "plots"]  # no temp file left behind
+    assert len(files["plots/drift.png"]) > 10_000
 
 
 # --- the real synthetic market --------------------------------------------------------------------
@@ -254,14 +256,12 @@ def linear_model(config, inputs, ctx):
     model = Ridge(alpha=1.0).fit(dataset.frame("train"), dataset.target("train"))
     predictions = {split: {"mean": model.predict(dataset.frame(split))} for split in dataset.splits}
     val_rmse = float(np.sqrt(np.mean((dataset.target("validation") - predictions["validation"]["mean"]) ** 2)))
-    return {
-        "name": ctx.name, "group": "ml", "config": config, "model": model, "features": list(dataset.feature_names),
-        "predictions": predictions, "metrics": {"val_rmse": val_rmse}, "info": {},
-    }
+    return ModelArtifact(name=ctx.name, group="ml", config=config, features=list(dataset.feature_names),
+                         predictions=predictions, metrics={"val_rmse": val_rmse}, pipeline=model)
 
 
 def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
-    """Model step, then drift through the real runner (in-process); the parent then writes the outputs."""
+    """Model step, then drift through the real runner (in-process), which writes the files drift returns."""
     import joblib
 
     from bondexp.graph import Step, build_graph
@@ -282,5 +282,5 @@ def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
     artifact = joblib.load(run_dir / "checkpoints" / "drift.joblib")
     assert set(artifact["models"]) == {"ridge"}
     assert set(artifact["models"]["ridge"]["monthly"]) == set(artifact["months"])
-    write_outputs(artifact, run_dir)
-    assert json.loads((run_dir / "drift.json").read_text())["metrics"] == artifact["metrics"]
+    assert json.loads((run_dir / "drift.json").read_text())["metrics"] == artifact["metrics"]  # the runner wrote it
+    assert (run_dir / "plots" / "drift.png").stat().st_size > 10_000

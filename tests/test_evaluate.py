@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from bondexp.artifacts import ModelArtifact, StepOutput
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.steps import evaluate as ev
 from bondexp.steps.evaluate import (
@@ -17,8 +19,15 @@ from bondexp.steps.evaluate import (
     sample_rows,
     score_breakdown,
     score_model,
-    write_outputs,
 )
+from bondexp.steps.leaderboard import leaderboard_files
+
+
+def write_files(files: dict, folder) -> None:
+    """Write a step's returned files as the runner does (the runner's own writing is tested in test_runner)."""
+    for relative, data in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
 
 
 def model_artifact(dataset, name, *, noise, group="ml", band=None, std=None, seed=0):
@@ -33,10 +42,8 @@ def model_artifact(dataset, name, *, noise, group="ml", band=None, std=None, see
         if std is not None:
             p["std"] = np.full(len(rows), std)
         predictions[split] = p
-    return {
-        "name": name, "group": group, "config": {"name": name}, "model": None, "features": [],
-        "predictions": predictions, "metrics": {"val_rmse": noise + 0.01}, "info": {},
-    }
+    return ModelArtifact(name=name, group=group, config={"name": name}, features=[], predictions=predictions,
+                         metrics={"val_rmse": noise + 0.01})
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +239,7 @@ def test_data_without_oracle_has_no_oracle_row(toy_dataset, models):
 )
 def test_bad_predictions_are_named(toy_dataset, change, message):
     bad = model_artifact(toy_dataset, "bad", noise=0.1)
-    bad["predictions"]["test"] = change(bad["predictions"]["test"])
+    bad.predictions["test"] = change(bad.predictions["test"])
     with pytest.raises(DataValidationError, match=message):
         evaluate_models(toy_dataset, {"bad": bad}, n_bootstrap=10)
 
@@ -242,7 +249,9 @@ def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, mode
     ctx = SimpleNamespace(name="evaluate", run_dir=None, workers=1, threads=1, shared={}, log=logging.getLogger("t"))
     config = {"sample_pct": 50, "n_bootstrap": 20, "confidence": 0.9, "seed": 4}
     inputs = {**models, "drift": {"metrics": {"n_alert": 0}}}
-    result = ev.evaluate(config, inputs, ctx)
+    output = ev.evaluate(config, inputs, ctx)
+    assert isinstance(output, StepOutput) and set(output.files) == set(leaderboard_files(output.artifact))
+    result = output.artifact
     assert {row["model"] for row in result["leaderboard"]} == {"good", "band", "prob", "dcf_baseline", "oracle"}
     assert all(isinstance(v, (int, float, str, bool)) for v in result["metrics"].values())
     with pytest.raises(ConfigError, match=r"'eval' config keys must be among .* Got \['samplepct'\]"):
@@ -252,24 +261,24 @@ def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, mode
     with pytest.raises(ConfigError, match=r"'eval.confidence' config key must be in \(0, 1\)"):
         ev.evaluate({**config, "confidence": 1.0}, inputs, ctx)
     with pytest.raises(ConfigError, match=r"must differ from the leaderboard's reference rows .* Got \['oracle'\]"):
-        ev.evaluate(config, {"oracle": {**models["good"], "name": "oracle"}}, ctx)
+        ev.evaluate(config, {"oracle": dataclasses.replace(models["good"], name="oracle")}, ctx)
     # the tune step's artifact is scored under its own name; a skipped tune (None) is no model
-    tuned = ev.evaluate(config, {**inputs, "tune": {**models["good"], "name": "good_tuned"}}, ctx)
+    tuned = ev.evaluate(config, {**inputs, "tune": dataclasses.replace(models["good"], name="good_tuned")}, ctx).artifact
     assert "good_tuned" in {row["model"] for row in tuned["leaderboard"]}
-    skipped = ev.evaluate(config, {**inputs, "tune": None}, ctx)
+    skipped = ev.evaluate(config, {**inputs, "tune": None}, ctx).artifact
     assert {row["model"] for row in skipped["leaderboard"]} == {row["model"] for row in result["leaderboard"]}
 
 
 # ----------------------------------------------------------------------------- files
 
 
-def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models):
+def test_leaderboard_files_are_the_documented_files(tmp_path, toy_dataset, models):
     result = evaluate_models(toy_dataset, {**models, "good_tuned": models["good"]}, sample_pct=40, n_bootstrap=50, seed=0)
-    paths = write_outputs(result, tmp_path)
-    for name in ("leaderboard.csv", "leaderboard.md", "plots/predicted_vs_actual.png",
-                 "plots/residual_distribution.png", "plots/rmse_ci.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "predicted_vs_actual", "residual_distribution", "rmse_ci"}
+    files = leaderboard_files(result)
+    assert set(files) == {"leaderboard.csv", "leaderboard.md", "plots/predicted_vs_actual.png",
+                          "plots/residual_distribution.png", "plots/rmse_ci.png"}
+    assert all(files.values()) and files["plots/rmse_ci.png"].startswith(b"\x89PNG")
+    write_files(files, tmp_path)
     with open(tmp_path / "leaderboard.csv") as handle:
         reader = csv.DictReader(handle)
         table = list(reader)
@@ -285,7 +294,6 @@ def test_write_outputs_writes_the_documented_files(tmp_path, toy_dataset, models
     assert md[0].startswith("| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |")
     assert len(md) == 2 + len(table) + 2  # the table, then the line naming validation's choice
     assert any(line.startswith("| good * |") for line in md) and md[-1].startswith("Sorted by test RMSE. \\* Validation chose **good**")
-    assert not list(tmp_path.glob("**/*.tmp"))
 
 
 def test_validation_chooses_the_best_model_when_test_disagrees(toy_dataset, tmp_path):
@@ -293,9 +301,9 @@ def test_validation_chooses_the_best_model_when_test_disagrees(toy_dataset, tmp_
     from bondexp.sweep import summarize_sweep
 
     lucky = model_artifact(toy_dataset, "lucky", noise=0.05, seed=3)
-    lucky["metrics"]["val_rmse"] = 0.5
+    lucky.metrics["val_rmse"] = 0.5
     steady = model_artifact(toy_dataset, "steady", noise=0.2, seed=4)
-    steady["metrics"]["val_rmse"] = 0.2
+    steady.metrics["val_rmse"] = 0.2
     artifact = evaluate_models(toy_dataset, {"lucky": lucky, "steady": steady}, n_bootstrap=50, seed=0)
     trained = [row for row in artifact["leaderboard"] if row["model"] in ("lucky", "steady")]
     assert trained[0]["model"] == "lucky"  # still sorted by test RMSE
@@ -303,7 +311,7 @@ def test_validation_chooses_the_best_model_when_test_disagrees(toy_dataset, tmp_
     assert artifact["metrics"]["best_rmse"] == next(r["rmse"] for r in trained if r["model"] == "steady")
     assert {r["model"]: r["val_rmse"] for r in trained} == {"lucky": 0.5, "steady": 0.2}
     job = tmp_path / "sweep" / "0"
-    write_outputs(artifact, job)
+    write_files(leaderboard_files(artifact), job)
     assert "Validation chose **steady**" in (job / "leaderboard.md").read_text()
     rows = list(csv.DictReader((job / "leaderboard.csv").open()))
     assert {r["model"]: float(r["val_rmse"]) for r in rows if r["model"] in ("lucky", "steady")} == {"lucky": 0.5, "steady": 0.2}
@@ -312,6 +320,6 @@ def test_validation_chooses_the_best_model_when_test_disagrees(toy_dataset, tmp_
 
 def test_no_validation_rmse_to_choose_by_is_an_error(toy_dataset):
     blind = model_artifact(toy_dataset, "blind", noise=0.1)
-    blind["metrics"] = {}
+    blind.metrics.clear()
     with pytest.raises(DataValidationError, match="no model step reported a finite 'val_rmse'"):
         evaluate_models(toy_dataset, {"blind": blind}, n_bootstrap=10)

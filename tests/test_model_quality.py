@@ -86,11 +86,11 @@ def test_ml_models_reach_most_of_the_oracle_gain(trained):
     dataset, artifacts = trained
     y, oracle = dataset.target("test"), dataset.meta_of("test", "oracle_prediction")
     zero, best = _rmse(y, 0.0), _rmse(y, oracle)
-    shares = {n: (zero - _rmse(y, artifacts[n]["predictions"]["test"]["mean"])) / (zero - best) for n in ML}
+    shares = {n: (zero - _rmse(y, artifacts[n].predictions["test"]["mean"])) / (zero - best) for n in ML}
     print("share of the oracle's RMSE reduction:", {n: round(s, 3) for n, s in shares.items()})
     assert min(shares.values()) >= 0.7, shares
-    chosen = min(ML, key=lambda n: artifacts[n]["metrics"]["val_rmse"])  # validation chooses, test reports
-    r2 = 1 - _rmse(y, artifacts[chosen]["predictions"]["test"]["mean"]) ** 2 / np.var(y)
+    chosen = min(ML, key=lambda n: artifacts[n].metrics["val_rmse"])  # validation chooses, test reports
+    r2 = 1 - _rmse(y, artifacts[chosen].predictions["test"]["mean"]) ** 2 / np.var(y)
     assert r2 >= 0.8 * (1 - best**2 / np.var(y)), (chosen, r2)
 
 
@@ -104,7 +104,7 @@ def test_tail_risk_band_covers_ninety_percent(trained):
     """Overall only (the README says so): a regime with one or two test months is a handful of
     sector shocks, so per regime is printed for the record, not asserted."""
     dataset, artifacts = trained
-    overall, by_regime = _coverage_by_regime(dataset, artifacts["tail_risk"]["predictions"]["test"])
+    overall, by_regime = _coverage_by_regime(dataset, artifacts["tail_risk"].predictions["test"])
     print("tail_risk coverage:", round(overall, 3), by_regime)
     assert abs(overall - 0.9) <= 0.04
 
@@ -113,7 +113,7 @@ def test_bayesian_band_covers_ninety_percent_in_every_regime(trained):
     """Normalized conformal is calibrated on validation, whose regime mix differs from test's, so
     the bar holds per regime only if sigma(x) tells calm from stressed bonds and months."""
     dataset, artifacts = trained
-    overall, by_regime = _coverage_by_regime(dataset, artifacts["bayesian"]["predictions"]["test"])
+    overall, by_regime = _coverage_by_regime(dataset, artifacts["bayesian"].predictions["test"])
     print("bayesian coverage:", round(overall, 3), by_regime)
     assert abs(overall - 0.9) <= 0.05
     # Six points per regime: seed 1's test stress months have credit spreads between the training
@@ -123,7 +123,7 @@ def test_bayesian_band_covers_ninety_percent_in_every_regime(trained):
 
 def test_regimes_match_the_oracle_over_training_months(trained):
     _, artifacts = trained
-    metrics = artifacts["regime"]["metrics"]
+    metrics = artifacts["regime"].metrics
     print("regime ARI:", metrics["train_regime_ari"], "calm vs stress:", metrics["train_regime_ari_calm_vs_stress"])
     assert metrics["train_regime_ari"] >= 0.5, metrics  # calm, stress and crisis told apart
     assert metrics["train_regime_ari_calm_vs_stress"] >= 0.5, metrics

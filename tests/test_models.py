@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from sklearn.base import clone
 
 from bondexp import features as features_module
+from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
 from bondexp.features import BOND_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
@@ -74,14 +75,14 @@ def artifacts(toy_dataset):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_dataset):
     art = artifacts[name]
-    assert set(art) >= {"name", "group", "config", "model", "features", "predictions", "metrics", "info"}
+    assert isinstance(art, ModelArtifact) and art.name == name and art.pipeline is not None and art.features
     for split in ("train", "validation", "test"):
-        mean = art["predictions"][split]["mean"]
+        mean = art.predictions[split]["mean"]
         assert mean.shape == (len(toy_dataset.splits[split]),) and np.isfinite(mean).all()
     y = toy_dataset.target("test")
-    rmse = np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2))
+    rmse = np.sqrt(np.mean((y - art.predictions["test"]["mean"]) ** 2))
     assert rmse < np.sqrt(np.mean(y**2))
-    m = art["metrics"]
+    m = art.metrics
     assert np.isfinite([m["val_rmse"], m["val_mae"], m["val_r2"]]).all() and m["val_r2"] > 0
     for value in m.values():
         assert isinstance(value, (int, float, str, bool))
@@ -89,41 +90,41 @@ def test_every_model_trains_and_beats_predicting_zero(name, artifacts, toy_datas
 
 @pytest.mark.parametrize("name, low, high", [("tail_risk", 0.75, 0.99), ("bayesian", 0.75, 0.99)])
 def test_interval_models_cover_about_ninety_percent(name, low, high, artifacts, toy_dataset):
-    pred = artifacts[name]["predictions"]["test"]
+    pred = artifacts[name].predictions["test"]
     y = toy_dataset.target("test")
     assert pred["level"] == pytest.approx(0.9)
     assert np.all(pred["lower"] <= pred["upper"])
     assert low <= np.mean((y >= pred["lower"]) & (y <= pred["upper"])) <= high
-    assert 0.8 <= artifacts[name]["metrics"]["val_coverage"] <= 0.97
+    assert 0.8 <= artifacts[name].metrics["val_coverage"] <= 0.97
 
 
 def test_tail_risk_reports_var_es_and_kupiec(artifacts):
     art = artifacts["tail_risk"]
-    pred = art["predictions"]["test"]
+    pred = art.predictions["test"]
     assert np.all(pred["es"] >= pred["var"])
     np.testing.assert_allclose(pred["var"], -pred["lower"])
-    assert 0 <= art["metrics"]["val_kupiec_pvalue"] <= 1 and np.isfinite(art["metrics"]["val_pinball"])
+    assert 0 <= art.metrics["val_kupiec_pvalue"] <= 1 and np.isfinite(art.metrics["val_pinball"])
 
 
 def test_bayesian_std_matches_its_band(artifacts):
-    pred = artifacts["bayesian"]["predictions"]["test"]
+    pred = artifacts["bayesian"].predictions["test"]
     half = (pred["upper"] - pred["lower"]) / 2
     np.testing.assert_allclose(half, 1.6448536 * pred["std"], rtol=1e-6)
-    assert np.isfinite(artifacts["bayesian"]["metrics"]["val_nll"])
+    assert np.isfinite(artifacts["bayesian"].metrics["val_nll"])
 
 
 def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
     art = artifacts["regime"]
-    assert set(art["info"]["bic"]) == {"2", "3", "4"}
+    assert set(art.info["bic"]) == {"2", "3", "4"}
     months = np.unique(toy_dataset.meta["obs_date"].astype("datetime64[M]"))
-    assert len(art["info"]["regime_by_month"]) == len(months)
-    assert -1 <= art["metrics"]["train_regime_ari"] <= 1
+    assert len(art.info["regime_by_month"]) == len(months)
+    assert -1 <= art.metrics["train_regime_ari"] <= 1
 
 
 def test_factor_and_automl_record_what_they_found(artifacts):
-    var = artifacts["factor"]["info"]["bond_explained_variance"]
+    var = artifacts["factor"].info["bond_explained_variance"]
     assert len(var) == 8 and all(a >= b for a, b in zip(var, var[1:]))
-    info = artifacts["automl"]["info"]
+    info = artifacts["automl"].info
     assert {t["family"] for t in info["trials"]} == {"ridge", "boosting", "forest", "extra_trees"}
     best = min(t["score"] for t in info["trials"] if t["score"] is not None)
     assert info["best"]["score"] == best and info["best"]["family"] in info["why"]
@@ -133,21 +134,21 @@ def test_custom_lasso_runs_through_the_step_with_scaling(ctx, toy_dataset):
     config = step_config("lasso", estimator={"_target_": "sklearn.linear_model.Lasso", "alpha": 0.01, "features": "all"})
     art = fit_model(config, {}, ctx)
     y = toy_dataset.target("test")
-    assert np.sqrt(np.mean((y - art["predictions"]["test"]["mean"]) ** 2)) < np.sqrt(np.mean(y**2))
-    assert art["model"].named_steps["prep"] != "passthrough"  # linear models get standardisation and one-hot
-    assert "n_iter" not in art["metrics"]
+    assert np.sqrt(np.mean((y - art.predictions["test"]["mean"]) ** 2)) < np.sqrt(np.mean(y**2))
+    assert art.pipeline.named_steps["prep"] != "passthrough"  # linear models get standardisation and one-hot
+    assert "n_iter" not in art.metrics
 
 
 @pytest.mark.parametrize("name", ["enhanced", "advanced", "tail_risk"])
 def test_early_stopping_is_visible_and_can_be_switched_off(name, toy_dataset, ctx):
-    stop = fit_model(step_config(name), {}, ctx)["metrics"]
+    stop = fit_model(step_config(name), {}, ctx).metrics
     assert stop["early_stopped"] and stop["n_iter"] < stop["max_iter"]
     config = step_config(name, early_stopping={"enabled": False})
     if name == "advanced":
         config["estimator"].update(gb_max_iter=30, mlp_max_iter=20)
     else:
         config["estimator"]["max_iter"] = 30
-    full = fit_model(config, {}, ctx)["metrics"]
+    full = fit_model(config, {}, ctx).metrics
     assert not full["early_stopped"] and full["n_iter"] == full["max_iter"]
 
 

@@ -81,7 +81,7 @@ def test_predicting_the_runs_test_split_reproduces_its_checkpointed_predictions(
     checked = []
     for step in MODEL_STEPS:
         artifact = joblib.load(finished_run / "checkpoints" / f"{step}.joblib")
-        name, expected = artifact["name"], artifact["predictions"]["test"]
+        name, expected = artifact.name, artifact.predictions["test"]
         np.testing.assert_array_equal(out[f"{name}_adjustment"], expected["mean"], err_msg=name)
         if "lower" in expected:
             np.testing.assert_array_equal(out[f"{name}_price_lower"], fair + expected["lower"], err_msg=name)
@@ -145,7 +145,7 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     out = pd.read_parquet(out_dir / "predictions.parquet")
     assert len(out) == len(bonds) == len(pd.read_csv(out_dir / "predictions.csv"))
 
-    artifacts = {a["name"]: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.joblib") for s in MODEL_STEPS)}
+    artifacts = {a.name: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.joblib") for s in MODEL_STEPS)}
     best = best_model(artifacts)
     assert f"best model: **{best}**" in (out_dir / "predictions.md").read_text()
     board = pd.read_csv(finished_run / "leaderboard.csv").set_index("model")["rmse"]

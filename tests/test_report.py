@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bondexp.artifacts import ModelArtifact
 from bondexp.report import write_report
 from bondexp.steps.evaluate import evaluate_models
 
@@ -17,7 +18,7 @@ def _model(dataset, name, noise, seed):
         split: {"mean": dataset.meta["oracle_prediction"][rows] + rng.normal(0, noise, len(rows))}
         for split, rows in dataset.splits.items()
     }
-    return {"name": name, "group": "ml", "config": {}, "predictions": predictions, "metrics": {"val_rmse": noise}}
+    return ModelArtifact(name=name, group="ml", config={}, features=[], predictions=predictions, metrics={"val_rmse": noise})
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,15 @@ DRIFT = {
 
 
 def tune_artifact(*, improved):
-    return {
-        "name": "enhanced_tuned", "target": "enhanced", "best_params": {"max_depth": 4, "learning_rate": 0.05123},
+    val_rmse = 0.44 if improved else 0.46
+    record = {
+        "target": "enhanced", "best_params": {"max_depth": 4, "learning_rate": 0.05123},
         "best_value": 0.4321, "untuned_value": 0.45, "improved": improved,
         "note": "Tuning enhanced lowered the validation RMSE from 0.4500 to 0.4400." if improved else None,
-        "metrics": {"val_rmse": 0.44 if improved else 0.46, "n_trials": 12}, "trials": [],
+        "val_rmse": val_rmse, "n_trials": 12, "trials": [],
     }
+    return ModelArtifact(name="enhanced_tuned", group="ml", config={}, features=[], predictions={},
+                         metrics={"val_rmse": val_rmse, "n_trials": 12}, info={"tuning": record})
 
 
 def results(statuses):
@@ -85,8 +89,7 @@ def test_full_report_has_every_section(tmp_path, evaluate_artifact):
         overrides=["model=[basic,enhanced]", "workers=2"],
         data_summary=SUMMARY,
         results=results({"basic": "ran", "enhanced": "ran", "evaluate": "ran", "drift": "ran", "tune": "ran"}),
-        artifacts={"evaluate": evaluate_artifact, "drift": DRIFT, "tune": tune_artifact(improved=True)},
-        leaderboard_rows=rows,
+        artifacts={"evaluate": {**evaluate_artifact, "leaderboard": rows}, "drift": DRIFT, "tune": tune_artifact(improved=True)},
     )
     text = path.read_text()
     assert path == tmp_path / "report.md"
@@ -120,7 +123,6 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
         data_summary={},
         results=results({"basic": "failed", "evaluate": "skipped", "tune": "skipped"}),
         artifacts={},
-        leaderboard_rows=[],
     )
     text = path.read_text()
     assert "Overrides: none" in text
@@ -134,13 +136,13 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
 
 def test_failed_evaluate_is_named(tmp_path):
     text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY,
-                        results=results({"evaluate": "failed"}), artifacts={}, leaderboard_rows=[]).read_text()
+                        results=results({"evaluate": "failed"}), artifacts={}).read_text()
     assert "No leaderboard: the evaluate step failed (see Steps)." in text
 
 
 def test_tuning_that_did_not_help_says_so(tmp_path):
     text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"tune": "ran"}),
-                        artifacts={"tune": tune_artifact(improved=False)}, leaderboard_rows=[]).read_text()
+                        artifacts={"tune": tune_artifact(improved=False)}).read_text()
     assert "Improved on the untuned model: **no**" in text
     assert "Tuning did not beat the untuned model on the validation split; keep the untuned parameters." in text
 
@@ -148,5 +150,5 @@ def test_tuning_that_did_not_help_says_so(tmp_path):
 def test_no_drift_says_all_ok(tmp_path):
     quiet = {"features": {"age": {"status": "ok", "psi": 0.0, "ks_pvalue": 1.0}}, "models": {}}
     text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"drift": "ran"}),
-                        artifacts={"drift": quiet}, leaderboard_rows=[]).read_text()
+                        artifacts={"drift": quiet}).read_text()
     assert "No feature drifted (all 1 ok)." in text

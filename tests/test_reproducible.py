@@ -60,7 +60,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert _metrics(a) == _metrics(b)
     stores = CheckpointStore(a / "checkpoints"), CheckpointStore(b / "checkpoints")
     for name in MODELS:
-        pa, pb = (store.load(name)["predictions"] for store in stores)
+        pa, pb = (store.load(name).predictions for store in stores)
         for split in pa:
             for key in pa[split]:
                 np.testing.assert_array_equal(pa[split][key], pb[split][key], err_msg=f"{name} {split} {key}")

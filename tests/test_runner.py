@@ -119,7 +119,7 @@ def test_failure_skips_dependents_and_keeps_independent_checkpoints(tmp_path):
     assert "ValueError: bad config value" in result.steps["bad"].error
     assert result.steps["needs_bad"].error == "needs 'bad' which failed"
     assert result.steps["needs_needs_bad"].error == "upstream step 'bad' failed"
-    assert "must return a dict artifact. Got list" in result.steps["wrong_type"].error
+    assert "must return a ModelArtifact, a dict or a StepOutput. Got list" in result.steps["wrong_type"].error
     assert "ValueError: bad config value" in (tmp_path / "logs" / "bad.log").read_text()
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "ok1.json").exists() and (ckpt / "ok2.json").exists()
@@ -139,6 +139,26 @@ def test_crashed_worker_process_fails_only_its_step(tmp_path):
     # the step in flight beside the crash is run again alone, on a fresh pool, and succeeds
     assert statuses(result) == {"crash": "failed", "after": "skipped", "other1": "ran", "other2": "ran"}
     assert "worker process died" in result.steps["crash"].error
+
+
+def test_a_steps_returned_files_are_written_kept_with_its_checkpoint_and_restored_on_reuse(tmp_path):
+    graph = build_graph([S("a", value=1.0), S("r", fn="report_file", needs=["a"], group="report")])
+    result = run(graph, tmp_path, workers=2)
+    assert result.ok, result.to_dict()
+    assert (tmp_path / "plots" / "r.txt").read_text() == "value 1.0\n"
+    assert set(json.loads((tmp_path / "checkpoints" / "r.json").read_text())["files"]) == {"plots/r.txt"}
+    (tmp_path / "plots" / "r.txt").unlink()
+    again = run(graph, tmp_path, workers=2)
+    assert statuses(again) == {"a": "reused", "r": "reused"}  # restored from the checkpoint, not re-run
+    assert (tmp_path / "plots" / "r.txt").read_text() == "value 1.0\n"
+
+
+@pytest.mark.parametrize(("path", "message"), [("../out.txt", "must be relative to the run folder"),
+                                               ("results.json", "not be one of"), ("/tmp/x", "must be relative")])
+def test_a_file_path_outside_the_run_folder_fails_the_step(tmp_path, path, message):
+    result = run(build_graph([S("r", fn="report_file", path=path)]), tmp_path)
+    assert statuses(result) == {"r": "failed"} and message in result.steps["r"].error
+    assert not (tmp_path.parent / "out.txt").exists()
 
 
 def test_corrupted_checkpoint_reruns_it_and_downstream_only(tmp_path):

@@ -21,17 +21,19 @@ from optuna.trial import TrialState
 
 from bondexp.errors import ConfigError, StepSkipped
 from bondexp.tuning.space import distribution, search_space, space_key
-from bondexp.tuning.step import choose_target, tune, write_outputs
+from bondexp.artifacts import ModelArtifact
+from bondexp.tuning.step import choose_target
 from bondexp.tuning.study import UNTUNED_ATTR
 
 TESTS = Path(__file__).parent
+tune = helpers.tune_flat
 TREE = {"_target_": "sklearn.tree.DecisionTreeRegressor"}
 RIDGE_CLASS = {"Ridge": {"alpha": {"low": 1e-3, "high": 1e3, "log": True}}}
 
 
-def _artifact(group: str, val_rmse: float, estimator: dict | None = None) -> dict:
-    return {"group": group, "config": {"estimator": estimator or {}}, "metrics": {"val_rmse": val_rmse},
-            "predictions": {}}
+def _artifact(group: str, val_rmse: float, estimator: dict | None = None) -> ModelArtifact:
+    return ModelArtifact(name="m", group=group, config={"estimator": estimator or {}}, features=[], predictions={},
+                         metrics={"val_rmse": val_rmse})
 
 
 def _study(run_dir: Path) -> optuna.Study:
@@ -164,12 +166,11 @@ def test_untuned_trial_comes_first_scores_the_untuned_model_and_outputs_are_writ
     assert set(artifact["predictions"]) == {"train", "validation", "test"}
     assert artifact["predictions"]["test"]["mean"].shape == toy_dataset.splits["test"].shape
     assert artifact["name"] == "tree_tuned" and artifact["group"] == "ml"
-    write_outputs(artifact, tmp_path)
-    saved = json.loads((tmp_path / "tuning.json").read_text())
+    saved = json.loads(artifact["files"]["tuning.json"])
     assert saved["target"] == "tree" and saved["best_params"] == artifact["best_params"]
     assert [t["number"] for t in saved["trials"]] == list(range(5))
-    assert (tmp_path / "plots" / "tuning_history.png").stat().st_size > 0
-    assert not list(tmp_path.glob("*.tmp"))
+    assert artifact["files"]["plots/tuning_history.png"].startswith(b"\x89PNG")
+    assert not (tmp_path / "tuning.json").exists()  # the step writes its study, never its report files
 
 
 def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, shared, inputs):
@@ -177,7 +178,7 @@ def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, share
     artifact = tune({**helpers.BASE_TUNE, "target": "tree", "n_trials": 2, "batch_size": 1, "search_space": narrow},
                     inputs, helpers.context(tmp_path, shared))
     if artifact["trials"][0]["value"] <= artifact["best_value"]:
-        assert artifact["model"] is inputs["tree"]["model"]
+        assert artifact["model"] is inputs["tree"].pipeline
         assert "untuned" in artifact["note"]
 
 

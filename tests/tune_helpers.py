@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.linear_model import Ridge
 
 from bondexp import features
+from bondexp.artifacts import ModelArtifact
 from bondexp.features import FEATURES
 from conftest import make_toy_dataset
 
@@ -77,8 +78,19 @@ def model_artifact(name: str, *, group: str = "ml", estimator: dict | None = Non
     }
     model, predictions = fit_predict(config, dataset)
     val_rmse = float(np.sqrt(np.mean((predictions["validation"]["mean"] - dataset.target("validation")) ** 2)))
-    return {"name": name, "group": group, "config": config, "model": model, "features": list(FEATURES),
-            "predictions": predictions, "metrics": {"val_rmse": val_rmse}, "info": {}}
+    return ModelArtifact(name=name, group=group, config=config, features=list(FEATURES), predictions=predictions,
+                         metrics={"val_rmse": val_rmse}, pipeline=model)
+
+
+def tune_flat(config: dict, inputs: dict, ctx) -> dict:
+    """The tune step with its output flattened for the tests to read: the tuning record (tuning.json's
+    keys), the artifact's fields (``model`` is its pipeline) and ``files`` (what the runner would write)."""
+    from bondexp.tuning.step import tune
+
+    output = tune(config, inputs, ctx)
+    art = output.artifact
+    return {**art.info["tuning"], "name": art.name, "group": art.group, "config": art.config, "metrics": art.metrics,
+            "predictions": art.predictions, "info": art.info, "model": art.pipeline, "files": output.files}
 
 
 def context(run_dir: Path, shared: dict, *, workers: int = 1) -> SimpleNamespace:
@@ -91,25 +103,21 @@ def tune_in_worker(run_dir: str, config: dict, workers: int, delay: float = 0.0)
 
     ``delay`` > 0 tunes the slow ridge (``target: slow``), whose fits sleep that long.
     """
-    from bondexp.tuning.step import tune
-
     shared = use_toy_dataset()
     inputs = {"evaluate": {}, "ridge": model_artifact("ridge"),
               "slow": model_artifact("slow", estimator={**ESTIMATORS["slow"], "delay": float(delay)})}
-    artifact = tune(config, inputs, context(Path(run_dir), shared, workers=workers))
+    artifact = tune_flat(config, inputs, context(Path(run_dir), shared, workers=workers))
     return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"],
             "metrics": artifact["metrics"]}
 
 
 def main(run_dir: str, n_trials: str, delay: str, workers: str) -> None:
     """Tune the slow model with a fixed budget on ``workers`` processes (the kill-and-resume test's script)."""
-    from bondexp.tuning.step import tune
-
     shared = use_toy_dataset()
     estimator = {**ESTIMATORS["slow"], "delay": float(delay)}
     inputs = {"evaluate": {}, "slow": model_artifact("slow", estimator=estimator)}
     config = {**BASE_TUNE, "target": "slow", "n_trials": int(n_trials)}
-    artifact = tune(config, inputs, context(Path(run_dir), shared, workers=int(workers)))
+    artifact = tune_flat(config, inputs, context(Path(run_dir), shared, workers=int(workers)))
     print(f"done {artifact['metrics']['n_trials']} {json.dumps(artifact['best_params'])}", flush=True)
 
 

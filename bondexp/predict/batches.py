@@ -191,9 +191,9 @@ def _model_columns(name, artifact, X, fair, accrued, market, duration) -> Dict[s
     from bondexp.features import FEATURES
     from bondexp.steps.train import predict_all
 
-    features = list(artifact["features"])
+    features = list(artifact.features)
     frame = pd.DataFrame(X[:, [FEATURES.index(f) for f in features]], columns=features)
-    pred = predict_all(artifact["model"], frame)
+    pred = predict_all(artifact.pipeline, frame)
     price = fair + pred["mean"]
     cols = {f"{name}_adjustment": pred["mean"], f"{name}_price": price}
     if "lower" in pred:

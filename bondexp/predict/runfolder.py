@@ -30,7 +30,7 @@ class RunModels:
     run_dir: Path
     config: Dict[str, Any]
     dataset: Any
-    artifacts: Dict[str, Dict[str, Any]]
+    artifacts: Dict[str, Any]  # name -> ModelArtifact, fitted pipeline loaded
     manifests: Dict[str, Dict[str, Any]]
     bond_names: Optional[tuple] = None  # the run's text bond ids by code; None when its ids are integers
 
@@ -73,8 +73,6 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
         If the folder is not a finished run, a model checkpoint fails its sha256 or was pickled with
         library versions that differ (see :data:`VERSION_PARTS`), or a requested model is missing.
     """
-    import joblib
-
     from bondexp.checkpoints import CheckpointStore
 
     run_dir = Path(run_dir)
@@ -85,10 +83,11 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"Got {str(run_dir)!r} instead."
         )
     steps = json.loads(results_path.read_text())["steps"]
-    # model steps, and the tuned model (the tune step's artifact has a model step's shape)
-    candidates = [n for n, s in steps.items() if s["status"] in ("ran", "reused") and (s.get("group") != "report" or n == "tune")]
     store = CheckpointStore(run_dir / "checkpoints")
-    manifests = {name: store.manifest(name) or {} for name in candidates}
+    finished = [n for n, s in steps.items() if s["status"] in ("ran", "reused")]
+    manifests = {name: store.manifest(name) or {} for name in finished}
+    # the steps that kept a fitted pipeline: the model steps and the tuned model
+    candidates = [name for name in finished if "pipeline_sha256" in manifests[name]]
     reasons = {name: store.verify(name, manifests[name].get("fingerprint", "")) for name in candidates}
     corrupt = [f"{name} ({reason})" for name, reason in reasons.items() if reason is not None]
     if corrupt:
@@ -104,8 +103,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
         )
     step_of = {name: name for name in candidates if name != "tune"}
     if "tune" in candidates:
-        tuned = joblib.load(store.artifact_path("tune"))
-        step_of[tuned["name"]] = "tune"
+        step_of[store.load("tune").name] = "tune"
     wanted = list(step_of) if models in (None, "all") else ([models] if isinstance(models, str) else list(models))
     missing = [name for name in wanted if name not in step_of]
     if missing:
@@ -114,7 +112,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"The 'models' config key names {missing}, which the run {str(run_dir)!r} lacks"
             f"{f' (did you mean {hints}?)' if hints else ''}; its models are {sorted(step_of)}. Use models=all or some of these."
         )
-    artifacts = {name: tuned if step_of[name] == "tune" else joblib.load(store.artifact_path(step_of[name])) for name in wanted}
+    artifacts = {name: store.load(step_of[name], pipeline=True) for name in wanted}
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
     dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
     return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
@@ -142,6 +140,6 @@ def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
     return dataset, (None if data_cfg["source"] == "synthetic" else bond_id_names(data_cfg))
 
 
-def best_model(artifacts: Mapping[str, Mapping[str, Any]]) -> str:
+def best_model(artifacts: Mapping[str, Any]) -> str:
     """The model with the lowest validation RMSE: the run's own rule for its best model (never the test split)."""
-    return min(artifacts, key=lambda name: float(artifacts[name]["metrics"]["val_rmse"]))
+    return min(artifacts, key=lambda name: float(artifacts[name].metrics["val_rmse"]))

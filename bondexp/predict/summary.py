@@ -84,7 +84,7 @@ def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mappin
     for name, artifact in run.artifacts.items():
         row = board.get(name, {})
         lines.append(
-            f"| {name} | `{run.manifests[name].get('fingerprint', '')[:12]}` | {_number(artifact['metrics'].get('val_rmse'))} "
+            f"| {name} | `{run.manifests[name].get('fingerprint', '')[:12]}` | {_number(artifact.metrics.get('val_rmse'))} "
             f"| {_number(row.get('rmse'))} | {_number(row.get('coverage'))} | {_number(scores.rmse(name))} "
             f"| {_number(scores.improvement_pct(name), 1)}% |"
         )

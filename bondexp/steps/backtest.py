@@ -12,11 +12,11 @@ The gathering step scores the refits with :func:`bondexp.steps.backtest_score.sc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.errors import ConfigError, StepSkipped
 from bondexp.steps.backtest_score import BASELINE, ORACLE, OVERALL, score_backtest
 
@@ -168,7 +168,7 @@ def origin_rows(
 # ----------------------------------------------------------------------------- the (model, origin) step
 
 
-def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtifact:
     """Refit one model on the months before ``config['origin']`` and predict the ``horizon`` months from it.
 
     Parameters
@@ -182,11 +182,11 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
 
     Returns
     -------
-    dict
-        ``name``, ``origin``, ``group``, ``estimator`` (the parameters refit), ``rows`` ({"fit", "calibration", "scored"}: dataset row
-        positions), ``predictions`` (of the scored rows, see ``predict_all``) and ``metrics``
-        (``rmse`` over the scored rows, ``n_train``, ``n_scored``). No fitted model: the backtest's
-        refits are scored, not reused.
+    ModelArtifact
+        ``config`` (the model's, with the estimator parameters refit), ``predictions["scored"]`` (of
+        the scored rows, see ``predict_all``), ``metrics`` (``rmse`` over the scored rows, ``n_train``,
+        ``n_scored``) and ``info``: ``origin`` and ``rows`` ({"fit", "calibration", "scored"}: dataset
+        row positions). No fitted pipeline: the backtest's refits are scored, not reused.
     """
     import pandas as pd
 
@@ -196,7 +196,7 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
 
     if config["model"] is None and inputs.get("tune") is None:
         raise StepSkipped("the tune step was skipped (nothing to tune), so there is no tuned model to refit")
-    model_config = config["model"] if config["model"] is not None else inputs["tune"]["config"]
+    model_config = config["model"] if config["model"] is not None else inputs["tune"].config
     dataset = dataset_for(ctx.shared)
     features = list(model_config["features"])
     calibrates = hasattr(final_estimator(build_model(model_config, dataset=dataset)), "calibrate")
@@ -213,27 +213,25 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str,
     rmse = float(np.sqrt(np.mean((y - predictions["mean"]) ** 2)))
     ctx.log.info("%s at %s: fit on %d rows, calibrated on %d, RMSE %.4f over %d rows", model_config["name"],
                  config["origin"], len(rows["fit"]), len(rows["calibration"]), rmse, len(y))
-    return {
-        "name": model_config["name"],
-        "origin": config["origin"],
-        "group": model_config.get("group", "ml"),
-        "estimator": dict(model_config["estimator"]),
-        "rows": {k: v.astype(np.int32) for k, v in rows.items()},  # int32: the backtest step receives them all
-        "predictions": predictions,
-        "metrics": {"rmse": rmse, "n_train": int(len(rows["fit"]) + len(rows["calibration"])), "n_scored": int(len(y))},
-    }
+    return ModelArtifact(
+        name=model_config["name"], group=model_config.get("group", "ml"), config=dict(model_config), features=features,
+        predictions={"scored": predictions},
+        metrics={"rmse": rmse, "n_train": int(len(rows["fit"]) + len(rows["calibration"])), "n_scored": int(len(y))},
+        # int32: the backtest step receives them all
+        info={"origin": config["origin"], "rows": {k: v.astype(np.int32) for k, v in rows.items()}},
+    )
 
 
 # ----------------------------------------------------------------------------- the gathering step
 
 
-def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     """The step: score every (model, origin) refit in ``inputs`` against the DCF and the oracle.
 
     Returns
     -------
-    dict
-        The artifact of :func:`score_backtest`.
+    StepOutput
+        The artifact of :func:`score_backtest` and its files (:func:`backtest_files`).
     """
     from bondexp.features import dataset_for
 
@@ -241,27 +239,24 @@ def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
     meta = {"obs_date": dataset.meta["obs_date"]}
     if dataset.has_oracle:
         meta["oracle_prediction"] = dataset.meta["oracle_prediction"]
-    fits = [art for art in inputs.values() if isinstance(art, Mapping) and "origin" in art]
+    fits = [{"name": art.name, "origin": art.info["origin"], "rows": art.info["rows"], "predictions": art.predictions["scored"],
+             "metrics": art.metrics} for art in model_artifacts(inputs).values()]
     artifact = score_backtest(fits, y=np.asarray(dataset.y), meta=meta, n_bootstrap=int(config["n_bootstrap"]),
                               confidence=float(config["confidence"]), seed=int(config["seed"]))
     ctx.log.info("backtest: %d models over %d origins", artifact["metrics"]["n_models"], artifact["metrics"]["n_origins"])
-    return artifact
+    return StepOutput(artifact, backtest_files(artifact))
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_outputs(artifact: Mapping[str, Any], run_dir) -> Dict[str, Path]:
-    """Write ``backtest.csv`` and ``plots/backtest.png`` into ``run_dir``, each whole (temp file, ``os.replace``)."""
+def backtest_files(artifact: Mapping[str, Any]) -> Dict[str, bytes]:
+    """``backtest.csv`` and ``plots/backtest.png``, rendered (path -> bytes)."""
     from bondexp import plots
-    from bondexp.atomic import atomic_write_bytes, atomic_write_text
     from bondexp.tables import csv_text
 
-    run_dir = Path(run_dir)
-    paths = {"csv": run_dir / "backtest.csv", "plot": run_dir / "plots" / "backtest.png"}
-    atomic_write_text(paths["csv"], csv_text(artifact["rows"], CSV_COLUMNS))
-    atomic_write_bytes(paths["plot"], plots.backtest_png(artifact, references=(BASELINE, ORACLE), overall=OVERALL))
-    return paths
+    return {"backtest.csv": csv_text(artifact["rows"], CSV_COLUMNS).encode(),
+            "plots/backtest.png": plots.backtest_png(artifact, references=(BASELINE, ORACLE), overall=OVERALL)}
 
 
 def report_section(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:

@@ -49,12 +49,11 @@ PSI reaches ``psi_warn`` (it is being asked about inputs unlike validation's).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
-from bondexp.atomic import atomic_write_bytes, atomic_write_text
+from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.errors import ConfigError
 from bondexp.features import Dataset, dataset_for
 from bondexp.metrics import rmse
@@ -155,7 +154,7 @@ def _check_options(*, psi_warn, psi_alert, ks_alpha, correction, n_bins, psi_flo
 
 def drift_report(
     dataset: Dataset,
-    models: Mapping[str, Mapping[str, Any]],
+    models: Mapping[str, ModelArtifact],
     *,
     psi_warn: float = 0.1,
     psi_alert: float = 0.25,
@@ -166,7 +165,7 @@ def drift_report(
 ) -> Dict[str, Any]:
     """Feature drift (train vs test) and model drift (validation vs test), overall and per test month.
 
-    ``models`` maps model names to model-step artifacts; their ``predictions["validation"|"test"]["mean"]``
+    ``models`` maps model names to their artifacts; their ``predictions["validation"|"test"]["mean"]``
     are read. Returns the step artifact: ``features``, ``models``, ``drifted``, ``months``,
     ``thresholds`` and flat ``metrics``; every number is a float or None, ready for JSON.
 
@@ -293,7 +292,7 @@ def _feature_entry(
 
 
 def _model_drift(
-    dataset: Dataset, models: Mapping[str, Mapping[str, Any]], test_month: np.ndarray, labels: list, *,
+    dataset: Dataset, models: Mapping[str, ModelArtifact], test_month: np.ndarray, labels: list, *,
     correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
 ) -> Dict[str, Dict[str, Any]]:
     """Each model's predictions (PSI) and absolute errors (KS) month by month against validation."""
@@ -303,8 +302,8 @@ def _model_drift(
     count = np.bincount(test_month, minlength=n_months)
     results = {}
     for name, artifact in models.items():
-        pred_val = np.asarray(artifact["predictions"]["validation"]["mean"], dtype=np.float64)
-        pred_test = np.asarray(artifact["predictions"]["test"]["mean"], dtype=np.float64)
+        pred_val = np.asarray(artifact.predictions["validation"]["mean"], dtype=np.float64)
+        pred_test = np.asarray(artifact.predictions["test"]["mean"], dtype=np.float64)
         psi, _, m_psi, _ = sample_drift(
             pred_val, pred_test, test_month, n_months, categorical=False, n_bins=n_bins, psi_floor=psi_floor, shares=shares
         )
@@ -357,13 +356,13 @@ def _model_status(psi: float, pvalue: float, pvalue_raw: float, *, psi_warn: flo
     return "warn" if pvalue_raw < ks_alpha or (np.isfinite(psi) and psi >= psi_warn) else "ok"
 
 
-def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
-    """The step: drift of every feature and of every model in ``inputs`` (model-step artifacts).
+def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+    """The step: drift of every feature and of every model in ``inputs`` (their :class:`ModelArtifact`).
 
     Returns
     -------
-    dict
-        The artifact of :func:`drift_report`.
+    StepOutput
+        The artifact of :func:`drift_report` and its files (:func:`drift_files`).
 
     Raises
     ------
@@ -375,19 +374,16 @@ def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"The 'drift' config keys must be among {list(known)}. Got {unknown} instead.")
-    models = {artifact.get("name", name): artifact for name, artifact in inputs.items()
-              if isinstance(artifact, Mapping) and "predictions" in artifact}  # the tuned model too, as <target>_tuned
+    models = {artifact.name: artifact for artifact in model_artifacts(inputs).values()}  # the tuned one as <target>_tuned
     artifact = drift_report(dataset_for(ctx.shared), models, **options)
     ctx.log.info(
         "drift: %d alert, %d warn (%s); models drifted: %s",
         artifact["metrics"]["n_alert"], artifact["metrics"]["n_warn"],
         artifact["metrics"]["drifted"] or "none", artifact["metrics"]["models_drifted"] or "none",
     )
-    return artifact
+    return StepOutput(artifact, drift_files(artifact))
 
 
-def write_outputs(artifact: Dict[str, Any], run_dir) -> None:
-    """Write ``drift.json`` (strict JSON, no NaN) and ``plots/drift.png``, each whole."""
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "drift.json", json.dumps(artifact, indent=2, allow_nan=False))
-    atomic_write_bytes(run_dir / "plots" / "drift.png", drift_png(artifact))
+def drift_files(artifact: Dict[str, Any]) -> Dict[str, bytes]:
+    """``drift.json`` (strict JSON, no NaN) and ``plots/drift.png``, rendered (path -> bytes)."""
+    return {"drift.json": json.dumps(artifact, indent=2, allow_nan=False).encode(), "plots/drift.png": drift_png(artifact)}

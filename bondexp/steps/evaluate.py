@@ -17,42 +17,31 @@ so the intervals are a lower bound on the uncertainty, not an exact one.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping
 
 import numpy as np
 
-from bondexp import plots
-from bondexp.atomic import atomic_write_bytes, atomic_write_text
+from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.bondtable import RATINGS
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.features import Dataset, dataset_for
 from bondexp.metrics import prediction_scores
 from bondexp.metrics import rmse as rmse_of
 from bondexp.stats import bootstrap_rmse_ci
-from bondexp.tables import csv_text, markdown_table
+from bondexp.steps.leaderboard import BASELINE, COLUMNS, OPTIONAL_COLUMNS, ORACLE, REFERENCES, leaderboard_files
+
+__all__ = ["COLUMNS", "choose_best", "evaluate", "evaluate_models", "sample_rows", "score_breakdown", "score_model"]
 
 #: Names of the synthetic market's regime codes (``oracle_regime``).
 REGIMES = ("calm", "stress", "crisis")
-#: Leaderboard rows that are references, not trained models.
-BASELINE, ORACLE = "dcf_baseline", "oracle"
-REFERENCES = (BASELINE, ORACLE)
-#: Columns of every leaderboard row, in file order.
-COLUMNS = ("model", "n", "rmse", "rmse_ci_low", "rmse_ci_high", "mae", "r2", "improvement_pct")
-#: Leaderboard file columns: the test scores, then the validation RMSE that chooses the best model.
-LEADERBOARD_COLUMNS = COLUMNS + ("val_rmse",)
-#: Columns present only for some rows (oracle data, interval or probabilistic models), in file order.
-OPTIONAL_COLUMNS = ("oracle_gap_pct", "level", "coverage", "pinball", "nll")
 #: Keys of the step's config slice.
 CONFIG_KEYS = ("sample_pct", "n_bootstrap", "confidence", "seed")
-#: Best models drawn in the prediction plots.
-N_PLOTTED = 3
 
 
 # ----------------------------------------------------------------------------- the step
 
 
-def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     """The step: the leaderboard of every model in ``inputs`` on the sampled test split.
 
     Parameters
@@ -60,14 +49,14 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
     config : dict
         ``sample_pct``, ``n_bootstrap``, ``confidence`` and ``seed``.
     inputs : dict
-        Step artifacts; those holding ``predictions`` are the models scored.
+        Step artifacts; the :class:`ModelArtifact` ones are the models scored.
     ctx : StepContext
         ``shared`` locates the run's dataset.
 
     Returns
     -------
-    dict
-        The artifact of :func:`evaluate_models`.
+    StepOutput
+        The artifact of :func:`evaluate_models` and its files (:func:`leaderboard_files`).
 
     Raises
     ------
@@ -79,8 +68,7 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"The 'eval' config keys must be among {list(CONFIG_KEYS)}. Got {unknown} instead.")
-    models = {artifact.get("name", name): artifact for name, artifact in inputs.items()
-              if isinstance(artifact, Mapping) and "predictions" in artifact}  # the tune step's is <target>_tuned
+    models = {artifact.name: artifact for artifact in model_artifacts(inputs).values()}  # tune's is <target>_tuned
     artifact = evaluate_models(
         dataset_for(ctx.shared),
         models,
@@ -94,19 +82,19 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, A
         "evaluate: %d of %d test rows, validation chose %s (validation RMSE %.4f; test RMSE %.4f, %+.1f%% against the DCF)",
         m["n_evaluated"], m["n_test"], m["best_model"], m["best_val_rmse"], m["best_rmse"], m["best_improvement_pct"],
     )
-    return artifact
+    return StepOutput(artifact, leaderboard_files(artifact))
 
 
 def evaluate_models(
     dataset: Dataset,
-    models: Mapping[str, Mapping[str, Any]],
+    models: Mapping[str, ModelArtifact],
     *,
     sample_pct: float = 100.0,
     n_bootstrap: int = 500,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Dict[str, Any]:
-    """Score ``models`` (model-step artifacts) and the references on the same sampled test rows.
+    """Score ``models`` (by model name) and the references on the same sampled test rows.
 
     Returns
     -------
@@ -133,7 +121,7 @@ def evaluate_models(
     meta = {name: dataset.meta_of("test", name)[rows] for name in dataset.meta}
     candidates: Dict[str, Dict[str, Any]] = {}
     for name, artifact in models.items():
-        candidates[name] = _sampled(name, artifact["predictions"]["test"], rows, n_test=n_test)
+        candidates[name] = _sampled(name, artifact.predictions["test"], rows, n_test=n_test)
     candidates[BASELINE] = {"mean": np.zeros(len(rows))}
     if dataset.has_oracle:
         candidates[ORACLE] = {"mean": np.asarray(meta["oracle_prediction"], dtype=np.float64)}
@@ -169,16 +157,16 @@ def evaluate_models(
             "predictions": {name: np.asarray(prediction["mean"], dtype=np.float64) for name, prediction in candidates.items()},
         },
         "validation_rmse": {name: val_rmse[name] for name in models},
-        "groups": {name: str(artifact.get("group", "")) for name, artifact in models.items()},
+        "groups": {name: artifact.group for name, artifact in models.items()},
         "config": {"sample_pct": sample_pct, "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed},
         "metrics": metrics,
     }
 
 
-def _check_options(models: Mapping[str, Any], *, sample_pct: float, n_bootstrap: int, confidence: float) -> None:
+def _check_options(models: Mapping[str, ModelArtifact], *, sample_pct: float, n_bootstrap: int, confidence: float) -> None:
     """Raise :class:`ConfigError` naming the key for no model, a reserved model name or an option out of range."""
     if not models:
-        raise ConfigError("The evaluate step needs at least one model step; its inputs hold no 'predictions'.")
+        raise ConfigError("The evaluate step needs at least one model step; its inputs hold no model artifact.")
     if not 0 < sample_pct <= 100:
         raise ConfigError(f"The 'eval.sample_pct' config key must be a percentage in (0, 100]. Got {sample_pct!r} instead.")
     if n_bootstrap < 1:
@@ -207,9 +195,9 @@ def _sampled(name: str, prediction: Mapping[str, Any], rows: np.ndarray, *, n_te
     return out
 
 
-def _val_rmse(artifact: Mapping[str, Any]) -> float:
+def _val_rmse(artifact: ModelArtifact) -> float:
     """A model's validation RMSE as its step reported it (NaN when it reported none)."""
-    return float(artifact.get("metrics", {}).get("val_rmse", np.nan))
+    return float(artifact.metrics.get("val_rmse", np.nan))
 
 
 def _reference_val_rmse(dataset: Dataset) -> Dict[str, float]:
@@ -387,58 +375,3 @@ def score_breakdown(prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mappi
                 entry["coverage"] = float(coverage[code])
             out[key][label] = entry
     return out
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
-    """The documented columns, then the optional ones that any row has."""
-    return list(LEADERBOARD_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
-
-
-def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, chosen: Optional[str] = None) -> str:
-    """The leaderboard as a markdown table (4 decimals; an empty cell where a column does not apply).
-
-    With ``chosen`` (validation's best model) its name is marked with ``*`` and a line under the
-    table says how it was chosen.
-    """
-    marked = [{**row, "model": f"{row['model']} *"} if chosen is not None and row.get("model") == chosen else row
-              for row in rows]
-    table = markdown_table(marked, leaderboard_columns(rows), decimals=4, text_columns=("model",))
-    if chosen is None:
-        return table
-    return table + (f"\nSorted by test RMSE. \\* Validation chose **{chosen}** (lowest `val_rmse`); the test split "
-                    "only reports, it never chooses.\n")
-
-
-def write_outputs(artifact: Mapping[str, Any], run_dir) -> Dict[str, Path]:
-    """Write ``leaderboard.csv``, ``leaderboard.md`` and the plots under ``plots/`` into ``run_dir``.
-
-    Every file is written whole through a temporary file and ``os.replace``.
-
-    Returns
-    -------
-    dict
-        ``{file label: path}`` of what was written.
-    """
-    run_dir = Path(run_dir)
-    rows = [dict(row) for row in artifact["leaderboard"]]
-    paths = {"leaderboard_csv": run_dir / "leaderboard.csv", "leaderboard_md": run_dir / "leaderboard.md"}
-    atomic_write_text(paths["leaderboard_csv"], csv_text(rows, leaderboard_columns(rows)))
-    atomic_write_text(paths["leaderboard_md"], leaderboard_markdown(rows, chosen=artifact["metrics"].get("best_model")))
-    best = _best_models(artifact)
-    drawn = {
-        "predicted_vs_actual": plots.predicted_vs_actual_png(artifact, best),
-        "residual_distribution": plots.residual_distribution_png(artifact, best),
-        "rmse_ci": plots.rmse_ci_png(rows, references=REFERENCES),
-    }
-    for label, png in drawn.items():
-        paths[label] = atomic_write_bytes(run_dir / "plots" / f"{label}.png", png)
-    return paths
-
-
-def _best_models(artifact: Mapping[str, Any], k: int = N_PLOTTED) -> List[str]:
-    """The ``k`` best trained models whose sampled predictions the artifact holds."""
-    held = artifact["samples"]["predictions"]
-    return [row["model"] for row in artifact["leaderboard"] if row["model"] not in REFERENCES and row["model"] in held][:k]

@@ -27,6 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from bondexp.artifacts import ModelArtifact
 from bondexp.data.split import month_holdout, month_labels
 from bondexp.errors import ConfigError
 from bondexp.features import Dataset, dataset_for
@@ -233,15 +234,14 @@ def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[st
     return metrics, {"regime_by_month": by_month}
 
 
-def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtifact:
     """The step function of every model: fit on train, calibrate on validation, predict all splits.
 
     Returns
     -------
-    dict
-        The model artifact: ``name``, ``group``, ``config``, ``model`` (fitted pipeline),
-        ``features``, ``predictions`` ({split: P}), ``metrics`` (validation scores, iterations,
-        the estimator's own) and ``info``.
+    ModelArtifact
+        ``predictions`` on every split (see :func:`predict_all`), ``metrics`` (validation scores,
+        iterations, the estimator's own), ``info`` and the fitted ``pipeline``.
 
     Raises
     ------
@@ -274,13 +274,5 @@ def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, 
         metrics.update(regime_metrics)
         info.update(regime_info)
     ctx.log.info("%s: validation RMSE %.4f", config["name"], metrics["val_rmse"])
-    return {
-        "name": config["name"],
-        "group": config.get("group", "ml"),
-        "config": dict(config),
-        "model": model,
-        "features": features,
-        "predictions": predictions,
-        "metrics": metrics,
-        "info": info,
-    }
+    return ModelArtifact(name=config["name"], group=config.get("group", "ml"), config=dict(config), features=features,
+                         predictions=predictions, metrics=metrics, info=info, pipeline=model)

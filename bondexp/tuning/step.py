@@ -1,13 +1,14 @@
 """The tune step: choose the target, run the study, keep the best trial's fit, return it as one more model.
 
-The artifact has a model step's shape (``name`` ``<target>_tuned``, ``group``, ``config``, ``model``,
-``features``, ``predictions`` on every split, ``metrics``, ``info``), so evaluate, drift and predict
-treat the tuned model like any other; the tuning facts (``target``, ``best_params``, ``trials``,
-``untuned_value``, ``improved``, ``note``) ride along for ``tuning.json`` and the report.
+The artifact is a :class:`~bondexp.artifacts.ModelArtifact` named ``<target>_tuned``, so evaluate, drift and
+predict treat the tuned model like any other; the tuning facts (``target``, ``best_params``, ``trials``,
+``untuned_value``, ``improved``, ``note``) ride along in ``info["tuning"]``, which the step also renders
+as ``tuning.json`` and ``plots/tuning_history.png``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from bondexp.checkpoints import atomic_write_json
+from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.errors import BondexpError, ConfigError, StepSkipped
 from bondexp.features import Dataset, dataset_for
 from bondexp.models.base import final_estimator
@@ -25,7 +26,7 @@ from bondexp.tuning import study as studies
 from bondexp.tuning.space import check_estimator_params, search_space, space_key, untuned_params
 
 
-def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
+def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     """Tune ``config["target"]`` (or the best tunable ML model) with a batched Optuna study.
 
     Parameters
@@ -35,12 +36,14 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     inputs : dict
         The artifacts of the models it may tune.
     ctx : StepContext
-        ``run_dir`` holds the study journal; up to ``workers`` processes run a batch's trials.
+        ``run_dir`` holds the study journal; up to ``workers`` processes run a batch's trials;
+        ``load_pipeline`` loads the target's fitted pipeline (the only one this step reads).
 
     Returns
     -------
-    dict
-        A model artifact named ``<target>_tuned``: the best trial's own fit.
+    StepOutput
+        A :class:`ModelArtifact` named ``<target>_tuned`` (the best trial's own fit; the tuning facts
+        in ``info["tuning"]``), with ``tuning.json`` and ``plots/tuning_history.png``.
 
     Raises
     ------
@@ -56,15 +59,16 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
     models = model_artifacts(inputs)
     target = choose_target(config.get("target"), models, by_name=by_name, by_class=by_class)
     artifact = models[target]
-    estimator_config = artifact["config"].get("estimator", {})
+    estimator_config = artifact.config.get("estimator", {})
     key, space = search_space(target, estimator_config, by_name=by_name, by_class=by_class)
-    estimator = final_estimator(artifact["model"])
+    pipeline = artifact.pipeline if artifact.pipeline is not None else ctx.load_pipeline(target)
+    estimator = final_estimator(pipeline)
     check_estimator_params(space, estimator, key=key)
     untuned, unplaced = untuned_params(estimator_config, estimator, space)
     dataset = dataset_for(ctx.shared)
 
     spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
-    name = studies.study_name(target, model_config=artifact["config"], space_spec={p: repr(d) for p, d in space.items()},
+    name = studies.study_name(target, model_config=artifact.config, space_spec={p: repr(d) for p, d in space.items()},
                               batch_size=int(config["batch_size"]), seed=int(config.get("seed", 0)),
                               data_fingerprint=dataset.fingerprint)
     study = studies.open_study(name, spec)
@@ -74,27 +78,20 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> Dict[str, Any]:
                  target, key, name, len(studies.finished_trials(study)), n_stale)
     started = time.perf_counter()
     best_fit, timed_out = studies.run_study(
-        study, model_config=artifact["config"], dataset=dataset, space=space, n_trials=int(config["n_trials"]),
+        study, model_config=artifact.config, dataset=dataset, space=space, n_trials=int(config["n_trials"]),
         batch_size=int(config["batch_size"]), timeout=config.get("timeout"), workers=ctx.workers,
         seed=int(config.get("seed", 0)),
     )
     info = {"study_name": name, "storage": studies.storage_label(spec), "search_space": key, "stale_trials_failed": n_stale,
             "study_seconds": round(time.perf_counter() - started, 3), "untuned_params": untuned, "unplaced": unplaced}
     best = _best_trial(study)
-    model, predictions = _best_model(best, best_fit, artifact, dataset, exact_untuned=not unplaced)
-    return _tuned_artifact(artifact, study, best, model=model, predictions=predictions, dataset=dataset,
-                           info=info, timed_out=timed_out, ctx=ctx)
+    model, predictions = _best_model(best, best_fit, artifact, pipeline, dataset, exact_untuned=not unplaced)
+    tuned = _tuned_artifact(artifact, study, best, model=model, predictions=predictions, dataset=dataset,
+                            info=info, timed_out=timed_out, ctx=ctx)
+    return StepOutput(tuned, tuning_files(tuned.info["tuning"]))
 
 
-def model_artifacts(inputs: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """The model steps among ``inputs``: artifacts carrying ``group``, ``config`` and ``metrics``."""
-    return {
-        name: art for name, art in inputs.items()
-        if isinstance(art, Mapping) and {"group", "config", "metrics", "predictions"} <= art.keys()
-    }
-
-
-def choose_target(target: Optional[str], models: Mapping[str, Mapping[str, Any]], *,
+def choose_target(target: Optional[str], models: Mapping[str, ModelArtifact], *,
                   by_name: Mapping[str, Any], by_class: Mapping[str, Any]) -> str:
     """``target`` itself, or when None the ML model (group ``ml``) with a search space, by name or by
     class, and the lowest validation RMSE.
@@ -115,9 +112,9 @@ def choose_target(target: Optional[str], models: Mapping[str, Mapping[str, Any]]
             )
         return target
     scores = {
-        name: float(art["metrics"]["val_rmse"]) for name, art in models.items()
-        if art["group"] == "ml" and np.isfinite(art["metrics"].get("val_rmse", np.nan))
-        and space_key(name, art["config"].get("estimator", {}), by_name=by_name, by_class=by_class)
+        name: float(art.metrics["val_rmse"]) for name, art in models.items()
+        if art.group == "ml" and np.isfinite(art.metrics.get("val_rmse", np.nan))
+        and space_key(name, art.config.get("estimator", {}), by_name=by_name, by_class=by_class)
     }
     if not scores:
         raise StepSkipped(
@@ -140,7 +137,7 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     )
 
 
-def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: Mapping[str, Any], dataset: Dataset, *,
+def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: ModelArtifact, pipeline, dataset: Dataset, *,
                 exact_untuned: bool):
     """The tuned model and its predictions on every split: never a second, different fit.
 
@@ -150,50 +147,38 @@ def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: Mapping[st
     again: one thread, same parameters, same seed, same rows.
     """
     if best.user_attrs.get(studies.UNTUNED_ATTR) and exact_untuned:
-        return artifact["model"], dict(artifact["predictions"])
+        return pipeline, dict(artifact.predictions)
     if best_fit is not None and best_fit.number == best.number:
         model, predictions = best_fit.model, dict(best_fit.predictions)
     else:
-        value = studies.run_trial(artifact["config"], dataset, dict(best.params))
+        value = studies.run_trial(artifact.config, dataset, dict(best.params))
         if isinstance(value, BaseException):
             raise value
         _, model, predictions, _ = value
-    predictions["train"] = predict_all(model, dataset.frame("train", list(artifact["config"]["features"])))
+    predictions["train"] = predict_all(model, dataset.frame("train", list(artifact.features)))
     return model, predictions
 
 
-def _tuned_artifact(artifact, study, best, *, model, predictions, dataset, info, timed_out, ctx) -> Dict[str, Any]:
-    target = artifact["name"]
-    trials = study.get_trials(deepcopy=False)
+def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions, dataset, info, timed_out, ctx) -> ModelArtifact:
+    """The tuned model's artifact; ``info["tuning"]`` holds what ``tuning.json`` and the report show."""
+    target = artifact.name
     metrics: Dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
-    untuned_value = float(artifact["metrics"]["val_rmse"])
+    untuned_value = float(artifact.metrics["val_rmse"])
     improved = bool(metrics["val_rmse"] < untuned_value)
-    n_done = len(studies.finished_trials(study))
-    metrics.update(best_value=float(best.value), n_trials=n_done, improved=improved,
+    metrics.update(best_value=float(best.value), n_trials=len(studies.finished_trials(study)), improved=improved,
                    timed_out=timed_out, reproducible=not timed_out)
     note = _note(target, best, val_rmse=metrics["val_rmse"], untuned_value=untuned_value,
                  unplaced=info.pop("unplaced"), timed_out=timed_out)
     ctx.log.info(note)
-    model_config = artifact["config"]
-    return {
-        "name": f"{target}_tuned",
-        "group": artifact["group"],
-        "config": {**model_config, "name": f"{target}_tuned",
-                   "estimator": {**model_config.get("estimator", {}), **best.params}},
-        "model": model,
-        "features": list(artifact["features"]),
-        "predictions": predictions,
-        "metrics": metrics,
-        "info": info,
-        "target": target,
-        "best_params": dict(best.params),
-        "best_value": float(best.value),
-        "trials": [_trial_record(t) for t in trials],
-        "untuned_value": untuned_value,
-        "untuned_params": info["untuned_params"],
-        "improved": improved,
-        "note": note,
+    info["tuning"] = {
+        "target": target, "best_params": dict(best.params), "best_value": float(best.value),
+        "untuned_value": untuned_value, "untuned_params": info["untuned_params"], "improved": improved, "note": note,
+        "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
+        "val_rmse": metrics["val_rmse"], "n_trials": metrics["n_trials"], "timed_out": timed_out,
     }
+    config = {**artifact.config, "name": f"{target}_tuned", "estimator": {**artifact.config.get("estimator", {}), **best.params}}
+    return ModelArtifact(name=f"{target}_tuned", group=artifact.group, config=config, features=list(artifact.features),
+                         predictions=predictions, metrics=metrics, info=info, pipeline=model)
 
 
 def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced: Sequence[str], timed_out: bool) -> str:
@@ -221,15 +206,9 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
     }
 
 
-def write_outputs(artifact: Dict[str, Any], run_dir) -> None:
-    """Write ``tuning.json`` (atomically) and ``plots/tuning_history.png`` into ``run_dir``."""
-    from bondexp.tuning.plot import plot_history
+def tuning_files(record: Mapping[str, Any]) -> Dict[str, bytes]:
+    """``tuning.json`` (the tuning facts) and ``plots/tuning_history.png``, rendered (path -> bytes)."""
+    from bondexp.plots import tuning_history_png
 
-    run_dir = Path(run_dir)
-    keys = ("target", "best_params", "best_value", "untuned_value", "untuned_params", "improved", "note", "trials")
-    record = {key: artifact[key] for key in keys}
-    record["val_rmse"] = artifact["metrics"]["val_rmse"]
-    record["timed_out"] = artifact["metrics"]["timed_out"]
-    atomic_write_json(run_dir / "tuning.json", record)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    plot_history(artifact, run_dir / "plots" / "tuning_history.png")
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    return {"tuning.json": text.encode(), "plots/tuning_history.png": tuning_history_png(record)}
