@@ -27,6 +27,12 @@ log = logging.getLogger("bondexp")
 # True inside a pool worker process; the step wrapper then lets Ctrl-C reach the step only while it runs.
 IN_POOL_WORKER = False
 
+#: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds.
+_PRELOAD = ["bondexp.worker"]
+#: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
+#: CPU under load), so no worker imports them again at its first step.
+_PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
+
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -136,8 +142,9 @@ class ProcessBackend(_SharedDiskBackend):
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
             # Workers fork from a server that has already imported the worker side (numpy, joblib),
-            # so each worker starts in milliseconds. Ignored if the server is already running.
-            self._context.set_forkserver_preload(["bondexp.worker"])
+            # so each worker starts in milliseconds. Ignored if the server is already running
+            # (started by warm_up with the step libraries preloaded).
+            self._context.set_forkserver_preload(_PRELOAD)
         self._threads = threads_per_worker(workers)
         self._executor: ProcessPoolExecutor | None = None
 
@@ -279,6 +286,24 @@ def _as_concurrent_future(dask_future: Any) -> Future:
 
     dask_future.add_done_callback(copy)
     return future
+
+
+def warm_up(name: str, *, workers: int) -> bool:
+    """Start the local pool's forkserver now, with the step libraries preloaded; return whether it was started.
+
+    Called before the data loads: the server imports scikit-learn in its own process while the
+    parent loads the data (this call only launches it), so the first step starts as soon as the
+    data is ready and no worker imports the step libraries again, since each forks from a server
+    that already has. Only for the ``local`` executor with more than one worker where
+    ``forkserver`` exists (its default start method); otherwise nothing is started.
+    """
+    if name != "local" or workers < 2 or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD_STEPS)
+    forkserver.ensure_running()  # launches the server and returns; a no-op when it runs
+    return True
 
 
 def _local_backend(*, workers: int, options: Mapping[str, Any]) -> InlineBackend | ProcessBackend:
