@@ -119,7 +119,7 @@ def run(
 
     summary = _finished_run_summary(graph, run_dir, fingerprint)
     if summary is None:
-        warm_up(cfg.executor.name, workers=workers)  # the workers' forkserver imports the step libraries while the data loads
+        warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
         if dataset is None:
             dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
         summary = data_summary(dataset, info)

@@ -10,11 +10,13 @@ Dask (see :func:`bondexp.worker.execute_remote_step`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -30,7 +32,7 @@ IN_POOL_WORKER = False
 #: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds.
 _PRELOAD = ["bondexp.worker"]
 #: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
-#: CPU under load), so no worker imports them again at its first step.
+#: CPU), so no worker imports them again at its first step; the parent imports them too, to unpickle artifacts.
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -288,22 +290,29 @@ def _as_concurrent_future(dask_future: Any) -> Future:
     return future
 
 
-def warm_up(name: str, *, workers: int) -> bool:
-    """Start the local pool's forkserver now, with the step libraries preloaded; return whether it was started.
+def warm_up(name: str, *, workers: int) -> None:
+    """Before the data loads, start what the steps will need: the forkserver, and the step libraries in this process.
 
-    Called before the data loads: the server imports scikit-learn in its own process while the
-    parent loads the data (this call only launches it), so the first step starts as soon as the
-    data is ready and no worker imports the step libraries again, since each forks from a server
-    that already has. Only for the ``local`` executor with more than one worker where
-    ``forkserver`` exists (its default start method); otherwise nothing is started.
+    The local pool's forkserver is launched now with the step libraries preloaded (this call only
+    launches it), so it imports scikit-learn in its own process while the parent loads the data,
+    and no worker imports it again: each forks from a server that already has. And the parent
+    imports the same libraries in a background thread: it unpickles every step's artifact, and
+    the first one otherwise stalls the scheduler loop for that import (3 s of CPU, 23 s at load
+    average 17) while finished workers wait idle. Nothing to do for one in-process worker.
     """
-    if name != "local" or workers < 2 or "forkserver" not in multiprocessing.get_all_start_methods():
-        return False
-    from multiprocessing import forkserver
+    if name == "local" and workers < 2:
+        return
+    threading.Thread(target=_import_step_libraries, name="bondexp-import").start()
+    if name == "local" and "forkserver" in multiprocessing.get_all_start_methods():
+        from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD_STEPS)
-    forkserver.ensure_running()  # launches the server and returns; a no-op when it runs
-    return True
+        multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD_STEPS)
+        forkserver.ensure_running()  # launches the server and returns; a no-op when it runs
+
+
+def _import_step_libraries() -> None:
+    for module in _PRELOAD_STEPS:
+        importlib.import_module(module)
 
 
 def _local_backend(*, workers: int, options: Mapping[str, Any]) -> InlineBackend | ProcessBackend:
