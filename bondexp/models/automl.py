@@ -65,6 +65,19 @@ def _candidate(trial: optuna.Trial, family: str, names, seed: Optional[int]):
     )
 
 
+def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A finished or pruned trial as plain data; a pruned one has no ``score``, only the mean of the folds it ran."""
+    return {
+        "number": trial.number,
+        "family": trial.params["family"],
+        "params": {k: v for k, v in trial.params.items() if k != "family"},
+        "score": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+        "score_so_far": trial.intermediate_values[max(trial.intermediate_values)],
+        "folds": len(trial.intermediate_values),
+        "state": trial.state.name,
+    }
+
+
 class AutoMLRegressor(CompositeRegressor):
     """Search estimator families and hyperparameters with Optuna's TPE sampler, then refit the winner.
 
@@ -187,18 +200,7 @@ class AutoMLRegressor(CompositeRegressor):
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         time_limited = len(study.trials) < n_trials
-        self.trials_ = [
-            {
-                "number": t.number,
-                "family": t.params["family"],
-                "params": {k: v for k, v in t.params.items() if k != "family"},
-                "score": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,  # pruned: see score_so_far
-                "score_so_far": t.intermediate_values[max(t.intermediate_values)],
-                "folds": len(t.intermediate_values),
-                "state": t.state.name,
-            }
-            for t in sorted([*done, *pruned], key=lambda t: t.number)
-        ]
+        self.trials_ = [_trial_record(t) for t in sorted([*done, *pruned], key=lambda t: t.number)]
         best = study.best_trial
         params = {k: v for k, v in best.params.items() if k != "family"}
         self.best_ = {"family": best.params["family"], "params": params, "score": best.value}
