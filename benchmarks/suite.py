@@ -14,7 +14,9 @@ For each run it prints three phases, from results.json's step times and the proc
 
 with the ratio of the 767 s the replaced pipeline took on 6,000 observations to the run's wall
 time, and a calibration line: the goals are scaled by how long a fixed pure-Python loop takes
-here against the reference machine.
+here against the reference machine. It also prints the graph's lower bound, max(critical path,
+work / workers) from the steps' own durations and needs (the checkpoint manifests), and the graph
+phase over it (goal 1.15): how close the runner's ordering comes to the best any order could do.
 """
 
 from __future__ import annotations
@@ -40,13 +42,27 @@ GOALS_S = {  # (observations or None for the default market, workers) -> wall-ti
 GOAL_START_S = 1.0  # the first step starts within this of the command
 GOAL_END_S = 0.5  # the last step's end to the exit
 GOAL_SPEEDUP = 1.8  # workers=2 against workers=1, default market
+GOAL_BOUND = 1.15  # the graph phase over its lower bound
 
 
 def _epoch(text: str | None) -> float | None:
     return None if text is None else dt.datetime.fromisoformat(text).timestamp()
 
 
-def run(args: list[str], *, cwd: Path, cache: Path) -> dict:
+def lower_bound(run_dir: Path, steps: dict, workers: int) -> float | None:
+    """max(critical path, work / workers) over the steps that ran, from their durations and needs; None if none ran."""
+    ran = {name: s["duration_s"] for name, s in steps.items() if s["status"] == "ran" and s["duration_s"] is not None}
+    if not ran:
+        return None
+    path: dict[str, float] = {}
+    for name in steps:  # results.json lists the steps in graph order, so needs come first
+        if name in ran:
+            manifest = json.loads((run_dir / "checkpoints" / f"{name}.json").read_text())
+            path[name] = ran[name] + max((path.get(need, 0.0) for need in manifest.get("needs", {})), default=0.0)
+    return max(max(path.values()), sum(ran.values()) / workers)
+
+
+def run(args: list[str], *, cwd: Path, cache: Path, workers: int) -> dict:
     """One `python -m bondexp` run: wall seconds and the three phases (None where no step ran)."""
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
     started_at = time.time()
@@ -58,13 +74,14 @@ def run(args: list[str], *, cwd: Path, cache: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"bondexp {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     run_dir = next(Path(a.split("=", 1)[1]) for a in args if a.startswith(("hydra.run.dir=", "resume=")))
-    steps = json.loads((run_dir / "results.json").read_text())["steps"].values()
+    by_name = json.loads((run_dir / "results.json").read_text())["steps"]
+    steps = by_name.values()
     starts = [t for t in (_epoch(s["started"]) for s in steps) if t is not None]
     ends = [t for t in (_epoch(s["ended"]) for s in steps) if t is not None]
     phases = {"start": None, "graph": None, "end": None}
     if starts and ends:
         phases = {"start": min(starts) - started_at, "graph": max(ends) - min(starts), "end": exited_at - max(ends)}
-    return {"wall": wall, **phases}
+    return {"wall": wall, **phases, "bound": lower_bound(run_dir, by_name, workers)}
 
 
 def _fmt(seconds: float | None, width: int = 7) -> str:
@@ -87,21 +104,24 @@ def main() -> None:
             cache = tmp / f"cache{workers}"  # each worker count starts cold
             for label in ("cold", "warm"):
                 run_dir = tmp / f"w{workers}-{label}"
-                result = run([*size, *opts.extra, f"workers={workers}", f"hydra.run.dir={run_dir}"], cwd=tmp, cache=cache)
+                result = run([*size, *opts.extra, f"workers={workers}", f"hydra.run.dir={run_dir}"], cwd=tmp, cache=cache,
+                             workers=workers)
                 rows.append((f"workers={workers} {label}", result))
                 if label == "cold":
                     walls[workers] = result["wall"]
-            rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache)))
+            rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache, workers=workers)))
         loop_after = loop_seconds()
     load = os.getloadavg()
     print(f"{opts.n or 'default'} observations {' '.join(opts.extra)}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} cores")
     print(calibration_line((loop_s + loop_after) / 2) + f" (before {loop_s:.2f} s, after {loop_after:.2f} s)")
     scale = (loop_s + loop_after) / 2 / REFERENCE_LOOP_S
-    print(f"{'run':<18} {'wall s':>7} {'start':>7} {'graph':>7} {'end':>7} {'767 s / wall':>13}")
+    print(f"{'run':<18} {'wall s':>7} {'start':>7} {'graph':>7} {'end':>7} {'bound':>7} {'graph/bound':>11} {'767 s / wall':>13}")
     for label, r in rows:
-        print(f"{label:<18} {_fmt(r['wall'])} {_fmt(r['start'])} {_fmt(r['graph'])} {_fmt(r['end'])} "
-              f"{OLD_PIPELINE_S / r['wall']:13.1f}")
+        ratio = f"{r['graph'] / r['bound']:11.2f}" if r["bound"] and r["graph"] is not None else f"{'-':>11}"
+        print(f"{label:<18} {_fmt(r['wall'])} {_fmt(r['start'])} {_fmt(r['graph'])} {_fmt(r['end'])} {_fmt(r['bound'])} "
+              f"{ratio} {OLD_PIPELINE_S / r['wall']:13.1f}")
+    print(f"bound: max(critical path, work / workers) of the steps that ran; graph/bound goal {GOAL_BOUND}")
     print(f"goals scaled by {scale:.2f}: start {GOAL_START_S * scale:.2f} s, end {GOAL_END_S * scale:.2f} s", end="")
     for workers, wall in walls.items():
         goal = GOALS_S.get((opts.n, workers))

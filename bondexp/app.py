@@ -21,6 +21,7 @@ from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore
 from bondexp.config import collect_models, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
+from bondexp.executors import warm_up
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
@@ -113,6 +114,7 @@ def run(
 
     summary = _finished_run_summary(graph, run_dir, fingerprint)
     if summary is None:
+        warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
         if dataset is None:
             dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
         summary = data_summary(dataset, info)

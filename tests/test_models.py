@@ -249,6 +249,21 @@ def test_automl_budget_counts_candidates_and_a_binding_time_cap_is_reported():
     assert capped.metrics_["automl_time_limited"] is True and capped.metrics_["reproducible"] is False
 
 
+def test_automl_prunes_poor_candidates_after_a_fold_and_records_them():
+    from bondexp.models.automl import AutoMLRegressor
+
+    X, y, dates = _panel(n_months=16)
+    kw = dict(families=["ridge", "boosting"], n_candidates=8, n_folds=3, random_state=0, time_limit_s=None)
+    model = AutoMLRegressor(**kw).fit(X, y, groups=dates)
+    again = AutoMLRegressor(**kw).fit(X, y, groups=dates)
+    assert model.trials_ == again.trials_  # trials run one after another: the same candidates stop on any machine
+    pruned = [t for t in model.trials_ if t["state"] == "PRUNED"]
+    assert pruned and model.metrics_["automl_pruned"] == len(pruned)
+    assert all(t["score"] is None and t["folds"] < 3 and t["score_so_far"] > 0 for t in pruned)
+    assert all(t["folds"] == 3 for t in model.trials_[:2])  # each family's first look runs every fold
+    assert model.best_["score"] == min(t["score"] for t in model.trials_ if t["score"] is not None)
+
+
 @pytest.mark.parametrize("name", ["advanced", "automl", "regime", "tail_risk", "bayesian"])
 def test_bondexp_estimators_fit_with_months_and_without(name):
     """``groups`` (the rows' dates) is optional: plain ``fit(X, y)`` cuts at row counts instead."""
