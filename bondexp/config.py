@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -188,7 +189,7 @@ def register_configs() -> None:
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConf)
     store.store(group="data", name="file_schema", node=FileDataConf)
     stamp = datetime.now()
-    resolvers = {
+    resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
         "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
@@ -222,8 +223,8 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
             f"Got {target!r} instead.{_suggest(target, models)}"
         )
-    by_name = OmegaConf.to_container(cfg.tune.search_space, resolve=True) or {}
-    by_class = OmegaConf.to_container(cfg.tune.class_search_space, resolve=True) or {}
+    by_name = plain_dict(cfg.tune.search_space) if cfg.tune.search_space is not None else {}
+    by_class = plain_dict(cfg.tune.class_search_space) if cfg.tune.class_search_space is not None else {}
     if space_key(target, models[target], by_name=by_name, by_class=by_class) is None:
         raise ConfigError(
             f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges to tune "
@@ -240,7 +241,7 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
     user's ``my_lasso.yaml`` holding just ``_target_`` and parameters) lands under ``model``;
     it is named after the group choice (``model=my_lasso``).
     """
-    models = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.models.items()}
+    models = {str(name): plain_dict(spec) for name, spec in cfg.models.items()}
     loose = cfg.get("model")
     if loose is not None and len(loose) > 0:
         if "_target_" not in loose:
@@ -254,7 +255,7 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
                 f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' "
                 "header; in a list every file needs that header, so that each lands under its own name."
             )
-        models[name] = OmegaConf.to_container(loose, resolve=True)
+        models[name] = plain_dict(loose)
     return models
 
 
@@ -303,7 +304,7 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
         _fail("model", "a model, a list of models or a model set", "no model")
     from bondexp.steps.backtest import check_backtest_config
 
-    check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
+    check_backtest_config(plain_dict(cfg.backtest))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():
@@ -324,3 +325,11 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
             _fail(f"data.{key}", "an existing file", value)
     if cfg.resume not in (None, "last") and not Path(cfg.resume).is_dir():
         _fail("resume", "a run folder or 'last'", cfg.resume)
+
+
+def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
+    """A config mapping as plain dicts and lists (interpolations resolved): what steps and checks take."""
+    value = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a config mapping, got {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}

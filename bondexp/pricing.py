@@ -83,7 +83,7 @@ class _Calendar:
         month = serial.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
         return _Dates(month, serial - self.first[month - self.base] + 1, serial)
 
-    def step_back(self, anchor: _Dates, eom: np.ndarray, months: np.ndarray, steps: np.ndarray) -> _Dates:
+    def step_back(self, anchor: _Dates, eom: np.ndarray, months: np.ndarray, steps: np.ndarray | int) -> _Dates:
         """``anchor`` moved back ``steps`` periods of ``months`` months, to month ends where ``eom``.
 
         This is QuantLib's ``NullCalendar().advance(anchor, -steps * tenor, Unadjusted, True)``:

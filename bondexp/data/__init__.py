@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp.bondtable import BondTable
 from bondexp.curves import CurveTable
+from bondexp.config import plain_dict
 from bondexp.errors import ConfigError
 
 SOURCES = ("synthetic", "csv", "parquet")
@@ -136,7 +137,7 @@ def existing_path(cfg: Mapping, key: str) -> Path:
 
 def _plain(data_cfg: Mapping) -> dict:
     if isinstance(data_cfg, DictConfig):
-        return OmegaConf.to_container(data_cfg, resolve=True)
+        return plain_dict(data_cfg)
     return dict(data_cfg)
 
 
