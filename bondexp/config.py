@@ -318,3 +318,11 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
             _fail(f"data.{key}", "an existing file", value)
     if cfg.resume not in (None, "last") and not Path(cfg.resume).is_dir():
         _fail("resume", "a run folder or 'last'", cfg.resume)
+
+
+def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
+    """A config mapping as plain dicts and lists (interpolations resolved): what steps and checks take."""
+    value = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a config mapping, got {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}

@@ -92,7 +92,7 @@ class Dataset:
         """The ``split`` rows of ``features`` as a DataFrame with named columns (what estimators get)."""
         cols = self.columns(features)
         names = [self.feature_names[c] for c in cols]
-        return pd.DataFrame(np.asarray(self.X[np.ix_(self.splits[split], cols)]), columns=names)
+        return pd.DataFrame(np.asarray(self.X[np.ix_(self.splits[split], np.asarray(cols, dtype=np.intp))]), columns=names)
 
     def target(self, split: str) -> np.ndarray:
         """The residual target of the ``split`` rows."""

@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -141,7 +141,7 @@ class _TqdmWriteHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _is_console_handler(handler: logging.Handler) -> bool:
+def _is_console_handler(handler: logging.Handler) -> TypeGuard[logging.StreamHandler]:
     return type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)
 
 

@@ -69,7 +69,8 @@ def run_row(run_dir: Path) -> Dict[str, Any]:
     if results.get("interrupted"):
         status = "interrupted"
     else:
-        status = {True: "ok", False: "failed"}.get(results.get("ok"), "unfinished")
+        ok = results.get("ok")
+        status = "unfinished" if ok is None else "ok" if ok else "failed"
     started = run_dir / ".hydra" / "overrides.yaml"
     stamp = (started if started.is_file() else run_dir / "results.json" if results else run_dir).stat().st_mtime
     return {

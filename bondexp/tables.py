@@ -29,7 +29,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     writer.writerow(columns)
     for row in rows:
         values = [row.get(c) for c in columns]
-        writer.writerow(["" if _blank(v) else repr(float(v)) if _is_float(v) else str(v) for v in values])
+        writer.writerow(["" if _blank(v) else repr(float(v)) if v is not None and _is_float(v) else str(v) for v in values])
     return buffer.getvalue()
 
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from bondexp import __version__
 from bondexp.atomic import atomic_write_json, atomic_write_text
 from bondexp.checkpoints import CheckpointStore
+from bondexp.config import plain_dict
 from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
 
 log = logging.getLogger("bondexp")
@@ -118,7 +119,7 @@ def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
 def run_params(cfg: DictConfig, overrides: Sequence[str]) -> Dict[str, str]:
     """``overrides`` (the command line's, space-joined) plus the composed config flattened to dotted
     keys, Hydra's own node left out; values as text (JSON for everything but strings)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = plain_dict(cfg)
     plain.pop("hydra", None)
     params = {"overrides": " ".join(overrides)}
     params.update(flatten(plain))
@@ -140,7 +141,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
 def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
     """Every numeric step metric as ``<step>.<metric>``, every leaderboard row as ``<model>.<column>``
     (:data:`LEADERBOARD_METRICS`), and ``wall_s``. Text, flags and non-finite values are left out."""
-    metrics: Dict[str, float] = {}
+    metrics: Dict[str, Any] = {}
     for step, record in results.get("steps", {}).items():
         for key, value in (record.get("metrics") or {}).items():
             metrics[f"{step}.{key}"] = value
