@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore
-from bondexp.config import collect_models, validate_config
+from bondexp.config import collect_models, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.executors import warm_up
 from bondexp.graph import build_graph
@@ -99,15 +99,14 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    data_cfg = with_absolute_paths(OmegaConf.to_container(cfg.data, resolve=True))  # steps may run elsewhere
+    data_cfg = with_absolute_paths(plain_dict(cfg.data))  # steps may run elsewhere
     durations_path = cache_dir / "durations.json"
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
-    dataset = info = None
-    backtest = cfg.backtest.origins is not None
-    if backtest:  # the origins are months of the data: load it before the graph, dry run included
-        dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
-    graph = build_graph(build_steps(cfg, models, months=dataset.meta["obs_date"] if backtest else None))
+    loaded = None
+    if cfg.backtest.origins is not None:  # the origins are months of the data: load it before the graph, dry run included
+        loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+    graph = build_graph(build_steps(cfg, models, months=loaded[0].meta["obs_date"] if loaded is not None else None))
     if cfg.dry_run:
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
@@ -115,8 +114,9 @@ def run(
     summary = _finished_run_summary(graph, run_dir, fingerprint)
     if summary is None:
         warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
-        if dataset is None:
-            dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+        if loaded is None:
+            loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+        dataset, info = loaded
         summary = data_summary(dataset, info)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "data_summary.json", summary)
@@ -156,7 +156,7 @@ def run(
     return result
 
 
-def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str):
+def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> tuple[Any, dict[str, Any]]:
     """The run's dataset and load info; imported here so commands that load no data stay light."""
     from bondexp.features import load_dataset
 

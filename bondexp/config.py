@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, overload
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -169,6 +169,10 @@ def latest_run(outputs: Path = Path("outputs")) -> Path:
     return runs[-1]
 
 
+@overload
+def resolve_run_dir(resume: str) -> str: ...
+@overload
+def resolve_run_dir(resume: None) -> None: ...
 def resolve_run_dir(resume: Optional[str]) -> Optional[str]:
     """The folder `resume` names (``last``: the newest run), or None for a fresh run."""
     if resume is None:
@@ -187,7 +191,7 @@ def register_configs() -> None:
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConf)
     store.store(group="data", name="file_schema", node=FileDataConf)
     stamp = datetime.now()
-    resolvers = {
+    resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
         "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
@@ -215,8 +219,8 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
             f"Got {target!r} instead.{did_you_mean(target, models)}"
         )
-    by_name = OmegaConf.to_container(cfg.tune.search_space, resolve=True) or {}
-    by_class = OmegaConf.to_container(cfg.tune.class_search_space, resolve=True) or {}
+    by_name = plain_dict(cfg.tune.search_space)
+    by_class = plain_dict(cfg.tune.class_search_space)
     if space_key(target, models[target], by_name=by_name, by_class=by_class) is None:
         raise ConfigError(
             f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges to tune "
@@ -233,7 +237,7 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
     user's ``my_lasso.yaml`` holding just ``_target_`` and parameters) lands under ``model``;
     it is named after the group choice (``model=my_lasso``).
     """
-    models = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.models.items()}
+    models = {str(name): plain_dict(spec) for name, spec in cfg.models.items()}
     loose = cfg.get("model")
     if loose is not None and len(loose) > 0:
         if "_target_" not in loose:
@@ -247,7 +251,7 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
                 f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' "
                 "header; in a list every file needs that header, so that each lands under its own name."
             )
-        models[name] = OmegaConf.to_container(loose, resolve=True)
+        models[name] = plain_dict(loose)
     return models
 
 
@@ -297,7 +301,7 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
     if cfg.backtest.origins is not None:  # the other backtest keys are read only then; null keeps numpy unimported
         from bondexp.steps.backtest import check_backtest_config
 
-        check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
+        check_backtest_config(plain_dict(cfg.backtest))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():

@@ -21,9 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bondexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
 
 log = logging.getLogger("bondexp")
 
@@ -96,6 +99,8 @@ class _SharedDiskBackend:
         """
         from bondexp.worker import execute_step  # not at the top: bondexp.worker imports this module
 
+        if self._executor is None:
+            raise RuntimeError(f"{type(self).__name__}.start() must run before submit()")
         return self._executor.submit(execute_step, task)
 
 
@@ -217,8 +222,8 @@ class DaskBackend:
             ) from exc
         self.concurrency = workers
         self._address = options.get("address")
-        self._client = None
-        self._cluster = None
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
         self._reports: dict[str, Any] = {}  # step name -> Dask future of its report, kept for its dependents
         self._reused: dict[str, Any] = {}  # step name -> scattered artifact of a step reused from its checkpoint
         self._dataset: tuple[Any, Any] | None = None  # (the dataset, its scattered future)
@@ -256,7 +261,7 @@ class DaskBackend:
             if need not in reports and need not in self._reused:
                 self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
-        future = self._client.submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
+        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
                                      key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}", pure=False)
         self._reports[task.name] = future
         return _as_concurrent_future(future)
@@ -271,7 +276,12 @@ class DaskBackend:
     def _scatter(self, value: Any) -> Any:
         """One future of ``value`` on every worker: scattered data has no task to recompute it from, so
         one copy per worker keeps it when a worker dies (in a list: ``scatter`` splits a dict by its keys)."""
-        return self._client.scatter([value], broadcast=True, hash=False)[0]
+        return self._started_client().scatter([value], broadcast=True, hash=False)[0]
+
+    def _started_client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("DaskBackend.start() must run before steps are submitted")
+        return self._client
 
     def stop(self, *, kill: bool) -> None:
         """Release this run's data on the cluster and close the client (and the local cluster if started here).

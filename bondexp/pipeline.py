@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bondexp.config import MODEL_STEP_KEYS
+from bondexp.config import MODEL_STEP_KEYS, plain_dict
 from bondexp.errors import ConfigError
 from bondexp.graph import Step
 
@@ -39,8 +39,8 @@ def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *
 
 def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
     """The step that trains one model file: estimator params apart from the step's own keys."""
-    feature_sets = OmegaConf.to_container(cfg.feature_sets, resolve=True)
-    early_stopping = {**OmegaConf.to_container(cfg.early_stopping, resolve=True), **spec.get("early_stopping", {})}
+    feature_sets = plain_dict(cfg.feature_sets)
+    early_stopping = {**plain_dict(cfg.early_stopping), **spec.get("early_stopping", {})}
     config = {
         "name": name,
         "group": spec.get("group", "ml"),
@@ -64,7 +64,7 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
     ConfigError
         From :func:`bondexp.steps.backtest.origin_months`, or a model or step named like a backtest step.
     """
-    spec = OmegaConf.to_container(cfg.backtest, resolve=True)
+    spec = plain_dict(cfg.backtest)
     if spec["origins"] is None:
         return []
     from bondexp.steps import backtest as bt  # here: it imports numpy, which a run without a backtest may not need
@@ -78,7 +78,9 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
                           "or set backtest.origins=null.")
     shared = {"horizon": spec["horizon"], "window": spec["window"], "calibration_months": spec["calibration_months"]}
     origins = bt.origin_months(months, spec)
-    refits = {name: (model_step(name, model, cfg).config, ()) for name, model in models.items()}
+    refits: dict[str, tuple[dict[str, Any] | None, tuple[str, ...]]] = {
+        name: (model_step(name, model, cfg).config, ()) for name, model in models.items()
+    }
     if "tune" in cfg.steps:
         refits[bt.TUNED] = (None, ("tune",))
     steps = [
@@ -113,7 +115,7 @@ def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], *, months: O
             else:
                 needs.append(need)
         needs.extend(need for need in decl.get("needs_if_chosen", []) if need in cfg.steps or need in models)
-        slice_ = OmegaConf.to_container(decl.config, resolve=True) if decl.config is not None else {}
+        slice_ = plain_dict(decl.config) if decl.config is not None else {}
         slice_ = {**slice_, "seed": int(cfg.seed)}
         steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))
     return steps + backtest_steps(cfg, models, months)

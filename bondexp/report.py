@@ -76,7 +76,10 @@ def write_report(
 
 def _header(run_dir: Path, *, command: str, overrides: Sequence[str], results: Mapping[str, Any]) -> str:
     ok = results.get("ok")
-    state = "interrupted" if results.get("interrupted") else {True: "every step finished", False: "some steps failed or were skipped"}.get(ok, "unknown")
+    if results.get("interrupted"):
+        state = "interrupted"
+    else:
+        state = "every step finished" if ok is True else "some steps failed or were skipped" if ok is False else "unknown"
     wall = results.get("wall_s")
     lines = [
         f"# bondexp run: {run_dir.name}",
@@ -269,7 +272,9 @@ def _status(steps: Mapping[str, Mapping[str, Any]], name: str) -> str:
         return "was not part of this run"
     if step.get("status") == "skipped":
         return f"was skipped: {step.get('error') or 'a step it needs failed'}"
-    return {"failed": "failed (see Steps)"}.get(step.get("status"), f"left no artifact (status {step.get('status')!r})")
+    if step.get("status") == "failed":
+        return "failed (see Steps)"
+    return f"left no artifact (status {step.get('status')!r})"
 
 
 def _num(value: Any, decimals: int) -> str:

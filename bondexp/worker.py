@@ -297,7 +297,7 @@ def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[lo
     step_log = logging.getLogger(f"bondexp.steps.{name}")
     step_log.setLevel(logging.INFO)
     step_log.propagate = False
-    attached = [(step_log, handler)]
+    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler)]
     if executors.IN_POOL_WORKER:
         logging.captureWarnings(True)
         logging.getLogger().addHandler(handler)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from bondexp.config import plain_dict
 from bondexp.errors import ConfigError
 from bondexp.predict.batches import load_new_bonds, predict_batches
 from bondexp.predict.runfolder import best_model, open_run, resolve_run
@@ -63,7 +64,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     wall, clock = time.perf_counter(), time.process_time()
     run = open_run(resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
     times = {"open the run": time.process_time() - clock}
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg = plain_dict(cfg.data)
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
     times["read and validate"] = time.process_time() - clock - times["open the run"]
     best = best_model(run.artifacts)
@@ -81,7 +82,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
                                        progress=bool(cfg.progress), workers=int(cfg.workers), times=times):
             clock = time.process_time()
             table = pa.table(columns)
-            if parquet is None:
+            if parquet is None or csv is None:
                 # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
                 labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
                 parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
@@ -92,6 +93,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
             today = columns["obs_date"] == latest
             ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
             times["write"] = times.get("write", 0.0) + time.process_time() - clock
+        assert parquet is not None and csv is not None  # load_new_bonds refuses an empty file: a batch was written
         parquet.close()
         csv.close()
         parquet = csv = None

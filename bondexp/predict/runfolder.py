@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import OmegaConf
 
+from bondexp.config import plain_dict
 from bondexp.errors import ConfigError, RunFolderError
 
 #: and behave as they did (scikit-learn supports no cross-version unpickling; bondexp's own classes
@@ -113,7 +114,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"{f' (did you mean {hints}?)' if hints else ''}; its models are {sorted(step_of)}. Use models=all or some of these."
         )
     artifacts = {name: store.load(step_of[name], pipeline=True) for name in wanted}
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    config = plain_dict(OmegaConf.load(config_path), resolve=False)
     dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
     return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
 

@@ -99,7 +99,7 @@ def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mappin
                       "|---|---|---|---|---|---|---|---|"]
             for i in rows:
                 low, high = ranked.get(f"{best}_price_lower"), ranked.get(f"{best}_price_upper")
-                interval = "-" if low is None else f"[{_number(low[i])}, {_number(high[i])}]"
+                interval = "-" if low is None or high is None else f"[{_number(low[i])}, {_number(high[i])}]"
                 lines.append(
                     f"| {ranked['bond_id'][i]} | {ranked['rating'][i]} | {ranked['sector'][i]} | {_number(ranked['market_price'][i])} "
                     f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} | {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"

@@ -12,7 +12,7 @@ The gathering step scores the refits with :func:`bondexp.steps.backtest_score.sc
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeGuard
 
 import numpy as np
 
@@ -38,7 +38,7 @@ CSV_COLUMNS = ("model", "origin", "n", "n_months", "n_train", "rmse", "rmse_ci_l
 # ----------------------------------------------------------------------------- config and origins
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int | np.integer]:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -79,7 +79,7 @@ def check_backtest_config(spec: Mapping[str, Any]) -> None:
         value = spec.get(key)
         if not _is_int(value) or value < 1:
             raise ConfigError(f"The 'backtest.{key}' config key must be a whole number of months, at least 1. Got {value!r} instead.")
-    window, calibration = spec.get("window"), spec.get("calibration_months")
+    window, calibration = spec.get("window"), spec["calibration_months"]  # the loop above checked it is there
     if window != "expanding":
         if not _is_int(window) or window < calibration + MIN_FIT_MONTHS:
             raise ConfigError(
@@ -206,7 +206,7 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArti
     )
     model = _train(model_config, dataset, params=None, train_rows=rows["fit"],
                    calibration_rows=rows["calibration"] if calibrates else None)
-    cols = dataset.columns(features)
+    cols = np.asarray(dataset.columns(features), dtype=np.intp)
     frame = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows["scored"], cols)]), columns=features)
     predictions = predict_all(model, frame)
     y = np.asarray(dataset.y[rows["scored"]])

@@ -130,7 +130,9 @@ def _shared_scored_rows(by_model: Mapping[str, Mapping[str, Mapping[str, Any]]],
 def _month_blocks(obs_date: np.ndarray, scored: Mapping[str, np.ndarray], origins: Sequence[str], *,
                   n_bootstrap: int, seed: int) -> _MonthBlocks:
     """Number the (origin, month) blocks of the scored rows, earliest first, and draw the bootstrap's resamples."""
-    index, n_months, counts = {}, {}, []
+    index: dict[str, np.ndarray] = {}
+    n_months: dict[str, int] = {}
+    counts: list[int] = []
     for origin in origins:
         month = np.asarray(obs_date[scored[origin]], dtype="datetime64[M]")
         codes, inverse = np.unique(month, return_inverse=True)

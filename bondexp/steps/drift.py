@@ -246,7 +246,7 @@ def _feature_tests(
         psi, p, m_psi, m_p = sample_drift(
             ref, cur, test_month, n_months, categorical=categorical, n_bins=n_bins, psi_floor=psi_floor, shares=feature_shares
         )
-        entry = {
+        entry: Dict[str, Any] = {
             "kind": "categorical" if categorical else "observation", "test": "chi2" if categorical else "ks",
             "psi": psi, "p": p, "monthly_psi": m_psi, "monthly_p": m_p, "monthly": {}, "extra": {},
         }
@@ -300,7 +300,7 @@ def _model_drift(
     shares = (_bond_share(dataset, "validation"), _bond_share(dataset, "test"))
     n_months = len(labels)
     count = np.bincount(test_month, minlength=n_months)
-    results = {}
+    results: Dict[str, Dict[str, Any]] = {}
     for name, artifact in models.items():
         pred_val = np.asarray(artifact.predictions["validation"]["mean"], dtype=np.float64)
         pred_test = np.asarray(artifact.predictions["test"]["mean"], dtype=np.float64)

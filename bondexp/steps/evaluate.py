@@ -126,12 +126,11 @@ def evaluate_models(
     if dataset.has_oracle:
         candidates[ORACLE] = {"mean": np.asarray(meta["oracle_prediction"], dtype=np.float64)}
 
-    options = dict(meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     val_rmse = {name: _val_rmse(artifact) for name, artifact in models.items()}
     val_rmse.update(_reference_val_rmse(dataset))
     leaderboard, breakdown = [], {}
     for name, prediction in candidates.items():
-        leaderboard.append({**score_model(name, prediction, y, **options), "val_rmse": val_rmse.get(name, np.nan)})
+        leaderboard.append({**score_model(name, prediction, y, meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed), "val_rmse": val_rmse.get(name, np.nan)})
         breakdown[name] = score_breakdown(prediction, y, meta=meta)
     leaderboard.sort(key=lambda row: row["rmse"])
     best = choose_best(leaderboard)

@@ -125,7 +125,7 @@ def _train(config, dataset: Dataset, *, params, train_rows, calibration_rows=Non
     features = list(config["features"])
     model = build_model(config, dataset=dataset, params=params)
     rows = dataset.splits["train"] if train_rows is None else np.sort(np.asarray(train_rows))
-    cols = dataset.columns(features)
+    cols = np.asarray(dataset.columns(features), dtype=np.intp)
     X = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows, cols)]), columns=features)
     fit_time_ordered(model, X, np.asarray(dataset.y[rows]), groups=np.asarray(dataset.meta["obs_date"])[rows])
     est = final_estimator(model)

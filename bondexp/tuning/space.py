@@ -125,10 +125,12 @@ def untuned_params(
 
 
 def _holds(dist: BaseDistribution, value: Any) -> bool:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
         return any(value == c and type(value) is type(c) for c in dist.choices)
+    if not isinstance(dist, (IntDistribution, FloatDistribution)):
+        raise TypeError(f"unexpected Optuna distribution {type(dist).__name__}: the search space builds only int, float and categorical ones")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         return False
     if isinstance(dist, IntDistribution) and value != int(value):

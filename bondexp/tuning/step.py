@@ -199,7 +199,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "value": float(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "value": float(trial.value) if trial.state == TrialState.COMPLETE and trial.value is not None else None,
         "params": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()},
         "untuned": bool(trial.user_attrs.get(studies.UNTUNED_ATTR, False)),
         "error": trial.user_attrs.get("error"),

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import optuna
+from optuna.storages.journal import JournalFileBackend  # a submodule `optuna.storages` does not export
 from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
@@ -84,7 +85,7 @@ def storage_spec_for(storage: Optional[str], *, run_dir: Path) -> str:
 def open_storage(spec: str) -> optuna.storages.BaseStorage:
     """Build the storage a spec names."""
     if spec.startswith("journal:"):
-        backend = optuna.storages.journal.JournalFileBackend(spec[len("journal:"):])
+        backend = JournalFileBackend(spec[len("journal:"):])
         return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(spec)
@@ -214,6 +215,7 @@ class _TrialPool:
 
     def _run_batch(self, batch: List[Mapping[str, Any]]) -> List[Any]:
         """The results of ``batch`` in its order; the next trial goes to whichever of the pool and this process is free."""
+        assert self.pool is not None  # __enter__ starts the pool before it returns this method
         results: List[Any] = [None] * len(batch)
         queue = list(range(len(batch)))
         running: Dict[Future, int] = {}
@@ -253,7 +255,7 @@ def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping
 
 
 #: The model config and dataset a trial process fits on (set once by :func:`_init_trial_process`).
-_TRIAL_ARGS: Tuple[Any, ...] = ()
+_TRIAL_ARGS: tuple[Mapping[str, Any], Dataset] | None = None
 
 
 def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, parent: int) -> None:
@@ -271,4 +273,6 @@ def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, paren
 
 
 def _run_trial_here(params: Mapping[str, Any]) -> Any:
+    if _TRIAL_ARGS is None:
+        raise RuntimeError("a trial process runs trials only after _init_trial_process has set its model and data")
     return run_trial(*_TRIAL_ARGS, params)
