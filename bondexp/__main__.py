@@ -47,8 +47,7 @@ def _main(cfg: DictConfig) -> None:
         n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
     try:
-        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides,
-                     workers=workers)
+        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides, workers=workers)
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -63,8 +63,7 @@ def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
 
 def format_data_summary(summary: dict[str, Any]) -> str:
     lines = [
-        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} "
-        f"in {summary['load_seconds']:.2f}s)"
+        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} in {summary['load_seconds']:.2f}s)"
     ]
     for split, s in summary["splits"].items():
         lines.append(
@@ -179,8 +178,11 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, A
     for name in graph.order:
         manifest = store.manifest(name) or {}
         artifact = store.artifact_path(name)
-        if manifest.get("fingerprint") != fingerprints[name] or not artifact.is_file() \
-                or artifact.stat().st_size != manifest.get("size_bytes"):
+        if (
+            manifest.get("fingerprint") != fingerprints[name]
+            or not artifact.is_file()
+            or artifact.stat().st_size != manifest.get("size_bytes")
+        ):
             return None
     try:
         return json.loads(path.read_text())
@@ -204,9 +206,7 @@ def _import_output_libraries() -> None:
     import_pyplot()
 
 
-def write_outputs(
-    result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]
-) -> None:
+def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]) -> None:
     """results.json, the timeline and report.md. Each step's own files the runner wrote as the step finished.
 
     When every step was reused and report.md was written for these same steps and command, only
@@ -241,8 +241,10 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     wanted = ("reused", "skipped") if reused_only else ("ran", "reused", "skipped")
     if not result.steps or any(step.status not in wanted for step in result.steps.values()):
         return None
-    payload = {"steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
-               "overrides": sorted({o for o in overrides if not o.startswith(("resume=", "progress=", "workers="))})}
+    payload = {
+        "steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
+        "overrides": sorted({o for o in overrides if not o.startswith(("resume=", "progress=", "workers="))}),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -39,8 +39,14 @@ _PRELOAD = ["bondexp.worker"]
 #: CPU), so no worker imports them again at its first step; the parent imports them too, to unpickle artifacts.
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
 
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def cpu_count() -> int:
@@ -157,10 +163,7 @@ class ProcessBackend(_SharedDiskBackend):
         default = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         method = options.get("start_method", default)
         if method not in ("forkserver", "spawn"):
-            raise ConfigError(
-                f"The 'start_method' option of the local executor must be 'forkserver' or 'spawn'. "
-                f"Got {method!r} instead."
-            )
+            raise ConfigError(f"The 'start_method' option of the local executor must be 'forkserver' or 'spawn'. Got {method!r} instead.")
         self.concurrency = workers
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
@@ -217,9 +220,7 @@ class DaskBackend:
         try:
             import distributed  # noqa: F401  (checked here so a missing extra fails before any work)
         except ImportError as exc:
-            raise ConfigError(
-                "executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'."
-            ) from exc
+            raise ConfigError("executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'.") from exc
         self.concurrency = workers
         self._address = options.get("address")
         self._client: Client | None = None
@@ -243,8 +244,11 @@ class DaskBackend:
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(
-                    n_workers=self.concurrency, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.WARNING,
+                    n_workers=self.concurrency,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
                 )
             self._client = Client(self._cluster)
 
@@ -261,8 +265,15 @@ class DaskBackend:
             if need not in reports and need not in self._reused:
                 self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
-        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
-                                     key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}", pure=False)
+        future = self._started_client().submit(
+            execute_remote_step,
+            task,
+            reports,
+            artifacts,
+            self._scattered(dataset),
+            key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}",
+            pure=False,
+        )
         self._reports[task.name] = future
         return _as_concurrent_future(future)
 
@@ -382,9 +393,7 @@ def make_backend(name: str, *, workers: int, options: Mapping[str, Any] | None =
 def _check_options(name: str, options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"Unknown option(s) {unknown} for the {name!r} executor. Supported options: {list(allowed)}."
-        )
+        raise ConfigError(f"Unknown option(s) {unknown} for the {name!r} executor. Supported options: {list(allowed)}.")
 
 
 def worker_label() -> str:

@@ -66,9 +66,13 @@ def _hand_over(loader: Any, cfg: DictConfig, *, config_name: str | None, overrid
 
     def load_configuration(**kwargs: Any) -> DictConfig:
         del loader.load_configuration  # once: a sweep's job configs are composed by Hydra
-        extra = kwargs["overrides"][len(overrides):]
-        if (kwargs["run_mode"] != RunMode.RUN or kwargs["config_name"] != config_name
-                or kwargs["overrides"][:len(overrides)] != overrides or extra not in ([], ["hydra.mode=RUN"])):
+        extra = kwargs["overrides"][len(overrides) :]
+        if (
+            kwargs["run_mode"] != RunMode.RUN
+            or kwargs["config_name"] != config_name
+            or kwargs["overrides"][: len(overrides)] != overrides
+            or extra not in ([], ["hydra.mode=RUN"])
+        ):
             return compose(**kwargs)
         if extra:
             cfg.hydra.mode = RunMode.RUN

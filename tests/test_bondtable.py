@@ -108,7 +108,9 @@ def test_duplicates_are_found_and_drop_counts_per_reason():
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
     raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date
     raw["coupon_rate"][5] = -0.02
-    with pytest.raises(DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"):
+    with pytest.raises(
+        DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"
+    ):
         validate(raw)
     table, dropped = validate(raw, on_invalid="drop")
     assert dropped == {"duplicate (bond_id, obs_date)": 2, "negative coupon": 1}

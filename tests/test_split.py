@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bondexp.data.split import expanding_folds, latest_months, month_blocks, month_holdout, month_counts, split_by_date
+from bondexp.data.split import expanding_folds, latest_months, month_blocks, month_counts, month_holdout, split_by_date
 from bondexp.errors import ConfigError
 
 

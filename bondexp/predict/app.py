@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -47,7 +48,7 @@ def register_configs() -> None:
 OUTPUT_FILES = ("predictions.parquet", "predictions.csv", "predictions.md")
 
 
-def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) -> Dict[str, Path]:
+def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Path]:
     """Check the run and the new file, predict every batch, then move the three output files into ``out_dir``.
 
     Returns the paths written. Raises a :class:`~bondexp.errors.BondexpError` (nothing written) when
@@ -75,11 +76,18 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     final = {name: out_dir / name for name in OUTPUT_FILES}
     temporary = {name: out_dir / f".{name}.tmp" for name in OUTPUT_FILES}
     scores = Scores(list(run.artifacts))
-    ranked: List[Dict[str, np.ndarray]] = []
+    ranked: list[dict[str, np.ndarray]] = []
     parquet = csv = None
     try:
-        for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), bond_names=bond_names,
-                                       progress=bool(cfg.progress), workers=int(cfg.workers), times=times):
+        for columns in predict_batches(
+            run,
+            market,
+            batch_rows=int(cfg.batch_rows),
+            bond_names=bond_names,
+            progress=bool(cfg.progress),
+            workers=int(cfg.workers),
+            times=times,
+        ):
             clock = time.process_time()
             table = pa.table(columns)
             if parquet is None or csv is None:
@@ -97,9 +105,20 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
         parquet.close()
         csv.close()
         parquet = csv = None
-        text = render_markdown(run, best=best, scores=scores, ranked=concat(ranked), data_cfg=data_cfg, dropped=dropped,
-                               n_rows=len(market.bonds), n_ranked=int(cfg.n_ranked), overrides=overrides,
-                               times=times, wall=time.perf_counter() - wall, workers=int(cfg.workers))
+        text = render_markdown(
+            run,
+            best=best,
+            scores=scores,
+            ranked=concat(ranked),
+            data_cfg=data_cfg,
+            dropped=dropped,
+            n_rows=len(market.bonds),
+            n_ranked=int(cfg.n_ranked),
+            overrides=overrides,
+            times=times,
+            wall=time.perf_counter() - wall,
+            workers=int(cfg.workers),
+        )
         temporary["predictions.md"].write_text(text)
         for name in OUTPUT_FILES:
             os.replace(temporary[name], final[name])

@@ -49,7 +49,8 @@ PSI reaches ``psi_warn`` (it is being asked about inputs unlike validation's).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def status_of(psi: float, pvalue: float, *, psi_warn: float, psi_alert: float, k
     return "warn" if psi >= psi_warn or significant else "ok"
 
 
-def _monthly_series(values: np.ndarray, month: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _monthly_series(values: np.ndarray, month: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(month numbers, monthly mean)`` of a market-state column (constant within a month)."""
     months, inverse = np.unique(month, return_inverse=True)
     return months, np.bincount(inverse, weights=values) / np.bincount(inverse)
@@ -95,7 +96,7 @@ def _bond_share(dataset: Dataset, split: str) -> float:
 
 def _month_shifts(
     ref: np.ndarray, ref_month: np.ndarray, cur: np.ndarray, cur_code: np.ndarray, cur_months: np.ndarray
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """:func:`level_shift_test` of an observation feature's monthly mean (``level``) and sd (``scale``).
 
     ``cur_code`` numbers the current rows' months 0 .. len(cur_months)-1. Returns raw p-values.
@@ -123,7 +124,7 @@ def _month_shifts(
 
 
 def _observation_status(
-    psi: float, pvalue: float, shifts: Dict[str, Dict[str, Any]], *, psi_warn: float, psi_alert: float, ks_alpha: float
+    psi: float, pvalue: float, shifts: dict[str, dict[str, Any]], *, psi_warn: float, psi_alert: float, ks_alpha: float
 ) -> str:
     """Status of an observation feature (rule in the module docstring): alerts need a month-level shift."""
     psi = psi if np.isfinite(psi) else 0.0
@@ -162,7 +163,7 @@ def drift_report(
     correction: str = "holm",
     n_bins: int = 10,
     psi_floor: float = 1e-4,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Feature drift (train vs test) and model drift (validation vs test), overall and per test month.
 
     ``models`` maps model names to their artifacts; their ``predictions["validation"|"test"]["mean"]``
@@ -203,9 +204,17 @@ def drift_report(
 
 
 def _feature_drift(
-    dataset: Dataset, month_number: np.ndarray, test_months: np.ndarray, test_month: np.ndarray, labels: list, *,
-    correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
-) -> Dict[str, Dict[str, Any]]:
+    dataset: Dataset,
+    month_number: np.ndarray,
+    test_months: np.ndarray,
+    test_month: np.ndarray,
+    labels: list,
+    *,
+    correction: str,
+    n_bins: int,
+    psi_floor: float,
+    rules: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     """Every feature's tests, corrected p-values and status (the ``features`` part of the artifact)."""
     tests = _feature_tests(dataset, month_number, test_months, test_month, n_bins=n_bins, psi_floor=psi_floor)
     corrected = correct_pvalues(np.array([t["p"] for t in tests]), method=correction)
@@ -214,8 +223,7 @@ def _feature_drift(
     for part, value in zip(month_level, correct_pvalues(np.array([part["p"] for part in month_level]), method=correction)):
         part["p_corrected"] = value
     return {
-        name: _feature_entry(t, corrected[i], monthly_p[i], labels, rules)
-        for i, (name, t) in enumerate(zip(dataset.feature_names, tests))
+        name: _feature_entry(t, corrected[i], monthly_p[i], labels, rules) for i, (name, t) in enumerate(zip(dataset.feature_names, tests))
     }
 
 
@@ -235,20 +243,33 @@ def _feature_tests(
             cur_series = _monthly_series(cur, month_number[test_rows])[1]
             shift = level_shift_test(ref_series, ref_months, cur_series, test_months)
             volatility = volatility_test(ref_series, ref_months, cur_series, test_months)
-            tests.append({
-                "kind": "market_state", "test": "level_shift", "psi": np.nan, "p": shift["pvalue"],
-                "monthly_psi": np.full(n_months, np.nan), "monthly_p": shift["monthly_pvalue"],
-                "monthly": {"z": shift["monthly_z"]}, "extra": {key: shift[key] for key in ("z", "shift", "sd", "phi")},
-                "parts": {"volatility": {"ratio": volatility["ratio"], "p": volatility["pvalue"]}},
-            })
+            tests.append(
+                {
+                    "kind": "market_state",
+                    "test": "level_shift",
+                    "psi": np.nan,
+                    "p": shift["pvalue"],
+                    "monthly_psi": np.full(n_months, np.nan),
+                    "monthly_p": shift["monthly_pvalue"],
+                    "monthly": {"z": shift["monthly_z"]},
+                    "extra": {key: shift[key] for key in ("z", "shift", "sd", "phi")},
+                    "parts": {"volatility": {"ratio": volatility["ratio"], "p": volatility["pvalue"]}},
+                }
+            )
             continue
         categorical = name in dataset.categorical
         psi, p, m_psi, m_p = sample_drift(
             ref, cur, test_month, n_months, categorical=categorical, n_bins=n_bins, psi_floor=psi_floor, shares=feature_shares
         )
-        entry: Dict[str, Any] = {
-            "kind": "categorical" if categorical else "observation", "test": "chi2" if categorical else "ks",
-            "psi": psi, "p": p, "monthly_psi": m_psi, "monthly_p": m_p, "monthly": {}, "extra": {},
+        entry: dict[str, Any] = {
+            "kind": "categorical" if categorical else "observation",
+            "test": "chi2" if categorical else "ks",
+            "psi": psi,
+            "p": p,
+            "monthly_psi": m_psi,
+            "monthly_p": m_p,
+            "monthly": {},
+            "extra": {},
         }
         if not categorical:
             entry["parts"] = _month_shifts(ref, train_month, cur, test_month, test_months)
@@ -256,16 +277,13 @@ def _feature_tests(
     return tests
 
 
-def _feature_entry(
-    t: Dict[str, Any], corrected: float, monthly_p: np.ndarray, labels: list, rules: Dict[str, float]
-) -> Dict[str, Any]:
+def _feature_entry(t: dict[str, Any], corrected: float, monthly_p: np.ndarray, labels: list, rules: dict[str, float]) -> dict[str, Any]:
     """One feature's drift.json entry from its raw tests ``t`` and its corrected p-values."""
     ks_alpha = rules["ks_alpha"]
     if t["kind"] == "market_state":
         volatility = t["parts"]["volatility"]
         status = (
-            "alert" if min(corrected, volatility["p_corrected"]) < ks_alpha
-            else "warn" if min(t["p"], volatility["p"]) < ks_alpha else "ok"
+            "alert" if min(corrected, volatility["p_corrected"]) < ks_alpha else "warn" if min(t["p"], volatility["p"]) < ks_alpha else "ok"
         )
         t["extra"].update({"volatility_ratio": volatility["ratio"], "volatility_pvalue": volatility["p_corrected"]})
     elif t["kind"] == "categorical":
@@ -292,15 +310,22 @@ def _feature_entry(
 
 
 def _model_drift(
-    dataset: Dataset, models: Mapping[str, ModelArtifact], test_month: np.ndarray, labels: list, *,
-    correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
-) -> Dict[str, Dict[str, Any]]:
+    dataset: Dataset,
+    models: Mapping[str, ModelArtifact],
+    test_month: np.ndarray,
+    labels: list,
+    *,
+    correction: str,
+    n_bins: int,
+    psi_floor: float,
+    rules: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     """Each model's predictions (PSI) and absolute errors (KS) month by month against validation."""
     y_val, y_test = dataset.target("validation"), dataset.target("test")
     shares = (_bond_share(dataset, "validation"), _bond_share(dataset, "test"))
     n_months = len(labels)
     count = np.bincount(test_month, minlength=n_months)
-    results: Dict[str, Dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name, artifact in models.items():
         pred_val = np.asarray(artifact.predictions["validation"]["mean"], dtype=np.float64)
         pred_test = np.asarray(artifact.predictions["test"]["mean"], dtype=np.float64)
@@ -309,16 +334,22 @@ def _model_drift(
         )
         err_val, err_test = y_val - pred_val, y_test - pred_test
         abs_val, abs_test = np.abs(err_val), np.abs(err_test)
-        m_p = np.array([
-            ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0), larger=True) for chunk in split_by_month(abs_test, test_month, n_months)
-        ])
+        m_p = np.array(
+            [ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0), larger=True) for chunk in split_by_month(abs_test, test_month, n_months)]
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             m_rmse = np.sqrt(np.bincount(test_month, weights=err_test**2, minlength=n_months) / count)
             m_bias = np.bincount(test_month, weights=err_test, minlength=n_months) / count
         rmse_val, rmse_test = rmse(y_val, pred_val), rmse(y_test, pred_test)
         results[name] = {
-            "psi": psi, "pvalue_raw": ks_pvalue(abs_val, abs_test, shares=shares, larger=True), "monthly_psi": m_psi, "monthly_p": m_p,
-            "rmse_validation": rmse_val, "rmse_test": rmse_test, "rmse": m_rmse, "bias": m_bias,
+            "psi": psi,
+            "pvalue_raw": ks_pvalue(abs_val, abs_test, shares=shares, larger=True),
+            "monthly_psi": m_psi,
+            "monthly_p": m_p,
+            "rmse_validation": rmse_val,
+            "rmse_test": rmse_test,
+            "rmse": m_rmse,
+            "bias": m_bias,
         }
     names = list(results)
     if not names:
@@ -356,7 +387,7 @@ def _model_status(psi: float, pvalue: float, pvalue_raw: float, *, psi_warn: flo
     return "warn" if pvalue_raw < ks_alpha or (np.isfinite(psi) and psi >= psi_warn) else "ok"
 
 
-def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+def drift(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """The step: drift of every feature and of every model in ``inputs`` (their :class:`ModelArtifact`).
 
     Returns
@@ -378,12 +409,14 @@ def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     artifact = drift_report(dataset_for(ctx.shared), models, **options)
     ctx.log.info(
         "drift: %d alert, %d warn (%s); models drifted: %s",
-        artifact["metrics"]["n_alert"], artifact["metrics"]["n_warn"],
-        artifact["metrics"]["drifted"] or "none", artifact["metrics"]["models_drifted"] or "none",
+        artifact["metrics"]["n_alert"],
+        artifact["metrics"]["n_warn"],
+        artifact["metrics"]["drifted"] or "none",
+        artifact["metrics"]["models_drifted"] or "none",
     )
     return StepOutput(artifact, drift_files(artifact))
 
 
-def drift_files(artifact: Dict[str, Any]) -> Dict[str, bytes]:
+def drift_files(artifact: dict[str, Any]) -> dict[str, bytes]:
     """``drift.json`` (strict JSON, no NaN) and ``plots/drift.png``, rendered (path -> bytes)."""
     return {"drift.json": json.dumps(artifact, indent=2, allow_nan=False).encode(), "plots/drift.png": drift_png(artifact)}
