@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def dispatch_gaps(steps: dict[str, dict[str, Any]]) -> list[float]:
     gaps = []
     for spans in by_worker.values():
         spans.sort()
-        gaps += [start - previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:])]
+        gaps += [start - previous_end for (_, previous_end), (start, _) in pairwise(spans)]
     return gaps
 
 
@@ -124,7 +125,8 @@ def main() -> None:
     common += [f"data.n_observations={opts.n}"] if opts.n else []
     common += [f"backtest.origins={opts.origins}"] if opts.origins else []
     print(
-        f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; overrides {common}; {env or 'threads: cores // workers'}",
+        f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        f"overrides {common}; {env or 'threads: cores // workers'}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:

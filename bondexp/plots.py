@@ -134,7 +134,7 @@ def predicted_vs_actual_png(artifact: Mapping[str, Any], names: Sequence[str]) -
     rmse = {row["model"]: row["rmse"] for row in artifact["leaderboard"]}
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.6 * max(len(names), 1), 4.4), squeeze=False)
     limits = np.quantile(y, [0.005, 0.995]) if len(y) else np.array([-1.0, 1.0])
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):  # no models: one empty panel
         pred = np.asarray(artifact["samples"]["predictions"][name])
         ax.scatter(y[shown], pred[shown], s=4, alpha=0.35, color="tab:blue", rasterized=True)
         ax.plot(limits, limits, color="black", lw=1, ls="--", label="perfect")

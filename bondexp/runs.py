@@ -120,8 +120,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as an aligned text table."""
     cells = [[_show(key, row[key]) for key in COLUMNS] for row in rows]
     widths = [max([len(key)] + [len(line[i]) for line in cells]) for i, key in enumerate(COLUMNS)]
-    lines = ["  ".join(key.ljust(w) for key, w in zip(COLUMNS, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in cells]
+    lines = ["  ".join(key.ljust(w) for key, w in zip(COLUMNS, widths, strict=True)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     return "\n".join(lines)
 
 

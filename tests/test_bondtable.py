@@ -37,7 +37,7 @@ def test_validate_types_sorts_and_codes():
     assert len(table) == 6 and table.columns[: len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
     assert table["obs_date"].dtype == np.dtype("datetime64[D]")
     assert table["rating"].dtype == np.int8 and table["sector"].dtype == np.int16
-    keys = list(zip(table["obs_date"], table["bond_id"]))
+    keys = list(zip(table["obs_date"], table["bond_id"], strict=True))
     assert keys == sorted(keys)
     assert table.sectors == ("Energy", "Utilities")
     assert {RATINGS[r] for r in table["rating"]} == {"AAA", "BBB", "CCC"}

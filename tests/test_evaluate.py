@@ -187,9 +187,10 @@ def test_interval_scores_on_a_known_band():
 def test_gaussian_nll_prefers_the_right_spread():
     rng = np.random.default_rng(3)
     y = rng.normal(0, 2.0, 5000)
-    score = lambda s: score_model(
-        "b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0
-    )["nll"]
+
+    def score(s: float) -> float:
+        return score_model("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
+
     assert score(2.0) == pytest.approx(0.5 * np.log(2 * np.pi * 4.0) + 0.5, abs=0.05)
     assert score(2.0) < score(1.0) and score(2.0) < score(4.0)
 

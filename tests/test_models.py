@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -123,7 +124,7 @@ def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
 
 def test_factor_and_automl_record_what_they_found(artifacts):
     var = artifacts["factor"].info["bond_explained_variance"]
-    assert len(var) == 8 and all(a >= b for a, b in zip(var, var[1:]))
+    assert len(var) == 8 and all(a >= b for a, b in pairwise(var))
     info = artifacts["automl"].info
     assert {t["family"] for t in info["trials"]} == {"ridge", "boosting", "forest", "extra_trees"}
     best = min(t["score"] for t in info["trials"] if t["score"] is not None)

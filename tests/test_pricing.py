@@ -219,12 +219,12 @@ def test_chunks_change_nothing_and_the_curve_is_told_its_rows(monkeypatch):
     whole = run()
     monkeypatch.setattr(cashflows, "CHUNK_CELLS", 500)
     chunked = run()
-    for one, other in zip(whole, chunked):
+    for one, other in zip(whole, chunked, strict=True):
         for key in one:
             np.testing.assert_allclose(one[key], other[key], rtol=1e-14, atol=1e-12, err_msg=key)
     for i in range(0, n, 37):  # each bond alone, with its own curve
         alone = {key: column[[i]] for key, column in bonds.items()}
-        price = pricing.price_from_curve(alone, settlement[i], lambda rows, t: np.full(t.shape, level[i]), 0.01)
+        price = pricing.price_from_curve(alone, settlement[i], lambda rows, t, rate=level[i]: np.full(t.shape, rate), 0.01)
         np.testing.assert_allclose(price["clean_price"][0], chunked[1]["clean_price"][i], rtol=0, atol=1e-12)
 
 

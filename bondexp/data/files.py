@@ -293,7 +293,7 @@ def _pivot(frame: pd.DataFrame, column: str, value: str, path: Path, *, complete
     holes = grid.isna().to_numpy()
     if complete and holes.any():
         dates, keys = np.nonzero(holes)
-        first = [(str(grid.index[d].date()), grid.columns[k]) for d, k in zip(dates[:5], keys[:5])]
+        first = [(str(grid.index[d].date()), grid.columns[k]) for d, k in zip(dates[:5], keys[:5], strict=True)]
         raise DataValidationError(
             f"The file {path} lacks {int(holes.sum())} (date, {column}) pairs of its grid, e.g. {first}; every date needs every {column}."
         )

@@ -36,7 +36,7 @@ def month_counts(n_months: int, *, train: float, validation: float, test: float)
         raise ConfigError(f"The 'data.split' fractions must sum to 1. Got {fractions} (sum {train + validation + test:g}) instead.")
     cuts = np.rint(np.cumsum([train, validation]) * n_months).astype(int)
     counts = (int(cuts[0]), int(cuts[1] - cuts[0]), int(n_months - cuts[1]))
-    empty = [name for name, count in zip(PARTS, counts) if count == 0]
+    empty = [name for name, count in zip(PARTS, counts, strict=True) if count == 0]
     if empty:
         raise ConfigError(
             f"The 'data.split' fractions {fractions} leave the {empty} part(s) without any of the "

@@ -169,7 +169,7 @@ class StackedRegressor(CompositeRegressor):
         blend = self.meta_.predict(holdout)
         self.holdout_rmse_ = {name: float(np.sqrt(np.mean((y[late] - holdout[:, j]) ** 2))) for j, name in enumerate(first)}
         self.holdout_rmse_["blend"] = float(np.sqrt(np.mean((y[late] - blend) ** 2)))
-        self.weights_ = {name: float(w) for name, w in zip(first, self.meta_.coef_)}
+        self.weights_ = {name: float(w) for name, w in zip(first, self.meta_.coef_, strict=True)}
         self.weights_["intercept"] = float(self.meta_.intercept_)
         self.members_ = {name: fit_time_ordered(m, X, y, groups=months) for name, m in members.items()} if self.refit else first
         self.info_ = {"weights": dict(self.weights_), "holdout_rmse": dict(self.holdout_rmse_)}

@@ -145,7 +145,7 @@ def predict_batches(
     )
     with _bar(n, progress, "fair value") as bar:
         fair, accrued = np.empty(n), np.empty(n)
-        for (start, stop), (priced, spent) in zip(bounds, ordered_map(_price, bounds, state=state, workers=workers)):
+        for (start, stop), (priced, spent) in zip(bounds, ordered_map(_price, bounds, state=state, workers=workers), strict=True):
             fair[start:stop], accrued[start:stop] = priced
             _add(times, spent)
             bar.update(stop - start)
@@ -156,7 +156,7 @@ def predict_batches(
         bar.reset()
         bar.set_description(f"predict ({len(run.artifacts)} models)")
         tasks = [(start, stop, fair[start:stop], accrued[start:stop], prev[start:stop]) for start, stop in bounds]
-        for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers)):
+        for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers), strict=True):
             _add(times, spent)
             yield out
             bar.update(stop - start)

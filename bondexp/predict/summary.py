@@ -101,7 +101,8 @@ def render_markdown(
         "",
         "## Models",
         "",
-        "| model | step fingerprint | val RMSE (run) | test RMSE (run) | test coverage (run) | RMSE vs market here | improvement over DCF here |",
+        "| model | step fingerprint | val RMSE (run) | test RMSE (run) | test coverage (run) "
+        "| RMSE vs market here | improvement over DCF here |",
         "|---|---|---|---|---|---|---|",
         f"| dcf (fair value) | | | {_number(board.get('dcf_baseline', {}).get('rmse'))} | | {_number(scores.rmse('dcf'))} | 0.0% |",
     ]
@@ -129,7 +130,8 @@ def render_markdown(
                 interval = "-" if low is None or high is None else f"[{_number(low[i])}, {_number(high[i])}]"
                 lines.append(
                     f"| {ranked['bond_id'][i]} | {ranked['rating'][i]} | {ranked['sector'][i]} | {_number(ranked['market_price'][i])} "
-                    f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} | {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
+                    f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} "
+                    f"| {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
                 )
     return "\n".join(lines + time_table(times, wall=wall, n_rows=n_rows, workers=workers)) + "\n"
 

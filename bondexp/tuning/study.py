@@ -182,7 +182,7 @@ def run_study(
             study.sampler = batch_sampler(seed, n_done)
             asked = [study.ask(dict(space)) for _ in range(min(batch_size, n_trials - n_done))]
             results = run_batch([dict(trial.params) for trial in asked])
-            for trial, result in zip(asked, results):  # told in trial-number order
+            for trial, result in zip(asked, results, strict=True):  # told in trial-number order
                 best = _tell(study, trial, result, best)
     return best, False
 
