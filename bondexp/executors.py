@@ -265,15 +265,8 @@ class DaskBackend:
             if need not in reports and need not in self._reused:
                 self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
-        future = self._started_client().submit(
-            execute_remote_step,
-            task,
-            reports,
-            artifacts,
-            self._scattered(dataset),
-            key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}",
-            pure=False,
-        )
+        key = f"bondexp-step-{task.name}-{uuid.uuid4().hex}"
+        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset), key=key, pure=False)
         self._reports[task.name] = future
         return _as_concurrent_future(future)
 

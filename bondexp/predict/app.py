@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,6 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     Returns the paths written. Raises a :class:`~bondexp.errors.BondexpError` (nothing written) when
     the config, the run folder or the data is wrong.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     for key, low in (("batch_rows", 1), ("workers", 1), ("n_ranked", 0)):
         if int(cfg[key]) < low:
             raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
@@ -76,10 +72,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     final = {name: out_dir / name for name in OUTPUT_FILES}
     temporary = {name: out_dir / f".{name}.tmp" for name in OUTPUT_FILES}
     scores = Scores(list(run.artifacts))
-    ranked: list[dict[str, np.ndarray]] = []
-    parquet = csv = None
     try:
-        for columns in predict_batches(
+        batches = predict_batches(
             run,
             market,
             batch_rows=int(cfg.batch_rows),
@@ -87,24 +81,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
             progress=bool(cfg.progress),
             workers=int(cfg.workers),
             times=times,
-        ):
-            clock = time.process_time()
-            table = pa.table(columns)
-            if parquet is None or csv is None:
-                # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
-                labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-                parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
-                csv = pacsv.CSVWriter(str(temporary["predictions.csv"]), table.schema)
-            parquet.write_table(table)
-            csv.write_table(table)
-            scores.add(columns)
-            today = columns["obs_date"] == latest
-            ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
-            times["write"] = times.get("write", 0.0) + time.process_time() - clock
-        assert parquet is not None and csv is not None  # load_new_bonds refuses an empty file: a batch was written
-        parquet.close()
-        csv.close()
-        parquet = csv = None
+        )
+        ranked = _write_tables(batches, temporary, scores=scores, latest=latest, best=best, times=times)
         text = render_markdown(
             run,
             best=best,
@@ -123,10 +101,45 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
         for name in OUTPUT_FILES:
             os.replace(temporary[name], final[name])
     finally:
-        for writer in (parquet, csv):
-            if writer is not None:
-                writer.close()
         for path in temporary.values():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return final
+
+
+def _write_tables(
+    batches: Iterable[dict[str, np.ndarray]],
+    temporary: Mapping[str, Path],
+    *,
+    scores: Scores,
+    latest: Any,
+    best: str,
+    times: dict[str, float],
+) -> list[dict[str, np.ndarray]]:
+    """Write each batch to the temporary parquet and CSV files as it comes and score it; return the latest date's rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    ranked: list[dict[str, np.ndarray]] = []
+    parquet = csv = None
+    try:
+        for columns in batches:
+            clock = time.process_time()
+            table = pa.table(columns)
+            if parquet is None or csv is None:
+                # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
+                labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+                parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
+                csv = pacsv.CSVWriter(str(temporary["predictions.csv"]), table.schema)
+            parquet.write_table(table)
+            csv.write_table(table)
+            scores.add(columns)
+            today = columns["obs_date"] == latest
+            ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
+            times["write"] = times.get("write", 0.0) + time.process_time() - clock
+    finally:
+        for writer in (parquet, csv):
+            if writer is not None:
+                writer.close()
+    return ranked

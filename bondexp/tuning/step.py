@@ -67,27 +67,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     check_estimator_params(space, estimator, key=key)
     untuned, unplaced = untuned_params(estimator_config, estimator, space)
     dataset = dataset_for(ctx.shared)
-
-    spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
-    name = studies.study_name(
-        target,
-        model_config=artifact.config,
-        space_spec={p: repr(d) for p, d in space.items()},
-        batch_size=int(config["batch_size"]),
-        seed=int(config.get("seed", 0)),
-        data_fingerprint=dataset.fingerprint,
-    )
-    study = studies.open_study(name, spec)
-    n_stale = studies.fail_stale_trials(study, spec)
-    studies.enqueue_untuned(study, untuned)
-    ctx.log.info(
-        "tuning %s (space %s): study %s, %d trial(s) finished, %d stale trial(s) failed",
-        target,
-        key,
-        name,
-        len(studies.finished_trials(study)),
-        n_stale,
-    )
+    study, spec, n_stale = _open_study(target, key, artifact, space, untuned, config=config, dataset=dataset, ctx=ctx)
     started = time.perf_counter()
     best_fit, timed_out = studies.run_study(
         study,
@@ -101,7 +81,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         seed=int(config.get("seed", 0)),
     )
     info = {
-        "study_name": name,
+        "study_name": study.study_name,
         "storage": studies.storage_label(spec),
         "search_space": key,
         "stale_trials_failed": n_stale,
@@ -115,6 +95,36 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         artifact, study, best, model=model, predictions=predictions, dataset=dataset, info=info, timed_out=timed_out, ctx=ctx
     )
     return StepOutput(tuned, tuning_files(tuned.info["tuning"]))
+
+
+def _open_study(
+    target: str,
+    key: str,
+    artifact: ModelArtifact,
+    space: Mapping[str, Any],
+    untuned: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any],
+    dataset: Dataset,
+    ctx,
+) -> tuple[optuna.Study, str, int]:
+    """``(study, storage spec, stale trials failed)``: the target's study, resumed from its storage when there,
+    with the trials a killed run left running failed and the untuned parameters enqueued unless already run."""
+    spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
+    name = studies.study_name(
+        target,
+        model_config=artifact.config,
+        space_spec={p: repr(d) for p, d in space.items()},
+        batch_size=int(config["batch_size"]),
+        seed=int(config.get("seed", 0)),
+        data_fingerprint=dataset.fingerprint,
+    )
+    study = studies.open_study(name, spec)
+    n_stale = studies.fail_stale_trials(study, spec)
+    studies.enqueue_untuned(study, untuned)
+    finished = len(studies.finished_trials(study))
+    ctx.log.info("tuning %s (space %s): study %s, %d trial(s) finished, %d stale trial(s) failed", target, key, name, finished, n_stale)
+    return study, spec, n_stale
 
 
 def choose_target(
