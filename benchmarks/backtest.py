@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,7 @@ def run(args: list[str], *, cwd: Path, cache: Path, env: dict[str, str] | None =
     """Wall seconds of one `python -m bondexp` run (exits with its output if it fails)."""
     env = {**os.environ, **(env or {}), "BONDEXP_CACHE_DIR": str(cache)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bondexp", "progress=false", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bondexp", "progress=false", *args], cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"bondexp {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -67,14 +67,13 @@ def dispatch_gaps(steps: dict[str, dict[str, Any]]) -> list[float]:
     gaps = []
     for spans in by_worker.values():
         spans.sort()
-        gaps += [start - previous_end for (_, previous_end), (start, _) in zip(spans, spans[1:])]
+        gaps += [start - previous_end for (_, previous_end), (start, _) in pairwise(spans)]
     return gaps
 
 
 def start_latencies(steps: dict[str, dict[str, Any]]) -> list[float]:
     """Seconds from the latest end of any step to each step's start (steps started before any end are left out)."""
-    spans = [(_seconds(s["started"]), _seconds(s["ended"])) for s in steps.values()
-             if s["status"] == "ran" and s["started"] and s["ended"]]
+    spans = [(_seconds(s["started"]), _seconds(s["ended"])) for s in steps.values() if s["status"] == "ran" and s["started"] and s["ended"]]
     ends = sorted(end for _, end in spans)
     latencies = []
     for start, _ in spans:
@@ -92,15 +91,25 @@ def measure(workers: int, common: list[str], *, tmp: Path, cache: Path, env: dic
     steps = results["steps"]
     own = sum(s["duration_s"] for s in steps.values())
     gaps, latencies = dispatch_gaps(steps), start_latencies(steps)
-    figures = {"wall": wall, "graph": results["wall_s"], "own": own, "steps": len(steps),
-               "refits": sum("@" in name for name in steps),
-               "overhead_graph": (results["wall_s"] * workers - own) / len(steps),
-               "overhead_gap": statistics.mean(gaps), "gap_median": statistics.median(gaps), "gap_max": max(gaps),
-               "latency": statistics.mean(latencies)}
-    print(f"workers={workers}: {wall:7.1f} s wall, {figures['graph']:7.1f} s in the runner; {figures['steps']} steps "
-          f"({figures['refits']} refits), steps' own time {own:7.1f} s; overhead a step: graph "
-          f"{figures['overhead_graph']:.3f} s, gap {figures['overhead_gap']:.3f} s (median {figures['gap_median']:.3f} s, "
-          f"largest {figures['gap_max']:.3f} s), latency {figures['latency']:.3f} s", flush=True)
+    figures = {
+        "wall": wall,
+        "graph": results["wall_s"],
+        "own": own,
+        "steps": len(steps),
+        "refits": sum("@" in name for name in steps),
+        "overhead_graph": (results["wall_s"] * workers - own) / len(steps),
+        "overhead_gap": statistics.mean(gaps),
+        "gap_median": statistics.median(gaps),
+        "gap_max": max(gaps),
+        "latency": statistics.mean(latencies),
+    }
+    print(
+        f"workers={workers}: {wall:7.1f} s wall, {figures['graph']:7.1f} s in the runner; {figures['steps']} steps "
+        f"({figures['refits']} refits), steps' own time {own:7.1f} s; overhead a step: graph "
+        f"{figures['overhead_graph']:.3f} s, gap {figures['overhead_gap']:.3f} s (median {figures['gap_median']:.3f} s, "
+        f"largest {figures['gap_max']:.3f} s), latency {figures['latency']:.3f} s",
+        flush=True,
+    )
     return figures
 
 
@@ -115,18 +124,26 @@ def main() -> None:
     common = ["+experiment=backtest", "~steps.tune", *opts.extra]
     common += [f"data.n_observations={opts.n}"] if opts.n else []
     common += [f"backtest.origins={opts.origins}"] if opts.origins else []
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; overrides {common}; {env or 'threads: cores // workers'}",
-          flush=True)
+    print(
+        f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        f"overrides {common}; {env or 'threads: cores // workers'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        build = run([*common, "model=factor", "backtest.origins=null", "~steps.drift", "~steps.evaluate",
-                     f"hydra.run.dir={tmp / 'warm'}"], cwd=tmp, cache=cache)
+        build = run(
+            [*common, "model=factor", "backtest.origins=null", "~steps.drift", "~steps.evaluate", f"hydra.run.dir={tmp / 'warm'}"],
+            cwd=tmp,
+            cache=cache,
+        )
         print(f"feature cache built (with one small model) in {build:.1f} s", flush=True)
         one, two = (measure(workers, common, tmp=tmp, cache=cache, env=env) for workers in (1, 2))
-    print(f"speedup workers=2 / workers=1: {one['graph'] / two['graph']:.2f}x in the runner (goal 1.8), "
-          f"{one['wall'] / two['wall']:.2f}x of the whole command; steps' own time workers=1 / workers=2: "
-          f"{one['own'] / two['own']:.2f}")
+    print(
+        f"speedup workers=2 / workers=1: {one['graph'] / two['graph']:.2f}x in the runner (goal 1.8), "
+        f"{one['wall'] / two['wall']:.2f}x of the whole command; steps' own time workers=1 / workers=2: "
+        f"{one['own'] / two['own']:.2f}"
+    )
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

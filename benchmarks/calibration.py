@@ -31,5 +31,7 @@ def loop_seconds(repeat: int = 3) -> float:
 
 
 def calibration_line(seconds: float) -> str:
-    return (f"calibration: the fixed loop took {seconds:.2f} s here against {REFERENCE_LOOP_S} s on the reference "
-            f"machine; goals below are scaled by {seconds / REFERENCE_LOOP_S:.2f}")
+    return (
+        f"calibration: the fixed loop took {seconds:.2f} s here against {REFERENCE_LOOP_S} s on the reference "
+        f"machine; goals below are scaled by {seconds / REFERENCE_LOOP_S:.2f}"
+    )

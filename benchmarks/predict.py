@@ -103,9 +103,19 @@ def main() -> None:
         start = time.perf_counter()
         files = new_market_files(run_dir, n, Path(tmp) / "data")
         print(f"wrote {n:,} observations as Parquet in {time.perf_counter() - start:.1f} s (not timed)")
-        command = [sys.executable, "-m", "bondexp.predict", f"run={run_dir}", "data=parquet",
-                   *(f"data.{key}={path}" for key, path in files.items()), f"models={EIGHT_MODELS}",
-                   f"batch_rows={args.batch_rows}", f"workers={args.workers}", "progress=false", f"hydra.run.dir={Path(tmp) / 'out'}"]
+        command = [
+            sys.executable,
+            "-m",
+            "bondexp.predict",
+            f"run={run_dir}",
+            "data=parquet",
+            *(f"data.{key}={path}" for key, path in files.items()),
+            f"models={EIGHT_MODELS}",
+            f"batch_rows={args.batch_rows}",
+            f"workers={args.workers}",
+            "progress=false",
+            f"hydra.run.dir={Path(tmp) / 'out'}",
+        ]
         load_before = os.getloadavg()
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -121,8 +131,10 @@ def main() -> None:
         size_mib = sum(p.stat().st_size for p in (Path(tmp) / "out").glob("predictions.*")) / 2**20
     load = os.getloadavg()
     mib = 2.0**20
-    print(f"\nmachine load average (1, 5, 15 min) before: {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
-          f"after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, on {os.cpu_count()} cores; {args.workers} worker processes")
+    print(
+        f"\nmachine load average (1, 5, 15 min) before: {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
+        f"after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, on {os.cpu_count()} cores; {args.workers} worker processes"
+    )
     total = sum(phases.values())
     print(f"\n{'phase (CPU, all processes)':<28}{'seconds':>10}{'share':>8}{'s per 1M rows':>16}")
     for phase, seconds in phases.items():
@@ -140,9 +152,11 @@ def main() -> None:
     print(f"{'rows per second (wall)':<36}{n / wall:>14,.0f}")
     print(f"{'output files':<36}{size_mib:>10.0f} MiB")
     if n != 1_000_000:
-        print(f"\nEXTRAPOLATED to 1,000,000 rows (not measured): CPU {cpu_million:.0f} s (fixed {fixed:.1f} s + per-row costs "
-              f"x {1e6 / n:.2f}); on {os.cpu_count()} idle cores at least {cpu_million / os.cpu_count():.0f} s wall "
-              f"(goal {GOAL_SECONDS:.0f} s)")
+        print(
+            f"\nEXTRAPOLATED to 1,000,000 rows (not measured): CPU {cpu_million:.0f} s (fixed {fixed:.1f} s + per-row costs "
+            f"x {1e6 / n:.2f}); on {os.cpu_count()} idle cores at least {cpu_million / os.cpu_count():.0f} s wall "
+            f"(goal {GOAL_SECONDS:.0f} s)"
+        )
     else:
         print(f"\nCPU / cores: {cpu / os.cpu_count():.1f} s, the wall time this run would take on {os.cpu_count()} idle cores at best")
 

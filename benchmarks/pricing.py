@@ -28,8 +28,13 @@ def mixed_bonds(n_bonds: int, seed: int = 0):
     month_end = (maturity.astype("datetime64[M]") + 1).astype("datetime64[D]") - 1
     maturity = np.where(rng.random(n_bonds) < 1 / 3, month_end, maturity)
     issue = settlement - rng.integers(0, 10 * 365, n_bonds)
-    bonds = {"issue_date": issue, "maturity_date": maturity, "coupon_rate": rng.uniform(0.0, 0.1, n_bonds),
-             "frequency": rng.choice([1, 2, 4, 12], n_bonds), "day_count": rng.integers(0, 2, n_bonds)}
+    bonds = {
+        "issue_date": issue,
+        "maturity_date": maturity,
+        "coupon_rate": rng.uniform(0.0, 0.1, n_bonds),
+        "frequency": rng.choice([1, 2, 4, 12], n_bonds),
+        "day_count": rng.integers(0, 2, n_bonds),
+    }
     ytm = rng.uniform(-0.005, 0.15, n_bonds)
     return bonds, settlement, price_from_yield(bonds, settlement, ytm)["clean_price"]
 
@@ -47,24 +52,28 @@ def quantlib_analytics(bonds, settlement, clean, index):
         maturity = ql.DateParser.parseISO(str(bonds["maturity_date"][i]))
         day = ql.DateParser.parseISO(str(settlement[i]))
         frequency = QL_FREQUENCY[int(bonds["frequency"][i])]
-        schedule = ql.Schedule(issue, maturity, ql.Period(frequency), ql.NullCalendar(), ql.Unadjusted,
-                               ql.Unadjusted, ql.DateGeneration.Backward, True)
+        schedule = ql.Schedule(
+            issue, maturity, ql.Period(frequency), ql.NullCalendar(), ql.Unadjusted, ql.Unadjusted, ql.DateGeneration.Backward, True
+        )
         if bonds["day_count"][i] == 0:
             day_count = ql.Thirty360(ql.Thirty360.BondBasis)
         else:
             day_count = ql.ActualActual(ql.ActualActual.ISMA, schedule)
-        bond = ql.FixedRateBond(0, 100.0, schedule, [float(bonds["coupon_rate"][i])], day_count, ql.Unadjusted,
-                                100.0, issue)
+        bond = ql.FixedRateBond(0, 100.0, schedule, [float(bonds["coupon_rate"][i])], day_count, ql.Unadjusted, 100.0, issue)
         ql.Settings.instance().evaluationDate = day
         price = ql.BondPrice(float(clean[i]), ql.BondPrice.Clean)
         ytm[k] = ql.BondFunctions.bondYield(bond, price, day_count, ql.Compounded, frequency, day, 1e-12, 100)
         rate = ql.InterestRate(ytm[k], day_count, ql.Compounded, frequency)
         clean_k = ql.BondFunctions.cleanPrice(bond, rate, day)
         accrued = bond.accruedAmount(day)
-        out[k] = (clean_k, clean_k + accrued, accrued,
-                  ql.BondFunctions.duration(bond, rate, ql.Duration.Macaulay, day),
-                  ql.BondFunctions.duration(bond, rate, ql.Duration.Modified, day),
-                  ql.BondFunctions.convexity(bond, rate, day))
+        out[k] = (
+            clean_k,
+            clean_k + accrued,
+            accrued,
+            ql.BondFunctions.duration(bond, rate, ql.Duration.Macaulay, day),
+            ql.BondFunctions.duration(bond, rate, ql.Duration.Modified, day),
+            ql.BondFunctions.convexity(bond, rate, day),
+        )
     return ytm, out
 
 
@@ -89,8 +98,10 @@ def main() -> None:
     ql_rate = index.size / (time.perf_counter() - start)
 
     flows = np.ceil((bonds["maturity_date"] - settlement).astype(int) / 365.25 * bonds["frequency"]).mean()
-    print(f"{args.n_bonds:,} mixed bonds (~{flows:.0f} cash flows each): yield from clean price, "
-          f"then clean, dirty, accrued, Macaulay and modified duration, convexity")
+    print(
+        f"{args.n_bonds:,} mixed bonds (~{flows:.0f} cash flows each): yield from clean price, "
+        f"then clean, dirty, accrued, Macaulay and modified duration, convexity"
+    )
     print(f"{'':<10}{'bonds/s':>12}  note")
     print(f"{'bondexp':<10}{ours_rate:>12,.0f}  median of {args.repeat} runs over all {args.n_bonds:,} bonds")
     print(f"{'QuantLib':<10}{ql_rate:>12,.0f}  loop timed on a subsample of {index.size:,} bonds, rate scaled")

@@ -50,16 +50,14 @@ def iterations_per_second() -> float:
 def make_graph(unit_iterations: int):
     # The step functions live in this script; worker processes re-import it as __main__.
     steps = [Step(f"s{i}", "__main__.burn", config={"iterations": u * unit_iterations}) for i, u in enumerate(UNITS)]
-    steps.append(Step("tail", "__main__.burn", needs=tuple(s.name for s in steps),
-                      config={"iterations": TAIL_UNITS * unit_iterations}))
+    steps.append(Step("tail", "__main__.burn", needs=tuple(s.name for s in steps), config={"iterations": TAIL_UNITS * unit_iterations}))
     return build_graph(steps)
 
 
 def timed_run(graph, run_dir: Path, workers: int, durations: Path) -> tuple[float, float, RunResult]:
     t_call = time.time()
     t0 = time.perf_counter()
-    result = run_graph(graph, run_dir=run_dir, workers=workers, data_fingerprint="bench",
-                       progress=False, durations_path=durations)
+    result = run_graph(graph, run_dir=run_dir, workers=workers, data_fingerprint="bench", progress=False, durations_path=durations)
     wall = time.perf_counter() - t0
     assert result.ok, result.summary_table()
     return wall, t_call, result
@@ -111,21 +109,29 @@ def main() -> None:
         critical = max(d[f"s{i}"] for i in range(len(UNITS))) + d["tail"]
         return work, critical, max(critical, work / args.workers)
 
-    print(f"{len(UNITS)} independent steps of {UNITS} units + tail of {TAIL_UNITS}, "
-          f"unit ~{args.unit_seconds:.2f} s ({unit_iterations} iterations)\n")
-    header = f"{'run':<18}{'makespan':>10}{'work':>9}{'crit.path':>11}{'lower bd':>10}{'ratio':>8}" \
-             f"{'speedup':>9}{'startup':>9}{'mean gap':>10}{'per step':>10}{'cpu/wall':>10}"
+    print(
+        f"{len(UNITS)} independent steps of {UNITS} units + tail of {TAIL_UNITS}, "
+        f"unit ~{args.unit_seconds:.2f} s ({unit_iterations} iterations)\n"
+    )
+    header = (
+        f"{'run':<18}{'makespan':>10}{'work':>9}{'crit.path':>11}{'lower bd':>10}{'ratio':>8}"
+        f"{'speedup':>9}{'startup':>9}{'mean gap':>10}{'per step':>10}{'cpu/wall':>10}"
+    )
     print(header)
     print("-" * len(header))
-    for label, wall, t_call, result, n in (("workers=1", serial_wall, t1, serial, 1),
-                                           (f"workers={args.workers} cold", cold_wall, tc, cold, args.workers),
-                                           (f"workers={args.workers} warm", warm_wall, tw, warm, args.workers)):
+    for label, wall, t_call, result, n in (
+        ("workers=1", serial_wall, t1, serial, 1),
+        (f"workers={args.workers} cold", cold_wall, tc, cold, args.workers),
+        (f"workers={args.workers} warm", warm_wall, tw, warm, args.workers),
+    ):
         work, critical, _ = bound(result)
         lower = max(critical, work / n)
         o = overhead(result, t_call, wall)
-        print(f"{label:<18}{wall:>9.2f}s{work:>8.2f}s{critical:>10.2f}s{lower:>9.2f}s{wall / lower:>8.3f}"
-              f"{serial_wall / wall:>9.2f}{o['startup_s']:>8.3f}s{o['mean_gap_s']:>9.4f}s{o['per_step_s']:>9.4f}s"
-              f"{cpu_share(result):>10.2f}")
+        print(
+            f"{label:<18}{wall:>9.2f}s{work:>8.2f}s{critical:>10.2f}s{lower:>9.2f}s{wall / lower:>8.3f}"
+            f"{serial_wall / wall:>9.2f}{o['startup_s']:>8.3f}s{o['mean_gap_s']:>9.4f}s{o['per_step_s']:>9.4f}s"
+            f"{cpu_share(result):>10.2f}"
+        )
     print("\nratio = makespan / max(critical path, work / workers), from this run's step durations;")
     print("speedup = workers=1 makespan / this makespan; startup = call to first step start;")
     print("mean gap = idle time on a worker between two of its steps; per step = (makespan - work/workers) / steps;")

@@ -87,8 +87,10 @@ def main() -> None:
     for name, values in wall.items():
         goal = GOALS_S.get(name)
         goal_text = f"{goal * scale:8.2f}" if goal else f"{'':>8}"
-        print(f"{name:<26} {statistics.median(values):9.2f} {min(values):10.2f} {statistics.median(cpu[name]):6.2f} "
-              f"{statistics.median(values) / hydra_s:8.2f} {goal_text}")
+        print(
+            f"{name:<26} {statistics.median(values):9.2f} {min(values):10.2f} {statistics.median(cpu[name]):6.2f} "
+            f"{statistics.median(values) / hydra_s:8.2f} {goal_text}"
+        )
 
 
 if __name__ == "__main__":

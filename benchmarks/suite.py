@@ -67,8 +67,7 @@ def run(args: list[str], *, cwd: Path, cache: Path, workers: int) -> dict:
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
     started_at = time.time()
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bondexp", "progress=false", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bondexp", "progress=false", *args], cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     exited_at = started_at + wall
     if proc.returncode != 0:
@@ -104,23 +103,26 @@ def main() -> None:
             cache = tmp / f"cache{workers}"  # each worker count starts cold
             for label in ("cold", "warm"):
                 run_dir = tmp / f"w{workers}-{label}"
-                result = run([*size, *opts.extra, f"workers={workers}", f"hydra.run.dir={run_dir}"], cwd=tmp, cache=cache,
-                             workers=workers)
+                result = run([*size, *opts.extra, f"workers={workers}", f"hydra.run.dir={run_dir}"], cwd=tmp, cache=cache, workers=workers)
                 rows.append((f"workers={workers} {label}", result))
                 if label == "cold":
                     walls[workers] = result["wall"]
             rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache, workers=workers)))
         loop_after = loop_seconds()
     load = os.getloadavg()
-    print(f"{opts.n or 'default'} observations {' '.join(opts.extra)}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} cores")
+    print(
+        f"{opts.n or 'default'} observations {' '.join(opts.extra)}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"on {os.cpu_count()} cores"
+    )
     print(calibration_line((loop_s + loop_after) / 2) + f" (before {loop_s:.2f} s, after {loop_after:.2f} s)")
     scale = (loop_s + loop_after) / 2 / REFERENCE_LOOP_S
     print(f"{'run':<18} {'wall s':>7} {'start':>7} {'graph':>7} {'end':>7} {'bound':>7} {'graph/bound':>11} {'767 s / wall':>13}")
     for label, r in rows:
         ratio = f"{r['graph'] / r['bound']:11.2f}" if r["bound"] and r["graph"] is not None else f"{'-':>11}"
-        print(f"{label:<18} {_fmt(r['wall'])} {_fmt(r['start'])} {_fmt(r['graph'])} {_fmt(r['end'])} {_fmt(r['bound'])} "
-              f"{ratio} {OLD_PIPELINE_S / r['wall']:13.1f}")
+        print(
+            f"{label:<18} {_fmt(r['wall'])} {_fmt(r['start'])} {_fmt(r['graph'])} {_fmt(r['end'])} {_fmt(r['bound'])} "
+            f"{ratio} {OLD_PIPELINE_S / r['wall']:13.1f}"
+        )
     print(f"bound: max(critical path, work / workers) of the steps that ran; graph/bound goal {GOAL_BOUND}")
     print(f"goals scaled by {scale:.2f}: start {GOAL_START_S * scale:.2f} s, end {GOAL_END_S * scale:.2f} s", end="")
     for workers, wall in walls.items():

@@ -25,8 +25,7 @@ def run_seed(seed: int, extra: list[str], *, tmp: Path) -> dict:
     """One stationary run; the tuned target's validation and test RMSE, untuned and tuned."""
     run_dir = tmp / f"seed{seed}"
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp / "cache")}
-    args = ["+experiment=stationary", "model=ml", "~steps.drift", "progress=false", f"seed={seed}", *extra,
-            f"hydra.run.dir={run_dir}"]
+    args = ["+experiment=stationary", "model=ml", "~steps.drift", "progress=false", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=tmp, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bondexp {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -34,9 +33,16 @@ def run_seed(seed: int, extra: list[str], *, tmp: Path) -> dict:
     board = {row["model"]: float(row["rmse"]) for row in csv.DictReader((run_dir / "leaderboard.csv").open())}
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     target = tuning["target"]
-    return {"seed": seed, "target": target, "val_untuned": tuning["untuned_value"], "val_tuned": tuning["val_rmse"],
-            "test_untuned": board[target], "test_tuned": board[f"{target}_tuned"],
-            "tune_s": steps["tune"]["duration_s"], "n_trials": steps["tune"]["metrics"]["n_trials"]}
+    return {
+        "seed": seed,
+        "target": target,
+        "val_untuned": tuning["untuned_value"],
+        "val_tuned": tuning["val_rmse"],
+        "test_untuned": board[target],
+        "test_tuned": board[f"{target}_tuned"],
+        "tune_s": steps["tune"]["duration_s"],
+        "n_trials": steps["tune"]["metrics"]["n_trials"],
+    }
 
 
 def main() -> None:
@@ -45,13 +51,18 @@ def main() -> None:
     opts = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'seed':>4} {'target':<10} {'val untuned':>11} {'val tuned':>9} {'test untuned':>12} {'test tuned':>10} "
-              f"{'trials':>6} {'tune s':>7}")
+        print(
+            f"{'seed':>4} {'target':<10} {'val untuned':>11} {'val tuned':>9} {'test untuned':>12} {'test tuned':>10} "
+            f"{'trials':>6} {'tune s':>7}"
+        )
         for seed in (0, 1, 2):
             r = run_seed(seed, opts.extra, tmp=Path(tmp))
             rows.append(r)
-            print(f"{r['seed']:>4} {r['target']:<10} {r['val_untuned']:>11.4f} {r['val_tuned']:>9.4f} "
-                  f"{r['test_untuned']:>12.4f} {r['test_tuned']:>10.4f} {r['n_trials']:>6} {r['tune_s']:>7.1f}", flush=True)
+            print(
+                f"{r['seed']:>4} {r['target']:<10} {r['val_untuned']:>11.4f} {r['val_tuned']:>9.4f} "
+                f"{r['test_untuned']:>12.4f} {r['test_tuned']:>10.4f} {r['n_trials']:>6} {r['tune_s']:>7.1f}",
+                flush=True,
+            )
     untuned = sum(r["test_untuned"] for r in rows) / len(rows)
     tuned = sum(r["test_tuned"] for r in rows) / len(rows)
     print(f"mean test RMSE untuned {untuned:.4f}, tuned {tuned:.4f}: ratio tuned/untuned {tuned / untuned:.4f}")

@@ -44,11 +44,10 @@ def _main(cfg: DictConfig) -> None:
     workers = None
     if hc.mode == RunMode.MULTIRUN:
         # sweep jobs share the machine: each runs its steps on its share of the workers
-        n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+        n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
     try:
-        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides,
-                     workers=workers)
+        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides, workers=workers)
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore
-from bondexp.config import collect_models, validate_config
+from bondexp.config import collect_models, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.executors import warm_up
 from bondexp.graph import build_graph
@@ -63,8 +63,7 @@ def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
 
 def format_data_summary(summary: dict[str, Any]) -> str:
     lines = [
-        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} "
-        f"in {summary['load_seconds']:.2f}s)"
+        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} in {summary['load_seconds']:.2f}s)"
     ]
     for split, s in summary["splits"].items():
         lines.append(
@@ -99,15 +98,14 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    data_cfg = with_absolute_paths(OmegaConf.to_container(cfg.data, resolve=True))  # steps may run elsewhere
+    data_cfg = with_absolute_paths(plain_dict(cfg.data))  # steps may run elsewhere
     durations_path = cache_dir / "durations.json"
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
-    dataset = info = None
-    backtest = cfg.backtest.origins is not None
-    if backtest:  # the origins are months of the data: load it before the graph, dry run included
-        dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
-    graph = build_graph(build_steps(cfg, models, months=dataset.meta["obs_date"] if backtest else None))
+    loaded = None
+    if cfg.backtest.origins is not None:  # the origins are months of the data: load it before the graph, dry run included
+        loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+    graph = build_graph(build_steps(cfg, models, months=loaded[0].meta["obs_date"] if loaded is not None else None))
     if cfg.dry_run:
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
@@ -115,8 +113,9 @@ def run(
     summary = _finished_run_summary(graph, run_dir, fingerprint)
     if summary is None:
         warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
-        if dataset is None:
-            dataset, info = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+        if loaded is None:
+            loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+        dataset, info = loaded
         summary = data_summary(dataset, info)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "data_summary.json", summary)
@@ -156,7 +155,7 @@ def run(
     return result
 
 
-def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str):
+def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> tuple[Any, dict[str, Any]]:
     """The run's dataset and load info; imported here so commands that load no data stay light."""
     from bondexp.features import load_dataset
 
@@ -179,8 +178,11 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, A
     for name in graph.order:
         manifest = store.manifest(name) or {}
         artifact = store.artifact_path(name)
-        if manifest.get("fingerprint") != fingerprints[name] or not artifact.is_file() \
-                or artifact.stat().st_size != manifest.get("size_bytes"):
+        if (
+            manifest.get("fingerprint") != fingerprints[name]
+            or not artifact.is_file()
+            or artifact.stat().st_size != manifest.get("size_bytes")
+        ):
             return None
     try:
         return json.loads(path.read_text())
@@ -204,9 +206,7 @@ def _import_output_libraries() -> None:
     import_pyplot()
 
 
-def write_outputs(
-    result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]
-) -> None:
+def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]) -> None:
     """results.json, the timeline and report.md. Each step's own files the runner wrote as the step finished.
 
     When every step was reused and report.md was written for these same steps and command, only
@@ -241,8 +241,10 @@ def _outputs_key(result: RunResult, overrides: Sequence[str], *, reused_only: bo
     wanted = ("reused", "skipped") if reused_only else ("ran", "reused", "skipped")
     if not result.steps or any(step.status not in wanted for step in result.steps.values()):
         return None
-    payload = {"steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
-               "overrides": sorted({o for o in overrides if not o.startswith(("resume=", "progress=", "workers="))})}
+    payload = {
+        "steps": {name: step.fingerprint for name, step in sorted(result.steps.items())},
+        "overrides": sorted({o for o in overrides if not o.startswith(("resume=", "progress=", "workers="))}),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -100,9 +100,7 @@ def check_files(step: str, files: Any) -> dict[str, bytes]:
         raise TypeError(f"The files of step {step!r} must be a dict of path -> bytes. Got {type(files).__name__} instead.")
     for path, data in files.items():
         if not isinstance(path, str) or not isinstance(data, (bytes, bytearray)):
-            raise TypeError(
-                f"The files of step {step!r} must map a str path to bytes. Got {path!r}: {type(data).__name__} instead."
-            )
+            raise TypeError(f"The files of step {step!r} must map a str path to bytes. Got {path!r}: {type(data).__name__} instead.")
         parts = PurePosixPath(path).parts
         if not parts or PurePosixPath(path).is_absolute() or ".." in parts or parts[0] in RESERVED:
             raise ValueError(

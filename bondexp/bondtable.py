@@ -13,8 +13,8 @@ BondTable, checking every problem in one vectorized pass and either raising one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -89,13 +89,9 @@ class BondTable:
             array = np.asarray(values)
             expected = COLUMN_DTYPES.get(name)
             if expected is not None and array.dtype != expected:
-                raise DataValidationError(
-                    f"The BondTable column {name!r} must have dtype {expected}. Got {array.dtype} instead."
-                )
+                raise DataValidationError(f"The BondTable column {name!r} must have dtype {expected}. Got {array.dtype} instead.")
             if expected is None and array.dtype.kind not in "biuf":
-                raise DataValidationError(
-                    f"The extra BondTable column {name!r} must be numeric. Got dtype {array.dtype} instead."
-                )
+                raise DataValidationError(f"The extra BondTable column {name!r} must be numeric. Got dtype {array.dtype} instead.")
             array.flags.writeable = False  # frozen: a step cannot overwrite another's prices
             columns[name] = array
         object.__setattr__(self, "data", columns)
@@ -118,7 +114,7 @@ class BondTable:
         """Column names: the required ones first, then the extras."""
         return tuple(self.data)
 
-    def take(self, index) -> "BondTable":
+    def take(self, index) -> BondTable:
         """A new table holding the rows ``index`` (integer positions or a boolean mask).
 
         Rows come in the order of ``index``; pass sorted positions (as :func:`split_by_date`
@@ -197,9 +193,7 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
         row count and the first five row numbers.
     """
     if on_invalid not in ("raise", "drop"):
-        raise DataValidationError(
-            f"The 'on_invalid' parameter of validate must be 'raise' or 'drop'. Got {on_invalid!r} instead."
-        )
+        raise DataValidationError(f"The 'on_invalid' parameter of validate must be 'raise' or 'drop'. Got {on_invalid!r} instead.")
     if isinstance(data, BondTable):
         sectors = data.sectors
         data = data.data

@@ -33,7 +33,16 @@ import numpy as np
 from bondexp.errors import PricingError
 
 __all__ = [
-    "CHUNK_CELLS", "DAY_COUNTS", "FREQUENCIES", "Flows", "Terms", "bond_terms", "check_bonds", "chunks", "flows", "per_bond",
+    "CHUNK_CELLS",
+    "DAY_COUNTS",
+    "FREQUENCIES",
+    "Flows",
+    "Terms",
+    "bond_terms",
+    "check_bonds",
+    "chunks",
+    "flows",
+    "per_bond",
     "schedule_dates",
 ]
 
@@ -53,9 +62,7 @@ def check_bonds(bad: np.ndarray, problem: str) -> None:
     """Raise PricingError naming ``problem``, the number of bonds and the first few indices."""
     index = np.flatnonzero(bad)
     if index.size:
-        raise PricingError(
-            f"{problem} for {index.size} bond(s); first offending indices: {index[:_SHOWN].tolist()}."
-        )
+        raise PricingError(f"{problem} for {index.size} bond(s); first offending indices: {index[:_SHOWN].tolist()}.")
 
 
 class _Dates(NamedTuple):
@@ -231,9 +238,7 @@ def bond_terms(bonds, settlement) -> Terms:
     columns = {name: _column(bonds, name) for name in _COLUMNS[1:]}
     for name, values in columns.items():
         if values.size != n_bonds:
-            raise PricingError(
-                f"bonds column {name!r} has {values.size} values; issue_date has {n_bonds}."
-            )
+            raise PricingError(f"bonds column {name!r} has {values.size} values; issue_date has {n_bonds}.")
     maturity_serial = _days(columns["maturity_date"], "maturity_date")
     settle_serial = per_bond(_days(settlement, "settlement"), n_bonds, "settlement", np.int64)
     coupon = per_bond(columns["coupon_rate"], n_bonds, "coupon_rate", np.float64)

@@ -154,8 +154,7 @@ class CheckpointStore:
     def manifest_path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
 
-    def save(self, name: str, artifact: Any, manifest: Mapping[str, Any], *,
-             files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    def save(self, name: str, artifact: Any, manifest: Mapping[str, Any], *, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
         """Write the artifact (a model's fitted pipeline to its own file), the step's files, then the manifest.
 
         The manifest records each file's sha256 (the light artifact's as ``sha256``, the pipeline's
@@ -257,8 +256,11 @@ class CheckpointStore:
             if changed:
                 return f"library versions changed: {', '.join(changed)}"
             return "stale (config, inputs or data changed)"
-        kept = ((self.artifact_path(name), "sha256", ""), (self.pipeline_path(name), "pipeline_sha256", " of the pipeline"),
-                (self.files_path(name), "files_sha256", " of the report files"))
+        kept = (
+            (self.artifact_path(name), "sha256", ""),
+            (self.pipeline_path(name), "pipeline_sha256", " of the pipeline"),
+            (self.files_path(name), "files_sha256", " of the report files"),
+        )
         for path, key, which in kept:
             if key == "sha256" or key in manifest:
                 try:

@@ -8,10 +8,11 @@ fails before a single step runs.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, overload
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -63,11 +64,11 @@ class FileDataConf:
     source: str = "csv"  # csv | parquet
     path: str = MISSING  # bond file: one row per bond and observation date
     curve_path: str = MISSING  # zero curves, long: date, tenor, zero_rate
-    spread_path: Optional[str] = None  # optional spreads, long: date, rating, spread
+    spread_path: str | None = None  # optional spreads, long: date, rating, spread
     columns: FileColumnsConf = field(default_factory=FileColumnsConf)  # our column -> the file's
     coupon_unit: str = "decimal"  # decimal | percent
     price_unit: str = "per_100"  # per_100 | per_face
-    face_value: Optional[float] = None  # face value of every bond for price_unit per_face
+    face_value: float | None = None  # face value of every bond for price_unit per_face
     split: SplitConf = field(default_factory=SplitConf)
     on_invalid: str = "raise"  # raise | drop
 
@@ -99,13 +100,13 @@ class DriftConf:
 
 @dataclass
 class TuneConf:
-    target: Optional[str] = None  # model to tune; null = the best ML model with a search space
+    target: str | None = None  # model to tune; null = the best ML model with a search space
     n_trials: int = 16  # trials in the study (finished trials of a resumed study count)
     batch_size: int = 4  # trials asked together, run at once and told back in trial order
-    timeout: Optional[float] = 600.0  # safety cap in seconds, checked between batches; null = none
-    storage: Optional[str] = None  # null = Optuna journal file in the run folder; or a database URL
-    search_space: Dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
-    class_search_space: Dict[str, Any] = field(default_factory=dict)  # estimator class -> param -> range (group search_space)
+    timeout: float | None = 600.0  # safety cap in seconds, checked between batches; null = none
+    storage: str | None = None  # null = Optuna journal file in the run folder; or a database URL
+    search_space: dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
+    class_search_space: dict[str, Any] = field(default_factory=dict)  # estimator class -> param -> range (group search_space)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class BacktestConf:
 @dataclass
 class ExecutorConf:
     name: str = "local"  # local (processes; workers=1 runs in-process) | dask
-    address: Optional[str] = None  # dask scheduler address; null starts a LocalCluster
+    address: str | None = None  # dask scheduler address; null starts a LocalCluster
 
 
 @dataclass
@@ -133,8 +134,8 @@ class TrackingConf:
 @dataclass
 class StepConf:
     _target_: str = MISSING  # module-level function that runs the step
-    needs: List[str] = field(default_factory=list)  # steps it reads; `models` = every model step, a group name = its models
-    needs_if_chosen: List[str] = field(default_factory=list)  # steps it reads when they are in the graph (tune)
+    needs: list[str] = field(default_factory=list)  # steps it reads; `models` = every model step, a group name = its models
+    needs_if_chosen: list[str] = field(default_factory=list)  # steps it reads when they are in the graph (tune)
     group: str = "report"  # label shown in the plan and the summary
     config: Any = None  # the config slice handed to the function
 
@@ -145,12 +146,12 @@ class BondexpConf:
     seed: int = 0  # one seed for data, splits, estimators and the tuning sampler
     progress: bool = True  # one tqdm bar; plain lines when not a terminal
     dry_run: bool = False  # print the plan (steps, needs, what a resume reuses) and stop
-    resume: Optional[str] = None  # a run folder to continue in place, or `last`
+    resume: str | None = None  # a run folder to continue in place, or `last`
     cache_dir: str = "~/.cache/bondexp"  # feature cache and step-duration history, shared across runs
     data: Any = MISSING  # the data group
     model: Any = None  # a model file without a `# @package models.<name>` header lands here
-    models: Dict[str, Any] = field(default_factory=dict)  # chosen models, one entry per model file
-    feature_sets: Dict[str, List[str]] = field(default_factory=dict)  # named feature lists models refer to
+    models: dict[str, Any] = field(default_factory=dict)  # chosen models, one entry per model file
+    feature_sets: dict[str, list[str]] = field(default_factory=dict)  # named feature lists models refer to
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
     eval: EvalConf = field(default_factory=EvalConf)
     drift: DriftConf = field(default_factory=DriftConf)
@@ -158,7 +159,7 @@ class BondexpConf:
     backtest: BacktestConf = field(default_factory=BacktestConf)
     executor: ExecutorConf = field(default_factory=ExecutorConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
-    steps: Dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
+    steps: dict[str, StepConf] = field(default_factory=dict)  # the report steps that follow the models
 
 
 def latest_run(outputs: Path = Path("outputs")) -> Path:
@@ -169,7 +170,11 @@ def latest_run(outputs: Path = Path("outputs")) -> Path:
     return runs[-1]
 
 
-def resolve_run_dir(resume: Optional[str]) -> Optional[str]:
+@overload
+def resolve_run_dir(resume: str) -> str: ...
+@overload
+def resolve_run_dir(resume: None) -> None: ...
+def resolve_run_dir(resume: str | None) -> str | None:
     """The folder `resume` names (``last``: the newest run), or None for a fresh run."""
     if resume is None:
         return None
@@ -187,7 +192,7 @@ def register_configs() -> None:
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConf)
     store.store(group="data", name="file_schema", node=FileDataConf)
     stamp = datetime.now()
-    resolvers = {
+    resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
         "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
@@ -201,7 +206,7 @@ def _fail(key: str, expected: str, got: Any) -> None:
     raise ConfigError(f"The '{key}' config key must be {expected}. Got {got!r} instead.")
 
 
-def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> None:
+def _check_tune_target(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> None:
     """A named tune target must be a chosen model with a search space, by name or by class; say so before any work.
 
     With ``tune.target`` null, having nothing to tune is not an error: the step is skipped.
@@ -210,13 +215,14 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
     if target is None:
         return
     from bondexp.tuning.space import class_name, space_key  # here: it imports numpy
+
     if target not in models:
         raise ConfigError(
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
             f"Got {target!r} instead.{did_you_mean(target, models)}"
         )
-    by_name = OmegaConf.to_container(cfg.tune.search_space, resolve=True) or {}
-    by_class = OmegaConf.to_container(cfg.tune.class_search_space, resolve=True) or {}
+    by_name = plain_dict(cfg.tune.search_space)
+    by_class = plain_dict(cfg.tune.class_search_space)
     if space_key(target, models[target], by_name=by_name, by_class=by_class) is None:
         raise ConfigError(
             f"The 'tune.search_space.{target}' config key must map parameters of model {target!r} to ranges to tune "
@@ -226,14 +232,14 @@ def _check_tune_target(cfg: DictConfig, models: Dict[str, Dict[str, Any]]) -> No
         )
 
 
-def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, dict[str, Any]]:
     """Return ``{model name: plain model spec}`` for the chosen models.
 
     Model files normally carry a ``# @package models.<name>`` header. A file without one (a
     user's ``my_lasso.yaml`` holding just ``_target_`` and parameters) lands under ``model``;
     it is named after the group choice (``model=my_lasso``).
     """
-    models = {name: OmegaConf.to_container(spec, resolve=True) for name, spec in cfg.models.items()}
+    models = {str(name): plain_dict(spec) for name, spec in cfg.models.items()}
     loose = cfg.get("model")
     if loose is not None and len(loose) > 0:
         if "_target_" not in loose:
@@ -247,11 +253,11 @@ def collect_models(cfg: DictConfig, *, choice: Optional[str] = None) -> Dict[str
                 f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' "
                 "header; in a list every file needs that header, so that each lands under its own name."
             )
-        models[name] = OmegaConf.to_container(loose, resolve=True)
+        models[name] = plain_dict(loose)
     return models
 
 
-def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> None:
+def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> None:
     """Check what the schema's types cannot; raise ConfigError naming the key and the bad value."""
     if cfg.workers < 1:
         _fail("workers", "at least 1", cfg.workers)
@@ -285,19 +291,19 @@ def validate_config(cfg: DictConfig, *, models: Dict[str, Dict[str, Any]]) -> No
     if cfg.tune.timeout is not None and cfg.tune.timeout <= 0:
         _fail("tune.timeout", "a positive number of seconds or null", cfg.tune.timeout)
     if cfg.tune.storage is not None and "://" not in cfg.tune.storage:
-        _fail("tune.storage", "null (a journal file in the run folder) or a database URL such as "
-              "'sqlite:///tuning.db'", cfg.tune.storage)
+        _fail("tune.storage", "null (a journal file in the run folder) or a database URL such as 'sqlite:///tuning.db'", cfg.tune.storage)
     if cfg.tracking.name not in ("none", "mlflow"):
         _fail("tracking.name", "one of ['none', 'mlflow'] (choose with tracking=mlflow)", cfg.tracking.name)
     if cfg.tracking.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        raise ConfigError("The 'tracking' config group is 'mlflow' but MLflow is not installed: "
-                          "pip install \".[mlflow]\" (or choose tracking=none).")
+        raise ConfigError(
+            "The 'tracking' config group is 'mlflow' but MLflow is not installed: pip install \".[mlflow]\" (or choose tracking=none)."
+        )
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")
     if cfg.backtest.origins is not None:  # the other backtest keys are read only then; null keeps numpy unimported
         from bondexp.steps.backtest import check_backtest_config
 
-        check_backtest_config(OmegaConf.to_container(cfg.backtest, resolve=True))
+        check_backtest_config(plain_dict(cfg.backtest))
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():

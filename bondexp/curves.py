@@ -58,8 +58,7 @@ class CurveTable:
             raise DataValidationError(f"Curve tenors must be at least two, strictly increasing. Got {tenors} instead.")
         if zero_rates.shape != (len(dates), len(tenors)) or not np.all(np.isfinite(zero_rates)):
             raise DataValidationError(
-                f"Zero rates must be finite with shape (dates, tenors) = {(len(dates), len(tenors))}. "
-                f"Got shape {zero_rates.shape} instead."
+                f"Zero rates must be finite with shape (dates, tenors) = {(len(dates), len(tenors))}. Got shape {zero_rates.shape} instead."
             )
         if spreads.shape != (len(dates), len(RATINGS)):
             raise DataValidationError(

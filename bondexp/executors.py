@@ -21,9 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bondexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
 
 log = logging.getLogger("bondexp")
 
@@ -36,8 +39,14 @@ _PRELOAD = ["bondexp.worker"]
 #: CPU), so no worker imports them again at its first step; the parent imports them too, to unpickle artifacts.
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
 
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def cpu_count() -> int:
@@ -96,6 +105,8 @@ class _SharedDiskBackend:
         """
         from bondexp.worker import execute_step  # not at the top: bondexp.worker imports this module
 
+        if self._executor is None:
+            raise RuntimeError(f"{type(self).__name__}.start() must run before submit()")
         return self._executor.submit(execute_step, task)
 
 
@@ -152,10 +163,7 @@ class ProcessBackend(_SharedDiskBackend):
         default = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         method = options.get("start_method", default)
         if method not in ("forkserver", "spawn"):
-            raise ConfigError(
-                f"The 'start_method' option of the local executor must be 'forkserver' or 'spawn'. "
-                f"Got {method!r} instead."
-            )
+            raise ConfigError(f"The 'start_method' option of the local executor must be 'forkserver' or 'spawn'. Got {method!r} instead.")
         self.concurrency = workers
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
@@ -212,13 +220,11 @@ class DaskBackend:
         try:
             import distributed  # noqa: F401  (checked here so a missing extra fails before any work)
         except ImportError as exc:
-            raise ConfigError(
-                "executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'."
-            ) from exc
+            raise ConfigError("executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'.") from exc
         self.concurrency = workers
         self._address = options.get("address")
-        self._client = None
-        self._cluster = None
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
         self._reports: dict[str, Any] = {}  # step name -> Dask future of its report, kept for its dependents
         self._reused: dict[str, Any] = {}  # step name -> scattered artifact of a step reused from its checkpoint
         self._dataset: tuple[Any, Any] | None = None  # (the dataset, its scattered future)
@@ -238,8 +244,11 @@ class DaskBackend:
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(
-                    n_workers=self.concurrency, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.WARNING,
+                    n_workers=self.concurrency,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
                 )
             self._client = Client(self._cluster)
 
@@ -256,8 +265,8 @@ class DaskBackend:
             if need not in reports and need not in self._reused:
                 self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
-        future = self._client.submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset),
-                                     key=f"bondexp-step-{task.name}-{uuid.uuid4().hex}", pure=False)
+        key = f"bondexp-step-{task.name}-{uuid.uuid4().hex}"
+        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset), key=key, pure=False)
         self._reports[task.name] = future
         return _as_concurrent_future(future)
 
@@ -271,7 +280,12 @@ class DaskBackend:
     def _scatter(self, value: Any) -> Any:
         """One future of ``value`` on every worker: scattered data has no task to recompute it from, so
         one copy per worker keeps it when a worker dies (in a list: ``scatter`` splits a dict by its keys)."""
-        return self._client.scatter([value], broadcast=True, hash=False)[0]
+        return self._started_client().scatter([value], broadcast=True, hash=False)[0]
+
+    def _started_client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("DaskBackend.start() must run before steps are submitted")
+        return self._client
 
     def stop(self, *, kill: bool) -> None:
         """Release this run's data on the cluster and close the client (and the local cluster if started here).
@@ -372,9 +386,7 @@ def make_backend(name: str, *, workers: int, options: Mapping[str, Any] | None =
 def _check_options(name: str, options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"Unknown option(s) {unknown} for the {name!r} executor. Supported options: {list(allowed)}."
-        )
+        raise ConfigError(f"Unknown option(s) {unknown} for the {name!r} executor. Supported options: {list(allowed)}.")
 
 
 def worker_label() -> str:

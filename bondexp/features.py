@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,27 +60,27 @@ class Dataset:
     """
 
     fingerprint: str
-    feature_names: Tuple[str, ...]
+    feature_names: tuple[str, ...]
     X: np.ndarray
     y: np.ndarray
-    splits: Dict[str, np.ndarray]
-    meta: Dict[str, np.ndarray]
-    sectors: Tuple[str, ...] = ()
-    dropped: Dict[str, int] = field(default_factory=dict)
+    splits: dict[str, np.ndarray]
+    meta: dict[str, np.ndarray]
+    sectors: tuple[str, ...] = ()
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
-    def categorical(self) -> Tuple[str, ...]:
+    def categorical(self) -> tuple[str, ...]:
         return tuple(n for n in self.feature_names if n in CATEGORICAL_FEATURES)
 
     @property
-    def market_features(self) -> Tuple[str, ...]:
+    def market_features(self) -> tuple[str, ...]:
         return tuple(n for n in self.feature_names if n in MARKET_FEATURES)
 
     @property
     def has_oracle(self) -> bool:
         return "oracle_prediction" in self.meta
 
-    def columns(self, features: Optional[Sequence[str]] = None) -> list[int]:
+    def columns(self, features: Sequence[str] | None = None) -> list[int]:
         """Column positions of ``features`` (all when None); raise ConfigError on an unknown name."""
         if features is None:
             return list(range(len(self.feature_names)))
@@ -88,7 +89,7 @@ class Dataset:
             raise ConfigError(f"Unknown features {unknown}; the dataset has {list(self.feature_names)}.")
         return [self.feature_names.index(f) for f in features]
 
-    def frame(self, split: str, features: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    def frame(self, split: str, features: Sequence[str] | None = None) -> pd.DataFrame:
         """The ``split`` rows of ``features`` as a DataFrame with named columns (what estimators get)."""
         cols = self.columns(features)
         names = [self.feature_names[c] for c in cols]
@@ -116,7 +117,7 @@ def _years(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     return (later - earlier).astype("timedelta64[D]").astype(np.float64) / 365.25
 
 
-def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+def compute_features(market) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Price the market and derive ``(feature_names, X, y, meta)``; no caching here."""
     bonds, curves = market.bonds, market.curves
     fair = curves.fair_value(bonds)["clean_price"]
@@ -137,9 +138,7 @@ def compute_features(market) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, D
     return FEATURES, X, residual, meta
 
 
-def feature_matrix(
-    bonds, curves, *, fair: np.ndarray, prev_residual: np.ndarray, issue_size_known: bool
-) -> np.ndarray:
+def feature_matrix(bonds, curves, *, fair: np.ndarray, prev_residual: np.ndarray, issue_size_known: bool) -> np.ndarray:
     """The ``FEATURES`` columns (float64, rows x features) of any rows: a whole market or one batch.
 
     Training and ``bondexp.predict`` both call this, so a model sees the same features in both.
@@ -202,7 +201,7 @@ def feature_matrix(
     return X
 
 
-def _build(data_cfg: Dict[str, Any], seed: int, fingerprint: str) -> Dataset:
+def _build(data_cfg: dict[str, Any], seed: int, fingerprint: str) -> Dataset:
     """Load, validate, split and price the data (the cached function: its arguments are the key)."""
     from bondexp.data import load_market
     from bondexp.data.split import split_by_date
@@ -227,8 +226,8 @@ def _memory(cache_dir: str | Path) -> Memory:
 
 
 def load_dataset(
-    data_cfg: Mapping[str, Any], *, seed: int, cache_dir: str | Path, fingerprint: Optional[str] = None
-) -> Tuple[Dataset, Dict[str, Any]]:
+    data_cfg: Mapping[str, Any], *, seed: int, cache_dir: str | Path, fingerprint: str | None = None
+) -> tuple[Dataset, dict[str, Any]]:
     """Return ``(dataset, info)``, building it on a cache miss and memory-mapping it on a hit.
 
     Pass ``fingerprint`` when it is known (workers get it from the parent) to skip hashing the
@@ -245,7 +244,7 @@ def load_dataset(
     return dataset, {"cache_hit": bool(hit), "seconds": time.perf_counter() - start, "fingerprint": fingerprint}
 
 
-_LOADED: Dict[str, Dataset] = {}
+_LOADED: dict[str, Dataset] = {}
 
 
 def dataset_for(shared: Mapping[str, Any]) -> Dataset:
@@ -256,13 +255,11 @@ def dataset_for(shared: Mapping[str, Any]) -> Dataset:
     """
     key = shared["data_fingerprint"]
     if key not in _LOADED:
-        _LOADED[key], _ = load_dataset(
-            shared["data"], seed=shared["seed"], cache_dir=shared["cache_dir"], fingerprint=key
-        )
+        _LOADED[key], _ = load_dataset(shared["data"], seed=shared["seed"], cache_dir=shared["cache_dir"], fingerprint=key)
     return _LOADED[key]
 
 
-_PROVIDED: Dict[str, int] = {}  # fingerprint -> steps now running with a dataset the parent sent
+_PROVIDED: dict[str, int] = {}  # fingerprint -> steps now running with a dataset the parent sent
 
 
 @contextlib.contextmanager

@@ -16,9 +16,9 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from bondexp.errors import GraphError, did_you_mean
 
@@ -51,10 +51,7 @@ class Step:
     def __post_init__(self) -> None:
         # Accept any iterable of names (a YAML list) but store a tuple so the step stays frozen.
         if isinstance(self.needs, str):
-            raise GraphError(
-                f"The 'needs' of step {self.name!r} must be a list of step names. "
-                f"Got the string {self.needs!r} instead."
-            )
+            raise GraphError(f"The 'needs' of step {self.name!r} must be a list of step names. Got the string {self.needs!r} instead.")
         object.__setattr__(self, "needs", tuple(self.needs))
 
 
@@ -114,9 +111,7 @@ def check_target(target: str) -> None:
 def _split_target(target: str) -> tuple[str, str]:
     module_name, _, attr = target.rpartition(".")
     if not module_name or not attr:
-        raise GraphError(
-            f"A step target must be a dotted path 'package.module.function'. Got {target!r} instead."
-        )
+        raise GraphError(f"A step target must be a dotted path 'package.module.function'. Got {target!r} instead.")
     return module_name, attr
 
 
@@ -127,7 +122,7 @@ def _no_such_function(target: str, names: Iterable[str]) -> GraphError:
     return GraphError(f"Module {module_name!r} has no function {attr!r} (target {target!r}).{hint}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _top_level_names(origin: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
     """``(names of top-level defs and classes, other top-level bindings, opaque)`` of a module's source.
 
@@ -245,10 +240,7 @@ def build_graph(steps: Iterable[Step]) -> Graph:
         if not isinstance(step, Step):
             raise GraphError(f"build_graph takes Step objects. Got {type(step).__name__} instead.")
         if not isinstance(step.name, str) or not step.name or "/" in step.name or step.name.startswith("."):
-            raise GraphError(
-                f"A step name must be a non-empty string without '/' that does not start with '.'. "
-                f"Got {step.name!r} instead."
-            )
+            raise GraphError(f"A step name must be a non-empty string without '/' that does not start with '.'. Got {step.name!r} instead.")
         if step.name in by_name:
             raise GraphError(f"Duplicate step name {step.name!r}: each step needs a unique name.")
         by_name[step.name] = step

@@ -24,8 +24,8 @@ _HYDRA_GET_MODE, _HYDRA_GET_HELP = Hydra.get_mode, Hydra.get_help
 def install() -> None:
     """Apply the three changes below (idempotent)."""
     _share_config_store()
-    Hydra.get_mode = _get_mode
-    Hydra.get_help = _get_help
+    Hydra.get_mode = _get_mode  # type: ignore[method-assign]  # replacing Hydra's private method is the point
+    Hydra.get_help = _get_help  # type: ignore[method-assign]  # likewise
 
 
 def _share_config_store() -> None:
@@ -36,7 +36,7 @@ def _share_config_store() -> None:
     singleton that loading never mutates (`ConfigStore.load` hands out copies), and Hydra's own
     fix (facebookresearch/hydra#2928, unreleased in 1.3) stops holding a copy of it the same way.
     """
-    ConfigStore.__deepcopy__ = lambda self, memo: self
+    ConfigStore.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]  # added to Hydra's class on purpose
 
 
 def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
@@ -66,9 +66,13 @@ def _hand_over(loader: Any, cfg: DictConfig, *, config_name: str | None, overrid
 
     def load_configuration(**kwargs: Any) -> DictConfig:
         del loader.load_configuration  # once: a sweep's job configs are composed by Hydra
-        extra = kwargs["overrides"][len(overrides):]
-        if (kwargs["run_mode"] != RunMode.RUN or kwargs["config_name"] != config_name
-                or kwargs["overrides"][:len(overrides)] != overrides or extra not in ([], ["hydra.mode=RUN"])):
+        extra = kwargs["overrides"][len(overrides) :]
+        if (
+            kwargs["run_mode"] != RunMode.RUN
+            or kwargs["config_name"] != config_name
+            or kwargs["overrides"][: len(overrides)] != overrides
+            or extra not in ([], ["hydra.mode=RUN"])
+        ):
             return compose(**kwargs)
         if extra:
             cfg.hydra.mode = RunMode.RUN

@@ -8,11 +8,12 @@ adds the report steps, whose ``needs: [models]`` stands for every model step cho
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bondexp.config import MODEL_STEP_KEYS
+from bondexp.config import MODEL_STEP_KEYS, plain_dict
 from bondexp.errors import ConfigError
 from bondexp.graph import Step
 
@@ -23,10 +24,10 @@ ALL_MODELS = "models"
 MODEL_GROUPS = ("ml", "risk")
 
 
-def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *, key: str) -> List[str]:
+def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *, key: str) -> list[str]:
     """Expand a feature-set name or a list of features and set names into feature names, in order."""
     items = [features] if isinstance(features, str) else list(features)
-    names: List[str] = []
+    names: list[str] = []
     for item in items:
         if item in feature_sets:
             names.extend(resolve_features(list(feature_sets[item]), {k: v for k, v in feature_sets.items() if k != item}, key=key))
@@ -39,8 +40,8 @@ def resolve_features(features: Any, feature_sets: Mapping[str, Sequence[str]], *
 
 def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
     """The step that trains one model file: estimator params apart from the step's own keys."""
-    feature_sets = OmegaConf.to_container(cfg.feature_sets, resolve=True)
-    early_stopping = {**OmegaConf.to_container(cfg.early_stopping, resolve=True), **spec.get("early_stopping", {})}
+    feature_sets = plain_dict(cfg.feature_sets)
+    early_stopping = {**plain_dict(cfg.early_stopping), **spec.get("early_stopping", {})}
     config = {
         "name": name,
         "group": spec.get("group", "ml"),
@@ -53,7 +54,7 @@ def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
     return Step(name=name, target=MODEL_STEP_TARGET, needs=(), group=config["group"], config=config)
 
 
-def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: Optional[Sequence[Any]]) -> List[Step]:
+def backtest_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], months: Sequence[Any] | None) -> list[Step]:
     """The walk-forward backtest: a ``<model>@<YYYY-MM>`` step per model and origin (``tuned@...``
     refits the tune step's best parameters when tune runs), then the ``backtest`` step gathering them.
 
@@ -64,26 +65,33 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
     ConfigError
         From :func:`bondexp.steps.backtest.origin_months`, or a model or step named like a backtest step.
     """
-    spec = OmegaConf.to_container(cfg.backtest, resolve=True)
+    spec = plain_dict(cfg.backtest)
     if spec["origins"] is None:
         return []
     from bondexp.steps import backtest as bt  # here: it imports numpy, which a run without a backtest may not need
+
     if months is None:
         raise ValueError("backtest_steps needs the data's months when backtest.origins is set.")
     taken = {bt.REPORT_STEP} & (set(models) | set(cfg.steps))
     if "tune" in cfg.steps:
         taken |= {bt.TUNED} & set(models)  # its refits would be named like the tuned model's
     if taken:
-        raise ConfigError(f"The backtest adds steps named after {sorted(taken)}; rename that model or step, "
-                          "or set backtest.origins=null.")
+        raise ConfigError(f"The backtest adds steps named after {sorted(taken)}; rename that model or step, or set backtest.origins=null.")
     shared = {"horizon": spec["horizon"], "window": spec["window"], "calibration_months": spec["calibration_months"]}
     origins = bt.origin_months(months, spec)
-    refits = {name: (model_step(name, model, cfg).config, ()) for name, model in models.items()}
+    refits: dict[str, tuple[dict[str, Any] | None, tuple[str, ...]]] = {
+        name: (model_step(name, model, cfg).config, ()) for name, model in models.items()
+    }
     if "tune" in cfg.steps:
         refits[bt.TUNED] = (None, ("tune",))
     steps = [
-        Step(name=f"{name}@{origin}", target=bt.ORIGIN_TARGET, needs=needs, group="backtest",
-             config={**shared, "origin": origin, "model": config})
+        Step(
+            name=f"{name}@{origin}",
+            target=bt.ORIGIN_TARGET,
+            needs=needs,
+            group="backtest",
+            config={**shared, "origin": origin, "model": config},
+        )
         for name, (config, needs) in refits.items()
         for origin in origins
     ]
@@ -91,20 +99,20 @@ def backtest_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], months: O
     return steps + [Step(name=bt.REPORT_STEP, target=bt.REPORT_TARGET, needs=tuple(s.name for s in steps), group="report", config=report)]
 
 
-def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], *, months: Optional[Sequence[Any]] = None) -> List[Step]:
+def build_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], *, months: Sequence[Any] | None = None) -> list[Step]:
     """Every step of the experiment: one per model, the report steps from ``cfg.steps``, then the backtest's.
 
     ``months`` (the data's observation months) place the backtest origins; only needed when
     ``backtest.origins`` is set.
     """
     steps = [model_step(name, spec, cfg) for name, spec in models.items()]
-    groups: Dict[str, List[str]] = {}
+    groups: dict[str, list[str]] = {}
     for step in steps:
         groups.setdefault(step.group, []).append(step.name)
     for name, decl in cfg.steps.items():
         if name in models:
             raise ConfigError(f"The step 'steps.{name}' has the name of a model; rename one of them.")
-        needs: List[str] = []
+        needs: list[str] = []
         for need in decl.needs:
             if need == ALL_MODELS:
                 needs.extend(models)
@@ -113,7 +121,7 @@ def build_steps(cfg: DictConfig, models: Dict[str, Dict[str, Any]], *, months: O
             else:
                 needs.append(need)
         needs.extend(need for need in decl.get("needs_if_chosen", []) if need in cfg.steps or need in models)
-        slice_ = OmegaConf.to_container(decl.config, resolve=True) if decl.config is not None else {}
+        slice_ = plain_dict(decl.config) if decl.config is not None else {}
         slice_ = {**slice_, "seed": int(cfg.seed)}
         steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))
     return steps + backtest_steps(cfg, models, months)

@@ -35,9 +35,7 @@ def step_fingerprints(graph: Graph, data_fingerprint: str) -> dict[str, str]:
     """Fingerprint of every step, from its target, config, its needs' fingerprints and the data's."""
     fps: dict[str, str] = {}
     for step in graph:
-        fps[step.name] = fingerprint(
-            target=step.target, config=step.config, inputs={n: fps[n] for n in step.needs}, data=data_fingerprint
-        )
+        fps[step.name] = fingerprint(target=step.target, config=step.config, inputs={n: fps[n] for n in step.needs}, data=data_fingerprint)
     return fps
 
 
@@ -138,13 +136,22 @@ class Eta:
 
     def __call__(self, *, pending: Collection[str], running: Collection[str]) -> float | None:
         now = time.perf_counter()
-        return eta_s(self.graph, self.expected, pending=pending, concurrency=self.concurrency,
-                     running_for={n: now - self._submitted_at[n] for n in running})
+        return eta_s(
+            self.graph,
+            self.expected,
+            pending=pending,
+            concurrency=self.concurrency,
+            running_for={n: now - self._submitted_at[n] for n in running},
+        )
 
 
 def eta_s(
-    graph: Graph, expected: Mapping[str, float | None], *, pending: Collection[str],
-    running_for: Mapping[str, float], concurrency: int,
+    graph: Graph,
+    expected: Mapping[str, float | None],
+    *,
+    pending: Collection[str],
+    running_for: Mapping[str, float],
+    concurrency: int,
 ) -> float | None:
     """Lower-bound estimate of the time left: max(longest remaining chain, remaining work / workers).
 

@@ -80,8 +80,15 @@ def _drift_market(ax, artifact: Mapping[str, Any]) -> None:
     for offset, key, hatch in ((-0.2, "ks_pvalue", ""), (0.2, "volatility_pvalue", "//")):
         evidence = [-np.log10(max(features[n][key] if features[n][key] is not None else 1.0, 1e-12)) for n in market]
         label = "level shift" if key == "ks_pvalue" else "volatility (one-sided)"
-        ax.bar(x + offset, evidence, width=0.4, hatch=hatch, label=label,
-               color=[DRIFT_COLORS[features[n]["status"]] for n in market], edgecolor="black")
+        ax.bar(
+            x + offset,
+            evidence,
+            width=0.4,
+            hatch=hatch,
+            label=label,
+            color=[DRIFT_COLORS[features[n]["status"]] for n in market],
+            edgecolor="black",
+        )
     ax.axhline(-np.log10(limits["ks_alpha"]), color="grey", ls="--", label=f"corrected p = {limits['ks_alpha']}")
     ax.set_xticks(x, market)
     ax.set_ylabel("-log10 corrected p")
@@ -105,7 +112,7 @@ def _drift_monthly_psi(ax, artifact: Mapping[str, Any]) -> None:
 def _drift_model_rmse(ax, artifact: Mapping[str, Any]) -> None:
     months = artifact["months"]
     for name, entry in artifact["models"].items():
-        line, = ax.plot(months, [entry["monthly"][m]["rmse"] for m in months], marker=".", label=f"{name} ({entry['status']})")
+        (line,) = ax.plot(months, [entry["monthly"][m]["rmse"] for m in months], marker=".", label=f"{name} ({entry['status']})")
         ax.axhline(entry["rmse_validation"], color=line.get_color(), ls=":", lw=0.8)
     ax.set_title("test RMSE per month (dotted: validation RMSE)")
     ax.tick_params(axis="x", rotation=60)
@@ -127,7 +134,7 @@ def predicted_vs_actual_png(artifact: Mapping[str, Any], names: Sequence[str]) -
     rmse = {row["model"]: row["rmse"] for row in artifact["leaderboard"]}
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.6 * max(len(names), 1), 4.4), squeeze=False)
     limits = np.quantile(y, [0.005, 0.995]) if len(y) else np.array([-1.0, 1.0])
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):  # no models: one empty panel
         pred = np.asarray(artifact["samples"]["predictions"][name])
         ax.scatter(y[shown], pred[shown], s=4, alpha=0.35, color="tab:blue", rasterized=True)
         ax.plot(limits, limits, color="black", lw=1, ls="--", label="perfect")
@@ -203,8 +210,15 @@ def tuning_history_png(record: Mapping[str, Any]) -> bytes:
         ax.scatter(numbers, values, s=22, color="tab:blue", label="trial (validation RMSE)")
         ax.step(numbers, np.minimum.accumulate(values), where="post", color="tab:green", label="best so far")
     if failed:  # a failed trial has no value: mark it along the bottom edge
-        ax.scatter([t["number"] for t in failed], np.full(len(failed), 0.03), s=22, marker="x", color="tab:gray",
-                   transform=ax.get_xaxis_transform(), label="failed trial")
+        ax.scatter(
+            [t["number"] for t in failed],
+            np.full(len(failed), 0.03),
+            s=22,
+            marker="x",
+            color="tab:gray",
+            transform=ax.get_xaxis_transform(),
+            label="failed trial",
+        )
     untuned = [t for t in done if t["untuned"]]
     if untuned:
         ax.axhline(untuned[0]["value"], color="tab:orange", linestyle="--", label="untuned parameters")
@@ -247,16 +261,27 @@ def timeline_png(steps: Iterable[Any], *, title: str = "bondexp run timeline") -
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(workers)))
     for s in rows:
         y = workers.index(s.worker)
-        ax.barh(y, s.ended - s.started, left=s.started - t0, height=0.6,
-                color=STEP_COLORS.get(s.status, "tab:blue"), edgecolor="black", linewidth=0.5)
+        ax.barh(
+            y,
+            s.ended - s.started,
+            left=s.started - t0,
+            height=0.6,
+            color=STEP_COLORS.get(s.status, "tab:blue"),
+            edgecolor="black",
+            linewidth=0.5,
+        )
         ax.text(s.started - t0 + (s.ended - s.started) / 2, y, s.name, ha="center", va="center", fontsize=8)
     ax.set_yticks(range(len(workers)), workers)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first step started")
     ax.set_title(title)
     statuses = sorted({s.status for s in rows})
-    ax.legend(handles=[Patch(color=STEP_COLORS.get(k, "tab:blue"), label=k) for k in statuses],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.legend(
+        handles=[Patch(color=STEP_COLORS.get(k, "tab:blue"), label=k) for k in statuses],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=8,
+    )
     fig.tight_layout()
     return _png(fig, dpi=100)
 
@@ -279,8 +304,7 @@ def backtest_png(artifact: Mapping[str, Any], *, references: Sequence[str], over
     present = [n for n in references if any(r["model"] == n for r in artifact["rows"])]
     for name in list(artifact["models"]) + present:
         by_origin = {r["origin"]: r["rmse"] for r in artifact["rows"] if r["model"] == name and r["origin"] != overall}
-        style = ({"ls": "--", "color": "gray" if name == references[0] else "black", "lw": 1.2}
-                 if name in references else {"marker": "o"})
+        style = {"ls": "--", "color": "gray" if name == references[0] else "black", "lw": 1.2} if name in references else {"marker": "o"}
         ax.plot(x, [by_origin[o] for o in origins], label=name, **style)
     ax.set_xticks(x, origins, rotation=45, ha="right")
     ax.set_xlabel("origin (first scored month; each refit saw only the months before it)")

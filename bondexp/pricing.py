@@ -156,9 +156,7 @@ def yield_from_price(bonds, settlement, clean_price, *, tol=1e-12, max_iter=100)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise PricingError(f"The 'tol' parameter of yield_from_price must be a float > 0. Got {tol!r} instead.")
     if not (isinstance(max_iter, (int, np.integer)) and not isinstance(max_iter, bool) and max_iter >= 1):
-        raise PricingError(
-            f"The 'max_iter' parameter of yield_from_price must be an int >= 1. Got {max_iter!r} instead."
-        )
+        raise PricingError(f"The 'max_iter' parameter of yield_from_price must be an int >= 1. Got {max_iter!r} instead.")
     terms = bond_terms(bonds, settlement)
     clean = per_bond(clean_price, terms.n_bonds, "clean_price", np.float64)
     check_bonds(~np.isfinite(clean), "clean_price must be finite")
@@ -174,8 +172,13 @@ def yield_from_price(bonds, settlement, clean_price, *, tol=1e-12, max_iter=100)
         amount, time, _ = flows(terms, rows)
         frequency = terms.frequency[rows]
         x, failed[rows] = _solve(
-            amount, time * frequency[:, None], np.log(dirty[rows]), log_base[rows], frequency,
-            tol=tol, max_iter=max_iter,
+            amount,
+            time * frequency[:, None],
+            np.log(dirty[rows]),
+            log_base[rows],
+            frequency,
+            tol=tol,
+            max_iter=max_iter,
         )
         out[rows] = frequency * np.expm1(x)
     check_bonds(failed, f"yield did not converge within max_iter={max_iter} steps")
@@ -220,9 +223,7 @@ def _solve(amount, exponent, log_target, x, frequency, *, tol, max_iter) -> tupl
     return x, failed
 
 
-def price_from_curve(
-    bonds, settlement, zero_rate: Callable[[np.ndarray, np.ndarray], np.ndarray], spread
-) -> dict[str, np.ndarray]:
+def price_from_curve(bonds, settlement, zero_rate: Callable[[np.ndarray, np.ndarray], np.ndarray], spread) -> dict[str, np.ndarray]:
     """Prices from a zero curve plus a spread: each cash flow discounted at ``exp(-(z(t) + spread) * t)``.
 
     Parameters

@@ -81,9 +81,7 @@ class Progress:
             self._line(f"start  {name}")
         self.refresh(running=running, eta_s=eta_s)
 
-    def finished(
-        self, name: str, *, status: str, duration_s: float | None, running: Sequence[str], eta_s: float | None
-    ) -> None:
+    def finished(self, name: str, *, status: str, duration_s: float | None, running: Sequence[str], eta_s: float | None) -> None:
         """A step ended (ran, failed or was skipped)."""
         self.done += 1
         if self.mode == "lines":

@@ -7,8 +7,9 @@ line; the report never fails because a step did.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,12 +77,16 @@ def write_report(
 
 def _header(run_dir: Path, *, command: str, overrides: Sequence[str], results: Mapping[str, Any]) -> str:
     ok = results.get("ok")
-    state = "interrupted" if results.get("interrupted") else {True: "every step finished", False: "some steps failed or were skipped"}.get(ok, "unknown")
+    if results.get("interrupted"):
+        state = "interrupted"
+    else:
+        state = "every step finished" if ok is True else "some steps failed or were skipped" if ok is False else "unknown"
     wall = results.get("wall_s")
     lines = [
         f"# bondexp run: {run_dir.name}",
         "",
-        f"Outcome: **{state}**" + (f", wall {wall:.2f} s" if isinstance(wall, (int, float)) else "")
+        f"Outcome: **{state}**"
+        + (f", wall {wall:.2f} s" if isinstance(wall, (int, float)) else "")
         + (f", executor {results['executor']} with {results.get('workers', '?')} worker(s)" if results.get("executor") else "")
         + ".",
         "",
@@ -145,7 +150,7 @@ def _steps(steps: Mapping[str, Mapping[str, Any]], *, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _leaderboard(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
+def _leaderboard(artifact: Mapping[str, Any] | None, *, status: str) -> str:
     lines = ["## Leaderboard (test split)", ""]
     rows = (artifact or {}).get("leaderboard", [])
     if not rows:
@@ -170,8 +175,7 @@ def _leaderboard(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
         lines.append(
             f"Best model, chosen on validation (lowest validation RMSE, {_num(best.get('val_rmse'), 4)}): "
             f"**{best['model']}**, test RMSE {best['rmse']:.4f} "
-            f"[{_num(best.get('rmse_ci_low'), 4)}, {_num(best.get('rmse_ci_high'), 4)}]"
-            + _against_dcf(best.get("improvement_pct"))
+            f"[{_num(best.get('rmse_ci_low'), 4)}, {_num(best.get('rmse_ci_high'), 4)}]" + _against_dcf(best.get("improvement_pct"))
         )
     breakdown = (artifact or {}).get("breakdown", {})
     for key, title in (("rating", "RMSE by rating"), ("regime", "RMSE by market regime")):
@@ -186,7 +190,7 @@ def _breakdown_table(breakdown: Mapping[str, Mapping[str, Any]], key: str, *, or
     models = [m for m in order if breakdown.get(m, {}).get(key)]
     if not models:
         return ""
-    groups: List[str] = []
+    groups: list[str] = []
     for m in models:
         groups += [g for g in breakdown[m][key] if g not in groups]
     sizes = {g: next(breakdown[m][key][g]["n"] for m in models if g in breakdown[m][key]) for g in groups}
@@ -203,7 +207,7 @@ def _breakdown_table(breakdown: Mapping[str, Mapping[str, Any]], key: str, *, or
     return "\n".join(lines)
 
 
-def _drift(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
+def _drift(artifact: Mapping[str, Any] | None, *, status: str) -> str:
     lines = ["## Drift (train against test)", ""]
     if artifact is None:
         return "\n".join(lines + [f"No drift findings: the drift step {status}."])
@@ -223,14 +227,18 @@ def _drift(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
         lines.append(f"No feature drifted (all {len(features)} ok).")
     stale = [(name, m) for name, m in artifact.get("models", {}).items() if m.get("status") in ("warn", "alert")]
     if stale:
-        lines += ["", "Models whose predictions or errors drifted against validation: "
-                  + ", ".join(f"{name} ({m['status']}, test/validation RMSE {_num(m.get('rmse_ratio'), 2)})" for name, m in stale) + "."]
+        lines += [
+            "",
+            "Models whose predictions or errors drifted against validation: "
+            + ", ".join(f"{name} ({m['status']}, test/validation RMSE {_num(m.get('rmse_ratio'), 2)})" for name, m in stale)
+            + ".",
+        ]
     elif artifact.get("models"):
         lines += ["", "No model's predictions or errors drifted against validation."]
     return "\n".join(lines)
 
 
-def _tuning(artifact: Optional[ModelArtifact], *, status: str) -> str:
+def _tuning(artifact: ModelArtifact | None, *, status: str) -> str:
     lines = ["## Tuning", ""]
     if artifact is None:
         return "\n".join(lines + [f"No tuning results: the tune step {status}."])
@@ -269,7 +277,9 @@ def _status(steps: Mapping[str, Mapping[str, Any]], name: str) -> str:
         return "was not part of this run"
     if step.get("status") == "skipped":
         return f"was skipped: {step.get('error') or 'a step it needs failed'}"
-    return {"failed": "failed (see Steps)"}.get(step.get("status"), f"left no artifact (status {step.get('status')!r})")
+    if step.get("status") == "failed":
+        return "failed (see Steps)"
+    return f"left no artifact (status {step.get('status')!r})"
 
 
 def _num(value: Any, decimals: int) -> str:

@@ -42,31 +42,47 @@ class StepOutcome:
         """The outcome of a step a worker finished: ``ran``, or ``skipped`` with its reason when it raised StepSkipped."""
         skipped = report.get("skipped")
         return cls(
-            name=name, group=group, status="ran" if skipped is None else "skipped", fingerprint=fingerprint,
-            duration_s=report["duration_s"], worker=worker, started=report["started"], ended=report["ended"],
-            metrics=dict(report.get("metrics") or {}), error=skipped, peak_rss_mb=report.get("peak_rss_mb"),
-        )
-
-    @classmethod
-    def failed(
-        cls, name: str, group: str, fingerprint: str, error: str, report: Mapping[str, Any], *, worker: str | None
-    ) -> StepOutcome:
-        """The outcome of a step that raised, or whose worker died (``report`` empty), with its error text."""
-        return cls(
-            name=name, group=group, status="failed", fingerprint=fingerprint, duration_s=report.get("duration_s"),
-            worker=worker, started=report.get("started"), ended=report.get("ended"), error=error,
+            name=name,
+            group=group,
+            status="ran" if skipped is None else "skipped",
+            fingerprint=fingerprint,
+            duration_s=report["duration_s"],
+            worker=worker,
+            started=report["started"],
+            ended=report["ended"],
+            metrics=dict(report.get("metrics") or {}),
+            error=skipped,
             peak_rss_mb=report.get("peak_rss_mb"),
         )
 
     @classmethod
-    def from_manifest(
-        cls, name: str, group: str, fingerprint: str, manifest: Mapping[str, Any], *, status: str = "reused"
-    ) -> StepOutcome:
+    def failed(cls, name: str, group: str, fingerprint: str, error: str, report: Mapping[str, Any], *, worker: str | None) -> StepOutcome:
+        """The outcome of a step that raised, or whose worker died (``report`` empty), with its error text."""
+        return cls(
+            name=name,
+            group=group,
+            status="failed",
+            fingerprint=fingerprint,
+            duration_s=report.get("duration_s"),
+            worker=worker,
+            started=report.get("started"),
+            ended=report.get("ended"),
+            error=error,
+            peak_rss_mb=report.get("peak_rss_mb"),
+        )
+
+    @classmethod
+    def from_manifest(cls, name: str, group: str, fingerprint: str, manifest: Mapping[str, Any], *, status: str = "reused") -> StepOutcome:
         """The outcome of a step taken from its verified checkpoint's manifest."""
         return cls(
-            name=name, group=group, status="skipped" if manifest.get("skipped") else status, fingerprint=fingerprint,
-            duration_s=manifest.get("duration_s"), worker=manifest.get("worker"),
-            metrics=dict(manifest.get("metrics") or {}), peak_rss_mb=manifest.get("peak_rss_mb"),
+            name=name,
+            group=group,
+            status="skipped" if manifest.get("skipped") else status,
+            fingerprint=fingerprint,
+            duration_s=manifest.get("duration_s"),
+            worker=manifest.get("worker"),
+            metrics=dict(manifest.get("metrics") or {}),
+            peak_rss_mb=manifest.get("peak_rss_mb"),
             error=manifest.get("skipped"),
         )
 

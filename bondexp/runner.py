@@ -120,9 +120,7 @@ def _check_arguments(graph: Any, *, workers: Any, data_fingerprint: Any, shared:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"The 'workers' parameter of run_graph must be an int >= 1. Got {workers!r} instead.")
     if not isinstance(data_fingerprint, str):
-        raise ConfigError(
-            f"The 'data_fingerprint' parameter of run_graph must be a str. Got {type(data_fingerprint).__name__} instead."
-        )
+        raise ConfigError(f"The 'data_fingerprint' parameter of run_graph must be a str. Got {type(data_fingerprint).__name__} instead.")
     if shared is not None and not isinstance(shared, Mapping):
         raise ConfigError(f"The 'shared' parameter of run_graph must be a mapping. Got {type(shared).__name__} instead.")
 
@@ -130,8 +128,18 @@ def _check_arguments(graph: Any, *, workers: Any, data_fingerprint: Any, shared:
 class _Scheduler:
     """One run: steps pending, running and done, their outcomes, and the loop that moves them along."""
 
-    def __init__(self, graph: Graph, store: CheckpointStore, backend: Any, *, run_dir: Path, fingerprints: Mapping[str, str],
-                 expected: Mapping[str, float | None], shared: dict, dataset: Any = None):
+    def __init__(
+        self,
+        graph: Graph,
+        store: CheckpointStore,
+        backend: Any,
+        *,
+        run_dir: Path,
+        fingerprints: Mapping[str, str],
+        expected: Mapping[str, float | None],
+        shared: dict,
+        dataset: Any = None,
+    ):
         self.graph = graph
         self.run_dir = run_dir
         self.store = store
@@ -163,8 +171,14 @@ class _Scheduler:
             else:
                 self.pending.add(name)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        log.info("run %s: %d steps, %d reused, %d to run on %d worker(s)", self.run_dir, len(self.graph),
-                 len(self.done), len(self.pending), self.backend.concurrency)
+        log.info(
+            "run %s: %d steps, %d reused, %d to run on %d worker(s)",
+            self.run_dir,
+            len(self.graph),
+            len(self.done),
+            len(self.pending),
+            self.backend.concurrency,
+        )
         interrupted, kill = False, True
         with Progress(total=len(self.graph), done=len(self.done), enabled=progress) as self.bar:
             try:
@@ -178,9 +192,14 @@ class _Scheduler:
                 self._stop(kill=kill)
         if interrupted:
             self._settle_unfinished()
-        return RunResult(steps={name: self.outcomes[name] for name in self.graph.order},
-                         wall_s=time.perf_counter() - t0, run_dir=self.run_dir, executor=executor_name,
-                         workers=self.backend.concurrency, interrupted=interrupted)
+        return RunResult(
+            steps={name: self.outcomes[name] for name in self.graph.order},
+            wall_s=time.perf_counter() - t0,
+            run_dir=self.run_dir,
+            executor=executor_name,
+            workers=self.backend.concurrency,
+            interrupted=interrupted,
+        )
 
     def _loop(self) -> None:
         """Kedro's runner loop: submit every ready step, wait for the first to finish, collect it, repeat."""
@@ -209,9 +228,17 @@ class _Scheduler:
         """Hand ``names`` to the backend, starting it on first use; a pool found broken is replaced and submitting goes on."""
         for name in names:
             step = self.graph[name]
-            task = Task(name=name, target=step.target, config=step.config, needs=step.needs,
-                        run_dir=str(self.run_dir), workers=self.backend.concurrency, threads=self.threads,
-                        shared=self.shared, files=step_files(self.run_dir, name) if self.backend.remote else {})
+            task = Task(
+                name=name,
+                target=step.target,
+                config=step.config,
+                needs=step.needs,
+                run_dir=str(self.run_dir),
+                workers=self.backend.concurrency,
+                threads=self.threads,
+                shared=self.shared,
+                files=step_files(self.run_dir, name) if self.backend.remote else {},
+            )
             if not self.started:
                 self.backend.start()
                 self.started = True
@@ -240,8 +267,7 @@ class _Scheduler:
             try:
                 keep_handed_back(self.run_dir, name, report)
             except Exception:
-                self._fail(name, "the step ran but its log or files could not be written:\n" + traceback.format_exc(),
-                           report=report)
+                self._fail(name, "the step ran but its log or files could not be written:\n" + traceback.format_exc(), report=report)
                 return
             if report["error"] is not None:
                 self._fail(name, report["error"], report=report)
@@ -257,11 +283,11 @@ class _Scheduler:
         self._stop(kill=True)
         culprit = self.suspects.culprit(lost)
         if culprit is not None:
-            self._fail(culprit, f"its worker process died ({exc!r}); a crash in native code or the "
-                                f"out-of-memory killer are the usual causes")
+            self._fail(
+                culprit, f"its worker process died ({exc!r}); a crash in native code or the out-of-memory killer are the usual causes"
+            )
         elif lost:
-            log.warning("a worker process died while %s were running; running them again one at a time",
-                        ", ".join(lost))
+            log.warning("a worker process died while %s were running; running them again one at a time", ", ".join(lost))
             self.pending.update(lost)
 
     def _record_ran(self, name: str, report: Mapping[str, Any]) -> None:
@@ -271,11 +297,9 @@ class _Scheduler:
         files = report.get("output_files") or {}
         try:
             write_step_files(self.run_dir, name, files)  # the step's report files, kept with its checkpoint too
-            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}),
-                            files=files)
+            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}), files=files)
         except Exception:
-            self._fail(name, "the step ran but its files or checkpoint could not be written:\n" + traceback.format_exc(),
-                       report=report)
+            self._fail(name, "the step ran but its files or checkpoint could not be written:\n" + traceback.format_exc(), report=report)
             return
         self.done.add(name)
         log.info("%s %s in %.2f s on %s", outcome.status, name, report["duration_s"], outcome.worker)
@@ -284,8 +308,7 @@ class _Scheduler:
     def _fail(self, name: str, error: str, *, report: Mapping[str, Any] | None = None) -> None:
         """Record ``name`` as failed and skip every pending step downstream of it."""
         worker = self.label(report["worker"]) if report else None
-        log.error("failed %s: %s (traceback in logs/%s.log and results.json)",
-                  name, error.strip().splitlines()[-1], name)
+        log.error("failed %s: %s (traceback in logs/%s.log and results.json)", name, error.strip().splitlines()[-1], name)
         self._settle(StepOutcome.failed(name, self.graph[name].group, self.fps[name], error, report or {}, worker=worker))
         blocked = self.graph.downstream([name]) & self.pending
         for downstream in [n for n in self.graph.order if n in blocked]:
@@ -295,8 +318,9 @@ class _Scheduler:
 
     def _skip(self, name: str, reason: str) -> StepOutcome:
         log.warning("skipped %s: %s", name, reason)
-        self.outcomes[name] = StepOutcome(name=name, group=self.graph[name].group, status="skipped",
-                                          fingerprint=self.fps[name], error=reason)
+        self.outcomes[name] = StepOutcome(
+            name=name, group=self.graph[name].group, status="skipped", fingerprint=self.fps[name], error=reason
+        )
         return self.outcomes[name]
 
     def _settle(self, outcome: StepOutcome) -> None:
@@ -308,8 +332,9 @@ class _Scheduler:
         """Record a step from its verified checkpoint's manifest; write back its report files if missing."""
         restore_step_files(self.run_dir, name, self.store)
         self.done.add(name)
-        self.outcomes[name] = StepOutcome.from_manifest(name, self.graph[name].group, self.fps[name],
-                                                        self.store.manifest(name) or {}, status=status)
+        self.outcomes[name] = StepOutcome.from_manifest(
+            name, self.graph[name].group, self.fps[name], self.store.manifest(name) or {}, status=status
+        )
 
     def _harvest_finished(self) -> None:
         """After Ctrl-C, keep the results of steps that finished but were not yet collected."""

@@ -13,9 +13,10 @@ import csv
 import fnmatch
 import json
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
 
 #: Leaderboard rows that are references, not trained models.
 REFERENCE_ROWS = ("dcf_baseline", "oracle")
@@ -24,7 +25,7 @@ DEFAULT_ROOTS = ("outputs", "multirun")
 COLUMNS = ("date", "folder", "status", "wall_s", "data", "best_model", "test_rmse", "overrides")
 
 
-def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> Optional[str]:
+def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> str | None:
     """The model validation chose: evaluate's ``best_model`` when it reports one, else the leaderboard
     row with the lowest ``val_rmse``, else the model step with the lowest ``val_rmse`` in results.json.
 
@@ -34,15 +35,21 @@ def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[M
     chosen = (steps.get("evaluate", {}).get("metrics") or {}).get("best_model")
     if chosen:
         return str(chosen)
-    scored = [(float(row["val_rmse"]), row["model"]) for row in leaderboard
-              if row.get("model") not in REFERENCE_ROWS and _is_number(row.get("val_rmse"))]
+    scored = [
+        (float(row["val_rmse"]), row["model"])
+        for row in leaderboard
+        if row.get("model") not in REFERENCE_ROWS and _is_number(row.get("val_rmse"))
+    ]
     if not scored:
-        scored = [(float(step["metrics"]["val_rmse"]), name) for name, step in steps.items()
-                  if _is_number((step.get("metrics") or {}).get("val_rmse"))]
+        scored = [
+            (float(step["metrics"]["val_rmse"]), name)
+            for name, step in steps.items()
+            if _is_number((step.get("metrics") or {}).get("val_rmse"))
+        ]
     return min(scored)[1] if scored else None
 
 
-def read_leaderboard(run_dir: Path) -> List[Dict[str, Any]]:
+def read_leaderboard(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``leaderboard.csv`` (numbers as floats, empty cells as None); [] when there is none."""
     path = Path(run_dir) / "leaderboard.csv"
     if not path.is_file():
@@ -51,7 +58,7 @@ def read_leaderboard(run_dir: Path) -> List[Dict[str, Any]]:
         return [{key: _cell(value) if key != "model" else value for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def read_overrides(run_dir: Path) -> List[str]:
+def read_overrides(run_dir: Path) -> list[str]:
     """The run's original overrides from ``.hydra/overrides.yaml`` ([] when the folder has none)."""
     import yaml
 
@@ -59,7 +66,7 @@ def read_overrides(run_dir: Path) -> List[str]:
     return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
 
 
-def run_row(run_dir: Path) -> Dict[str, Any]:
+def run_row(run_dir: Path) -> dict[str, Any]:
     """One comparison row for the run folder ``run_dir``."""
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
@@ -85,7 +92,7 @@ def run_row(run_dir: Path) -> Dict[str, Any]:
     }
 
 
-def find_run_folders(paths: Iterable[Path]) -> List[Path]:
+def find_run_folders(paths: Iterable[Path]) -> list[Path]:
     """Every run folder at or below ``paths``: a folder holding results.json or a .hydra folder."""
     found = set()
     for path in map(Path, paths):
@@ -97,11 +104,12 @@ def find_run_folders(paths: Iterable[Path]) -> List[Path]:
     return sorted(found)
 
 
-def select(rows: Iterable[Dict[str, Any]], *, since: Optional[datetime] = None, patterns: Sequence[str] = ()) -> List[Dict[str, Any]]:
+def select(rows: Iterable[dict[str, Any]], *, since: datetime | None = None, patterns: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows started at or after ``since`` whose overrides match every pattern (fnmatch: ``model=enhanced``,
     ``seed=*``), oldest first."""
     kept = [
-        row for row in rows
+        row
+        for row in rows
         if (since is None or row["date"] >= since)
         and all(any(fnmatch.fnmatchcase(o, pattern) for o in row["overrides"]) for pattern in patterns)
     ]
@@ -112,21 +120,25 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as an aligned text table."""
     cells = [[_show(key, row[key]) for key in COLUMNS] for row in rows]
     widths = [max([len(key)] + [len(line[i]) for line in cells]) for i, key in enumerate(COLUMNS)]
-    lines = ["  ".join(key.ljust(w) for key, w in zip(COLUMNS, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in cells]
+    lines = ["  ".join(key.ljust(w) for key, w in zip(COLUMNS, widths, strict=True)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bondexp.runs",
         description="List and compare bondexp run folders (default: everything under outputs/ and multirun/).",
     )
     parser.add_argument("folders", nargs="*", type=Path, help="run folders, or folders to search for runs")
     parser.add_argument("--since", type=_date, help="only runs started on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)")
-    parser.add_argument("--override", action="append", default=[], metavar="PATTERN",
-                        help="only runs with an override matching PATTERN, e.g. model=enhanced or 'seed=*' (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only runs with an override matching PATTERN, e.g. model=enhanced or 'seed=*' (repeatable)",
+    )
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     args = parser.parse_args(argv)
     roots = args.folders or [Path(root) for root in DEFAULT_ROOTS if Path(root).is_dir()]
@@ -137,8 +149,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = select((run_row(folder) for folder in folders), since=args.since, patterns=args.override)
     if not rows:
         where = ", ".join(map(str, roots)) or "outputs/ or multirun/"
-        print(f"no run folders found under {where}" if not folders else
-              f"none of the {len(folders)} run folders under {where} matches --since/--override", file=sys.stderr)
+        print(
+            f"no run folders found under {where}"
+            if not folders
+            else f"none of the {len(folders)} run folders under {where} matches --since/--override",
+            file=sys.stderr,
+        )
         return 1
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -153,7 +169,7 @@ def _is_run_folder(path: Path) -> bool:
     return (path / "results.json").is_file() or (path / ".hydra").is_dir()
 
 
-def read_json(path: Path) -> Dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or {} when the file is missing or unreadable."""
     try:
         return json.loads(path.read_text())

@@ -22,7 +22,7 @@ which test and what a result means; the evaluate step uses :func:`bootstrap_rmse
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -35,9 +35,7 @@ MAX_PHI = 0.99
 BOOTSTRAP_CHUNK = 1 << 22
 
 
-def population_stability_index(
-    reference: np.ndarray, current: np.ndarray, *, n_bins: int = 10, psi_floor: float = 1e-4
-) -> float:
+def population_stability_index(reference: np.ndarray, current: np.ndarray, *, n_bins: int = 10, psi_floor: float = 1e-4) -> float:
     """PSI of ``current`` against ``reference`` on ``n_bins`` quantile bins of ``reference``.
 
     Returns
@@ -65,6 +63,7 @@ def psi_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray, *,
 
     Shares below ``psi_floor`` are raised to it and renormalised. Returns NaN where a sample is empty.
     """
+
     def shares(counts):
         counts = np.asarray(counts, dtype=np.float64)
         total = counts.sum(axis=-1, keepdims=True)
@@ -110,7 +109,7 @@ def correct_pvalues(pvalues: np.ndarray, *, method: str = "holm") -> np.ndarray:
 
 def level_shift_test(
     reference: np.ndarray, reference_months: np.ndarray, current: np.ndarray, current_months: np.ndarray
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Test whether a monthly series' level in ``current`` months differs from its ``reference`` months.
 
     An AR(1) is fitted to the reference months: ``phi`` is the lag-1 autocorrelation plus Kendall's
@@ -141,8 +140,16 @@ def level_shift_test(
     shift = float(current.mean() - x.mean())
     nan_months = np.full(len(t), np.nan)
     if len(x) < 3:
-        return {"z": float("nan"), "pvalue": float("nan"), "phi": float("nan"), "df": float("nan"),
-                "sd": float("nan"), "shift": shift, "monthly_z": nan_months, "monthly_pvalue": nan_months}
+        return {
+            "z": float("nan"),
+            "pvalue": float("nan"),
+            "phi": float("nan"),
+            "df": float("nan"),
+            "sd": float("nan"),
+            "shift": shift,
+            "monthly_z": nan_months,
+            "monthly_pvalue": nan_months,
+        }
     d = x - x.mean()
     step = np.diff(s) == 1
     lagged, lead = d[:-1][step], d[1:][step]
@@ -178,7 +185,7 @@ def level_shift_test(
 
 def volatility_test(
     reference: np.ndarray, reference_months: np.ndarray, current: np.ndarray, current_months: np.ndarray
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """One-sided F test: are a monthly series' month-on-month changes more volatile in ``current``?
 
     Differencing removes the persistent level, so the changes of even a near unit-root AR(1) are
@@ -192,6 +199,7 @@ def volatility_test(
         ``ratio`` (sd of current changes over sd of reference changes) and ``pvalue``; NaN when
         either side has fewer than 2 changes.
     """
+
     def changes(values, months):
         values, months = np.asarray(values, dtype=np.float64), np.asarray(months, dtype=np.int64)
         return np.diff(values)[np.diff(months) == 1]
@@ -214,9 +222,7 @@ def finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def ks_pvalue(
-    reference: np.ndarray, current: np.ndarray, *, shares: Tuple[float, float] = (1.0, 1.0), larger: bool = False
-) -> float:
+def ks_pvalue(reference: np.ndarray, current: np.ndarray, *, shares: tuple[float, float] = (1.0, 1.0), larger: bool = False) -> float:
     """Two-sample KS p-value with each sample counted as ``len * share`` independent draws.
 
     ``shares`` are the samples' distinct bonds per row: a bond seen in 30 months is not 30 draws of
@@ -235,7 +241,7 @@ def ks_pvalue(
     return float(stats.kstwo.sf(statistic, max(round(n), 1)))
 
 
-def chi2_pvalue(counts: np.ndarray, *, shares: Tuple[float, float] = (1.0, 1.0)) -> float:
+def chi2_pvalue(counts: np.ndarray, *, shares: tuple[float, float] = (1.0, 1.0)) -> float:
     """p-value of a 2 x categories count table, each row scaled by its distinct bonds per row.
 
     Returns 1 when only one category occurs, NaN for an empty row.
@@ -255,9 +261,16 @@ def split_by_month(values: np.ndarray, month: np.ndarray, n_months: int) -> list
 
 
 def sample_drift(
-    reference: np.ndarray, current: np.ndarray, month: np.ndarray, n_months: int, *,
-    categorical: bool, n_bins: int, psi_floor: float, shares: Tuple[float, float],
-) -> Tuple[float, float, np.ndarray, np.ndarray]:
+    reference: np.ndarray,
+    current: np.ndarray,
+    month: np.ndarray,
+    n_months: int,
+    *,
+    categorical: bool,
+    n_bins: int,
+    psi_floor: float,
+    shares: tuple[float, float],
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """``(psi, p, monthly psi, monthly p)`` of one row-level variable, overall and per month (raw p-values).
 
     ``month`` numbers the current rows' months 0 .. n_months-1. Bins are the reference's

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -15,13 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from bondexp.atomic import atomic_write_text
 
 
-def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
+def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder: its overrides, status, wall time, the model validation chose and its test RMSE."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
         results_file = job / "results.json"
-        row: Dict[str, Any] = {
+        row: dict[str, Any] = {
             "job": int(job.name),
             "overrides": " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else "",
             "ok": None,
@@ -44,7 +44,7 @@ def summarize_sweep(sweep_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def write_sweep_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
+def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` in the sweep folder; return the rows."""
     rows = summarize_sweep(sweep_dir)
     if not rows:

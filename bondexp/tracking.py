@@ -18,8 +18,9 @@ import logging
 import math
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,11 +45,10 @@ ARTIFACT_DIRS = ("plots",)
 REPORT_SECTION = "## Tracking"
 #: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
 #: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
-MLFLOW_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                       "MLFLOW_LOGGING_LEVEL": "WARNING"}
+MLFLOW_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
-def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), model_choice: Optional[str] = None) -> Optional[str]:
+def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), model_choice: str | None = None) -> str | None:
     """Log the finished run in ``run_dir`` to MLflow when ``cfg.tracking.name`` is ``mlflow``.
 
     Returns the MLflow run id, or None when tracking is off or failed (then a warning is logged and
@@ -69,7 +69,7 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
     return run_id
 
 
-def start_sweep(config: DictConfig, *, sweep_dir: Path) -> Optional[str]:
+def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
     """Create the sweep's parent MLflow run and keep its id in ``sweep_dir``; return it (None when off or failed)."""
     settings = config.tracking
     if settings.name != "mlflow":
@@ -81,13 +81,11 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> Optional[str]:
         run = client.create_run(
             experiment_id,
             run_name=_run_name(sweep_dir),
-            tags={"bondexp.sweep_dir": str(Path(sweep_dir).resolve()), "bondexp.version": __version__,
-                  **_git_tags()},
+            tags={"bondexp.sweep_dir": str(Path(sweep_dir).resolve()), "bondexp.version": __version__, **_git_tags()},
         )
         client.log_param(run.info.run_id, "overrides", " ".join(overrides))
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(sweep_dir) / SWEEP_FILE,
-                          {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
+        atomic_write_json(Path(sweep_dir) / SWEEP_FILE, {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
         return run.info.run_id
     except Exception as err:  # a sweep's jobs then log as runs of their own, or warn in turn
         log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", settings.uri, type(err).__name__, _first_line(err))
@@ -116,7 +114,7 @@ def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
 # ----------------------------------------------------------------------------- what a run logs
 
 
-def run_params(cfg: DictConfig, overrides: Sequence[str]) -> Dict[str, str]:
+def run_params(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     """``overrides`` (the command line's, space-joined) plus the composed config flattened to dotted
     keys, Hydra's own node left out; values as text (JSON for everything but strings)."""
     plain = plain_dict(cfg)
@@ -126,9 +124,9 @@ def run_params(cfg: DictConfig, overrides: Sequence[str]) -> Dict[str, str]:
     return params
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and empty mappings stay one JSON value."""
-    flat: Dict[str, str] = {}
+    flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
@@ -138,10 +136,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
     return flat
 
 
-def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Every numeric step metric as ``<step>.<metric>``, every leaderboard row as ``<model>.<column>``
     (:data:`LEADERBOARD_METRICS`), and ``wall_s``. Text, flags and non-finite values are left out."""
-    metrics: Dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
     for step, record in results.get("steps", {}).items():
         for key, value in (record.get("metrics") or {}).items():
             metrics[f"{step}.{key}"] = value
@@ -149,12 +147,16 @@ def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, A
         for column in LEADERBOARD_METRICS:
             metrics[f"{row['model']}.{column}"] = row.get(column)
     metrics["wall_s"] = results.get("wall_s")
-    return {key: float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
-def run_tags(*, run_dir: Path, results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]],
-             model_choice: Optional[str]) -> Dict[str, str]:
+def run_tags(
+    *, run_dir: Path, results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]], model_choice: str | None
+) -> dict[str, str]:
     """Run folder, data fingerprint, bondexp version, git commit (when launched in a checkout), the
     model choice, the status and the model validation chose."""
     summary = read_json(run_dir / "data_summary.json")
@@ -184,7 +186,7 @@ def note_in_report(run_dir: Path, line: str) -> None:
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_choice: Optional[str]) -> str:
+def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_choice: str | None) -> str:
     settings = cfg.tracking
     results = read_json(run_dir / "results.json")
     leaderboard = read_leaderboard(run_dir)
@@ -232,8 +234,8 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
     """Log each fitted model (sha256-verified checkpoint) with the sklearn flavour and register it as
     ``bondexp-<model>``, the run's test metrics in the version's description."""
     import mlflow
-    import skops.io
     import sklearn
+    import skops.io
 
     store = CheckpointStore(run_dir / "checkpoints")
     rows = {row["model"]: row for row in leaderboard}
@@ -251,12 +253,19 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
         # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact.pipeline))
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.sklearn.log_model(artifact.pipeline, name=name, registered_model_name=f"bondexp-{name}",
-                                            pip_requirements=requirements, skops_trusted_types=trusted)
-        scores = ", ".join(f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS
-                           if isinstance(rows[name].get(column), float))
+            info = mlflow.sklearn.log_model(
+                artifact.pipeline,
+                name=name,
+                registered_model_name=f"bondexp-{name}",
+                pip_requirements=requirements,
+                skops_trusted_types=trusted,
+            )
+        scores = ", ".join(
+            f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS if isinstance(rows[name].get(column), float)
+        )
         client.update_model_version(
-            f"bondexp-{name}", info.registered_model_version,
+            f"bondexp-{name}",
+            info.registered_model_version,
             description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact.features)}.",
         )
 
@@ -294,7 +303,7 @@ def _log_batch(client, run_id: str, *, params: Mapping[str, str], metrics: Mappi
     )
 
 
-def _sweep_parent() -> Dict[str, Any]:
+def _sweep_parent() -> dict[str, Any]:
     """The sweep's parent run (from the sweep folder) when this process runs a job of a sweep, else {}."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -304,7 +313,7 @@ def _sweep_parent() -> Dict[str, Any]:
     return read_json(Path(HydraConfig.get().sweep.dir) / SWEEP_FILE)
 
 
-def _git_tags() -> Dict[str, str]:
+def _git_tags() -> dict[str, str]:
     """MLflow's own git-commit tag, when the current folder is inside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()

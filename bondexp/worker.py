@@ -97,13 +97,21 @@ def execute_step(task: Task) -> dict[str, Any]:
     """
     run_dir = Path(task.run_dir)
     store = CheckpointStore(run_dir / "checkpoints")
-    return _run(task, run_dir=run_dir, log_path=run_dir / "logs" / f"{task.name}.log",
-                load_inputs=lambda: {need: store.load(need) for need in task.needs}, load_pipeline=store.load_pipeline,
-                threads=task.threads, workers=task.workers, own_process=executors.IN_POOL_WORKER)
+    return _run(
+        task,
+        run_dir=run_dir,
+        log_path=run_dir / "logs" / f"{task.name}.log",
+        load_inputs=lambda: {need: store.load(need) for need in task.needs},
+        load_pipeline=store.load_pipeline,
+        threads=task.threads,
+        workers=task.workers,
+        own_process=executors.IN_POOL_WORKER,
+    )
 
 
-def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], artifacts: Mapping[str, Any],
-                        dataset: Any = None) -> dict[str, Any]:
+def execute_remote_step(
+    task: Task, reports: Mapping[str, Mapping[str, Any]], artifacts: Mapping[str, Any], dataset: Any = None
+) -> dict[str, Any]:
     """Run one step on a Dask worker that shares no disk with the parent.
 
     Parameters
@@ -136,16 +144,32 @@ def execute_remote_step(task: Task, reports: Mapping[str, Mapping[str, Any]], ar
             sent[relative] = hashlib.sha256(data).hexdigest()
         inputs = {**{need: report["artifact"] for need, report in reports.items()}, **artifacts}
         with _dataset_provided(dataset):
-            report = _run(task, run_dir=run_dir, log_path=log_path, load_inputs=lambda: inputs,
-                          load_pipeline=lambda need: _carried_pipeline(inputs, need),
-                          threads=_dask_worker_threads(), workers=1, own_process=True)
+            report = _run(
+                task,
+                run_dir=run_dir,
+                log_path=log_path,
+                load_inputs=lambda: inputs,
+                load_pipeline=lambda need: _carried_pipeline(inputs, need),
+                threads=_dask_worker_threads(),
+                workers=1,
+                own_process=True,
+            )
         report["log_text"] = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
         report["files"] = _written_files(run_dir, sent)
     return report
 
 
-def _run(task: Task, *, run_dir: Path, log_path: Path, load_inputs: Callable[[], dict],
-         load_pipeline: Callable[[str], Any], threads: int, workers: int, own_process: bool) -> dict[str, Any]:
+def _run(
+    task: Task,
+    *,
+    run_dir: Path,
+    log_path: Path,
+    load_inputs: Callable[[], dict],
+    load_pipeline: Callable[[str], Any],
+    threads: int,
+    workers: int,
+    own_process: bool,
+) -> dict[str, Any]:
     """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
     started, t0 = time.time(), time.perf_counter()
     step_log, handlers = _open_step_log(task.name, log_path)
@@ -297,7 +321,7 @@ def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[lo
     step_log = logging.getLogger(f"bondexp.steps.{name}")
     step_log.setLevel(logging.INFO)
     step_log.propagate = False
-    attached = [(step_log, handler)]
+    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler)]
     if executors.IN_POOL_WORKER:
         logging.captureWarnings(True)
         logging.getLogger().addHandler(handler)
@@ -331,9 +355,7 @@ def _check_artifact(name: str, artifact: Any) -> dict[str, Any]:
     elif isinstance(artifact, Mapping):
         metrics = artifact.get("metrics", {})
     else:
-        raise TypeError(
-            f"Step {name!r} must return a ModelArtifact, a dict or a StepOutput. Got {type(artifact).__name__} instead."
-        )
+        raise TypeError(f"Step {name!r} must return a ModelArtifact, a dict or a StepOutput. Got {type(artifact).__name__} instead.")
     if not isinstance(metrics, Mapping):
         raise TypeError(f"The 'metrics' of step {name!r} must be a dict. Got {type(metrics).__name__} instead.")
     clean: dict[str, Any] = {}
@@ -341,9 +363,6 @@ def _check_artifact(name: str, artifact: Any) -> dict[str, Any]:
         if hasattr(value, "item") and callable(value.item):  # numpy scalar -> Python scalar
             value = value.item()
         if not isinstance(key, str) or not isinstance(value, (int, float, str)):
-            raise TypeError(
-                f"Metrics of step {name!r} must map str to a number or str. "
-                f"Got {key!r}: {type(value).__name__} instead."
-            )
+            raise TypeError(f"Metrics of step {name!r} must map str to a number or str. Got {key!r}: {type(value).__name__} instead.")
         clean[key] = value
     return clean

@@ -40,9 +40,7 @@ def make_toy_dataset(n_bonds: int = 60, n_months: int = 30, seed: int = 0) -> Da
     cols["curve_curvature"] = rng.normal(0, 0.002, n_months)[month]
     cols["market_credit_spread"] = (0.01 + 0.01 * regime_by_month)[month]
     truth = (
-        -0.3 * (cols["log_issue_size"] - 6.0) * (1 + regime)
-        + 0.05 * cols["modified_duration"] * (regime > 0)
-        + 0.2 * (cols["sector"] == 2)
+        -0.3 * (cols["log_issue_size"] - 6.0) * (1 + regime) + 0.05 * cols["modified_duration"] * (regime > 0) + 0.2 * (cols["sector"] == 2)
     )
     persistent = np.zeros(n)
     for m in range(1, n_months):

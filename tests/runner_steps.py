@@ -73,7 +73,6 @@ def spawn_child(config, inputs, ctx):
     return {"value": 0.0, "child_pid": child_pid, "exitcode": child.exitcode, "metrics": {}}
 
 
-
 def gated(config, inputs, ctx):
     """Wait until the file named by ``ctx.shared['gate']`` exists: a step a test can hold open."""
     gate = Path(ctx.shared["gate"])

@@ -17,9 +17,7 @@ QUICK = ["data=small", "tune.n_trials=3", "eval.n_bootstrap=50", "progress=false
 def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     # without a thread pin of the caller's, so the run's own thread budget is what is tested
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)} | (env or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -42,7 +40,11 @@ def test_run_writes_every_documented_output(finished_run):
     results = json.loads((finished_run / "results.json").read_text())
     assert results["ok"] is True
     assert {name: s["status"] for name, s in results["steps"].items()} == {
-        "enhanced": "ran", "bayesian": "ran", "evaluate": "ran", "drift": "ran", "tune": "ran"
+        "enhanced": "ran",
+        "bayesian": "ran",
+        "evaluate": "ran",
+        "drift": "ran",
+        "tune": "ran",
     }
     for step in results["steps"].values():
         assert step["duration_s"] > 0 and step["worker"]
@@ -50,9 +52,18 @@ def test_run_writes_every_documented_output(finished_run):
     models = {r["model"] for r in rows}
     assert {"dcf_baseline", "oracle", "enhanced", "bayesian", "enhanced_tuned"} <= models
     assert [float(r["rmse"]) for r in rows] == sorted(float(r["rmse"]) for r in rows)
-    for name in ("leaderboard.md", "report.md", "drift.json", "tuning.json", "data_summary.json",
-                 "plots/timeline.png", "checkpoints/enhanced.joblib", "checkpoints/enhanced.json",
-                 "logs/enhanced.log", ".hydra/config.yaml"):
+    for name in (
+        "leaderboard.md",
+        "report.md",
+        "drift.json",
+        "tuning.json",
+        "data_summary.json",
+        "plots/timeline.png",
+        "checkpoints/enhanced.joblib",
+        "checkpoints/enhanced.json",
+        "logs/enhanced.log",
+        ".hydra/config.yaml",
+    ):
         assert (finished_run / name).exists(), name
     drift = json.loads((finished_run / "drift.json").read_text())
     assert {"psi", "ks_pvalue", "status"} <= set(drift["features"]["time_to_maturity"])
@@ -101,8 +112,9 @@ def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
     run_dir = tmp_path / "r"
-    bondexp(*QUICK, "model=my_lasso", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
-            f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    bondexp(
+        *QUICK, "model=my_lasso", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache
+    )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"]["my_lasso"]["status"] == "ran"
     assert results["steps"]["tune"]["status"] == "ran"  # through the default space of its class, Lasso
@@ -135,9 +147,20 @@ def test_a_users_report_step_from_yaml_and_one_function_writes_its_file(tmp_path
     (tmp_path / "myconf" / "experiment").mkdir(parents=True)
     (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(USER_STEP_YAML)
     run_dir = tmp_path / "r"
-    bondexp(*QUICK, "model=[basic,factor]", "~steps.tune", "~steps.drift", "~steps.evaluate", "+experiment=mine", "workers=2",
-            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache,
-            env={"PYTHONPATH": str(tmp_path / "code")})
+    bondexp(
+        *QUICK,
+        "model=[basic,factor]",
+        "~steps.tune",
+        "~steps.drift",
+        "~steps.evaluate",
+        "+experiment=mine",
+        "workers=2",
+        f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        cache=cache,
+        env={"PYTHONPATH": str(tmp_path / "code")},
+    )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"]["model_table"]["status"] == "ran" and results["steps"]["model_table"]["metrics"] == {"n_models": 2}
     rows = list(csv.DictReader((run_dir / "mine" / "models.csv").open()))

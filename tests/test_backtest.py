@@ -74,8 +74,7 @@ def test_origin_rows_keep_the_past_and_the_window():
     months = np.repeat(np.arange("2016-01", "2017-01", dtype="datetime64[M]"), 2)
     rows = origin_rows(months, "2016-09", horizon=2, window=5, calibration_months=2, calibrates=True)
     as_months = {k: sorted({str(m) for m in months[v]}) for k, v in rows.items()}
-    assert as_months == {"fit": ["2016-04", "2016-05", "2016-06"], "calibration": ["2016-07", "2016-08"],
-                         "scored": ["2016-09", "2016-10"]}
+    assert as_months == {"fit": ["2016-04", "2016-05", "2016-06"], "calibration": ["2016-07", "2016-08"], "scored": ["2016-09", "2016-10"]}
     rows = origin_rows(months, "2016-09", horizon=2, window="expanding", calibration_months=2, calibrates=False)
     assert len(rows["calibration"]) == 0 and sorted({str(m) for m in months[rows["fit"]]})[0] == "2016-01"
 
@@ -86,7 +85,7 @@ def test_steps_are_one_per_model_and_origin_then_the_backtest(cache):
     validate_config(cfg, models=models)
     steps = {s.name: s for s in build_steps(cfg, models, months=small_months(cache))}
     refits = [f"{m}@{o}" for m in ("basic", "factor", "tuned") for o in ORIGINS]
-    assert list(steps)[-len(refits) - 1:] == refits + ["backtest"]
+    assert list(steps)[-len(refits) - 1 :] == refits + ["backtest"]
     assert set(steps["backtest"].needs) == set(refits)
     assert steps["tuned@2017-04"].needs == ("tune",) and steps["basic@2017-04"].needs == ()
     assert steps["factor@2017-07"].config["model"]["estimator"]["_target_"].endswith("FactorRegressor")
@@ -139,10 +138,16 @@ def test_score_backtest_matches_a_hand_computation():
     fits = []
     for origin, rows in (("2020-01", np.arange(0, 9)), ("2020-04", np.arange(9, 18))):
         for name, shift in (("a", 0.1), ("b", -0.3)):
-            fits.append({"name": name, "origin": origin, "rows": {"scored": rows},
-                         "predictions": {"mean": y[rows] + shift * (1 + rows % 2)}, "metrics": {"n_train": 7}})
-    out = score_backtest(fits, y=y, meta={"obs_date": dates, "oracle_prediction": oracle}, n_bootstrap=200,
-                         confidence=0.9, seed=3)
+            fits.append(
+                {
+                    "name": name,
+                    "origin": origin,
+                    "rows": {"scored": rows},
+                    "predictions": {"mean": y[rows] + shift * (1 + rows % 2)},
+                    "metrics": {"n_train": 7},
+                }
+            )
+    out = score_backtest(fits, y=y, meta={"obs_date": dates, "oracle_prediction": oracle}, n_bootstrap=200, confidence=0.9, seed=3)
     rmse = {(r["model"], r["origin"]): r for r in out["rows"]}
     err_a = 0.1 * (1 + np.arange(9) % 2)
     assert rmse[("a", "2020-01")]["rmse"] == pytest.approx(np.sqrt(np.mean(err_a**2)))
@@ -154,7 +159,7 @@ def test_score_backtest_matches_a_hand_computation():
     assert rmse[("b", "2020-04")]["improvement_pct"] == pytest.approx(100 * (1 - rmse[("b", "2020-04")]["rmse"] / dcf))
     # the month-block bootstrap: six months drawn as wholes, the same draws for every model
     draws = np.random.default_rng(3).integers(0, 6, size=(200, 6))
-    month_sse = np.array([np.sum(err_b[3 * k:3 * k + 3] ** 2) for k in range(6)])
+    month_sse = np.array([np.sum(err_b[3 * k : 3 * k + 3] ** 2) for k in range(6)])
     boot = [np.sqrt(month_sse[d].sum() / (3 * len(d))) for d in draws]
     assert rmse[("b", OVERALL)]["rmse_ci_low"] == pytest.approx(np.percentile(boot, 5))
     assert rmse[("b", OVERALL)]["rmse_ci_high"] == pytest.approx(np.percentile(boot, 95))
@@ -164,8 +169,7 @@ def test_score_backtest_matches_a_hand_computation():
 def finished_backtest(tmp_path_factory, cache):
     """basic and bayesian (which calibrates), plus basic tuned, over the tiny market's last 9 months."""
     run_dir = tmp_path_factory.mktemp("bt")
-    cfg = composed(*SMALL, "model=[basic,bayesian]", "tune.target=basic", "tune.n_trials=2", "~steps.drift",
-                   f"cache_dir={cache}")
+    cfg = composed(*SMALL, "model=[basic,bayesian]", "tune.target=basic", "tune.n_trials=2", "~steps.drift", f"cache_dir={cache}")
     result = run(cfg, run_dir=run_dir, workers=1)
     assert result.ok
     return cfg, run_dir
@@ -177,8 +181,9 @@ def test_the_backtest_writes_its_files_and_report_section(finished_backtest):
     refits = {f"{m}@{o}" for m in ("basic", "bayesian", "tuned") for o in ORIGINS}
     assert refits | {"backtest"} <= set(results) and all(results[n]["status"] == "ran" for n in refits)
     rows = list(csv.DictReader((run_dir / "backtest.csv").open()))
-    assert {(r["model"], r["origin"]) for r in rows} >= {(m, o) for m in ("basic", "basic_tuned", "bayesian", "dcf_baseline", "oracle")
-                                                         for o in ORIGINS + [OVERALL]}
+    assert {(r["model"], r["origin"]) for r in rows} >= {
+        (m, o) for m in ("basic", "basic_tuned", "bayesian", "dcf_baseline", "oracle") for o in ORIGINS + [OVERALL]
+    }
     assert (run_dir / "plots" / "backtest.png").stat().st_size > 0
     assert "## Walk-forward backtest" in (run_dir / "report.md").read_text()
 
@@ -256,8 +261,9 @@ def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_pa
     finished = {p.stem for p in (run_dir / "checkpoints").glob("*@*.json")}
     assert not (run_dir / "backtest.csv").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "bondexp", f"resume={run_dir}"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bondexp", f"resume={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     refits = {name for name in steps if "@" in name}

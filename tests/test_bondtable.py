@@ -37,7 +37,7 @@ def test_validate_types_sorts_and_codes():
     assert len(table) == 6 and table.columns[: len(REQUIRED_COLUMNS)] == REQUIRED_COLUMNS
     assert table["obs_date"].dtype == np.dtype("datetime64[D]")
     assert table["rating"].dtype == np.int8 and table["sector"].dtype == np.int16
-    keys = list(zip(table["obs_date"], table["bond_id"]))
+    keys = list(zip(table["obs_date"], table["bond_id"], strict=True))
     assert keys == sorted(keys)
     assert table.sectors == ("Energy", "Utilities")
     assert {RATINGS[r] for r in table["rating"]} == {"AAA", "BBB", "CCC"}
@@ -108,7 +108,9 @@ def test_duplicates_are_found_and_drop_counts_per_reason():
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
     raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date
     raw["coupon_rate"][5] = -0.02
-    with pytest.raises(DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"):
+    with pytest.raises(
+        DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"
+    ):
         validate(raw)
     table, dropped = validate(raw, on_invalid="drop")
     assert dropped == {"duplicate (bond_id, obs_date)": 2, "negative coupon": 1}

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from bondexp.atomic import atomic_write_text
 from bondexp.checkpoints import (
     CheckpointStore,
     DurationHistory,
@@ -13,7 +14,6 @@ from bondexp.checkpoints import (
     fingerprint,
     sha256_file,
 )
-from bondexp.atomic import atomic_write_text
 from bondexp.errors import RunLockedError
 
 BASE = dict(target="m.f", config={"a": 1, "b": [1, 2]}, inputs={"x": "1", "y": "2"}, data="d0")
@@ -23,8 +23,13 @@ def test_fingerprint_is_canonical_and_sensitive():
     fp = fingerprint(**BASE)
     reordered = dict(target="m.f", config={"b": [1, 2], "a": 1}, inputs={"y": "2", "x": "1"}, data="d0")
     assert fingerprint(**reordered) == fp
-    for change in ({"target": "m.g"}, {"config": {"a": 2, "b": [1, 2]}}, {"inputs": {"x": "1", "y": "3"}},
-                   {"data": "d1"}, {"config": {"a": 1, "b": [2, 1]}}):
+    for change in (
+        {"target": "m.g"},
+        {"config": {"a": 2, "b": [1, 2]}},
+        {"inputs": {"x": "1", "y": "3"}},
+        {"data": "d1"},
+        {"config": {"a": 1, "b": [2, 1]}},
+    ):
         assert fingerprint(**{**BASE, **change}) != fp, change
 
 
@@ -61,8 +66,15 @@ def test_a_models_pipeline_and_files_are_kept_apart_verified_and_loaded_on_reque
     from bondexp.errors import CheckpointError
 
     store = CheckpointStore(tmp_path)
-    model = ModelArtifact(name="m", group="ml", config={}, features=["x"], predictions={"test": {"mean": np.zeros(3)}},
-                          metrics={"val_rmse": 0.5}, pipeline={"fitted": np.arange(5.0)})
+    model = ModelArtifact(
+        name="m",
+        group="ml",
+        config={},
+        features=["x"],
+        predictions={"test": {"mean": np.zeros(3)}},
+        metrics={"val_rmse": 0.5},
+        pipeline={"fitted": np.arange(5.0)},
+    )
     manifest = store.save("m", model, {"fingerprint": "f"}, files={"plots/m.png": b"png", "m.csv": b"a,b\n"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.files.joblib", "m.joblib", "m.json", "m.model.joblib"]
     assert manifest["pipeline_sha256"] == sha256_file(store.pipeline_path("m"))

@@ -86,9 +86,11 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["early_stopping.validation_fraction=1.5"], "'early_stopping.validation_fraction'"),
         (["tune.target=enhancd"], "Did you mean 'enhanced'?"),
         (["model=basic", "tune.target=enhanced"], "'tune.target' config key must name a trained model"),
-        (["model=[basic,bayesian]", "tune.target=bayesian"],
-         "'tune.search_space.bayesian' config key must map parameters of model 'bayesian' to ranges to tune it, since "
-         "its class 'BayesianHeteroscedasticRegressor' has no default"),
+        (
+            ["model=[basic,bayesian]", "tune.target=bayesian"],
+            "'tune.search_space.bayesian' config key must map parameters of model 'bayesian' to ranges to tune it, since "
+            "its class 'BayesianHeteroscedasticRegressor' has no default",
+        ),
         (["tune.batch_size=0"], "'tune.batch_size' config key must be at least 1. Got 0"),
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),

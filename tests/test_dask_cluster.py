@@ -33,8 +33,7 @@ from conftest import make_toy_dataset  # noqa: E402
 TESTS = Path(__file__).parent
 MOD = runner_steps.__name__
 DASK = Path(sys.executable).parent / "dask"
-QUICK = ["data=small", "model=[basic,factor]", "tune.n_trials=3", "tune.timeout=null", "eval.n_bootstrap=50",
-         "progress=false"]
+QUICK = ["data=small", "model=[basic,factor]", "tune.n_trials=3", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
 
 if not DASK.exists():
     pytest.skip(f"the dask command-line tool is not installed beside {sys.executable}", allow_module_level=True)
@@ -64,8 +63,9 @@ def _free_port() -> int:
 
 def _start(cluster: Cluster, args: list[str], *, cwd: Path, log_name: str, env: dict) -> subprocess.Popen:
     log = open(cluster.root / log_name, "wb")
-    process = subprocess.Popen([str(DASK), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # its own process group, so the finalizer stops its children
+    process = subprocess.Popen(
+        [str(DASK), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own process group, so the finalizer stops its children
     log.close()
     cluster.processes.append(process)
     return process
@@ -105,15 +105,34 @@ def _cluster_starter(tmp_path_factory):
         # Workers import the tests' step module; they get no cache folder and no thread pin of the caller's.
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "BONDEXP_CACHE_DIR")}
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-        _start(cluster, ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-               cwd=root, log_name="scheduler.log", env=env)
+        _start(
+            cluster,
+            ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            cwd=root,
+            log_name="scheduler.log",
+            env=env,
+        )
         for i in range(n_workers):
             home = root / f"worker{i}"
             home.mkdir()
             cluster.workers[home] = _start(
-                cluster, ["worker", cluster.address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
-                          "--no-dashboard", "--local-directory", str(home), "--death-timeout", "60"],
-                cwd=home, log_name=f"worker{i}.log", env={**env, "BONDEXP_CACHE_DIR": str(home / "cache")},
+                cluster,
+                [
+                    "worker",
+                    cluster.address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    str(nthreads),
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(home),
+                    "--death-timeout",
+                    "60",
+                ],
+                cwd=home,
+                log_name=f"worker{i}.log",
+                env={**env, "BONDEXP_CACHE_DIR": str(home / "cache")},
             )
         with cluster.client() as client:
             client.wait_for_workers(n_workers, timeout=120)
@@ -150,8 +169,7 @@ def S(name, fn="work", needs=(), **config):
 
 def _run(graph, run_dir, cluster, **kwargs):
     kwargs.setdefault("data_fingerprint", "toy-data")
-    return run_graph(graph, run_dir=run_dir, executor="dask", executor_options={"address": cluster.address},
-                     progress=False, **kwargs)
+    return run_graph(graph, run_dir=run_dir, executor="dask", executor_options={"address": cluster.address}, progress=False, **kwargs)
 
 
 def _artifact(run_dir, name):
@@ -161,10 +179,15 @@ def _artifact(run_dir, name):
 def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path):
     toy = make_toy_dataset(n_bonds=20, n_months=24)
     # A step that read the cache would fail: this data config cannot be built and the folder does not exist.
-    shared = {"data": {"source": "not-on-this-worker"}, "seed": 0, "cache_dir": str(tmp_path / "no-cache"),
-              "data_fingerprint": toy.fingerprint}
-    graph = build_graph([S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"),
-                         S("total", needs=["rows", "counter"], value=0.5)])
+    shared = {
+        "data": {"source": "not-on-this-worker"},
+        "seed": 0,
+        "cache_dir": str(tmp_path / "no-cache"),
+        "data_fingerprint": toy.fingerprint,
+    }
+    graph = build_graph(
+        [S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"), S("total", needs=["rows", "counter"], value=0.5)]
+    )
     run_dir = tmp_path / "run"
     result = _run(graph, run_dir, cluster, shared=shared, dataset=toy, workers=2)
     assert result.ok, result.summary_table()
@@ -182,8 +205,9 @@ def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path
 
     # Run again: the counter's scratch folder starts from the parent's file; the reused step's
     # artifact reaches its dependent from the parent's checkpoint.
-    graph = build_graph([S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"),
-                         S("total", needs=["rows", "counter"], value=0.25)])
+    graph = build_graph(
+        [S("rows", fn="uses_dataset"), S("counter", fn="counts_attempts"), S("total", needs=["rows", "counter"], value=0.25)]
+    )
     store_before = (run_dir / "checkpoints" / "rows.json").read_text()
     result = _run(graph, run_dir, cluster, shared=shared, dataset=toy, workers=2, resume=True)
     assert result.ok, result.summary_table()
@@ -215,8 +239,9 @@ def _bondexp_env(cache: Path) -> dict:
 
 
 def bondexp(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=_bondexp_env(cache),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=_bondexp_env(cache), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
@@ -277,9 +302,11 @@ def test_killing_a_worker_mid_run_loses_nothing(start_cluster, local_run, tmp_pa
     output = tmp_path / "output.txt"
     with open(output, "wb") as out:
         run = subprocess.Popen(
-            [sys.executable, "-m", "bondexp", *QUICK, "executor=dask", f"executor.address={cluster.address}",
-             f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path, env=_bondexp_env(tmp_path / "cache"), stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "bondexp", *QUICK, "executor=dask", f"executor.address={cluster.address}", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=_bondexp_env(tmp_path / "cache"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import bondexp.conf
+from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
 from bondexp.steps import drift as drift_module
-from bondexp.artifacts import ModelArtifact
 from bondexp.steps.drift import drift, drift_files, drift_report, status_of
 from bondexp.worker import StepContext
 from conftest import make_toy_dataset
@@ -39,9 +39,7 @@ def _models(dataset, *, test_noise, seed=0):
     """A model artifact whose errors have sd 0.3 on validation and ``test_noise`` on test."""
     rng = np.random.default_rng(seed)
     noise = {"train": 0.3, "validation": 0.3, "test": test_noise}
-    predictions = {
-        split: {"mean": dataset.target(split) + rng.normal(0, sd, len(dataset.splits[split]))} for split, sd in noise.items()
-    }
+    predictions = {split: {"mean": dataset.target(split) + rng.normal(0, sd, len(dataset.splits[split]))} for split, sd in noise.items()}
     return ModelArtifact(name="m", group="ml", config={}, features=[], predictions=predictions, metrics={})
 
 
@@ -256,8 +254,15 @@ def linear_model(config, inputs, ctx):
     model = Ridge(alpha=1.0).fit(dataset.frame("train"), dataset.target("train"))
     predictions = {split: {"mean": model.predict(dataset.frame(split))} for split in dataset.splits}
     val_rmse = float(np.sqrt(np.mean((dataset.target("validation") - predictions["validation"]["mean"]) ** 2)))
-    return ModelArtifact(name=ctx.name, group="ml", config=config, features=list(dataset.feature_names),
-                         predictions=predictions, metrics={"val_rmse": val_rmse}, pipeline=model)
+    return ModelArtifact(
+        name=ctx.name,
+        group="ml",
+        config=config,
+        features=list(dataset.feature_names),
+        predictions=predictions,
+        metrics={"val_rmse": val_rmse},
+        pipeline=model,
+    )
 
 
 def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
@@ -270,11 +275,18 @@ def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     cache = tmp_path / "cache"
     _, data_cfg, fingerprint = _market("small", drift_on=True, seed=0, cache_dir=cache)
-    graph = build_graph([
-        Step("ridge", "test_drift.linear_model", group="ml"),
-        Step("drift", "bondexp.steps.drift.drift", needs=("ridge",), group="report",
-             config={"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4}),
-    ])
+    graph = build_graph(
+        [
+            Step("ridge", "test_drift.linear_model", group="ml"),
+            Step(
+                "drift",
+                "bondexp.steps.drift.drift",
+                needs=("ridge",),
+                group="report",
+                config={"psi_warn": 0.1, "psi_alert": 0.25, "ks_alpha": 0.05, "correction": "holm", "n_bins": 10, "psi_floor": 1e-4},
+            ),
+        ]
+    )
     shared = {"data": data_cfg, "seed": 0, "cache_dir": str(cache), "data_fingerprint": fingerprint}
     run_dir = tmp_path / "run"
     result = run_graph(graph, run_dir=run_dir, workers=1, shared=shared, data_fingerprint=fingerprint, progress=False)

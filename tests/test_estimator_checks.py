@@ -37,8 +37,15 @@ SMALL = [
     FactorRegressor(random_state=0),
     ConformalQuantileRegressor(max_iter=10, min_samples_leaf=5, random_state=0),
     RegimeSwitchingRegressor(max_regimes=2, min_rows=10, max_iter=10, min_samples_leaf=5, random_state=0),
-    StackedRegressor(forest_n_estimators=5, forest_min_samples_leaf=2, gb_max_iter=10, gb_min_samples_leaf=5, mlp_max_iter=5,
-                     early_stopping={"enabled": False}, random_state=0),  # MLP's own stopping split needs more than ten rows
+    StackedRegressor(
+        forest_n_estimators=5,
+        forest_min_samples_leaf=2,
+        gb_max_iter=10,
+        gb_min_samples_leaf=5,
+        mlp_max_iter=5,
+        early_stopping={"enabled": False},
+        random_state=0,
+    ),  # MLP's own stopping split needs more than ten rows
 ]
 
 

@@ -42,8 +42,9 @@ def model_artifact(dataset, name, *, noise, group="ml", band=None, std=None, see
         if std is not None:
             p["std"] = np.full(len(rows), std)
         predictions[split] = p
-    return ModelArtifact(name=name, group=group, config={"name": name}, features=[], predictions=predictions,
-                         metrics={"val_rmse": noise + 0.01})
+    return ModelArtifact(
+        name=name, group=group, config={"name": name}, features=[], predictions=predictions, metrics={"val_rmse": noise + 0.01}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,10 @@ def test_interval_scores_on_a_known_band():
 def test_gaussian_nll_prefers_the_right_spread():
     rng = np.random.default_rng(3)
     y = rng.normal(0, 2.0, 5000)
-    score = lambda s: score_model("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
+
+    def score(s: float) -> float:
+        return score_model("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
+
     assert score(2.0) == pytest.approx(0.5 * np.log(2 * np.pi * 4.0) + 0.5, abs=0.05)
     assert score(2.0) < score(1.0) and score(2.0) < score(4.0)
 
@@ -232,8 +236,14 @@ def test_data_without_oracle_has_no_oracle_row(toy_dataset, models):
     "change, message",
     [
         (lambda p: {**p, "mean": p["mean"][:-1]}, r"prediction 'mean' of model 'bad' must hold one value per test row"),
-        (lambda p: {**p, "mean": np.where(np.arange(len(p["mean"])) == 3, np.nan, p["mean"])}, r"'mean' of model 'bad' must be finite. Got 1 non-finite value"),
-        (lambda p: {**p, "lower": p["mean"] - 1, "upper": p["mean"][:5], "level": 0.9}, r"prediction 'upper' of model 'bad' must hold one value per test row"),
+        (
+            lambda p: {**p, "mean": np.where(np.arange(len(p["mean"])) == 3, np.nan, p["mean"])},
+            r"'mean' of model 'bad' must be finite. Got 1 non-finite value",
+        ),
+        (
+            lambda p: {**p, "lower": p["mean"] - 1, "upper": p["mean"][:5], "level": 0.9},
+            r"prediction 'upper' of model 'bad' must hold one value per test row",
+        ),
         (lambda p: {**p, "std": np.zeros(len(p["mean"]))}, r"'std' of model 'bad' must be positive"),
     ],
 )
@@ -275,8 +285,13 @@ def test_the_step_reads_model_artifacts_and_rejects_bad_config(toy_dataset, mode
 def test_leaderboard_files_are_the_documented_files(tmp_path, toy_dataset, models):
     result = evaluate_models(toy_dataset, {**models, "good_tuned": models["good"]}, sample_pct=40, n_bootstrap=50, seed=0)
     files = leaderboard_files(result)
-    assert set(files) == {"leaderboard.csv", "leaderboard.md", "plots/predicted_vs_actual.png",
-                          "plots/residual_distribution.png", "plots/rmse_ci.png"}
+    assert set(files) == {
+        "leaderboard.csv",
+        "leaderboard.md",
+        "plots/predicted_vs_actual.png",
+        "plots/residual_distribution.png",
+        "plots/rmse_ci.png",
+    }
     assert all(files.values()) and files["plots/rmse_ci.png"].startswith(b"\x89PNG")
     write_files(files, tmp_path)
     with open(tmp_path / "leaderboard.csv") as handle:
@@ -288,7 +303,8 @@ def test_leaderboard_files_are_the_documented_files(tmp_path, toy_dataset, model
     assert {r["model"] for r in table} == {"good_tuned", "good", "band", "prob", "dcf_baseline", "oracle"}
     assert [float(r["rmse"]) for r in table] == sorted(float(r["rmse"]) for r in table)
     assert float(next(r for r in table if r["model"] == "good")["rmse"]) == next(
-        row["rmse"] for row in result["leaderboard"] if row["model"] == "good")  # full precision
+        row["rmse"] for row in result["leaderboard"] if row["model"] == "good"
+    )  # full precision
     assert next(r for r in table if r["model"] == "good")["coverage"] == ""
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
     assert md[0].startswith("| model | n | rmse | rmse_ci_low | rmse_ci_high | mae | r2 | improvement_pct |")

@@ -51,13 +51,15 @@ def test_cycle_message_names_only_the_steps_on_the_cycle():
 
 
 def test_order_groups_and_downstream():
-    graph = build_graph([
-        S("evaluate", needs=("basic", "enhanced"), group="report"),
-        S("basic", group="ml"),
-        S("enhanced", group="ml"),
-        S("drift", needs=("evaluate",), group="report"),
-        S("regime", group="risk"),
-    ])
+    graph = build_graph(
+        [
+            S("evaluate", needs=("basic", "enhanced"), group="report"),
+            S("basic", group="ml"),
+            S("enhanced", group="ml"),
+            S("drift", needs=("evaluate",), group="report"),
+            S("regime", group="risk"),
+        ]
+    )
     order = graph.order
     assert set(order) == {"evaluate", "basic", "enhanced", "drift", "regime"}
     for step in graph:
@@ -79,9 +81,7 @@ def test_needs_list_is_stored_as_tuple():
 
 def test_targets_are_checked_without_importing_their_modules(tmp_path, monkeypatch):
     """A dry run or a finished resume builds the graph: that must not import the steps' libraries."""
-    (tmp_path / "unimported_steps.py").write_text(
-        "raise ImportError('imported while building the graph')\n\ndef fit(ctx):\n    return 1\n"
-    )
+    (tmp_path / "unimported_steps.py").write_text("raise ImportError('imported while building the graph')\n\ndef fit(ctx):\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     build_graph([S("a", target="unimported_steps.fit")])
     with pytest.raises(GraphError, match="has no function 'fti'.*Did you mean 'unimported_steps.fit'"):

@@ -46,7 +46,7 @@ def test_an_observations_own_price_changes_none_of_its_features(market):
     _, X2, y2, _ = compute_features(_with_columns(market, clean_price=price))
     assert y2[i] == pytest.approx(y[i] + 5.0)  # the target moved: the test can see a leak
     changed_rows, changed_cols = np.nonzero(~np.isclose(X, X2, rtol=0, atol=0))
-    changed = {(int(r), names[c]) for r, c in zip(changed_rows, changed_cols)}
+    changed = {(int(r), names[c]) for r, c in zip(changed_rows, changed_cols, strict=True)}
     assert changed == {(j, "prev_residual")}, changed  # only the bond's next observation, through prev_residual
     assert X2[j, names.index("prev_residual")] == pytest.approx(X[j, names.index("prev_residual")] + 5.0)
 

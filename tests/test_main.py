@@ -35,7 +35,9 @@ def _main_hydra():
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path
 
-    return Hydra.create_main_hydra2(task_name="bondexp", config_search_path=create_automatic_config_search_path(None, None, "pkg://bondexp.conf"))
+    return Hydra.create_main_hydra2(
+        task_name="bondexp", config_search_path=create_automatic_config_search_path(None, None, "pkg://bondexp.conf")
+    )
 
 
 @pytest.mark.parametrize("overrides", [["data=small", "model=[basic,factor]", "seed=3"], ["+experiment=quick", "hydra.verbose=true"]])
@@ -69,8 +71,14 @@ def test_a_run_composes_its_config_once_and_gets_what_two_composes_gave(override
 
 def test_a_sweep_value_without_multirun_keeps_hydras_message(tmp_path):
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "bondexp", "data=small", "seed=1,2", f"hydra.run.dir={tmp_path / 'r'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bondexp", "data=small", "seed=1,2", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "Ambiguous value for argument 'seed=1,2'" in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
-from threadpoolctl import threadpool_limits
 from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
 from bondexp import features as features_module
 from bondexp.artifacts import ModelArtifact
@@ -123,7 +124,7 @@ def test_regime_records_bic_months_and_ari(artifacts, toy_dataset):
 
 def test_factor_and_automl_record_what_they_found(artifacts):
     var = artifacts["factor"].info["bond_explained_variance"]
-    assert len(var) == 8 and all(a >= b for a, b in zip(var, var[1:]))
+    assert len(var) == 8 and all(a >= b for a, b in pairwise(var))
     info = artifacts["automl"].info
     assert {t["family"] for t in info["trials"]} == {"ridge", "boosting", "forest", "extra_trees"}
     best = min(t["score"] for t in info["trials"] if t["score"] is not None)
@@ -268,8 +269,10 @@ def test_automl_prunes_poor_candidates_after_a_fold_and_records_them():
 def test_bondexp_estimators_fit_with_months_and_without(name):
     """``groups`` (the rows' dates) is optional: plain ``fit(X, y)`` cuts at row counts instead."""
     X, y, dates = _panel(n_months=20, per_month=60)
-    est = build_model(step_config(name, early_stopping={"patience": 2}) | {"features": list(X.columns)},
-                      dataset=SimpleNamespace(columns=lambda f: f, categorical=()))[-1]
+    est = build_model(
+        step_config(name, early_stopping={"patience": 2}) | {"features": list(X.columns)},
+        dataset=SimpleNamespace(columns=lambda f: f, categorical=()),
+    )[-1]
     if name == "regime":
         est.set_params(min_rows=100, max_iter=20)
     for groups in (dates, None):

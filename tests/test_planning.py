@@ -8,11 +8,13 @@ from bondexp.planning import CrashSuspects, eta_s, priorities, ready_order, subm
 
 def chain_and_leaf():
     """a -> b (a long chain) beside a short independent leaf c."""
-    return build_graph([
-        Step("a", "runner_steps.work", needs=(), group="g", config={}),
-        Step("b", "runner_steps.work", needs=("a",), group="g", config={}),
-        Step("c", "runner_steps.work", needs=(), group="g", config={}),
-    ])
+    return build_graph(
+        [
+            Step("a", "runner_steps.work", needs=(), group="g", config={}),
+            Step("b", "runner_steps.work", needs=("a",), group="g", config={}),
+            Step("c", "runner_steps.work", needs=(), group="g", config={}),
+        ]
+    )
 
 
 def test_priorities_are_the_longest_expected_path_to_the_end():

@@ -101,8 +101,16 @@ def test_worker_processes_change_nothing_but_the_time(finished_run, cache, tmp_p
     # the same two batches in this process and in two workers (batches of a few hundred rows may change the
     # advanced model's last bit against one whole batch: its MLP's BLAS product takes another path on few rows)
     for workers in (1, 2):
-        cfg = compose_predict([f"run={finished_run}", *file_overrides(files), "progress=false", f"cache_dir={cache}",
-                               f"workers={workers}", f"batch_rows={len(dataset.splits['test']) // 2 + 1}"])
+        cfg = compose_predict(
+            [
+                f"run={finished_run}",
+                *file_overrides(files),
+                "progress=false",
+                f"cache_dir={cache}",
+                f"workers={workers}",
+                f"batch_rows={len(dataset.splits['test']) // 2 + 1}",
+            ]
+        )
         written = predict(cfg, out_dir=tmp_path / f"out{workers}")
         tables.append(pd.read_parquet(written["predictions.parquet"]))
         assert "## Time" in written["predictions.md"].read_text()
@@ -115,8 +123,10 @@ def test_one_pass_predictions_equal_the_separate_methods(toy_dataset, model):
     from bondexp.models.quantile import ConformalQuantileRegressor
     from bondexp.steps.train import predict_all
 
-    est = {"tail_risk": ConformalQuantileRegressor(max_iter=20, random_state=0),
-           "bayesian": BayesianHeteroscedasticRegressor(n_knots=4, variance_max_iter=20, random_state=0)}[model]
+    est = {
+        "tail_risk": ConformalQuantileRegressor(max_iter=20, random_state=0),
+        "bayesian": BayesianHeteroscedasticRegressor(n_knots=4, variance_max_iter=20, random_state=0),
+    }[model]
     est.fit(toy_dataset.frame("train"), toy_dataset.target("train"))
     est.calibrate(toy_dataset.frame("validation"), toy_dataset.target("validation"))
     X = toy_dataset.frame("test")
@@ -139,8 +149,7 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     bonds = BondTable({**other.bonds.data, "bond_id": other.bonds["bond_id"] + 1_000_000}, other.bonds.sectors)
     files = write_market(Market(bonds, other.curves), tmp_path / "other")
     out_dir = tmp_path / "out"
-    proc = python_m("bondexp.predict", f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}",
-                    cwd=tmp_path, cache=cache)
+    proc = python_m("bondexp.predict", f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}", cwd=tmp_path, cache=cache)
     assert proc.returncode == 0, proc.stderr
     out = pd.read_parquet(out_dir / "predictions.parquet")
     assert len(out) == len(bonds) == len(pd.read_csv(out_dir / "predictions.csv"))
@@ -192,8 +201,13 @@ def _unknown_sector(files):
         ("sha256", ["do not verify", "factor (corrupt (sha256 mismatch))", "resume="]),
         ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
         ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
-        ("bad rows", ["non-positive price: column 'clean_price', 1 rows, first rows [3]",
-                      "missing or unparseable maturity date: column 'maturity_date', 1 rows, first rows [5]"]),
+        (
+            "bad rows",
+            [
+                "non-positive price: column 'clean_price', 1 rows, first rows [3]",
+                "missing or unparseable maturity date: column 'maturity_date', 1 rows, first rows [5]",
+            ],
+        ),
         ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
         ("unknown sector", ["sectors the run's models never saw: ['Shipping']"]),
     ],
@@ -209,8 +223,9 @@ def test_refusals_exit_2_with_one_message_and_write_nothing(finished_run, cache,
     else:
         {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
     out_dir = tmp_path / "out"
-    proc = python_m("bondexp.predict", f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={out_dir}",
-                    cwd=tmp_path, cache=cache)
+    proc = python_m(
+        "bondexp.predict", f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={out_dir}", cwd=tmp_path, cache=cache
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("bondexp.predict: error:") == 1 and "Traceback" not in proc.stderr
     for message in messages:
@@ -220,7 +235,10 @@ def test_refusals_exit_2_with_one_message_and_write_nothing(finished_run, cache,
 
 def test_previous_residual_comes_from_the_file_then_the_run_then_is_absent():
     day = lambda text: np.datetime64(text, "D")  # noqa: E731
-    bonds = {"bond_id": np.array([1, 1, 2, 3]), "obs_date": np.array([day("2020-02-29"), day("2020-03-31"), day("2020-03-31"), day("2020-03-31")])}
+    bonds = {
+        "bond_id": np.array([1, 1, 2, 3]),
+        "obs_date": np.array([day("2020-02-29"), day("2020-03-31"), day("2020-03-31"), day("2020-03-31")]),
+    }
     run = SimpleNamespace(
         y=np.array([0.5, 0.7, 9.0]),
         meta={"bond_id": np.array([2, 2, 2]), "obs_date": np.array([day("2020-01-31"), day("2020-02-29"), day("2020-03-31")])},

@@ -22,8 +22,14 @@ def _ql_bond(bonds: dict, i: int):
     """QuantLib FixedRateBond with bondexp's conventions, with its day counter and schedule."""
     issue, maturity = _qdate(bonds["issue_date"][i]), _qdate(bonds["maturity_date"][i])
     schedule = ql.Schedule(
-        issue, maturity, ql.Period(QL_FREQUENCY[int(bonds["frequency"][i])]), ql.NullCalendar(),
-        ql.Unadjusted, ql.Unadjusted, ql.DateGeneration.Backward, True,
+        issue,
+        maturity,
+        ql.Period(QL_FREQUENCY[int(bonds["frequency"][i])]),
+        ql.NullCalendar(),
+        ql.Unadjusted,
+        ql.Unadjusted,
+        ql.DateGeneration.Backward,
+        True,
     )
     if bonds["day_count"][i] == 0:
         day_count = ql.Thirty360(ql.Thirty360.BondBasis)
@@ -44,16 +50,19 @@ def _random_bonds(n: int, rng: np.random.Generator):
     first = months.astype("datetime64[D]")
     length = (_month_ends(months) - first).astype(int) + 1
     kind = rng.random(n)
-    day = np.where(
-        kind < 0.3, length, np.where(kind < 0.6, np.minimum(rng.integers(28, 32, n), length), rng.integers(1, 29, n))
-    )
+    day = np.where(kind < 0.3, length, np.where(kind < 0.6, np.minimum(rng.integers(28, 32, n), length), rng.integers(1, 29, n)))
     maturity = first + day - 1
     life = np.exp(rng.uniform(np.log(7), np.log(40 * 365.25), n)).astype(int)
     settlement = maturity - life
     issue = settlement - (rng.random(n) * rng.choice([0, 40, 400, 4000], n)).astype(int)
     coupon = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0.0, 0.12, n))
-    bonds = {"issue_date": issue, "maturity_date": maturity, "coupon_rate": coupon,
-             "frequency": rng.choice([1, 2, 4, 12], n), "day_count": rng.integers(0, 2, n)}
+    bonds = {
+        "issue_date": issue,
+        "maturity_date": maturity,
+        "coupon_rate": coupon,
+        "frequency": rng.choice([1, 2, 4, 12], n),
+        "day_count": rng.integers(0, 2, n),
+    }
     return bonds, settlement
 
 
@@ -64,8 +73,21 @@ def _stub_bonds(rng: np.random.Generator):
     month end (coupon dates cut to February or April from a maturity on the 28th-30th), notional
     periods that start after the issue date, and bonds with a single coupon.
     """
-    maturities = np.array(["2031-02-28", "2032-02-29", "2031-08-28", "2031-08-29", "2031-08-30", "2031-08-31",
-                           "2031-10-30", "2031-05-31", "2031-03-29", "2031-12-30"], dtype="datetime64[D]")
+    maturities = np.array(
+        [
+            "2031-02-28",
+            "2032-02-29",
+            "2031-08-28",
+            "2031-08-29",
+            "2031-08-30",
+            "2031-08-31",
+            "2031-10-30",
+            "2031-05-31",
+            "2031-03-29",
+            "2031-12-30",
+        ],
+        dtype="datetime64[D]",
+    )
     ends = _month_ends(maturities.astype("datetime64[M]")[:, None] - np.arange(1, 26))
     issue = (ends[:, :, None] + np.array([-2, -1, 0, 1])).reshape(len(maturities), -1)
     maturity = np.repeat(maturities, issue.shape[1])
@@ -73,8 +95,13 @@ def _stub_bonds(rng: np.random.Generator):
     n = issue.size
     life = (maturity - issue).astype(int)
     settlement = issue + np.minimum(rng.integers(0, 45, n), life - 1)  # mostly inside the first coupon
-    bonds = {"issue_date": issue, "maturity_date": maturity, "coupon_rate": rng.uniform(0.0, 0.1, n),
-             "frequency": rng.choice([1, 2, 4, 12], n), "day_count": (rng.random(n) < 0.8).astype(int)}
+    bonds = {
+        "issue_date": issue,
+        "maturity_date": maturity,
+        "coupon_rate": rng.uniform(0.0, 0.1, n),
+        "frequency": rng.choice([1, 2, 4, 12], n),
+        "day_count": (rng.random(n) < 0.8).astype(int),
+    }
     return bonds, settlement
 
 
@@ -192,20 +219,23 @@ def test_chunks_change_nothing_and_the_curve_is_told_its_rows(monkeypatch):
     whole = run()
     monkeypatch.setattr(cashflows, "CHUNK_CELLS", 500)
     chunked = run()
-    for one, other in zip(whole, chunked):
+    for one, other in zip(whole, chunked, strict=True):
         for key in one:
             np.testing.assert_allclose(one[key], other[key], rtol=1e-14, atol=1e-12, err_msg=key)
     for i in range(0, n, 37):  # each bond alone, with its own curve
         alone = {key: column[[i]] for key, column in bonds.items()}
-        price = pricing.price_from_curve(alone, settlement[i], lambda rows, t: np.full(t.shape, level[i]), 0.01)
+        price = pricing.price_from_curve(alone, settlement[i], lambda rows, t, rate=level[i]: np.full(t.shape, rate), 0.01)
         np.testing.assert_allclose(price["clean_price"][0], chunked[1]["clean_price"][i], rtol=0, atol=1e-12)
 
 
 def test_inputs_in_every_accepted_form_agree():
-    bonds = {"issue_date": np.array(["2020-03-31", "2021-01-15"], dtype="datetime64[D]"),
-             "maturity_date": np.array(["2030-09-30", "2026-01-15"], dtype="datetime64[D]"),
-             "coupon_rate": np.array([0.04, 0.0]), "frequency": np.array([2, 1]),
-             "day_count": np.array(["ACT/ACT", "30/360"])}
+    bonds = {
+        "issue_date": np.array(["2020-03-31", "2021-01-15"], dtype="datetime64[D]"),
+        "maturity_date": np.array(["2030-09-30", "2026-01-15"], dtype="datetime64[D]"),
+        "coupon_rate": np.array([0.04, 0.0]),
+        "frequency": np.array([2, 1]),
+        "day_count": np.array(["ACT/ACT", "30/360"]),
+    }
     coded = dict(bonds, day_count=np.array([1, 0], dtype=np.int8))
     day = np.datetime64("2024-02-29")
     scalar = pricing.price_from_yield(bonds, day, 0.05)
@@ -222,10 +252,13 @@ def bond_and_yields(draw):
     issue = np.datetime64("2020-01-01") + draw(st.integers(0, 3650))
     settlement = issue + draw(st.integers(0, 2000))
     maturity = settlement + draw(st.integers(1, 40 * 366))
-    bond = {"issue_date": np.array([issue]), "maturity_date": np.array([maturity]),
-            "coupon_rate": np.array([draw(st.floats(0.0, 0.15))]),
-            "frequency": np.array([draw(st.sampled_from(pricing.FREQUENCIES))]),
-            "day_count": np.array([draw(st.sampled_from(pricing.DAY_COUNTS))])}
+    bond = {
+        "issue_date": np.array([issue]),
+        "maturity_date": np.array([maturity]),
+        "coupon_rate": np.array([draw(st.floats(0.0, 0.15))]),
+        "frequency": np.array([draw(st.sampled_from(pricing.FREQUENCIES))]),
+        "day_count": np.array([draw(st.sampled_from(pricing.DAY_COUNTS))]),
+    }
     yields = draw(st.lists(st.floats(-0.02, 0.3), min_size=2, max_size=8, unique=True))
     return bond, settlement, np.sort(yields)
 
@@ -254,9 +287,13 @@ def test_yield_round_trips_through_price(case):
 
 
 def test_yield_is_nan_when_no_time_is_left_in_the_day_count_and_prices_still_round_trip():
-    bonds = {"issue_date": np.array(["2020-02-01", "2020-01-31", "2020-02-01"], dtype="datetime64[D]"),
-             "maturity_date": np.array(["2030-02-01", "2030-01-31", "2030-02-01"], dtype="datetime64[D]"),
-             "coupon_rate": np.full(3, 0.05), "frequency": np.full(3, 2), "day_count": np.array([0, 0, 1])}
+    bonds = {
+        "issue_date": np.array(["2020-02-01", "2020-01-31", "2020-02-01"], dtype="datetime64[D]"),
+        "maturity_date": np.array(["2030-02-01", "2030-01-31", "2030-02-01"], dtype="datetime64[D]"),
+        "coupon_rate": np.full(3, 0.05),
+        "frequency": np.full(3, 2),
+        "day_count": np.array([0, 0, 1]),
+    }
     settlement = np.array(["2030-01-31", "2030-01-30", "2030-01-31"], dtype="datetime64[D]")
     got = pricing.yield_from_price(bonds, settlement, 99.5)
     assert np.isnan(got[:2]).all() and np.isfinite(got[2])
@@ -267,9 +304,13 @@ def test_yield_is_nan_when_no_time_is_left_in_the_day_count_and_prices_still_rou
 
 
 def _bonds(**changes):
-    bonds = {"issue_date": np.array(["2020-01-15"] * 4, dtype="datetime64[D]"),
-             "maturity_date": np.array(["2030-01-15"] * 4, dtype="datetime64[D]"),
-             "coupon_rate": np.full(4, 0.05), "frequency": np.full(4, 2), "day_count": np.array(["30/360"] * 4)}
+    bonds = {
+        "issue_date": np.array(["2020-01-15"] * 4, dtype="datetime64[D]"),
+        "maturity_date": np.array(["2030-01-15"] * 4, dtype="datetime64[D]"),
+        "coupon_rate": np.full(4, 0.05),
+        "frequency": np.full(4, 2),
+        "day_count": np.array(["30/360"] * 4),
+    }
     for key, (index, value) in changes.items():
         bonds[key] = bonds[key].copy()
         bonds[key][index] = value
@@ -282,42 +323,66 @@ SETTLE = np.datetime64("2024-06-01")
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: pricing.price_from_yield(_bonds(maturity_date=([1, 3], "2024-06-01")), SETTLE, 0.05),
-         r"maturity_date must be after settlement for 2 bond\(s\); first offending indices: \[1, 3\]"),
-        (lambda: pricing.price_from_yield(_bonds(issue_date=(2, "2024-06-02")), SETTLE, 0.05),
-         r"settlement must not be before issue_date for 1 bond\(s\); first offending indices: \[2\]"),
-        (lambda: pricing.price_from_yield(_bonds(frequency=(0, 3)), SETTLE, 0.05),
-         r"unknown frequency \(expected one of \(1, 2, 4, 12\)\) for 1 bond"),
-        (lambda: pricing.price_from_yield(_bonds(day_count=(1, "ACT/360")), SETTLE, 0.05),
-         r"unknown day_count .* first offending indices: \[1\]"),
-        (lambda: pricing.price_from_yield(dict(_bonds(), day_count=np.array([0, 1, 2, 0])), SETTLE, 0.05),
-         r"unknown day_count .* first offending indices: \[2\]"),
-        (lambda: pricing.price_from_yield(_bonds(coupon_rate=(3, -0.01)), SETTLE, 0.05),
-         r"coupon_rate must be finite and >= 0 for 1 bond"),
-        (lambda: pricing.price_from_yield(_bonds(issue_date=(0, "NaT")), SETTLE, 0.05),
-         r"issue_date is missing \(NaT\)"),
-        (lambda: pricing.price_from_yield({k: v for k, v in _bonds().items() if k != "frequency"}, SETTLE, 0.05),
-         r"bonds has no column 'frequency'"),
-        (lambda: pricing.price_from_yield(_bonds(), SETTLE, np.array([0.05, -2.0, 0.05, np.nan])),
-         r"ytm must be finite and above -frequency for 2 bond\(s\); first offending indices: \[1, 3\]"),
-        (lambda: pricing.price_from_yield(_bonds(), np.array([SETTLE] * 3), 0.05),
-         r"settlement must be a scalar or one value per bond \(4\); got shape \(3,\)"),
-        (lambda: pricing.yield_from_price(_bonds(), SETTLE, np.array([100.0, np.inf, 100.0, 100.0])),
-         r"clean_price must be finite for 1 bond"),
-        (lambda: pricing.yield_from_price(_bonds(), SETTLE, -5.0),
-         r"dirty price \(clean_price \+ accrued\) must be positive for 4 bond"),
-        (lambda: pricing.yield_from_price(_bonds(), SETTLE, 100.0, tol=0.0),
-         r"The 'tol' parameter of yield_from_price must be a float > 0. Got 0.0 instead."),
-        (lambda: pricing.yield_from_price(_bonds(), SETTLE, 100.0, max_iter=0),
-         r"The 'max_iter' parameter of yield_from_price must be an int >= 1. Got 0 instead."),
-        (lambda: pricing.yield_from_price(_bonds(), SETTLE, 60.0, max_iter=1),
-         r"yield did not converge within max_iter=1 steps for 4 bond"),
-        (lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: np.zeros(len(rows)), 0.0),
-         r"zero_rate must return an array of shape \(4, 12\), like t; got shape \(4,\)"),
-        (lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: np.where(rows[:, None] == 1, np.nan, t), 0),
-         r"zero_rate returned a rate that is not finite for 1 bond\(s\); first offending indices: \[1\]"),
-        (lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: t * 0, np.nan),
-         r"spread must be finite for 4 bond"),
+        (
+            lambda: pricing.price_from_yield(_bonds(maturity_date=([1, 3], "2024-06-01")), SETTLE, 0.05),
+            r"maturity_date must be after settlement for 2 bond\(s\); first offending indices: \[1, 3\]",
+        ),
+        (
+            lambda: pricing.price_from_yield(_bonds(issue_date=(2, "2024-06-02")), SETTLE, 0.05),
+            r"settlement must not be before issue_date for 1 bond\(s\); first offending indices: \[2\]",
+        ),
+        (
+            lambda: pricing.price_from_yield(_bonds(frequency=(0, 3)), SETTLE, 0.05),
+            r"unknown frequency \(expected one of \(1, 2, 4, 12\)\) for 1 bond",
+        ),
+        (
+            lambda: pricing.price_from_yield(_bonds(day_count=(1, "ACT/360")), SETTLE, 0.05),
+            r"unknown day_count .* first offending indices: \[1\]",
+        ),
+        (
+            lambda: pricing.price_from_yield(dict(_bonds(), day_count=np.array([0, 1, 2, 0])), SETTLE, 0.05),
+            r"unknown day_count .* first offending indices: \[2\]",
+        ),
+        (lambda: pricing.price_from_yield(_bonds(coupon_rate=(3, -0.01)), SETTLE, 0.05), r"coupon_rate must be finite and >= 0 for 1 bond"),
+        (lambda: pricing.price_from_yield(_bonds(issue_date=(0, "NaT")), SETTLE, 0.05), r"issue_date is missing \(NaT\)"),
+        (
+            lambda: pricing.price_from_yield({k: v for k, v in _bonds().items() if k != "frequency"}, SETTLE, 0.05),
+            r"bonds has no column 'frequency'",
+        ),
+        (
+            lambda: pricing.price_from_yield(_bonds(), SETTLE, np.array([0.05, -2.0, 0.05, np.nan])),
+            r"ytm must be finite and above -frequency for 2 bond\(s\); first offending indices: \[1, 3\]",
+        ),
+        (
+            lambda: pricing.price_from_yield(_bonds(), np.array([SETTLE] * 3), 0.05),
+            r"settlement must be a scalar or one value per bond \(4\); got shape \(3,\)",
+        ),
+        (
+            lambda: pricing.yield_from_price(_bonds(), SETTLE, np.array([100.0, np.inf, 100.0, 100.0])),
+            r"clean_price must be finite for 1 bond",
+        ),
+        (lambda: pricing.yield_from_price(_bonds(), SETTLE, -5.0), r"dirty price \(clean_price \+ accrued\) must be positive for 4 bond"),
+        (
+            lambda: pricing.yield_from_price(_bonds(), SETTLE, 100.0, tol=0.0),
+            r"The 'tol' parameter of yield_from_price must be a float > 0. Got 0.0 instead.",
+        ),
+        (
+            lambda: pricing.yield_from_price(_bonds(), SETTLE, 100.0, max_iter=0),
+            r"The 'max_iter' parameter of yield_from_price must be an int >= 1. Got 0 instead.",
+        ),
+        (
+            lambda: pricing.yield_from_price(_bonds(), SETTLE, 60.0, max_iter=1),
+            r"yield did not converge within max_iter=1 steps for 4 bond",
+        ),
+        (
+            lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: np.zeros(len(rows)), 0.0),
+            r"zero_rate must return an array of shape \(4, 12\), like t; got shape \(4,\)",
+        ),
+        (
+            lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: np.where(rows[:, None] == 1, np.nan, t), 0),
+            r"zero_rate returned a rate that is not finite for 1 bond\(s\); first offending indices: \[1\]",
+        ),
+        (lambda: pricing.price_from_curve(_bonds(), SETTLE, lambda rows, t: t * 0, np.nan), r"spread must be finite for 4 bond"),
     ],
 )
 def test_bad_inputs_raise_pricing_error_naming_the_problem(call, message):

@@ -8,15 +8,13 @@ import pytest
 from bondexp.artifacts import ModelArtifact
 from bondexp.report import write_report
 from bondexp.steps.evaluate import evaluate_models
-
 from conftest import make_toy_dataset
 
 
 def _model(dataset, name, noise, seed):
     rng = np.random.default_rng(seed)
     predictions = {
-        split: {"mean": dataset.meta["oracle_prediction"][rows] + rng.normal(0, noise, len(rows))}
-        for split, rows in dataset.splits.items()
+        split: {"mean": dataset.meta["oracle_prediction"][rows] + rng.normal(0, noise, len(rows))} for split, rows in dataset.splits.items()
     }
     return ModelArtifact(name=name, group="ml", config={}, features=[], predictions=predictions, metrics={"val_rmse": noise})
 
@@ -35,8 +33,15 @@ SUMMARY = {
     "n_rows": 600,
     "dropped_rows": {},
     "splits": {
-        split: {"rows": 200, "first_date": "2020-01-31", "last_date": "2020-12-31", "residual_mean": 0.1,
-                "residual_std": 0.9, "residual_p05": -1.4, "residual_p95": 1.6}
+        split: {
+            "rows": 200,
+            "first_date": "2020-01-31",
+            "last_date": "2020-12-31",
+            "residual_mean": 0.1,
+            "residual_std": 0.9,
+            "residual_p05": -1.4,
+            "residual_p95": 1.6,
+        }
         for split in ("train", "validation", "test")
     },
 }
@@ -55,25 +60,42 @@ DRIFT = {
 def tune_artifact(*, improved):
     val_rmse = 0.44 if improved else 0.46
     record = {
-        "target": "enhanced", "best_params": {"max_depth": 4, "learning_rate": 0.05123},
-        "best_value": 0.4321, "untuned_value": 0.45, "improved": improved,
+        "target": "enhanced",
+        "best_params": {"max_depth": 4, "learning_rate": 0.05123},
+        "best_value": 0.4321,
+        "untuned_value": 0.45,
+        "improved": improved,
         "note": "Tuning enhanced lowered the validation RMSE from 0.4500 to 0.4400." if improved else None,
-        "val_rmse": val_rmse, "n_trials": 12, "trials": [],
+        "val_rmse": val_rmse,
+        "n_trials": 12,
+        "trials": [],
     }
-    return ModelArtifact(name="enhanced_tuned", group="ml", config={}, features=[], predictions={},
-                         metrics={"val_rmse": val_rmse, "n_trials": 12}, info={"tuning": record})
+    return ModelArtifact(
+        name="enhanced_tuned",
+        group="ml",
+        config={},
+        features=[],
+        predictions={},
+        metrics={"val_rmse": val_rmse, "n_trials": 12},
+        info={"tuning": record},
+    )
 
 
 def results(statuses):
     steps = {
-        name: {"status": status, "group": "report" if name in ("evaluate", "drift", "tune") else "ml",
-               "duration_s": 1.5, "worker": "w1", "metrics": {"val_rmse": 0.3} if status == "ran" else {},
-               "error": "Traceback ...\nValueError: boom" if status == "failed" else
-               ("needs failed step 'evaluate'" if status == "skipped" else None)}
+        name: {
+            "status": status,
+            "group": "report" if name in ("evaluate", "drift", "tune") else "ml",
+            "duration_s": 1.5,
+            "worker": "w1",
+            "metrics": {"val_rmse": 0.3} if status == "ran" else {},
+            "error": "Traceback ...\nValueError: boom"
+            if status == "failed"
+            else ("needs failed step 'evaluate'" if status == "skipped" else None),
+        }
         for name, status in statuses.items()
     }
-    return {"steps": steps, "wall_s": 12.5, "ok": all(s in ("ran", "reused") for s in statuses.values()),
-            "executor": "local", "workers": 2}
+    return {"steps": steps, "wall_s": 12.5, "ok": all(s in ("ran", "reused") for s in statuses.values()), "executor": "local", "workers": 2}
 
 
 def test_full_report_has_every_section(tmp_path, evaluate_artifact):
@@ -93,8 +115,16 @@ def test_full_report_has_every_section(tmp_path, evaluate_artifact):
     )
     text = path.read_text()
     assert path == tmp_path / "report.md"
-    for heading in ("## Data", "## Steps", "## Leaderboard", "## Drift", "## Tuning", "## Plots", "### RMSE by rating",
-                    "### RMSE by market regime"):
+    for heading in (
+        "## Data",
+        "## Steps",
+        "## Leaderboard",
+        "## Drift",
+        "## Tuning",
+        "## Plots",
+        "### RMSE by rating",
+        "### RMSE by market regime",
+    ):
         assert heading in text, heading
     assert "python -m bondexp model=[basic,enhanced] workers=2" in text and "`workers=2`" in text
     assert "| test | 200 |" in text and "feature cache" in text
@@ -135,20 +165,28 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
 
 
 def test_failed_evaluate_is_named(tmp_path):
-    text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY,
-                        results=results({"evaluate": "failed"}), artifacts={}).read_text()
+    text = write_report(
+        tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"evaluate": "failed"}), artifacts={}
+    ).read_text()
     assert "No leaderboard: the evaluate step failed (see Steps)." in text
 
 
 def test_tuning_that_did_not_help_says_so(tmp_path):
-    text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"tune": "ran"}),
-                        artifacts={"tune": tune_artifact(improved=False)}).read_text()
+    text = write_report(
+        tmp_path,
+        command="c",
+        overrides=[],
+        data_summary=SUMMARY,
+        results=results({"tune": "ran"}),
+        artifacts={"tune": tune_artifact(improved=False)},
+    ).read_text()
     assert "Improved on the untuned model: **no**" in text
     assert "Tuning did not beat the untuned model on the validation split; keep the untuned parameters." in text
 
 
 def test_no_drift_says_all_ok(tmp_path):
     quiet = {"features": {"age": {"status": "ok", "psi": 0.0, "ks_pvalue": 1.0}}, "models": {}}
-    text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"drift": "ran"}),
-                        artifacts={"drift": quiet}).read_text()
+    text = write_report(
+        tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"drift": "ran"}), artifacts={"drift": quiet}
+    ).read_text()
     assert "No feature drifted (all 1 ok)." in text

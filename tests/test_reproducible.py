@@ -27,8 +27,17 @@ pytestmark = pytest.mark.slow
 
 #: A small model set with AutoML (its budget cut to one candidate per family and a TPE one), an
 #: interval model, and enhanced tuned in two batches of two trials (no time cap).
-RUN = ["data=small", "model=[automl,tail_risk,enhanced]", "models.automl.n_candidates=5", "tune.target=enhanced",
-       "tune.n_trials=4", "tune.batch_size=2", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
+RUN = [
+    "data=small",
+    "model=[automl,tail_risk,enhanced]",
+    "models.automl.n_candidates=5",
+    "tune.target=enhanced",
+    "tune.n_trials=4",
+    "tune.batch_size=2",
+    "tune.timeout=null",
+    "eval.n_bootstrap=50",
+    "progress=false",
+]
 MODELS = ("automl", "tail_risk", "enhanced", "tune")
 
 

@@ -47,30 +47,33 @@ def subprocess_env():
 
 
 def diamond():
-    return build_graph([
-        S("a", value=1.0, seconds=0.05),
-        S("b", needs=["a"], value=2.0, seconds=0.05),
-        S("c", needs=["a"], value=3.0, seconds=0.05),
-        S("d", needs=["b", "c"], group="report", value=4.0),
-        S("e", value=5.0),
-    ])
+    return build_graph(
+        [
+            S("a", value=1.0, seconds=0.05),
+            S("b", needs=["a"], value=2.0, seconds=0.05),
+            S("c", needs=["a"], value=3.0, seconds=0.05),
+            S("d", needs=["b", "c"], group="report", value=4.0),
+            S("e", value=5.0),
+        ]
+    )
 
 
 def test_concurrency_limit_and_dependency_order(tmp_path):
-    graph = build_graph([
-        S("fast", group="ml", seconds=0.1),
-        S("slow", group="ml", seconds=1.2),
-        S("m1", group="ml", seconds=0.3),
-        S("m2", group="ml", seconds=0.3),
-        S("evaluate", needs=["fast"], group="report", seconds=0.1),
-        S("drift", needs=["evaluate", "m1"], group="report", seconds=0.1),
-    ])
+    graph = build_graph(
+        [
+            S("fast", group="ml", seconds=0.1),
+            S("slow", group="ml", seconds=1.2),
+            S("m1", group="ml", seconds=0.3),
+            S("m2", group="ml", seconds=0.3),
+            S("evaluate", needs=["fast"], group="report", seconds=0.1),
+            S("drift", needs=["evaluate", "m1"], group="report", seconds=0.1),
+        ]
+    )
     result = run(graph, tmp_path, workers=2)
     assert result.ok, result.summary_table()
     spans = {name: (artifact(tmp_path, name)["start"], artifact(tmp_path, name)["end"]) for name in graph.order}
     # never more than 2 steps at once, but really 2 at once
-    events = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()],
-                    key=lambda ev: (ev[0], ev[1]))
+    events = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()], key=lambda ev: (ev[0], ev[1]))
     level, peak = 0, 0
     for _, delta in events:
         level += delta
@@ -104,18 +107,26 @@ def test_same_artifacts_with_one_and_two_workers(tmp_path):
 
 
 def test_failure_skips_dependents_and_keeps_independent_checkpoints(tmp_path):
-    graph = build_graph([
-        S("ok1", seconds=0.2),
-        S("bad", fn="fail", message="bad config value"),
-        S("needs_bad", needs=["bad"]),
-        S("needs_needs_bad", needs=["needs_bad", "ok1"]),
-        S("ok2", needs=["ok1"]),
-        S("wrong_type", fn="not_a_dict"),
-    ])
+    graph = build_graph(
+        [
+            S("ok1", seconds=0.2),
+            S("bad", fn="fail", message="bad config value"),
+            S("needs_bad", needs=["bad"]),
+            S("needs_needs_bad", needs=["needs_bad", "ok1"]),
+            S("ok2", needs=["ok1"]),
+            S("wrong_type", fn="not_a_dict"),
+        ]
+    )
     result = run(graph, tmp_path, workers=2)
     assert not result.ok
-    assert statuses(result) == {"ok1": "ran", "bad": "failed", "needs_bad": "skipped",
-                                "needs_needs_bad": "skipped", "ok2": "ran", "wrong_type": "failed"}
+    assert statuses(result) == {
+        "ok1": "ran",
+        "bad": "failed",
+        "needs_bad": "skipped",
+        "needs_needs_bad": "skipped",
+        "ok2": "ran",
+        "wrong_type": "failed",
+    }
     assert "ValueError: bad config value" in result.steps["bad"].error
     assert result.steps["needs_bad"].error == "needs 'bad' which failed"
     assert result.steps["needs_needs_bad"].error == "upstream step 'bad' failed"
@@ -153,8 +164,10 @@ def test_a_steps_returned_files_are_written_kept_with_its_checkpoint_and_restore
     assert (tmp_path / "plots" / "r.txt").read_text() == "value 1.0\n"
 
 
-@pytest.mark.parametrize(("path", "message"), [("../out.txt", "must be relative to the run folder"),
-                                               ("results.json", "not be one of"), ("/tmp/x", "must be relative")])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("../out.txt", "must be relative to the run folder"), ("results.json", "not be one of"), ("/tmp/x", "must be relative")],
+)
 def test_a_file_path_outside_the_run_folder_fails_the_step(tmp_path, path, message):
     result = run(build_graph([S("r", fn="report_file", path=path)]), tmp_path)
     assert statuses(result) == {"r": "failed"} and message in result.steps["r"].error
@@ -190,8 +203,7 @@ def test_dry_run_does_no_work(tmp_path):
     assert "d  needs b, c; run: no checkpoint" in plan
     run(graph, tmp_path / "done", workers=1, durations_path=tmp_path / "durations.json")
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")}
-    plan = dry_run_plan(graph, run_dir=tmp_path / "done", data_fingerprint="data-v1",
-                        durations_path=tmp_path / "durations.json")
+    plan = dry_run_plan(graph, run_dir=tmp_path / "done", data_fingerprint="data-v1", durations_path=tmp_path / "durations.json")
     assert "5 reusable, 0 to run" in plan and "reuse checkpoint  ~0.0" in plan
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")} == before
     history = json.loads((tmp_path / "durations.json").read_text())
@@ -240,7 +252,8 @@ def test_pool_workers_may_start_processes(tmp_path):
 
 def _script(tmp_path, workers):
     script = tmp_path / "run_it.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json
         import signal
         import sys
@@ -261,7 +274,8 @@ def _script(tmp_path, workers):
                                shared={{"gate": sys.argv[2]}}, progress=False)
             print(json.dumps(result.to_dict()))
             sys.exit(0 if result.ok else 1)
-    """))
+    """)
+    )
     return script
 
 
@@ -274,20 +288,25 @@ def _wait_for(predicate, timeout=30.0):
 
 def test_sigkill_mid_run_then_resume_reruns_only_unfinished_steps(tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
-                            env=subprocess_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)], env=subprocess_env(), start_new_session=True
+    )
     try:
-        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
-                  and (run_dir / "checkpoints" / "q2.json").exists())
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists() and (run_dir / "checkpoints" / "q2.json").exists())
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (run_dir / "checkpoints" / "g1.json").exists()
     gate.touch()
-    graph = build_graph([
-        S("q1", value=1.0), S("q2", value=2.0), S("g1", fn="gated", needs=["q1"], value=3.0),
-        S("g2", fn="gated", value=4.0), S("tail", needs=["g1", "q2"]),
-    ])
+    graph = build_graph(
+        [
+            S("q1", value=1.0),
+            S("q2", value=2.0),
+            S("g1", fn="gated", needs=["q1"], value=3.0),
+            S("g2", fn="gated", value=4.0),
+            S("tail", needs=["g1", "q2"]),
+        ]
+    )
     result = run(graph, run_dir, workers=2, shared={"gate": str(gate)})
     assert statuses(result) == {"q1": "reused", "q2": "reused", "g1": "ran", "g2": "ran", "tail": "ran"}
     assert artifact(run_dir, "tail")["value"] == 1 + (3 + 1) + 2  # tail + g1 (+ q1) + q2
@@ -296,11 +315,11 @@ def test_sigkill_mid_run_then_resume_reruns_only_unfinished_steps(tmp_path):
 
 def test_pool_workers_exit_when_the_run_is_killed(tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
-                            env=subprocess_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)], env=subprocess_env(), start_new_session=True
+    )
     try:
-        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
-                  and (run_dir / "checkpoints" / "q2.json").exists())
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists() and (run_dir / "checkpoints" / "q2.json").exists())
         workers = {artifact(run_dir, name)["pid"] for name in ("q1", "q2")}
         proc.kill()  # SIGKILL of the run alone: it cannot stop its pool, whose workers wait on the gate
         proc.wait()
@@ -322,11 +341,15 @@ def _alive(pid):
 
 def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
-                            env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(_script(tmp_path, 2)), str(run_dir), str(gate)],
+        env=subprocess_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists()
-                  and (run_dir / "checkpoints" / "q2.json").exists())
+        _wait_for(lambda: (run_dir / "checkpoints" / "q1.json").exists() and (run_dir / "checkpoints" / "q2.json").exists())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -334,7 +357,12 @@ def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):
     result = json.loads(out)
     assert proc.returncode == 1 and result["interrupted"] and not result["ok"]
     assert {n: s["status"] for n, s in result["steps"].items()} == {
-        "q1": "ran", "q2": "ran", "g1": "skipped", "g2": "skipped", "tail": "skipped"}
+        "q1": "ran",
+        "q2": "ran",
+        "g1": "skipped",
+        "g2": "skipped",
+        "tail": "skipped",
+    }
     assert "interrupted" in result["steps"]["g1"]["error"]
     # the workers are gone (the process group empties), and the folder is free to resume
     _wait_for(lambda: _group_gone(proc.pid), timeout=10)
@@ -351,8 +379,7 @@ def _group_gone(pgid):
 
 def test_run_lock_rejects_a_second_concurrent_run(tmp_path):
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 1)), str(run_dir), str(gate)],
-                            env=subprocess_env())
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, 1)), str(run_dir), str(gate)], env=subprocess_env())
     try:
         lock = run_dir / "run.lock"
         _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid))

@@ -17,8 +17,15 @@ from bondexp.runs import best_model_on_validation, find_run_folders, main, run_r
 HEADER = "model,n,rmse,mae,r2,improvement_pct,val_rmse\n"
 
 
-def make_run(folder: Path, *, overrides, ok=True, leaderboard=HEADER + "basic,10,1.2,1,0.5,10,0.9\nfactor,10,1.1,1,0.5,12,1.0\n",
-             evaluate=None, started=None) -> Path:
+def make_run(
+    folder: Path,
+    *,
+    overrides,
+    ok=True,
+    leaderboard=HEADER + "basic,10,1.2,1,0.5,10,0.9\nfactor,10,1.1,1,0.5,12,1.0\n",
+    evaluate=None,
+    started=None,
+) -> Path:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     steps = {"basic": {"status": "ran", "metrics": {"val_rmse": 0.9}}, "factor": {"status": "ran", "metrics": {"val_rmse": 1.0}}}
@@ -37,14 +44,18 @@ def make_run(folder: Path, *, overrides, ok=True, leaderboard=HEADER + "basic,10
     "evaluate, leaderboard, expected",
     [
         ({"best_model": "factor"}, [{"model": "basic", "val_rmse": 0.5}], "factor"),  # evaluate's choice first
-        ({}, [{"model": "oracle", "val_rmse": 0.1}, {"model": "basic", "val_rmse": 0.9},
-              {"model": "factor", "val_rmse": 0.8}], "factor"),  # then the leaderboard's val_rmse
+        (
+            {},
+            [{"model": "oracle", "val_rmse": 0.1}, {"model": "basic", "val_rmse": 0.9}, {"model": "factor", "val_rmse": 0.8}],
+            "factor",
+        ),  # then the leaderboard's val_rmse
         ({}, [{"model": "basic", "rmse": 0.1}], "basic"),  # then the model steps' val_rmse (basic 0.9 < factor 1.0)
     ],
 )
 def test_best_model_is_chosen_on_validation(evaluate, leaderboard, expected):
-    results = {"steps": {"basic": {"metrics": {"val_rmse": 0.9}}, "factor": {"metrics": {"val_rmse": 1.0}},
-                         "evaluate": {"metrics": evaluate}}}
+    results = {
+        "steps": {"basic": {"metrics": {"val_rmse": 0.9}}, "factor": {"metrics": {"val_rmse": 1.0}}, "evaluate": {"metrics": evaluate}}
+    }
     assert best_model_on_validation(results, leaderboard) == expected
 
 

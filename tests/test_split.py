@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
-from bondexp.data.split import expanding_folds, latest_months, month_blocks, month_holdout, month_counts, split_by_date
+from bondexp.data.split import expanding_folds, latest_months, month_blocks, month_counts, month_holdout, split_by_date
 from bondexp.errors import ConfigError
 
 
@@ -93,7 +95,7 @@ def test_expanding_folds_train_on_the_past_and_never_split_a_month():
     assert len(folds) == 3
     for train, val in folds:
         assert max(_months_of(dates, train)) < min(_months_of(dates, val))
-    assert all(len(a[0]) < len(b[0]) for a, b in zip(folds, folds[1:]))
+    assert all(len(a[0]) < len(b[0]) for a, b in pairwise(folds))
 
 
 def test_month_blocks_cover_every_row_in_time_order():

@@ -20,8 +20,9 @@ HEAVY = ("numpy", "pandas", "sklearn", "scipy", "optuna", "matplotlib", "joblib"
 def imported(*args: str, cwd: Path, cache: Path) -> set[str]:
     """The modules ``python -m bondexp *args`` imports (it must exit 0)."""
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bondexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 

@@ -22,7 +22,6 @@ from bondexp.stats import (
 )
 from series import ar1, ar1_with_turbulence
 
-
 # --- PSI ------------------------------------------------------------------------------------------
 
 
@@ -271,8 +270,9 @@ def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
     rng = np.random.default_rng(13)
     sq = rng.exponential(1.0, 400)
     ours = bootstrap_rmse_ci(sq, n_bootstrap=2000, confidence=0.9, seed=0)
-    theirs = sps.bootstrap((sq,), lambda s: np.sqrt(np.mean(s)), n_resamples=2000, confidence_level=0.9,
-                           method="percentile", vectorized=False, random_state=0).confidence_interval
+    theirs = sps.bootstrap(
+        (sq,), lambda s: np.sqrt(np.mean(s)), n_resamples=2000, confidence_level=0.9, method="percentile", vectorized=False, random_state=0
+    ).confidence_interval
     assert ours == pytest.approx((theirs.low, theirs.high), rel=0.02)
 
 

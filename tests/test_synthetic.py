@@ -159,7 +159,9 @@ def test_curves_follow_nelson_siegel_with_flat_ends(small):
     smooth = betas @ [1.0, -np.expm1(-u_mid) / u_mid, -np.expm1(-u_mid) / u_mid - np.exp(-u_mid)]
     assert abs(curves.zero_rate(rows[:1], np.array([t_mid]))[0] - smooth) < 1e-6
     two_d = curves.zero_rate(rows[:2], np.array([[0.0, 100.0], [0.01, 40.0]]))
-    np.testing.assert_allclose(two_d, [[curves.zero_rates[0, 0], curves.zero_rates[0, -1]], [curves.zero_rates[1, 0], curves.zero_rates[1, -1]]])
+    np.testing.assert_allclose(
+        two_d, [[curves.zero_rates[0, 0], curves.zero_rates[0, -1]], [curves.zero_rates[1, 0], curves.zero_rates[1, -1]]]
+    )
     state = curves.market_state()
     assert set(state) == {"curve_level", "curve_slope", "curve_curvature", "credit_spread"}
     assert all(v.shape == (len(rows),) for v in state.values())

@@ -23,8 +23,9 @@ def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "TERM": "xterm", "COLUMNS": "160"}
-    proc = subprocess.Popen([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env,
-                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower, close_fds=True
+    )
     os.close(follower)
     chunks = []
     deadline = time.monotonic() + timeout_s

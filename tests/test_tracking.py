@@ -17,8 +17,7 @@ from test_config import composed
 
 mlflow = pytest.importorskip("mlflow")
 
-TRACKED = ["data=small", "model=factor", "~steps.tune", "eval.n_bootstrap=20", "progress=false", "workers=1",
-           "tracking=mlflow"]
+TRACKED = ["data=small", "model=factor", "~steps.tune", "eval.n_bootstrap=20", "progress=false", "workers=1", "tracking=mlflow"]
 
 
 def _runs(uri: str):
@@ -134,8 +133,10 @@ def test_an_unreachable_tracking_uri_warns_and_the_run_completes(tmp_path, cache
     [
         ([], {"name": "none", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
         (["tracking=mlflow"], {"name": "mlflow", "uri": "sqlite:///mlflow.db", "experiment": "bondexp", "log_models": False}),
-        (["tracking=mlflow", "tracking.uri=http://mlflow:5000", "tracking.log_models=true"],
-         {"name": "mlflow", "uri": "http://mlflow:5000", "experiment": "bondexp", "log_models": True}),
+        (
+            ["tracking=mlflow", "tracking.uri=http://mlflow:5000", "tracking.log_models=true"],
+            {"name": "mlflow", "uri": "http://mlflow:5000", "experiment": "bondexp", "log_models": True},
+        ),
     ],
 )
 def test_the_tracking_group_composes(overrides, expected):
@@ -153,24 +154,47 @@ def test_tracking_mlflow_without_mlflow_installed_fails_before_any_work(monkeypa
 
 
 def test_params_are_the_overrides_and_the_flattened_config_without_hydra():
-    cfg = OmegaConf.create({"seed": 3, "eval": {"confidence": 0.95}, "feature_sets": {"all": ["bond"]},
-                            "executor": {"address": None}, "hydra": {"run": {"dir": "x"}}, "steps": {}})
+    cfg = OmegaConf.create(
+        {
+            "seed": 3,
+            "eval": {"confidence": 0.95},
+            "feature_sets": {"all": ["bond"]},
+            "executor": {"address": None},
+            "hydra": {"run": {"dir": "x"}},
+            "steps": {},
+        }
+    )
     assert run_params(cfg, ["seed=3", "model=basic"]) == {
-        "overrides": "seed=3 model=basic", "seed": "3", "eval.confidence": "0.95", "feature_sets.all": '["bond"]',
-        "executor.address": "null", "steps": "{}",
+        "overrides": "seed=3 model=basic",
+        "seed": "3",
+        "eval.confidence": "0.95",
+        "feature_sets.all": '["bond"]',
+        "executor.address": "null",
+        "steps": "{}",
     }
     assert flatten({"a": {"b": {"c": "x"}}}) == {"a.b.c": "x"}
 
 
 def test_metrics_are_numeric_step_metrics_and_leaderboard_columns():
-    results = {"steps": {"basic": {"metrics": {"val_rmse": 1.5, "early_stopped": True, "n_iter": 20}},
-                         "evaluate": {"metrics": {"best_model": "basic", "best_rmse": 1.7}}},
-               "wall_s": 9.5}
-    leaderboard = [{"model": "basic", "rmse": 1.7, "mae": 1.1, "r2": 0.3, "improvement_pct": 10.0, "n": 594.0,
-                    "coverage": None, "nll": float("nan")}]
+    results = {
+        "steps": {
+            "basic": {"metrics": {"val_rmse": 1.5, "early_stopped": True, "n_iter": 20}},
+            "evaluate": {"metrics": {"best_model": "basic", "best_rmse": 1.7}},
+        },
+        "wall_s": 9.5,
+    }
+    leaderboard = [
+        {"model": "basic", "rmse": 1.7, "mae": 1.1, "r2": 0.3, "improvement_pct": 10.0, "n": 594.0, "coverage": None, "nll": float("nan")}
+    ]
     assert run_metrics(results, leaderboard) == {
-        "basic.val_rmse": 1.5, "basic.n_iter": 20.0, "evaluate.best_rmse": 1.7, "wall_s": 9.5,
-        "basic.rmse": 1.7, "basic.mae": 1.1, "basic.r2": 0.3, "basic.improvement_pct": 10.0,
+        "basic.val_rmse": 1.5,
+        "basic.n_iter": 20.0,
+        "evaluate.best_rmse": 1.7,
+        "wall_s": 9.5,
+        "basic.rmse": 1.7,
+        "basic.mae": 1.1,
+        "basic.r2": 0.3,
+        "basic.improvement_pct": 10.0,
     }
 
 

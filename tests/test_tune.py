@@ -16,12 +16,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-import tune_helpers as helpers
 from optuna.trial import TrialState
 
+import tune_helpers as helpers
+from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError, StepSkipped
 from bondexp.tuning.space import distribution, search_space, space_key
-from bondexp.artifacts import ModelArtifact
 from bondexp.tuning.step import choose_target
 from bondexp.tuning.study import UNTUNED_ATTR
 
@@ -32,14 +32,13 @@ RIDGE_CLASS = {"Ridge": {"alpha": {"low": 1e-3, "high": 1e3, "log": True}}}
 
 
 def _artifact(group: str, val_rmse: float, estimator: dict | None = None) -> ModelArtifact:
-    return ModelArtifact(name="m", group=group, config={"estimator": estimator or {}}, features=[], predictions={},
-                         metrics={"val_rmse": val_rmse})
+    return ModelArtifact(
+        name="m", group=group, config={"estimator": estimator or {}}, features=[], predictions={}, metrics={"val_rmse": val_rmse}
+    )
 
 
 def _study(run_dir: Path) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run_dir / "tuning" / "journal.log"))
-    )
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "tuning" / "journal.log")))
     (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -63,9 +62,12 @@ def inputs(shared):
 
 
 def test_target_defaults_to_best_tunable_ml_model_by_name_or_class():
-    models = {"basic": _artifact("ml", 0.9), "mine": _artifact("ml", 0.7, {"_target_": "sklearn.linear_model.Ridge"}),
-              "automl": _artifact("ml", 0.6, {"_target_": "bondexp.models.automl.AutoMLRegressor"}),
-              "bayesian": _artifact("risk", 0.5)}
+    models = {
+        "basic": _artifact("ml", 0.9),
+        "mine": _artifact("ml", 0.7, {"_target_": "sklearn.linear_model.Ridge"}),
+        "automl": _artifact("ml", 0.6, {"_target_": "bondexp.models.automl.AutoMLRegressor"}),
+        "bayesian": _artifact("risk", 0.5),
+    }
     by_name = {"basic": {"a": {}}, "bayesian": {"a": {}}}
     # the risk model is better but not ML; automl is the best ML model but has no space; mine has its class's
     assert choose_target(None, models, by_name=by_name, by_class=RIDGE_CLASS) == "mine"
@@ -130,10 +132,16 @@ def test_search_space_errors_name_the_parameter(spec, message):
 
 
 def test_search_space_kinds():
-    kinds = [distribution(spec, key="k") for spec in ({"low": 1, "high": 9}, {"low": 1e-3, "high": 1.0, "log": True},
-                                                      {"low": 1, "high": 9, "type": "float"}, {"choices": [None, 8, "x"]})]
-    assert [type(d).__name__ for d in kinds] == [
-        "IntDistribution", "FloatDistribution", "FloatDistribution", "CategoricalDistribution"]
+    kinds = [
+        distribution(spec, key="k")
+        for spec in (
+            {"low": 1, "high": 9},
+            {"low": 1e-3, "high": 1.0, "log": True},
+            {"low": 1, "high": 9, "type": "float"},
+            {"choices": [None, 8, "x"]},
+        )
+    ]
+    assert [type(d).__name__ for d in kinds] == ["IntDistribution", "FloatDistribution", "FloatDistribution", "CategoricalDistribution"]
     assert kinds[1].log and kinds[3].choices == (None, 8, "x")
 
 
@@ -141,8 +149,18 @@ def test_every_class_default_space_parses():
     from omegaconf import OmegaConf
 
     spaces = OmegaConf.to_container(OmegaConf.load(TESTS.parent / "conf" / "search_space" / "default.yaml"))
-    wanted = {"RandomForestRegressor", "ExtraTreesRegressor", "HistGradientBoostingRegressor", "GradientBoostingRegressor",
-              "Ridge", "Lasso", "ElasticNet", "KNeighborsRegressor", "SVR", "MLPRegressor"}
+    wanted = {
+        "RandomForestRegressor",
+        "ExtraTreesRegressor",
+        "HistGradientBoostingRegressor",
+        "GradientBoostingRegressor",
+        "Ridge",
+        "Lasso",
+        "ElasticNet",
+        "KNeighborsRegressor",
+        "SVR",
+        "MLPRegressor",
+    }
     assert wanted <= set(spaces)
     for cls, params in spaces.items():
         for name, spec in params.items():
@@ -175,8 +193,11 @@ def test_untuned_trial_comes_first_scores_the_untuned_model_and_outputs_are_writ
 
 def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, shared, inputs):
     narrow = {"tree": {"min_samples_leaf": {"low": 1, "high": 2}}}  # trial 0 (1) ties or beats every other
-    artifact = tune({**helpers.BASE_TUNE, "target": "tree", "n_trials": 2, "batch_size": 1, "search_space": narrow},
-                    inputs, helpers.context(tmp_path, shared))
+    artifact = tune(
+        {**helpers.BASE_TUNE, "target": "tree", "n_trials": 2, "batch_size": 1, "search_space": narrow},
+        inputs,
+        helpers.context(tmp_path, shared),
+    )
     if artifact["trials"][0]["value"] <= artifact["best_value"]:
         assert artifact["model"] is inputs["tree"].pipeline
         assert "untuned" in artifact["note"]
@@ -194,8 +215,7 @@ def test_same_study_in_process_on_trial_processes_and_from_a_pool_worker(tmp_pat
     # the runner's pool workers are forkserver processes; the step spawns its own trial processes there
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
         pooled = pool.submit(helpers.tune_in_worker, str(tmp_path / "pool"), _config(target="ridge"), 2).result(timeout=300)
-    ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")},
-                 helpers.context(tmp_path / "ridge", shared))
+    ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")}, helpers.context(tmp_path / "ridge", shared))
     assert [(t["params"], t["value"]) for t in pooled["trials"]] == [(t["params"], t["value"]) for t in ridge["trials"]]
     other_seed = tune(_config(seed=1), inputs, helpers.context(tmp_path / "seed1", shared))
     assert [t["params"] for t in other_seed["trials"]][1:] != [t["params"] for t in one["trials"]][1:]
@@ -212,8 +232,7 @@ def test_a_daemonic_process_runs_the_trials_itself_with_the_same_results(tmp_pat
     daemon.start()
     result = queue.get(timeout=300)
     daemon.join(timeout=60)
-    ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")},
-                 helpers.context(tmp_path / "ridge", shared))
+    ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")}, helpers.context(tmp_path / "ridge", shared))
     assert [(t["params"], t["value"]) for t in result["trials"]] == [(t["params"], t["value"]) for t in ridge["trials"]]
     assert len({t.user_attrs["worker"] for t in _study(tmp_path / "d").get_trials()}) == 1
 
@@ -238,8 +257,7 @@ def test_a_changed_search_space_starts_a_new_study(tmp_path, shared, inputs):
     narrower = {**config["search_space"], "ridge": {"alpha": {"low": 0.1, "high": 10.0, "log": True}}}
     artifact = tune({**config, "search_space": narrower}, inputs, helpers.context(tmp_path, shared))
     assert len(artifact["trials"]) == 2
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "tuning" / "journal.log")))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "tuning" / "journal.log")))
     assert len(optuna.get_all_study_names(storage)) == 2
 
 
@@ -287,8 +305,9 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
     n_trials, k = 6, 2
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     script = [sys.executable, str(TESTS / "tune_helpers.py")]
-    process = subprocess.Popen([*script, str(tmp_path / "killed"), str(n_trials), "0.2", "2"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*script, str(tmp_path / "killed"), str(n_trials), "0.2", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while len(_complete_trials(tmp_path / "killed")) < k:
         assert process.poll() is None, process.stderr.read().decode()
@@ -305,10 +324,12 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), "trial processes outlived the killed run"
 
-    resumed = subprocess.run([*script, str(tmp_path / "killed"), str(n_trials), "0.2", "1"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    whole = subprocess.run([*script, str(tmp_path / "whole"), str(n_trials), "0.2", "1"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*script, str(tmp_path / "killed"), str(n_trials), "0.2", "1"], env=env, capture_output=True, text=True, timeout=300
+    )
+    whole = subprocess.run(
+        [*script, str(tmp_path / "whole"), str(n_trials), "0.2", "1"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0 and whole.returncode == 0, resumed.stderr + whole.stderr
     assert resumed.stdout.split("done ")[1] == whole.stdout.split("done ")[1]  # count and best params
     trials = _study(tmp_path / "killed").get_trials(deepcopy=False)

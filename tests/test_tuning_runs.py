@@ -42,11 +42,13 @@ def test_a_users_extra_trees_is_tuned_through_its_class_space(tmp_path, cache):
     folder = tmp_path / "myconf" / "model"
     folder.mkdir(parents=True)
     # basic.yaml with the class swapped; ExtraTrees draws no bootstrap sample unless asked, and max_samples needs one
-    (folder / "my_trees.yaml").write_text(BASIC.replace("models.basic", "models.my_trees").replace(
-        "RandomForestRegressor", "ExtraTreesRegressor") + "bootstrap: true\n")
+    (folder / "my_trees.yaml").write_text(
+        BASIC.replace("models.basic", "models.my_trees").replace("RandomForestRegressor", "ExtraTreesRegressor") + "bootstrap: true\n"
+    )
     run_dir = tmp_path / "r"
-    bondexp(*QUICK, "model=my_trees", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}",
-            cwd=tmp_path, cache=cache)
+    bondexp(
+        *QUICK, "model=my_trees", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache
+    )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["ok"] and results["steps"]["tune"]["status"] == "ran"
     assert "my_trees_tuned" in _leaderboard(run_dir)
@@ -67,5 +69,4 @@ def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_valid
 
 
 #: The reduced stationary market of the test above (figures in README "Tuning").
-STATIONARY = ["+experiment=stationary", "data=small", "model=[basic,enhanced]", "eval.n_bootstrap=50",
-              "progress=false", "~steps.drift"]
+STATIONARY = ["+experiment=stationary", "data=small", "model=[basic,enhanced]", "eval.n_bootstrap=50", "progress=false", "~steps.drift"]

@@ -78,8 +78,15 @@ def model_artifact(name: str, *, group: str = "ml", estimator: dict | None = Non
     }
     model, predictions = fit_predict(config, dataset)
     val_rmse = float(np.sqrt(np.mean((predictions["validation"]["mean"] - dataset.target("validation")) ** 2)))
-    return ModelArtifact(name=name, group=group, config=config, features=list(FEATURES), predictions=predictions,
-                         metrics={"val_rmse": val_rmse}, pipeline=model)
+    return ModelArtifact(
+        name=name,
+        group=group,
+        config=config,
+        features=list(FEATURES),
+        predictions=predictions,
+        metrics={"val_rmse": val_rmse},
+        pipeline=model,
+    )
 
 
 def tune_flat(config: dict, inputs: dict, ctx) -> dict:
@@ -89,13 +96,23 @@ def tune_flat(config: dict, inputs: dict, ctx) -> dict:
 
     output = tune(config, inputs, ctx)
     art = output.artifact
-    return {**art.info["tuning"], "name": art.name, "group": art.group, "config": art.config, "metrics": art.metrics,
-            "predictions": art.predictions, "info": art.info, "model": art.pipeline, "files": output.files}
+    return {
+        **art.info["tuning"],
+        "name": art.name,
+        "group": art.group,
+        "config": art.config,
+        "metrics": art.metrics,
+        "predictions": art.predictions,
+        "info": art.info,
+        "model": art.pipeline,
+        "files": output.files,
+    }
 
 
 def context(run_dir: Path, shared: dict, *, workers: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(name="tune", run_dir=Path(run_dir), workers=workers, threads=1, shared=shared,
-                           log=logging.getLogger("test.tune"))
+    return SimpleNamespace(
+        name="tune", run_dir=Path(run_dir), workers=workers, threads=1, shared=shared, log=logging.getLogger("test.tune")
+    )
 
 
 def tune_in_worker(run_dir: str, config: dict, workers: int, delay: float = 0.0) -> dict:
@@ -104,11 +121,13 @@ def tune_in_worker(run_dir: str, config: dict, workers: int, delay: float = 0.0)
     ``delay`` > 0 tunes the slow ridge (``target: slow``), whose fits sleep that long.
     """
     shared = use_toy_dataset()
-    inputs = {"evaluate": {}, "ridge": model_artifact("ridge"),
-              "slow": model_artifact("slow", estimator={**ESTIMATORS["slow"], "delay": float(delay)})}
+    inputs = {
+        "evaluate": {},
+        "ridge": model_artifact("ridge"),
+        "slow": model_artifact("slow", estimator={**ESTIMATORS["slow"], "delay": float(delay)}),
+    }
     artifact = tune_flat(config, inputs, context(Path(run_dir), shared, workers=workers))
-    return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"],
-            "metrics": artifact["metrics"]}
+    return {"trials": artifact["trials"], "best_params": artifact["best_params"], "info": artifact["info"], "metrics": artifact["metrics"]}
 
 
 def main(run_dir: str, n_trials: str, delay: str, workers: str) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bondexp.errors import ConfigError
 
@@ -139,7 +140,9 @@ def existing_path(cfg: Mapping, key: str) -> Path:
 
 def _plain(data_cfg: Mapping) -> dict:
     if isinstance(data_cfg, DictConfig):
-        return OmegaConf.to_container(data_cfg, resolve=True)
+        from bondexp.config import plain_dict  # here: bondexp.config imports Hydra, which loading data does not need
+
+        return plain_dict(data_cfg)
     return dict(data_cfg)
 
 

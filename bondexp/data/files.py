@@ -35,8 +35,8 @@ numbers (header not counted).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -293,9 +293,8 @@ def _pivot(frame: pd.DataFrame, column: str, value: str, path: Path, *, complete
     holes = grid.isna().to_numpy()
     if complete and holes.any():
         dates, keys = np.nonzero(holes)
-        first = [(str(grid.index[d].date()), grid.columns[k]) for d, k in zip(dates[:5], keys[:5])]
+        first = [(str(grid.index[d].date()), grid.columns[k]) for d, k in zip(dates[:5], keys[:5], strict=True)]
         raise DataValidationError(
-            f"The file {path} lacks {int(holes.sum())} (date, {column}) pairs of its grid, e.g. {first}; "
-            f"every date needs every {column}."
+            f"The file {path} lacks {int(holes.sum())} (date, {column}) pairs of its grid, e.g. {first}; every date needs every {column}."
         )
     return grid

@@ -33,12 +33,10 @@ def month_counts(n_months: int, *, train: float, validation: float, test: float)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ConfigError(f"The 'data.split.{name}' config key must be a fraction > 0. Got {value!r} instead.")
     if abs(train + validation + test - 1.0) > 1e-6:
-        raise ConfigError(
-            f"The 'data.split' fractions must sum to 1. Got {fractions} (sum {train + validation + test:g}) instead."
-        )
+        raise ConfigError(f"The 'data.split' fractions must sum to 1. Got {fractions} (sum {train + validation + test:g}) instead.")
     cuts = np.rint(np.cumsum([train, validation]) * n_months).astype(int)
     counts = (int(cuts[0]), int(cuts[1] - cuts[0]), int(n_months - cuts[1]))
-    empty = [name for name, count in zip(PARTS, counts) if count == 0]
+    empty = [name for name, count in zip(PARTS, counts, strict=True) if count == 0]
     if empty:
         raise ConfigError(
             f"The 'data.split' fractions {fractions} leave the {empty} part(s) without any of the "
@@ -167,7 +165,6 @@ def expanding_folds(obs_date, *, n_folds: int, key: str = "n_folds") -> list[tup
         block = month_blocks(obs_date, n_blocks=n_folds + 1)
     except ValueError as exc:
         raise ConfigError(
-            f"The '{key}' config key must leave every fold at least one month: {exc} "
-            f"Got {n_folds!r} instead; lower {key}."
+            f"The '{key}' config key must leave every fold at least one month: {exc} Got {n_folds!r} instead; lower {key}."
         ) from None
     return [(np.flatnonzero(block <= k), np.flatnonzero(block == k + 1)) for k in range(n_folds)]

@@ -18,7 +18,7 @@ why the winner won.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import optuna
@@ -26,8 +26,8 @@ from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor,
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from bondexp.errors import ConfigError
 from bondexp.data.split import expanding_folds, latest_months
+from bondexp.errors import ConfigError
 from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
@@ -38,7 +38,7 @@ from bondexp.models.base import (
 FAMILIES = ("ridge", "boosting", "forest", "extra_trees")
 
 
-def _candidate(trial: optuna.Trial, family: str, names, seed: Optional[int]):
+def _candidate(trial: optuna.Trial, family: str, names, seed: int | None):
     """The estimator a trial proposes for ``family`` (parameters drawn from the trial)."""
     if family == "ridge":
         return scaled(Ridge(alpha=trial.suggest_float("alpha", 1e-2, 1e3, log=True)), names)
@@ -123,11 +123,11 @@ class AutoMLRegressor(CompositeRegressor):
         *,
         families=FAMILIES,
         n_candidates: int = 12,
-        time_limit_s: Optional[float] = 600.0,
+        time_limit_s: float | None = 600.0,
         n_folds: int = 3,
         max_search_rows: int = 15000,
-        early_stopping: Optional[Dict[str, Any]] = None,
-        random_state: Optional[int] = None,
+        early_stopping: dict[str, Any] | None = None,
+        random_state: int | None = None,
     ):
         self.families = families
         self.n_candidates = n_candidates
@@ -190,8 +190,7 @@ class AutoMLRegressor(CompositeRegressor):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Successive halving over the folds: the families' first looks set the bar, then the median rule.
         pruner = optuna.pruners.MedianPruner(n_startup_trials=len(self.families), n_warmup_steps=0)
-        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=self.random_state),
-                                    pruner=pruner)
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=self.random_state), pruner=pruner)
         for family in self.families:  # every family gets one look before TPE narrows down
             study.enqueue_trial({"family": family})
         n_trials = max(self.n_candidates, len(self.families))

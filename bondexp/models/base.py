@@ -15,7 +15,8 @@ row counts.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         return tags
 
-    def _fit_data(self, X, y, groups=None) -> Tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    def _fit_data(self, X, y, groups=None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """The shared preamble of ``fit``: validate ``X``/``y`` (scikit-learn's ``validate_data``, which
         sets ``n_features_in_`` and, for a DataFrame, ``feature_names_in_``) and return ``(X as a frame
         with named columns, y as float64, each row's month)``.
@@ -68,7 +69,7 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         return pd.DataFrame(validate_data(self, X, dtype=np.float64, reset=False), columns=self.columns_)
 
-    def _early_stopping(self) -> Dict[str, Any]:
+    def _early_stopping(self) -> dict[str, Any]:
         """The estimator's early-stopping settings with the defaults filled in."""
         return {**DEFAULT_EARLY_STOPPING, **(getattr(self, "early_stopping", None) or {})}
 
@@ -102,7 +103,7 @@ def make_preprocessor(features: Sequence[str], *, categorical: Sequence[str]) ->
     return ColumnTransformer(parts, verbose_feature_names_out=False)
 
 
-def scaled(estimator, features: Sequence[str], *, categorical: Optional[Sequence[str]] = None) -> Pipeline:
+def scaled(estimator, features: Sequence[str], *, categorical: Sequence[str] | None = None) -> Pipeline:
     """``estimator`` behind :func:`make_preprocessor` (categorical defaults to the known code features)."""
     cats = CATEGORICAL_FEATURES if categorical is None else categorical
     return Pipeline([("prep", make_preprocessor(features, categorical=cats)), ("model", estimator)])
@@ -153,7 +154,7 @@ def transform_features(model, X):
     return X
 
 
-def set_early_stopping(estimator, settings: Optional[Mapping[str, Any]]) -> None:
+def set_early_stopping(estimator, settings: Mapping[str, Any] | None) -> None:
     """Put the early-stopping ``settings`` into ``estimator`` (or a Pipeline's last step), in place.
 
     HistGradientBoosting, MLP and SGD-style estimators get ``early_stopping``, ``n_iter_no_change``,
@@ -169,7 +170,7 @@ def set_early_stopping(estimator, settings: Optional[Mapping[str, Any]]) -> None
         if "early_stopping" in params:
             est.set_params(early_stopping=dict(settings))
         return
-    update: Dict[str, Any] = {}
+    update: dict[str, Any] = {}
     on = bool(settings["enabled"])
     if "early_stopping" in params:
         update["early_stopping"] = on
@@ -228,7 +229,7 @@ def fit_time_ordered(model, X, y, *, groups=None):
     return model
 
 
-def iterations(model) -> list[Tuple[int, int]]:
+def iterations(model) -> list[tuple[int, int]]:
     """``(iterations run, iteration limit)`` of every early-stoppable estimator in ``model``, members included.
 
     Only estimators with ``n_iter_no_change`` count: a solver that converged (Lasso's coordinate

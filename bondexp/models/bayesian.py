@@ -19,7 +19,7 @@ global variance gives intervals too wide for calm, liquid bonds and too narrow i
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm
@@ -30,9 +30,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from bondexp.data.split import month_blocks
 from bondexp.errors import ConfigError
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
-from bondexp.data.split import month_blocks
 from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
@@ -95,8 +95,8 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         variance_learning_rate: float = 0.1,
         variance_min_samples_leaf: int = 500,
         variance_max_leaf_nodes: int = 7,
-        early_stopping: Optional[Dict[str, Any]] = None,
-        random_state: Optional[int] = None,
+        early_stopping: dict[str, Any] | None = None,
+        random_state: int | None = None,
     ):
         self.alpha = alpha
         self.n_knots = n_knots
@@ -238,7 +238,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         mean, half = self.predict(X), self.scale_ * self._sigma(X)
         return mean - half, mean + half
 
-    def predict_outputs(self, X) -> Dict[str, Any]:
+    def predict_outputs(self, X) -> dict[str, Any]:
         """Everything :meth:`predict`, :meth:`predict_interval` and :meth:`predict_std` give, from one design
         matrix and one ridge and booster pass (the three methods build the design five times)."""
         check_is_fitted(self, "mean_")

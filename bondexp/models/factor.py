@@ -8,8 +8,6 @@ the previous residual with its market products (the persistent residual, shrunk 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
@@ -58,7 +56,7 @@ class FactorRegressor(CompositeRegressor):
         n_bond_factors: int = 8,
         n_market_factors: int = 2,
         interactions: bool = True,
-        random_state: Optional[int] = None,
+        random_state: int | None = None,
     ):
         self.n_bond_factors = n_bond_factors
         self.n_market_factors = n_market_factors

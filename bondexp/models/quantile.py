@@ -9,7 +9,7 @@ tail separately so the 5% quantile is a usable VaR.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 from scipy.stats import chi2
@@ -31,7 +31,7 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     return float(np.partition(scores, k - 1)[k - 1])
 
 
-def kupiec_pof(exceedances: int, n: int, p: float) -> Dict[str, float]:
+def kupiec_pof(exceedances: int, n: int, p: float) -> dict[str, float]:
     """Kupiec's proportion-of-failures likelihood-ratio test of an exceedance rate ``p``.
 
     Returns
@@ -97,8 +97,8 @@ class ConformalQuantileRegressor(CompositeRegressor):
         learning_rate: float = 0.05,
         min_samples_leaf: int = 100,
         max_leaf_nodes: int = 15,
-        early_stopping: Optional[Dict[str, Any]] = None,
-        random_state: Optional[int] = None,
+        early_stopping: dict[str, Any] | None = None,
+        random_state: int | None = None,
     ):
         self.alpha = alpha
         self.max_iter = max_iter
@@ -148,7 +148,7 @@ class ConformalQuantileRegressor(CompositeRegressor):
         X = self._frame(X)
         return {name: m.predict(X) for name, m in self.members_.items()}
 
-    def _adjustments(self, raw: Dict[str, np.ndarray], y: np.ndarray) -> Dict[str, float]:
+    def _adjustments(self, raw: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
         """Per-tail CQR widening: the conformal quantile of each tail's exceedance at level 1 - alpha/2."""
         level = 1.0 - self.alpha / 2.0
         return {
@@ -212,7 +212,7 @@ class ConformalQuantileRegressor(CompositeRegressor):
         """
         return self._var_es(self._raw(X))
 
-    def predict_outputs(self, X) -> Dict[str, Any]:
+    def predict_outputs(self, X) -> dict[str, Any]:
         """Everything :meth:`predict`, :meth:`predict_interval` and :meth:`predict_var_es` give, from one
         pass of the three boosters (the three methods run them seven times)."""
         check_is_fitted(self, "members_")
@@ -220,12 +220,12 @@ class ConformalQuantileRegressor(CompositeRegressor):
         (lower, upper), (var, es) = self._interval(raw), self._var_es(raw)
         return {"mean": raw["mean"], "lower": lower, "upper": upper, "level": float(self.interval_level_), "var": var, "es": es}
 
-    def _interval(self, raw: Dict[str, np.ndarray]):
+    def _interval(self, raw: dict[str, np.ndarray]):
         lower = raw["lower"] - self.adjustment_["lower"]
         upper = np.maximum(raw["upper"] + self.adjustment_["upper"], lower)
         return lower, upper
 
-    def _var_es(self, raw: Dict[str, np.ndarray]):
+    def _var_es(self, raw: dict[str, np.ndarray]):
         lower = raw["lower"] - self.adjustment_["lower"]
         depth = np.maximum(raw["mean"] - lower, 0.0)
         return -lower, -(lower - self.tail_factor_ * depth)

@@ -14,7 +14,8 @@ months (0.69-1.0 calm against stressed); all four factors scored markedly lower.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -71,7 +72,7 @@ class RegimeSwitchingRegressor(CompositeRegressor):
     def __init__(
         self,
         *,
-        state_features: Optional[Sequence[Union[str, int]]] = None,
+        state_features: Sequence[str | int] | None = None,
         min_regimes: int = 2,
         max_regimes: int = 4,
         covariance_type: str = "full",
@@ -79,8 +80,8 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         max_iter: int = 300,
         learning_rate: float = 0.05,
         min_samples_leaf: int = 100,
-        early_stopping: Optional[Dict[str, Any]] = None,
-        random_state: Optional[int] = None,
+        early_stopping: dict[str, Any] | None = None,
+        random_state: int | None = None,
     ):
         self.state_features = state_features
         self.min_regimes = min_regimes

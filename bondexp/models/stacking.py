@@ -9,12 +9,13 @@ then refits the members on all rows: two fits per member, and the blend weights 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, RidgeCV
 from sklearn.neural_network import MLPRegressor
 from sklearn.utils.validation import check_is_fitted
@@ -86,8 +87,8 @@ class StackedRegressor(CompositeRegressor):
         holdout_fraction: float = 0.25,
         refit: bool = True,
         monotone_features: Sequence[str] = ("prev_residual",),
-        early_stopping: Optional[Dict[str, Any]] = None,
-        random_state: Optional[int] = None,
+        early_stopping: dict[str, Any] | None = None,
+        random_state: int | None = None,
         n_jobs: int = 1,
     ):
         self.forest_n_estimators = forest_n_estimators
@@ -108,7 +109,7 @@ class StackedRegressor(CompositeRegressor):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def _members(self, names: Sequence[str]) -> Dict[str, Any]:
+    def _members(self, names: Sequence[str]) -> dict[str, Any]:
         """Unfitted members, with the early-stopping settings put in."""
         mono = {f: 1 for f in self.monotone_features if f in names} or None
         members = {
@@ -162,21 +163,15 @@ class StackedRegressor(CompositeRegressor):
         members = self._members(names)
         # The MLP's epoch cap is its time budget; running into it is expected, not a fault.
         warnings.filterwarnings("ignore", category=ConvergenceWarning, module="sklearn.neural_network")
-        first = {
-            name: fit_time_ordered(clone(m), X.iloc[early], y[early], groups=months[early]) for name, m in members.items()
-        }
+        first = {name: fit_time_ordered(clone(m), X.iloc[early], y[early], groups=months[early]) for name, m in members.items()}
         holdout = np.column_stack([m.predict(X.iloc[late]) for m in first.values()])
         self.meta_ = LinearRegression(positive=True).fit(holdout, y[late])
         blend = self.meta_.predict(holdout)
-        self.holdout_rmse_ = {
-            name: float(np.sqrt(np.mean((y[late] - holdout[:, j]) ** 2))) for j, name in enumerate(first)
-        }
+        self.holdout_rmse_ = {name: float(np.sqrt(np.mean((y[late] - holdout[:, j]) ** 2))) for j, name in enumerate(first)}
         self.holdout_rmse_["blend"] = float(np.sqrt(np.mean((y[late] - blend) ** 2)))
-        self.weights_ = {name: float(w) for name, w in zip(first, self.meta_.coef_)}
+        self.weights_ = {name: float(w) for name, w in zip(first, self.meta_.coef_, strict=True)}
         self.weights_["intercept"] = float(self.meta_.intercept_)
-        self.members_ = (
-            {name: fit_time_ordered(m, X, y, groups=months) for name, m in members.items()} if self.refit else first
-        )
+        self.members_ = {name: fit_time_ordered(m, X, y, groups=months) for name, m in members.items()} if self.refit else first
         self.info_ = {"weights": dict(self.weights_), "holdout_rmse": dict(self.holdout_rmse_)}
         return self
 

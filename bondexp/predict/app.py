@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from bondexp.config import plain_dict
 from bondexp.errors import ConfigError
 from bondexp.predict.batches import load_new_bonds, predict_batches
 from bondexp.predict.runfolder import best_model, open_run, resolve_run
@@ -46,16 +48,12 @@ def register_configs() -> None:
 OUTPUT_FILES = ("predictions.parquet", "predictions.csv", "predictions.md")
 
 
-def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) -> Dict[str, Path]:
+def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Path]:
     """Check the run and the new file, predict every batch, then move the three output files into ``out_dir``.
 
     Returns the paths written. Raises a :class:`~bondexp.errors.BondexpError` (nothing written) when
     the config, the run folder or the data is wrong.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     for key, low in (("batch_rows", 1), ("workers", 1), ("n_ranked", 0)):
         if int(cfg[key]) < low:
             raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
@@ -63,7 +61,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     wall, clock = time.perf_counter(), time.process_time()
     run = open_run(resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run), models, cache_dir=Path(cfg.cache_dir).expanduser())
     times = {"open the run": time.process_time() - clock}
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg = plain_dict(cfg.data)
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors)
     times["read and validate"] = time.process_time() - clock - times["open the run"]
     best = best_model(run.artifacts)
@@ -74,14 +72,62 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     final = {name: out_dir / name for name in OUTPUT_FILES}
     temporary = {name: out_dir / f".{name}.tmp" for name in OUTPUT_FILES}
     scores = Scores(list(run.artifacts))
-    ranked: List[Dict[str, np.ndarray]] = []
+    try:
+        batches = predict_batches(
+            run,
+            market,
+            batch_rows=int(cfg.batch_rows),
+            bond_names=bond_names,
+            progress=bool(cfg.progress),
+            workers=int(cfg.workers),
+            times=times,
+        )
+        ranked = _write_tables(batches, temporary, scores=scores, latest=latest, best=best, times=times)
+        text = render_markdown(
+            run,
+            best=best,
+            scores=scores,
+            ranked=concat(ranked),
+            data_cfg=data_cfg,
+            dropped=dropped,
+            n_rows=len(market.bonds),
+            n_ranked=int(cfg.n_ranked),
+            overrides=overrides,
+            times=times,
+            wall=time.perf_counter() - wall,
+            workers=int(cfg.workers),
+        )
+        temporary["predictions.md"].write_text(text)
+        for name in OUTPUT_FILES:
+            os.replace(temporary[name], final[name])
+    finally:
+        for path in temporary.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return final
+
+
+def _write_tables(
+    batches: Iterable[dict[str, np.ndarray]],
+    temporary: Mapping[str, Path],
+    *,
+    scores: Scores,
+    latest: Any,
+    best: str,
+    times: dict[str, float],
+) -> list[dict[str, np.ndarray]]:
+    """Write each batch to the temporary parquet and CSV files as it comes and score it; return the latest date's rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    ranked: list[dict[str, np.ndarray]] = []
     parquet = csv = None
     try:
-        for columns in predict_batches(run, market, batch_rows=int(cfg.batch_rows), bond_names=bond_names,
-                                       progress=bool(cfg.progress), workers=int(cfg.workers), times=times):
+        for columns in batches:
             clock = time.process_time()
             table = pa.table(columns)
-            if parquet is None:
+            if parquet is None or csv is None:
                 # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
                 labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
                 parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
@@ -92,20 +138,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
             today = columns["obs_date"] == latest
             ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
             times["write"] = times.get("write", 0.0) + time.process_time() - clock
-        parquet.close()
-        csv.close()
-        parquet = csv = None
-        text = render_markdown(run, best=best, scores=scores, ranked=concat(ranked), data_cfg=data_cfg, dropped=dropped,
-                               n_rows=len(market.bonds), n_ranked=int(cfg.n_ranked), overrides=overrides,
-                               times=times, wall=time.perf_counter() - wall, workers=int(cfg.workers))
-        temporary["predictions.md"].write_text(text)
-        for name in OUTPUT_FILES:
-            os.replace(temporary[name], final[name])
     finally:
         for writer in (parquet, csv):
             if writer is not None:
                 writer.close()
-        for path in temporary.values():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-    return final
+    return ranked

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,12 +85,24 @@ def previous_residuals(bonds, residual: np.ndarray, run_dataset, *, names=None, 
     prev = previous_residual(bonds["bond_id"], bonds["obs_date"], residual)
     missing = np.flatnonzero(np.isnan(prev))
     if len(missing) and len(run_dataset.y):
-        left = pd.DataFrame({"obs_date": bonds["obs_date"][missing], "bond": _ids(bonds["bond_id"][missing], names, run_names),
-                             "row": missing})
-        right = pd.DataFrame({"obs_date": np.asarray(run_dataset.meta["obs_date"]),
-                              "bond": _ids(np.asarray(run_dataset.meta["bond_id"]), run_names, names), "prev": np.asarray(run_dataset.y)})
-        merged = pd.merge_asof(left.sort_values("obs_date", kind="stable"), right.sort_values("obs_date", kind="stable"),
-                               on="obs_date", by="bond", allow_exact_matches=False, direction="backward")
+        left = pd.DataFrame(
+            {"obs_date": bonds["obs_date"][missing], "bond": _ids(bonds["bond_id"][missing], names, run_names), "row": missing}
+        )
+        right = pd.DataFrame(
+            {
+                "obs_date": np.asarray(run_dataset.meta["obs_date"]),
+                "bond": _ids(np.asarray(run_dataset.meta["bond_id"]), run_names, names),
+                "prev": np.asarray(run_dataset.y),
+            }
+        )
+        merged = pd.merge_asof(
+            left.sort_values("obs_date", kind="stable"),
+            right.sort_values("obs_date", kind="stable"),
+            on="obs_date",
+            by="bond",
+            allow_exact_matches=False,
+            direction="backward",
+        )
         prev[merged["row"].to_numpy()] = merged["prev"].to_numpy(dtype=np.float64)
     return prev
 
@@ -104,8 +117,16 @@ def _ids(codes: np.ndarray, names, other_names) -> np.ndarray:
 # ---------------------------------------------------------------- predicting
 
 
-def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None, progress: bool = False, workers: int = 1,
-                    times: Dict[str, float] | None = None) -> Iterator[Dict[str, np.ndarray]]:
+def predict_batches(
+    run: RunModels,
+    market,
+    *,
+    batch_rows: int,
+    bond_names=None,
+    progress: bool = False,
+    workers: int = 1,
+    times: dict[str, float] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Output columns of every batch of rows (see the README's Predict section), in the table's row order.
 
     Two passes over the batches, each spread over ``workers`` processes: the DCF fair value (the
@@ -116,11 +137,15 @@ def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None,
     n = len(bonds)
     bounds = [(start, min(start + batch_rows, n)) for start in range(0, n, batch_rows)]
     times = {} if times is None else times
-    state = _Batches(run=run, market=market, issue_size_known=bool(np.isfinite(bonds["issue_size"]).any()),
-                     names=None if bond_names is None else np.asarray(bond_names, dtype=object))
+    state = _Batches(
+        run=run,
+        market=market,
+        issue_size_known=bool(np.isfinite(bonds["issue_size"]).any()),
+        names=None if bond_names is None else np.asarray(bond_names, dtype=object),
+    )
     with _bar(n, progress, "fair value") as bar:
         fair, accrued = np.empty(n), np.empty(n)
-        for (start, stop), (priced, spent) in zip(bounds, ordered_map(_price, bounds, state=state, workers=workers)):
+        for (start, stop), (priced, spent) in zip(bounds, ordered_map(_price, bounds, state=state, workers=workers), strict=True):
             fair[start:stop], accrued[start:stop] = priced
             _add(times, spent)
             bar.update(stop - start)
@@ -131,7 +156,7 @@ def predict_batches(run: RunModels, market, *, batch_rows: int, bond_names=None,
         bar.reset()
         bar.set_description(f"predict ({len(run.artifacts)} models)")
         tasks = [(start, stop, fair[start:stop], accrued[start:stop], prev[start:stop]) for start, stop in bounds]
-        for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers)):
+        for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers), strict=True):
             _add(times, spent)
             yield out
             bar.update(stop - start)
@@ -154,7 +179,7 @@ def _price(state: _Batches, start: int, stop: int, times) -> tuple:
     return priced["clean_price"], priced["accrued"]
 
 
-def _predict(state: _Batches, start: int, stop: int, fair, accrued, prev, times) -> Dict[str, np.ndarray]:
+def _predict(state: _Batches, start: int, stop: int, fair, accrued, prev, times) -> dict[str, np.ndarray]:
     """The output columns of the rows ``start:stop``."""
     from bondexp.bondtable import RATINGS
     from bondexp.features import FEATURES, feature_matrix
@@ -179,12 +204,12 @@ def _predict(state: _Batches, start: int, stop: int, fair, accrued, prev, times)
     return out
 
 
-def _add(total: Dict[str, float], spent: Mapping[str, float]) -> None:
+def _add(total: dict[str, float], spent: Mapping[str, float]) -> None:
     for phase, seconds in spent.items():
         total[phase] = total.get(phase, 0.0) + seconds
 
 
-def _model_columns(name, artifact, X, fair, accrued, market, duration) -> Dict[str, np.ndarray]:
+def _model_columns(name, artifact, X, fair, accrued, market, duration) -> dict[str, np.ndarray]:
     """One model's output columns for a batch: adjustment, price, its interval, risk figures and the gap to market."""
     import pandas as pd
 

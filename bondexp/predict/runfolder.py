@@ -10,12 +10,14 @@ import difflib
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
+from bondexp.config import plain_dict
 from bondexp.errors import ConfigError, RunFolderError
 
 #: and behave as they did (scikit-learn supports no cross-version unpickling; bondexp's own classes
@@ -28,14 +30,14 @@ class RunModels:
     """A verified run: its folder, resolved config, own data, and the chosen model artifacts by name."""
 
     run_dir: Path
-    config: Dict[str, Any]
+    config: dict[str, Any]
     dataset: Any
-    artifacts: Dict[str, Any]  # name -> ModelArtifact, fitted pipeline loaded
-    manifests: Dict[str, Dict[str, Any]]
-    bond_names: Optional[tuple] = None  # the run's text bond ids by code; None when its ids are integers
+    artifacts: dict[str, Any]  # name -> ModelArtifact, fitted pipeline loaded
+    manifests: dict[str, dict[str, Any]]
+    bond_names: tuple | None = None  # the run's text bond ids by code; None when its ids are integers
 
 
-def resolve_run(run: Optional[str], outputs: Path = Path("outputs")) -> Path:
+def resolve_run(run: str | None, outputs: Path = Path("outputs")) -> Path:
     """The folder ``run`` names; ``last`` is the newest folder under ``outputs/`` holding checkpoints."""
     if run in (None, "???", ""):
         raise ConfigError("The 'run' config key must name a finished run folder or be 'last'. Got no value.")
@@ -47,7 +49,7 @@ def resolve_run(run: Optional[str], outputs: Path = Path("outputs")) -> Path:
     return runs[-1]
 
 
-def version_conflicts(recorded: Mapping[str, str]) -> List[str]:
+def version_conflicts(recorded: Mapping[str, str]) -> list[str]:
     """``"<library> <then> -> <now>"`` for each library whose version differs where :data:`VERSION_PARTS` says it matters."""
     from bondexp.checkpoints import library_versions
 
@@ -60,7 +62,7 @@ def version_conflicts(recorded: Mapping[str, str]) -> List[str]:
     return conflicts
 
 
-def _release(version: Optional[str]) -> tuple:
+def _release(version: str | None) -> tuple:
     return tuple(int(p) for p in re.findall(r"\d+", version or "")[:3])
 
 
@@ -113,7 +115,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"{f' (did you mean {hints}?)' if hints else ''}; its models are {sorted(step_of)}. Use models=all or some of these."
         )
     artifacts = {name: store.load(step_of[name], pipeline=True) for name in wanted}
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    config = plain_dict(OmegaConf.load(config_path), resolve=False)
     dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
     return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,15 +34,26 @@ class Scores:
 
 
 def ranking_columns(best: str) -> tuple:
-    return ("bond_id", "obs_date", "rating", "sector", "market_price", "fair_value", f"{best}_price",
-            f"{best}_price_lower", f"{best}_price_upper", f"{best}_market_minus_model", f"{best}_yield_gap_bp")
+    return (
+        "bond_id",
+        "obs_date",
+        "rating",
+        "sector",
+        "market_price",
+        "fair_value",
+        f"{best}_price",
+        f"{best}_price_lower",
+        f"{best}_price_upper",
+        f"{best}_market_minus_model",
+        f"{best}_yield_gap_bp",
+    )
 
 
-def concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _leaderboard(run_dir: Path) -> Dict[str, Dict[str, str]]:
+def _leaderboard(run_dir: Path) -> dict[str, dict[str, str]]:
     """The run's leaderboard rows (test scores) by model name; empty when the run has none."""
     import csv
 
@@ -60,8 +72,21 @@ def _number(value: Any, digits: int = 3) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mapping[str, np.ndarray], data_cfg, dropped,
-                    n_rows: int, n_ranked: int, overrides: Sequence[str], times: Mapping[str, float], wall: float, workers: int) -> str:
+def render_markdown(
+    run: RunModels,
+    *,
+    best: str,
+    scores: Scores,
+    ranked: Mapping[str, np.ndarray],
+    data_cfg,
+    dropped,
+    n_rows: int,
+    n_ranked: int,
+    overrides: Sequence[str],
+    times: Mapping[str, float],
+    wall: float,
+    workers: int,
+) -> str:
     """predictions.md: what was scored with what, the cheapest and richest bonds by the best model, where the time went."""
     board = _leaderboard(run.run_dir)
     summary = json.loads((run.run_dir / "data_summary.json").read_text())
@@ -71,13 +96,13 @@ def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mappin
         f"- command: `{' '.join(['python -m bondexp.predict', *map(shlex.quote, overrides)])}`",
         f"- run: `{run.run_dir}` (data fingerprint `{summary.get('fingerprint', '?')[:16]}`); every model checkpoint "
         "verified against its sha256 and library versions",
-        f"- new data: `{data_cfg['path']}`, {n_rows:,} rows predicted"
-        + (f", rows dropped as invalid: {dict(dropped)}" if dropped else ""),
+        f"- new data: `{data_cfg['path']}`, {n_rows:,} rows predicted" + (f", rows dropped as invalid: {dict(dropped)}" if dropped else ""),
         f"- best model: **{best}**, the lowest validation RMSE of the run (the test split only reports)",
         "",
         "## Models",
         "",
-        "| model | step fingerprint | val RMSE (run) | test RMSE (run) | test coverage (run) | RMSE vs market here | improvement over DCF here |",
+        "| model | step fingerprint | val RMSE (run) | test RMSE (run) | test coverage (run) "
+        "| RMSE vs market here | improvement over DCF here |",
         "|---|---|---|---|---|---|---|",
         f"| dcf (fair value) | | | {_number(board.get('dcf_baseline', {}).get('rmse'))} | | {_number(scores.rmse('dcf'))} | 0.0% |",
     ]
@@ -92,26 +117,36 @@ def render_markdown(run: RunModels, *, best: str, scores: Scores, ranked: Mappin
         date = str(ranked["obs_date"][0])
         gap = ranked[f"{best}_market_minus_model"]
         order = np.argsort(gap, kind="stable")
-        for title, rows in (("cheapest (market below model)", order[:n_ranked]),
-                            ("richest (market above model)", order[::-1][:n_ranked])):
-            lines += ["", f"## The {len(rows)} {title}, {date}, by {best}", "",
-                      "| bond | rating | sector | market | model | interval | market - model | yield gap (bp) |",
-                      "|---|---|---|---|---|---|---|---|"]
+        for title, rows in (("cheapest (market below model)", order[:n_ranked]), ("richest (market above model)", order[::-1][:n_ranked])):
+            lines += [
+                "",
+                f"## The {len(rows)} {title}, {date}, by {best}",
+                "",
+                "| bond | rating | sector | market | model | interval | market - model | yield gap (bp) |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for i in rows:
                 low, high = ranked.get(f"{best}_price_lower"), ranked.get(f"{best}_price_upper")
-                interval = "-" if low is None else f"[{_number(low[i])}, {_number(high[i])}]"
+                interval = "-" if low is None or high is None else f"[{_number(low[i])}, {_number(high[i])}]"
                 lines.append(
                     f"| {ranked['bond_id'][i]} | {ranked['rating'][i]} | {ranked['sector'][i]} | {_number(ranked['market_price'][i])} "
-                    f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} | {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
+                    f"| {_number(ranked[f'{best}_price'][i])} | {interval} | {_number(gap[i])} "
+                    f"| {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
                 )
     return "\n".join(lines + time_table(times, wall=wall, n_rows=n_rows, workers=workers)) + "\n"
 
 
-def time_table(times: Mapping[str, float], *, wall: float, n_rows: int, workers: int) -> List[str]:
+def time_table(times: Mapping[str, float], *, wall: float, n_rows: int, workers: int) -> list[str]:
     """The "Time" section: CPU seconds per phase (summed over the processes) and the wall time."""
     total = sum(times.values())
-    lines = ["", "## Time", "",
-             f"{n_rows:,} rows in {wall:.1f} s wall ({n_rows / max(wall, 1e-9):,.0f} rows/s), {workers} worker process(es), "
-             f"{total:.1f} s CPU", "", "| phase | CPU s | share |", "|---|---|---|"]
+    lines = [
+        "",
+        "## Time",
+        "",
+        f"{n_rows:,} rows in {wall:.1f} s wall ({n_rows / max(wall, 1e-9):,.0f} rows/s), {workers} worker process(es), {total:.1f} s CPU",
+        "",
+        "| phase | CPU s | share |",
+        "|---|---|---|",
+    ]
     lines += [f"| {phase} | {seconds:.2f} | {100 * seconds / max(total, 1e-9):.1f}% |" for phase, seconds in times.items()]
     return lines

@@ -12,7 +12,8 @@ The gathering step scores the refits with :func:`bondexp.steps.backtest_score.sc
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -31,14 +32,13 @@ REPORT_TARGET = "bondexp.steps.backtest.backtest"
 REPORT_STEP = "backtest"
 #: Model name of the tuned model's origin steps (``tuned@<YYYY-MM>``); their artifacts carry ``<target>_tuned``.
 TUNED = "tuned"
-CSV_COLUMNS = ("model", "origin", "n", "n_months", "n_train", "rmse", "rmse_ci_low", "rmse_ci_high",
-               "improvement_pct", "oracle_gap_pct")
+CSV_COLUMNS = ("model", "origin", "n", "n_months", "n_train", "rmse", "rmse_ci_low", "rmse_ci_high", "improvement_pct", "oracle_gap_pct")
 
 
 # ----------------------------------------------------------------------------- config and origins
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int | np.integer]:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -79,7 +79,7 @@ def check_backtest_config(spec: Mapping[str, Any]) -> None:
         value = spec.get(key)
         if not _is_int(value) or value < 1:
             raise ConfigError(f"The 'backtest.{key}' config key must be a whole number of months, at least 1. Got {value!r} instead.")
-    window, calibration = spec.get("window"), spec.get("calibration_months")
+    window, calibration = spec.get("window"), spec["calibration_months"]  # the loop above checked it is there
     if window != "expanding":
         if not _is_int(window) or window < calibration + MIN_FIT_MONTHS:
             raise ConfigError(
@@ -88,7 +88,7 @@ def check_backtest_config(spec: Mapping[str, Any]) -> None:
             )
 
 
-def origin_months(months: Sequence[Any], spec: Mapping[str, Any]) -> List[str]:
+def origin_months(months: Sequence[Any], spec: Mapping[str, Any]) -> list[str]:
     """The origins of the backtest as 'YYYY-MM', earliest first.
 
     Parameters
@@ -145,7 +145,7 @@ def origin_months(months: Sequence[Any], spec: Mapping[str, Any]) -> List[str]:
 
 def origin_rows(
     month_of_row: np.ndarray, origin: str, *, horizon: int, window: Any, calibration_months: int, calibrates: bool
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """Row positions a (model, origin) step fits on, calibrates on and scores.
 
     Returns
@@ -168,7 +168,7 @@ def origin_rows(
 # ----------------------------------------------------------------------------- the (model, origin) step
 
 
-def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtifact:
+def fit_origin(config: dict[str, Any], inputs: dict[str, Any], ctx) -> ModelArtifact:
     """Refit one model on the months before ``config['origin']`` and predict the ``horizon`` months from it.
 
     Parameters
@@ -201,20 +201,33 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArti
     features = list(model_config["features"])
     calibrates = hasattr(final_estimator(build_model(model_config, dataset=dataset)), "calibrate")
     rows = origin_rows(
-        dataset.meta["obs_date"], config["origin"], horizon=config["horizon"], window=config["window"],
-        calibration_months=config["calibration_months"], calibrates=calibrates,
+        dataset.meta["obs_date"],
+        config["origin"],
+        horizon=config["horizon"],
+        window=config["window"],
+        calibration_months=config["calibration_months"],
+        calibrates=calibrates,
     )
-    model = _train(model_config, dataset, params=None, train_rows=rows["fit"],
-                   calibration_rows=rows["calibration"] if calibrates else None)
-    cols = dataset.columns(features)
+    model = _train(model_config, dataset, params=None, train_rows=rows["fit"], calibration_rows=rows["calibration"] if calibrates else None)
+    cols = np.asarray(dataset.columns(features), dtype=np.intp)
     frame = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows["scored"], cols)]), columns=features)
     predictions = predict_all(model, frame)
     y = np.asarray(dataset.y[rows["scored"]])
     rmse = float(np.sqrt(np.mean((y - predictions["mean"]) ** 2)))
-    ctx.log.info("%s at %s: fit on %d rows, calibrated on %d, RMSE %.4f over %d rows", model_config["name"],
-                 config["origin"], len(rows["fit"]), len(rows["calibration"]), rmse, len(y))
+    ctx.log.info(
+        "%s at %s: fit on %d rows, calibrated on %d, RMSE %.4f over %d rows",
+        model_config["name"],
+        config["origin"],
+        len(rows["fit"]),
+        len(rows["calibration"]),
+        rmse,
+        len(y),
+    )
     return ModelArtifact(
-        name=model_config["name"], group=model_config.get("group", "ml"), config=dict(model_config), features=features,
+        name=model_config["name"],
+        group=model_config.get("group", "ml"),
+        config=dict(model_config),
+        features=features,
         predictions={"scored": predictions},
         metrics={"rmse": rmse, "n_train": int(len(rows["fit"]) + len(rows["calibration"])), "n_scored": int(len(y))},
         # int32: the backtest step receives them all
@@ -225,7 +238,7 @@ def fit_origin(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArti
 # ----------------------------------------------------------------------------- the gathering step
 
 
-def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+def backtest(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """The step: score every (model, origin) refit in ``inputs`` against the DCF and the oracle.
 
     Returns
@@ -239,10 +252,24 @@ def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     meta = {"obs_date": dataset.meta["obs_date"]}
     if dataset.has_oracle:
         meta["oracle_prediction"] = dataset.meta["oracle_prediction"]
-    fits = [{"name": art.name, "origin": art.info["origin"], "rows": art.info["rows"], "predictions": art.predictions["scored"],
-             "metrics": art.metrics} for art in model_artifacts(inputs).values()]
-    artifact = score_backtest(fits, y=np.asarray(dataset.y), meta=meta, n_bootstrap=int(config["n_bootstrap"]),
-                              confidence=float(config["confidence"]), seed=int(config["seed"]))
+    fits = [
+        {
+            "name": art.name,
+            "origin": art.info["origin"],
+            "rows": art.info["rows"],
+            "predictions": art.predictions["scored"],
+            "metrics": art.metrics,
+        }
+        for art in model_artifacts(inputs).values()
+    ]
+    artifact = score_backtest(
+        fits,
+        y=np.asarray(dataset.y),
+        meta=meta,
+        n_bootstrap=int(config["n_bootstrap"]),
+        confidence=float(config["confidence"]),
+        seed=int(config["seed"]),
+    )
     ctx.log.info("backtest: %d models over %d origins", artifact["metrics"]["n_models"], artifact["metrics"]["n_origins"])
     return StepOutput(artifact, backtest_files(artifact))
 
@@ -250,16 +277,18 @@ def backtest(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
 # ----------------------------------------------------------------------------- outputs
 
 
-def backtest_files(artifact: Mapping[str, Any]) -> Dict[str, bytes]:
+def backtest_files(artifact: Mapping[str, Any]) -> dict[str, bytes]:
     """``backtest.csv`` and ``plots/backtest.png``, rendered (path -> bytes)."""
     from bondexp import plots
     from bondexp.tables import csv_text
 
-    return {"backtest.csv": csv_text(artifact["rows"], CSV_COLUMNS).encode(),
-            "plots/backtest.png": plots.backtest_png(artifact, references=(BASELINE, ORACLE), overall=OVERALL)}
+    return {
+        "backtest.csv": csv_text(artifact["rows"], CSV_COLUMNS).encode(),
+        "plots/backtest.png": plots.backtest_png(artifact, references=(BASELINE, ORACLE), overall=OVERALL),
+    }
 
 
-def report_section(artifact: Optional[Mapping[str, Any]], *, status: str) -> str:
+def report_section(artifact: Mapping[str, Any] | None, *, status: str) -> str:
     """The ``report.md`` section: RMSE per origin per model, and over the whole backtest with its interval."""
     lines = ["## Walk-forward backtest", ""]
     if artifact is None:
@@ -279,7 +308,8 @@ def report_section(artifact: Optional[Mapping[str, Any]], *, status: str) -> str
     ]
     for row in overall:
         cells = [f"{rmse[(row['model'], o)]:.4f}" for o in origins]
-        lines.append(f"| {row['model']} | {row['rmse']:.4f} | [{row['rmse_ci_low']:.4f}, {row['rmse_ci_high']:.4f}] | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row['model']} | {row['rmse']:.4f} | [{row['rmse_ci_low']:.4f}, {row['rmse_ci_high']:.4f}] | " + " | ".join(cells) + " |"
+        )
     lines += ["", "RMSE by origin: [plots/backtest.png](plots/backtest.png); every figure: `backtest.csv`."]
     return "\n".join(lines)

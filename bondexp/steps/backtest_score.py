@@ -73,8 +73,9 @@ def score_backtest(
     """
     by_model, origins = _refits_by_model(fits)
     scored = _shared_scored_rows(by_model, origins)
-    predictions = {name: {o: np.asarray(per[o]["predictions"]["mean"], dtype=np.float64) for o in origins}
-                   for name, per in by_model.items()}
+    predictions = {
+        name: {o: np.asarray(per[o]["predictions"]["mean"], dtype=np.float64) for o in origins} for name, per in by_model.items()
+    }
     predictions[BASELINE] = {o: np.zeros(len(scored[o])) for o in origins}
     if "oracle_prediction" in meta:
         predictions[ORACLE] = {o: np.asarray(meta["oracle_prediction"][scored[o]], dtype=np.float64) for o in origins}
@@ -85,9 +86,17 @@ def score_backtest(
     overall: list[dict[str, Any]] = []
     for name, per_origin in predictions.items():
         errors = {o: y[scored[o]] - per_origin[o] for o in origins}
-        rows += [{"model": name, "origin": o, "n": int(len(errors[o])), "n_months": blocks.n_months[o],
-                  "n_train": n_train.get(name, {}).get(o), "rmse": float(np.sqrt(np.mean(errors[o] ** 2)))}
-                 for o in origins]
+        rows += [
+            {
+                "model": name,
+                "origin": o,
+                "n": int(len(errors[o])),
+                "n_months": blocks.n_months[o],
+                "n_train": n_train.get(name, {}).get(o),
+                "rmse": float(np.sqrt(np.mean(errors[o] ** 2))),
+            }
+            for o in origins
+        ]
         overall.append(_overall_row(name, errors, blocks, confidence=confidence))
     rows += sorted(overall, key=lambda row: row["rmse"])
     _add_relative_scores(rows)
@@ -97,8 +106,12 @@ def score_backtest(
         "origins": origins,
         "models": models,
         "config": {"n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed},
-        "metrics": {"n_models": len(models), "n_origins": len(origins), "n_scored": int(blocks.count.sum()),
-                    "n_scored_months": blocks.n_blocks},
+        "metrics": {
+            "n_models": len(models),
+            "n_origins": len(origins),
+            "n_scored": int(blocks.count.sum()),
+            "n_scored_months": blocks.n_blocks,
+        },
     }
 
 
@@ -127,10 +140,13 @@ def _shared_scored_rows(by_model: Mapping[str, Mapping[str, Mapping[str, Any]]],
     return scored
 
 
-def _month_blocks(obs_date: np.ndarray, scored: Mapping[str, np.ndarray], origins: Sequence[str], *,
-                  n_bootstrap: int, seed: int) -> _MonthBlocks:
+def _month_blocks(
+    obs_date: np.ndarray, scored: Mapping[str, np.ndarray], origins: Sequence[str], *, n_bootstrap: int, seed: int
+) -> _MonthBlocks:
     """Number the (origin, month) blocks of the scored rows, earliest first, and draw the bootstrap's resamples."""
-    index, n_months, counts = {}, {}, []
+    index: dict[str, np.ndarray] = {}
+    n_months: dict[str, int] = {}
+    counts: list[int] = []
     for origin in origins:
         month = np.asarray(obs_date[scored[origin]], dtype="datetime64[M]")
         codes, inverse = np.unique(month, return_inverse=True)
@@ -151,8 +167,15 @@ def _overall_row(name: str, errors: Mapping[str, np.ndarray], blocks: _MonthBloc
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(boot, [tail, 100.0 - tail])
     n = blocks.count.sum()
-    return {"model": name, "origin": OVERALL, "n": int(n), "n_months": blocks.n_blocks,
-            "rmse": float(np.sqrt(sse.sum() / n)), "rmse_ci_low": float(low), "rmse_ci_high": float(high)}
+    return {
+        "model": name,
+        "origin": OVERALL,
+        "n": int(n),
+        "n_months": blocks.n_blocks,
+        "rmse": float(np.sqrt(sse.sum() / n)),
+        "rmse_ci_low": float(low),
+        "rmse_ci_high": float(high),
+    }
 
 
 def _add_relative_scores(rows: Sequence[dict[str, Any]]) -> None:

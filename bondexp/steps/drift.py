@@ -36,37 +36,30 @@ Status (``ok`` / ``warn`` / ``alert``):
   if an uncorrected one is; both tests are scaled by the factor's own month-to-month variation,
   so significance is the effect size.
 
-Models are compared against their **validation** predictions, not training: training errors are
-in-sample, so a flexible model (boosting, forests) would look as if it had drifted on any new data.
-Validation is out of sample and just before the test period, so larger absolute errors there
-mean the world moved, and the monthly RMSE shows a model going stale. The error test is one-sided
-KS (are the test errors stochastically larger?): a model doing better in a calm test period is not
-stale. Model p-values are corrected across models. A model **alerts** when its errors grew
-(corrected p < ``ks_alpha``) and **warns** when they grew before correction or its predictions'
-PSI reaches ``psi_warn`` (it is being asked about inputs unlike validation's).
+Models are compared by :mod:`bondexp.steps.drift_models` (their predictions' PSI and their errors'
+one-sided KS, against validation).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.errors import ConfigError
 from bondexp.features import Dataset, dataset_for
-from bondexp.metrics import rmse
 from bondexp.plots import drift_png
 from bondexp.stats import (
     CORRECTIONS,
     correct_pvalues,
-    ks_pvalue,
     level_shift_test,
     sample_drift,
-    split_by_month,
     volatility_test,
 )
+from bondexp.steps.drift_models import bond_share, json_number, model_drift
 
 #: Monthly series of an observation feature tested for a shift: its cross-sectional mean and sd.
 PARTS = ("level", "scale")
@@ -81,21 +74,15 @@ def status_of(psi: float, pvalue: float, *, psi_warn: float, psi_alert: float, k
     return "warn" if psi >= psi_warn or significant else "ok"
 
 
-def _monthly_series(values: np.ndarray, month: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _monthly_series(values: np.ndarray, month: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(month numbers, monthly mean)`` of a market-state column (constant within a month)."""
     months, inverse = np.unique(month, return_inverse=True)
     return months, np.bincount(inverse, weights=values) / np.bincount(inverse)
 
 
-def _bond_share(dataset: Dataset, split: str) -> float:
-    """Distinct bonds per row of a split: how many independent draws a row is worth."""
-    bonds = dataset.meta_of(split, "bond_id")
-    return len(np.unique(bonds)) / len(bonds) if len(bonds) else 1.0
-
-
 def _month_shifts(
     ref: np.ndarray, ref_month: np.ndarray, cur: np.ndarray, cur_code: np.ndarray, cur_months: np.ndarray
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """:func:`level_shift_test` of an observation feature's monthly mean (``level``) and sd (``scale``).
 
     ``cur_code`` numbers the current rows' months 0 .. len(cur_months)-1. Returns raw p-values.
@@ -123,7 +110,7 @@ def _month_shifts(
 
 
 def _observation_status(
-    psi: float, pvalue: float, shifts: Dict[str, Dict[str, Any]], *, psi_warn: float, psi_alert: float, ks_alpha: float
+    psi: float, pvalue: float, shifts: dict[str, dict[str, Any]], *, psi_warn: float, psi_alert: float, ks_alpha: float
 ) -> str:
     """Status of an observation feature (rule in the module docstring): alerts need a month-level shift."""
     psi = psi if np.isfinite(psi) else 0.0
@@ -132,11 +119,6 @@ def _observation_status(
     month_level = any(part["p"] < ks_alpha for part in shifts.values())
     row_level = status_of(psi, pvalue, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha) != "ok"
     return "warn" if month_level or row_level else "ok"
-
-
-def _json_number(value) -> Any:
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def _check_options(*, psi_warn, psi_alert, ks_alpha, correction, n_bins, psi_floor) -> None:
@@ -162,7 +144,7 @@ def drift_report(
     correction: str = "holm",
     n_bins: int = 10,
     psi_floor: float = 1e-4,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Feature drift (train vs test) and model drift (validation vs test), overall and per test month.
 
     ``models`` maps model names to their artifacts; their ``predictions["validation"|"test"]["mean"]``
@@ -182,7 +164,7 @@ def drift_report(
     features = _feature_drift(
         dataset, month_number, test_months, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules
     )
-    model_report = _model_drift(dataset, models, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules)
+    model_report = model_drift(dataset, models, test_month, labels, correction=correction, n_bins=n_bins, psi_floor=psi_floor, rules=rules)
     drifted = [name for name, entry in features.items() if entry["status"] != "ok"]
     statuses = [entry["status"] for entry in features.values()]
     stale = [name for name, entry in model_report.items() if entry["status"] != "ok"]
@@ -203,20 +185,27 @@ def drift_report(
 
 
 def _feature_drift(
-    dataset: Dataset, month_number: np.ndarray, test_months: np.ndarray, test_month: np.ndarray, labels: list, *,
-    correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
-) -> Dict[str, Dict[str, Any]]:
+    dataset: Dataset,
+    month_number: np.ndarray,
+    test_months: np.ndarray,
+    test_month: np.ndarray,
+    labels: list,
+    *,
+    correction: str,
+    n_bins: int,
+    psi_floor: float,
+    rules: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     """Every feature's tests, corrected p-values and status (the ``features`` part of the artifact)."""
     tests = _feature_tests(dataset, month_number, test_months, test_month, n_bins=n_bins, psi_floor=psi_floor)
     corrected = correct_pvalues(np.array([t["p"] for t in tests]), method=correction)
     monthly_p = correct_pvalues(np.array([t["monthly_p"] for t in tests]).reshape(len(tests), len(labels)), method=correction)
     month_level = [part for t in tests for part in t.get("parts", {}).values()]
-    for part, value in zip(month_level, correct_pvalues(np.array([part["p"] for part in month_level]), method=correction)):
+    month_level_p = correct_pvalues(np.array([part["p"] for part in month_level]), method=correction)
+    for part, value in zip(month_level, month_level_p, strict=True):
         part["p_corrected"] = value
-    return {
-        name: _feature_entry(t, corrected[i], monthly_p[i], labels, rules)
-        for i, (name, t) in enumerate(zip(dataset.feature_names, tests))
-    }
+    named = zip(dataset.feature_names, tests, strict=True)
+    return {name: _feature_entry(t, corrected[i], monthly_p[i], labels, rules) for i, (name, t) in enumerate(named)}
 
 
 def _feature_tests(
@@ -226,7 +215,7 @@ def _feature_tests(
     train_rows, test_rows = dataset.splits["train"], dataset.splits["test"]
     n_months = len(test_months)
     train_month = month_number[train_rows]
-    feature_shares = (_bond_share(dataset, "train"), _bond_share(dataset, "test"))
+    feature_shares = (bond_share(dataset, "train"), bond_share(dataset, "test"))
     tests = []
     for j, name in enumerate(dataset.feature_names):
         ref, cur = np.asarray(dataset.X[train_rows, j]), np.asarray(dataset.X[test_rows, j])
@@ -235,20 +224,33 @@ def _feature_tests(
             cur_series = _monthly_series(cur, month_number[test_rows])[1]
             shift = level_shift_test(ref_series, ref_months, cur_series, test_months)
             volatility = volatility_test(ref_series, ref_months, cur_series, test_months)
-            tests.append({
-                "kind": "market_state", "test": "level_shift", "psi": np.nan, "p": shift["pvalue"],
-                "monthly_psi": np.full(n_months, np.nan), "monthly_p": shift["monthly_pvalue"],
-                "monthly": {"z": shift["monthly_z"]}, "extra": {key: shift[key] for key in ("z", "shift", "sd", "phi")},
-                "parts": {"volatility": {"ratio": volatility["ratio"], "p": volatility["pvalue"]}},
-            })
+            tests.append(
+                {
+                    "kind": "market_state",
+                    "test": "level_shift",
+                    "psi": np.nan,
+                    "p": shift["pvalue"],
+                    "monthly_psi": np.full(n_months, np.nan),
+                    "monthly_p": shift["monthly_pvalue"],
+                    "monthly": {"z": shift["monthly_z"]},
+                    "extra": {key: shift[key] for key in ("z", "shift", "sd", "phi")},
+                    "parts": {"volatility": {"ratio": volatility["ratio"], "p": volatility["pvalue"]}},
+                }
+            )
             continue
         categorical = name in dataset.categorical
         psi, p, m_psi, m_p = sample_drift(
             ref, cur, test_month, n_months, categorical=categorical, n_bins=n_bins, psi_floor=psi_floor, shares=feature_shares
         )
-        entry = {
-            "kind": "categorical" if categorical else "observation", "test": "chi2" if categorical else "ks",
-            "psi": psi, "p": p, "monthly_psi": m_psi, "monthly_p": m_p, "monthly": {}, "extra": {},
+        entry: dict[str, Any] = {
+            "kind": "categorical" if categorical else "observation",
+            "test": "chi2" if categorical else "ks",
+            "psi": psi,
+            "p": p,
+            "monthly_psi": m_psi,
+            "monthly_p": m_p,
+            "monthly": {},
+            "extra": {},
         }
         if not categorical:
             entry["parts"] = _month_shifts(ref, train_month, cur, test_month, test_months)
@@ -256,16 +258,13 @@ def _feature_tests(
     return tests
 
 
-def _feature_entry(
-    t: Dict[str, Any], corrected: float, monthly_p: np.ndarray, labels: list, rules: Dict[str, float]
-) -> Dict[str, Any]:
+def _feature_entry(t: dict[str, Any], corrected: float, monthly_p: np.ndarray, labels: list, rules: dict[str, float]) -> dict[str, Any]:
     """One feature's drift.json entry from its raw tests ``t`` and its corrected p-values."""
     ks_alpha = rules["ks_alpha"]
     if t["kind"] == "market_state":
         volatility = t["parts"]["volatility"]
         status = (
-            "alert" if min(corrected, volatility["p_corrected"]) < ks_alpha
-            else "warn" if min(t["p"], volatility["p"]) < ks_alpha else "ok"
+            "alert" if min(corrected, volatility["p_corrected"]) < ks_alpha else "warn" if min(t["p"], volatility["p"]) < ks_alpha else "ok"
         )
         t["extra"].update({"volatility_ratio": volatility["ratio"], "volatility_pvalue": volatility["p_corrected"]})
     elif t["kind"] == "categorical":
@@ -277,86 +276,21 @@ def _feature_entry(
         t["monthly"] = {"level_z": parts["level"]["monthly_z"]}
     monthly = {}
     for k, label in enumerate(labels):
-        monthly[label] = {"psi": _json_number(t["monthly_psi"][k]), "ks_pvalue": _json_number(monthly_p[k])}
-        monthly[label].update({key: _json_number(values[k]) for key, values in t["monthly"].items()})
+        monthly[label] = {"psi": json_number(t["monthly_psi"][k]), "ks_pvalue": json_number(monthly_p[k])}
+        monthly[label].update({key: json_number(values[k]) for key, values in t["monthly"].items()})
     return {
-        "psi": _json_number(t["psi"]),
-        "ks_pvalue": _json_number(corrected),
-        "pvalue_raw": _json_number(t["p"]),
+        "psi": json_number(t["psi"]),
+        "ks_pvalue": json_number(corrected),
+        "pvalue_raw": json_number(t["p"]),
         "status": status,
         "kind": t["kind"],
         "test": t["test"],
-        **{key: _json_number(value) for key, value in t["extra"].items()},
+        **{key: json_number(value) for key, value in t["extra"].items()},
         "monthly": monthly,
     }
 
 
-def _model_drift(
-    dataset: Dataset, models: Mapping[str, ModelArtifact], test_month: np.ndarray, labels: list, *,
-    correction: str, n_bins: int, psi_floor: float, rules: Dict[str, float]
-) -> Dict[str, Dict[str, Any]]:
-    """Each model's predictions (PSI) and absolute errors (KS) month by month against validation."""
-    y_val, y_test = dataset.target("validation"), dataset.target("test")
-    shares = (_bond_share(dataset, "validation"), _bond_share(dataset, "test"))
-    n_months = len(labels)
-    count = np.bincount(test_month, minlength=n_months)
-    results = {}
-    for name, artifact in models.items():
-        pred_val = np.asarray(artifact.predictions["validation"]["mean"], dtype=np.float64)
-        pred_test = np.asarray(artifact.predictions["test"]["mean"], dtype=np.float64)
-        psi, _, m_psi, _ = sample_drift(
-            pred_val, pred_test, test_month, n_months, categorical=False, n_bins=n_bins, psi_floor=psi_floor, shares=shares
-        )
-        err_val, err_test = y_val - pred_val, y_test - pred_test
-        abs_val, abs_test = np.abs(err_val), np.abs(err_test)
-        m_p = np.array([
-            ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0), larger=True) for chunk in split_by_month(abs_test, test_month, n_months)
-        ])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m_rmse = np.sqrt(np.bincount(test_month, weights=err_test**2, minlength=n_months) / count)
-            m_bias = np.bincount(test_month, weights=err_test, minlength=n_months) / count
-        rmse_val, rmse_test = rmse(y_val, pred_val), rmse(y_test, pred_test)
-        results[name] = {
-            "psi": psi, "pvalue_raw": ks_pvalue(abs_val, abs_test, shares=shares, larger=True), "monthly_psi": m_psi, "monthly_p": m_p,
-            "rmse_validation": rmse_val, "rmse_test": rmse_test, "rmse": m_rmse, "bias": m_bias,
-        }
-    names = list(results)
-    if not names:
-        return {}
-    corrected = correct_pvalues(np.array([results[n]["pvalue_raw"] for n in names]), method=correction)
-    monthly = correct_pvalues(np.array([results[n]["monthly_p"] for n in names]).reshape(len(names), n_months), method=correction)
-    report = {}
-    for i, name in enumerate(names):
-        r = results[name]
-        report[name] = {
-            "psi": _json_number(r["psi"]),
-            "ks_pvalue": _json_number(corrected[i]),
-            "pvalue_raw": _json_number(r["pvalue_raw"]),
-            "status": _model_status(r["psi"], corrected[i], r["pvalue_raw"], psi_warn=rules["psi_warn"], ks_alpha=rules["ks_alpha"]),
-            "rmse_validation": _json_number(r["rmse_validation"]),
-            "rmse_test": _json_number(r["rmse_test"]),
-            "rmse_ratio": _json_number(r["rmse_test"] / r["rmse_validation"]) if r["rmse_validation"] > 0 else None,
-            "monthly": {
-                label: {
-                    "psi": _json_number(r["monthly_psi"][k]),
-                    "ks_pvalue": _json_number(monthly[i, k]),
-                    "rmse": _json_number(r["rmse"][k]),
-                    "bias": _json_number(r["bias"][k]),
-                }
-                for k, label in enumerate(labels)
-            },
-        }
-    return report
-
-
-def _model_status(psi: float, pvalue: float, pvalue_raw: float, *, psi_warn: float, ks_alpha: float) -> str:
-    """Alert when the errors grew (corrected one-sided KS); warn when they may have or the predictions moved."""
-    if pvalue < ks_alpha:
-        return "alert"
-    return "warn" if pvalue_raw < ks_alpha or (np.isfinite(psi) and psi >= psi_warn) else "ok"
-
-
-def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+def drift(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """The step: drift of every feature and of every model in ``inputs`` (their :class:`ModelArtifact`).
 
     Returns
@@ -378,12 +312,14 @@ def drift(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     artifact = drift_report(dataset_for(ctx.shared), models, **options)
     ctx.log.info(
         "drift: %d alert, %d warn (%s); models drifted: %s",
-        artifact["metrics"]["n_alert"], artifact["metrics"]["n_warn"],
-        artifact["metrics"]["drifted"] or "none", artifact["metrics"]["models_drifted"] or "none",
+        artifact["metrics"]["n_alert"],
+        artifact["metrics"]["n_warn"],
+        artifact["metrics"]["drifted"] or "none",
+        artifact["metrics"]["models_drifted"] or "none",
     )
     return StepOutput(artifact, drift_files(artifact))
 
 
-def drift_files(artifact: Dict[str, Any]) -> Dict[str, bytes]:
+def drift_files(artifact: dict[str, Any]) -> dict[str, bytes]:
     """``drift.json`` (strict JSON, no NaN) and ``plots/drift.png``, rendered (path -> bytes)."""
     return {"drift.json": json.dumps(artifact, indent=2, allow_nan=False).encode(), "plots/drift.png": drift_png(artifact)}

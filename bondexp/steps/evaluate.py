@@ -17,7 +17,8 @@ so the intervals are a lower bound on the uncertainty, not an exact one.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ CONFIG_KEYS = ("sample_pct", "n_bootstrap", "confidence", "seed")
 # ----------------------------------------------------------------------------- the step
 
 
-def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+def evaluate(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """The step: the leaderboard of every model in ``inputs`` on the sampled test split.
 
     Parameters
@@ -80,7 +81,12 @@ def evaluate(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     m = artifact["metrics"]
     ctx.log.info(
         "evaluate: %d of %d test rows, validation chose %s (validation RMSE %.4f; test RMSE %.4f, %+.1f%% against the DCF)",
-        m["n_evaluated"], m["n_test"], m["best_model"], m["best_val_rmse"], m["best_rmse"], m["best_improvement_pct"],
+        m["n_evaluated"],
+        m["n_test"],
+        m["best_model"],
+        m["best_val_rmse"],
+        m["best_rmse"],
+        m["best_improvement_pct"],
     )
     return StepOutput(artifact, leaderboard_files(artifact))
 
@@ -93,7 +99,7 @@ def evaluate_models(
     n_bootstrap: int = 500,
     confidence: float = 0.95,
     seed: int = 0,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Score ``models`` (by model name) and the references on the same sampled test rows.
 
     Returns
@@ -119,23 +125,27 @@ def evaluate_models(
     rows = sample_rows(dataset, pct=sample_pct, seed=seed)
     y = dataset.target("test")[rows]
     meta = {name: dataset.meta_of("test", name)[rows] for name in dataset.meta}
-    candidates: Dict[str, Dict[str, Any]] = {}
+    candidates: dict[str, dict[str, Any]] = {}
     for name, artifact in models.items():
         candidates[name] = _sampled(name, artifact.predictions["test"], rows, n_test=n_test)
     candidates[BASELINE] = {"mean": np.zeros(len(rows))}
     if dataset.has_oracle:
         candidates[ORACLE] = {"mean": np.asarray(meta["oracle_prediction"], dtype=np.float64)}
 
-    options = dict(meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     val_rmse = {name: _val_rmse(artifact) for name, artifact in models.items()}
     val_rmse.update(_reference_val_rmse(dataset))
     leaderboard, breakdown = [], {}
     for name, prediction in candidates.items():
-        leaderboard.append({**score_model(name, prediction, y, **options), "val_rmse": val_rmse.get(name, np.nan)})
+        leaderboard.append(
+            {
+                **score_model(name, prediction, y, meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed),
+                "val_rmse": val_rmse.get(name, np.nan),
+            }
+        )
         breakdown[name] = score_breakdown(prediction, y, meta=meta)
     leaderboard.sort(key=lambda row: row["rmse"])
     best = choose_best(leaderboard)
-    metrics: Dict[str, Any] = {
+    metrics: dict[str, Any] = {
         "best_model": best["model"],
         "best_val_rmse": best["val_rmse"],
         "best_rmse": best["rmse"],
@@ -175,10 +185,12 @@ def _check_options(models: Mapping[str, ModelArtifact], *, sample_pct: float, n_
         raise ConfigError(f"The 'eval.confidence' config key must be in (0, 1). Got {confidence!r} instead.")
     taken = sorted(set(models) & set(REFERENCES))
     if taken:
-        raise ConfigError(f"Model names must differ from the leaderboard's reference rows {list(REFERENCES)}. Got {taken}; rename the model.")
+        raise ConfigError(
+            f"Model names must differ from the leaderboard's reference rows {list(REFERENCES)}. Got {taken}; rename the model."
+        )
 
 
-def _sampled(name: str, prediction: Mapping[str, Any], rows: np.ndarray, *, n_test: int) -> Dict[str, Any]:
+def _sampled(name: str, prediction: Mapping[str, Any], rows: np.ndarray, *, n_test: int) -> dict[str, Any]:
     """The ``rows`` of each per-row array of a model's test prediction (scalars such as ``level`` kept)."""
     out = {}
     for key, value in prediction.items():
@@ -200,7 +212,7 @@ def _val_rmse(artifact: ModelArtifact) -> float:
     return float(artifact.metrics.get("val_rmse", np.nan))
 
 
-def _reference_val_rmse(dataset: Dataset) -> Dict[str, float]:
+def _reference_val_rmse(dataset: Dataset) -> dict[str, float]:
     """Validation RMSE of the reference rows: the DCF alone (residual 0) and, on synthetic data, the oracle."""
     y = dataset.target("validation")
     out = {BASELINE: float(np.sqrt(np.mean(y**2)))}
@@ -280,7 +292,7 @@ def score_model(
     n_bootstrap: int,
     confidence: float,
     seed: int,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """One leaderboard row: the errors of ``prediction`` against the residuals ``y``.
 
     ``improvement_pct`` is ``100 * (1 - rmse / rmse_dcf)``, where the DCF alone predicts a residual
@@ -317,7 +329,7 @@ def score_model(
     scores = prediction_scores(y, checked)
     rmse, rmse_dcf = scores["rmse"], rmse_of(y, np.zeros_like(y))
     low, high = bootstrap_rmse_ci((y - checked["mean"]) ** 2, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    row: Dict[str, Any] = {"model": name, "n": int(len(y)), "rmse": rmse, "rmse_ci_low": low, "rmse_ci_high": high}
+    row: dict[str, Any] = {"model": name, "n": int(len(y)), "rmse": rmse, "rmse_ci_low": low, "rmse_ci_high": high}
     row.update(mae=scores["mae"], r2=scores["r2"], improvement_pct=100.0 * (1.0 - rmse / rmse_dcf) if rmse_dcf > 0 else np.nan)
     if "oracle_prediction" in meta:
         rmse_oracle = rmse_of(y, meta["oracle_prediction"])
@@ -332,8 +344,7 @@ def _checked(name: str, key: str, values: Any, n: int) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (n,):
         raise DataValidationError(
-            f"The prediction '{key}' of model '{name}' must hold one value per evaluated row ({n}). "
-            f"Got shape {values.shape} instead."
+            f"The prediction '{key}' of model '{name}' must hold one value per evaluated row ({n}). Got shape {values.shape} instead."
         )
     bad = ~np.isfinite(values)
     if bad.any():
@@ -344,7 +355,9 @@ def _checked(name: str, key: str, values: Any, n: int) -> np.ndarray:
     return values
 
 
-def score_breakdown(prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, Dict[str, float]]]:
+def score_breakdown(
+    prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, float]]]:
     """RMSE (and band coverage) per rating and, on synthetic data, per regime.
 
     Returns
@@ -358,7 +371,7 @@ def score_breakdown(prediction: Mapping[str, Any], y: np.ndarray, *, meta: Mappi
     inside = None
     if "lower" in prediction and "upper" in prediction:
         inside = ((y >= np.asarray(prediction["lower"])) & (y <= np.asarray(prediction["upper"]))).astype(np.float64)
-    out: Dict[str, Dict[str, Dict[str, float]]] = {"rating": {}, "regime": {}}
+    out: dict[str, dict[str, dict[str, float]]] = {"rating": {}, "regime": {}}
     for key, column, names in (("rating", "rating", RATINGS), ("regime", "oracle_regime", REGIMES)):
         if column not in meta:
             continue

@@ -6,7 +6,8 @@ markdown table. Kept apart from the scoring so the report reads the table withou
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bondexp import plots
 from bondexp.tables import csv_text, markdown_table
@@ -24,28 +25,27 @@ OPTIONAL_COLUMNS = ("oracle_gap_pct", "level", "coverage", "pinball", "nll")
 N_PLOTTED = 3
 
 
-
-def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+def leaderboard_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The documented columns, then the optional ones that any row has."""
     return list(LEADERBOARD_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
 
 
-def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, chosen: Optional[str] = None) -> str:
+def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, chosen: str | None = None) -> str:
     """The leaderboard as a markdown table (4 decimals; an empty cell where a column does not apply).
 
     With ``chosen`` (validation's best model) its name is marked with ``*`` and a line under the
     table says how it was chosen.
     """
-    marked = [{**row, "model": f"{row['model']} *"} if chosen is not None and row.get("model") == chosen else row
-              for row in rows]
+    marked = [{**row, "model": f"{row['model']} *"} if chosen is not None and row.get("model") == chosen else row for row in rows]
     table = markdown_table(marked, leaderboard_columns(rows), decimals=4, text_columns=("model",))
     if chosen is None:
         return table
-    return table + (f"\nSorted by test RMSE. \\* Validation chose **{chosen}** (lowest `val_rmse`); the test split "
-                    "only reports, it never chooses.\n")
+    return table + (
+        f"\nSorted by test RMSE. \\* Validation chose **{chosen}** (lowest `val_rmse`); the test split only reports, it never chooses.\n"
+    )
 
 
-def leaderboard_files(artifact: Mapping[str, Any]) -> Dict[str, bytes]:
+def leaderboard_files(artifact: Mapping[str, Any]) -> dict[str, bytes]:
     """``leaderboard.csv``, ``leaderboard.md`` and the plots under ``plots/``, rendered (path -> bytes)."""
     rows = [dict(row) for row in artifact["leaderboard"]]
     best = _best_models(artifact)
@@ -58,7 +58,7 @@ def leaderboard_files(artifact: Mapping[str, Any]) -> Dict[str, bytes]:
     }
 
 
-def _best_models(artifact: Mapping[str, Any], k: int = N_PLOTTED) -> List[str]:
+def _best_models(artifact: Mapping[str, Any], k: int = N_PLOTTED) -> list[str]:
     """The ``k`` best trained models whose sampled predictions the artifact holds."""
     held = artifact["samples"]["predictions"]
     return [row["model"] for row in artifact["leaderboard"] if row["model"] not in REFERENCES and row["model"] in held][:k]

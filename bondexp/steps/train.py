@@ -18,7 +18,8 @@ and ``info_`` (anything) that land in the artifact.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ from bondexp.models.base import (
 SPLITS = ("train", "validation", "test")
 
 
-def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Optional[Mapping[str, Any]] = None) -> Pipeline:
+def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Mapping[str, Any] | None = None) -> Pipeline:
     """The unfitted model a model step's config describes.
 
     Parameters
@@ -77,9 +78,7 @@ def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Optional
     try:
         estimator = instantiate(spec, _convert_="all")
     except Exception as exc:  # hydra wraps import and argument errors in its own exception types
-        raise ConfigError(
-            f"The 'models.{config.get('name')}' model file could not build {spec['_target_']!r}: {exc}"
-        ) from exc
+        raise ConfigError(f"The 'models.{config.get('name')}' model file could not build {spec['_target_']!r}: {exc}") from exc
     own = estimator.get_params(deep=False)
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
@@ -90,7 +89,7 @@ def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Optional
     return Pipeline([("prep", prep), ("model", estimator)])
 
 
-def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
+def predict_all(model: Pipeline, X: pd.DataFrame) -> dict[str, Any]:
     """Predictions for the rows of ``X`` in one batch: ``mean`` plus whatever the estimator offers.
 
     Returns
@@ -105,7 +104,7 @@ def predict_all(model: Pipeline, X: pd.DataFrame) -> Dict[str, Any]:
         est, Xt = final_estimator(model), transform_features(model, X)
         if hasattr(est, "predict_outputs"):  # the same outputs from one pass over the estimator's members
             return {k: v if k == "level" else np.asarray(v, dtype=np.float64) for k, v in est.predict_outputs(Xt).items()}
-        out: Dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
+        out: dict[str, Any] = {"mean": np.asarray(est.predict(Xt), dtype=np.float64)}
         if hasattr(est, "predict_interval"):
             out["lower"], out["upper"] = (np.asarray(a, dtype=np.float64) for a in est.predict_interval(Xt))
             out["level"] = float(est.interval_level_)
@@ -125,7 +124,7 @@ def _train(config, dataset: Dataset, *, params, train_rows, calibration_rows=Non
     features = list(config["features"])
     model = build_model(config, dataset=dataset, params=params)
     rows = dataset.splits["train"] if train_rows is None else np.sort(np.asarray(train_rows))
-    cols = dataset.columns(features)
+    cols = np.asarray(dataset.columns(features), dtype=np.intp)
     X = pd.DataFrame(np.asarray(dataset.X[np.ix_(rows, cols)]), columns=features)
     fit_time_ordered(model, X, np.asarray(dataset.y[rows]), groups=np.asarray(dataset.meta["obs_date"])[rows])
     est = final_estimator(model)
@@ -149,7 +148,7 @@ def _calibrate(est, X, y, obs_date) -> None:
         est.calibrate(X, y)
 
 
-def held_out_interval_metrics(model: Pipeline, dataset: Dataset, features: Sequence[str]) -> Dict[str, float]:
+def held_out_interval_metrics(model: Pipeline, dataset: Dataset, features: Sequence[str]) -> dict[str, float]:
     """Coverage, pinball loss and NLL of a calibrated model on validation rows its calibration did not use.
 
     The band is calibrated on the earlier half of the validation months and scored on the later
@@ -178,9 +177,9 @@ def fit_predict(
     config: Mapping[str, Any],
     dataset: Dataset,
     *,
-    params: Optional[Mapping[str, Any]] = None,
-    train_rows: Optional[Sequence[int]] = None,
-) -> Tuple[Pipeline, Dict[str, Dict[str, Any]]]:
+    params: Mapping[str, Any] | None = None,
+    train_rows: Sequence[int] | None = None,
+) -> tuple[Pipeline, dict[str, dict[str, Any]]]:
     """Fit a model as its step would and predict the validation and test splits.
 
     Parameters
@@ -208,19 +207,19 @@ def fit_predict(
     return model, {s: predict_all(model, dataset.frame(s, features)) for s in ("validation", "test")}
 
 
-def validation_metrics(y: np.ndarray, pred: Mapping[str, Any]) -> Dict[str, float]:
+def validation_metrics(y: np.ndarray, pred: Mapping[str, Any]) -> dict[str, float]:
     """:func:`bondexp.metrics.prediction_scores` of the validation split, named ``val_*``: ``val_rmse``,
     ``val_mae``, ``val_r2``; with an interval ``val_coverage`` and ``val_pinball``; with a std ``val_nll``."""
     return {f"val_{key}": value for key, value in prediction_scores(y, pred).items() if key != "level"}
 
 
-def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Regime by month for every split and, with oracle columns, the ARI over the training months.
 
     Reads ``dataset.meta`` (dates, oracle regimes) for reporting only; nothing here is fit.
     """
-    by_month: Dict[str, int] = {}
-    metrics: Dict[str, Any] = {}
+    by_month: dict[str, int] = {}
+    metrics: dict[str, Any] = {}
     for split in SPLITS:
         regime = np.asarray(est.predict_regime(transform_features(model, dataset.frame(split, features))))
         months = dataset.meta_of(split, "obs_date").astype("datetime64[M]")
@@ -234,7 +233,7 @@ def _regime_report(est, model: Pipeline, dataset: Dataset, features: Sequence[st
     return metrics, {"regime_by_month": by_month}
 
 
-def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtifact:
+def fit_model(config: dict[str, Any], inputs: dict[str, Any], ctx) -> ModelArtifact:
     """The step function of every model: fit on train, calibrate on validation, predict all splits.
 
     Returns
@@ -253,8 +252,9 @@ def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtif
     model = _train(config, dataset, params=None, train_rows=None)
     predictions = {s: predict_all(model, dataset.frame(s, features)) for s in SPLITS}
     # RMSE, MAE, R2 on every validation row; interval scores only on rows the calibration did not see.
-    metrics: Dict[str, Any] = {
-        k: v for k, v in validation_metrics(dataset.target("validation"), predictions["validation"]).items()
+    metrics: dict[str, Any] = {
+        k: v
+        for k, v in validation_metrics(dataset.target("validation"), predictions["validation"]).items()
         if k in ("val_rmse", "val_mae", "val_r2")
     }
     metrics.update(held_out_interval_metrics(model, dataset, features))
@@ -267,12 +267,20 @@ def fit_model(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> ModelArtif
             early_stopped=any(n < m for n, m in runs),
         )
     metrics.update(getattr(est, "metrics_", {}))
-    info: Dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"]))}
+    info: dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"]))}
     info.update(getattr(est, "info_", {}))
     if hasattr(est, "predict_regime"):
         regime_metrics, regime_info = _regime_report(est, model, dataset, features)
         metrics.update(regime_metrics)
         info.update(regime_info)
     ctx.log.info("%s: validation RMSE %.4f", config["name"], metrics["val_rmse"])
-    return ModelArtifact(name=config["name"], group=config.get("group", "ml"), config=dict(config), features=features,
-                         predictions=predictions, metrics=metrics, info=info, pipeline=model)
+    return ModelArtifact(
+        name=config["name"],
+        group=config.get("group", "ml"),
+        config=dict(config),
+        features=features,
+        predictions=predictions,
+        metrics=metrics,
+        info=info,
+        pipeline=model,
+    )

@@ -8,7 +8,8 @@ so the check needs no import and runs before any work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +24,7 @@ def class_name(estimator_config: Mapping[str, Any]) -> str:
     return str(estimator_config.get("_target_", "")).rpartition(".")[2]
 
 
-def space_key(name: str, estimator_config: Mapping[str, Any], *, by_name: Mapping[str, Any],
-              by_class: Mapping[str, Any]) -> Optional[str]:
+def space_key(name: str, estimator_config: Mapping[str, Any], *, by_name: Mapping[str, Any], by_class: Mapping[str, Any]) -> str | None:
     """The config key holding model ``name``'s search space, or None when it has none.
 
     ``tune.search_space.<name>`` wins over ``tune.class_search_space.<class>``.
@@ -37,8 +37,9 @@ def space_key(name: str, estimator_config: Mapping[str, Any], *, by_name: Mappin
     return None
 
 
-def search_space(name: str, estimator_config: Mapping[str, Any], *, by_name: Mapping[str, Any],
-                 by_class: Mapping[str, Any]) -> Tuple[str, Dict[str, BaseDistribution]]:
+def search_space(
+    name: str, estimator_config: Mapping[str, Any], *, by_name: Mapping[str, Any], by_class: Mapping[str, Any]
+) -> tuple[str, dict[str, BaseDistribution]]:
     """``(config key, {parameter: distribution})`` of model ``name``.
 
     Raises
@@ -105,7 +106,7 @@ def distribution(spec: Any, *, key: str) -> BaseDistribution:
 
 def untuned_params(
     estimator_config: Mapping[str, Any], estimator, space: Mapping[str, BaseDistribution]
-) -> Tuple[Dict[str, Any], List[str]]:
+) -> tuple[dict[str, Any], list[str]]:
     """The model's own values of the searched parameters, and the names whose value the space cannot hold.
 
     A value comes from the model file, else from the fitted ``estimator``'s ``get_params()`` (its
@@ -113,8 +114,8 @@ def untuned_params(
     Optuna samples it even in the untuned trial, which then is not quite the untuned model.
     """
     defaults = estimator.get_params(deep=False)
-    values: Dict[str, Any] = {}
-    unplaced: List[str] = []
+    values: dict[str, Any] = {}
+    unplaced: list[str] = []
     for name, dist in space.items():
         value = estimator_config.get(name, defaults.get(name))
         if _holds(dist, value):
@@ -125,10 +126,14 @@ def untuned_params(
 
 
 def _holds(dist: BaseDistribution, value: Any) -> bool:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
         return any(value == c and type(value) is type(c) for c in dist.choices)
+    if not isinstance(dist, (IntDistribution, FloatDistribution)):
+        raise TypeError(
+            f"unexpected Optuna distribution {type(dist).__name__}: the search space builds only int, float and categorical ones"
+        )
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         return False
     if isinstance(dist, IntDistribution) and value != int(value):

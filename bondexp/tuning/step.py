@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -26,7 +27,7 @@ from bondexp.tuning import study as studies
 from bondexp.tuning.space import check_estimator_params, search_space, space_key, untuned_params
 
 
-def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
+def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """Tune ``config["target"]`` (or the best tunable ML model) with a batched Optuna study.
 
     Parameters
@@ -66,33 +67,69 @@ def tune(config: Dict[str, Any], inputs: Dict[str, Any], ctx) -> StepOutput:
     check_estimator_params(space, estimator, key=key)
     untuned, unplaced = untuned_params(estimator_config, estimator, space)
     dataset = dataset_for(ctx.shared)
-
-    spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
-    name = studies.study_name(target, model_config=artifact.config, space_spec={p: repr(d) for p, d in space.items()},
-                              batch_size=int(config["batch_size"]), seed=int(config.get("seed", 0)),
-                              data_fingerprint=dataset.fingerprint)
-    study = studies.open_study(name, spec)
-    n_stale = studies.fail_stale_trials(study, spec)
-    studies.enqueue_untuned(study, untuned)
-    ctx.log.info("tuning %s (space %s): study %s, %d trial(s) finished, %d stale trial(s) failed",
-                 target, key, name, len(studies.finished_trials(study)), n_stale)
+    study, spec, n_stale = _open_study(target, key, artifact, space, untuned, config=config, dataset=dataset, ctx=ctx)
     started = time.perf_counter()
     best_fit, timed_out = studies.run_study(
-        study, model_config=artifact.config, dataset=dataset, space=space, n_trials=int(config["n_trials"]),
-        batch_size=int(config["batch_size"]), timeout=config.get("timeout"), workers=ctx.workers,
+        study,
+        model_config=artifact.config,
+        dataset=dataset,
+        space=space,
+        n_trials=int(config["n_trials"]),
+        batch_size=int(config["batch_size"]),
+        timeout=config.get("timeout"),
+        workers=ctx.workers,
         seed=int(config.get("seed", 0)),
     )
-    info = {"study_name": name, "storage": studies.storage_label(spec), "search_space": key, "stale_trials_failed": n_stale,
-            "study_seconds": round(time.perf_counter() - started, 3), "untuned_params": untuned, "unplaced": unplaced}
+    info = {
+        "study_name": study.study_name,
+        "storage": studies.storage_label(spec),
+        "search_space": key,
+        "stale_trials_failed": n_stale,
+        "study_seconds": round(time.perf_counter() - started, 3),
+        "untuned_params": untuned,
+        "unplaced": unplaced,
+    }
     best = _best_trial(study)
     model, predictions = _best_model(best, best_fit, artifact, pipeline, dataset, exact_untuned=not unplaced)
-    tuned = _tuned_artifact(artifact, study, best, model=model, predictions=predictions, dataset=dataset,
-                            info=info, timed_out=timed_out, ctx=ctx)
+    tuned = _tuned_artifact(
+        artifact, study, best, model=model, predictions=predictions, dataset=dataset, info=info, timed_out=timed_out, ctx=ctx
+    )
     return StepOutput(tuned, tuning_files(tuned.info["tuning"]))
 
 
-def choose_target(target: Optional[str], models: Mapping[str, ModelArtifact], *,
-                  by_name: Mapping[str, Any], by_class: Mapping[str, Any]) -> str:
+def _open_study(
+    target: str,
+    key: str,
+    artifact: ModelArtifact,
+    space: Mapping[str, Any],
+    untuned: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any],
+    dataset: Dataset,
+    ctx,
+) -> tuple[optuna.Study, str, int]:
+    """``(study, storage spec, stale trials failed)``: the target's study, resumed from its storage when there,
+    with the trials a killed run left running failed and the untuned parameters enqueued unless already run."""
+    spec = studies.storage_spec_for(config.get("storage"), run_dir=Path(ctx.run_dir))
+    name = studies.study_name(
+        target,
+        model_config=artifact.config,
+        space_spec={p: repr(d) for p, d in space.items()},
+        batch_size=int(config["batch_size"]),
+        seed=int(config.get("seed", 0)),
+        data_fingerprint=dataset.fingerprint,
+    )
+    study = studies.open_study(name, spec)
+    n_stale = studies.fail_stale_trials(study, spec)
+    studies.enqueue_untuned(study, untuned)
+    finished = len(studies.finished_trials(study))
+    ctx.log.info("tuning %s (space %s): study %s, %d trial(s) finished, %d stale trial(s) failed", target, key, name, finished, n_stale)
+    return study, spec, n_stale
+
+
+def choose_target(
+    target: str | None, models: Mapping[str, ModelArtifact], *, by_name: Mapping[str, Any], by_class: Mapping[str, Any]
+) -> str:
     """``target`` itself, or when None the ML model (group ``ml``) with a search space, by name or by
     class, and the lowest validation RMSE.
 
@@ -106,14 +143,13 @@ def choose_target(target: Optional[str], models: Mapping[str, ModelArtifact], *,
     """
     if target is not None:
         if target not in models:
-            raise ConfigError(
-                f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "
-                f"Got {target!r} instead."
-            )
+            raise ConfigError(f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. Got {target!r} instead.")
         return target
     scores = {
-        name: float(art.metrics["val_rmse"]) for name, art in models.items()
-        if art.group == "ml" and np.isfinite(art.metrics.get("val_rmse", np.nan))
+        name: float(art.metrics["val_rmse"])
+        for name, art in models.items()
+        if art.group == "ml"
+        and np.isfinite(art.metrics.get("val_rmse", np.nan))
         and space_key(name, art.config.get("estimator", {}), by_name=by_name, by_class=by_class)
     }
     if not scores:
@@ -132,13 +168,10 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         return min(done, key=lambda t: (t.value, t.number))
     failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(studies.STALE_ATTR)]
     reason = failed[0].user_attrs.get("error", "unknown") if failed else "no trial ran (tune.timeout too short?)"
-    raise BondexpError(
-        f"The tuning study {study.study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}"
-    )
+    raise BondexpError(f"The tuning study {study.study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}")
 
 
-def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: ModelArtifact, pipeline, dataset: Dataset, *,
-                exact_untuned: bool):
+def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact, pipeline, dataset: Dataset, *, exact_untuned: bool):
     """The tuned model and its predictions on every split: never a second, different fit.
 
     The untuned trial's fit is the untuned model itself (``exact_untuned``: every searched parameter
@@ -162,23 +195,44 @@ def _best_model(best, best_fit: Optional[studies.TrialFit], artifact: ModelArtif
 def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions, dataset, info, timed_out, ctx) -> ModelArtifact:
     """The tuned model's artifact; ``info["tuning"]`` holds what ``tuning.json`` and the report show."""
     target = artifact.name
-    metrics: Dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
+    metrics: dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
     untuned_value = float(artifact.metrics["val_rmse"])
     improved = bool(metrics["val_rmse"] < untuned_value)
-    metrics.update(best_value=float(best.value), n_trials=len(studies.finished_trials(study)), improved=improved,
-                   timed_out=timed_out, reproducible=not timed_out)
-    note = _note(target, best, val_rmse=metrics["val_rmse"], untuned_value=untuned_value,
-                 unplaced=info.pop("unplaced"), timed_out=timed_out)
+    metrics.update(
+        best_value=float(best.value),
+        n_trials=len(studies.finished_trials(study)),
+        improved=improved,
+        timed_out=timed_out,
+        reproducible=not timed_out,
+    )
+    note = _note(
+        target, best, val_rmse=metrics["val_rmse"], untuned_value=untuned_value, unplaced=info.pop("unplaced"), timed_out=timed_out
+    )
     ctx.log.info(note)
     info["tuning"] = {
-        "target": target, "best_params": dict(best.params), "best_value": float(best.value),
-        "untuned_value": untuned_value, "untuned_params": info["untuned_params"], "improved": improved, "note": note,
+        "target": target,
+        "best_params": dict(best.params),
+        "best_value": float(best.value),
+        "untuned_value": untuned_value,
+        "untuned_params": info["untuned_params"],
+        "improved": improved,
+        "note": note,
         "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
-        "val_rmse": metrics["val_rmse"], "n_trials": metrics["n_trials"], "timed_out": timed_out,
+        "val_rmse": metrics["val_rmse"],
+        "n_trials": metrics["n_trials"],
+        "timed_out": timed_out,
     }
     config = {**artifact.config, "name": f"{target}_tuned", "estimator": {**artifact.config.get("estimator", {}), **best.params}}
-    return ModelArtifact(name=f"{target}_tuned", group=artifact.group, config=config, features=list(artifact.features),
-                         predictions=predictions, metrics=metrics, info=info, pipeline=model)
+    return ModelArtifact(
+        name=f"{target}_tuned",
+        group=artifact.group,
+        config=config,
+        features=list(artifact.features),
+        predictions=predictions,
+        metrics=metrics,
+        info=info,
+        pipeline=model,
+    )
 
 
 def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced: Sequence[str], timed_out: bool) -> str:
@@ -194,19 +248,19 @@ def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced:
     return text + "."
 
 
-def _trial_record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
+def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """Plain JSON-safe summary of a trial: value is None unless it completed."""
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "value": float(trial.value) if trial.state == TrialState.COMPLETE else None,
+        "value": float(trial.value) if trial.state == TrialState.COMPLETE and trial.value is not None else None,
         "params": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()},
         "untuned": bool(trial.user_attrs.get(studies.UNTUNED_ATTR, False)),
         "error": trial.user_attrs.get("error"),
     }
 
 
-def tuning_files(record: Mapping[str, Any]) -> Dict[str, bytes]:
+def tuning_files(record: Mapping[str, Any]) -> dict[str, bytes]:
     """``tuning.json`` (the tuning facts) and ``plots/tuning_history.png``, rendered (path -> bytes)."""
     from bondexp.plots import tuning_history_png
 

@@ -24,12 +24,14 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages.journal import JournalFileBackend  # a submodule `optuna.storages` does not export
 from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
@@ -55,13 +57,13 @@ class TrialFit:
     number: int
     value: float
     model: Any
-    predictions: Dict[str, Dict[str, Any]]
+    predictions: dict[str, dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------- storage and name
 
 
-def storage_spec_for(storage: Optional[str], *, run_dir: Path) -> str:
+def storage_spec_for(storage: str | None, *, run_dir: Path) -> str:
     """The study's storage as text: the database URL, or ``journal:<path>`` in the run folder when None.
 
     Raises
@@ -84,7 +86,7 @@ def storage_spec_for(storage: Optional[str], *, run_dir: Path) -> str:
 def open_storage(spec: str) -> optuna.storages.BaseStorage:
     """Build the storage a spec names."""
     if spec.startswith("journal:"):
-        backend = optuna.storages.journal.JournalFileBackend(spec[len("journal:"):])
+        backend = JournalFileBackend(spec[len("journal:") :])
         return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(spec)
@@ -100,19 +102,18 @@ def storage_label(spec: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}" if "@" in rest else spec
 
 
-def study_name(target: str, *, model_config: Mapping[str, Any], space_spec: Any, batch_size: int, seed: int,
-               data_fingerprint: str) -> str:
+def study_name(target: str, *, model_config: Mapping[str, Any], space_spec: Any, batch_size: int, seed: int, data_fingerprint: str) -> str:
     """``<target>-<hash>``: the hash covers what defines the trials, not the budget (``n_trials``, ``timeout``)."""
-    defining = {"model": model_config, "space": space_spec, "batch_size": batch_size, "seed": seed,
-                "data": data_fingerprint}
+    defining = {"model": model_config, "space": space_spec, "batch_size": batch_size, "seed": seed, "data": data_fingerprint}
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{target}-{digest}"
 
 
 def open_study(name: str, spec: str) -> optuna.Study:
     """Create or load the study (the sampler is replaced per batch by :func:`batch_sampler`)."""
-    return optuna.create_study(study_name=name, storage=open_storage(spec), direction="minimize",
-                               load_if_exists=True, pruner=optuna.pruners.NopPruner())
+    return optuna.create_study(
+        study_name=name, storage=open_storage(spec), direction="minimize", load_if_exists=True, pruner=optuna.pruners.NopPruner()
+    )
 
 
 def fail_stale_trials(study: optuna.Study, spec: str) -> int:
@@ -132,10 +133,9 @@ def fail_stale_trials(study: optuna.Study, spec: str) -> int:
     return len(stale)
 
 
-def finished_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials told back (complete, or failed by the objective), stale ones aside: the ones ``n_trials`` counts."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if not t.user_attrs.get(STALE_ATTR)]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if not t.user_attrs.get(STALE_ATTR)]
 
 
 def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
@@ -156,9 +156,17 @@ def batch_sampler(seed: int, n_finished: int) -> optuna.samplers.BaseSampler:
 
 
 def run_study(
-    study: optuna.Study, *, model_config: Mapping[str, Any], dataset: Dataset, space: Mapping[str, Any],
-    n_trials: int, batch_size: int, timeout: Optional[float], workers: int, seed: int,
-) -> Tuple[Optional[TrialFit], bool]:
+    study: optuna.Study,
+    *,
+    model_config: Mapping[str, Any],
+    dataset: Dataset,
+    space: Mapping[str, Any],
+    n_trials: int,
+    batch_size: int,
+    timeout: float | None,
+    workers: int,
+    seed: int,
+) -> tuple[TrialFit | None, bool]:
     """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
 
     A batch's trials run ``min(workers, batch_size)`` at a time, on this process and spawned ones, or one after another in
@@ -166,7 +174,7 @@ def run_study(
     would be killed with it and which may not start any): the batch design makes both identical.
     """
     deadline = None if timeout is None else time.monotonic() + float(timeout)
-    best: Optional[TrialFit] = None
+    best: TrialFit | None = None
     with _TrialPool(model_config, dataset, workers=min(workers, batch_size)) as run_batch:
         while (n_done := len(finished_trials(study))) < n_trials:
             if deadline is not None and time.monotonic() > deadline:
@@ -174,12 +182,12 @@ def run_study(
             study.sampler = batch_sampler(seed, n_done)
             asked = [study.ask(dict(space)) for _ in range(min(batch_size, n_trials - n_done))]
             results = run_batch([dict(trial.params) for trial in asked])
-            for trial, result in zip(asked, results):  # told in trial-number order
+            for trial, result in zip(asked, results, strict=True):  # told in trial-number order
                 best = _tell(study, trial, result, best)
     return best, False
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: Optional[TrialFit]) -> Optional[TrialFit]:
+def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: TrialFit | None) -> TrialFit | None:
     if isinstance(result, BaseException):
         trial.set_user_attr("error", f"{type(result).__name__}: {result}")
         study.tell(trial, state=TrialState.FAIL)
@@ -199,7 +207,7 @@ class _TrialPool:
         self.in_process = workers <= 1 or multiprocessing.current_process().daemon
         self.args = (dict(model_config), dataset)
         self.workers = workers
-        self.pool: Optional[ProcessPoolExecutor] = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self):
         if self.in_process:
@@ -208,15 +216,20 @@ class _TrialPool:
         # `workers` trials run at once on `workers - 1` new processes and this one (a spawned process
         # costs an interpreter and scikit-learn's import, about 3 s of CPU).
         # spawn: safe from a runner worker (itself a pool process) and from a parent with threads.
-        self.pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_trial_process, initargs=(*self.args, os.getpid()))
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.workers - 1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_trial_process,
+            initargs=(*self.args, os.getpid()),
+        )
         return self._run_batch
 
-    def _run_batch(self, batch: List[Mapping[str, Any]]) -> List[Any]:
+    def _run_batch(self, batch: list[Mapping[str, Any]]) -> list[Any]:
         """The results of ``batch`` in its order; the next trial goes to whichever of the pool and this process is free."""
-        results: List[Any] = [None] * len(batch)
+        assert self.pool is not None  # __enter__ starts the pool before it returns this method
+        results: list[Any] = [None] * len(batch)
         queue = list(range(len(batch)))
-        running: Dict[Future, int] = {}
+        running: dict[Future, int] = {}
         while queue or running:
             while queue and len(running) < self.workers - 1:
                 index = queue.pop(0)
@@ -253,7 +266,7 @@ def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping
 
 
 #: The model config and dataset a trial process fits on (set once by :func:`_init_trial_process`).
-_TRIAL_ARGS: Tuple[Any, ...] = ()
+_TRIAL_ARGS: tuple[Mapping[str, Any], Dataset] | None = None
 
 
 def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, parent: int) -> None:
@@ -271,4 +284,6 @@ def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, paren
 
 
 def _run_trial_here(params: Mapping[str, Any]) -> Any:
+    if _TRIAL_ARGS is None:
+        raise RuntimeError("a trial process runs trials only after _init_trial_process has set its model and data")
     return run_trial(*_TRIAL_ARGS, params)
