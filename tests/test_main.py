@@ -107,3 +107,33 @@ def test_help_lists_the_groups_hydra_lists(template):
         assert ("hydra/launcher:" in ours) == (template is not None)
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_the_libyaml_loader_reads_every_config_file_as_omegaconfs_loader_does():
+    from pathlib import Path
+
+    import hydra
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    import bondexp
+    from bondexp.hydra_startup import libyaml_loader
+
+    files = [*Path(bondexp.__file__).parent.joinpath("conf").rglob("*.yaml"), *Path(hydra.__file__).parent.rglob("*.yaml")]
+    assert len(files) > 30
+    for path in files:
+        text = path.read_text()
+        assert repr(yaml.load(text, Loader=libyaml_loader())) == repr(yaml.load(text, Loader=get_yaml_loader())), path  # noqa: S506
+    # YAML 1.1 floats without a dot, no timestamps: OmegaConf's rules, not libyaml's defaults
+    assert yaml.load("a: 1e3\nb: 2020-01-31\nc: .inf\n", Loader=libyaml_loader()) == {"a": 1000.0, "b": "2020-01-31", "c": float("inf")}  # noqa: S506
+
+
+@pytest.mark.parametrize(("text", "message"), [("a: 1\na: 2\n", "found duplicate key a"), ("a: [1,\n", "expected the node content")])
+def test_the_libyaml_loader_rejects_what_omegaconf_rejects_with_its_message(text, message):
+    import yaml
+
+    from bondexp.hydra_startup import libyaml_loader
+
+    with pytest.raises(yaml.YAMLError, match=message) as caught:
+        yaml.load(text, Loader=libyaml_loader())  # noqa: S506
+    assert "^" in str(caught.value)  # the line is quoted with a caret under the place
