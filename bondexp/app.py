@@ -196,10 +196,8 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
 
 
 def _import_output_libraries() -> None:
-    """Import matplotlib (the timeline), joblib and the report while the graph runs, so the parent's
+    """Import matplotlib (the timeline) and the report while the graph runs, so the parent's
     work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
-    import joblib  # noqa: F401
-
     from bondexp.plots import import_pyplot
     from bondexp.report import write_report  # noqa: F401
 

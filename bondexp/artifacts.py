@@ -2,8 +2,8 @@
 
 A model step (``fit_model``, the tuned model, a backtest refit) returns a :class:`ModelArtifact`; a
 report step reads every model among its inputs with :func:`model_artifacts`. The runner keeps the
-fitted pipeline apart from the rest (``checkpoints/<step>.model.joblib`` beside the light
-``checkpoints/<step>.joblib``), so a report step loads predictions and metrics, never eight fitted
+fitted pipeline apart from the rest (``checkpoints/<step>.model.pkl`` beside the light
+``checkpoints/<step>.pkl``), so a report step loads predictions and metrics, never eight fitted
 models; a step that needs a pipeline asks for it (``ctx.load_pipeline(need)``).
 
 A step that renders report files returns ``StepOutput(artifact, files)``: ``files`` maps a path

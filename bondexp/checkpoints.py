@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ from bondexp.artifacts import ModelArtifact
 from bondexp.atomic import atomic_file, atomic_write_json
 from bondexp.errors import CheckpointError, RunLockedError
 
-MANIFEST_FORMAT = 2  # 2: a model's pipeline and a step's report files kept apart from the light artifact
+MANIFEST_FORMAT = 3  # 2: a model's pipeline and a step's report files apart from the light artifact; 3: plain pickle files
 _VERSIONED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna", "QuantLib")
 #: What a step's fingerprint holds besides its config: the packages whose code made the result
 #: or whose classes are in its pickle (Python's own version is recorded, not fingerprinted).
@@ -117,9 +118,8 @@ def load_verified(path: Path, sha256: str | None) -> Any:
             f"The checkpoint {str(path)!r} has sha256 {digest[:12]}..., not the {sha256[:12]}... its manifest "
             "recorded: it changed after it was written. It is not loaded; resume to re-run that step."
         )
-    import joblib  # here, not at the top: a resume that loads no checkpoint never needs it
-
-    return joblib.load(path)
+    with open(path, "rb") as fh:
+        return pickle.load(fh)  # noqa: S301  # only after the digest matched what this run wrote
 
 
 def utc_iso(timestamp: float | None) -> str | None:
@@ -130,8 +130,13 @@ def utc_iso(timestamp: float | None) -> str | None:
 
 
 class CheckpointStore:
-    """The ``checkpoints/`` folder of a run: per step ``<step>.json`` (the manifest), ``<step>.joblib`` (the
-    light artifact), ``<step>.model.joblib`` (a model's fitted pipeline) and ``<step>.files.joblib`` (its report files).
+    """The ``checkpoints/`` folder of a run: per step ``<step>.json`` (the manifest), ``<step>.pkl`` (the
+    light artifact), ``<step>.model.pkl`` (a model's fitted pipeline) and ``<step>.files.pkl`` (its report files).
+
+    The files are plain pickles (the highest protocol), written and read by Python's C pickler:
+    ``joblib.dump`` pickles through the pure-Python pickler to set numpy arrays apart, 7 to 25 times
+    slower for a fitted model's many small objects (0.54 s against 0.06 s for a default run's eight,
+    on the parent's scheduling loop), and buys nothing here (no memory mapping, no compression).
 
     Parameters
     ----------
@@ -143,13 +148,13 @@ class CheckpointStore:
         self.folder = Path(folder)
 
     def artifact_path(self, name: str) -> Path:
-        return self.folder / f"{name}.joblib"
+        return self.folder / f"{name}.pkl"
 
     def pipeline_path(self, name: str) -> Path:
-        return self.folder / f"{name}.model.joblib"
+        return self.folder / f"{name}.model.pkl"
 
     def files_path(self, name: str) -> Path:
-        return self.folder / f"{name}.files.joblib"
+        return self.folder / f"{name}.files.pkl"
 
     def manifest_path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
@@ -190,10 +195,8 @@ class CheckpointStore:
     @staticmethod
     def _dump(path: Path, value: Any) -> str:
         """Pickle ``value`` to ``path`` whole; return the file's sha256."""
-        import joblib
-
         with atomic_file(path) as fh:
-            joblib.dump(value, fh)
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
         return sha256_file(path)
 
     def load(self, name: str, *, pipeline: bool = False) -> Any:

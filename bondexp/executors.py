@@ -38,6 +38,8 @@ _PRELOAD = ["bondexp.worker"]
 #: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
 #: CPU), so no worker imports them again at its first step; the parent imports them too, to unpickle artifacts.
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
+#: Imported by the forkserver after either list, never by the parent: freezes what the preload made (see the module).
+_FREEZE = "bondexp.gc_freeze"
 
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
@@ -170,7 +172,7 @@ class ProcessBackend(_SharedDiskBackend):
             # Workers fork from a server that has already imported the worker side (numpy, joblib),
             # so each worker starts in milliseconds. Ignored if the server is already running
             # (started by warm_up with the step libraries preloaded).
-            self._context.set_forkserver_preload(_PRELOAD)
+            self._context.set_forkserver_preload([*_PRELOAD, _FREEZE])
         self._threads = threads_per_worker(workers)
         self._executor: ProcessPoolExecutor | None = None
 
@@ -336,7 +338,7 @@ def warm_up(name: str, *, workers: int) -> None:
     if name == "local" and "forkserver" in multiprocessing.get_all_start_methods():
         from multiprocessing import forkserver
 
-        multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD_STEPS)
+        multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD_STEPS, _FREEZE])
         forkserver.ensure_running()  # launches the server and returns; a no-op when it runs
 
 

@@ -59,7 +59,7 @@ def test_run_writes_every_documented_output(finished_run):
         "tuning.json",
         "data_summary.json",
         "plots/timeline.png",
-        "checkpoints/enhanced.joblib",
+        "checkpoints/enhanced.pkl",
         "checkpoints/enhanced.json",
         "logs/enhanced.log",
         ".hydra/config.yaml",

@@ -190,8 +190,8 @@ def test_the_backtest_writes_its_files_and_report_section(finished_backtest):
 
 def test_no_fit_sees_its_origin_or_later_and_calibration_is_the_latest_past(finished_backtest):
     cfg, run_dir = finished_backtest
-    tune = joblib.load(run_dir / "checkpoints" / "tune.joblib")
-    for path in (run_dir / "checkpoints").glob("*@*.joblib"):
+    tune = joblib.load(run_dir / "checkpoints" / "tune.pkl")
+    for path in (run_dir / "checkpoints").glob("*@*.pkl"):
         art = joblib.load(path)
         origin = np.datetime64(art.info["origin"], "M")
         dataset_months = _months(cfg)
@@ -211,10 +211,10 @@ def test_backtest_figures_equal_the_refits_scored_by_hand(finished_backtest):
     from omegaconf import OmegaConf
 
     dataset, _ = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), seed=0, cache_dir=cfg.cache_dir)
-    rows = {(r["model"], r["origin"]): r for r in joblib.load(run_dir / "checkpoints" / "backtest.joblib")["rows"]}
+    rows = {(r["model"], r["origin"]): r for r in joblib.load(run_dir / "checkpoints" / "backtest.pkl")["rows"]}
     pooled = []
     for origin in ORIGINS:
-        art = joblib.load(run_dir / "checkpoints" / f"bayesian@{origin}.joblib")
+        art = joblib.load(run_dir / "checkpoints" / f"bayesian@{origin}.pkl")
         err = dataset.y[art.info["rows"]["scored"]] - art.predictions["scored"]["mean"]
         pooled.append(err)
         assert rows[("bayesian", origin)]["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
@@ -228,7 +228,7 @@ def test_a_second_run_in_the_folder_reuses_every_refit_and_reruns_a_lost_one(fin
     before = json.loads((run_dir / "results.json").read_text())["steps"]
     result = run(cfg, run_dir=run_dir, workers=1)
     assert {s.status for s in result.steps.values()} == {"reused"}
-    (run_dir / "checkpoints" / "basic@2017-07.joblib").unlink()  # as if the run was killed before it finished
+    (run_dir / "checkpoints" / "basic@2017-07.pkl").unlink()  # as if the run was killed before it finished
     result = run(cfg, run_dir=run_dir, workers=1)
     ran = {name for name, s in result.steps.items() if s.status == "ran"}
     assert ran == {"basic@2017-07", "backtest"}

@@ -46,7 +46,7 @@ def test_save_load_verify(tmp_path):
     assert store.verify("basic", "other") == "stale (config, inputs or data changed)"
     assert store.verify("missing", "abc") == "no checkpoint"
     # no temporary files are left behind
-    assert sorted(p.name for p in store.folder.iterdir()) == ["basic.joblib", "basic.json"]
+    assert sorted(p.name for p in store.folder.iterdir()) == ["basic.json", "basic.pkl"]
 
 
 def test_flipped_bytes_are_detected(tmp_path):
@@ -76,7 +76,7 @@ def test_a_models_pipeline_and_files_are_kept_apart_verified_and_loaded_on_reque
         pipeline={"fitted": np.arange(5.0)},
     )
     manifest = store.save("m", model, {"fingerprint": "f"}, files={"plots/m.png": b"png", "m.csv": b"a,b\n"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.files.joblib", "m.joblib", "m.json", "m.model.joblib"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.files.pkl", "m.json", "m.model.pkl", "m.pkl"]
     assert manifest["pipeline_sha256"] == sha256_file(store.pipeline_path("m"))
     assert set(manifest["files"]) == {"plots/m.png", "m.csv"}
     light = store.load("m")
@@ -108,11 +108,11 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
         store.save("s", {"v": Unpicklable()}, {"fingerprint": "g"})
     assert store.artifact_path("s").read_bytes() == before
     assert store.verify("s", "f") is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.joblib", "s.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.pkl"]
 
 
 def test_remove_temporaries(tmp_path):
-    (tmp_path / ".s.joblib.abc.tmp").write_bytes(b"half")
+    (tmp_path / ".s.pkl.abc.tmp").write_bytes(b"half")
     atomic_write_text(tmp_path / "keep.json", "{}")
     CheckpointStore(tmp_path).remove_temporaries()
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]

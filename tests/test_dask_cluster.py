@@ -173,7 +173,7 @@ def _run(graph, run_dir, cluster, **kwargs):
 
 
 def _artifact(run_dir, name):
-    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.joblib")
+    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.pkl")
 
 
 def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path):
@@ -274,7 +274,7 @@ def test_a_run_on_the_cluster_equals_the_local_run_and_resumes_its_study(cluster
         assert f"step {name} finished" in (run_dir / "logs" / f"{name}.log").read_text()
     assert (run_dir / "tuning" / "journal.log").is_file()  # written by the parent, from the tune step's files
     for home in cluster.workers:  # nothing of the run stayed on a worker's disk
-        assert not [p for p in home.rglob("*") if p.suffix in (".log", ".joblib") and "bondexp" in str(p)]
+        assert not [p for p in home.rglob("*") if p.suffix in (".log", ".pkl") and "bondexp" in str(p)]
         assert not (home / "cache").exists()
 
     # More trials: the tune step starts from the journal the parent sends, so the study resumes.

@@ -291,7 +291,7 @@ def test_drift_step_under_the_runner_on_the_small_market(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     result = run_graph(graph, run_dir=run_dir, workers=1, shared=shared, data_fingerprint=fingerprint, progress=False)
     assert result.ok, result.to_dict()
-    artifact = joblib.load(run_dir / "checkpoints" / "drift.joblib")
+    artifact = joblib.load(run_dir / "checkpoints" / "drift.pkl")
     assert set(artifact["models"]) == {"ridge"}
     assert set(artifact["models"]["ridge"]["monthly"]) == set(artifact["months"])
     assert json.loads((run_dir / "drift.json").read_text())["metrics"] == artifact["metrics"]  # the runner wrote it

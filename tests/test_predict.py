@@ -80,7 +80,7 @@ def test_predicting_the_runs_test_split_reproduces_its_checkpointed_predictions(
     np.testing.assert_array_equal(out["fair_value"], fair)
     checked = []
     for step in MODEL_STEPS:
-        artifact = joblib.load(finished_run / "checkpoints" / f"{step}.joblib")
+        artifact = joblib.load(finished_run / "checkpoints" / f"{step}.pkl")
         name, expected = artifact.name, artifact.predictions["test"]
         np.testing.assert_array_equal(out[f"{name}_adjustment"], expected["mean"], err_msg=name)
         if "lower" in expected:
@@ -154,7 +154,7 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     out = pd.read_parquet(out_dir / "predictions.parquet")
     assert len(out) == len(bonds) == len(pd.read_csv(out_dir / "predictions.csv"))
 
-    artifacts = {a.name: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.joblib") for s in MODEL_STEPS)}
+    artifacts = {a.name: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.pkl") for s in MODEL_STEPS)}
     best = best_model(artifacts)
     assert f"best model: **{best}**" in (out_dir / "predictions.md").read_text()
     board = pd.read_csv(finished_run / "leaderboard.csv").set_index("model")["rmse"]
@@ -168,7 +168,7 @@ def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
     copy = tmp_path / "run_copy"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("run.lock"))
     if how == "sha256":
-        with open(copy / "checkpoints" / "factor.joblib", "ab") as fh:
+        with open(copy / "checkpoints" / "factor.pkl", "ab") as fh:
             fh.write(b"\0")
     else:
         manifest = json.loads((copy / "checkpoints" / "basic.json").read_text())

@@ -35,7 +35,7 @@ def run(graph, run_dir, **kwargs):
 
 
 def artifact(run_dir, name):
-    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.joblib")
+    return joblib.load(Path(run_dir) / "checkpoints" / f"{name}.pkl")
 
 
 def statuses(result):
@@ -134,7 +134,7 @@ def test_failure_skips_dependents_and_keeps_independent_checkpoints(tmp_path):
     assert "ValueError: bad config value" in (tmp_path / "logs" / "bad.log").read_text()
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "ok1.json").exists() and (ckpt / "ok2.json").exists()
-    assert not (ckpt / "bad.joblib").exists() and not (ckpt / "needs_bad.joblib").exists()
+    assert not (ckpt / "bad.pkl").exists() and not (ckpt / "needs_bad.pkl").exists()
     written = result.write()
     results = json.loads(written["results"].read_text())
     assert results["ok"] is False and results["steps"]["bad"]["status"] == "failed"
@@ -177,7 +177,7 @@ def test_a_file_path_outside_the_run_folder_fails_the_step(tmp_path, path, messa
 def test_corrupted_checkpoint_reruns_it_and_downstream_only(tmp_path):
     graph = diamond()
     assert run(graph, tmp_path, workers=1).ok
-    path = tmp_path / "checkpoints" / "b.joblib"
+    path = tmp_path / "checkpoints" / "b.pkl"
     data = bytearray(path.read_bytes())
     data[-20] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -71,7 +71,7 @@ def test_a_checkpoint_changed_in_place_is_run_again_not_reused(finished_run, tmp
     """The finished-resume shortcut trusts fingerprints and sizes; the runner's sha256 still decides what is reused."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    artifact = run_dir / "checkpoints" / "factor.joblib"
+    artifact = run_dir / "checkpoints" / "factor.pkl"
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other bytes
     artifact.write_bytes(bytes(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -27,8 +28,11 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    _main()
+    """Console-script entry point; exits without collecting what is left, as ``bondexp.__main__.main`` does."""
+    try:
+        _main()
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     corrupt = [f"{name} ({reason})" for name, reason in reasons.items() if reason is not None]
     if corrupt:
         raise RunFolderError(
-            f"The run {str(run_dir)!r} has checkpoints that do not verify: {', '.join(corrupt)}. They changed after "
-            f"the run wrote them; rebuild them with: python -m bondexp resume={shlex.quote(str(run_dir))}"
+            f"The run {str(run_dir)!r} has checkpoints that do not verify: {', '.join(corrupt)}. "
+            f"Rebuild them with: python -m bondexp resume={shlex.quote(str(run_dir))}"
         )
     conflicts = sorted({c for n in candidates for c in version_conflicts(manifests[n].get("versions", {}))})
     if conflicts:
