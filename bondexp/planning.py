@@ -81,11 +81,17 @@ def priorities(graph: Graph, expected: Mapping[str, float | None]) -> dict[str, 
     return rank
 
 
-def ready_order(graph: Graph, expected: Mapping[str, float | None]) -> Callable[[str], tuple[float, int]]:
-    """Sort key for ready steps: highest :func:`priorities` first, then declaration order."""
+def ready_order(graph: Graph, expected: Mapping[str, float | None]) -> Callable[[str], tuple[float, int, int]]:
+    """Sort key for ready steps: highest :func:`priorities` first, then the step joining more needs, then declaration order.
+
+    Ties come from a first run, when no duration is known and every step counts alike. A step
+    that joins many others (``tune``, which refits its target trial after trial) then goes before
+    a lone model step: on the default experiment's first run the risk models had taken the free
+    worker while ``tune``, the start of the critical path's longest leg, waited.
+    """
     rank = priorities(graph, expected)
     position = {name: i for i, name in enumerate(graph.order)}
-    return lambda name: (-rank[name], position[name])
+    return lambda name: (-rank[name], -len(graph[name].needs), position[name])
 
 
 def submittable(ready: Sequence[str], *, suspects: Collection[str], running: Collection[str]) -> list[str]:

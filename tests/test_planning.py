@@ -55,6 +55,22 @@ def test_ready_steps_sort_by_priority_then_declaration_order():
     assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 1.0, "c": 2.5})) == ["c", "a"]
 
 
+def test_on_a_first_run_a_step_joining_models_goes_before_a_lone_model():
+    """No durations known: tune (after the ml models) and a risk model tie on priority; tune goes first."""
+    graph = build_graph(
+        [
+            Step("ml1", "runner_steps.work", needs=(), group="ml", config={}),
+            Step("ml2", "runner_steps.work", needs=(), group="ml", config={}),
+            Step("risk", "runner_steps.work", needs=(), group="risk", config={}),
+            Step("tune", "runner_steps.work", needs=("ml1", "ml2"), group="report", config={}),
+            Step("evaluate", "runner_steps.work", needs=("ml1", "ml2", "risk", "tune"), group="report", config={}),
+        ]
+    )
+    unknown = dict.fromkeys(graph.order)
+    assert priorities(graph, unknown)["risk"] == priorities(graph, unknown)["tune"]
+    assert sorted(["risk", "tune"], key=ready_order(graph, unknown)) == ["tune", "risk"]
+
+
 def test_eta_is_the_longer_of_the_critical_path_and_work_over_workers():
     graph = chain_and_leaf()
     expected = {"a": 1.0, "b": 2.0, "c": 2.5}
