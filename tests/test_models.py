@@ -250,6 +250,18 @@ def test_automl_budget_counts_candidates_and_a_binding_time_cap_is_reported():
     assert capped.metrics_["automl_time_limited"] is True and capped.metrics_["reproducible"] is False
 
 
+def test_automl_searches_a_sample_when_the_folds_months_hold_more_rows_than_its_budget():
+    """A million-row market's month holds more than max_search_rows: the search still gets n_folds + 1 months."""
+    from bondexp.models.automl import AutoMLRegressor
+
+    X, y, dates = _panel()
+    per_month = int(np.unique(dates, return_counts=True)[1].max())
+    kw = dict(families=["ridge"], n_candidates=1, n_folds=3, max_search_rows=per_month // 2, random_state=0, time_limit_s=None)
+    model = AutoMLRegressor(**kw).fit(X, y, groups=dates)
+    assert model.trials_[0]["folds"] == 3 and model.trials_[0]["score"] is not None
+    assert model.trials_ == AutoMLRegressor(**kw).fit(X, y, groups=dates).trials_  # the sample is seeded
+
+
 def test_automl_prunes_poor_candidates_after_a_fold_and_records_them():
     from bondexp.models.automl import AutoMLRegressor
 

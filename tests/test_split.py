@@ -87,6 +87,8 @@ def test_latest_months_stay_within_the_row_budget():
     rows = latest_months(dates, max_rows=30)
     assert len(rows) == 28 and _months_of(dates, rows) == _months_of(np.sort(dates), np.arange(70 - 28, 70))
     assert len(latest_months(dates, max_rows=3)) == 7  # never less than one month
+    assert len(latest_months(dates, max_rows=3, min_months=4)) == 28  # the folds' months, whatever they hold
+    assert len(latest_months(dates, max_rows=3, min_months=40)) == 70  # all there are
 
 
 def test_expanding_folds_train_on_the_past_and_never_split_a_month():

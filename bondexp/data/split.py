@@ -125,11 +125,14 @@ def month_holdout(obs_date, *, fraction: float) -> tuple[np.ndarray, np.ndarray]
     return np.flatnonzero(~holdout), np.flatnonzero(holdout)
 
 
-def latest_months(obs_date, *, max_rows: int) -> np.ndarray:
-    """Sorted positions of the rows of the latest whole months holding at most ``max_rows`` rows (at least one month)."""
+def latest_months(obs_date, *, max_rows: int, min_months: int = 1) -> np.ndarray:
+    """Sorted positions of the rows of the latest whole months holding at most ``max_rows`` rows.
+
+    Never fewer than ``min_months`` months (all there are, if fewer), even when those hold more rows.
+    """
     months, codes, counts = np.unique(month_labels(obs_date), return_inverse=True, return_counts=True)
     held = np.cumsum(counts[::-1])
-    n_held = max(int(np.searchsorted(held, max_rows, side="right")), 1)
+    n_held = min(max(int(np.searchsorted(held, max_rows, side="right")), min_months, 1), len(months))
     return np.flatnonzero(codes.reshape(-1) >= len(months) - n_held)
 
 

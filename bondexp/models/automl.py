@@ -94,7 +94,8 @@ class AutoMLRegressor(CompositeRegressor):
     n_folds : int
         Expanding-window folds of whole months for each trial's score.
     max_search_rows : int
-        The search uses the latest whole training months holding at most this many rows.
+        The search uses the latest whole training months holding at most this many rows, and
+        at least ``n_folds + 1`` months: where those hold more rows, a seeded sample of them.
     early_stopping : dict, optional
     random_state : int, optional
 
@@ -176,7 +177,12 @@ class AutoMLRegressor(CompositeRegressor):
             raise ConfigError(f"The 'families' parameter must hold names from {list(FAMILIES)}. Got {unknown} instead.")
         X, y, months = self._fit_data(X, y, groups)
         names = self.columns_
-        recent = latest_months(months, max_rows=self.max_search_rows)
+        recent = latest_months(months, max_rows=self.max_search_rows, min_months=self.n_folds + 1)
+        if len(recent) > self.max_search_rows:
+            # the fewest months the folds need hold more rows than the budget (a month of a
+            # million-row market holds 14,000): the search sees a seeded sample of their rows
+            sample = np.random.default_rng(self.random_state).choice(len(recent), size=self.max_search_rows, replace=False)
+            recent = recent[np.sort(sample)]
         Xs, ys, ms = X.iloc[recent], y[recent], months[recent]
         folds = expanding_folds(ms, n_folds=self.n_folds, key="models.automl.n_folds")
         settings = self._early_stopping()

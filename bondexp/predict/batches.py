@@ -24,30 +24,50 @@ from bondexp.predict.workers import lap, ordered_map
 _AS_IS = ("level", "std", "var", "es")
 
 
-def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str]):
-    """Load and validate the new file as a run would, with sectors coded as the run codes them.
+def read_new_bonds(data_cfg: Mapping[str, Any]) -> tuple[Any, dict[str, int]]:
+    """Load and validate the new file as a run loads its data: ``(market, dropped)``, sectors as the file names them.
 
-    Returns
-    -------
-    market : Market
-    bond_names : tuple of str or None
-        The file's text bond ids by code (None when they are integers).
-    dropped : dict of str to int
-        Rows dropped per problem (``data.on_invalid: drop``).
+    Needs nothing of the run, so :func:`bondexp.predict.app.predict` reads while it opens the run.
 
     Raises
     ------
     ConfigError, DataValidationError
-        As loading a run's data does; also for sectors the run never saw (unless dropped), and
+        As loading a run's data does.
+    """
+    from bondexp.data import load_market
+
+    check_source(data_cfg)
+    return load_market(data_cfg, seed=0)
+
+
+def check_source(data_cfg: Mapping[str, Any]) -> None:
+    """Predict reads files only: ``data.source`` must be csv or parquet."""
+    if data_cfg.get("source") not in ("csv", "parquet"):
+        raise ConfigError(f"The 'data.source' config key must be 'csv' or 'parquet' for predict. Got {data_cfg.get('source')!r} instead.")
+
+
+def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str], *, read: tuple[Any, dict[str, int]] | None = None):
+    """The new file with its sectors coded as the run codes them (read here unless ``read`` is :func:`read_new_bonds`'s result).
+
+    Returns
+    -------
+    market : Market
+    dropped : dict of str to int
+        Rows dropped per problem (``data.on_invalid: drop``).
+    bond_names : tuple of str or None
+        The file's text bond ids by code (None when they are integers).
+
+    Raises
+    ------
+    ConfigError, DataValidationError
+        As :func:`read_new_bonds`; also for sectors the run never saw (unless dropped), and
         observation dates the curve file does not cover (named).
     """
     from bondexp.bondtable import BondTable
-    from bondexp.data import Market, load_market
+    from bondexp.data import Market
     from bondexp.data.files import bond_id_names
 
-    if data_cfg.get("source") not in ("csv", "parquet"):
-        raise ConfigError(f"The 'data.source' config key must be 'csv' or 'parquet' for predict. Got {data_cfg.get('source')!r} instead.")
-    market, dropped = load_market(data_cfg, seed=0)
+    market, dropped = read if read is not None else read_new_bonds(data_cfg)
     bonds = market.bonds
     lookup = {name: code for code, name in enumerate(run_sectors)}
     to_run = np.array([lookup.get(name, -1) for name in bonds.sectors], dtype=np.int16)
