@@ -175,7 +175,7 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         self.stress_column_ = market.index(STRESS_FEATURE) if STRESS_FEATURE in market else None
         # copy_X=False: the ridge centres the design in place instead of copying it, and the folds
         # build their own rows' design (the bases are row by row, so the values are the same): at
-        # 600,000 training rows the design is about 1 GB, and the copies took a worker past 3 GiB.
+        # 600,000 training rows the design is about 1 GB, so each copy left out counts.
         self.mean_ = BayesianRidge(copy_X=False).fit(self._design(X), y)
         squared = np.empty(len(y))
         for k in range(self.n_folds):
