@@ -5,7 +5,7 @@ share the fitted models and the bond columns without pickling them (``state`` re
 the pool initializer's argument, which a fork does not pickle); each task carries only row
 bounds and a few arrays, and sends back its batch's columns. At most ``workers + 1`` batches
 are in flight, so memory follows the batch size, not the file's. Each worker predicts with one
-BLAS/OpenMP thread (``bondexp.steps.train.predict_all`` limits it), which also keeps OpenMP out
+BLAS/OpenMP thread (``bondexp.steps.train.one_thread``), which also keeps OpenMP out
 of the fork-safety trouble GNU libgomp has with a pool of threads inherited across ``fork``.
 """
 

@@ -17,8 +17,9 @@ and ``info_`` (anything) that land in the artifact.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,28 @@ from bondexp.models.base import (
 )
 
 SPLITS = ("train", "validation", "test")
+_one_thread_depth = 0  # how many one_thread() blocks this process is inside
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One BLAS/OpenMP thread inside the block; nested blocks cost nothing.
+
+    A matrix product's last bit can depend on the thread count, and the same model must give the
+    same predictions in a step (any worker count) and in predict. Each ``threadpool_limits`` call
+    rescans the process's loaded libraries (about 8 ms), so callers looping over models or batches
+    open one block around the loop and :func:`predict_all`'s own block inside it is free.
+    """
+    global _one_thread_depth
+    if _one_thread_depth:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        _one_thread_depth += 1
+        try:
+            yield
+        finally:
+            _one_thread_depth -= 1
 
 
 def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Mapping[str, Any] | None = None) -> Pipeline:
@@ -98,9 +121,7 @@ def predict_all(model: Pipeline, X: pd.DataFrame) -> dict[str, Any]:
         ``mean``; with an interval ``lower``, ``upper`` and ``level``; ``std``; ``var`` and
         ``es`` (value at risk and expected shortfall, price points per 100 below fair value).
     """
-    # One BLAS/OpenMP thread: a matrix product's last bit can depend on the thread count, and the
-    # same model must give the same predictions in a step (any worker count) and in predict.
-    with threadpool_limits(limits=1):
+    with one_thread():
         est, Xt = final_estimator(model), transform_features(model, X)
         if hasattr(est, "predict_outputs"):  # the same outputs from one pass over the estimator's members
             return {k: v if k == "level" else np.asarray(v, dtype=np.float64) for k, v in est.predict_outputs(Xt).items()}

@@ -33,12 +33,11 @@ import numpy as np
 import optuna
 from optuna.storages.journal import JournalFileBackend  # a submodule `optuna.storages` does not export
 from optuna.trial import TrialState
-from threadpoolctl import threadpool_limits
 
 from bondexp.errors import ConfigError
 from bondexp.executors import worker_label
 from bondexp.features import Dataset
-from bondexp.steps.train import fit_predict
+from bondexp.steps.train import fit_predict, one_thread
 
 #: Folder of the run holding the study's journal file.
 STUDY_DIR = "tuning"
@@ -254,7 +253,7 @@ def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping
     One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
     """
     try:
-        with threadpool_limits(limits=1):
+        with one_thread():
             model, predictions = fit_predict(model_config, dataset, params=params)
         truth = dataset.target("validation")
         value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
