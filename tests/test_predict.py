@@ -22,7 +22,7 @@ from bondexp.data import Market, load_market
 from bondexp.data.files import write_market
 from bondexp.features import load_dataset
 from bondexp.predict.app import OUTPUT_FILES, predict, register_configs
-from bondexp.predict.batches import previous_residuals
+from bondexp.predict.batches import ROW_ALIGN, batch_bounds, previous_residuals
 from bondexp.predict.runfolder import best_model, resolve_run, version_conflicts
 
 # no wall-clock budget for tuning: on a loaded machine it may end before a trial does
@@ -142,6 +142,32 @@ def test_one_pass_predictions_equal_the_separate_methods(toy_dataset, model):
         np.testing.assert_array_equal(one_pass[key], value, err_msg=key)
 
 
+def test_bayesian_predicts_the_same_in_row_blocks_of_any_size(toy_dataset, monkeypatch):
+    from bondexp.models import bayesian
+
+    est = bayesian.BayesianHeteroscedasticRegressor(n_knots=4, variance_max_iter=20, random_state=0)
+    est.fit(toy_dataset.frame("train"), toy_dataset.target("train"))
+    X = toy_dataset.frame("test")
+    whole = est.predict_outputs(X)
+    monkeypatch.setattr(bayesian, "PREDICT_ROWS", 16)  # the design built 16 rows at a time, the last block short
+    assert len(X) % 16
+    for key, value in est.predict_outputs(X).items():
+        np.testing.assert_array_equal(value, whole[key], err_msg=key)
+
+
+def test_batches_are_even_in_count_nearly_equal_and_start_on_aligned_rows():
+    for n, rows in [(1_000_000, 65_536), (65_536, 65_536), (65_537, 65_536), (150_001, 65_536), (100_000, 30_000)]:
+        bounds = batch_bounds(n, rows)
+        sizes = [stop - start for start, stop in bounds]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False)), bounds
+        assert all(start % ROW_ALIGN == 0 for start, _ in bounds), bounds
+        assert max(sizes) <= rows and max(sizes) - min(sizes) < len(bounds) * ROW_ALIGN, (n, rows, sizes)
+        assert len(bounds) == 1 or len(bounds) % 2 == 0, (n, rows, sizes)
+    assert len(batch_bounds(1_000_000, 65_536)) == 16  # not 15 full batches and a last one of 16,960 rows
+    assert batch_bounds(65_536, 65_536) == [(0, 65_536)]
+
+
 def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(finished_run, cache, tmp_path):
     cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
     other, _ = load_market(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed) + 1)
@@ -152,7 +178,10 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     proc = python_m("bondexp.predict", f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}", cwd=tmp_path, cache=cache)
     assert proc.returncode == 0, proc.stderr
     out = pd.read_parquet(out_dir / "predictions.parquet")
-    assert len(out) == len(bonds) == len(pd.read_csv(out_dir / "predictions.csv"))
+    csv = pd.read_csv(out_dir / "predictions.csv")  # the workers format its rows, the parent its header
+    assert len(out) == len(bonds) == len(csv) and list(csv.columns) == list(out.columns)
+    floats = [name for name in out.columns if out[name].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(csv[floats], out[floats], check_exact=True)
 
     artifacts = {a.name: a for a in (joblib.load(finished_run / "checkpoints" / f"{s}.pkl") for s in MODEL_STEPS)}
     best = best_model(artifacts)

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from bondexp.config import plain_dict
 from bondexp.errors import ConfigError
-from bondexp.predict.batches import check_source, load_new_bonds, predict_batches, read_new_bonds
+from bondexp.predict.batches import check_source, csv_bytes, load_new_bonds, predict_batches, read_new_bonds
 from bondexp.predict.runfolder import best_model, open_run, resolve_run
 from bondexp.predict.summary import Scores, concat, ranking_columns, render_markdown
 
@@ -63,9 +64,9 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     check_source(data_cfg)
     run_dir = resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
     wall = time.perf_counter()
-    # The new file is read and validated (pyarrow and numpy, which release the GIL) while this
-    # thread opens the run (mostly scikit-learn's import, which holds it): about 3 s each at 1M rows.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bondexp-read") as reader:
+    # The new file is read and validated while this thread opens the run (mostly scikit-learn's
+    # import): about 2 and 3 s of CPU at 1M rows.
+    with _reader(int(cfg.workers)) as reader:
         read = reader.submit(_cpu_timed, read_new_bonds, data_cfg)
         clock = time.thread_time()
         run = open_run(run_dir, models, cache_dir=Path(cfg.cache_dir).expanduser())
@@ -117,6 +118,14 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     return final
 
 
+def _reader(workers: int) -> Executor:
+    """Where the new file is read: a forked process when the batches go to worker processes (the
+    read then has the other core to itself, where a thread would wait on the imports' GIL), else a thread."""
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bondexp-read")
+
+
 def _cpu_timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """``fn(*args)`` and the CPU seconds this thread spent on it."""
     clock = time.thread_time()
@@ -124,7 +133,7 @@ def _cpu_timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 
 def _write_tables(
-    batches: Iterable[dict[str, np.ndarray]],
+    batches: Iterable[tuple[dict[str, np.ndarray], bytes]],
     temporary: Mapping[str, Path],
     *,
     scores: Scores,
@@ -134,22 +143,22 @@ def _write_tables(
 ) -> list[dict[str, np.ndarray]]:
     """Write each batch to the temporary parquet and CSV files as it comes and score it; return the latest date's rows."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     ranked: list[dict[str, np.ndarray]] = []
     parquet = csv = None
     try:
-        for columns in batches:
+        for columns, csv_rows in batches:
             clock = time.process_time()
             table = pa.table(columns)
             if parquet is None or csv is None:
                 # dictionary-encode the ids, dates and labels only: trying it on unique floats costs 10x the write
                 labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
                 parquet = pq.ParquetWriter(temporary["predictions.parquet"], table.schema, use_dictionary=labels)
-                csv = pacsv.CSVWriter(str(temporary["predictions.csv"]), table.schema)
+                csv = open(temporary["predictions.csv"], "wb")  # closed below
+                csv.write(csv_bytes({name: values[:0] for name, values in columns.items()}, header=True))
             parquet.write_table(table)
-            csv.write_table(table)
+            csv.write(csv_rows)
             scores.add(columns)
             today = columns["obs_date"] == latest
             ranked.append({k: v[today] for k, v in columns.items() if k in ranking_columns(best)})
