@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,53 @@ import pytest
 QUICK = ["data=small", "tune.n_trials=3", "eval.n_bootstrap=50", "progress=false"]
 
 
+class Started:
+    """A `python -m bondexp` subprocess started now and waited for later (``result``), so a test can run
+    several independent runs at once: a small run mostly waits on its processes starting, and two cores
+    overlap that. Its output goes to unnamed temporary files, not pipes, so an unread run never blocks."""
+
+    def __init__(self, *args: str, cwd: Path, cache: Path, env: dict | None = None):
+        # without a thread pin of the caller's, so the run's own thread budget is what is tested
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)} | (env or {})
+        self.args = [sys.executable, "-m", "bondexp", *args]
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        # its own process group, so stopping it stops its workers too
+        self.process = subprocess.Popen(self.args, cwd=cwd, env=env, stdout=self._out, stderr=self._err, start_new_session=True)
+
+    def result(self, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Wait for the run (killed after ``timeout`` seconds, as ``subprocess.run`` would); with ``check``,
+        a non-zero exit raises with both outputs."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except BaseException:  # the timeout, or Ctrl-C
+            self.stop()
+            raise
+        outputs = []
+        for handle in (self._out, self._err):
+            handle.seek(0)
+            outputs.append(handle.read())
+            handle.close()
+        proc = subprocess.CompletedProcess(self.args, code, *outputs)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def __enter__(self) -> Started:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Kill the run and its workers if it is still going (a test failed before it waited)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
 def bondexp(*args: str, cwd: Path, cache: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    # without a thread pin of the caller's, so the run's own thread budget is what is tested
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)} | (env or {})
-    proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+    return Started(*args, cwd=cwd, cache=cache, env=env).result(check=check)
 
 
 @pytest.fixture(scope="module")
