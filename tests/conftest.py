@@ -1,4 +1,5 @@
-"""Shared fixtures: a small in-memory Dataset for unit tests of steps, and a composed, shrunk config."""
+"""Shared fixtures: a small in-memory Dataset for unit tests of steps, and a composed, shrunk config; which of a
+module's tests a session runs."""
 
 from __future__ import annotations
 
@@ -89,3 +90,9 @@ def make_toy_dataset(n_bonds: int = 60, n_months: int = 30, seed: int = 0) -> Da
 @pytest.fixture(scope="session")
 def toy_dataset() -> Dataset:
     return make_toy_dataset()
+
+
+def needed_by(request: pytest.FixtureRequest, *tests: str) -> bool:
+    """Whether this session runs any of the requesting module's tests named ``tests`` (any parameters): a
+    fixture that starts a module's whole runs together starts only the ones its selected tests read."""
+    return any(item.module is request.module and getattr(item, "originalname", item.name) in tests for item in request.session.items)

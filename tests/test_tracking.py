@@ -3,8 +3,10 @@ read back through `mlflow.search_runs`; and what a run logs, as pure functions."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -12,7 +14,8 @@ from omegaconf import OmegaConf
 from bondexp.config import collect_models, validate_config
 from bondexp.errors import ConfigError
 from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
-from test_app import bondexp
+from conftest import needed_by
+from test_app import Started, bondexp
 from test_config import composed
 
 mlflow = pytest.importorskip("mlflow")
@@ -33,16 +36,46 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tracked_run(store, cache):
-    folder, uri = store
-    run_dir = folder / "run"
-    bondexp(*TRACKED, f"tracking.uri={uri}", f"hydra.run.dir={run_dir}", cwd=folder, cache=cache)
-    return run_dir
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def started(request, store, cache, tmp_path_factory):
+    """The module's whole runs, started together when its first test needs one: each is mostly one busy process
+    (one worker, MLflow in the parent), so at once they share the two cores instead of leaving one idle.
+    ``{name: (folder, tracking uri, Started)}``, for the runs of the tests this session runs."""
+    runs = {}
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, folder: Path, uri: str, *args: str) -> None:
+            runs[name] = folder, uri, stack.enter_context(Started(*args, f"tracking.uri={uri}", cwd=folder, cache=cache))
+
+        if needed_by(
+            request,
+            "test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts",
+            "test_a_resume_logs_into_the_run_it_started",
+            "test_log_models_registers_each_model_with_its_test_metrics",
+        ):
+            folder, uri = store
+            start("tracked", folder, uri, *TRACKED, f"hydra.run.dir={folder / 'run'}")
+        if needed_by(request, "test_a_sweep_is_one_parent_run_with_one_child_per_job"):
+            folder = tmp_path_factory.mktemp("sweep")
+            start("sweep", folder, f"sqlite:///{folder / 'mlflow.db'}", "-m", *TRACKED, "seed=0,1", f"hydra.sweep.dir={folder / 'sweep'}")
+        if needed_by(request, "test_an_unreachable_tracking_uri_warns_and_the_run_completes"):
+            with socket.socket() as probe:  # a port nothing listens on
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            folder = tmp_path_factory.mktemp("unreachable")
+            start("unreachable", folder, f"http://127.0.0.1:{port}", *TRACKED, f"hydra.run.dir={folder / 'run'}")
+        yield runs
+
+
+@pytest.fixture(scope="module")
+def tracked_run(started):
+    folder, _, run = started["tracked"]
+    run.result()
+    return folder / "run"
 
 
 def test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts(tracked_run, store):
@@ -96,10 +129,9 @@ def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, stor
     assert hasattr(model, "predict")
 
 
-def test_a_sweep_is_one_parent_run_with_one_child_per_job(tmp_path, cache):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep_dir = tmp_path / "sweep"
-    bondexp("-m", *TRACKED, "seed=0,1", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, cache=cache)
+def test_a_sweep_is_one_parent_run_with_one_child_per_job(started):
+    folder, uri, sweep = started["sweep"]
+    sweep.result()
     runs = _runs(uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -111,12 +143,10 @@ def test_a_sweep_is_one_parent_run_with_one_child_per_job(tmp_path, cache):
     assert "summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
-def test_an_unreachable_tracking_uri_warns_and_the_run_completes(tmp_path, cache):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    run_dir = tmp_path / "run"
-    proc = bondexp(*TRACKED, f"tracking.uri=http://127.0.0.1:{port}", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+def test_an_unreachable_tracking_uri_warns_and_the_run_completes(started):
+    folder, _, run = started["unreachable"]
+    proc = run.result()
+    run_dir = folder / "run"
     assert proc.returncode == 0
     output = proc.stdout + proc.stderr
     assert "MLflow tracking to http://127.0.0.1" in output and "failed" in output
