@@ -324,14 +324,22 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), "trial processes outlived the killed run"
 
-    resumed = subprocess.run(
-        [*script, str(tmp_path / "killed"), str(n_trials), "0.2", "1"], env=env, capture_output=True, text=True, timeout=300
+    # the resumed study and an uninterrupted one (in another folder) run at once: each is one process
+    resumed, whole = (
+        subprocess.Popen(
+            [*script, str(tmp_path / name), str(n_trials), "0.2", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name in ("killed", "whole")
     )
-    whole = subprocess.run(
-        [*script, str(tmp_path / "whole"), str(n_trials), "0.2", "1"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0 and whole.returncode == 0, resumed.stderr + whole.stderr
-    assert resumed.stdout.split("done ")[1] == whole.stdout.split("done ")[1]  # count and best params
+    try:
+        (resumed_out, resumed_err), (whole_out, whole_err) = (process.communicate(timeout=300) for process in (resumed, whole))
+    finally:
+        for process in (resumed, whole):
+            if process.poll() is None:  # timed out
+                process.kill()
+                process.wait()
+    assert resumed.returncode == 0 and whole.returncode == 0, resumed_err + whole_err
+    assert resumed_out.split("done ")[1] == whole_out.split("done ")[1]  # count and best params
     trials = _study(tmp_path / "killed").get_trials(deepcopy=False)
     complete = {t.number: (t.params, t.value) for t in trials if t.state == TrialState.COMPLETE}
     assert {n: complete[n] for n in before} == before  # the finished trials were kept, not re-run
