@@ -18,14 +18,14 @@ QUICK = ["data=small", "tune.n_trials=3", "eval.n_bootstrap=50", "progress=false
 
 
 class Started:
-    """A `python -m bondexp` subprocess started now and waited for later (``result``), so a test can run
+    """A `python -m bondexp` (or ``module``) subprocess started now and waited for later (``result``), so a test can run
     several independent runs at once: a small run mostly waits on its processes starting, and two cores
     overlap that. Its output goes to unnamed temporary files, not pipes, so an unread run never blocks."""
 
-    def __init__(self, *args: str, cwd: Path, cache: Path, env: dict | None = None):
+    def __init__(self, *args: str, cwd: Path, cache: Path, env: dict | None = None, module: str = "bondexp"):
         # without a thread pin of the caller's, so the run's own thread budget is what is tested
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)} | (env or {})
-        self.args = [sys.executable, "-m", "bondexp", *args]
+        self.args = [sys.executable, "-m", module, *args]
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         # its own process group, so stopping it stops its workers too
         self.process = subprocess.Popen(self.args, cwd=cwd, env=env, stdout=self._out, stderr=self._err, start_new_session=True)

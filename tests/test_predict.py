@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from bondexp.features import load_dataset
 from bondexp.predict.app import OUTPUT_FILES, predict, register_configs
 from bondexp.predict.batches import ROW_ALIGN, batch_bounds, previous_residuals
 from bondexp.predict.runfolder import best_model, resolve_run, version_conflicts
+from test_app import Started
 
 # no wall-clock budget for tuning: on a loaded machine it may end before a trial does
 QUICK = ["data=small", "tune.n_trials=2", "tune.timeout=null", "eval.n_bootstrap=50", "progress=false"]
@@ -224,42 +226,59 @@ def _unknown_sector(files):
     frame.to_csv(files["path"], index=False)
 
 
-@pytest.mark.parametrize(
-    "case, messages",
-    [
-        ("sha256", ["do not verify", "factor (corrupt (sha256 mismatch))", "resume="]),
-        ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
-        ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
-        (
-            "bad rows",
-            [
-                "non-positive price: column 'clean_price', 1 rows, first rows [3]",
-                "missing or unparseable maturity date: column 'maturity_date', 1 rows, first rows [5]",
-            ],
-        ),
-        ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
-        ("unknown sector", ["sectors the run's models never saw: ['Shipping']"]),
-    ],
-)
-def test_refusals_exit_2_with_one_message_and_write_nothing(finished_run, cache, tmp_path, case, messages):
+REFUSALS = [
+    ("sha256", ["do not verify", "factor (corrupt (sha256 mismatch))", "resume="]),
+    ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
+    ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
+    (
+        "bad rows",
+        [
+            "non-positive price: column 'clean_price', 1 rows, first rows [3]",
+            "missing or unparseable maturity date: column 'maturity_date', 1 rows, first rows [5]",
+        ],
+    ),
+    ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
+    ("unknown sector", ["sectors the run's models never saw: ['Shipping']"]),
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(request, finished_run, cache, tmp_path_factory):
+    """The refusal cases' `python -m bondexp.predict` commands, each on the run's test split with its one fault,
+    started at once (each is one short process): ``{case: (folder, Started)}`` for the cases this session runs."""
+    cases = {
+        item.callspec.params["case"]
+        for item in request.session.items
+        if item.module is request.module and getattr(item, "originalname", "") == "test_refusals_exit_2_with_one_message_and_write_nothing"
+    }
     market, dataset = run_data(finished_run, cache)
-    files = write_market(Market(market.bonds.take(dataset.splits["test"]), market.curves), tmp_path / "data")
-    run_dir, extra = finished_run, []
-    if case in ("sha256", "versions"):
-        run_dir = _tamper(finished_run, tmp_path, case)
-    elif case == "missing model":
-        extra = ["models=[basic,enhancd]"]
-    else:
-        {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
-    out_dir = tmp_path / "out"
-    proc = python_m(
-        "bondexp.predict", f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={out_dir}", cwd=tmp_path, cache=cache
-    )
+    test_split = Market(market.bonds.take(dataset.splits["test"]), market.curves)
+    started = {}
+    with contextlib.ExitStack() as stack:
+        for case in (case for case, _ in REFUSALS if case in cases):
+            folder = tmp_path_factory.mktemp("refusal")
+            files = write_market(test_split, folder / "data")
+            run_dir, extra = finished_run, []
+            if case in ("sha256", "versions"):
+                run_dir = _tamper(finished_run, folder, case)
+            elif case == "missing model":
+                extra = ["models=[basic,enhancd]"]
+            else:
+                {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
+            args = [f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={folder / 'out'}"]
+            started[case] = folder, stack.enter_context(Started(*args, module="bondexp.predict", cwd=folder, cache=cache))
+        yield started
+
+
+@pytest.mark.parametrize("case, messages", REFUSALS)
+def test_refusals_exit_2_with_one_message_and_write_nothing(refusals, case, messages):
+    folder, run = refusals[case]
+    proc = run.result(check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("bondexp.predict: error:") == 1 and "Traceback" not in proc.stderr
     for message in messages:
         assert message in proc.stderr
-    assert not [p for p in out_dir.iterdir() if p.name.startswith(("predictions", ".predictions"))]
+    assert not [p for p in (folder / "out").iterdir() if p.name.startswith(("predictions", ".predictions"))]
 
 
 def test_previous_residual_comes_from_the_file_then_the_run_then_is_absent():
