@@ -23,6 +23,7 @@ from bondexp.features import load_dataset
 from bondexp.pipeline import build_steps
 from bondexp.steps.backtest import origin_months, origin_rows
 from bondexp.steps.backtest_score import OVERALL, score_backtest
+from test_app import Started
 
 register_configs()
 
@@ -240,10 +241,12 @@ def test_a_second_run_in_the_folder_reuses_every_refit_and_reruns_a_lost_one(fin
 INTERRUPTED = [*SMALL, "model=[basic,factor]", "~steps.tune", "~steps.drift", "~steps.evaluate", "workers=1"]
 
 
-def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_path, cache):
+def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_path, cache, request):
     """`python -m bondexp` interrupted after two refits, then `resume=<folder>`: the same backtest as one whole run."""
     whole, run_dir = tmp_path / "whole", tmp_path / "run"
-    assert run(composed(*INTERRUPTED, f"cache_dir={cache}"), run_dir=whole).ok
+    # the whole run goes on beside the interrupted one (each is one process), and is waited for at the end
+    whole_run = Started(*INTERRUPTED, f"cache_dir={cache}", f"hydra.run.dir={whole}", cwd=tmp_path, cache=cache)
+    request.addfinalizer(whole_run.stop)
     command = [sys.executable, "-m", "bondexp", *INTERRUPTED, f"cache_dir={cache}", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -269,6 +272,8 @@ def test_ctrl_c_then_resume_reuses_every_finished_refit_and_ends_the_same(tmp_pa
     refits = {name for name in steps if "@" in name}
     assert len(refits) == 6 and {name for name in refits if steps[name]["status"] == "reused"} == finished
     assert all(steps[name]["status"] == "ran" for name in refits - finished)
+    whole_run.result()
+    assert json.loads((whole / "results.json").read_text())["ok"]
     assert (run_dir / "backtest.csv").read_text() == (whole / "backtest.csv").read_text()
 
 
