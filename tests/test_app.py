@@ -53,6 +53,8 @@ class Started:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self._out.close()  # a no-op once ``result`` has read them
+        self._err.close()
 
     def stop(self) -> None:
         """Kill the run and its workers if it is still going (a test failed before it waited)."""
