@@ -125,7 +125,10 @@ def run(
         dataset = None  # every step is reused: the parent needs no data, and the steps none either
     print(format_data_summary(summary), flush=True)
 
-    if dataset is not None:  # steps will run: import what the end needs while they do
+    # Steps will run: import what the end needs while they do. Not beside a Dask client, whose
+    # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
+    # then hands one thread a half-initialised module (seen once: no matplotlib.get_data_path).
+    if dataset is not None and cfg.executor.name != "dask":
         threading.Thread(target=_import_output_libraries, name="bondexp-warm-up", daemon=True).start()
     result = run_graph(
         graph,
