@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,11 +29,6 @@ QUICK = ["data=small", "tune.n_trials=2", "tune.timeout=null", "eval.n_bootstrap
 MODEL_STEPS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian", "tune")
 
 
-def python_m(module: str, *args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"BONDEXP_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -46,8 +38,7 @@ def cache(tmp_path_factory) -> Path:
 def finished_run(tmp_path_factory, cache) -> Path:
     """A run of all eight models and the tuned one on the tiny market."""
     run_dir = tmp_path_factory.mktemp("run")
-    proc = python_m("bondexp", *QUICK, "workers=2", f"hydra.run.dir={run_dir}", cwd=run_dir, cache=cache)
-    assert proc.returncode == 0, proc.stderr
+    Started(*QUICK, "workers=2", f"hydra.run.dir={run_dir}", cwd=run_dir, cache=cache).result()  # raises on a non-zero exit
     return run_dir
 
 
@@ -177,8 +168,8 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     bonds = BondTable({**other.bonds.data, "bond_id": other.bonds["bond_id"] + 1_000_000}, other.bonds.sectors)
     files = write_market(Market(bonds, other.curves), tmp_path / "other")
     out_dir = tmp_path / "out"
-    proc = python_m("bondexp.predict", f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}", cwd=tmp_path, cache=cache)
-    assert proc.returncode == 0, proc.stderr
+    args = [f"run={finished_run}", *file_overrides(files), f"hydra.run.dir={out_dir}"]
+    Started(*args, module="bondexp.predict", cwd=tmp_path, cache=cache).result()  # raises on a non-zero exit
     out = pd.read_parquet(out_dir / "predictions.parquet")
     csv = pd.read_csv(out_dir / "predictions.csv")  # the workers format its rows, the parent its header
     assert len(out) == len(bonds) == len(csv) and list(csv.columns) == list(out.columns)
