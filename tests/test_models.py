@@ -290,3 +290,42 @@ def test_bondexp_estimators_fit_with_months_and_without(name):
     for groups in (dates, None):
         fitted = clone(est).fit(X, y, groups=groups) if groups is not None else clone(est).fit(X, y)
         assert np.isfinite(fitted.predict(X)).all()
+
+
+@pytest.mark.parametrize("n, p", [(600, 12), (15, 40)])  # more rows than columns, and fewer
+def test_bayesian_ridge_from_sums_is_bayesian_ridge_fit(n, p):
+    """fit_bayesian_ridge on sums gathered block by block, or with a block's sums taken away, is scikit-learn's fit."""
+    from sklearn.linear_model import BayesianRidge
+
+    from bondexp.models.gram_ridge import GramSums, fit_bayesian_ridge
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, p)) + 50.0  # far from 0, where raw sums would cancel
+    X[:, 1] = 1.0 - X[:, 0]  # collinear with the intercept, as a spline basis's columns are
+    y = X @ rng.normal(size=p) * 0.1 + rng.normal(size=n) + 7.0
+    cut = n // 3
+    first, rest = (GramSums.zeros(X[:5].mean(axis=0), float(y[:5].mean())) for _ in range(2))
+    first.add(X[:cut], y[:cut])
+    for start in range(cut, n, 7):
+        rest.add(X[start : start + 7], y[start : start + 7])
+    for sums, rows in ((first + rest, slice(None)), ((first + rest) - first, slice(cut, None))):
+        reference = BayesianRidge().fit(X[rows], y[rows])
+        fitted = fit_bayesian_ridge(sums)
+        for attr in ("coef_", "intercept_", "alpha_", "lambda_", "sigma_", "X_offset_"):
+            np.testing.assert_allclose(getattr(fitted, attr), getattr(reference, attr), rtol=1e-7, atol=1e-9, err_msg=attr)
+        assert fitted.n_iter_ == reference.n_iter_
+        for got, want in zip(fitted.predict(X[:9], return_std=True), reference.predict(X[:9], return_std=True), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-7)
+
+
+def test_bayesian_mean_is_bayesian_ridge_on_its_design(toy_dataset):
+    """The bayesian model's ridge, fitted from the design's sums, is the ridge fitted on the whole design."""
+    from sklearn.linear_model import BayesianRidge
+
+    from bondexp.models.bayesian import BayesianHeteroscedasticRegressor
+
+    X, y = toy_dataset.frame("train"), toy_dataset.target("train")
+    est = BayesianHeteroscedasticRegressor(n_knots=4, variance_max_iter=20, random_state=0).fit(X, y)
+    reference = BayesianRidge().fit(est._design(est._frame(X)), y)
+    np.testing.assert_allclose(est.mean_.coef_, reference.coef_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(est.predict(X), reference.predict(est._design(est._frame(X))), rtol=1e-9, atol=1e-9)

@@ -142,7 +142,7 @@ def test_bayesian_predicts_the_same_in_row_blocks_of_any_size(toy_dataset, monke
     est.fit(toy_dataset.frame("train"), toy_dataset.target("train"))
     X = toy_dataset.frame("test")
     whole = est.predict_outputs(X)
-    monkeypatch.setattr(bayesian, "PREDICT_ROWS", 16)  # the design built 16 rows at a time, the last block short
+    monkeypatch.setattr(bayesian, "DESIGN_ROWS", 16)  # the design built 16 rows at a time, the last block short
     assert len(X) % 16
     for key, value in est.predict_outputs(X).items():
         np.testing.assert_array_equal(value, whole[key], err_msg=key)

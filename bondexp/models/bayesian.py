@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import BayesianRidge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
@@ -37,14 +35,15 @@ from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
 )
+from bondexp.models.gram_ridge import GramSums, fit_bayesian_ridge
 from bondexp.models.quantile import conformal_quantile
 
 #: The market-state feature that scales the bond terms and drives the variance model.
 STRESS_FEATURE = "market_credit_spread"
-#: Rows of the design built and multiplied at once when predicting. A 65,536-row batch's design
-#: is 105 MB and the ridge's predictive std makes three more of that size: in blocks the copies
-#: reuse the same few MB instead of faulting in fresh pages (and a 600,000-row split needs no GBs).
-PREDICT_ROWS = 8192
+#: Rows of the design built and multiplied at once, fitting (its sums) and predicting. A 65,536-row
+#: design is 105 MB and the ridge's predictive std makes three more of that size: in blocks the
+#: copies reuse the same few MB instead of faulting in fresh pages, and 600,000 rows need no GBs.
+DESIGN_ROWS = 8192
 
 
 class BayesianHeteroscedasticRegressor(CompositeRegressor):
@@ -143,18 +142,29 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
         return np.hstack(blocks)
 
     def _ridge_predict(self, ridge, X, *, return_std=False):
-        """``ridge.predict`` on ``X``'s design (and its std), the design built :data:`PREDICT_ROWS` rows at a time."""
+        """``ridge.predict`` on ``X``'s design (and its std), the design built :data:`DESIGN_ROWS` rows at a time."""
         bond = self.basis_.transform(X)
         market = None if self.market_ is None else self.market_.transform(X)
         mean, std = np.empty(len(bond)), np.empty(len(bond))
-        for start in range(0, len(bond), PREDICT_ROWS):
-            rows = slice(start, start + PREDICT_ROWS)
+        for start in range(0, len(bond), DESIGN_ROWS):
+            rows = slice(start, start + DESIGN_ROWS)
             design = self._stack(bond[rows], None if market is None else market[rows])
             if return_std:
                 mean[rows], std[rows] = ridge.predict(design, return_std=True)
             else:
                 mean[rows] = ridge.predict(design)
         return (mean, std) if return_std else mean
+
+    def _block_sums(self, X, y, block_of_row) -> list[GramSums]:
+        """Each time block's :class:`GramSums` of :meth:`_design`, built :data:`DESIGN_ROWS` rows at a time."""
+        shift = self._design(X.iloc[:DESIGN_ROWS]).mean(axis=0)  # near the column means: see GramSums
+        sums = [GramSums.zeros(shift, float(y[:DESIGN_ROWS].mean())) for _ in range(self.n_folds)]
+        for start in range(0, len(y), DESIGN_ROWS):
+            rows = slice(start, start + DESIGN_ROWS)
+            design, target, blocks = self._design(X.iloc[rows]), y[rows], block_of_row[rows]
+            for k in np.unique(blocks):
+                sums[k].add(design[blocks == k], target[blocks == k])
+        return sums
 
     def _variance_features(self):
         """Features the variance booster sees: everything but the curve factors."""
@@ -192,14 +202,17 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
             self.market_.fit(X)
         market = [n for n in names if n in MARKET_FEATURES]
         self.stress_column_ = market.index(STRESS_FEATURE) if STRESS_FEATURE in market else None
-        # copy_X=False: the ridge centres the design in place instead of copying it, and the folds
-        # build their own rows' design (the bases are row by row, so the values are the same): at
-        # 600,000 training rows the design is about 1 GB, so each copy left out counts.
-        self.mean_ = BayesianRidge(copy_X=False).fit(self._design(X), y)
+        # The ridge needs only sums over the design's rows (bondexp.models.gram_ridge): one pass builds
+        # the design DESIGN_ROWS rows at a time and sums each time block; the mean's fit takes every
+        # block's sums and each fold's fit all but its own block's. No design is ever whole (at
+        # 600,000 rows one is about 1 GB, and an SVD of it held three).
+        block_sums = self._block_sums(X, y, block_of_row)
+        everything = sum(block_sums[1:], block_sums[0])
+        self.mean_ = fit_bayesian_ridge(everything)
         squared = np.empty(len(y))
         for k in range(self.n_folds):
-            block, rest = block_of_row == k, block_of_row != k
-            fold = clone(self.mean_).fit(self._design(X[rest]), y[rest])
+            block = block_of_row == k
+            fold = fit_bayesian_ridge(everything - block_sums[k])
             squared[block] = (y[block] - self._ridge_predict(fold, X[block])) ** 2
         variance_features = self._variance_features()
         booster = self._new_booster(
