@@ -23,7 +23,7 @@ from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError, StepSkipped
 from bondexp.tuning.space import distribution, search_space, space_key
 from bondexp.tuning.step import choose_target
-from bondexp.tuning.study import UNTUNED_ATTR
+from bondexp.tuning.study import UNTUNED_ATTR, trial_start_method
 
 TESTS = Path(__file__).parent
 tune = helpers.tune_flat
@@ -209,9 +209,13 @@ def _config(**changes) -> dict:
 
 def test_same_study_in_process_on_trial_processes_and_from_a_pool_worker(tmp_path, shared, inputs):
     one = tune(_config(), inputs, helpers.context(tmp_path / "one", shared, workers=1))
-    two = tune(_config(), inputs, helpers.context(tmp_path / "two", shared, workers=2))
+    two = tune(_config(), inputs, helpers.context(tmp_path / "two", shared, workers=2))  # a forked trial process
     assert _trials(one) == _trials(two) and one["best_params"] == two["best_params"]
     assert len({t.user_attrs["worker"] for t in _study(tmp_path / "two").get_trials()}) == 2  # really parallel
+    # steps on two BLAS/OpenMP threads: this process may have run OpenMP teams, so the trial process is spawned
+    assert (trial_start_method(1), trial_start_method(2)) == ("fork", "spawn")
+    spawned = tune(_config(), inputs, helpers.context(tmp_path / "spawned", shared, workers=2, threads=2))
+    assert _trials(spawned) == _trials(one)
     # the runner's pool workers are forkserver processes; the step spawns its own trial processes there
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
         pooled = pool.submit(helpers.tune_in_worker, str(tmp_path / "pool"), _config(target="ridge"), 2).result(timeout=300)

@@ -109,9 +109,9 @@ def tune_flat(config: dict, inputs: dict, ctx) -> dict:
     }
 
 
-def context(run_dir: Path, shared: dict, *, workers: int = 1) -> SimpleNamespace:
+def context(run_dir: Path, shared: dict, *, workers: int = 1, threads: int = 1) -> SimpleNamespace:
     return SimpleNamespace(
-        name="tune", run_dir=Path(run_dir), workers=workers, threads=1, shared=shared, log=logging.getLogger("test.tune")
+        name="tune", run_dir=Path(run_dir), workers=workers, threads=threads, shared=shared, log=logging.getLogger("test.tune")
     )
 
 

@@ -79,6 +79,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         timeout=config.get("timeout"),
         workers=ctx.workers,
         seed=int(config.get("seed", 0)),
+        threads=ctx.threads,
     )
     info = {
         "study_name": study.study_name,

@@ -165,16 +165,18 @@ def run_study(
     timeout: float | None,
     workers: int,
     seed: int,
+    threads: int = 1,
 ) -> tuple[TrialFit | None, bool]:
     """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
 
     A batch's trials run ``min(workers, batch_size)`` at a time, on this process and spawned ones, or one after another in
     this process when ``workers == 1`` or this process is daemonic (a Dask worker, whose children
     would be killed with it and which may not start any): the batch design makes both identical.
+    ``threads`` is the BLAS/OpenMP budget this process's steps ran under (see :func:`trial_start_method`).
     """
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     best: TrialFit | None = None
-    with _TrialPool(model_config, dataset, workers=min(workers, batch_size)) as run_batch:
+    with _TrialPool(model_config, dataset, workers=min(workers, batch_size), threads=threads) as run_batch:
         while (n_done := len(finished_trials(study))) < n_trials:
             if deadline is not None and time.monotonic() > deadline:
                 return best, True
@@ -199,25 +201,36 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: TrialFit 
     return best
 
 
+def trial_start_method(threads: int) -> str:
+    """How trial processes start: forked from this process when its steps ran on one thread, else spawned.
+
+    A forked process has the libraries and the data already (a spawned one costs an interpreter,
+    scikit-learn's import and the dataset's pickle: about 3 s of CPU, on the critical path of a run).
+    But GNU OpenMP is not fork-safe: once this process has run a parallel region on more than one
+    thread, a forked child's first region hangs, even on one thread (tested with
+    HistGradientBoosting). A step budget of one thread means no such region ever ran here.
+    """
+    return "fork" if threads <= 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 class _TrialPool:
     """Context manager giving a function that runs one batch of parameter sets and returns their results in order."""
 
-    def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int):
+    def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int, threads: int = 1):
         self.in_process = workers <= 1 or multiprocessing.current_process().daemon
         self.args = (dict(model_config), dataset)
         self.workers = workers
+        self.start_method = trial_start_method(threads)
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self):
         if self.in_process:
             return lambda batch: [run_trial(*self.args, params) for params in batch]
         # This process fits trials too: it has the libraries loaded and would otherwise only wait, so
-        # `workers` trials run at once on `workers - 1` new processes and this one (a spawned process
-        # costs an interpreter and scikit-learn's import, about 3 s of CPU).
-        # spawn: safe from a runner worker (itself a pool process) and from a parent with threads.
+        # `workers` trials run at once on `workers - 1` new processes and this one.
         self.pool = ProcessPoolExecutor(
             max_workers=self.workers - 1,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=_init_trial_process,
             initargs=(*self.args, os.getpid()),
         )
