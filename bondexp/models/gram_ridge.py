@@ -73,24 +73,20 @@ class GramSums:
         return self.shift + d, self.zz - self.n * np.outer(d, d), self.zu - self.n * e * d, self.uu - self.n * e * e, self.y_shift + e
 
 
-def fit_bayesian_ridge(sums: GramSums, ridge: BayesianRidge | None = None) -> BayesianRidge:
-    """``ridge`` (default ``BayesianRidge()``) fitted as ``ridge.fit(X, y)`` would be, from ``X``'s :class:`GramSums`.
+def fit_bayesian_ridge(sums: GramSums) -> BayesianRidge:
+    """``BayesianRidge()`` fitted as ``BayesianRidge().fit(X, y)`` would be, from ``X``'s :class:`GramSums`.
 
-    Only ``fit_intercept=True`` without ``compute_score`` is supported; the returned estimator has
-    ``coef_``, ``intercept_``, ``alpha_``, ``lambda_``, ``sigma_``, ``X_offset_``, ``X_scale_``,
-    ``n_iter_`` and ``n_features_in_``, as ``fit`` sets them.
+    The returned estimator has ``coef_``, ``intercept_``, ``alpha_``, ``lambda_``, ``sigma_``,
+    ``X_offset_``, ``X_scale_``, ``n_iter_`` and ``n_features_in_``, as ``fit`` sets them.
     """
-    ridge = BayesianRidge() if ridge is None else ridge
-    if not ridge.fit_intercept or ridge.compute_score:
-        raise ValueError("fit_bayesian_ridge supports fit_intercept=True and compute_score=False only")
+    ridge = BayesianRidge()
     mean_x, xx, xy, yy, mean_y = sums.centred()
     y_var = yy / sums.n
     eigen_vals, V = np.linalg.eigh(xx)
     eigen_vals = np.maximum(eigen_vals, 0.0)  # a Gram matrix has none below 0; rounding can make a zero one slightly so
     Vt_xy = V.T @ xy
     eps = np.finfo(np.float64).eps
-    alpha_ = 1.0 / (y_var + eps) if ridge.alpha_init is None else ridge.alpha_init
-    lambda_ = 1.0 if ridge.lambda_init is None else ridge.lambda_init
+    alpha_, lambda_ = 1.0 / (y_var + eps), 1.0  # BayesianRidge's starting values (alpha_init, lambda_init None)
 
     def update(alpha_: float, lambda_: float) -> tuple[np.ndarray, float]:
         coef = V @ (Vt_xy / (eigen_vals + lambda_ / alpha_))

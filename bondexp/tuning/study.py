@@ -165,11 +165,11 @@ def run_study(
     timeout: float | None,
     workers: int,
     seed: int,
-    threads: int = 1,
+    threads: int,
 ) -> tuple[TrialFit | None, bool]:
     """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
 
-    A batch's trials run ``min(workers, batch_size)`` at a time, on this process and spawned ones, or one after another in
+    A batch's trials run ``min(workers, batch_size)`` at a time, on this process and trial processes, or one after another in
     this process when ``workers == 1`` or this process is daemonic (a Dask worker, whose children
     would be killed with it and which may not start any): the batch design makes both identical.
     ``threads`` is the BLAS/OpenMP budget this process's steps ran under (see :func:`trial_start_method`).
@@ -216,7 +216,7 @@ def trial_start_method(threads: int) -> str:
 class _TrialPool:
     """Context manager giving a function that runs one batch of parameter sets and returns their results in order."""
 
-    def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int, threads: int = 1):
+    def __init__(self, model_config: Mapping[str, Any], dataset: Dataset, *, workers: int, threads: int):
         self.in_process = workers <= 1 or multiprocessing.current_process().daemon
         self.args = (dict(model_config), dataset)
         self.workers = workers
