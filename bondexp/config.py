@@ -103,7 +103,7 @@ class TuneConf:
     target: str | None = None  # model to tune; null = the best ML model with a search space
     n_trials: int = 16  # trials in the study (finished trials of a resumed study count)
     batch_size: int = 4  # trials asked together, run at once and told back in trial order
-    timeout: float | None = 600.0  # safety cap in seconds, checked between batches; null = none
+    timeout: float | None = 600.0  # safety cap in seconds: no batch starts that would end after it; null = none
     storage: str | None = None  # null = Optuna journal file in the run folder; or a database URL
     search_space: dict[str, Any] = field(default_factory=dict)  # model -> param -> {low, high, log} | {choices}
     class_search_space: dict[str, Any] = field(default_factory=dict)  # estimator class -> param -> range (group search_space)

@@ -286,6 +286,11 @@ def test_the_timeout_cap_stops_between_batches_and_says_so(tmp_path, shared):
     assert artifact["metrics"]["n_trials"] == 2  # the first batch finishes; no batch starts after the cap
     assert artifact["metrics"]["timed_out"] and not artifact["metrics"]["reproducible"]
     assert "tune.timeout stopped the study" in artifact["note"]
+    # nor one that would end after it: batches of two 0.5 s sleeps, a cap of 2.5 s, so the third would end at about 3 s
+    slower = helpers.model_artifact("slow", estimator={**helpers.ESTIMATORS["slow"], "delay": 0.5})
+    config = {**config, "timeout": 2.5}
+    artifact = tune(config, {"slow": slower}, helpers.context(tmp_path / "later", shared))
+    assert artifact["metrics"]["n_trials"] == 4 and artifact["metrics"]["timed_out"]
 
 
 # ----------------------------------------------------------------------------- a killed run
