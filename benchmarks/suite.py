@@ -2,7 +2,7 @@
 
     python benchmarks/suite.py                 # default market (~50k observations), workers=1 and 2
     python benchmarks/suite.py --n 6000        # the 6,000 observations the old pipeline took 767 s on
-    python benchmarks/suite.py --n 1000000 --only 2   # one size, one worker count
+    python benchmarks/suite.py --n 1000000 --only 2 --cold-only   # one size, one worker count, one run
 
 Each configuration runs `python -m bondexp` as a subprocess in a fresh run folder, first with an
 empty feature cache (cold), then with the cache that run filled (warm), then resumes the warm run.
@@ -17,6 +17,8 @@ time, and a calibration line: the goals are scaled by how long a fixed pure-Pyth
 here against the reference machine. It also prints the graph's lower bound, max(critical path,
 work / workers) from the steps' own durations and needs (the checkpoint manifests), and the graph
 phase over it (goal 1.15): how close the runner's ordering comes to the best any order could do.
+And the memory, sampled with psutil over the command's process tree (the forkserver's workers and
+tune's trial processes included): the peak RSS of the largest process and the peak sum of PSS.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 from calibration import REFERENCE_LOOP_S, calibration_line, loop_seconds
+from memory import TreeMemory
 
 OLD_PIPELINE_S = 767.0  # the pipeline bondexp replaces, on its default 6,000 observations
 GOALS_S = {  # (observations or None for the default market, workers) -> wall-time goal, cold cache
@@ -43,6 +46,7 @@ GOAL_START_S = 1.0  # the first step starts within this of the command
 GOAL_END_S = 0.5  # the last step's end to the exit
 GOAL_SPEEDUP = 1.8  # workers=2 against workers=1, default market
 GOAL_BOUND = 1.15  # the graph phase over its lower bound
+GOAL_LARGEST_MIB = 3072.0  # no process above 3 GiB (the goal is set at 1,000,000 observations)
 
 
 def _epoch(text: str | None) -> float | None:
@@ -67,11 +71,15 @@ def run(args: list[str], *, cwd: Path, cache: Path, workers: int) -> dict:
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache)}
     started_at = time.time()
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bondexp", "progress=false", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "bondexp", "progress=false", *args]
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    memory = TreeMemory(proc.pid)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
+    memory.stop()
     exited_at = started_at + wall
     if proc.returncode != 0:
-        sys.exit(f"bondexp {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"bondexp {' '.join(args)} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     run_dir = next(Path(a.split("=", 1)[1]) for a in args if a.startswith(("hydra.run.dir=", "resume=")))
     by_name = json.loads((run_dir / "results.json").read_text())["steps"]
     steps = by_name.values()
@@ -80,7 +88,14 @@ def run(args: list[str], *, cwd: Path, cache: Path, workers: int) -> dict:
     phases = {"start": None, "graph": None, "end": None}
     if starts and ends:
         phases = {"start": min(starts) - started_at, "graph": max(ends) - min(starts), "end": exited_at - max(ends)}
-    return {"wall": wall, **phases, "bound": lower_bound(run_dir, by_name, workers)}
+    mib = 2**20
+    return {
+        "wall": wall,
+        **phases,
+        "bound": lower_bound(run_dir, by_name, workers),
+        "largest_mib": memory.largest / mib,
+        "pss_mib": memory.total_pss / mib,
+    }
 
 
 def _fmt(seconds: float | None, width: int = 7) -> str:
@@ -92,6 +107,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="observations (default: the synthetic preset)")
     parser.add_argument("--only", type=int, default=None, help="run one worker count only")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides")
+    parser.add_argument("--cold-only", action="store_true", help="the cold run only (no warm run, no resume)")
     opts = parser.parse_args()
     size = [f"data.n_observations={opts.n}"] if opts.n else []
     loop_s = loop_seconds()
@@ -101,13 +117,14 @@ def main() -> None:
         tmp = Path(tmp)
         for workers in [opts.only] if opts.only else [1, 2]:
             cache = tmp / f"cache{workers}"  # each worker count starts cold
-            for label in ("cold", "warm"):
+            for label in ("cold",) if opts.cold_only else ("cold", "warm"):
                 run_dir = tmp / f"w{workers}-{label}"
                 result = run([*size, *opts.extra, f"workers={workers}", f"hydra.run.dir={run_dir}"], cwd=tmp, cache=cache, workers=workers)
                 rows.append((f"workers={workers} {label}", result))
                 if label == "cold":
                     walls[workers] = result["wall"]
-            rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache, workers=workers)))
+            if not opts.cold_only:
+                rows.append((f"workers={workers} resume", run([f"resume={run_dir}"], cwd=tmp, cache=cache, workers=workers)))
         loop_after = loop_seconds()
     load = os.getloadavg()
     print(
@@ -116,14 +133,18 @@ def main() -> None:
     )
     print(calibration_line((loop_s + loop_after) / 2) + f" (before {loop_s:.2f} s, after {loop_after:.2f} s)")
     scale = (loop_s + loop_after) / 2 / REFERENCE_LOOP_S
-    print(f"{'run':<18} {'wall s':>7} {'start':>7} {'graph':>7} {'end':>7} {'bound':>7} {'graph/bound':>11} {'767 s / wall':>13}")
+    print(
+        f"{'run':<18} {'wall s':>7} {'start':>7} {'graph':>7} {'end':>7} {'bound':>7} {'graph/bound':>11} {'767 s / wall':>13} "
+        f"{'largest MiB':>12} {'sum PSS MiB':>12}"
+    )
     for label, r in rows:
         ratio = f"{r['graph'] / r['bound']:11.2f}" if r["bound"] and r["graph"] is not None else f"{'-':>11}"
         print(
             f"{label:<18} {_fmt(r['wall'])} {_fmt(r['start'])} {_fmt(r['graph'])} {_fmt(r['end'])} {_fmt(r['bound'])} "
-            f"{ratio} {OLD_PIPELINE_S / r['wall']:13.1f}"
+            f"{ratio} {OLD_PIPELINE_S / r['wall']:13.1f} {r['largest_mib']:12.0f} {r['pss_mib']:12.0f}"
         )
     print(f"bound: max(critical path, work / workers) of the steps that ran; graph/bound goal {GOAL_BOUND}")
+    print(f"memory: peak RSS of the largest process (goal {GOAL_LARGEST_MIB:.0f} MiB) and peak sum of PSS over the process tree")
     print(f"goals scaled by {scale:.2f}: start {GOAL_START_S * scale:.2f} s, end {GOAL_END_S * scale:.2f} s", end="")
     for workers, wall in walls.items():
         goal = GOALS_S.get((opts.n, workers))
