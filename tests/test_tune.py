@@ -216,7 +216,7 @@ def test_same_study_in_process_on_trial_processes_and_from_a_pool_worker(tmp_pat
     assert (trial_start_method(1), trial_start_method(2)) == ("fork", "spawn")
     spawned = tune(_config(), inputs, helpers.context(tmp_path / "spawned", shared, workers=2, threads=2))
     assert _trials(spawned) == _trials(one)
-    # the runner's pool workers are forkserver processes; the step spawns its own trial processes there
+    # the runner's pool workers are forkserver processes; the step starts its own trial processes there (forked)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
         pooled = pool.submit(helpers.tune_in_worker, str(tmp_path / "pool"), _config(target="ridge"), 2).result(timeout=300)
     ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")}, helpers.context(tmp_path / "ridge", shared))
@@ -286,9 +286,10 @@ def test_the_timeout_cap_stops_between_batches_and_says_so(tmp_path, shared):
     assert artifact["metrics"]["n_trials"] == 2  # the first batch finishes; no batch starts after the cap
     assert artifact["metrics"]["timed_out"] and not artifact["metrics"]["reproducible"]
     assert "tune.timeout stopped the study" in artifact["note"]
-    # nor one that would end after it: batches of two 0.5 s sleeps, a cap of 2.5 s, so the third would end at about 3 s
-    slower = helpers.model_artifact("slow", estimator={**helpers.ESTIMATORS["slow"], "delay": 0.5})
-    config = {**config, "timeout": 2.5}
+    # nor one that would end after it: batches of two 1 s sleeps (about 2 s), a cap of 5 s, so the second batch
+    # ends at about 4 s and the third would end at about 6 s (the old check, before a batch only, ran it: 6 trials)
+    slower = helpers.model_artifact("slow", estimator={**helpers.ESTIMATORS["slow"], "delay": 1.0})
+    config = {**config, "timeout": 5.0}
     artifact = tune(config, {"slow": slower}, helpers.context(tmp_path / "later", shared))
     assert artifact["metrics"]["n_trials"] == 4 and artifact["metrics"]["timed_out"]
 
