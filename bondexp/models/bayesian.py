@@ -157,13 +157,15 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
 
     def _block_sums(self, X, y, block_of_row) -> list[GramSums]:
         """Each time block's :class:`GramSums` of :meth:`_design`, built :data:`DESIGN_ROWS` rows at a time."""
-        shift = self._design(X.iloc[:DESIGN_ROWS]).mean(axis=0)  # near the column means: see GramSums
-        sums = [GramSums.zeros(shift, float(y[:DESIGN_ROWS].mean())) for _ in range(self.n_folds)]
+        sums: list[GramSums] = []
         for start in range(0, len(y), DESIGN_ROWS):
             rows = slice(start, start + DESIGN_ROWS)
             design, target, blocks = self._design(X.iloc[rows]), y[rows], block_of_row[rows]
+            if not sums:  # shifted by the first rows' means, near the column means: see GramSums
+                sums = [GramSums.zeros(design.mean(axis=0), float(target.mean())) for _ in range(self.n_folds)]
             for k in np.unique(blocks):
-                sums[k].add(design[blocks == k], target[blocks == k])
+                at = blocks == k
+                sums[k].add(design[at], target[at])
         return sums
 
     def _variance_features(self):
