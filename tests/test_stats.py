@@ -8,6 +8,7 @@ from scipy import stats as sps
 
 from bondexp import stats
 from bondexp.stats import (
+    KSReference,
     bootstrap_rmse_ci,
     chi2_pvalue,
     correct_pvalues,
@@ -207,6 +208,25 @@ def test_one_sided_ks_asks_whether_current_is_larger():
     scipy_p = sps.ks_2samp(reference, larger, alternative="greater", method="asymp").pvalue
     assert np.log(ks_pvalue(reference, larger, larger=True)) == pytest.approx(np.log(scipy_p), rel=0.05)
     assert np.isnan(ks_pvalue(reference, np.array([])))
+
+
+@pytest.mark.parametrize("larger", [False, True])
+def test_sorted_reference_gives_scipys_statistic_bit_for_bit(larger):
+    """The monthly tests reuse one sorted reference; ties, shifts and tiny samples included."""
+    rng = np.random.default_rng(5)
+    reference = np.round(rng.normal(size=3000), 1)  # many ties, inside and across the samples
+    sorted_reference = KSReference(reference)
+    alternative = "greater" if larger else "two-sided"
+    for current in (
+        np.round(rng.normal(0.3, 1.2, size=700), 1),
+        np.round(rng.normal(-0.3, 0.8, size=50), 2),
+        rng.normal(size=1),
+        reference[:10],
+        np.full(5, reference.max() + 1.0),
+    ):
+        expected = sps.ks_2samp(reference, current, alternative=alternative, method="asymp").statistic
+        assert sorted_reference.statistic(current, larger=larger) == expected
+        assert ks_pvalue(sorted_reference, current, larger=larger) == ks_pvalue(reference, current, larger=larger)
 
 
 def test_chi2_equals_scipy_at_full_sizes_drops_empty_categories_and_scales_rows():

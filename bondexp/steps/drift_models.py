@@ -20,7 +20,7 @@ import numpy as np
 from bondexp.artifacts import ModelArtifact
 from bondexp.features import Dataset
 from bondexp.metrics import rmse
-from bondexp.stats import correct_pvalues, ks_pvalue, sample_drift, split_by_month
+from bondexp.stats import KSReference, correct_pvalues, ks_pvalue, sample_drift, split_by_month
 
 
 def bond_share(dataset: Dataset, split: str) -> float:
@@ -59,7 +59,7 @@ def model_drift(
             pred_val, pred_test, test_month, n_months, categorical=False, n_bins=n_bins, psi_floor=psi_floor, shares=shares
         )
         err_val, err_test = y_val - pred_val, y_test - pred_test
-        abs_val, abs_test = np.abs(err_val), np.abs(err_test)
+        abs_val, abs_test = KSReference(np.abs(err_val)), np.abs(err_test)
         m_p = np.array(
             [ks_pvalue(abs_val, chunk, shares=(shares[0], 1.0), larger=True) for chunk in split_by_month(abs_test, test_month, n_months)]
         )
