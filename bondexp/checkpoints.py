@@ -122,6 +122,30 @@ def load_verified(path: Path, sha256: str | None) -> Any:
         return pickle.load(fh)  # noqa: S301  # only after the digest matched what this run wrote
 
 
+@dataclasses.dataclass(frozen=True)
+class PickledArtifact:
+    """A step's artifact pickled where it was made, as its checkpoint holds it: the light part, and a model's pipeline apart.
+
+    A pool worker hands its artifact back so, and the run's process writes these bytes without
+    unpickling them: it never imports the libraries of the objects inside (scikit-learn's import
+    alone is 2-3 s of CPU, which every run's parent spent beside the workers).
+    """
+
+    light: bytes
+    pipeline: bytes | None = None
+
+    @classmethod
+    def of(cls, artifact: Any) -> PickledArtifact:
+        pipeline = None
+        if isinstance(artifact, ModelArtifact) and artifact.pipeline is not None:
+            pipeline, artifact = _pickled(artifact.pipeline), artifact.light()
+        return cls(_pickled(artifact), pipeline)
+
+
+def _pickled(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def utc_iso(timestamp: float | None) -> str | None:
     """ISO 8601 UTC text of a POSIX timestamp (``None`` stays ``None``)."""
     if timestamp is None:
@@ -162,8 +186,9 @@ class CheckpointStore:
     def save(self, name: str, artifact: Any, manifest: Mapping[str, Any], *, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
         """Write the artifact (a model's fitted pipeline to its own file), the step's files, then the manifest.
 
-        The manifest records each file's sha256 (the light artifact's as ``sha256``, the pipeline's
-        as ``pipeline_sha256``, the bundle of report files as ``files_sha256``, and each report file's
+        ``artifact`` is the step's object, or the :class:`PickledArtifact` a worker made of it. The
+        manifest records each file's sha256 (the light artifact's as ``sha256``, the pipeline's as
+        ``pipeline_sha256``, the bundle of report files as ``files_sha256``, and each report file's
         as ``files``). It goes last: a crash before it leaves files no manifest vouches for, which
         :meth:`verify` rejects.
 
@@ -172,19 +197,19 @@ class CheckpointStore:
         dict
             The manifest as written.
         """
+        pickled = artifact if isinstance(artifact, PickledArtifact) else PickledArtifact.of(artifact)
         extra: dict[str, Any] = {}
-        if isinstance(artifact, ModelArtifact) and artifact.pipeline is not None:
-            extra["pipeline_sha256"] = self._dump(self.pipeline_path(name), artifact.pipeline)
-            artifact = artifact.light()
+        if pickled.pipeline is not None:
+            extra["pipeline_sha256"] = self._write(self.pipeline_path(name), pickled.pipeline)
         if files:
-            extra["files_sha256"] = self._dump(self.files_path(name), dict(files))
+            extra["files_sha256"] = self._write(self.files_path(name), _pickled(dict(files)))
             extra["files"] = {path: hashlib.sha256(data).hexdigest() for path, data in sorted(files.items())}
         path = self.artifact_path(name)
         full = {
             "format": MANIFEST_FORMAT,
             "step": name,
             **manifest,
-            "sha256": self._dump(path, artifact),
+            "sha256": self._write(path, pickled.light),
             "size_bytes": path.stat().st_size,
             **extra,
             "versions": library_versions(),
@@ -193,11 +218,11 @@ class CheckpointStore:
         return full
 
     @staticmethod
-    def _dump(path: Path, value: Any) -> str:
-        """Pickle ``value`` to ``path`` whole; return the file's sha256."""
+    def _write(path: Path, data: bytes) -> str:
+        """Write the pickle ``data`` to ``path`` whole; return its sha256."""
         with atomic_file(path) as fh:
-            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        return sha256_file(path)
+            fh.write(data)
+        return hashlib.sha256(data).hexdigest()
 
     def load(self, name: str, *, pipeline: bool = False) -> Any:
         """Load a step's artifact after verifying its sha256 against the manifest (see :func:`load_verified`).

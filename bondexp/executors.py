@@ -36,7 +36,7 @@ IN_POOL_WORKER = False
 #: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds.
 _PRELOAD = ["bondexp.worker"]
 #: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
-#: CPU), so no worker imports them again at its first step; the parent imports them too, to unpickle artifacts.
+#: CPU), so no worker imports them again at its first step (beside a Dask cluster, the parent imports them).
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
 #: Imported by the forkserver after either list, never by the parent: freezes what the preload made (see the module).
 _FREEZE = "bondexp.gc_freeze"
@@ -323,19 +323,21 @@ def _as_concurrent_future(dask_future: Any) -> Future:
 
 
 def warm_up(name: str, *, workers: int) -> None:
-    """Before the data loads, start what the steps will need: the forkserver, and the step libraries in this process.
+    """Before the data loads, start what the steps will need.
 
     The local pool's forkserver is launched now with the step libraries preloaded (this call only
     launches it), so it imports scikit-learn in its own process while the parent loads the data,
-    and no worker imports it again: each forks from a server that already has. And the parent
-    imports the same libraries in a background thread: it unpickles every step's artifact, and
-    the first one otherwise stalls the scheduler loop for that import (3 s of CPU, 23 s at load
-    average 17) while finished workers wait idle. Nothing to do for one in-process worker.
+    and no worker imports it again: each forks from a server that already has. The parent itself
+    never needs those libraries: pool workers hand their artifacts back pickled
+    (:class:`~bondexp.checkpoints.PickledArtifact`). A Dask cluster hands back objects, so beside
+    it the parent imports the step libraries in a background thread: the first artifact would
+    otherwise stall the scheduler loop for that import (3 s of CPU, 23 s at load average 17). Nothing to do for one in-process worker.
     """
     if name == "local" and workers < 2:
         return
-    threading.Thread(target=_import_step_libraries, name="bondexp-import").start()
-    if name == "local" and "forkserver" in multiprocessing.get_all_start_methods():
+    if name != "local":
+        threading.Thread(target=_import_step_libraries, name="bondexp-import").start()
+    elif "forkserver" in multiprocessing.get_all_start_methods():
         from multiprocessing import forkserver
 
         multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD_STEPS, _FREEZE])

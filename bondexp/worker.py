@@ -27,7 +27,7 @@ from typing import Any
 
 from bondexp import executors
 from bondexp.artifacts import ModelArtifact, StepOutput, check_files
-from bondexp.checkpoints import CheckpointStore
+from bondexp.checkpoints import CheckpointStore, PickledArtifact
 from bondexp.errors import StepSkipped
 from bondexp.graph import resolve_target
 
@@ -89,15 +89,16 @@ def execute_step(task: Task) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``artifact`` (a :class:`~bondexp.artifacts.StepOutput`'s is unwrapped), ``output_files`` (the
-        report files it returned, path -> bytes), ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
+        ``artifact`` (a :class:`~bondexp.checkpoints.PickledArtifact`; a
+        :class:`~bondexp.artifacts.StepOutput`'s is unwrapped), ``output_files`` (the report files it
+        returned, path -> bytes), ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
         step raised :class:`StepSkipped`, else ``None``), ``started`` and ``ended`` (POSIX seconds),
         ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb`` (see :class:`_PeakRSS`). A step
         that raises is reported in ``error``, not raised, so the parent records it as a value.
     """
     run_dir = Path(task.run_dir)
     store = CheckpointStore(run_dir / "checkpoints")
-    return _run(
+    report = _run(
         task,
         run_dir=run_dir,
         log_path=run_dir / "logs" / f"{task.name}.log",
@@ -107,6 +108,9 @@ def execute_step(task: Task) -> dict[str, Any]:
         workers=task.workers,
         own_process=executors.IN_POOL_WORKER,
     )
+    if report["artifact"] is not None:  # pickled here, so the parent writes it without importing what it holds
+        report["artifact"] = PickledArtifact.of(report["artifact"])
+    return report
 
 
 def execute_remote_step(

@@ -103,3 +103,25 @@ def counts_attempts(config, inputs, ctx):
     path.write_text(str(attempts))
     ctx.log.info("attempt %d", attempts)
     return {"value": float(attempts), "run_dir": str(ctx.run_dir), "threads": ctx.threads, "metrics": {}}
+
+
+class UnpickleTracer:
+    """Appends the pid of every process that unpickles it to ``path``: who read an artifact?"""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.path, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+
+def traced(config, inputs, ctx):
+    """Return an artifact holding an :class:`UnpickleTracer` writing to ``config['path']``."""
+    return {"value": 1.0, "tracer": UnpickleTracer(config["path"]), "metrics": {}}
+
+
+def environment(config, inputs, ctx):
+    """Report the step process's value of the environment variable ``config['name']`` (``unset`` when it has none)."""
+    return {"metrics": {"value": os.environ.get(config["name"], "unset")}}

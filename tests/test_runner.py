@@ -244,6 +244,16 @@ def test_bad_arguments(tmp_path, kwargs, message):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_the_run_writes_a_pool_workers_artifact_without_unpickling_it(tmp_path):
+    """Workers hand artifacts back pickled, so the run's process never imports what they hold (scikit-learn)."""
+    readers = tmp_path / "readers.txt"
+    result = run(build_graph([S("t", fn="traced", path=str(readers)), S("e", value=1.0)]), tmp_path / "run", workers=2)
+    assert statuses(result) == {"t": "ran", "e": "ran"}
+    assert not readers.exists() or str(os.getpid()) not in readers.read_text().split()
+    assert isinstance(artifact(tmp_path / "run", "t")["tracer"], runner_steps.UnpickleTracer)  # the checkpoint holds it
+    assert str(os.getpid()) in readers.read_text().split()  # and the tracer does report a reader
+
+
 def test_pool_workers_may_start_processes(tmp_path):
     result = run(build_graph([S("child", fn="spawn_child"), S("x")]), tmp_path, workers=2)
     assert result.ok, result.summary_table()

@@ -78,3 +78,36 @@ def test_a_checkpoint_changed_in_place_is_run_again_not_reused(finished_run, tmp
     imported(f"resume={run_dir}", cwd=tmp_path, cache=cache)
     results = json.loads((run_dir / "results.json").read_text())
     assert {name: step["status"] for name, step in results["steps"].items()} == {"factor": "ran", "evaluate": "ran", "drift": "ran"}
+
+
+PROBE_STEP_YAML = """# @package _global_
+steps:
+  probe:
+    _target_: runner_steps.environment
+    config: {name: BONDEXP_PROBE}
+"""
+
+
+def test_workers_see_the_environment_hydras_job_sets(tmp_path, cache):
+    """The workers' forkserver starts inside Hydra's job, so ``hydra.job.env_set`` reaches the steps.
+
+    Launching it before Hydra composes would lose that (and gained only about 0.2 s on 2 cores,
+    where the forkserver's imports then compete with Hydra's)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop("BONDEXP_PROBE", None)
+    args = ["data=small", "model=factor", "~steps.tune", "~steps.drift", "~steps.evaluate", "workers=2", "progress=false"]
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "probe.yaml").write_text(PROBE_STEP_YAML)
+    probe = ["+experiment=probe", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bondexp", *args, *probe, "+hydra.job.env_set.BONDEXP_PROBE=set", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    assert steps["probe"]["metrics"] == {"value": "set"}
