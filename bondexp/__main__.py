@@ -73,6 +73,9 @@ def main() -> None:
             print(f"bondexp: error: {err}", file=sys.stderr)
             sys.exit(2)
         _main()
+    except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume)
+        print("\nInterrupted.", file=sys.stderr)
+        sys.exit(130)
     finally:
         gc.freeze()
 

@@ -33,8 +33,9 @@ log = logging.getLogger("bondexp")
 # True inside a pool worker process; the step wrapper then lets Ctrl-C reach the step only while it runs.
 IN_POOL_WORKER = False
 
-#: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds.
-_PRELOAD = ["bondexp.worker"]
+#: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds
+#: (first, so that a Ctrl-C while it imports is left to the run: see the module).
+_PRELOAD = ["bondexp.ignore_sigint", "bondexp.worker"]
 #: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
 #: CPU), so no worker imports them again at its first step (beside a Dask cluster, the parent imports them).
 _PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]

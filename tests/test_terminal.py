@@ -60,3 +60,26 @@ def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
     assert "run folder:" in screen  # the end of the run still prints its table and where it wrote
     main_log = (tmp_path / "run" / "__main__.log").read_text()
     assert "start basic" in main_log  # step events go to the main log instead
+
+
+def test_ctrl_c_during_start_up_prints_one_message_and_no_traceback(tmp_path):
+    """Ctrl-C reaches every process of the run; while Hydra composes and the forkserver imports,
+    neither may answer it with a traceback (the forkserver ignores it, the run says it stopped)."""
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bondexp", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    composed = tmp_path / "run" / ".hydra"
+    deadline = time.monotonic() + 60
+    while not composed.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, 2)  # Hydra has composed; the forkserver is still importing scikit-learn
+    output, _ = proc.communicate(timeout=120)  # returns once every process holding the pipe (the forkserver too) has ended
+    assert proc.returncode == 130, output
+    assert "Interrupted" in output and "Traceback" not in output and "KeyboardInterrupt" not in output, output
