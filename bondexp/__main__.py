@@ -6,6 +6,11 @@ import gc
 import sys
 from pathlib import Path
 
+from bondexp.executors import launch_forkserver_early
+
+if __name__ == "__main__":  # `python -m bondexp`: before Hydra's import (the `bondexp` script launches it in main())
+    launch_forkserver_early(sys.argv)
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -66,6 +71,7 @@ def main() -> None:
     everything is written by then, and collecting scikit-learn, SciPy and pandas object by object
     took 0.7 s of every run's end for memory the process hands back anyway. Exit handlers still run.
     """
+    launch_forkserver_early(sys.argv)  # a no-op when `python -m bondexp` launched it already
     try:
         try:
             sys.argv = _with_resumed_overrides(sys.argv)

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -323,26 +323,79 @@ def _as_concurrent_future(dask_future: Any) -> Future:
     return future
 
 
+#: The environment and working folder of a forkserver :func:`launch_forkserver_early` launched.
+_EARLY_LAUNCH: tuple[dict[str, str], str] | None = None
+
+
+def launch_forkserver_early(argv: Sequence[str]) -> None:
+    """Launch the local pool's forkserver before Hydra composes the config, when ``argv`` asks for a plain run.
+
+    The forkserver imports scikit-learn (2.5-3 s) before the first step can start. Launched here,
+    it does so while Hydra imports and composes (about 1 s) instead of after. A config file may
+    still ask for no pool (``workers: 1``, Dask); the server then only sits idle until the command
+    exits. :func:`warm_up` relaunches it if Hydra's job changed the environment or the working
+    folder (``hydra.job.env_set``, ``hydra.job.chdir``), which the workers would otherwise miss.
+    """
+    global _EARLY_LAUNCH
+    if _EARLY_LAUNCH is None and "forkserver" in multiprocessing.get_all_start_methods() and is_plain_run(argv):
+        _EARLY_LAUNCH = (dict(os.environ), os.getcwd())
+        _launch_forkserver()
+
+
+def is_plain_run(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs steps on the local pool as far as the command line says.
+
+    Not with a Hydra flag (``--help``, ``--cfg``, ``-m`` ...), nor with the overrides that start
+    no pool in this process: ``dry_run``, ``resume``, ``workers=1``, another executor.
+    """
+    for arg in argv[1:]:
+        key, _, value = arg.partition("=")
+        key, value = key.lstrip("+~"), value.strip()
+        if arg.startswith("-") or key in ("dry_run", "resume") or (key, value) == ("workers", "1"):
+            return False
+        if key == "executor" and value != "local":
+            return False
+    return True
+
+
 def warm_up(name: str, *, workers: int) -> None:
     """Before the data loads, start what the steps will need.
 
     The local pool's forkserver is launched now with the step libraries preloaded (this call only
     launches it), so it imports scikit-learn in its own process while the parent loads the data,
-    and no worker imports it again: each forks from a server that already has. The parent itself
-    never needs those libraries: pool workers hand their artifacts back pickled
-    (:class:`~bondexp.checkpoints.PickledArtifact`). A Dask cluster hands back objects, so beside
-    it the parent imports the step libraries in a background thread: the first artifact would
-    otherwise stall the scheduler loop for that import (3 s of CPU, 23 s at load average 17). Nothing to do for one in-process worker.
+    and no worker imports it again: each forks from a server that already has. A server
+    :func:`launch_forkserver_early` launched is kept if this job's environment and working folder
+    are still those it inherited. The parent itself never needs those libraries here: pool
+    workers hand their artifacts back pickled (:class:`~bondexp.checkpoints.PickledArtifact`).
+    A Dask cluster hands back objects, so beside it the parent imports the step libraries in a
+    background thread: the first artifact would otherwise stall the scheduler loop for that
+    import (3 s of CPU, 23 s at load average 17). Nothing to do for one in-process worker.
     """
+    global _EARLY_LAUNCH
     if name == "local" and workers < 2:
         return
     if name != "local":
         threading.Thread(target=_import_step_libraries, name="bondexp-import").start()
     elif "forkserver" in multiprocessing.get_all_start_methods():
-        from multiprocessing import forkserver
+        if _EARLY_LAUNCH is not None and _EARLY_LAUNCH != (dict(os.environ), os.getcwd()):
+            from multiprocessing import forkserver
 
-        multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD_STEPS, _FREEZE])
-        forkserver.ensure_running()  # launches the server and returns; a no-op when it runs
+            # CPython has no public way to replace a running server; its own tests stop it so.
+            # This waits for the old server to finish its imports (at most a few seconds).
+            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+            _EARLY_LAUNCH = None
+            log.info("workers' forkserver relaunched: this job's environment or working folder is not the one it started in")
+        elif _EARLY_LAUNCH is not None:
+            log.info("workers' forkserver: launched before the config was composed")
+        _launch_forkserver()
+
+
+def _launch_forkserver() -> None:
+    """Launch the forkserver with the step libraries preloaded; returns at once (a no-op when it runs)."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD_STEPS, _FREEZE])
+    forkserver.ensure_running()
 
 
 def _import_step_libraries() -> None:

@@ -80,6 +80,26 @@ def test_a_checkpoint_changed_in_place_is_run_again_not_reused(finished_run, tmp
     assert {name: step["status"] for name, step in results["steps"].items()} == {"factor": "ran", "evaluate": "ran", "drift": "ran"}
 
 
+@pytest.mark.parametrize(
+    "argv, plain",
+    [
+        (["bondexp"], True),
+        (["bondexp", "model=enhanced", "workers=4", "executor=local", "~steps.tune"], True),
+        (["bondexp", "--help"], False),
+        (["bondexp", "-m", "seed=0,1"], False),
+        (["bondexp", "--cfg", "job"], False),
+        (["bondexp", "dry_run=true"], False),
+        (["bondexp", "resume=last"], False),
+        (["bondexp", "workers=1"], False),
+        (["bondexp", "executor=dask"], False),
+    ],
+)
+def test_only_a_plain_run_launches_the_forkserver_before_hydra_composes(argv, plain):
+    from bondexp.executors import is_plain_run
+
+    assert is_plain_run(argv) is plain
+
+
 PROBE_STEP_YAML = """# @package _global_
 steps:
   probe:
@@ -89,10 +109,7 @@ steps:
 
 
 def test_workers_see_the_environment_hydras_job_sets(tmp_path, cache):
-    """The workers' forkserver starts inside Hydra's job, so ``hydra.job.env_set`` reaches the steps.
-
-    Launching it before Hydra composes would lose that (and gained only about 0.2 s on 2 cores,
-    where the forkserver's imports then compete with Hydra's)."""
+    """The forkserver launched before Hydra composed is relaunched when ``hydra.job.env_set`` changed the environment."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "PYTHONPATH": str(Path(__file__).parent)}
     env.pop("BONDEXP_PROBE", None)
