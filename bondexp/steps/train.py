@@ -200,8 +200,9 @@ def fit_predict(
     *,
     params: Mapping[str, Any] | None = None,
     train_rows: Sequence[int] | None = None,
+    splits: Sequence[str] = ("validation", "test"),
 ) -> tuple[Pipeline, dict[str, dict[str, Any]]]:
-    """Fit a model as its step would and predict the validation and test splits.
+    """Fit a model as its step would and predict ``splits`` (the validation and test splits).
 
     Parameters
     ----------
@@ -212,11 +213,13 @@ def fit_predict(
         Estimator parameters overriding the model file's.
     train_rows : sequence of int, optional
         Dataset row indices to train on instead of the train split (sorted into time order).
+    splits : sequence of str
+        The splits to predict (a tuning trial needs only the validation split's).
 
     Returns
     -------
     (fitted, predictions)
-        The fitted pipeline and ``{"validation": P, "test": P}`` (see :func:`predict_all`).
+        The fitted pipeline and ``{split: P}`` for each of ``splits`` (see :func:`predict_all`).
 
     Raises
     ------
@@ -225,7 +228,7 @@ def fit_predict(
     """
     model = _train(config, dataset, params=params, train_rows=train_rows)
     features = list(config["features"])
-    return model, {s: predict_all(model, dataset.frame(s, features)) for s in ("validation", "test")}
+    return model, {s: predict_all(model, dataset.frame(s, features)) for s in splits}
 
 
 def validation_metrics(y: np.ndarray, pred: Mapping[str, Any]) -> dict[str, float]:

@@ -53,7 +53,11 @@ _PARENT_POLL_S = 1.0
 
 @dataclasses.dataclass
 class TrialFit:
-    """A finished trial's fit, kept in the parent so the tuned model is the best trial's own fit."""
+    """A finished trial's fit, kept in the parent so the tuned model is the best trial's own fit.
+
+    ``predictions`` holds the validation split's only: a trial is judged on it, and only the best
+    trial's model predicts the other splits (16 trials' test predictions were 8% of tune's CPU).
+    """
 
     number: int
     value: float
@@ -266,13 +270,13 @@ class _TrialPool:
 
 
 def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
-    """``(validation RMSE, fitted model, predictions, worker label)`` of one parameter set, or the exception it raised.
+    """``(validation RMSE, fitted model, its validation predictions, worker label)`` of one parameter set, or the exception it raised.
 
     One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
     """
     try:
         with one_thread():
-            model, predictions = fit_predict(model_config, dataset, params=params)
+            model, predictions = fit_predict(model_config, dataset, params=params, splits=("validation",))
         truth = dataset.target("validation")
         value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
         if not np.isfinite(value):
