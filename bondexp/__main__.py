@@ -58,6 +58,11 @@ def _main(cfg: DictConfig) -> None:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        result = None
+        interrupted = True
+    else:
+        interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
+    if interrupted:
         print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(130)
     if result is not None and not result.ok:

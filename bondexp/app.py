@@ -149,7 +149,7 @@ def run(
 
         track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
     print(result.summary_table())
-    if not result.ok:
+    if not result.ok and not result.interrupted:  # an interrupted run says so on exit (bondexp.__main__)
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
     ended = [s.ended for s in result.steps.values() if s.ended is not None]

@@ -10,7 +10,11 @@ from typing import Any
 from bondexp.atomic import atomic_write_bytes, atomic_write_json
 from bondexp.checkpoints import utc_iso
 
-__all__ = ["RunResult", "StepOutcome", "WorkerLabels"]
+__all__ = ["INTERRUPTED", "RunResult", "StepOutcome", "WorkerLabels"]
+
+
+#: Why a step a Ctrl-C stopped (or that never started) was skipped; the summary says it once, as the run's state.
+INTERRUPTED = "the run was interrupted before this step finished"
 
 
 @dataclass
@@ -206,7 +210,8 @@ class RunResult:
         """A plain-text table: step, group, status, duration, worker and one key metric per step.
 
         The key metric is the first of ``key_metrics`` the step reports, else its first metric.
-        Failed and skipped steps get their reason (a traceback's last line) under the table.
+        Failed and skipped steps get their reason (a traceback's last line) under the table, except
+        the steps a Ctrl-C left unfinished: the last line says the run was interrupted.
         """
         header = ("step", "group", "status", "time", "worker", "key metric")
         rows = [header]
@@ -221,7 +226,7 @@ class RunResult:
         state = "interrupted" if self.interrupted else ("ok" if self.ok else "FAILED")
         lines.append(f"wall {self.wall_s:.2f} s, {state}")
         for s in self.steps.values():
-            if s.status in ("failed", "skipped") and s.error:
+            if s.status in ("failed", "skipped") and s.error and s.error != INTERRUPTED:
                 lines.append(f"{s.status} {s.name}: {s.error.strip().splitlines()[-1]}")
         return "\n".join(lines)
 

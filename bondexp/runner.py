@@ -25,7 +25,7 @@ from bondexp.errors import ConfigError, GraphError
 from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
-from bondexp.results import RunResult, StepOutcome, WorkerLabels
+from bondexp.results import INTERRUPTED, RunResult, StepOutcome, WorkerLabels
 from bondexp.worker import Task
 
 __all__ = ["run_graph"]
@@ -316,8 +316,8 @@ class _Scheduler:
             self.pending.discard(downstream)
             self._settle(self._skip(downstream, f"needs {name!r} which failed" if direct else f"upstream step {name!r} failed"))
 
-    def _skip(self, name: str, reason: str) -> StepOutcome:
-        log.warning("skipped %s: %s", name, reason)
+    def _skip(self, name: str, reason: str, *, level: int = logging.WARNING) -> StepOutcome:
+        log.log(level, "skipped %s: %s", name, reason)
         self.outcomes[name] = StepOutcome(
             name=name, group=self.graph[name].group, status="skipped", fingerprint=self.fps[name], error=reason
         )
@@ -351,7 +351,7 @@ class _Scheduler:
             if name not in in_flight and self.store.verify(name, self.fps[name]) is None:
                 self._reuse(name, status="ran")  # Ctrl-C came after its checkpoint was written
             else:
-                self._skip(name, "the run was interrupted before this step finished")
+                self._skip(name, INTERRUPTED, level=logging.INFO)  # the interruption was warned about once
 
     def _stop(self, *, kill: bool) -> None:
         if self.started:
