@@ -128,8 +128,12 @@ def run(
     # Steps will run: import what the end needs while they do. Not beside a Dask client, whose
     # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
     # then hands one thread a half-initialised module (seen once: no matplotlib.get_data_path).
+    # With the steps in other processes the thread also draws a first PNG, and the timeline is drawn
+    # on this thread only after joining it (matplotlib is not thread-safe).
+    warming = None
     if dataset is not None and cfg.executor.name != "dask":
-        threading.Thread(target=_import_output_libraries, name="bondexp-warm-up", daemon=True).start()
+        warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1,), name="bondexp-warm-up", daemon=True)
+        warming.start()
     result = run_graph(
         graph,
         run_dir=run_dir,
@@ -143,6 +147,8 @@ def run(
         durations_path=durations_path,
         dataset=dataset,
     )
+    if warming is not None:
+        warming.join()
     write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides)
     if cfg.tracking.name != "none":  # its module is imported only then
         from bondexp.tracking import track_run
@@ -198,13 +204,13 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
 
 
-def _import_output_libraries() -> None:
+def _warm_up_outputs(render: bool) -> None:
     """Import matplotlib (the timeline) and the report while the graph runs, so the parent's
     work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
-    from bondexp.plots import import_pyplot
+    from bondexp.plots import warm_up
     from bondexp.report import write_report  # noqa: F401
 
-    import_pyplot()
+    warm_up(render=render)
 
 
 def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]) -> None:

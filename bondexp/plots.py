@@ -31,9 +31,16 @@ def _pyplot():
     return plt
 
 
-def import_pyplot() -> None:
-    """Import matplotlib's pyplot (Agg) now: a caller with idle time pays the import before its first plot."""
-    _pyplot()
+def warm_up(*, render: bool = False) -> None:
+    """Import matplotlib's pyplot (Agg) now, and with ``render`` draw one small PNG too: a caller with
+    idle time pays for the import and (``render``) the backend, fonts and PNG writer before its first
+    plot. Render only where no other thread plots meanwhile: matplotlib is not thread-safe."""
+    plt = _pyplot()
+    if render:
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.barh([0], [1.0])
+        ax.set_title("warm-up")
+        _png(fig, dpi=20)
 
 
 def _png(fig, *, dpi: int) -> bytes:

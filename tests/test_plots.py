@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 from bondexp import plots
@@ -26,3 +27,11 @@ def test_workers_sort_by_number():
 def test_rmse_ci_draws_rows_without_intervals():
     rows = [{"model": "m", "rmse": 1.0, "rmse_ci_low": 0.9, "rmse_ci_high": 1.1}, {"model": "oracle", "rmse": 0.5}]
     assert plots.rmse_ci_png(rows, references=("oracle",)).startswith(PNG)
+
+
+def test_warm_up_renders_and_leaves_no_figure_open():
+    import matplotlib.pyplot as plt
+
+    plots.warm_up(render=True)
+    assert plt.get_fignums() == []  # pyplot keeps what is not closed: the run's parent would hold it
+    assert "matplotlib.backends.backend_agg" in sys.modules  # the backend the first plot needs is loaded
