@@ -207,10 +207,10 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
 def _warm_up_outputs(render: bool) -> None:
     """Import matplotlib (the timeline) and the report while the graph runs, so the parent's
     work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
-    from bondexp.plots import warm_up
+    from bondexp.plots import warm_up_pyplot
     from bondexp.report import write_report  # noqa: F401
 
-    warm_up(render=render)
+    warm_up_pyplot(render=render)
 
 
 def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]) -> None:

@@ -31,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def warm_up(*, render: bool = False) -> None:
+def warm_up_pyplot(*, render: bool = False) -> None:
     """Import matplotlib's pyplot (Agg) now, and with ``render`` draw one small PNG too: a caller with
     idle time pays for the import and (``render``) the backend, fonts and PNG writer before its first
     plot. Render only where no other thread plots meanwhile: matplotlib is not thread-safe."""

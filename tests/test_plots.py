@@ -29,9 +29,9 @@ def test_rmse_ci_draws_rows_without_intervals():
     assert plots.rmse_ci_png(rows, references=("oracle",)).startswith(PNG)
 
 
-def test_warm_up_renders_and_leaves_no_figure_open():
+def test_warm_up_pyplot_renders_and_leaves_no_figure_open():
     import matplotlib.pyplot as plt
 
-    plots.warm_up(render=True)
+    plots.warm_up_pyplot(render=True)
     assert plt.get_fignums() == []  # pyplot keeps what is not closed: the run's parent would hold it
     assert "matplotlib.backends.backend_agg" in sys.modules  # the backend the first plot needs is loaded

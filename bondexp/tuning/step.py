@@ -189,8 +189,9 @@ def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact
         if isinstance(value, BaseException):
             raise value
         _, model, predictions, _ = value
+    features = list(artifact.features)
     for split in ("train", "test"):  # a trial predicts the validation split only
-        predictions[split] = predict_all(model, dataset.frame(split, list(artifact.features)))
+        predictions[split] = predict_all(model, dataset.frame(split, features))
     return model, predictions
 
 
