@@ -35,3 +35,16 @@ def test_warm_up_pyplot_renders_and_leaves_no_figure_open():
     plots.warm_up_pyplot(render=True)
     assert plt.get_fignums() == []  # pyplot keeps what is not closed: the run's parent would hold it
     assert "matplotlib.backends.backend_agg" in sys.modules  # the backend the first plot needs is loaded
+
+
+def test_a_plot_draws_its_figure_once_after_the_layout(monkeypatch):
+    """tight_layout measures the figure; savefig then draws it once. The layout engine tight_layout
+    leaves behind made savefig draw the whole figure a second time first (a quarter of drift's plot)."""
+    import matplotlib.figure
+
+    draws = []
+    draw = matplotlib.figure.Figure.draw
+    monkeypatch.setattr(matplotlib.figure.Figure, "draw", lambda self, renderer: draws.append(1) or draw(self, renderer))
+    rows = [{"model": "m", "rmse": 1.0, "rmse_ci_low": 0.9, "rmse_ci_high": 1.1}]
+    assert plots.rmse_ci_png(rows).startswith(PNG)
+    assert len(draws) == 1
