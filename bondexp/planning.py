@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from bondexp.checkpoints import CheckpointStore, DurationHistory, fingerprint
-from bondexp.graph import Graph
+from bondexp.graph import Graph, Step
 
 __all__ = [
     "CrashSuspects",
     "Eta",
     "dry_run_plan",
+    "FIRST_RUN_SECONDS",
     "eta_s",
     "expected_durations",
     "priorities",
     "ready_order",
     "reuse_plan",
     "step_fingerprints",
+    "step_kind",
     "submittable",
 ]
 
@@ -65,11 +67,40 @@ def expected_durations(graph: Graph, store: CheckpointStore, history: DurationHi
     return expected
 
 
+#: Seconds each kind of step took on the default market (``benchmarks/suite.py``, ``workers=2``), by
+#: a model step's estimator class or another step's target. They only rank the steps no run has
+#: timed yet (a machine's first run): counted alike, those started in declaration order, the quick
+#: ``basic`` and ``enhanced`` first, while ``automl``, the head of the critical path automl -> tune ->
+#: evaluate, waited (2 s of a 6,000-observation run's 19 s). Never shown as an expected duration.
+FIRST_RUN_SECONDS = {
+    "AutoMLRegressor": 10.6,
+    "StackedRegressor": 9.6,
+    "ConformalQuantileRegressor": 4.5,
+    "BayesianHeteroscedasticRegressor": 3.5,
+    "RegimeSwitchingRegressor": 2.0,
+    "RandomForestRegressor": 1.4,
+    "HistGradientBoostingRegressor": 0.7,
+    "FactorRegressor": 0.6,
+    "bondexp.tuning.step.tune": 12.6,
+    "bondexp.steps.drift.drift": 2.9,
+    "bondexp.steps.evaluate.evaluate": 2.1,
+}
+
+
+def step_kind(step: Step) -> str:
+    """What :data:`FIRST_RUN_SECONDS` knows a step by: its estimator's class name (a model step), else its target."""
+    estimator = step.config.get("estimator")
+    if isinstance(estimator, Mapping) and isinstance(estimator.get("_target_"), str):
+        return estimator["_target_"].rpartition(".")[2]
+    return step.target
+
+
 def priorities(graph: Graph, expected: Mapping[str, float | None]) -> dict[str, float]:
     """Longest expected path from each step to the end of the graph (its own time included).
 
     Ready steps are submitted highest first: longest-expected-first for independent steps, and
-    steps that head long chains go before short leaves. Unknown durations count as the mean known.
+    steps that head long chains go before short leaves. An unknown duration counts as its kind's
+    :data:`FIRST_RUN_SECONDS`, or as the mean known when the kind is not there either.
     """
     known = [d for d in expected.values() if d is not None]
     fallback = sum(known) / len(known) if known else 1.0
@@ -77,7 +108,9 @@ def priorities(graph: Graph, expected: Mapping[str, float | None]) -> dict[str, 
     for name in reversed(graph.order):
         tail = max((rank[d] for d in graph.dependents(name)), default=0.0)
         own = expected[name]
-        rank[name] = (own if own is not None else fallback) + tail
+        if own is None:
+            own = FIRST_RUN_SECONDS.get(step_kind(graph[name]), fallback)
+        rank[name] = own + tail
     return rank
 
 

@@ -11,6 +11,7 @@ from bondexp.config import collect_models, register_configs, validate_config
 from bondexp.errors import ConfigError
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps, resolve_features
+from bondexp.planning import ready_order
 
 register_configs()
 
@@ -29,6 +30,15 @@ def test_defaults_compose_to_the_full_suite():
     validate_config(cfg, models=models)
     names = [s.name for s in build_steps(cfg, models)]
     assert names[-3:] == ["evaluate", "drift", "tune"]
+
+
+def test_a_first_run_starts_the_heads_of_the_critical_path_first():
+    """No duration known yet: automl and advanced (the long models tune waits for) go before basic and enhanced, declared first."""
+    cfg = composed()
+    graph = build_graph(build_steps(cfg, collect_models(cfg)))
+    ready = [name for name in graph.order if not graph[name].needs]
+    assert ready[:2] == ["basic", "enhanced"]
+    assert sorted(ready, key=ready_order(graph, dict.fromkeys(graph.order)))[:2] == ["automl", "advanced"]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import pytest
 
 from bondexp.graph import Step, build_graph
-from bondexp.planning import CrashSuspects, eta_s, priorities, ready_order, submittable
+from bondexp.planning import FIRST_RUN_SECONDS, CrashSuspects, eta_s, priorities, ready_order, step_kind, submittable
 
 
 def chain_and_leaf():
@@ -53,6 +53,21 @@ def test_ready_steps_sort_by_priority_then_declaration_order():
     assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 2.0, "c": 2.5})) == ["a", "c"]
     assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 1.0, "c": 2.0})) == ["a", "c"]  # a tie: a is declared first
     assert sorted(["c", "a"], key=ready_order(graph, {"a": 1.0, "b": 1.0, "c": 2.5})) == ["c", "a"]
+
+
+def test_an_unknown_duration_counts_as_its_kinds_first_run_seconds_else_as_the_mean_known():
+    forest = {"estimator": {"_target_": "sklearn.ensemble.RandomForestRegressor", "n_estimators": 5}}
+    graph = build_graph(
+        [
+            Step("forest", "runner_steps.work", config=forest),
+            Step("mine", "runner_steps.work", config={"estimator": {"_target_": "my_models.Mine"}}),
+            Step("known", "runner_steps.work", config={"estimator": {"_target_": "sklearn.ensemble.RandomForestRegressor"}}),
+            Step("report", "runner_steps.work", needs=("forest", "mine", "known")),
+        ]
+    )
+    assert [step_kind(graph[n]) for n in ("forest", "mine", "report")] == ["RandomForestRegressor", "Mine", "runner_steps.work"]
+    rank = priorities(graph, {"forest": None, "mine": None, "known": 3.0, "report": 1.0})
+    assert rank == {"forest": FIRST_RUN_SECONDS["RandomForestRegressor"] + 1.0, "mine": 2.0 + 1.0, "known": 4.0, "report": 1.0}
 
 
 def test_on_a_first_run_a_step_joining_models_goes_before_a_lone_model():
