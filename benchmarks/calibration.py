@@ -10,14 +10,20 @@ import time
 
 #: Seconds of :func:`loop` on the machine where the issues' goals (767 s pipeline, 1 s --help, ...) were set.
 REFERENCE_LOOP_S = 1.1
+#: The issue's loop as it is written: top-level code, so ``s`` and ``i`` are a module's globals. The
+#: same loop inside a function works on locals and runs about 3 times faster (0.37 s against 1.11 s
+#: here on a quiet machine), which made the goals look 3 times tighter than they were: the code the
+#: issue measured (cbe9fea: 27.1 s on 6,000 observations beside a 1.1 s loop) took 31.2-31.6 s here
+#: beside this loop at 1.1-1.6 s, and the in-function loop at 0.37-0.69 s.
+LOOP_SOURCE = "s = 0\nfor i in range(10_000_000):\n    s += i\n"
+_LOOP = compile(LOOP_SOURCE, "<calibration loop>", "exec")
 
 
 def loop() -> int:
-    """The fixed pure-Python loop of the issue: ``s = 0; for i in range(10_000_000): s += i``."""
-    s = 0
-    for i in range(10_000_000):
-        s += i
-    return s
+    """Run :data:`LOOP_SOURCE` at a module's top level (its own fresh globals); return ``s``."""
+    namespace: dict[str, int] = {}
+    exec(_LOOP, namespace)  # noqa: S102  # a fixed, compiled constant
+    return namespace["s"]
 
 
 def loop_seconds(repeat: int = 3) -> float:
