@@ -33,14 +33,22 @@ log = logging.getLogger("bondexp")
 # True inside a pool worker process; the step wrapper then lets Ctrl-C reach the step only while it runs.
 IN_POOL_WORKER = False
 
-#: What the forkserver imports when the pool starts it: the worker side only, so it is up in milliseconds
-#: (first, so that a Ctrl-C while it imports is left to the run: see the module).
-_PRELOAD = ["bondexp.ignore_sigint", "bondexp.worker"]
-#: What it imports when :func:`warm_up` starts it while the data loads: the step libraries too (about 3 s of
-#: CPU), so no worker imports them again at its first step (beside a Dask cluster, the parent imports them).
-_PRELOAD_STEPS = [*_PRELOAD, "bondexp.steps.train", "sklearn.ensemble"]
-#: Imported by the forkserver after either list, never by the parent: freezes what the preload made (see the module).
-_FREEZE = "bondexp.gc_freeze"
+#: The worker side of a step, and the libraries every step needs (about 3 s of CPU to import).
+_WORKER = ["bondexp.worker"]
+_STEP_LIBRARIES = ["bondexp.steps.train", "sklearn.ensemble"]
+
+
+def _forkserver_preload(*, step_libraries: bool) -> list[str]:
+    """What the forkserver imports before it forks a worker, in order.
+
+    :mod:`bondexp.ignore_sigint` and :mod:`bondexp.gc_freeze` bracket the imports (Ctrl-C
+    left to the run, then ``gc.freeze``); they are for the server only,
+    never the run's process. Without ``step_libraries`` (a pool started with no :func:`warm_up`)
+    the server is up in milliseconds; with them (:func:`warm_up`, while the data loads) no worker
+    imports them again at its first step.
+    """
+    return ["bondexp.ignore_sigint", *_WORKER, *(_STEP_LIBRARIES if step_libraries else []), "bondexp.gc_freeze"]
+
 
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
@@ -173,7 +181,7 @@ class ProcessBackend(_SharedDiskBackend):
             # Workers fork from a server that has already imported the worker side (numpy, joblib),
             # so each worker starts in milliseconds. Ignored if the server is already running
             # (started by warm_up with the step libraries preloaded).
-            self._context.set_forkserver_preload([*_PRELOAD, _FREEZE])
+            self._context.set_forkserver_preload(_forkserver_preload(step_libraries=False))
         self._threads = threads_per_worker(workers)
         self._executor: ProcessPoolExecutor | None = None
 
@@ -394,12 +402,13 @@ def _launch_forkserver() -> None:
     """Launch the forkserver with the step libraries preloaded; returns at once (a no-op when it runs)."""
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD_STEPS, _FREEZE])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_forkserver_preload(step_libraries=True))
     forkserver.ensure_running()
 
 
 def _import_step_libraries() -> None:
-    for module in _PRELOAD_STEPS:
+    """Import what the steps need, in this (the run's) process: the forkserver's preload without its bracket."""
+    for module in [*_WORKER, *_STEP_LIBRARIES]:
         importlib.import_module(module)
 
 

@@ -89,6 +89,24 @@ def test_concurrency_limit_and_dependency_order(tmp_path):
     assert {s.worker.split("/")[0] for s in result.steps.values()} == {"w0", "w1"}
 
 
+def test_the_parent_imports_the_step_libraries_beside_dask_and_nothing_of_the_forkserver():
+    """Beside a Dask cluster the run's process imports the step libraries in a thread. The forkserver's first
+    preload would fail there (signals belong to the main thread) and stop the import, so it is not among them."""
+    code = textwrap.dedent(
+        """
+        import gc, signal, sys, threading
+        from bondexp import executors
+        executors.warm_up("dask", workers=2)
+        [t.join() for t in threading.enumerate() if t.name == "bondexp-import"]
+        print("sklearn.ensemble" in sys.modules, "bondexp.ignore_sigint" in sys.modules, gc.isenabled(),
+              signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "False", "True", "True"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_same_artifacts_with_one_and_two_workers(tmp_path):
     graph = diamond()
     r1 = run(graph, tmp_path / "w1", workers=1)
