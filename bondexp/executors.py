@@ -41,13 +41,13 @@ _STEP_LIBRARIES = ["bondexp.steps.train", "sklearn.ensemble"]
 def _forkserver_preload(*, step_libraries: bool) -> list[str]:
     """What the forkserver imports before it forks a worker, in order.
 
-    :mod:`bondexp.ignore_sigint` and :mod:`bondexp.gc_freeze` bracket the imports (Ctrl-C
-    left to the run, then ``gc.freeze``); they are for the server only,
+    :mod:`bondexp.forkserver_first` and :mod:`bondexp.forkserver_last` bracket the imports (Ctrl-C
+    left to the run, no collection during them, then ``gc.freeze``); they are for the server only,
     never the run's process. Without ``step_libraries`` (a pool started with no :func:`warm_up`)
     the server is up in milliseconds; with them (:func:`warm_up`, while the data loads) no worker
     imports them again at its first step.
     """
-    return ["bondexp.ignore_sigint", *_WORKER, *(_STEP_LIBRARIES if step_libraries else []), "bondexp.gc_freeze"]
+    return ["bondexp.forkserver_first", *_WORKER, *(_STEP_LIBRARIES if step_libraries else []), "bondexp.forkserver_last"]
 
 
 _THREAD_ENV = (

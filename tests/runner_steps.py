@@ -125,3 +125,10 @@ def traced(config, inputs, ctx):
 def environment(config, inputs, ctx):
     """Report the step process's value of the environment variable ``config['name']`` (``unset`` when it has none)."""
     return {"metrics": {"value": os.environ.get(config["name"], "unset")}}
+
+
+def collector(config, inputs, ctx):
+    """Report the step process's garbage collector: on, and whether anything is frozen (the forkserver's preload)."""
+    import gc
+
+    return {"metrics": {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0}}

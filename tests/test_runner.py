@@ -89,6 +89,12 @@ def test_concurrency_limit_and_dependency_order(tmp_path):
     assert {s.worker.split("/")[0] for s in result.steps.values()} == {"w0", "w1"}
 
 
+def test_pool_workers_collect_with_the_forkserver_preload_frozen(tmp_path):
+    """The forkserver turns its collector off while it imports and on again after freezing: a worker collects."""
+    run(build_graph([S("gc", fn="collector"), S("e", value=1.0)]), tmp_path, workers=2)
+    assert artifact(tmp_path, "gc")["metrics"] == {"enabled": True, "frozen": True}
+
+
 def test_the_parent_imports_the_step_libraries_beside_dask_and_nothing_of_the_forkserver():
     """Beside a Dask cluster the run's process imports the step libraries in a thread. The forkserver's first
     preload would fail there (signals belong to the main thread) and stop the import, so it is not among them."""
@@ -98,7 +104,7 @@ def test_the_parent_imports_the_step_libraries_beside_dask_and_nothing_of_the_fo
         from bondexp import executors
         executors.warm_up("dask", workers=2)
         [t.join() for t in threading.enumerate() if t.name == "bondexp-import"]
-        print("sklearn.ensemble" in sys.modules, "bondexp.ignore_sigint" in sys.modules, gc.isenabled(),
+        print("sklearn.ensemble" in sys.modules, "bondexp.forkserver_first" in sys.modules, gc.isenabled(),
               signal.getsignal(signal.SIGINT) is signal.default_int_handler)
         """
     )
