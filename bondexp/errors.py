@@ -38,6 +38,11 @@ class StepSkipped(BondexpError):
     ``skipped`` with this reason, and the steps that need it run without its artifact."""
 
 
+class InputsLost(BondexpError):
+    """A cluster forgot a step's inputs before the step could run (the worker holding their last copy
+    died): the runner submits the step again, and the backend sends its inputs afresh."""
+
+
 class RunFolderError(BondexpError):
     """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""
 

@@ -20,10 +20,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, InputsLost
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -216,12 +216,12 @@ class ProcessBackend(_SharedDiskBackend):
 class DaskBackend:
     """Steps on a Dask cluster that shares no disk with the parent: ``options['address']``, or a new ``LocalCluster``.
 
-    The dataset is scattered once to every worker; a step gets its needs' artifacts as Dask
-    futures of their reports (worker to worker, never through the parent) or, for needs reused
-    from checkpoints, as data the parent loaded and scattered to every worker. A step returns its artifact, log
-    text and files; only the parent writes the run folder. A worker that dies mid-step has its
-    step run again elsewhere by Dask's scheduler. The local cluster has ``workers``
-    single-threaded, non-daemonic worker processes.
+    The dataset is scattered once (again if the cluster loses it); a step gets its needs' artifacts
+    as Dask futures of their reports (worker to worker, never through the parent) or, for needs
+    reused from checkpoints or lost by the cluster, as data the parent loaded and scattered. A step
+    returns its artifact, log text and files; only the parent writes the run folder. A worker that
+    dies mid-step has its step run again elsewhere by Dask's scheduler. The local cluster has
+    ``workers`` single-threaded, non-daemonic worker processes.
     """
 
     remote = True
@@ -271,9 +271,9 @@ class DaskBackend:
         """
         from bondexp.worker import execute_remote_step  # not at the top: bondexp.worker imports this module
 
-        reports = {need: self._reports[need] for need in task.needs if need in self._reports}
+        reports = {need: self._reports[need] for need in task.needs if _kept(self._reports.get(need))}
         for need in task.needs:
-            if need not in reports and need not in self._reused:
+            if need not in reports and not _kept(self._reused.get(need)):
                 self._reused[need] = self._scatter(load_input(need))
         artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
         key = f"bondexp-step-{task.name}-{uuid.uuid4().hex}"
@@ -284,13 +284,18 @@ class DaskBackend:
     def _scattered(self, dataset: Any) -> Any:
         if dataset is None:
             return None
-        if self._dataset is None or self._dataset[0] is not dataset:
+        if self._dataset is None or self._dataset[0] is not dataset or not _kept(self._dataset[1]):
             self._dataset = (dataset, self._scatter(dataset))
         return self._dataset[1]
 
     def _scatter(self, value: Any) -> Any:
-        """One future of ``value`` on every worker: scattered data has no task to recompute it from, so
-        one copy per worker keeps it when a worker dies (in a list: ``scatter`` splits a dict by its keys)."""
+        """A future of ``value`` on the cluster (in a list: ``scatter`` splits a dict by its keys).
+
+        Scattered data has no task to recompute it from, and the scheduler's Active Memory Manager
+        soon keeps a single copy whatever ``broadcast`` asked for: when the worker holding it dies,
+        the steps needing it are cancelled, the runner submits them again (:class:`InputsLost`)
+        and :meth:`submit` scatters what the cluster no longer holds.
+        """
         return self._started_client().scatter([value], broadcast=True, hash=False)[0]
 
     def _started_client(self) -> Client:
@@ -316,14 +321,24 @@ class DaskBackend:
             cluster.close()
 
 
+def _kept(dask_future: Any) -> bool:
+    """Whether the cluster still holds (or is computing) ``dask_future``'s data; False for None."""
+    return dask_future is not None and dask_future.status in ("pending", "finished")
+
+
 def _as_concurrent_future(dask_future: Any) -> Future:
-    """A ``concurrent.futures.Future`` that ends as ``dask_future`` does, for the runner's ``wait``."""
+    """A ``concurrent.futures.Future`` that ends as ``dask_future`` does, for the runner's ``wait``.
+
+    Dask cancels a step when the cluster lost one of its inputs; that becomes :class:`InputsLost`.
+    """
     future: Future = Future()
     future.set_running_or_notify_cancel()
 
     def copy(done: Any) -> None:
         try:
             future.set_result(done.result())
+        except CancelledError as exc:
+            future.set_exception(InputsLost(str(exc)))
         except BaseException as exc:  # the step's own errors come back in the report; this is Dask's
             future.set_exception(exc)
 

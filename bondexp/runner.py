@@ -21,7 +21,7 @@ from typing import Any
 
 from bondexp import executors, planning
 from bondexp.checkpoints import CheckpointStore, DurationHistory, RunLock
-from bondexp.errors import ConfigError, GraphError
+from bondexp.errors import ConfigError, GraphError, InputsLost
 from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
@@ -33,6 +33,7 @@ __all__ = ["run_graph"]
 log = logging.getLogger("bondexp")
 
 _TICK_S = 0.5  # how often the bar's elapsed time and ETA refresh while steps run
+_INPUTS_LOST_RETRIES = 3  # how many times a step whose inputs a cluster forgot is submitted again
 
 
 def run_graph(
@@ -156,6 +157,7 @@ class _Scheduler:
         self.done: set[str] = set()
         self.pending: set[str] = set()
         self.running: dict[Future, str] = {}
+        self.inputs_lost: dict[str, int] = {}  # step name -> times a cluster forgot its inputs
         self.started = False  # whether the backend is started (it starts at the first submit)
         self.bar = Progress(total=0, enabled=False)  # shows nothing; run() puts the run's bar here
 
@@ -260,6 +262,10 @@ class _Scheduler:
         exc = future.exception()
         if isinstance(exc, BrokenExecutor):
             self._pool_broke([name, *self.running.values()], exc)
+        elif isinstance(exc, InputsLost) and self.inputs_lost.get(name, 0) < _INPUTS_LOST_RETRIES:
+            self.inputs_lost[name] = self.inputs_lost.get(name, 0) + 1
+            log.warning("the cluster lost the inputs of %s (%s); submitting it again", name, exc)
+            self.pending.add(name)
         elif exc is not None:
             self._fail(name, "".join(traceback.format_exception(exc)))
         else:

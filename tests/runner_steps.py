@@ -95,6 +95,28 @@ def uses_dataset(config, inputs, ctx):
     return {"value": float(len(dataset.y)), "metrics": {"rows": len(dataset.y)}}
 
 
+def forgets_its_inputs_once(config, inputs, ctx):
+    """On a Dask worker, the first time: wait until step ``config['while_running']`` runs, then make the
+    cluster forget this step's inputs (the dataset and its needs' reports), as when the worker holding
+    their only copy dies, and open the gate that step waits for. Return the dataset's row count."""
+    marker = Path(config["marker"])
+    if not marker.exists():
+        from distributed import Future, get_client, get_worker
+
+        marker.write_text("forgot")
+        client = get_client()
+        deadline, prefix = time.monotonic() + 60, f"bondexp-step-{config['while_running']}-"
+        while not any(str(key).startswith(prefix) for keys in client.processing().values() for key in keys):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"step {config['while_running']} never ran")
+            time.sleep(0.02)
+        worker = get_worker()
+        inputs_keys = [dep.key for dep in worker.state.tasks[worker.get_current_task()].dependencies]
+        client.cancel([Future(key, client) for key in inputs_keys], force=True)
+        Path(ctx.shared["gate"]).touch()
+    return uses_dataset(config, inputs, ctx)
+
+
 def counts_attempts(config, inputs, ctx):
     """Keep a file in the run folder counting this step's attempts, as the tuning step keeps its journal."""
     path = Path(ctx.run_dir) / "notes" / "attempts.txt"

@@ -222,6 +222,30 @@ def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path
         assert not list(home.rglob("attempts.txt")) and not (home / "cache").exists()
 
 
+def test_steps_whose_inputs_the_cluster_forgot_run_again_with_them_sent_afresh(cluster, tmp_path, caplog):
+    # The scheduler forgets scattered data when the worker holding its last copy dies (its Active
+    # Memory Manager keeps one copy, whatever `broadcast=True` asked for) and cancels the steps needing it.
+    toy = make_toy_dataset(n_bonds=20, n_months=24)
+    shared = {"data": {"source": "elsewhere"}, "seed": 0, "data_fingerprint": toy.fingerprint, "gate": str(tmp_path / "gate")}
+    graph = build_graph(
+        [
+            S("rows", fn="uses_dataset"),
+            # While `held` runs, `lossy` makes the cluster forget the dataset and rows' report, then opens held's gate.
+            S("lossy", fn="forgets_its_inputs_once", needs=["rows"], marker=str(tmp_path / "forgot.txt"), while_running="held"),
+            S("held", fn="gated", needs=["rows"], value=0.5),
+            S("later", fn="uses_dataset", needs=["lossy", "held"]),  # submitted after the loss
+        ]
+    )
+    with caplog.at_level("WARNING", logger="bondexp"):
+        result = _run(graph, tmp_path / "run", cluster, shared=shared, dataset=toy, workers=2)
+    assert result.ok, result.summary_table()
+    assert (tmp_path / "forgot.txt").exists()  # the first attempt did make the cluster forget
+    assert {name: step.status for name, step in result.steps.items()} == dict.fromkeys(graph.order, "ran")
+    assert _artifact(tmp_path / "run", "held")["value"] == len(toy.y) + 0.5
+    assert _artifact(tmp_path / "run", "later")["value"] == len(toy.y)
+    assert "the cluster lost the inputs of held" in caplog.text and "submitting it again" in caplog.text
+
+
 def test_thread_budget_comes_from_the_workers_own_cores(start_cluster, tmp_path):
     cluster = start_cluster(n_workers=1, nthreads=2)
     graph = build_graph([S("counter", fn="counts_attempts")])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import joblib
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 import runner_steps
-from bondexp.errors import ConfigError, RunLockedError
+from bondexp.errors import ConfigError, InputsLost, RunLockedError
+from bondexp.executors import EXECUTORS, InlineBackend
 from bondexp.graph import Step, build_graph
 from bondexp.planning import dry_run_plan
 from bondexp.runner import run_graph
@@ -194,6 +196,31 @@ def test_crashed_worker_process_fails_only_its_step(tmp_path):
     # the step in flight beside the crash is run again alone, on a fresh pool, and succeeds
     assert statuses(result) == {"crash": "failed", "after": "skipped", "other1": "ran", "other2": "ran"}
     assert "worker process died" in result.steps["crash"].error
+
+
+class _ForgetfulCluster(InlineBackend):
+    """In-process steps, except that the cluster "loses the inputs" of step ``lossy`` on its first ``losses`` submits."""
+
+    losses = 0
+
+    def submit(self, task, **kwargs):
+        if task.name == "lossy" and _ForgetfulCluster.losses > 0:
+            _ForgetfulCluster.losses -= 1
+            future = Future()
+            future.set_exception(InputsLost("lossy cancelled for reason: lost dependencies."))
+            return future
+        return super().submit(task, **kwargs)
+
+
+@pytest.mark.parametrize(("losses", "status"), [(3, "ran"), (4, "failed")])
+def test_a_step_whose_inputs_a_cluster_lost_is_submitted_again_three_times(tmp_path, monkeypatch, losses, status):
+    monkeypatch.setitem(EXECUTORS, "forgetful", _ForgetfulCluster)
+    monkeypatch.setattr(_ForgetfulCluster, "losses", losses)
+    graph = build_graph([S("lossy"), S("after", needs=["lossy"])])
+    result = run(graph, tmp_path, executor="forgetful")
+    assert statuses(result) == {"lossy": status, "after": "ran" if status == "ran" else "skipped"}
+    if status == "failed":
+        assert "InputsLost: lossy cancelled for reason: lost dependencies." in result.steps["lossy"].error
 
 
 def test_a_steps_returned_files_are_written_kept_with_its_checkpoint_and_restored_on_reuse(tmp_path):
