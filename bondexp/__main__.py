@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from pathlib import Path
 
-from bondexp.executors import launch_forkserver_early
+from bondexp.executors import kill_forkserver, launch_forkserver_early
+
+
+def _interrupted_while_importing(signum: int, frame: object) -> None:
+    """Ctrl-C before :func:`main` runs (Hydra's import): end as main does, without a traceback or a forkserver left importing."""
+    kill_forkserver()
+    print("\nInterrupted.", file=sys.stderr)
+    raise SystemExit(130)
+
 
 if __name__ == "__main__":  # `python -m bondexp`: before Hydra's import (the `bondexp` script launches it in main())
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
     launch_forkserver_early(sys.argv)
 
 import hydra
@@ -63,6 +73,7 @@ def _main(cfg: DictConfig) -> None:
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:
+        kill_forkserver()  # it may still be importing: it would hold the output open and fork a worker no one wants
         print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(130)
     if result is not None and not result.ok:
@@ -78,6 +89,7 @@ def main() -> None:
     """
     launch_forkserver_early(sys.argv)  # a no-op when `python -m bondexp` launched it already
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the handlers below answer Ctrl-C
         try:
             sys.argv = _with_resumed_overrides(sys.argv)
         except BondexpError as err:
@@ -85,6 +97,7 @@ def main() -> None:
             sys.exit(2)
         _main()
     except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume)
+        kill_forkserver()
         print("\nInterrupted.", file=sys.stderr)
         sys.exit(130)
     finally:

@@ -204,6 +204,8 @@ class ProcessBackend(_SharedDiskBackend):
         # ProcessPoolExecutor cannot stop calls already running, so terminate its (private) process table.
         processes = list((executor._processes or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
+        if self._context.get_start_method() == "forkserver":
+            kill_forkserver()
         for process in processes:
             if process.is_alive():
                 process.terminate()
@@ -411,6 +413,28 @@ def warm_up(name: str, *, workers: int) -> None:
         elif _EARLY_LAUNCH is not None:
             log.info("workers' forkserver: launched before the config was composed")
         _launch_forkserver()
+
+
+def kill_forkserver() -> None:
+    """Kill the workers' forkserver, if this process runs one; the next pool launches a new one.
+
+    For a run that stops on Ctrl-C or a crash. In a run's first seconds the server is still
+    importing the step libraries: it would hold the run's output open until it is done, then fork
+    the worker a start interrupted mid-way had asked for, which fails with a ``FileNotFoundError``
+    traceback (its pool's semaphores are gone) printed after the run's own message.
+    """
+    from multiprocessing import forkserver
+
+    global _EARLY_LAUNCH
+    server: Any = forkserver._forkserver  # its pid and _stop() are private, as the stop in warm_up
+    if server._forkserver_pid is None:
+        return
+    try:
+        os.kill(server._forkserver_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server._stop()  # CPython's own tests stop a server so: it reaps the process and removes its socket
+    _EARLY_LAUNCH = None
 
 
 def _launch_forkserver() -> None:

@@ -314,30 +314,38 @@ def _interruptible() -> Iterator[None]:
 
 
 def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
-    """Attach ``logs/<step>.log`` to the step's logger; in a pool worker also to the root logger and warnings.
+    """Attach ``logs/<step>.log`` to the step's logger and Optuna's; in a pool worker also to the root logger and warnings.
 
     A pool worker runs one step at a time, so library logs and warnings there belong to the step.
-    In the parent process the root logger is the application's, so it is left alone.
+    In the parent process the root logger is the application's, so it is left alone. Optuna's
+    logs (a failed trial and its traceback, one for each trial a Ctrl-C interrupts) go to the
+    step's log wherever it runs: Optuna's own handler would print them under the progress bar.
     """
+    import optuna
+
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     step_log = logging.getLogger(f"bondexp.steps.{name}")
     step_log.setLevel(logging.INFO)
     step_log.propagate = False
-    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler)]
+    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler), (logging.getLogger("optuna"), handler)]
+    optuna.logging.disable_default_handler()
     if executors.IN_POOL_WORKER:
         logging.captureWarnings(True)
-        logging.getLogger().addHandler(handler)
         attached.append((logging.getLogger(), handler))
-    step_log.addHandler(handler)
+    for logger, _ in attached:
+        logger.addHandler(handler)
     return step_log, attached
 
 
 def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logger, logging.Handler]]) -> None:
+    import optuna
+
     for logger, handler in attached:
         logger.removeHandler(handler)
     attached[0][1].close()
+    optuna.logging.enable_default_handler()
 
 
 def _no_pipeline(need: str) -> Any:

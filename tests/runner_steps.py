@@ -154,3 +154,15 @@ def collector(config, inputs, ctx):
     import gc
 
     return {"metrics": {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0}}
+
+
+def failing_trial(config, inputs, ctx):
+    """Run a one-trial Optuna study whose trial fails: Optuna logs a warning with the traceback."""
+    import optuna
+
+    def objective(trial):
+        raise ValueError("this trial fails on purpose")
+
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1, catch=(ValueError,))
+    return {"value": 1.0, "metrics": {"trials": len(study.trials)}}

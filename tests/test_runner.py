@@ -198,6 +198,17 @@ def test_crashed_worker_process_fails_only_its_step(tmp_path):
     assert "worker process died" in result.steps["crash"].error
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_optuna_logs_go_to_the_steps_log_not_the_terminal(tmp_path, capfd, workers):
+    result = run(build_graph([S("study", fn="failing_trial"), S("other")]), tmp_path, workers=workers)
+    assert result.ok, result.summary_table()
+    log = (tmp_path / "logs" / "study.log").read_text()
+    assert "Trial 0 failed" in log and "ValueError: this trial fails on purpose" in log
+    assert "this trial fails on purpose" not in (tmp_path / "logs" / "other.log").read_text()
+    out, err = capfd.readouterr()
+    assert "Trial 0 failed" not in out + err
+
+
 class _ForgetfulCluster(InlineBackend):
     """In-process steps, except that the cluster "loses the inputs" of step ``lossy`` on its first ``losses`` submits."""
 
@@ -451,11 +462,66 @@ def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):
 
 
 def _group_gone(pgid):
+    """No process of group ``pgid`` runs (zombies left for init to reap do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return False
+    return True
+
+
+def test_ctrl_c_while_the_forkserver_imports_leaves_nothing_behind(tmp_path):
+    """A Ctrl-C in a run's first seconds interrupts a worker's start while the forkserver still imports. The
+    server used to outlive the run, holding its output open, then fork that worker, which failed with a
+    FileNotFoundError traceback printed after the run's own message."""
+    run_dir, gate = tmp_path / "run", tmp_path / "preload-gate"
+    script = tmp_path / "run_it.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import multiprocessing, signal, sys
+        from multiprocessing import forkserver
+        from bondexp import executors
+        from bondexp.graph import Step, build_graph
+        from bondexp.runner import run_graph
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            *first, last = executors._forkserver_preload(step_libraries=False)
+            multiprocessing.get_context("forkserver").set_forkserver_preload([*first, "gated_preload", last])
+            forkserver.ensure_running()
+            graph = build_graph([Step("a", "{MOD}.work"), Step("b", "{MOD}.work")])
+            result = run_graph(graph, run_dir=sys.argv[1], workers=2, data_fingerprint="data-v1", progress=False)
+            print("interrupted" if result.interrupted else "finished", flush=True)
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir)],
+        env={**subprocess_env(), "BONDEXP_TEST_PRELOAD_GATE": str(gate)},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+        _wait_for(lambda: (run_dir / "logs").exists())  # the run has begun: its first submit waits for the server
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while not (group_gone := _group_gone(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        gate.touch()  # let a server that outlived the run finish its imports, fork, and show what it prints
+        time.sleep(1.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+    assert out.strip() == "interrupted", err
+    assert group_gone, "a process of the run outlived it"
+    assert "Traceback" not in err, err
 
 
 def test_run_lock_rejects_a_second_concurrent_run(tmp_path):

@@ -14,6 +14,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 QUICK = ["data=small", "model=[basic,factor]", "~steps.tune", "eval.n_bootstrap=50", "workers=2"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -62,24 +64,61 @@ def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
     assert "start basic" in main_log  # step events go to the main log instead
 
 
-def test_ctrl_c_during_start_up_prints_one_message_and_no_traceback(tmp_path):
-    """Ctrl-C reaches every process of the run; while Hydra composes and the forkserver imports,
-    neither may answer it with a traceback (the forkserver ignores it, the run says it stopped)."""
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return found
+
+
+def _group_running(pgid: int) -> list[str]:
+    """The processes of group ``pgid`` still running: zombies left for init to reap do not count, nor
+    processes exiting (no command line left), nor multiprocessing's resource tracker, which ends by
+    itself once the run's end of its pipe closes."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            command = (stat.parent / "cmdline").read_text().replace("\0", " ")
+            if int(group) == pgid and state != "Z" and command and "resource_tracker" not in command:
+                running.append(command)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return running
+
+
+@pytest.mark.parametrize("moment", ["importing", "composed"])
+def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tmp_path, moment):
+    """Ctrl-C reaches every process of the run. While Python imports Hydra (the forkserver has just been
+    launched) or once Hydra has composed (the forkserver still imports scikit-learn), the run answers
+    with one message and no traceback, and its forkserver does not outlive it."""
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bondexp", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    with open(tmp_path / "output.txt", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bondexp", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     composed = tmp_path / "run" / ".hydra"
     deadline = time.monotonic() + 60
-    while not composed.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, 2)  # Hydra has composed; the forkserver is still importing scikit-learn
-    output, _ = proc.communicate(timeout=120)  # returns once every process holding the pipe (the forkserver too) has ended
-    assert proc.returncode == 130, output
+    while not (_children(proc.pid) if moment == "importing" else composed.exists()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the moment never came"
+        time.sleep(0.01)
+    os.killpg(proc.pid, 2)
+    try:
+        code = proc.wait(timeout=120)
+        left = _group_running(proc.pid)
+    finally:
+        os.killpg(proc.pid, 9) if _group_running(proc.pid) else None
+    output = (tmp_path / "output.txt").read_text()
+    assert code == 130, output
     assert "Interrupted" in output and "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert not left, left
