@@ -357,9 +357,9 @@ def launch_forkserver_early(argv: Sequence[str]) -> None:
 
     The forkserver imports scikit-learn (2.5-3 s) before the first step can start. Launched here,
     it does so while Hydra imports and composes (about 1 s) instead of after. A config file may
-    still ask for no pool (``workers: 1``, Dask); the server then only sits idle until the command
-    exits. :func:`warm_up` relaunches it if Hydra's job changed the environment or the working
-    folder (``hydra.job.env_set``, ``hydra.job.chdir``), which the workers would otherwise miss.
+    still ask for no pool (``workers: 1``, Dask): :func:`warm_up` then kills it. It relaunches it
+    if Hydra's job changed the environment or the working folder (``hydra.job.env_set``,
+    ``hydra.job.chdir``), which the workers would otherwise miss.
     """
     global _EARLY_LAUNCH
     if _EARLY_LAUNCH is None and "forkserver" in multiprocessing.get_all_start_methods() and is_plain_run(argv):
@@ -397,6 +397,8 @@ def warm_up(name: str, *, workers: int) -> None:
     import (3 s of CPU, 23 s at load average 17). Nothing to do for one in-process worker.
     """
     global _EARLY_LAUNCH
+    if _EARLY_LAUNCH is not None and (name != "local" or workers < 2):
+        kill_forkserver()  # the config file asked for no pool (`workers: 1`, Dask): no importing for nothing
     if name == "local" and workers < 2:
         return
     if name != "local":

@@ -135,6 +135,29 @@ def test_the_parent_imports_the_step_libraries_beside_dask_and_nothing_of_the_fo
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(("executor", "workers", "kept"), [("local", 1, False), ("dask", 2, False), ("local", 2, True)])
+def test_a_forkserver_launched_before_the_config_is_killed_when_the_config_wants_no_pool(executor, workers, kept):
+    """The command line said a plain run, so the server was launched early; a config file's `workers: 1`
+    or Dask executor means no pool, and it would import scikit-learn for nothing."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        from multiprocessing import forkserver
+        from bondexp import executors
+        executors.launch_forkserver_early(["bondexp"])
+        pid = forkserver._forkserver._forkserver_pid
+        executors.warm_up({executor!r}, workers={workers})
+        try:
+            state = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        print(pid is not None, state not in ("gone", "Z"))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", str(kept)], proc.stderr[-2000:]
+
+
 def test_same_artifacts_with_one_and_two_workers(tmp_path):
     graph = diamond()
     r1 = run(graph, tmp_path / "w1", workers=1)
