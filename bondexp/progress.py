@@ -67,8 +67,11 @@ class Progress:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, *, leave: bool = True) -> None:
+        """End the bar; ``leave=False`` wipes it instead of drawing it once more (after a Ctrl-C, the
+        bar as it stood is already on screen, and the table that follows says where each step got)."""
         if self._bar is not None:
+            self._bar.leave = leave
             self._bar.close()
             self._bar = None
         if self._redirect is not None:

@@ -188,6 +188,7 @@ class _Scheduler:
                 kill = False
             except KeyboardInterrupt:
                 interrupted = True
+                self.bar.close(leave=False)
                 log.warning("interrupted: stopping workers; finished checkpoints are kept")
                 self._harvest_finished()
             finally:

@@ -20,13 +20,23 @@ QUICK = ["data=small", "model=[basic,factor]", "~steps.tune", "eval.n_bootstrap=
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float = 300) -> tuple[int, str]:
-    """Run `python -m bondexp` with stdin, stdout and stderr on a pseudo-terminal; return (exit code, screen text)."""
+def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float = 300, ctrl_c_at: str | None = None) -> tuple[int, str]:
+    """Run `python -m bondexp` with stdin, stdout and stderr on a pseudo-terminal; return (exit code, screen text).
+
+    With ``ctrl_c_at``, press Ctrl-C (SIGINT to the process group) once the screen shows that text.
+    """
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "TERM": "xterm", "COLUMNS": "160"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bondexp", *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower, close_fds=True
+        [sys.executable, "-m", "bondexp", *args],
+        cwd=cwd,
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
+        start_new_session=ctrl_c_at is not None,
     )
     os.close(follower)
     chunks = []
@@ -42,6 +52,9 @@ def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float
                 if not data:
                     break
                 chunks.append(data)
+                if ctrl_c_at is not None and ctrl_c_at in ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")):
+                    os.killpg(proc.pid, 2)
+                    ctrl_c_at = None
             elif proc.poll() is not None:
                 break
         else:
@@ -62,6 +75,16 @@ def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
     assert "run folder:" in screen  # the end of the run still prints its table and where it wrote
     main_log = (tmp_path / "run" / "__main__.log").read_text()
     assert "start basic" in main_log  # step events go to the main log instead
+
+
+def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_path):
+    args = [*QUICK, "model=[basic,factor,automl]", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, screen = run_in_terminal(args, cwd=tmp_path, cache=tmp_path / "cache", ctrl_c_at="running: ")
+    assert code == 130, screen[-4000:]
+    before, warning, after = screen.partition("interrupted: stopping workers")
+    assert warning and "steps [" in before, screen[-4000:]
+    assert "steps [" not in after, screen[-4000:]  # the bar was not drawn again under the warning
+    assert "wall " in after and "Interrupted. Finished steps are checkpointed" in after
 
 
 def _children(pid: int) -> list[int]:
