@@ -1,7 +1,9 @@
 """Shared fixtures: a small in-memory Dataset for unit tests of steps, and a composed, shrunk config; which of a
-module's tests a session runs."""
+module's tests a session runs; the processes of a run's group still running."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +98,19 @@ def needed_by(request: pytest.FixtureRequest, *tests: str) -> bool:
     """Whether this session runs any of the requesting module's tests named ``tests`` (any parameters): a
     fixture that starts a module's whole runs together starts only the ones its selected tests read."""
     return any(item.module is request.module and getattr(item, "originalname", item.name) in tests for item in request.session.items)
+
+
+def group_running(pgid: int) -> list[str]:
+    """The command lines of group ``pgid``'s processes still running. Zombies left for init to reap do not
+    count, nor processes exiting (no command line left), nor multiprocessing's resource tracker, which
+    ends by itself once the run's end of its pipe closes."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            command = (stat.parent / "cmdline").read_text().replace("\0", " ")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(group) == pgid and state != "Z" and command and "resource_tracker" not in command:
+            running.append(command)
+    return running

@@ -21,6 +21,7 @@ from bondexp.executors import EXECUTORS, InlineBackend
 from bondexp.graph import Step, build_graph
 from bondexp.planning import dry_run_plan
 from bondexp.runner import run_graph
+from conftest import group_running
 
 TESTS = Path(__file__).parent
 MOD = runner_steps.__name__
@@ -485,15 +486,7 @@ def test_ctrl_c_stops_workers_and_keeps_finished_checkpoints(tmp_path):
 
 
 def _group_gone(pgid):
-    """No process of group ``pgid`` runs (zombies left for init to reap do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(group) == pgid and state != "Z":
-            return False
-    return True
+    return not group_running(pgid)
 
 
 def test_ctrl_c_while_the_forkserver_imports_leaves_nothing_behind(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import group_running
+
 QUICK = ["data=small", "model=[basic,factor]", "~steps.tune", "eval.n_bootstrap=50", "workers=2"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -99,22 +101,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _group_running(pgid: int) -> list[str]:
-    """The processes of group ``pgid`` still running: zombies left for init to reap do not count, nor
-    processes exiting (no command line left), nor multiprocessing's resource tracker, which ends by
-    itself once the run's end of its pipe closes."""
-    running = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            command = (stat.parent / "cmdline").read_text().replace("\0", " ")
-            if int(group) == pgid and state != "Z" and command and "resource_tracker" not in command:
-                running.append(command)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return running
-
-
 @pytest.mark.parametrize("moment", ["importing", "composed"])
 def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tmp_path, moment):
     """Ctrl-C reaches every process of the run. While Python imports Hydra (the forkserver has just been
@@ -138,9 +124,9 @@ def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tm
     os.killpg(proc.pid, 2)
     try:
         code = proc.wait(timeout=120)
-        left = _group_running(proc.pid)
+        left = group_running(proc.pid)
     finally:
-        os.killpg(proc.pid, 9) if _group_running(proc.pid) else None
+        os.killpg(proc.pid, 9) if group_running(proc.pid) else None
     output = (tmp_path / "output.txt").read_text()
     assert code == 130, output
     assert "Interrupted" in output and "Traceback" not in output and "KeyboardInterrupt" not in output, output
