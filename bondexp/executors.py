@@ -10,6 +10,7 @@ Dask (see :func:`bondexp.worker.execute_remote_step`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -428,15 +429,21 @@ def kill_forkserver() -> None:
     from multiprocessing import forkserver
 
     global _EARLY_LAUNCH
-    server: Any = forkserver._forkserver  # its pid and _stop() are private, as the stop in warm_up
-    if server._forkserver_pid is None:
-        return
+    server: Any = forkserver._forkserver  # its pid, lock and _stop_unlocked() are private, as the stop in warm_up
+    # Called from a signal handler too: the main thread may be inside ensure_running() holding the
+    # lock, and waiting for it would never end. The process is exiting then: the kill is enough.
+    locked = server._lock.acquire(blocking=False)
     try:
-        os.kill(server._forkserver_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server._stop()  # CPython's own tests stop a server so: it reaps the process and removes its socket
-    _EARLY_LAUNCH = None
+        if server._forkserver_pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+        if locked:
+            server._stop_unlocked()  # as CPython's own tests stop a server: reap it, remove its socket
+            _EARLY_LAUNCH = None
+    finally:
+        if locked:
+            server._lock.release()
 
 
 def _launch_forkserver() -> None:

@@ -159,6 +159,27 @@ def test_a_forkserver_launched_before_the_config_is_killed_when_the_config_wants
     assert proc.stdout.split() == ["True", str(kept)], proc.stderr[-2000:]
 
 
+def test_killing_the_forkserver_from_a_ctrl_c_inside_its_launch_does_not_wait_for_the_launch():
+    """A Ctrl-C handler calls kill_forkserver while the main thread may hold the server's lock (inside
+    ensure_running); waiting for that lock would hang the Ctrl-C for good."""
+    code = textwrap.dedent(
+        """
+        import os
+        from multiprocessing import forkserver
+        from bondexp import executors
+        forkserver.ensure_running()
+        server = forkserver._forkserver
+        pid = server._forkserver_pid
+        with server._lock:  # as inside ensure_running()
+            executors.kill_forkserver()
+        _, status = os.waitpid(pid, 0)
+        print(os.WIFSIGNALED(status))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True"], proc.stderr[-2000:]
+
+
 def test_same_artifacts_with_one_and_two_workers(tmp_path):
     graph = diamond()
     r1 = run(graph, tmp_path / "w1", workers=1)
