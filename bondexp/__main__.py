@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import signal
 import sys
@@ -62,6 +63,10 @@ def _main(cfg: DictConfig) -> None:
         # sweep jobs share the machine: each runs its steps on its share of the workers
         n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
+        # A launcher's worker process (joblib's loky) ends with a full interpreter teardown, which
+        # collected what the jobs imported object by object while the sweep waited: as main() does.
+        atexit.unregister(gc.freeze)
+        atexit.register(gc.freeze)
     try:
         result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides, workers=workers)
     except BondexpError as err:
