@@ -176,7 +176,7 @@ def _run(
 ) -> dict[str, Any]:
     """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
     started, t0 = time.time(), time.perf_counter()
-    step_log, handlers = _open_step_log(task.name, log_path)
+    step_log, handlers = _open_step_log(task.name, log_path, optuna_too=executors.IN_POOL_WORKER or not own_process)
     artifact, files, metrics, error, skipped = None, {}, {}, None, None
     peak = _PeakRSS(reset=own_process)
     try:
@@ -313,24 +313,28 @@ def _interruptible() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
-    """Attach ``logs/<step>.log`` to the step's logger and Optuna's; in a pool worker also to the root logger and warnings.
+def _open_step_log(name: str, path: Path, *, optuna_too: bool) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
+    """Attach ``logs/<step>.log`` to the step's logger (``optuna_too``: and Optuna's); in a pool worker also to
+    the root logger and warnings.
 
     A pool worker runs one step at a time, so library logs and warnings there belong to the step.
     In the parent process the root logger is the application's, so it is left alone. Optuna's
     logs (a failed trial and its traceback, one for each trial a Ctrl-C interrupts) go to the
-    step's log wherever it runs: Optuna's own handler would print them under the progress bar.
+    step's log in the run's process and its pool workers: Optuna's own handler would print them
+    under the progress bar. A Dask worker may run several steps at once, so its logs stay its own.
     """
-    import optuna
-
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     step_log = logging.getLogger(f"bondexp.steps.{name}")
     step_log.setLevel(logging.INFO)
     step_log.propagate = False
-    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler), (logging.getLogger("optuna"), handler)]
-    optuna.logging.disable_default_handler()
+    attached: list[tuple[logging.Logger, logging.Handler]] = [(step_log, handler)]
+    if optuna_too:
+        import optuna
+
+        optuna.logging.disable_default_handler()
+        attached.append((logging.getLogger("optuna"), handler))
     if executors.IN_POOL_WORKER:
         logging.captureWarnings(True)
         attached.append((logging.getLogger(), handler))
@@ -340,12 +344,13 @@ def _open_step_log(name: str, path: Path) -> tuple[logging.Logger, list[tuple[lo
 
 
 def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logger, logging.Handler]]) -> None:
-    import optuna
-
     for logger, handler in attached:
         logger.removeHandler(handler)
+        if logger.name == "optuna":
+            import optuna
+
+            optuna.logging.enable_default_handler()
     attached[0][1].close()
-    optuna.logging.enable_default_handler()
 
 
 def _no_pipeline(need: str) -> Any:
