@@ -229,6 +229,17 @@ def _tune_in_daemon(run_dir: str, config: dict, queue) -> None:
     queue.put(helpers.tune_in_worker(run_dir, config, 2))
 
 
+def test_trial_processes_leave_ctrl_c_to_the_run():
+    """A step lets Ctrl-C in while it runs, and its trial processes inherited that: an idle one answered a
+    Ctrl-C with a KeyboardInterrupt traceback from its queue read. They end with the step's process instead."""
+    from bondexp.tuning.study import _init_trial_process
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the step's process has it while the step runs
+    context = multiprocessing.get_context(trial_start_method(1))
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_init_trial_process, initargs=({}, None, os.getpid())) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
+
+
 def test_a_daemonic_process_runs_the_trials_itself_with_the_same_results(tmp_path, shared):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -291,9 +292,15 @@ _TRIAL_ARGS: tuple[Mapping[str, Any], Dataset] | None = None
 
 
 def _init_trial_process(model_config: Mapping[str, Any], dataset: Dataset, parent: int) -> None:
-    """Initializer of a trial process: keep the data, exit with the parent, Optuna's logs off."""
+    """Initializer of a trial process: keep the data, exit with the parent, Optuna's logs off, Ctrl-C ignored.
+
+    A terminal's Ctrl-C reaches every process of the run: an idle trial process answered it with a
+    ``KeyboardInterrupt`` traceback from its queue read. The run stops the tune step's process,
+    and its trial processes end with it.
+    """
     global _TRIAL_ARGS
     _TRIAL_ARGS = (model_config, dataset)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def watch() -> None:  # a killed run must not leave trial processes fitting on as orphans
