@@ -7,6 +7,7 @@ import gc
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from bondexp.executors import kill_forkserver, launch_forkserver_early
 
@@ -50,6 +51,12 @@ def _with_resumed_overrides(argv: list[str]) -> list[str]:
     return [*argv[:first], *original, *argv[first:]]
 
 
+def _model_choice(choices: Any, overrides: list[str]) -> str | None:
+    """The ``model`` group's choice: Hydra records a single option, not a list (``model=[a,b]``), so take that from the overrides."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "model" and "=" in o]
+    return choices.get("model") or (given[-1] if given else None)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="config")
 def _main(cfg: DictConfig) -> None:
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
@@ -68,7 +75,7 @@ def _main(cfg: DictConfig) -> None:
         atexit.unregister(gc.freeze)
         atexit.register(gc.freeze)
     try:
-        result = run(cfg, run_dir=run_dir, model_choice=hc.runtime.choices.get("model"), overrides=overrides, workers=workers)
+        result = run(cfg, run_dir=run_dir, model_choice=_model_choice(hc.runtime.choices, overrides), overrides=overrides, workers=workers)
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)

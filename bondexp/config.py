@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, overload
@@ -163,8 +163,12 @@ class BondexpConf:
 
 
 def latest_run(outputs: Path = Path("outputs")) -> Path:
-    """The newest run folder under ``outputs/`` (Hydra's ``<date>/<time>`` layout)."""
-    runs = sorted(p for p in outputs.glob("*/*") if (p / ".hydra").is_dir() or (p / "checkpoints").is_dir())
+    """The newest folder under ``outputs/`` (Hydra's ``<date>/<time>`` layout) where a run's steps began.
+
+    The runner's ``logs/`` (or ``checkpoints/``) says so; Hydra also leaves a folder behind for a
+    ``dry_run`` and for a command that stopped on a config error, which have nothing to resume.
+    """
+    runs = sorted(p for p in outputs.glob("*/*") if (p / "logs").is_dir() or (p / "checkpoints").is_dir())
     if not runs:
         raise ConfigError(f"The 'resume' config key is 'last' but there is no run folder under {outputs.resolve()}.")
     return runs[-1]
@@ -175,9 +179,14 @@ def resolve_run_dir(resume: str) -> str: ...
 @overload
 def resolve_run_dir(resume: None) -> None: ...
 def resolve_run_dir(resume: str | None) -> str | None:
-    """The folder `resume` names (``last``: the newest run), or None for a fresh run."""
+    """The folder `resume` names (``last``: the newest run), or None for a fresh run.
+
+    A folder that does not exist is an error here, before Hydra would create it and run afresh in it.
+    """
     if resume is None:
         return None
+    if resume != "last" and not Path(resume).is_dir():
+        _fail("resume", "a run folder or 'last'", resume)
     return str(latest_run() if resume == "last" else Path(resume))
 
 
@@ -259,6 +268,14 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
 
 def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> None:
     """Check what the schema's types cannot; raise ConfigError naming the key and the bad value."""
+    known = {f.name for f in fields(BondexpConf)} | {"hydra"}
+    unknown = [str(key) for key in cfg.keys() if key not in known]
+    if unknown:
+        raise ConfigError(
+            f"The config has key(s) {unknown} that bondexp does not read: a '+key=value' override, or a "
+            "config file without its '# @package' header, adds keys no step sees."
+            f"{did_you_mean(unknown[0], sorted(known - {'hydra'}))}"
+        )
     if cfg.workers < 1:
         _fail("workers", "at least 1", cfg.workers)
     if not 0 < cfg.eval.sample_pct <= 100:
@@ -297,6 +314,11 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
     if cfg.tracking.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
         raise ConfigError(
             "The 'tracking' config group is 'mlflow' but MLflow is not installed: pip install \".[mlflow]\" (or choose tracking=none)."
+        )
+    if cfg.executor.name == "dask" and importlib.util.find_spec("distributed") is None:
+        raise ConfigError(
+            "The 'executor' config group is 'dask' but Dask's 'distributed' package is not installed: "
+            'pip install ".[dask]" (or choose executor=local).'
         )
     if not models:
         _fail("model", "a model, a list of models or a model set", "no model")

@@ -234,7 +234,7 @@ class DaskBackend:
         try:
             import distributed  # noqa: F401  (checked here so a missing extra fails before any work)
         except ImportError as exc:
-            raise ConfigError("executor='dask' needs the 'distributed' package: pip install 'bondexp[dask]'.") from exc
+            raise ConfigError("executor='dask' needs Dask's 'distributed' package: pip install \".[dask]\".") from exc
         self.concurrency = workers
         self._address = options.get("address")
         self._client: Client | None = None

@@ -165,6 +165,16 @@ def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     assert results["steps"]["tune"]["status"] == "ran"  # through the default space of its class, Lasso
     assert "my_lasso_tuned" in (run_dir / "leaderboard.csv").read_text()
 
+    # In a list, Hydra merges header-less files into one `model` key (the last one's values win) and
+    # records no choice for the group: the list comes from the command line, and the run stops there.
+    (tmp_path / "myconf" / "model" / "my_ridge.yaml").write_text("_target_: sklearn.linear_model.Ridge\nalpha: 1.0\n")
+    for models in ("[my_lasso,my_ridge]", "[enhanced,my_lasso]"):
+        search = f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"
+        proc = bondexp(*QUICK, f"model={models}", search, f"hydra.run.dir={tmp_path / 'list'}", cwd=tmp_path, cache=cache, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"The 'model' choice {models} lists a model file without a '# @package models.<name>' header" in proc.stderr
+        assert not (tmp_path / "list" / "checkpoints").exists()
+
 
 USER_STEP = """
 from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts

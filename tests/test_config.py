@@ -143,3 +143,20 @@ def test_user_model_files_from_the_search_path(tmp_path):
     cfg = composed("model=[basic,my_lasso]", search)
     with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header"):
         collect_models(cfg, choice="[basic,my_lasso]")
+
+
+def test_the_dask_executor_without_dask_installed_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    cfg = composed("executor=dask", "data=small")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"'executor' config group is 'dask' but Dask's 'distributed' package is not installed: pip"):
+        validate_config(cfg, models=collect_models(cfg, choice="all"))
+
+
+def test_a_key_bondexp_does_not_read_fails_before_any_work():
+    # Hydra's own message for `modle=enhanced` suggests `+modle=enhanced`, which it then accepts.
+    cfg = composed("+modle=enhanced", "data=small")
+    with pytest.raises(ConfigError, match=r"key\(s\) \['modle'\] that bondexp does not read.* Did you mean 'model'\?"):
+        validate_config(cfg, models=collect_models(cfg, choice="all"))

@@ -6,10 +6,12 @@ import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bondexp.__main__ import _with_resumed_overrides
+from bondexp.config import resolve_run_dir
 from bondexp.errors import ConfigError
 
 
@@ -29,6 +31,23 @@ def test_resume_last_without_runs_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="resume"):
         _with_resumed_overrides(["bondexp", "resume=last"])
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_a_config_error(tmp_path):
+    # Hydra would create it and the command would run the whole experiment afresh there.
+    with pytest.raises(ConfigError, match=r"The 'resume' config key must be a run folder or 'last'\. Got '.*nope' instead"):
+        _with_resumed_overrides(["bondexp", f"resume={tmp_path / 'nope'}"])
+    assert not (tmp_path / "nope").exists()
+
+
+def test_resume_last_skips_folders_where_no_step_began(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for stamp, made in [("10-00-00", "logs"), ("11-00-00", ".hydra"), ("12-00-00", ".hydra")]:
+        (tmp_path / "outputs" / "2026-11-30" / stamp / made).mkdir(parents=True)  # 11 and 12: a dry run, a config error
+    (tmp_path / "outputs" / "2026-11-30" / "10-00-00" / ".hydra" / "overrides.yaml").parent.mkdir()
+    (tmp_path / "outputs" / "2026-11-30" / "10-00-00" / ".hydra" / "overrides.yaml").write_text("- data=small\n")
+    assert _with_resumed_overrides(["bondexp", "resume=last"]) == ["bondexp", "data=small", "resume=last"]
+    assert resolve_run_dir("last") == str(Path("outputs/2026-11-30/10-00-00"))
 
 
 def _main_hydra():
