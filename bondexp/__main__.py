@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -82,6 +83,9 @@ def _main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         result = None
         interrupted = True
+    except BrokenPipeError:  # the reader of the output stopped reading (`| head`): end quietly, as `git log | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no second error at exit
+        sys.exit(128 + signal.SIGPIPE)
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:

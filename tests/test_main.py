@@ -156,3 +156,18 @@ def test_the_libyaml_loader_rejects_what_omegaconf_rejects_with_its_message(text
     with pytest.raises(yaml.YAMLError, match=message) as caught:
         yaml.load(text, Loader=libyaml_loader())  # noqa: S506
     assert "^" in str(caught.value)  # the line is quoted with a caret under the place
+
+
+def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`python -m bondexp dry_run=true | head -3`: the pipe closes while the plan prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bondexp", "dry_run=true", "data=small", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Error executing job" not in err, err
