@@ -147,9 +147,13 @@ def run(
         durations_path=durations_path,
         dataset=dataset,
     )
-    if warming is not None:
+    if warming is not None and not result.interrupted:
         warming.join()
-    write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides)
+    # After a Ctrl-C the warm-up thread may never end: a KeyboardInterrupt that lands inside an import
+    # in this thread can leave Python's import lock held, and the thread's import of matplotlib waits
+    # for it for good (seen in CI: the run hung joining it). The timeline then waits for the resume.
+    timeline = warming is None or not warming.is_alive()
+    write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
     if cfg.tracking.name != "none":  # its module is imported only then
         from bondexp.tracking import track_run
 
@@ -213,8 +217,8 @@ def _warm_up_outputs(render: bool) -> None:
     warm_up_pyplot(render=render)
 
 
-def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str]) -> None:
-    """results.json, the timeline and report.md. Each step's own files the runner wrote as the step finished.
+def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str], timeline: bool = True) -> None:
+    """results.json, the timeline (unless ``timeline`` is false) and report.md. Each step's own files the runner wrote as the step finished.
 
     When every step was reused and report.md was written for these same steps and command, only
     results.json is rewritten: the report would be the same, and reading the artifacts would slow a resume.
@@ -226,7 +230,9 @@ def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], 
         return
     from bondexp.report import SECTION_STEPS, write_report
 
-    result.write(run_dir)
+    result.write_json(run_dir / "results.json")
+    if timeline:
+        result.plot_timeline(run_dir / "plots" / "timeline.png")
     store = CheckpointStore(run_dir / "checkpoints")
     finished = [name for name in SECTION_STEPS if name in result.steps and result.steps[name].status in ("ran", "reused")]
     artifacts = {name: store.load(name) for name in finished}

@@ -179,6 +179,11 @@ class ProcessBackend(_SharedDiskBackend):
         self.concurrency = workers
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
+            # What the pool's first start imports, imported now, before the scheduling loop: a Ctrl-C that
+            # lands inside an import can leave Python's import lock held (see bondexp.app.run).
+            importlib.import_module("multiprocessing.synchronize")
+            importlib.import_module("multiprocessing.popen_forkserver")
+        if method == "forkserver":
             # Workers fork from a server that has already imported the worker side (numpy, joblib),
             # so each worker starts in milliseconds. Ignored if the server is already running
             # (started by warm_up with the step libraries preloaded).
