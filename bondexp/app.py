@@ -129,9 +129,12 @@ def run(
     # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
     # then hands one thread a half-initialised module (seen once: no matplotlib.get_data_path).
     # With the steps in other processes the thread also draws a first PNG, and the timeline is drawn
-    # on this thread only after joining it (matplotlib is not thread-safe).
+    # on this thread only after joining it (matplotlib is not thread-safe). The report's module is
+    # imported here (0.04 s), so that after a Ctrl-C this thread needs nothing the other may hold.
     warming = None
     if dataset is not None and cfg.executor.name != "dask":
+        import bondexp.report  # noqa: F401
+
         warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1,), name="bondexp-warm-up", daemon=True)
         warming.start()
     result = run_graph(
@@ -209,10 +212,9 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
 
 
 def _warm_up_outputs(render: bool) -> None:
-    """Import matplotlib (the timeline) and the report while the graph runs, so the parent's
-    work after the last step is writing, not importing (matplotlib alone takes most of a second)."""
+    """Import matplotlib (the timeline) while the graph runs, so the parent's work after the last
+    step is writing, not importing (matplotlib alone takes most of a second)."""
     from bondexp.plots import warm_up_pyplot
-    from bondexp.report import write_report  # noqa: F401
 
     warm_up_pyplot(render=render)
 
