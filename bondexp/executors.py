@@ -210,8 +210,6 @@ class ProcessBackend(_SharedDiskBackend):
         # ProcessPoolExecutor cannot stop calls already running, so terminate its (private) process table.
         processes = list((executor._processes or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        if self._context.get_start_method() == "forkserver":
-            kill_forkserver()
         for process in processes:
             if process.is_alive():
                 process.terminate()
@@ -219,6 +217,10 @@ class ProcessBackend(_SharedDiskBackend):
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+        if self._context.get_start_method() == "forkserver":
+            # Last: a worker's exit status comes through the server, and with the server gone first
+            # every worker looked already dead, was never terminated, and held the run's output open.
+            kill_forkserver()
 
 
 class DaskBackend:
