@@ -150,11 +150,13 @@ def run(
         durations_path=durations_path,
         dataset=dataset,
     )
-    if warming is not None and not result.interrupted:
-        warming.join()
-    # After a Ctrl-C the warm-up thread may never end: a KeyboardInterrupt that lands inside an import
-    # in this thread can leave Python's import lock held, and the thread's import of matplotlib waits
-    # for it for good (seen in CI: the run hung joining it). The timeline then waits for the resume.
+    if warming is not None:
+        # After a Ctrl-C the warm-up thread may never end: a KeyboardInterrupt that lands inside an
+        # import in this thread can leave Python's import lock held, and the thread's import of
+        # matplotlib waits for it for good (seen in CI: the run hung joining it). So the wait is
+        # bounded then, and the timeline waits for the resume. It is still a wait: leaving the thread
+        # mid-drawing at exit aborts the interpreter ("terminate called without an active exception").
+        warming.join(timeout=_WARM_UP_WAIT_AFTER_CTRL_C_S if result.interrupted else None)
     timeline = warming is None or not warming.is_alive()
     write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
     if cfg.tracking.name != "none":  # its module is imported only then
@@ -166,7 +168,7 @@ def run(
         print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
     print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
     ended = [s.ended for s in result.steps.values() if s.ended is not None]
-    if ended:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
+    if ended and not result.interrupted:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
         print(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
     return result
 
@@ -209,6 +211,10 @@ def _finished_run_summary(graph, run_dir: Path, fingerprint: str) -> dict[str, A
 def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
     """Run-level values every step receives (plain data, no Hydra globals)."""
     return {"data": data_cfg, "seed": int(cfg.seed), "cache_dir": str(cache_dir), "data_fingerprint": fingerprint}
+
+
+#: How long a run stopped by Ctrl-C waits for its warm-up thread (which takes about a second).
+_WARM_UP_WAIT_AFTER_CTRL_C_S = 15.0
 
 
 def _warm_up_outputs(render: bool) -> None:

@@ -79,14 +79,16 @@ def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
     assert "start basic" in main_log  # step events go to the main log instead
 
 
-def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_path):
+@pytest.mark.parametrize("moment", ["running: ", "1/5 steps"])  # as the first step is submitted; once one has ended
+def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_path, moment):
     args = [*QUICK, "model=[basic,factor,automl]", f"hydra.run.dir={tmp_path / 'run'}"]
-    code, screen = run_in_terminal(args, cwd=tmp_path, cache=tmp_path / "cache", ctrl_c_at="running: ")
+    code, screen = run_in_terminal(args, cwd=tmp_path, cache=tmp_path / "cache", ctrl_c_at=moment)
     assert code == 130, screen[-4000:]
     before, warning, after = screen.partition("interrupted: stopping workers")
     assert warning and "steps [" in before, screen[-4000:]
     assert "steps [" not in after, screen[-4000:]  # the bar was not drawn again under the warning
     assert "wall " in after and "Interrupted. Finished steps are checkpointed" in after
+    assert "from the last step's end" not in after  # it would count the time the interrupted steps ran
 
 
 def _children(pid: int) -> list[int]:
