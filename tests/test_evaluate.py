@@ -18,7 +18,7 @@ from bondexp.steps.evaluate import (
     evaluate_models,
     sample_rows,
     score_breakdown,
-    score_model,
+    score_models,
 )
 from bondexp.steps.leaderboard import leaderboard_files
 
@@ -140,11 +140,16 @@ def test_leaderboard_has_baseline_oracle_and_every_model_sorted(artifact, toy_da
     assert set(artifact["breakdown"]) == {row["model"] for row in rows}
 
 
+def score_one(name, prediction, y, **kw):
+    """The leaderboard row of one model scored alone."""
+    return score_models({name: prediction}, y, **kw)[0]
+
+
 def test_scores_match_their_definitions():
     y = np.array([1.0, -1.0, 2.0, 0.0])
     pred = np.array([0.5, -1.0, 1.0, 0.5])
     oracle = np.array([1.0, -1.0, 1.5, 0.0])
-    row = score_model("m", {"mean": pred}, y, meta={"oracle_prediction": oracle}, n_bootstrap=100, confidence=0.9, seed=0)
+    row = score_one("m", {"mean": pred}, y, meta={"oracle_prediction": oracle}, n_bootstrap=100, confidence=0.9, seed=0)
     rmse = np.sqrt(np.mean((y - pred) ** 2))
     rmse_dcf, rmse_oracle = np.sqrt(np.mean(y**2)), np.sqrt(np.mean((y - oracle) ** 2))
     assert row["rmse"] == pytest.approx(rmse)
@@ -160,13 +165,25 @@ def test_bootstrap_interval_brackets_the_rmse_and_is_seeded():
     y = rng.normal(0, 1, 2000)
     pred = y + rng.normal(0, 0.5, 2000)
     kw = dict(meta={}, n_bootstrap=300, confidence=0.95)
-    row = score_model("m", {"mean": pred}, y, seed=0, **kw)
+    row = score_one("m", {"mean": pred}, y, seed=0, **kw)
     assert row["rmse_ci_low"] < row["rmse"] < row["rmse_ci_high"]
     assert row["rmse_ci_high"] - row["rmse_ci_low"] < 0.1  # about 4 standard errors of 0.008
-    assert score_model("m", {"mean": pred}, y, seed=0, **kw)["rmse_ci_low"] == row["rmse_ci_low"]
-    assert score_model("m", {"mean": pred}, y, seed=1, **kw)["rmse_ci_low"] != row["rmse_ci_low"]
-    wider = score_model("m", {"mean": pred}, y, seed=0, meta={}, n_bootstrap=300, confidence=0.99)
+    assert score_one("m", {"mean": pred}, y, seed=0, **kw)["rmse_ci_low"] == row["rmse_ci_low"]
+    assert score_one("m", {"mean": pred}, y, seed=1, **kw)["rmse_ci_low"] != row["rmse_ci_low"]
+    wider = score_one("m", {"mean": pred}, y, seed=0, meta={}, n_bootstrap=300, confidence=0.99)
     assert wider["rmse_ci_low"] < row["rmse_ci_low"] and wider["rmse_ci_high"] > row["rmse_ci_high"]
+
+
+def test_models_scored_together_share_the_bootstrap_draws():
+    rng = np.random.default_rng(4)
+    y = rng.normal(0, 1, 3000)
+    predictions = {"a": {"mean": y + rng.normal(0, 0.5, 3000)}, "b": {"mean": y + rng.normal(0, 0.8, 3000)}}
+    kw = dict(meta={}, n_bootstrap=200, confidence=0.9, seed=7)
+    together = score_models(predictions, y, **kw)
+    assert [row["model"] for row in together] == ["a", "b"]
+    for row in together:
+        alone = score_one(row["model"], predictions[row["model"]], y, **kw)
+        assert (row["rmse_ci_low"], row["rmse_ci_high"]) == pytest.approx((alone["rmse_ci_low"], alone["rmse_ci_high"]), rel=1e-12)
 
 
 def test_interval_scores_on_a_known_band():
@@ -174,7 +191,7 @@ def test_interval_scores_on_a_known_band():
     mean = np.full(10, 4.5)
     lower, upper = np.full(10, 2.0), np.full(10, 6.0)  # covers 2..6: five of ten
     prediction = {"mean": mean, "lower": lower, "upper": upper, "level": 0.8}
-    row = score_model("q", prediction, y, meta={}, n_bootstrap=10, confidence=0.95, seed=0)
+    row = score_one("q", prediction, y, meta={}, n_bootstrap=10, confidence=0.95, seed=0)
     assert row["coverage"] == pytest.approx(0.5)
     assert row["level"] == 0.8
     by_hand = 0.5 * (
@@ -189,7 +206,7 @@ def test_gaussian_nll_prefers_the_right_spread():
     y = rng.normal(0, 2.0, 5000)
 
     def score(s: float) -> float:
-        return score_model("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
+        return score_one("b", {"mean": np.zeros(5000), "std": np.full(5000, s)}, y, meta={}, n_bootstrap=5, confidence=0.9, seed=0)["nll"]
 
     assert score(2.0) == pytest.approx(0.5 * np.log(2 * np.pi * 4.0) + 0.5, abs=0.05)
     assert score(2.0) < score(1.0) and score(2.0) < score(4.0)

@@ -305,3 +305,17 @@ def test_bootstrap_chunks_give_the_same_shape_of_answer(monkeypatch):
     assert chunked[0] < np.sqrt(sq.mean()) < chunked[1]
     assert chunked == pytest.approx(whole, rel=0.05)
     assert np.isnan(bootstrap_rmse_ci(np.array([]), n_bootstrap=10, confidence=0.9, seed=0)[0])
+
+
+def test_bootstrap_of_several_samples_resamples_each_with_the_same_rows():
+    rng = np.random.default_rng(5)
+    sq = rng.exponential(1.0, (3, 700))
+    low, high = bootstrap_rmse_ci(sq, n_bootstrap=300, confidence=0.9, seed=1)
+    # the old way: gather each sample's rows per resample, with the same draws
+    draws = np.random.default_rng(1).integers(0, 700, size=(300, 700))
+    for k in range(3):
+        means = np.sqrt(sq[k][draws].mean(axis=1))
+        assert (low[k], high[k]) == pytest.approx(tuple(np.quantile(means, [0.05, 0.95])), rel=1e-12)
+    assert bootstrap_rmse_ci(sq[1], n_bootstrap=300, confidence=0.9, seed=1) == pytest.approx((low[1], high[1]), rel=1e-12)
+    empty_low, empty_high = bootstrap_rmse_ci(np.empty((2, 0)), n_bootstrap=10, confidence=0.9, seed=0)
+    assert np.isnan(empty_low).all() and np.isnan(empty_high).all() and empty_low.shape == (2,)

@@ -31,7 +31,7 @@ from bondexp.metrics import rmse as rmse_of
 from bondexp.stats import bootstrap_rmse_ci
 from bondexp.steps.leaderboard import BASELINE, COLUMNS, OPTIONAL_COLUMNS, ORACLE, REFERENCES, leaderboard_files
 
-__all__ = ["COLUMNS", "choose_best", "evaluate", "evaluate_models", "sample_rows", "score_breakdown", "score_model"]
+__all__ = ["COLUMNS", "choose_best", "evaluate", "evaluate_models", "sample_rows", "score_breakdown", "score_models"]
 
 #: Names of the synthetic market's regime codes (``oracle_regime``).
 REGIMES = ("calm", "stress", "crisis")
@@ -105,7 +105,7 @@ def evaluate_models(
     Returns
     -------
     dict
-        ``leaderboard`` (rows of :func:`score_model` plus ``val_rmse``, sorted by test RMSE), ``breakdown``
+        ``leaderboard`` (rows of :func:`score_models` plus ``val_rmse``, sorted by test RMSE), ``breakdown``
         ({model: {"rating": ..., "regime": ...}}), ``sample_rows`` (positions in the test split),
         ``samples`` (the sampled target and each model's sampled mean prediction, for the plots),
         ``validation_rmse`` and ``groups`` ({model: value}) from the model artifacts, ``config``
@@ -134,15 +134,9 @@ def evaluate_models(
 
     val_rmse = {name: _val_rmse(artifact) for name, artifact in models.items()}
     val_rmse.update(_reference_val_rmse(dataset))
-    leaderboard, breakdown = [], {}
-    for name, prediction in candidates.items():
-        leaderboard.append(
-            {
-                **score_model(name, prediction, y, meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed),
-                "val_rmse": val_rmse.get(name, np.nan),
-            }
-        )
-        breakdown[name] = score_breakdown(prediction, y, meta=meta)
+    scored = score_models(candidates, y, meta=meta, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    leaderboard = [{**row, "val_rmse": val_rmse.get(row["model"], np.nan)} for row in scored]
+    breakdown = {name: score_breakdown(prediction, y, meta=meta) for name, prediction in candidates.items()}
     leaderboard.sort(key=lambda row: row["rmse"])
     best = choose_best(leaderboard)
     metrics: dict[str, Any] = {
@@ -283,17 +277,16 @@ def sample_rows(dataset: Dataset, *, pct: float, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_model(
-    name: str,
-    prediction: Mapping[str, Any],
+def score_models(
+    predictions: Mapping[str, Mapping[str, Any]],
     y: np.ndarray,
     *,
     meta: Mapping[str, np.ndarray],
     n_bootstrap: int,
     confidence: float,
     seed: int,
-) -> dict[str, Any]:
-    """One leaderboard row: the errors of ``prediction`` against the residuals ``y``.
+) -> list[dict[str, Any]]:
+    """One leaderboard row per model of ``predictions`` (by name): its errors against the residuals ``y``.
 
     ``improvement_pct`` is ``100 * (1 - rmse / rmse_dcf)``, where the DCF alone predicts a residual
     of 0 (``rmse_dcf`` is the root mean square of ``y``): the share of the DCF's price error the
@@ -301,16 +294,16 @@ def score_model(
     ``100 * (rmse - rmse_oracle) / (rmse_dcf - rmse_oracle)``, the share of the oracle's reduction
     of the DCF's RMSE the model has not achieved: 0 is as good as the oracle, 100 no better than
     the DCF, below 0 luckier than the oracle on these rows. The RMSE interval is the percentile
-    bootstrap at ``confidence`` over ``n_bootstrap`` row resamples drawn from ``seed``, the same
-    for every model of the same rows. Interval predictions (``lower``, ``upper``, ``level``) add
-    ``level``, ``coverage`` and ``pinball`` (mean pinball loss of the band's two quantiles); a
-    ``std`` adds ``nll`` (mean Gaussian negative log-likelihood).
+    bootstrap at ``confidence`` over ``n_bootstrap`` row resamples drawn once from ``seed`` and
+    shared by every model. Interval predictions (``lower``, ``upper``, ``level``) add ``level``,
+    ``coverage`` and ``pinball`` (mean pinball loss of the band's two quantiles); a ``std`` adds
+    ``nll`` (mean Gaussian negative log-likelihood).
 
     Returns
     -------
-    dict
-        ``model, n, rmse, rmse_ci_low, rmse_ci_high, mae, r2, improvement_pct`` and, as they
-        apply, ``oracle_gap_pct, level, coverage, pinball, nll``.
+    list of dict
+        In the order of ``predictions``: ``model, n, rmse, rmse_ci_low, rmse_ci_high, mae, r2,
+        improvement_pct`` and, as they apply, ``oracle_gap_pct, level, coverage, pinball, nll``.
 
     Raises
     ------
@@ -319,24 +312,36 @@ def score_model(
         ``std`` is not positive.
     """
     y = np.asarray(y, dtype=np.float64)
-    checked = {key: _checked(name, key, prediction[key], len(y)) for key in ("mean", "lower", "upper", "std") if key in prediction}
+    rmse_dcf = rmse_of(y, np.zeros_like(y))
+    rmse_oracle = rmse_of(y, meta["oracle_prediction"]) if "oracle_prediction" in meta else None
+    checked_by_name = {name: _checked_prediction(name, prediction, len(y)) for name, prediction in predictions.items()}
+    sq_errors = np.array([(y - checked["mean"]) ** 2 for checked in checked_by_name.values()]).reshape(len(checked_by_name), len(y))
+    lows, highs = bootstrap_rmse_ci(sq_errors, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    rows = []
+    for (name, checked), low, high in zip(checked_by_name.items(), lows, highs, strict=True):
+        scores = prediction_scores(y, checked)
+        rmse = scores["rmse"]
+        row: dict[str, Any] = {"model": name, "n": int(len(y)), "rmse": rmse, "rmse_ci_low": float(low), "rmse_ci_high": float(high)}
+        row.update(mae=scores["mae"], r2=scores["r2"], improvement_pct=100.0 * (1.0 - rmse / rmse_dcf) if rmse_dcf > 0 else np.nan)
+        if rmse_oracle is not None:
+            reach = rmse_dcf - rmse_oracle
+            row["oracle_gap_pct"] = 100.0 * (rmse - rmse_oracle) / reach if reach > 0 else np.nan
+        row.update({key: scores[key] for key in OPTIONAL_COLUMNS if key in scores})
+        rows.append(row)
+    return rows
+
+
+def _checked_prediction(name: str, prediction: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """The prediction's arrays as checked float64 (see :func:`_checked`), its ``level`` as it is."""
+    keys = [key for key in ("mean", "lower", "upper", "std") if key in prediction]
+    checked: dict[str, Any] = {key: _checked(name, key, prediction[key], n) for key in keys}
     if "std" in checked and np.any(checked["std"] <= 0):
         raise DataValidationError(
             f"The predicted 'std' of model '{name}' must be positive. Got {int(np.sum(checked['std'] <= 0))} value(s) <= 0."
         )
     if "level" in prediction:
         checked["level"] = prediction["level"]
-    scores = prediction_scores(y, checked)
-    rmse, rmse_dcf = scores["rmse"], rmse_of(y, np.zeros_like(y))
-    low, high = bootstrap_rmse_ci((y - checked["mean"]) ** 2, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    row: dict[str, Any] = {"model": name, "n": int(len(y)), "rmse": rmse, "rmse_ci_low": low, "rmse_ci_high": high}
-    row.update(mae=scores["mae"], r2=scores["r2"], improvement_pct=100.0 * (1.0 - rmse / rmse_dcf) if rmse_dcf > 0 else np.nan)
-    if "oracle_prediction" in meta:
-        rmse_oracle = rmse_of(y, meta["oracle_prediction"])
-        reach = rmse_dcf - rmse_oracle
-        row["oracle_gap_pct"] = 100.0 * (rmse - rmse_oracle) / reach if reach > 0 else np.nan
-    row.update({key: scores[key] for key in OPTIONAL_COLUMNS if key in scores})
-    return row
+    return checked
 
 
 def _checked(name: str, key: str, values: Any, n: int) -> np.ndarray:
