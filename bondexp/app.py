@@ -220,9 +220,9 @@ _WARM_UP_WAIT_AFTER_CTRL_C_S = 15.0
 def _warm_up_outputs(render: bool) -> None:
     """Import matplotlib (the timeline) while the graph runs, so the parent's work after the last
     step is writing, not importing (matplotlib alone takes most of a second)."""
-    from bondexp.plots import warm_up_pyplot
+    from bondexp import plots
 
-    warm_up_pyplot(render=render)
+    plots.warm_up(render=render)
 
 
 def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str], timeline: bool = True) -> None:

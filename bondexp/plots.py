@@ -2,8 +2,10 @@
 
 Plots take plain data (artifacts, leaderboard rows, step outcomes) and return the PNG as bytes,
 so a step can hand its pictures back to whoever writes the run folder (see :mod:`bondexp.atomic`);
-nothing here touches the disk. matplotlib is imported inside the functions, with the Agg
-backend, so importing this module costs nothing and no display is needed.
+nothing here touches the disk. Figures are matplotlib's own objects, drawn by its Agg canvas, never
+through pyplot, as matplotlib advises for a web server (any program that only saves images): no backend to choose, no
+display, no global list of open figures to close, and pyplot's import saved. matplotlib is imported
+inside the functions, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ STEP_COLORS = {"ran": "tab:green", "reused": "tab:gray", "failed": "tab:red", "s
 MAX_SCATTER_POINTS = 5000
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A new figure, drawn by the Agg canvas when saved."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
-def warm_up_pyplot(*, render: bool = False) -> None:
-    """Import matplotlib's pyplot (Agg) now, and with ``render`` draw one small PNG too: a caller with
-    idle time pays for the import and (``render``) the backend, fonts and PNG writer before its first
-    plot. Render only where no other thread plots meanwhile: matplotlib is not thread-safe."""
-    plt = _pyplot()
+def warm_up(*, render: bool = False) -> None:
+    """Import matplotlib now, and with ``render`` draw one small PNG too: a caller with idle time pays
+    for the import and (``render``) the Agg canvas, fonts and PNG writer before its first plot.
+    Render only where no other thread plots meanwhile: matplotlib is not thread-safe."""
+    fig = _figure((1, 1))
     if render:
-        fig, ax = plt.subplots(figsize=(1, 1))
+        ax = fig.subplots()
         ax.barh([0], [1.0])
         ax.set_title("warm-up")
         _png(fig, dpi=20)
@@ -52,12 +52,9 @@ def _tight_layout(fig) -> None:
 
 
 def _png(fig, *, dpi: int) -> bytes:
-    """The figure as PNG bytes; the figure is closed either way."""
+    """The figure as PNG bytes."""
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=dpi)
-    finally:
-        _pyplot().close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -67,8 +64,8 @@ def _png(fig, *, dpi: int) -> bytes:
 def drift_png(artifact: Mapping[str, Any]) -> bytes:
     """Four panels of a drift artifact: PSI per feature, market-state evidence, monthly PSI of drifted
     features, monthly RMSE per model."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig = _figure((14, 9))
+    axes = fig.subplots(2, 2)
     _drift_psi(axes[0, 0], artifact)
     _drift_market(axes[0, 1], artifact)
     _drift_monthly_psi(axes[1, 0], artifact)
@@ -141,13 +138,13 @@ def _drift_model_rmse(ax, artifact: Mapping[str, Any]) -> None:
 def predicted_vs_actual_png(artifact: Mapping[str, Any], names: Sequence[str]) -> bytes:
     """Predicted against actual residual, one panel per model in ``names``, from an evaluate
     artifact's samples (a seeded subsample of points)."""
-    plt = _pyplot()
     y = np.asarray(artifact["samples"]["y"])
     shown = np.arange(len(y))
     if len(y) > MAX_SCATTER_POINTS:
         shown = np.sort(np.random.default_rng(artifact["config"]["seed"]).choice(len(y), MAX_SCATTER_POINTS, replace=False))
     rmse = {row["model"]: row["rmse"] for row in artifact["leaderboard"]}
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.6 * max(len(names), 1), 4.4), squeeze=False)
+    fig = _figure((4.6 * max(len(names), 1), 4.4))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
     limits = np.quantile(y, [0.005, 0.995]) if len(y) else np.array([-1.0, 1.0])
     for ax, name in zip(axes[0], names, strict=False):  # no models: one empty panel
         pred = np.asarray(artifact["samples"]["predictions"][name])
@@ -166,9 +163,9 @@ def predicted_vs_actual_png(artifact: Mapping[str, Any], names: Sequence[str]) -
 
 def residual_distribution_png(artifact: Mapping[str, Any], names: Sequence[str]) -> bytes:
     """Histogram of the actual residual against the predicted residuals of ``names`` (shared bins)."""
-    plt = _pyplot()
     y = np.asarray(artifact["samples"]["y"])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = _figure((8, 4.5))
+    ax = fig.subplots()
     lo, hi = np.quantile(y, [0.005, 0.995]) if len(y) else (-1.0, 1.0)
     bins = np.linspace(lo, hi, int(np.clip(np.sqrt(len(y)), 10, 60)) + 1)
     ax.hist(y, bins=bins, density=True, color="lightgray", edgecolor="gray", label="actual")
@@ -186,9 +183,9 @@ def residual_distribution_png(artifact: Mapping[str, Any], names: Sequence[str])
 
 def rmse_ci_png(rows: Sequence[Mapping[str, Any]], *, references: Sequence[str] = ()) -> bytes:
     """Test RMSE per leaderboard row with its bootstrap interval, best at the top; ``references`` in gray."""
-    plt = _pyplot()
     rows = list(rows)[::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    fig = _figure((8, 0.45 * len(rows) + 1.5))
+    ax = fig.subplots()
     positions = np.arange(len(rows))
     rmse = np.array([row["rmse"] for row in rows], dtype=np.float64)
     low = np.array([row.get("rmse_ci_low", np.nan) for row in rows], dtype=np.float64)
@@ -214,11 +211,11 @@ def tuning_history_png(record: Mapping[str, Any]) -> bytes:
     """
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
     trials = record["trials"]
     done = [t for t in trials if t["state"] == "COMPLETE"]
     failed = [t for t in trials if t["state"] == "FAIL"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = _figure((8, 4.5))
+    ax = fig.subplots()
     if done:
         numbers = np.array([t["number"] for t in done])
         values = np.array([t["value"] for t in done])
@@ -268,12 +265,12 @@ def timeline_png(steps: Iterable[Any], *, title: str = "bondexp run timeline") -
     rows = [s for s in steps if s.started is not None and s.ended is not None]
     if not rows:
         return None
-    plt = _pyplot()
     from matplotlib.patches import Patch
 
     t0 = min(s.started for s in rows)
     workers = sorted({s.worker for s in rows}, key=_worker_sort_key)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(workers)))
+    fig = _figure((10, 1.2 + 0.6 * len(workers)))
+    ax = fig.subplots()
     for s in rows:
         y = workers.index(s.worker)
         ax.barh(
@@ -312,9 +309,9 @@ def _worker_sort_key(label: str) -> tuple[int, str]:
 
 def backtest_png(artifact: Mapping[str, Any], *, references: Sequence[str], overall: str) -> bytes:
     """RMSE of each model at each walk-forward origin; the reference rows (DCF, oracle) dashed."""
-    plt = _pyplot()
     origins = artifact["origins"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(origins) + 3), 4.8))
+    fig = _figure((max(7.0, 0.6 * len(origins) + 3), 4.8))
+    ax = fig.subplots()
     x = np.arange(len(origins))
     present = [n for n in references if any(r["model"] == n for r in artifact["rows"])]
     for name in list(artifact["models"]) + present:

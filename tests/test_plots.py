@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -29,12 +30,14 @@ def test_rmse_ci_draws_rows_without_intervals():
     assert plots.rmse_ci_png(rows, references=("oracle",)).startswith(PNG)
 
 
-def test_warm_up_pyplot_renders_and_leaves_no_figure_open():
-    import matplotlib.pyplot as plt
-
-    plots.warm_up_pyplot(render=True)
-    assert plt.get_fignums() == []  # pyplot keeps what is not closed: the run's parent would hold it
-    assert "matplotlib.backends.backend_agg" in sys.modules  # the backend the first plot needs is loaded
+def test_warm_up_loads_the_agg_canvas_and_plots_never_use_pyplot():
+    code = (
+        "import sys; from bondexp import plots; plots.warm_up(render=True); "
+        "plots.rmse_ci_png([{'model': 'm', 'rmse': 1.0}]); "
+        "print('matplotlib.backends.backend_agg' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]  # the canvas the first plot needs is loaded; no pyplot, no figures to close
 
 
 def test_a_plot_draws_its_figure_once_after_the_layout(monkeypatch):
