@@ -3,9 +3,9 @@
 Plots take plain data (artifacts, leaderboard rows, step outcomes) and return the PNG as bytes,
 so a step can hand its pictures back to whoever writes the run folder (see :mod:`bondexp.atomic`);
 nothing here touches the disk. Figures are matplotlib's own objects, drawn by its Agg canvas, never
-through pyplot, as matplotlib advises for a web server (any program that only saves images): no backend to choose, no
-display, no global list of open figures to close, and pyplot's import saved. matplotlib is imported
-inside the functions, so importing this module costs nothing.
+through pyplot, as matplotlib advises for a web server (any program that only saves images): no
+backend to choose, no display, no global list of open figures to close, and pyplot's import saved.
+matplotlib is imported inside the functions, so importing this module costs nothing.
 """
 
 from __future__ import annotations
