@@ -198,8 +198,10 @@ def register_configs() -> None:
     """
     store = ConfigStore.instance()
     store.store(name="bondexp_schema", node=BondexpConf)
-    store.store(group="data", name="synthetic_schema", node=SyntheticDataConf)
-    store.store(group="data", name="file_schema", node=FileDataConf)
+    # The data schemas sit beside bondexp_schema, outside the data group: --help lists a group's
+    # entries as choices, and a schema is not data to choose. A data file pulls its own in.
+    store.store(name="bondexp_synthetic_data_schema", node=SyntheticDataConf)
+    store.store(name="bondexp_file_data_schema", node=FileDataConf)
     stamp = datetime.now()
     resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),

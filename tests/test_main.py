@@ -123,6 +123,7 @@ def test_help_lists_the_groups_hydra_lists(template):
         ours = Hydra.get_help(hydra, help_cfg, cfg, get_args_parser(), resolve=False)
         assert ours == _HYDRA_GET_HELP(hydra, help_cfg, cfg, get_args_parser(), resolve=False)
         assert "model: advanced, all, automl" in ours
+        assert "data: csv, parquet, small, synthetic\n" in ours  # the data schemas are no data to choose
         assert ("hydra/launcher:" in ours) == (template is not None)
     finally:
         GlobalHydra.instance().clear()
