@@ -165,10 +165,11 @@ class BondexpConf:
 def latest_run(outputs: Path = Path("outputs")) -> Path:
     """The newest folder under ``outputs/`` (Hydra's ``<date>/<time>`` layout) where a run's steps began.
 
-    The runner's ``logs/`` (or ``checkpoints/``) says so; Hydra also leaves a folder behind for a
-    ``dry_run`` and for a command that stopped on a config error, which have nothing to resume.
+    See :func:`bondexp.runs.steps_began`: a ``dry_run`` or a config error leaves a folder with nothing to resume.
     """
-    runs = sorted(p for p in outputs.glob("*/*") if (p / "logs").is_dir() or (p / "checkpoints").is_dir())
+    from bondexp.runs import steps_began
+
+    runs = sorted(p for p in outputs.glob("*/*") if steps_began(p))
     if not runs:
         raise ConfigError(f"The 'resume' config key is 'last' but there is no run folder under {outputs.resolve()}.")
     return runs[-1]

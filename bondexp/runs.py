@@ -92,15 +92,24 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def steps_began(folder: Path) -> bool:
+    """Whether a run's steps began in ``folder``: the runner made its ``logs/`` or ``checkpoints/``.
+
+    Hydra also leaves a folder, holding only ``.hydra/``, for a ``dry_run`` and for a command that
+    stopped on a config error: no run to list or resume.
+    """
+    return (folder / "logs").is_dir() or (folder / "checkpoints").is_dir()
+
+
 def find_run_folders(paths: Iterable[Path]) -> list[Path]:
-    """Every run folder at or below ``paths``: a folder holding results.json or a .hydra folder."""
+    """Every run folder at or below ``paths``: a folder holding results.json, or where steps began (a run killed before its end)."""
     found = set()
     for path in map(Path, paths):
         if _is_run_folder(path):
             found.add(path)
         elif path.is_dir():
             found.update(p.parent for p in path.rglob("results.json"))
-            found.update(p.parent for p in path.rglob(".hydra") if p.is_dir() and p.parent.name != ".hydra")
+            found.update(p.parent for name in ("logs", "checkpoints") for p in path.rglob(name) if p.is_dir() and steps_began(p.parent))
     return sorted(found)
 
 
@@ -166,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_run_folder(path: Path) -> bool:
-    return (path / "results.json").is_file() or (path / ".hydra").is_dir()
+    return (path / "results.json").is_file() or steps_began(path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -80,6 +80,18 @@ def test_folders_are_found_filtered_by_override_and_date(tmp_path):
     assert select(rows, since=datetime(2026, 6, 1), patterns=["model=basic"]) == []
 
 
+def test_folders_where_no_step_began_are_not_runs(tmp_path):
+    """A dry run or a config error leaves Hydra's folder with only .hydra/; a killed run has logs/ and no results.json."""
+    for stamp in ("09-00-00", "09-30-00"):
+        (tmp_path / "outputs" / "2026-11-20" / stamp / ".hydra").mkdir(parents=True)
+    killed = tmp_path / "outputs" / "2026-11-20" / "10-00-00"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / "logs").mkdir()
+    (killed / "checkpoints").mkdir()
+    assert find_run_folders([tmp_path / "outputs"]) == [killed]
+    assert run_row(killed)["status"] == "unfinished"
+
+
 def test_the_cli_lists_runs_under_outputs_and_multirun(tmp_path):
     make_run(tmp_path / "outputs" / "2026-11-29" / "10-00-00", overrides=["model=basic"], leaderboard=None)
     make_run(tmp_path / "multirun" / "2026-11-29" / "11-00-00" / "0", overrides=["seed=0"])
