@@ -66,17 +66,21 @@ def _main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
-    workers = None
+    workers, job = None, None
     if hc.mode == RunMode.MULTIRUN:
         # sweep jobs share the machine: each runs its steps on its share of the workers
         n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
+        if int(n_jobs) != 1:  # and the terminal: labelled lines, as Hydra's launch lines name the jobs (#0)
+            job = f"#{hc.job.num}"
         # A launcher's worker process (joblib's loky) ends with a full interpreter teardown, which
         # collected what the jobs imported object by object while the sweep waited: as main() does.
         atexit.unregister(gc.freeze)
         atexit.register(gc.freeze)
     try:
-        result = run(cfg, run_dir=run_dir, model_choice=_model_choice(hc.runtime.choices, overrides), overrides=overrides, workers=workers)
+        result = run(
+            cfg, run_dir=run_dir, model_choice=_model_choice(hc.runtime.choices, overrides), overrides=overrides, workers=workers, job=job
+        )
     except BondexpError as err:
         print(f"bondexp: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -90,7 +94,8 @@ def _main(cfg: DictConfig) -> None:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:
         kill_forkserver()  # it may still be importing: it would hold the output open and fork a worker no one wants
-        print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
+        label = "" if job is None else f"{job} "
+        print(f"\n{label}Interrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(130)
     if result is not None and not result.ok:
         sys.exit(1)

@@ -87,11 +87,15 @@ def run(
     model_choice: str | None = None,
     overrides: Sequence[str] = (),
     workers: int | None = None,
+    job: str | None = None,
 ) -> RunResult | None:
     """Run the experiment ``cfg`` in ``run_dir``; return the runner's result (None for a dry run).
 
     Raises ConfigError or DataValidationError before any step runs when the config or the data is
     wrong. ``workers`` overrides ``cfg.workers`` (a sweep job shares the machine with its siblings).
+    ``job`` labels what the run prints (``#0``) when other runs print to the same terminal at the
+    same time (a sweep's jobs running at once): labelled progress lines, no bar, and each block of
+    text printed in one piece under a line naming the job and its overrides.
     """
     models = collect_models(cfg, choice=model_choice)
     validate_config(cfg, models=models)
@@ -123,7 +127,7 @@ def run(
             atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
     else:
         dataset = None  # every step is reused: the parent needs no data, and the steps none either
-    print(format_data_summary(summary), flush=True)
+    print(_labelled(format_data_summary(summary), job), flush=True)
 
     # Steps will run: import what the end needs while they do. Not beside a Dask client, whose
     # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
@@ -147,6 +151,7 @@ def run(
         data_fingerprint=fingerprint,
         resume=True,
         progress=bool(cfg.progress),
+        progress_label=job,
         durations_path=durations_path,
         dataset=dataset,
     )
@@ -163,14 +168,25 @@ def run(
         from bondexp.tracking import track_run
 
         track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
-    print(result.summary_table())
+    lines = [result.summary_table()]
     if not result.ok and not result.interrupted:  # an interrupted run says so on exit (bondexp.__main__)
-        print(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
-    print(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
+        lines.append(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
+    lines.append(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
     ended = [s.ended for s in result.steps.values() if s.ended is not None]
     if ended and not result.interrupted:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
-        print(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
+        lines.append(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
+    print(_labelled("\n".join(lines), job, overrides=overrides), flush=True)
     return result
+
+
+def _labelled(text: str, job: str | None, *, overrides: Sequence[str] = ()) -> str:
+    """``text`` as a sweep job beside others prints it: under a line naming ``job`` (and its
+    ``overrides``, as Hydra's launch lines do), or the first line labelled; as it is for no ``job``."""
+    if job is None:
+        return text
+    if overrides:
+        return f"{job} : {' '.join(overrides)}\n{text}"
+    return f"{job} {text}"
 
 
 def _load_dataset(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerprint: str) -> tuple[Any, dict[str, Any]]:

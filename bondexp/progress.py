@@ -2,7 +2,8 @@
 
 The bar lives in the parent process only and is updated by the scheduler loop on every start and
 finish, so it cannot stall on the first step. When stderr is not a terminal (CI, log files), plain
-one-line events replace the bar.
+one-line events replace the bar; so they do, labelled, for a run that shares its terminal with
+others (the jobs of a sweep running at once), where bars would overwrite each other.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ class Progress:
     stream : file, optional
         Where to write; defaults to ``sys.stderr``. A terminal gets a tqdm bar, anything
         else gets plain lines.
+    label : str, optional
+        Plain lines, each starting with this label, even on a terminal: for a run whose terminal
+        other runs write to at the same time (``#0`` for a sweep's job 0).
     """
 
-    def __init__(self, *, total: int, done: int = 0, enabled: bool = True, stream: TextIO | None = None):
+    def __init__(self, *, total: int, done: int = 0, enabled: bool = True, stream: TextIO | None = None, label: str | None = None):
         self.total = total
         self.done = done
         self.stream = sys.stderr if stream is None else stream
-        self.mode = None if not enabled else ("bar" if _is_terminal(self.stream) else "lines")
+        self.label = label
+        self.mode = None if not enabled else ("bar" if label is None and _is_terminal(self.stream) else "lines")
         self._bar = None
         self._t0 = time.perf_counter()
         self._redirect = None
@@ -101,7 +106,8 @@ class Progress:
 
     def _line(self, text: str) -> None:
         elapsed = _fmt_seconds(time.perf_counter() - self._t0)
-        print(f"[bondexp {elapsed}] {text}", file=self.stream, flush=True)
+        label = "" if self.label is None else f" {self.label}"
+        print(f"[bondexp{label} {elapsed}] {text}", file=self.stream, flush=True)
 
 
 class _ConsoleThroughTqdm:

@@ -46,6 +46,7 @@ def run_graph(
     data_fingerprint: str,
     resume: bool = True,
     progress: bool = True,
+    progress_label: str | None = None,
     executor_options: Mapping[str, Any] | None = None,
     durations_path: str | Path | None = None,
     dataset: Any = None,
@@ -72,6 +73,9 @@ def run_graph(
         Reuse checkpoints that verify (fingerprint and sha256); ``False`` re-runs everything.
     progress : bool
         Show the progress bar (plain lines when stderr is not a terminal).
+    progress_label : str, optional
+        Plain lines starting with this label instead of a bar, for a run sharing its terminal with
+        others (see :class:`~bondexp.progress.Progress`).
     executor_options : mapping, optional
         ``local``: ``start_method`` (``forkserver`` or ``spawn``); ``dask``: ``address``.
     durations_path : path, optional
@@ -109,7 +113,7 @@ def run_graph(
         run = _Scheduler(
             graph, store, backend, run_dir=run_dir, fingerprints=fps, expected=expected, shared=dict(shared or {}), dataset=dataset
         )
-        result = run.run(plan, progress=progress, t0=t0, executor_name=executor)
+        result = run.run(plan, progress=progress, progress_label=progress_label, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
     return result
 
@@ -161,7 +165,9 @@ class _Scheduler:
         self.started = False  # whether the backend is started (it starts at the first submit)
         self.bar = Progress(total=0, enabled=False)  # shows nothing; run() puts the run's bar here
 
-    def run(self, plan: Mapping[str, str | None], *, progress: bool, t0: float, executor_name: str) -> RunResult:
+    def run(
+        self, plan: Mapping[str, str | None], *, progress: bool, t0: float, executor_name: str, progress_label: str | None = None
+    ) -> RunResult:
         """Reuse what the plan allows, run the rest; return the result (interrupted on Ctrl-C).
 
         ``t0`` is the ``perf_counter`` time the run began (before checkpoints were verified);
@@ -182,7 +188,7 @@ class _Scheduler:
             self.backend.concurrency,
         )
         interrupted, kill = False, True
-        with Progress(total=len(self.graph), done=len(self.done), enabled=progress) as self.bar:
+        with Progress(total=len(self.graph), done=len(self.done), enabled=progress, label=progress_label) as self.bar:
             try:
                 self._loop()
                 kill = False

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,6 +354,24 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
     assert "start  a" in err and "ran    b in" in err and "(2/2)" in err
     run(graph, tmp_path, workers=1, progress=True)
     assert "reusing 2 of 2 checkpoints" in capsys.readouterr().err
+
+
+def test_a_labelled_progress_prints_labelled_lines_even_on_a_terminal():
+    import io
+
+    from bondexp.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert Progress(total=1, stream=Terminal()).mode == "bar"
+    screen = Terminal()
+    with Progress(total=1, stream=screen, label="#3") as bar:
+        assert bar.mode == "lines"
+        bar.started("a", running=["a"], eta_s=None)
+        bar.finished("a", status="ran", duration_s=0.5, running=[], eta_s=None)
+    assert re.fullmatch(r"\[bondexp #3 00:00\] start  a\n\[bondexp #3 00:00\] ran    a in 0.50 s \(1/1\)\n", screen.getvalue())
 
 
 @pytest.mark.parametrize(

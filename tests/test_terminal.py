@@ -79,6 +79,24 @@ def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
     assert "start basic" in main_log  # step events go to the main log instead
 
 
+def test_a_parallel_sweep_prints_labelled_lines_not_bars(tmp_path):
+    """Two jobs at once share the terminal: their bars overwrote each other mid-line. Each job now
+    prints lines labelled with its number, and its table in one piece under its overrides."""
+    sweep = ["-m", "data=small", "model=factor", "~steps.tune", "eval.n_bootstrap=50", "workers=2", "seed=0,1"]
+    code, screen = run_in_terminal([*sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, cache=tmp_path / "cache")
+    assert code == 0, screen[-4000:]
+    assert "steps [" not in screen, screen[-4000:]  # no bar
+    for job, seed in (("#0", 0), ("#1", 1)):
+        assert re.search(rf"\[bondexp {job} \d\d:\d\d\] ran +factor in", screen), screen[-4000:]
+        assert f"{job} data: 3,000 observations" in screen
+        # the job's line as Hydra's launch line has it, at a line's start; its table follows, nothing between
+        head = re.search(rf"^{job} : data=small model=factor ~steps.tune=null eval.n_bootstrap=50 workers=2 seed={seed}\r?\n", screen, re.M)
+        assert head, screen[-4000:]
+        table = screen[head.end() :]
+        assert table.startswith("step "), screen[-4000:]
+        assert f"sweep/{job[1:]}/report.md" in table.partition("from the last step's end")[0]
+
+
 @pytest.mark.parametrize("moment", ["running: ", "1/5 steps"])  # as the first step is submitted; once one has ended
 def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_path, moment):
     args = [*QUICK, "model=[basic,factor,automl]", f"hydra.run.dir={tmp_path / 'run'}"]
