@@ -60,10 +60,33 @@ def _model_choice(choices: Any, overrides: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://bondexp.conf", config_name="config")
 def _main(cfg: DictConfig) -> None:
+    """Run the experiment; exit with 2 on bad input, 1 when a step failed, 130 on Ctrl-C.
+
+    A sweep's job returns instead: exiting would end its siblings, and the sweep's summary, with it.
+    The sweep's exit code comes from the jobs' folders (:mod:`bondexp.sweep`).
+    """
+    from bondexp import sweep
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN and sweep.was_interrupted(Path(hc.sweep.dir)):
+        print(f"#{hc.job.num} not started: the sweep was interrupted", file=sys.stderr)
+        return
+    if sweep.IN_JOB_PROCESS:  # a joblib worker ignores Ctrl-C between jobs and answers it during one
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = _run(cfg, hc)
+    finally:
+        if sweep.IN_JOB_PROCESS:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code and hc.mode != RunMode.MULTIRUN:
+        sys.exit(code)
+
+
+def _run(cfg: DictConfig, hc: Any) -> int:
+    """Run the experiment of ``cfg``, print how it ended; return the exit code."""
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
     from bondexp.app import resume_command, run
 
-    hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
     workers, job = None, None
@@ -82,23 +105,30 @@ def _main(cfg: DictConfig) -> None:
             cfg, run_dir=run_dir, model_choice=_model_choice(hc.runtime.choices, overrides), overrides=overrides, workers=workers, job=job
         )
     except BondexpError as err:
-        print(f"bondexp: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        label = "" if hc.mode != RunMode.MULTIRUN else f"#{hc.job.num} "
+        print(f"{label}bondexp: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         result = None
         interrupted = True
     except BrokenPipeError:  # the reader of the output stopped reading (`| head`): end quietly, as `git log | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no second error at exit
-        sys.exit(128 + signal.SIGPIPE)
+        return 128 + signal.SIGPIPE
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:
         kill_forkserver()  # it may still be importing: it would hold the output open and fork a worker no one wants
-        label = "" if job is None else f"{job} "
-        print(f"\n{label}Interrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
-        sys.exit(130)
+        if hc.mode == RunMode.MULTIRUN:  # the sweep says how to resume all of its jobs (bondexp.sweep)
+            from bondexp.sweep import mark_interrupted
+
+            mark_interrupted(Path(hc.sweep.dir))
+            print(f"\n#{hc.job.num} Interrupted. Finished steps are checkpointed.", file=sys.stderr)
+        else:
+            print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
+        return 130
     if result is not None and not result.ok:
-        sys.exit(1)
+        return 1
+    return 0
 
 
 def main() -> None:
@@ -117,6 +147,10 @@ def main() -> None:
             print(f"bondexp: error: {err}", file=sys.stderr)
             sys.exit(2)
         _main()
+        from bondexp import sweep
+
+        if sweep.exit_code:  # a sweep whose every job has ended, and its summary is written
+            sys.exit(sweep.exit_code)
     except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume)
         kill_forkserver()
         print("\nInterrupted.", file=sys.stderr)

@@ -1,11 +1,23 @@
-"""Hydra callbacks of a sweep (`python -m bondexp -m ...`): one table comparing its jobs, and with
-``tracking=mlflow`` the parent MLflow run its jobs log under as children."""
+"""Hydra callbacks of a sweep (`python -m bondexp -m ...`): its jobs' Ctrl-C and exit code, one table
+comparing them, and with ``tracking=mlflow`` the parent MLflow run its jobs log under as children.
+
+A job ends as a run does (failed steps, a config error, Ctrl-C) without ending its siblings: it
+returns instead of exiting (:func:`bondexp.__main__._main`), and the sweep's exit code comes from
+the jobs' folders once every job is done and the summary is written. Ctrl-C stops the running
+jobs as it stops a run (finished steps checkpointed) and starts no other job; the same sweep run
+again with ``hydra.sweep.dir`` set to its folder resumes every job.
+"""
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +25,34 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_text
+
+#: The exit code of the sweep this process ran: 0 when every job ran every step; else 130 when
+#: Ctrl-C stopped it, 2 when a job stopped on bad input before its steps, 1 when a step failed.
+#: :func:`bondexp.__main__.main` exits with it once Hydra is done.
+exit_code = 0
+#: True in a process a launcher started for jobs (joblib's loky workers): see :func:`_job_process_init`.
+IN_JOB_PROCESS = False
+#: The file in a sweep's folder that says Ctrl-C stopped it: a job about to start then does not.
+INTERRUPTED_MARK = ".interrupted"
+
+
+def was_interrupted(sweep_dir: Path) -> bool:
+    """Whether Ctrl-C stopped the sweep in ``sweep_dir``."""
+    return (Path(sweep_dir) / INTERRUPTED_MARK).exists()
+
+
+def mark_interrupted(sweep_dir: Path) -> None:
+    """Say that Ctrl-C stopped the sweep in ``sweep_dir``: no other job starts."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    (Path(sweep_dir) / INTERRUPTED_MARK).touch()
+
+
+def sweep_exit_code(rows: list[dict[str, Any]], *, interrupted: bool) -> int:
+    """The exit code of a sweep whose jobs' summary rows are ``rows`` (see :data:`exit_code`)."""
+    statuses = {row["status"] for row in rows}
+    if interrupted or "interrupted" in statuses:
+        return 130
+    return 2 if "not run" in statuses else 1 if "failed" in statuses else 0
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -24,6 +64,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "job": int(job.name),
             "overrides": " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else "",
+            "status": "not run",
             "ok": None,
             "wall_s": None,
             "best_model": None,
@@ -33,6 +74,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
             results = json.loads(results_file.read_text())
             row["ok"] = results.get("ok")
             row["wall_s"] = results.get("wall_s")
+            row["status"] = "interrupted" if results.get("interrupted") else "ok" if row["ok"] else "failed"
         leaderboard = job / "leaderboard.csv"
         if leaderboard.exists():
             models = [r for r in csv.DictReader(leaderboard.open()) if r["model"] not in ("dcf_baseline", "oracle")]
@@ -64,13 +106,69 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 class SweepSummary(Callback):
-    """Registered under ``hydra.callbacks`` in conf/config.yaml; runs once the sweep's jobs are done."""
+    """Registered under ``hydra.callbacks`` in conf/config.yaml: the jobs' Ctrl-C and exit code, and the summary.
+
+    Jobs running at once (joblib's ``n_jobs`` other than 1) get the terminal's Ctrl-C themselves
+    and stop as a run does. The launching process's first Ctrl-C therefore only marks the sweep
+    interrupted, instead of joblib killing the jobs mid-write; a second one lets joblib kill them.
+    joblib's worker processes ignore Ctrl-C between jobs (an idle one would die of it and abort the
+    sweep) and answer it while they run one.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global exit_code
+        exit_code = 0
+        sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)  # a sweep run again in its folder resumes its jobs
+        _loky_workers(initializer=_job_process_init)
+        if int(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1) or 1) != 1:
+            signal.signal(signal.SIGINT, functools.partial(_first_ctrl_c, sweep_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global exit_code
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            rows = write_sweep_summary(sweep_dir)
-            print(f"sweep summary ({len(rows)} jobs): {sweep_dir / 'summary.md'}")
+        if not sweep_dir.is_dir():
+            return
+        rows = write_sweep_summary(sweep_dir)
+        interrupted = was_interrupted(sweep_dir)
+        (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)
+        exit_code = sweep_exit_code(rows, interrupted=interrupted)
+        counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "failed", "interrupted", "not run")}
+        tally = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+        if exit_code == 130:
+            again = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
+            command = shlex.join(["python", "-m", "bondexp", *again, f"hydra.sweep.dir={sweep_dir.resolve()}"])
+            print(f"\nInterrupted. Finished steps are checkpointed; resume the sweep with:\n  {command}", file=sys.stderr)
+        print(f"sweep summary ({len(rows)} jobs: {tally}): {sweep_dir / 'summary.md'}")
+
+
+def _job_process_init() -> None:
+    """Start of a joblib worker process of the sweep: Ctrl-C ignored until it runs a job (idle, it would die of it)."""
+    global IN_JOB_PROCESS
+    IN_JOB_PROCESS = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _loky_workers(**executor_options: Any) -> None:
+    """Give joblib's ``loky`` backend these options for its worker processes (Hydra's launcher names it by name).
+
+    ``register_parallel_backend`` is joblib's public way to do it; only this process (the sweep's
+    launching one, ending with the sweep) sees the change, and only joblib's launcher uses joblib here.
+    """
+    from joblib.parallel import BACKENDS, register_parallel_backend
+
+    loky = BACKENDS["loky"]
+    if not isinstance(loky, functools.partial):  # once
+        register_parallel_backend("loky", functools.partial(loky, **executor_options))
+
+
+def _first_ctrl_c(sweep_dir: Path, signum: int, frame: object) -> None:
+    """The first Ctrl-C of a sweep running jobs at once: they stop themselves; no other job starts; the next Ctrl-C kills."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    mark_interrupted(sweep_dir)
+    message = "\nCtrl-C: the running jobs stop and keep their finished steps; no other job starts. Ctrl-C again to kill them.\n"
+    os.write(sys.stderr.fileno(), message.encode())  # not print(): a signal handler may interrupt a print
 
 
 class SweepTracking(Callback):

@@ -6,13 +6,17 @@ import contextlib
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from conftest import group_running
 
 QUICK = ["data=small", "tune.n_trials=3", "eval.n_bootstrap=50", "progress=false"]
 
@@ -233,3 +237,70 @@ def test_sweep_runs_each_job_and_writes_one_summary(tmp_path, cache):
     # two jobs share the machine: each runs its steps on its share of the cores, not on all of them
     expected = max(1, len(os.sched_getaffinity(0)) // 2)
     assert f"{expected} thread(s)" in (sweep_dir / "0" / "logs" / "factor.log").read_text()
+
+
+def test_a_sweep_job_with_bad_input_ends_alone(tmp_path, cache):
+    """A job's config error (exit 2 for a run) used to exit the job's process: joblib then killed its
+    siblings mid-run and the sweep wrote no summary. The job now ends alone; the sweep says so in its
+    summary and its exit code."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *QUICK, "model=factor", "~steps.tune", "eval.sample_pct=150,50", f"hydra.sweep.dir={sweep_dir}"]
+    proc = bondexp(*args, cwd=tmp_path, cache=cache, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "#0 bondexp: error: The 'eval.sample_pct' config key must be a percentage" in proc.stderr
+    summary = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [row["status"] for row in summary] == ["not run", "ok"]
+    assert "sweep summary (2 jobs: 1 ok, 1 not run)" in proc.stdout
+
+
+def test_ctrl_c_stops_a_parallel_sweeps_jobs_as_runs_and_starts_no_other(tmp_path, cache):
+    """The first Ctrl-C reaches every process of the sweep: the running jobs stop as a run does (their
+    tables, their finished steps kept), the queued one does not start, the summary is written and the
+    sweep prints how to resume it. joblib used to kill the jobs mid-write (a table or two missing,
+    leaked-semaphore warnings)."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *QUICK, "model=[basic,automl]", "seed=0,1,2", "workers=2", f"hydra.sweep.dir={sweep_dir}"]
+
+    def began(job: str) -> bool:
+        return any((sweep_dir / job / "logs").glob("*.log"))
+
+    def finished(job: str) -> list[Path]:
+        return sorted((sweep_dir / job / "checkpoints").glob("*.json"))
+
+    with Started(*args, cwd=tmp_path, cache=cache) as sweep:
+        deadline = time.monotonic() + 120
+        while not (began("0") and began("1") and (finished("0") or finished("1"))):  # each job takes seconds more
+            assert sweep.process.poll() is None and time.monotonic() < deadline, "the jobs never got going"
+            time.sleep(0.05)
+        kept = finished("0") + finished("1")
+        os.killpg(sweep.process.pid, signal.SIGINT)
+        proc = sweep.result(check=False, timeout=120)
+        left = group_running(sweep.process.pid)
+    assert proc.returncode == 130, proc.stderr
+    assert left == []
+    for job in ("#0", "#1"):
+        assert f"{job} Interrupted. Finished steps are checkpointed." in proc.stderr
+        assert f"{job} : " in proc.stdout  # its table
+    assert "#2 not started: the sweep was interrupted" in proc.stderr
+    resume = shlex.join(["python", "-m", "bondexp", *args[:-1], f"hydra.sweep.dir={sweep_dir}"])
+    assert f"resume the sweep with:\n  {resume}" in proc.stderr
+    assert "leaked" not in proc.stderr and "Traceback" not in proc.stderr
+    summary = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [row["status"] for row in summary] == ["interrupted", "interrupted", "not run"]
+    assert all(path.exists() for path in kept) and not (sweep_dir / ".interrupted").exists()
+
+
+@pytest.mark.parametrize(
+    "statuses, interrupted, code",
+    [
+        (["ok", "ok"], False, 0),
+        (["ok", "failed"], False, 1),
+        (["failed", "not run"], False, 2),  # bad input outranks a failed step
+        (["ok", "not run"], True, 130),  # not started after the Ctrl-C
+        (["interrupted", "ok"], False, 130),
+    ],
+)
+def test_a_sweeps_exit_code_comes_from_its_jobs(statuses, interrupted, code):
+    from bondexp.sweep import sweep_exit_code
+
+    assert sweep_exit_code([{"status": s} for s in statuses], interrupted=interrupted) == code
