@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from bondexp.executors import kill_forkserver, launch_forkserver_early
+from bondexp.script import interrupted_while_importing
 
-
-def _interrupted_while_importing(signum: int, frame: object) -> None:
-    """Ctrl-C before :func:`main` runs (Hydra's import): end as main does, without a traceback or a forkserver left importing."""
-    kill_forkserver()
-    print("\nInterrupted.", file=sys.stderr)
-    raise SystemExit(130)
-
-
-if __name__ == "__main__":  # `python -m bondexp`: before Hydra's import (the `bondexp` script launches it in main())
-    signal.signal(signal.SIGINT, _interrupted_while_importing)
+if __name__ == "__main__":  # `python -m bondexp`: before Hydra's import (the `bondexp` script does it in bondexp.script)
+    signal.signal(signal.SIGINT, interrupted_while_importing)
     launch_forkserver_early(sys.argv)
 
 import hydra
@@ -138,7 +131,7 @@ def main() -> None:
     everything is written by then, and collecting scikit-learn, SciPy and pandas object by object
     took 0.7 s of every run's end for memory the process hands back anyway. Exit handlers still run.
     """
-    launch_forkserver_early(sys.argv)  # a no-op when `python -m bondexp` launched it already
+    launch_forkserver_early(sys.argv)  # a no-op when `python -m bondexp` or the `bondexp` script launched it already
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the handlers below answer Ctrl-C
         try:

@@ -51,10 +51,8 @@ class Progress:
         self._t0 = time.perf_counter()
         self._redirect = None
         if self.mode == "bar":
-            from tqdm.auto import tqdm
-
             self._redirect = _ConsoleThroughTqdm(logging.getLogger())
-            self._bar = tqdm(
+            self._bar = _bar_class()(
                 total=total,
                 initial=done,
                 file=self.stream,
@@ -72,16 +70,22 @@ class Progress:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self, *, leave: bool = True) -> None:
-        """End the bar; ``leave=False`` wipes it instead of drawing it once more (after a Ctrl-C, the
-        bar as it stood is already on screen, and the table that follows says where each step got)."""
+    def close(self) -> None:
+        """End the bar, drawn once more as it ends."""
         if self._bar is not None:
-            self._bar.leave = leave
             self._bar.close()
             self._bar = None
         if self._redirect is not None:
             self._redirect.restore()
             self._redirect = None
+
+    def interrupted(self) -> None:
+        """End the bar after a Ctrl-C: it stays as it stood, with the terminal's ``^C`` after it, and
+        what follows starts on the next line. Closing it as usual would draw it once more."""
+        if self._bar is not None:
+            self.stream.write("\n")
+            self._bar.leave = False  # tqdm then blanks the line it stands on: the empty one under the bar
+        self.close()
 
     def started(self, name: str, *, running: Sequence[str], eta_s: float | None) -> None:
         """A step was handed to a worker."""
@@ -108,6 +112,23 @@ class Progress:
         elapsed = _fmt_seconds(time.perf_counter() - self._t0)
         label = "" if self.label is None else f" {self.label}"
         print(f"[bondexp{label} {elapsed}] {text}", file=self.stream, flush=True)
+
+
+def _bar_class() -> type:
+    """tqdm's bar, two columns short of the terminal's width.
+
+    A terminal echoes Ctrl-C as ``^C`` where the cursor is, at the bar's end: past a full-width bar
+    it wrapped, and left a ``^`` on the bar's line and a ``C`` on the next.
+    """
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            shape = super().format_dict
+            return {**shape, "ncols": max(1, shape["ncols"] - 2)} if shape.get("ncols") else shape
+
+    return Bar
 
 
 class _ConsoleThroughTqdm:

@@ -194,7 +194,7 @@ class _Scheduler:
                 kill = False
             except KeyboardInterrupt:
                 interrupted = True
-                self.bar.close(leave=False)
+                self.bar.interrupted()
                 log.warning("interrupted: stopping workers; finished checkpoints are kept")
                 self._harvest_finished()
             finally:

@@ -128,3 +128,17 @@ def test_workers_see_the_environment_hydras_job_sets(tmp_path, cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     assert steps["probe"]["metrics"] == {"value": "set"}
+
+
+def test_the_bondexp_script_launches_the_forkserver_before_importing_hydra(tmp_path):
+    """As `python -m bondexp` does, so the workers' import of scikit-learn overlaps Hydra's. The script
+    used to import bondexp.__main__ (and Hydra with it) before its entry point could launch anything."""
+    script = Path(sys.executable).with_name("bondexp")
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
+    # a plain run that stops at the config check, once the forkserver is launched
+    proc = subprocess.run(
+        [str(script), "data=small", "eval.sample_pct=150"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    modules = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert modules.index("multiprocessing.forkserver") < modules.index("hydra")

@@ -122,14 +122,17 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("moment", ["importing", "composed"])
-def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tmp_path, moment):
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "bondexp"], [str(Path(sys.executable).with_name("bondexp"))]])
+def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tmp_path, moment, command):
     """Ctrl-C reaches every process of the run. While Python imports Hydra (the forkserver has just been
     launched) or once Hydra has composed (the forkserver still imports scikit-learn), the run answers
-    with one message and no traceback, and its forkserver does not outlive it."""
+    with one message and no traceback, and its forkserver does not outlive it; the `bondexp` script as
+    `python -m bondexp` (it launched the forkserver only after Hydra's import, and printed a traceback
+    for a Ctrl-C during it)."""
     env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
     with open(tmp_path / "output.txt", "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bondexp", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
+            [*command, *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
             cwd=tmp_path,
             env=env,
             stdout=out,
