@@ -82,23 +82,30 @@ def _run(cfg: DictConfig, hc: Any) -> int:
 
     overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
-    workers, job = None, None
+    workers, job, progress_label = None, None, None
     if hc.mode == RunMode.MULTIRUN:
         # sweep jobs share the machine: each runs its steps on its share of the workers
         n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
-        if int(n_jobs) != 1:  # and the terminal: labelled lines, as Hydra's launch lines name the jobs (#0)
-            job = f"#{hc.job.num}"
+        job = f"#{hc.job.num}"  # as Hydra's launch lines name the jobs
+        if int(n_jobs) != 1:  # and the terminal, shared: labelled lines instead of a bar
+            progress_label = job
         # A launcher's worker process (joblib's loky) ends with a full interpreter teardown, which
         # collected what the jobs imported object by object while the sweep waited: as main() does.
         atexit.unregister(gc.freeze)
         atexit.register(gc.freeze)
     try:
         result = run(
-            cfg, run_dir=run_dir, model_choice=_model_choice(hc.runtime.choices, overrides), overrides=overrides, workers=workers, job=job
+            cfg,
+            run_dir=run_dir,
+            model_choice=_model_choice(hc.runtime.choices, overrides),
+            overrides=overrides,
+            workers=workers,
+            job=job,
+            progress_label=progress_label,
         )
     except BondexpError as err:
-        label = "" if hc.mode != RunMode.MULTIRUN else f"#{hc.job.num} "
+        label = "" if job is None else f"{job} "
         print(f"{label}bondexp: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -110,14 +117,20 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:
-        kill_forkserver()  # it may still be importing: it would hold the output open and fork a worker no one wants
-        if hc.mode == RunMode.MULTIRUN:  # the sweep says how to resume all of its jobs (bondexp.sweep)
-            from bondexp.sweep import mark_interrupted
+        from bondexp.runs import steps_began
+        from bondexp.sweep import mark_interrupted
 
-            mark_interrupted(Path(hc.sweep.dir))
-            print(f"\n#{hc.job.num} Interrupted. Finished steps are checkpointed.", file=sys.stderr)
+        kill_forkserver()  # it may still be importing: it would hold the output open and fork a worker no one wants
+        label = "" if job is None else f"{job} "
+        if not steps_began(run_dir):  # Ctrl-C while the data loaded: a folder with nothing to resume
+            message = f"{label}Interrupted before any step began."
+        elif job is not None:  # the sweep says how to resume all of its jobs (bondexp.sweep)
+            message = f"{label}Interrupted. Finished steps are checkpointed."
         else:
-            print(f"\nInterrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
+            message = f"Interrupted. Finished steps are checkpointed; resume with:\n  {resume_command(run_dir)}"
+        if job is not None:
+            mark_interrupted(Path(hc.sweep.dir))
+        print(f"\n{message}", file=sys.stderr)
         return 130
     if result is not None and not result.ok:
         return 1
@@ -144,9 +157,12 @@ def main() -> None:
 
         if sweep.exit_code:  # a sweep whose every job has ended, and its summary is written
             sys.exit(sweep.exit_code)
-    except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume)
+    except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume), or a sweep's second Ctrl-C
+        from bondexp import sweep
+
         kill_forkserver()
-        print("\nInterrupted.", file=sys.stderr)
+        if not sweep.wrap_up_killed():  # a sweep's wrap-up says it was interrupted, and how to resume it
+            print("\nInterrupted.", file=sys.stderr)
         sys.exit(130)
     finally:
         gc.freeze()

@@ -88,14 +88,15 @@ def run(
     overrides: Sequence[str] = (),
     workers: int | None = None,
     job: str | None = None,
+    progress_label: str | None = None,
 ) -> RunResult | None:
     """Run the experiment ``cfg`` in ``run_dir``; return the runner's result (None for a dry run).
 
     Raises ConfigError or DataValidationError before any step runs when the config or the data is
     wrong. ``workers`` overrides ``cfg.workers`` (a sweep job shares the machine with its siblings).
-    ``job`` labels what the run prints (``#0``) when other runs print to the same terminal at the
-    same time (a sweep's jobs running at once): labelled progress lines, no bar, and each block of
-    text printed in one piece under a line naming the job and its overrides.
+    ``job`` (a sweep's ``#0``) labels the data summary and prints the table in one piece under a
+    line naming the job and its overrides; ``progress_label`` gives labelled progress lines instead
+    of a bar, for runs printing to one terminal at once (a sweep's jobs running in parallel).
     """
     models = collect_models(cfg, choice=model_choice)
     validate_config(cfg, models=models)
@@ -151,7 +152,7 @@ def run(
         data_fingerprint=fingerprint,
         resume=True,
         progress=bool(cfg.progress),
-        progress_label=job,
+        progress_label=progress_label,
         durations_path=durations_path,
         dataset=dataset,
     )

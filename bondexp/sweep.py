@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_text
+from bondexp.runs import steps_began
 
 #: The exit code of the sweep this process ran: 0 when every job ran every step; else 130 when
 #: Ctrl-C stopped it, 2 when a job stopped on bad input before its steps, 1 when a step failed.
@@ -34,6 +35,8 @@ exit_code = 0
 IN_JOB_PROCESS = False
 #: The file in a sweep's folder that says Ctrl-C stopped it: a job about to start then does not.
 INTERRUPTED_MARK = ".interrupted"
+#: The folder of the sweep this process is launching, while it does.
+_running: Path | None = None
 
 
 def was_interrupted(sweep_dir: Path) -> bool:
@@ -64,7 +67,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "job": int(job.name),
             "overrides": " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else "",
-            "status": "not run",
+            "status": "interrupted" if steps_began(job) else "not run",  # no results.json: killed, or stopped before its steps
             "ok": None,
             "wall_s": None,
             "best_model": None,
@@ -116,31 +119,49 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global exit_code
+        global exit_code, _running
         exit_code = 0
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = _running = Path(config.hydra.sweep.dir)
         (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)  # a sweep run again in its folder resumes its jobs
         _loky_workers(initializer=_job_process_init)
         if int(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1) or 1) != 1:
             signal.signal(signal.SIGINT, functools.partial(_first_ctrl_c, sweep_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global exit_code
+        global exit_code, _running
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        rows = write_sweep_summary(sweep_dir)
-        interrupted = was_interrupted(sweep_dir)
-        (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)
-        exit_code = sweep_exit_code(rows, interrupted=interrupted)
-        counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "failed", "interrupted", "not run")}
-        tally = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-        if exit_code == 130:
-            again = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
-            command = shlex.join(["python", "-m", "bondexp", *again, f"hydra.sweep.dir={sweep_dir.resolve()}"])
-            print(f"\nInterrupted. Finished steps are checkpointed; resume the sweep with:\n  {command}", file=sys.stderr)
-        print(f"sweep summary ({len(rows)} jobs: {tally}): {sweep_dir / 'summary.md'}")
+        _running = None
+        exit_code = _wrap_up(Path(config.hydra.sweep.dir))
+
+
+def wrap_up_killed() -> bool:
+    """After a second Ctrl-C let joblib kill a sweep's jobs: the summary and the resume command all the
+    same. Returns whether this process was launching a sweep."""
+    global _running
+    if _running is None:
+        return False
+    sweep_dir, _running = _running, None
+    mark_interrupted(sweep_dir)
+    _wrap_up(sweep_dir)
+    return True
+
+
+def _wrap_up(sweep_dir: Path) -> int:
+    """Write the sweep's summary, say how it ended (and how to resume it); return its exit code."""
+    if not sweep_dir.is_dir():
+        return 0
+    rows = write_sweep_summary(sweep_dir)
+    interrupted = was_interrupted(sweep_dir)
+    (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)
+    code = sweep_exit_code(rows, interrupted=interrupted)
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "failed", "interrupted", "not run")}
+    tally = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    if code == 130:
+        again = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
+        command = shlex.join(["python", "-m", "bondexp", *again, f"hydra.sweep.dir={sweep_dir.resolve()}"])
+        print(f"\nInterrupted. Finished steps are checkpointed; resume the sweep with:\n  {command}", file=sys.stderr)
+    print(f"sweep summary ({len(rows)} jobs: {tally}): {sweep_dir / 'summary.md'}", flush=True)
+    return code
 
 
 def _job_process_init() -> None:

@@ -304,3 +304,23 @@ def test_a_sweeps_exit_code_comes_from_its_jobs(statuses, interrupted, code):
     from bondexp.sweep import sweep_exit_code
 
     assert sweep_exit_code([{"status": s} for s in statuses], interrupted=interrupted) == code
+
+
+def test_a_sweep_killed_by_a_second_ctrl_c_still_gets_its_summary(tmp_path, monkeypatch, capsys):
+    from bondexp import sweep
+
+    sweep_dir = tmp_path / "sweep"
+    for job, began in (("0", True), ("1", False)):
+        (sweep_dir / job / ".hydra").mkdir(parents=True)
+        (sweep_dir / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        if began:
+            (sweep_dir / job / "logs").mkdir()  # killed mid-run: no results.json
+    monkeypatch.setattr(sweep, "_running", sweep_dir)
+    monkeypatch.setattr(sys, "argv", ["bondexp", "-m", "seed=0,1"])
+    assert sweep.wrap_up_killed() is True
+    assert sweep.wrap_up_killed() is False  # once
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [row["status"] for row in rows] == ["interrupted", "not run"]
+    err = capsys.readouterr().err
+    assert f"resume the sweep with:\n  python -m bondexp -m seed=0,1 hydra.sweep.dir={sweep_dir}" in err
+    assert not (sweep_dir / ".interrupted").exists()

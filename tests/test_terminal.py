@@ -154,3 +154,5 @@ def test_ctrl_c_during_start_up_prints_one_message_and_leaves_nothing_running(tm
     assert code == 130, output
     assert "Interrupted" in output and "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert not left, left
+    if not (tmp_path / "run" / "logs").exists():  # no step began: nothing to resume, and no resume command
+        assert "resume with" not in output, output
