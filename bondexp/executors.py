@@ -454,11 +454,26 @@ def kill_forkserver() -> None:
 
 
 def _launch_forkserver() -> None:
-    """Launch the forkserver with the step libraries preloaded; returns at once (a no-op when it runs)."""
-    from multiprocessing import forkserver
+    """Launch the forkserver with the step libraries preloaded; returns at once (a no-op when it runs).
+
+    It is started with Ctrl-C blocked, as CPython starts its resource tracker: a new process keeps
+    the blocked signal through its ``exec``, and :mod:`bondexp.forkserver_first` ignores it, then
+    unblocks it. A Ctrl-C during the server's interpreter start-up, before that module ran, printed
+    "Fatal Python error: init_import_site" and a traceback under the run's message (13 of 30 runs
+    with Ctrl-C pressed as the server appeared, on a loaded machine; seen in CI). A Ctrl-C meanwhile
+    waits for this process: blocked, not ignored, so none is lost.
+    """
+    from multiprocessing import forkserver, resource_tracker
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(_forkserver_preload(step_libraries=True))
-    forkserver.ensure_running()
+    # The server's start starts the resource tracker first if it is not running, and that start
+    # unblocks SIGINT when it is done (it blocks it for its own child): so it comes first.
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _import_step_libraries() -> None:

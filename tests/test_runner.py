@@ -181,6 +181,32 @@ def test_killing_the_forkserver_from_a_ctrl_c_inside_its_launch_does_not_wait_fo
     assert proc.stdout.split() == ["True"], proc.stderr[-2000:]
 
 
+def test_the_forkserver_is_spawned_with_ctrl_c_blocked_and_the_run_gets_it_after(monkeypatch):
+    """A Ctrl-C during the server's interpreter start-up (before forkserver_first ignores it) printed
+    "Fatal Python error: init_import_site" (13 of 30 runs on a loaded machine). The server is now
+    spawned with SIGINT blocked, which a child keeps through exec. CPython's resource tracker start,
+    run by the server's start when no tracker runs, unblocks SIGINT after its own spawn: it comes first."""
+    from multiprocessing import forkserver, resource_tracker
+
+    from bondexp import executors
+
+    calls = []
+
+    def tracker() -> None:  # as CPython's: block around its own spawn, then unblock
+        calls.append("tracker")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def server() -> None:
+        calls.append(("server", signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())))
+
+    monkeypatch.setattr(resource_tracker, "ensure_running", tracker)
+    monkeypatch.setattr(forkserver, "ensure_running", server)
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", forkserver._forkserver._preload_modules)  # restored after
+    executors._launch_forkserver()
+    assert calls == ["tracker", ("server", True)]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the run's own Ctrl-C comes through after
+
+
 def test_same_artifacts_with_one_and_two_workers(tmp_path):
     graph = diamond()
     r1 = run(graph, tmp_path / "w1", workers=1)
