@@ -181,8 +181,8 @@ def run(
 
 
 def _labelled(text: str, job: str | None, *, overrides: Sequence[str] = ()) -> str:
-    """``text`` as a sweep job beside others prints it: under a line naming ``job`` (and its
-    ``overrides``, as Hydra's launch lines do), or the first line labelled; as it is for no ``job``."""
+    """``text`` as a sweep's job prints it: under a line naming ``job`` (and its ``overrides``, as
+    Hydra's launch lines do), or with its first line labelled; as it is for no ``job``."""
     if job is None:
         return text
     if overrides:
