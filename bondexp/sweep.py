@@ -154,6 +154,8 @@ def _wrap_up(sweep_dir: Path) -> int:
     interrupted = was_interrupted(sweep_dir)
     (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)
     code = sweep_exit_code(rows, interrupted=interrupted)
+    if not rows:  # stopped before any job began: no summary written, nothing to resume
+        return code
     counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "failed", "interrupted", "not run")}
     tally = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     if code == 130:

@@ -324,3 +324,12 @@ def test_a_sweep_killed_by_a_second_ctrl_c_still_gets_its_summary(tmp_path, monk
     err = capsys.readouterr().err
     assert f"resume the sweep with:\n  python -m bondexp -m seed=0,1 hydra.sweep.dir={sweep_dir}" in err
     assert not (sweep_dir / ".interrupted").exists()
+
+
+def test_a_sweep_killed_before_any_job_began_prints_no_summary(tmp_path, monkeypatch, capsys):
+    from bondexp import sweep
+
+    (tmp_path / "sweep").mkdir()
+    monkeypatch.setattr(sweep, "_running", tmp_path / "sweep")
+    assert sweep.wrap_up_killed() is True
+    assert capsys.readouterr().out == "" and not (tmp_path / "sweep" / "summary.md").exists()
