@@ -400,6 +400,31 @@ def test_a_labelled_progress_prints_labelled_lines_even_on_a_terminal():
     assert re.fullmatch(r"\[bondexp #3 00:00\] start  a\n\[bondexp #3 00:00\] ran    a in 0.50 s \(1/1\)\n", screen.getvalue())
 
 
+def test_the_bar_leaves_room_for_the_terminals_ctrl_c_echo_and_is_not_redrawn_after_it():
+    """A terminal echoes Ctrl-C as ^C at the cursor, the bar's end: past a full-width bar it wrapped.
+    After a Ctrl-C the bar is left as it stood and what follows starts on a new line."""
+    import io
+
+    from bondexp.progress import Progress, _bar_class
+
+    bar = _bar_class()(total=4, file=io.StringIO(), ncols=80, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}")
+    bar.update(1)
+    assert bar.format_dict["ncols"] == 78 and len(str(bar)) == 78
+    bar.close()
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    progress = Progress(total=4, stream=screen)
+    progress.finished("a", status="ran", duration_s=0.1, running=["b"], eta_s=1.0)
+    drawn = screen.getvalue()
+    progress.interrupted()
+    after = screen.getvalue()[len(drawn) :]
+    assert after.startswith("\n") and "steps" not in after  # a new line, and the bar not drawn again
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
