@@ -114,3 +114,11 @@ def group_running(pgid: int) -> list[str]:
         if int(group) == pgid and state != "Z" and command and "resource_tracker" not in command:
             running.append(command)
     return running
+
+
+def hide_package(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make ``importlib.util.find_spec(name)`` say ``name`` is not installed, as bondexp's checks ask it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None if module == name else real(module, *a))

@@ -12,6 +12,7 @@ from bondexp.errors import ConfigError
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps, resolve_features
 from bondexp.planning import ready_order
+from conftest import hide_package
 
 register_configs()
 
@@ -146,11 +147,8 @@ def test_user_model_files_from_the_search_path(tmp_path):
 
 
 def test_the_dask_executor_without_dask_installed_fails_before_any_work(monkeypatch):
-    import importlib.util
-
     cfg = composed("executor=dask", "data=small")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
+    hide_package(monkeypatch, "distributed")
     with pytest.raises(ConfigError, match=r"'executor' config group is 'dask' but Dask's 'distributed' package is not installed: pip"):
         validate_config(cfg, models=collect_models(cfg, choice="all"))
 

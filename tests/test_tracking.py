@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from bondexp.config import collect_models, validate_config
 from bondexp.errors import ConfigError
 from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
-from conftest import needed_by
+from conftest import hide_package, needed_by
 from test_app import Started, bondexp
 from test_config import composed
 
@@ -174,11 +174,8 @@ def test_the_tracking_group_composes(overrides, expected):
 
 
 def test_tracking_mlflow_without_mlflow_installed_fails_before_any_work(monkeypatch):
-    import importlib.util
-
     cfg = composed("tracking=mlflow", "data=small")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    hide_package(monkeypatch, "mlflow")
     with pytest.raises(ConfigError, match=r"'tracking' config group is 'mlflow' but MLflow is not installed: pip install"):
         validate_config(cfg, models=collect_models(cfg, choice="all"))
 
