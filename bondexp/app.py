@@ -34,6 +34,19 @@ log = logging.getLogger("bondexp")
 OUTPUTS_STAMP = ".outputs.json"
 
 
+def durations_file(cache_dir: Path, data_cfg: dict[str, Any], *, workers: int) -> Path:
+    """The step-duration history for this data and worker count: ``<cache_dir>/durations/<data>-w<workers>.json``.
+
+    The history orders ready steps and gives the ETA. One file for all data let the last run set
+    the next one's ETA whatever its size: after a ``data=small`` run (automl 5.7 s, advanced 2.9 s)
+    a default run expected a third to a half of its steps' times (11.8 s, 8.6 s), after a
+    million-row run 17-38 times them. So it is kept per data config (its seed aside) and worker
+    count (a step's threads, tune's trial processes); data or a worker count never run shows no ETA.
+    """
+    data = hashlib.sha256(json.dumps(data_cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir / "durations" / f"{data}-w{workers}.json"
+
+
 def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
     """Rows per split and residual statistics: what the run is about, in a few numbers."""
     import numpy as np  # here: a dry run and a finished resume load no data and need no numpy
@@ -104,7 +117,7 @@ def run(
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
     data_cfg = with_absolute_paths(plain_dict(cfg.data))  # steps may run elsewhere
-    durations_path = cache_dir / "durations.json"
+    durations_path = durations_file(cache_dir, data_cfg, workers=workers)
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)
     loaded = None

@@ -101,3 +101,25 @@ def test_eta_is_unknown_until_every_step_left_has_a_duration_and_zero_when_nothi
     graph = chain_and_leaf()
     assert eta_s(graph, {"a": 1.0, "b": None, "c": 2.0}, pending={"b"}, running_for={}, concurrency=1) is None
     assert eta_s(graph, {"a": 1.0, "b": None, "c": 2.0}, pending=set(), running_for={}, concurrency=1) == 0.0
+
+
+def test_the_duration_history_is_kept_per_data_config_and_worker_count(tmp_path, capsys):
+    """A quick run on other data (or with another worker count) must not set this run's ETA and order."""
+    from hydra import compose, initialize_config_module
+
+    from bondexp.app import run
+    from bondexp.config import register_configs
+
+    register_configs()
+
+    def dry_run(*overrides: str, workers: int = 1) -> str:
+        with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["model=[factor]", f"cache_dir={tmp_path}", "progress=false", *overrides])
+        run(cfg, run_dir=tmp_path / ("plan" if cfg.dry_run else "run"), workers=workers)  # a plan reads no other run's folder
+        return capsys.readouterr().out
+
+    timed = "~steps.tune", "~steps.drift", "eval.n_bootstrap=20"
+    dry_run("data=small", *timed)  # a real run: it records factor's and evaluate's durations
+    assert dry_run("data=small", *timed, "dry_run=true", "seed=7").count(" s\n") == 2  # the seed aside, the same data
+    assert "  ~" not in dry_run("data=small", *timed, "data.n_observations=2000", "dry_run=true")
+    assert "  ~" not in dry_run("data=small", *timed, "dry_run=true", workers=2)
