@@ -63,6 +63,7 @@ def _main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN and sweep.was_interrupted(Path(hc.sweep.dir)):
         print(f"#{hc.job.num} not started: the sweep was interrupted", file=sys.stderr)
+        sweep.note_not_run(Path(hc.runtime.output_dir), "not started: the sweep was interrupted")
         return
     if sweep.IN_JOB_PROCESS:  # a joblib worker ignores Ctrl-C between jobs and answers it during one
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -79,6 +80,7 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     """Run the experiment of ``cfg``, print how it ended; return the exit code."""
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
     from bondexp.app import resume_command, run
+    from bondexp.sweep import note_not_run
 
     overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
@@ -94,6 +96,7 @@ def _run(cfg: DictConfig, hc: Any) -> int:
         # collected what the jobs imported object by object while the sweep waited: as main() does.
         atexit.unregister(gc.freeze)
         atexit.register(gc.freeze)
+        note_not_run(run_dir, None)  # a resumed sweep's job that runs now
     try:
         result = run(
             cfg,
@@ -107,6 +110,8 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     except BondexpError as err:
         label = "" if job is None else f"{job} "
         print(f"{label}bondexp: error: {err}", file=sys.stderr)
+        if job is not None:
+            note_not_run(run_dir, f"error: {err}")
         return 2
     except KeyboardInterrupt:
         result = None
@@ -124,6 +129,8 @@ def _run(cfg: DictConfig, hc: Any) -> int:
         label = "" if job is None else f"{job} "
         if not steps_began(run_dir):  # Ctrl-C while the data loaded: a folder with nothing to resume
             message = f"{label}Interrupted before any step began."
+            if job is not None:
+                note_not_run(run_dir, "interrupted before any step began")
         elif job is not None:  # the sweep says how to resume all of its jobs (bondexp.sweep)
             message = f"{label}Interrupted. Finished steps are checkpointed."
         else:

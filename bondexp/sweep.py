@@ -35,6 +35,8 @@ exit_code = 0
 IN_JOB_PROCESS = False
 #: The file in a sweep's folder that says Ctrl-C stopped it: a job about to start then does not.
 INTERRUPTED_MARK = ".interrupted"
+#: The file in a job's folder saying why it ran no step (bad input, or the sweep was interrupted).
+NOT_RUN_NOTE = "not_run.txt"
 #: The folder of the sweep this process is launching, while it does.
 _running: Path | None = None
 
@@ -50,6 +52,16 @@ def mark_interrupted(sweep_dir: Path) -> None:
     (Path(sweep_dir) / INTERRUPTED_MARK).touch()
 
 
+def note_not_run(job_dir: Path, reason: str | None) -> None:
+    """Keep why a job ran no step for the summary's ``note`` (the terminal's line scrolls away among
+    the other jobs' output); ``None`` forgets an earlier reason, as a job that now runs does."""
+    path = Path(job_dir) / NOT_RUN_NOTE
+    if reason is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_text(path, reason + "\n")
+
+
 def sweep_exit_code(rows: list[dict[str, Any]], *, interrupted: bool) -> int:
     """The exit code of a sweep whose jobs' summary rows are ``rows`` (see :data:`exit_code`)."""
     statuses = {row["status"] for row in rows}
@@ -59,7 +71,8 @@ def sweep_exit_code(rows: list[dict[str, Any]], *, interrupted: bool) -> int:
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder: its overrides, status, wall time, the model validation chose and its test RMSE."""
+    """One row per job folder: its overrides, status, wall time, the model validation chose and its test
+    RMSE, and a note: why a job did not run, or which steps failed."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
@@ -72,12 +85,18 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
             "wall_s": None,
             "best_model": None,
             "best_rmse": None,
+            "note": None,
         }
         if results_file.exists():
             results = json.loads(results_file.read_text())
             row["ok"] = results.get("ok")
             row["wall_s"] = results.get("wall_s")
             row["status"] = "interrupted" if results.get("interrupted") else "ok" if row["ok"] else "failed"
+            failed = [name for name, step in results.get("steps", {}).items() if step.get("status") == "failed"]
+            if failed:
+                row["note"] = "failed: " + ", ".join(failed)
+        elif (job / NOT_RUN_NOTE).exists():
+            row["note"] = (job / NOT_RUN_NOTE).read_text().strip().splitlines()[0]
         leaderboard = job / "leaderboard.csv"
         if leaderboard.exists():
             models = [r for r in csv.DictReader(leaderboard.open()) if r["model"] not in ("dcf_baseline", "oracle")]
@@ -102,7 +121,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row.values()]
+        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v).replace("|", "\\|")) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     atomic_write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows

@@ -250,6 +250,9 @@ def test_a_sweep_job_with_bad_input_ends_alone(tmp_path, cache):
     assert "#0 bondexp: error: The 'eval.sample_pct' config key must be a percentage" in proc.stderr
     summary = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [row["status"] for row in summary] == ["not run", "ok"]
+    assert summary[0]["note"].startswith("error: The 'eval.sample_pct' config key must be a percentage")  # why, after the screen scrolled
+    assert not summary[1]["note"]
+    assert "| not run |" in (sweep_dir / "summary.md").read_text()
     assert "sweep summary (2 jobs: 1 ok, 1 not run)" in proc.stdout
 
 
@@ -287,6 +290,7 @@ def test_ctrl_c_stops_a_parallel_sweeps_jobs_as_runs_and_starts_no_other(tmp_pat
     assert "leaked" not in proc.stderr and "Traceback" not in proc.stderr
     summary = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [row["status"] for row in summary] == ["interrupted", "interrupted", "not run"]
+    assert summary[2]["note"] == "not started: the sweep was interrupted"
     assert all(path.exists() for path in kept) and not (sweep_dir / ".interrupted").exists()
 
 
@@ -304,6 +308,25 @@ def test_a_sweeps_exit_code_comes_from_its_jobs(statuses, interrupted, code):
     from bondexp.sweep import sweep_exit_code
 
     assert sweep_exit_code([{"status": s} for s in statuses], interrupted=interrupted) == code
+
+
+def test_a_sweep_summary_notes_why_a_job_did_not_run_or_which_steps_failed(tmp_path):
+    from bondexp import sweep
+
+    for job in ("0", "1", "2"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+    steps = {"basic": {"status": "ran"}, "automl": {"status": "failed"}, "tune": {"status": "skipped"}}
+    (tmp_path / "0" / "results.json").write_text(json.dumps({"ok": False, "wall_s": 3.0, "interrupted": False, "steps": steps}))
+    sweep.note_not_run(tmp_path / "1", "error: The 'workers' config key must be at least 1.\nmore")
+    sweep.note_not_run(tmp_path / "2", "error: an earlier run's reason")
+    sweep.note_not_run(tmp_path / "2", None)  # the job ran when the sweep was resumed
+    rows = sweep.summarize_sweep(tmp_path)
+    assert [(r["status"], r["note"]) for r in rows] == [
+        ("failed", "failed: automl"),
+        ("not run", "error: The 'workers' config key must be at least 1."),
+        ("not run", None),
+    ]
 
 
 def test_a_sweep_killed_by_a_second_ctrl_c_still_gets_its_summary(tmp_path, monkeypatch, capsys):
