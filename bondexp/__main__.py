@@ -80,7 +80,7 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     """Run the experiment of ``cfg``, print how it ended; return the exit code."""
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
     from bondexp.app import resume_command, run
-    from bondexp.sweep import note_not_run
+    from bondexp.sweep import label_console_logs, note_not_run
 
     overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
@@ -90,8 +90,9 @@ def _run(cfg: DictConfig, hc: Any) -> int:
         n_jobs = OmegaConf.select(hc.launcher, "n_jobs", default=1) or 1
         workers = max(1, int(cfg.workers) // max(1, int(n_jobs)))
         job = f"#{hc.job.num}"  # as Hydra's launch lines name the jobs
-        if int(n_jobs) != 1:  # and the terminal, shared: labelled lines instead of a bar
+        if int(n_jobs) != 1:  # and the terminal, shared: labelled lines instead of a bar, labelled warnings
             progress_label = job
+            label_console_logs(job)
         # A launcher's worker process (joblib's loky) ends with a full interpreter teardown, which
         # collected what the jobs imported object by object while the sweep waited: as main() does.
         atexit.unregister(gc.freeze)

@@ -14,6 +14,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import os
 import shlex
 import signal
@@ -60,6 +61,32 @@ def note_not_run(job_dir: Path, reason: str | None) -> None:
         path.unlink(missing_ok=True)
     else:
         atomic_write_text(path, reason + "\n")
+
+
+class _LabelledFormatter(logging.Formatter):
+    """Another formatter's lines with a job's label in front."""
+
+    def __init__(self, inner: logging.Formatter, label: str):
+        super().__init__()
+        self.inner, self.label = inner, label
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.label} {self.inner.format(record)}"
+
+
+def label_console_logs(label: str) -> None:
+    """Put ``label`` (``#1``) before the log lines this job prints to the terminal, as its progress lines have it.
+
+    Jobs running at once share the terminal: two jobs' ``interrupted: stopping workers`` warnings
+    came out alike, with no way to tell whose was whose. The job's log file keeps Hydra's format.
+    """
+    for handler in logging.getLogger().handlers:
+        if type(handler) is not logging.StreamHandler:  # a FileHandler is a StreamHandler too
+            continue
+        if isinstance(handler.formatter, _LabelledFormatter):  # a job process's earlier job
+            handler.formatter.label = label
+        else:
+            handler.setFormatter(_LabelledFormatter(handler.formatter or logging.Formatter(), label))
 
 
 def sweep_exit_code(rows: list[dict[str, Any]], *, interrupted: bool) -> int:

@@ -285,6 +285,8 @@ def test_ctrl_c_stops_a_parallel_sweeps_jobs_as_runs_and_starts_no_other(tmp_pat
         assert f"{job} Interrupted. Finished steps are checkpointed." in proc.stderr
         assert f"{job} : " in proc.stdout  # its table
     assert "#2 not started: the sweep was interrupted" in proc.stderr
+    stopping = [line for line in (proc.stdout + proc.stderr).splitlines() if "interrupted: stopping workers" in line]
+    assert sorted(line[:3] for line in stopping) == ["#0 ", "#1 "]  # whose warning is whose
     resume = shlex.join(["python", "-m", "bondexp", *args[:-1], f"hydra.sweep.dir={sweep_dir}"])
     assert f"resume the sweep with:\n  {resume}" in proc.stderr
     assert "leaked" not in proc.stderr and "Traceback" not in proc.stderr
@@ -327,6 +329,29 @@ def test_a_sweep_summary_notes_why_a_job_did_not_run_or_which_steps_failed(tmp_p
         ("not run", "error: The 'workers' config key must be at least 1."),
         ("not run", None),
     ]
+
+
+def test_a_parallel_sweep_jobs_terminal_log_lines_carry_its_label(tmp_path):
+    import io
+    import logging
+
+    from bondexp.sweep import label_console_logs
+
+    root = logging.getLogger()
+    console, file = logging.StreamHandler(io.StringIO()), logging.FileHandler(tmp_path / "job.log")
+    for handler in (console, file):
+        handler.setFormatter(logging.Formatter("[%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+    try:
+        label_console_logs("#0")
+        label_console_logs("#2")  # the next job of the same process
+        logging.getLogger("bondexp.runner").warning("interrupted: stopping workers")
+    finally:
+        for handler in (console, file):
+            root.removeHandler(handler)
+            handler.close()
+    assert console.stream.getvalue() == "#2 [WARNING] - interrupted: stopping workers\n"
+    assert (tmp_path / "job.log").read_text() == "[WARNING] - interrupted: stopping workers\n"
 
 
 def test_a_sweep_killed_by_a_second_ctrl_c_still_gets_its_summary(tmp_path, monkeypatch, capsys):
