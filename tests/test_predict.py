@@ -272,6 +272,23 @@ def test_refusals_exit_2_with_one_message_and_write_nothing(refusals, case, mess
     assert not [p for p in (folder / "out").iterdir() if p.name.startswith(("predictions", ".predictions"))]
 
 
+def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(finished_run, cache, tmp_path):
+    """`python -m bondexp data=csv data.path=bonds.csv ...` as the README shows it. The run fingerprints its
+    files by their absolute paths; predict read its saved relative ones against its own folder and
+    refused: "The run's own data changed since the run"."""
+    cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
+    market, _ = load_market(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed))
+    files = write_market(market, tmp_path / "launch")
+    relative = [f"data.{key}={path.name}" for key, path in files.items()]
+    run_dir = tmp_path / "run"
+    steps = ["model=factor", "~steps.tune", "~steps.drift", "eval.n_bootstrap=20", "progress=false"]
+    Started("data=csv", *relative, *steps, f"hydra.run.dir={run_dir}", cwd=tmp_path / "launch", cache=cache).result()
+    out_dir = tmp_path / "out"
+    args = [f"run={run_dir}", "data=csv", *file_overrides(files), f"hydra.run.dir={out_dir}"]
+    Started(*args, module="bondexp.predict", cwd=tmp_path, cache=cache).result()  # raises on a non-zero exit
+    assert len(pd.read_parquet(out_dir / "predictions.parquet")) == len(market.bonds)
+
+
 def test_previous_residual_comes_from_the_file_then_the_run_then_is_absent():
     day = lambda text: np.datetime64(text, "D")  # noqa: E731
     bonds = {

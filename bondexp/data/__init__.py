@@ -108,16 +108,18 @@ def data_fingerprint(data_cfg: Mapping, *, seed: int) -> str:
     return digest.hexdigest()
 
 
-def with_absolute_paths(data_cfg: Mapping) -> dict:
-    """``data_cfg`` with its file keys made absolute against the current folder (the parent's).
+def with_absolute_paths(data_cfg: Mapping, *, base: str | Path | None = None) -> dict:
+    """``data_cfg`` with its file keys made absolute against ``base`` (default: the current folder, the parent's).
 
     Steps on other machines (a Dask cluster) get the config as data; a relative path there
-    would name a file relative to the worker's own folder.
+    would name a file relative to the worker's own folder. A run's saved config keeps the paths
+    as given, so whoever reads it later (predict) passes the folder the run was launched from.
     """
     cfg = _plain(data_cfg)
     for key in _FILE_KEYS:
         if cfg.get(key) not in (None, "???"):
-            cfg[key] = str(Path(cfg[key]).expanduser().absolute())
+            path = Path(cfg[key]).expanduser()
+            cfg[key] = str(path if path.is_absolute() else (Path(base) / path if base is not None else path.absolute()))
     return cfg
 
 

@@ -123,11 +123,15 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
 def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
     """The run's own data (from the feature cache when it is there), which must still be what the run saw,
     and its text bond ids (None for integer ids)."""
-    from bondexp.data import data_fingerprint
+    from bondexp.data import data_fingerprint, with_absolute_paths
     from bondexp.data.files import bond_id_names
     from bondexp.features import load_dataset
 
-    data_cfg, seed = dict(config["data"]), int(config.get("seed", 0))
+    # The run fingerprinted its files by absolute path, made from the folder it was launched in
+    # (Hydra's runtime.cwd); its config keeps the paths as given (`data.path=bonds.csv`).
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    launched_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
+    data_cfg, seed = with_absolute_paths(config["data"], base=launched_in), int(config.get("seed", 0))
     recorded = json.loads((run_dir / "data_summary.json").read_text()).get("fingerprint")
     try:
         fingerprint = data_fingerprint(data_cfg, seed=seed)
