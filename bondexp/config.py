@@ -17,6 +17,7 @@ from typing import Any, overload
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bondexp.data import check_split_fractions
 from bondexp.errors import ConfigError, did_you_mean
 
 #: Keys of a model file that configure the step rather than the estimator.
@@ -281,6 +282,10 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         )
     if cfg.workers < 1:
         _fail("workers", "at least 1", cfg.workers)
+    if cfg.seed < 0:  # numpy's SeedSequence takes none below 0
+        _fail("seed", "0 or more", cfg.seed)
+    if "split" in cfg.data:
+        check_split_fractions(plain_dict(cfg.data.split))
     if not 0 < cfg.eval.sample_pct <= 100:
         _fail("eval.sample_pct", "a percentage in (0, 100]", cfg.eval.sample_pct)
     if cfg.eval.n_bootstrap < 1:

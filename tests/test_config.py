@@ -107,6 +107,10 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
         (["drift.correction=fdr"], "'drift.correction'"),
         (["tune.storage=tuning.db"], "'tune.storage' config key must be null (a journal file in the run folder) or a database URL"),
+        (["seed=-1"], "'seed' config key must be 0 or more. Got -1"),  # was numpy's traceback, once the data loaded
+        # was "'data.split.validation' ... Got -0.1", a key not given, once the synthetic market was generated
+        (["data.split.train=0.9"], "'data.split' fractions must sum to 1. Got {'train': 0.9, 'validation': 0.2, 'test': 0.2} (sum 1.3)"),
+        (["data=csv", "data.path=x.csv", "data.split.test=0"], "'data.split.test' config key must be a fraction > 0. Got 0"),
     ],
 )
 def test_semantic_checks_name_the_key_and_the_value(overrides, message):

@@ -29,6 +29,20 @@ GENERATOR_VERSION = 2
 _FILE_KEYS = ("path", "curve_path", "spread_path")
 
 
+def check_split_fractions(split: Mapping) -> None:
+    """Raise ConfigError naming the ``data.split`` key that is wrong: each fraction > 0, summing to 1.
+
+    Needs no numpy, so the config check makes it before any work (a dry run too).
+    """
+    fractions = {name: split.get(name) for name in ("train", "validation", "test")}
+    for name, value in fractions.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ConfigError(f"The 'data.split.{name}' config key must be a fraction > 0. Got {value!r} instead.")
+    total = sum(fractions.values())  # type: ignore[arg-type]  # each is a number by now
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"The 'data.split' fractions must sum to 1. Got {fractions} (sum {total:g}) instead.")
+
+
 @dataclass(frozen=True)
 class Market:
     """Bond observations and the curves that price them."""
@@ -75,6 +89,7 @@ def load_market(data_cfg: Mapping, *, seed: int) -> tuple[Market, dict[str, int]
             noise_scale=cfg.get("noise_scale", 0.35),
             min_regime_months=cfg.get("min_regime_months", 8),
             train_fraction=split["train"],
+            validation_fraction=split["validation"],
             test_fraction=split["test"],
         )
         return market, {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bondexp.data import check_split_fractions
 from bondexp.errors import ConfigError
 
 PARTS = ("train", "validation", "test")
@@ -29,11 +30,7 @@ def month_counts(n_months: int, *, train: float, validation: float, test: float)
         If a fraction is not positive, the fractions do not sum to 1, or a part gets no month.
     """
     fractions = {"train": train, "validation": validation, "test": test}
-    for name, value in fractions.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise ConfigError(f"The 'data.split.{name}' config key must be a fraction > 0. Got {value!r} instead.")
-    if abs(train + validation + test - 1.0) > 1e-6:
-        raise ConfigError(f"The 'data.split' fractions must sum to 1. Got {fractions} (sum {train + validation + test:g}) instead.")
+    check_split_fractions(fractions)
     cuts = np.rint(np.cumsum([train, validation]) * n_months).astype(int)
     counts = (int(cuts[0]), int(cuts[1] - cuts[0]), int(n_months - cuts[1]))
     empty = [name for name, count in zip(PARTS, counts, strict=True) if count == 0]

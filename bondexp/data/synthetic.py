@@ -129,6 +129,7 @@ def generate_market(
     noise_scale: float = 0.35,
     min_regime_months: int = 8,
     train_fraction: float = 0.6,
+    validation_fraction: float = 0.2,
     test_fraction: float = 0.2,
 ):
     """Generate a synthetic market: bonds with market prices and oracle columns, and the curves.
@@ -150,9 +151,9 @@ def generate_market(
         median-size bond.
     min_regime_months : int
         Months of stress and of crisis the training months must hold.
-    train_fraction, test_fraction : float
-        The time split's train and test fractions (``data.split``), which fix which months are
-        training and test months.
+    train_fraction, validation_fraction, test_fraction : float
+        The time split's fractions (``data.split``), which fix which months are training and test
+        months.
 
     Returns
     -------
@@ -169,7 +170,7 @@ def generate_market(
     _check_int("n_sectors", n_sectors, 1, 10)
     if not isinstance(noise_scale, (int, float)) or isinstance(noise_scale, bool) or not noise_scale >= 0:
         raise ConfigError(f"The 'data.noise_scale' config key must be a float >= 0. Got {noise_scale!r} instead.")
-    n_train, n_test = _train_and_test_months(n_months, min_regime_months, train_fraction, test_fraction)
+    n_train, n_test = _train_and_test_months(n_months, min_regime_months, train_fraction, validation_fraction, test_fraction)
     regime_rng, factor_rng, bond_rng, shock_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
     regime = _regime_path(regime_rng, n_months, n_train, n_test, drift=drift, min_months=min_regime_months)
@@ -204,11 +205,11 @@ _COLUMN_ORDER = (
 )  # fmt: skip
 
 
-def _train_and_test_months(n_months, min_regime_months, train_fraction, test_fraction):
+def _train_and_test_months(n_months, min_regime_months, train_fraction, validation_fraction, test_fraction):
     """``(training months, test months)`` of the time split; raise ConfigError when training cannot hold the regimes."""
     _check_int("n_months", n_months, 12)
     _check_int("min_regime_months", min_regime_months, 0)
-    n_train, _, n_test = month_counts(n_months, train=train_fraction, validation=1.0 - train_fraction - test_fraction, test=test_fraction)
+    n_train, _, n_test = month_counts(n_months, train=train_fraction, validation=validation_fraction, test=test_fraction)
     if n_train < 2 * min_regime_months + 1:
         problem = f"The {n_train} training months cannot hold {min_regime_months} months of stress and of crisis plus calm ones"
         raise ConfigError(f"{problem}; raise data.n_months (now {n_months}) or lower data.min_regime_months.")
