@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp import hydra_startup
 from bondexp.config import register_configs, resolve_run_dir
-from bondexp.errors import BondexpError
+from bondexp.errors import BondexpError, reader_went_away
 
 hydra_startup.install()
 register_configs()
@@ -117,9 +116,8 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     except KeyboardInterrupt:
         result = None
         interrupted = True
-    except BrokenPipeError:  # the reader of the output stopped reading (`| head`): end quietly, as `git log | head` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no second error at exit
-        return 128 + signal.SIGPIPE
+    except BrokenPipeError:  # the reader of the output stopped reading (`| head`)
+        return reader_went_away()
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
     if interrupted:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Iterable
 
 
@@ -53,3 +56,13 @@ def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
 
     close = difflib.get_close_matches(name, list(known), n=n)
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def reader_went_away() -> int:
+    """The exit code of a command whose output's reader stopped reading (``| head``): 141, quietly, as ``git log | head``.
+
+    Standard output is pointed at /dev/null (Python's own recipe), so flushing it at exit raises no
+    second BrokenPipeError.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

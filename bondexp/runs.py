@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bondexp.errors import reader_went_away
+
 #: Leaderboard rows that are references, not trained models.
 REFERENCE_ROWS = ("dcf_baseline", "oracle")
 #: Folders searched when no folder is given (Hydra's run and sweep layouts, under the current folder).
@@ -165,12 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows([_show(key, row[key]) for key in COLUMNS] for row in rows)
-    else:
-        print(format_table(rows))
+    try:
+        if args.csv:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(COLUMNS)
+            writer.writerows([_show(key, row[key]) for key in COLUMNS] for row in rows)
+        else:
+            print(format_table(rows))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python -m bondexp.runs | head`
+        return reader_went_away()
     return 0
 
 

@@ -108,3 +108,16 @@ def test_the_cli_says_when_nothing_matches(tmp_path, capsys):
     assert "none of the 1 run folders" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("fmt", [[], ["--csv"]])
+def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path, fmt):
+    """`python -m bondexp.runs --csv | head -3` printed a BrokenPipeError traceback."""
+    make_run(tmp_path / "outputs" / "2026-11-29" / "10-00-00", overrides=["model=basic"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bondexp.runs", *fmt], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
