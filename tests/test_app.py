@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -191,13 +192,16 @@ def model_table(config, inputs, ctx):
     text = "model,val_rmse,n_test\\n" + "\\n".join(rows) + "\\n"
     return StepOutput({"metrics": {"n_models": len(models)}}, {"mine/models.csv": text.encode()})
 """
-USER_STEP_YAML = """# @package _global_
-steps:
-  model_table:
-    _target_: my_report.model_table
-    needs: [models]
-    config: {digits: 4}
-"""
+
+
+def readme_block(marker: str) -> str:
+    """The README's fenced block holding ``marker``: what a user copies, tested as written."""
+    blocks = re.findall(r"```\w*\n(.*?)```", (Path(__file__).parents[1] / "README.md").read_text(), flags=re.S)
+    return next(block for block in blocks if marker in block)
+
+
+# Its header once came second, after a comment: Hydra then ignored it ("Key 'experiment' not in 'BondexpConf'").
+USER_STEP_YAML = readme_block("# conf/experiment/mine.yaml")
 
 
 def test_a_users_report_step_from_yaml_and_one_function_writes_its_file(tmp_path, cache):
