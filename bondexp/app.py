@@ -12,6 +12,7 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from bondexp.checkpoints import CheckpointStore
 from bondexp.config import collect_models, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.executors import warm_up
-from bondexp.graph import build_graph
+from bondexp.graph import build_graph, call_target
 from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
 from bondexp.results import RunResult
@@ -155,27 +156,27 @@ def run(
 
         warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1,), name="bondexp-warm-up", daemon=True)
         warming.start()
-    result = run_graph(
-        graph,
-        run_dir=run_dir,
-        workers=workers,
-        executor=cfg.executor.name,
-        executor_options={"address": cfg.executor.address},
-        shared=shared,
-        data_fingerprint=fingerprint,
-        resume=True,
-        progress=bool(cfg.progress),
-        progress_label=progress_label,
-        durations_path=durations_path,
-        dataset=dataset,
-    )
-    if warming is not None:
-        # After a Ctrl-C the warm-up thread may never end: a KeyboardInterrupt that lands inside an
-        # import in this thread can leave Python's import lock held, and the thread's import of
-        # matplotlib waits for it for good (seen in CI: the run hung joining it). So the wait is
-        # bounded then, and the timeline waits for the resume. It is still a wait: leaving the thread
-        # mid-drawing at exit aborts the interpreter ("terminate called without an active exception").
-        warming.join(timeout=_WARM_UP_WAIT_AFTER_CTRL_C_S if result.interrupted else None)
+    try:
+        result = run_graph(
+            graph,
+            run_dir=run_dir,
+            workers=workers,
+            executor=cfg.executor.name,
+            executor_options={"address": cfg.executor.address},
+            shared=shared,
+            data_fingerprint=fingerprint,
+            resume=True,
+            progress=bool(cfg.progress),
+            progress_label=progress_label,
+            durations_path=durations_path,
+            dataset=dataset,
+            # what only the estimators can tell (a _target_, its parameters, the search spaces), before any step
+            check=partial(call_target, "bondexp.preflight.check_steps", {step.name: (step.target, step.config) for step in graph}),
+        )
+    except BaseException as exc:  # a config error the check found, a locked folder, Ctrl-C during the check
+        _join_warm_up(warming, after_ctrl_c=isinstance(exc, KeyboardInterrupt))
+        raise
+    _join_warm_up(warming, after_ctrl_c=result.interrupted)
     timeline = warming is None or not warming.is_alive()
     write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
     if cfg.tracking.name != "none":  # its module is imported only then
@@ -191,6 +192,19 @@ def run(
         lines.append(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
     print(_labelled("\n".join(lines), job, overrides=overrides), flush=True)
     return result
+
+
+def _join_warm_up(warming: threading.Thread | None, *, after_ctrl_c: bool) -> None:
+    """Wait for the warm-up thread before going on to the outputs, or to exit.
+
+    Leaving the thread mid-drawing at exit aborts the interpreter ("terminate called without an
+    active exception", exit -6: seen when the config check stopped a run). After a Ctrl-C the thread
+    may never end: a KeyboardInterrupt that lands inside an import in this thread can leave Python's
+    import lock held, and the thread's import of matplotlib waits for it for good (seen in CI: the
+    run hung joining it). So the wait is bounded then, and the timeline waits for the resume.
+    """
+    if warming is not None:
+        warming.join(timeout=_WARM_UP_WAIT_AFTER_CTRL_C_S if after_ctrl_c else None)
 
 
 def _labelled(text: str, job: str | None, *, overrides: Sequence[str] = ()) -> str:

@@ -121,6 +121,12 @@ class _SharedDiskBackend:
             raise RuntimeError(f"{type(self).__name__}.start() must run before submit()")
         return self._executor.submit(execute_step, task)
 
+    def call(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        """``fn(*args)`` where the steps run (a worker; this process for one worker): checks needing the step libraries."""
+        if self._executor is None:
+            raise RuntimeError(f"{type(self).__name__}.start() must run before call()")
+        return self._executor.submit(fn, *args)
+
 
 class InlineBackend(_SharedDiskBackend):
     """Steps run one after another inside the parent process."""
@@ -290,6 +296,10 @@ class DaskBackend:
         future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset), key=key, pure=False)
         self._reports[task.name] = future
         return _as_concurrent_future(future)
+
+    def call(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        """``fn(*args)`` on a worker of the cluster: checks needing the step libraries."""
+        return _as_concurrent_future(self._started_client().submit(fn, *args, pure=False))
 
     def _scattered(self, dataset: Any) -> Any:
         if dataset is None:

@@ -81,6 +81,11 @@ def resolve_target(target: str) -> Callable[..., Any]:
     return fn
 
 
+def call_target(target: str, /, *args: Any) -> Any:
+    """``resolve_target(target)(*args)``: a function named by its path, for a process that should import it only where it runs."""
+    return resolve_target(target)(*args)
+
+
 def check_target(target: str) -> None:
     """Raise what :func:`resolve_target` would, importing the module only when its source cannot tell.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from functools import partial
 from pathlib import Path
@@ -50,6 +50,7 @@ def run_graph(
     executor_options: Mapping[str, Any] | None = None,
     durations_path: str | Path | None = None,
     dataset: Any = None,
+    check: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run every step of ``graph`` in ``run_dir`` and checkpoint each one as it finishes.
 
@@ -84,6 +85,10 @@ def run_graph(
     dataset : optional
         The run's dataset (what ``dataset_for(ctx.shared)`` returns in a step). An executor without
         a shared disk (Dask) sends it to its workers once; the others' workers read the feature cache.
+    check : callable, optional
+        A picklable check of the config that needs the step libraries (:func:`bondexp.preflight.check_steps`
+        with its argument bound), run where the steps run before the first one is submitted, when any
+        step is to run. Its ``ConfigError`` ends the run before any step begins (no ``logs/``).
 
     Returns
     -------
@@ -111,7 +116,15 @@ def run_graph(
         plan = planning.reuse_plan(graph, store, fps) if resume else {name: "resume=False" for name in graph.order}
         expected = planning.expected_durations(graph, store, history)
         run = _Scheduler(
-            graph, store, backend, run_dir=run_dir, fingerprints=fps, expected=expected, shared=dict(shared or {}), dataset=dataset
+            graph,
+            store,
+            backend,
+            run_dir=run_dir,
+            fingerprints=fps,
+            expected=expected,
+            shared=dict(shared or {}),
+            dataset=dataset,
+            check=check,
         )
         result = run.run(plan, progress=progress, progress_label=progress_label, t0=t0, executor_name=executor)
         history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
@@ -144,8 +157,10 @@ class _Scheduler:
         expected: Mapping[str, float | None],
         shared: dict,
         dataset: Any = None,
+        check: Callable[[], None] | None = None,
     ):
         self.graph = graph
+        self.check = check
         self.run_dir = run_dir
         self.store = store
         self.backend = backend
@@ -178,6 +193,8 @@ class _Scheduler:
                 self._reuse(name)
             else:
                 self.pending.add(name)
+        if self.pending and self.check is not None:
+            self._check_config()
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         log.info(
             "run %s: %d steps, %d reused, %d to run on %d worker(s)",
@@ -209,6 +226,17 @@ class _Scheduler:
             workers=self.backend.concurrency,
             interrupted=interrupted,
         )
+
+    def _check_config(self) -> None:
+        """Run the config check where the steps run (starting the backend); on any error stop it and raise."""
+        assert self.check is not None  # run() calls this only with a check
+        self.backend.start()
+        self.started = True
+        try:
+            self.backend.call(self.check).result()
+        except BaseException:  # a ConfigError, or Ctrl-C while it ran: no step has begun
+            self._stop(kill=True)
+            raise
 
     def _loop(self) -> None:
         """Kedro's runner loop: submit every ready step, wait for the first to finish, collect it, repeat."""

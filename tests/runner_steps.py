@@ -166,3 +166,16 @@ def failing_trial(config, inputs, ctx):
     study = optuna.create_study()
     study.optimize(objective, n_trials=1, catch=(ValueError,))
     return {"value": 1.0, "metrics": {"trials": len(study.trials)}}
+
+
+def refuse_config(steps, where):
+    """A config check that fails, recording the process it ran in (``where``: a file)."""
+    from bondexp.errors import ConfigError
+
+    Path(where).write_text(str(os.getpid()))
+    raise ConfigError(f"The 'models.x.alpah' config key must name a parameter. Got {sorted(steps)}")
+
+
+def accept_config(steps, where):
+    """A config check that passes, recording the process it ran in."""
+    Path(where).write_text(str(os.getpid()))

@@ -283,7 +283,7 @@ def test_bondexp_estimators_fit_with_months_and_without(name):
     X, y, dates = _panel(n_months=20, per_month=60)
     est = build_model(
         step_config(name, early_stopping={"patience": 2}) | {"features": list(X.columns)},
-        dataset=SimpleNamespace(columns=lambda f: f, categorical=()),
+        dataset=SimpleNamespace(feature_names=tuple(X.columns), categorical=()),
     )[-1]
     if name == "regime":
         est.set_params(min_rows=100, max_iter=20)

@@ -690,3 +690,26 @@ def test_a_library_upgrade_reruns_every_step_and_the_plan_says_why(tmp_path, mon
     plan = dry_run_plan(graph, run_dir=tmp_path, data_fingerprint="data-v1")
     assert "0 reusable, 5 to run" in plan
     assert f"a  needs -; run: library versions changed: scikit-learn {real['scikit-learn']} -> 99.0.0" in plan
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_config_check_ends_the_run_before_any_step_begins(tmp_path, workers):
+    from functools import partial
+
+    from bondexp.graph import call_target
+
+    graph = diamond()
+    where = tmp_path / "checked"
+    check = partial(call_target, f"{MOD}.refuse_config", graph.order, str(where))
+    with pytest.raises(ConfigError, match="'models.x.alpah'"):
+        run(graph, tmp_path / "run", workers=workers, check=check)
+    assert not (tmp_path / "run" / "logs").exists() and not (tmp_path / "run" / "checkpoints").exists()  # no step began
+    checker = int(where.read_text())
+    assert (checker == os.getpid()) == (workers == 1)  # where the steps run: a pool worker for 2
+    if workers > 1:  # the pool is stopped: its worker is gone (or a zombie for init to reap)
+        stat = Path(f"/proc/{checker}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert run(graph, tmp_path / "run", workers=workers, check=partial(call_target, f"{MOD}.accept_config", [], str(where))).ok
+    where.unlink()
+    assert run(graph, tmp_path / "run", workers=workers, check=check).ok  # every step reused: nothing to check
+    assert not where.exists()

@@ -20,18 +20,18 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from bondexp.artifacts import ModelArtifact
 from bondexp.data.split import month_holdout, month_labels
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, did_you_mean
 from bondexp.features import Dataset, dataset_for
 from bondexp.metrics import prediction_scores
 from bondexp.models.base import (
@@ -69,7 +69,17 @@ def one_thread() -> Iterator[None]:
             _one_thread_depth -= 1
 
 
-def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Mapping[str, Any] | None = None) -> Pipeline:
+class FeatureColumns(Protocol):
+    """What :func:`build_model` reads of a dataset: a :class:`~bondexp.features.Dataset`, or the names alone."""
+
+    @property
+    def feature_names(self) -> Sequence[str]: ...
+
+    @property
+    def categorical(self) -> Sequence[str]: ...
+
+
+def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: Mapping[str, Any] | None = None) -> Pipeline:
     """The unfitted model a model step's config describes.
 
     Parameters
@@ -77,8 +87,8 @@ def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Mapping[
     config : mapping
         The model step's config slice (``estimator`` with ``_target_``, ``features``,
         ``early_stopping``, ``seed``, ``n_jobs``).
-    dataset : Dataset
-        Only its feature names and which of them are categorical are read; never its rows.
+    dataset : FeatureColumns
+        Only its ``feature_names`` and ``categorical`` are read; never its rows.
     params : mapping, optional
         Estimator parameters overriding the model file's, by the names the file uses.
 
@@ -94,22 +104,52 @@ def build_model(config: Mapping[str, Any], *, dataset: Dataset, params: Mapping[
     ConfigError
         If ``_target_`` is missing or cannot be instantiated, or a feature is unknown.
     """
+    name = config.get("name")
+    features = list(config["features"])
+    unknown = [f for f in features if f not in dataset.feature_names]
+    if unknown:
+        raise ConfigError(
+            f"The 'models.{name}.features' config key names {unknown}, which the data does not have; its features are "
+            f"{list(dataset.feature_names)}.{did_you_mean(unknown[0], dataset.feature_names)}"
+        )
     spec = dict(config["estimator"])
     if "_target_" not in spec:
-        raise ConfigError(f"The 'models.{config.get('name')}._target_' config key must name an estimator class. Got none.")
+        raise ConfigError(f"The 'models.{name}._target_' config key must name an estimator class. Got none.")
     spec.update(params or {})
+    _check_parameter_names(spec, key=f"models.{name}")
     try:
         estimator = instantiate(spec, _convert_="all")
     except Exception as exc:  # hydra wraps import and argument errors in its own exception types
-        raise ConfigError(f"The 'models.{config.get('name')}' model file could not build {spec['_target_']!r}: {exc}") from exc
+        reason = str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")  # bondexp shows the cause
+        raise ConfigError(f"The 'models.{name}' model file could not build {spec['_target_']!r}: {reason}") from exc
     own = estimator.get_params(deep=False)
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
     set_early_stopping(estimator, config.get("early_stopping"))
-    features = list(config["features"])
-    dataset.columns(features)  # raises ConfigError naming an unknown feature
     prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
     return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def _check_parameter_names(spec: Mapping[str, Any], *, key: str) -> None:
+    """Raise ConfigError naming a key of the model file that the estimator class does not take.
+
+    Hydra's own error for it is a TypeError raised inside ``__init__`` ("got an unexpected keyword
+    argument 'alpah'"); the class's signature lets this name the key and suggest the parameter. A
+    class that cannot be located, or that takes ``**kwargs``, is left to ``instantiate``.
+    """
+    try:
+        cls = get_class(spec["_target_"])
+        accepted = inspect.signature(cls).parameters
+    except Exception:  # not importable, or no signature: instantiate's message says why
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    for param in spec:
+        if not (param.startswith("_") and param.endswith("_")) and param not in accepted:  # Hydra's _target_, _partial_ ...
+            raise ConfigError(
+                f"The '{key}.{param}' config key must name a parameter of {cls.__name__}. Got {param!r} instead."
+                f"{did_you_mean(param, accepted)}"
+            )
 
 
 def predict_all(model: Pipeline, X: pd.DataFrame) -> dict[str, Any]:
