@@ -256,6 +256,11 @@ def _find_problems(cols, sectors):
     return problems
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _describe(problems, n_rows, row_numbers):
     """The text of the one error that lists every problem found."""
     if row_numbers is None:
@@ -270,9 +275,9 @@ def _describe(problems, n_rows, row_numbers):
         if len(rows):
             first = ", ".join(str(int(r)) for r in labels[rows[:_SHOWN_ROWS]])
             hint = f" ({_EXPECTED[column]})" if column in _EXPECTED and reason.startswith("unknown") else ""
-            lines.append(f"  - {reason}: column '{column}', {len(rows)} rows, first rows [{first}]{hint}")
+            lines.append(f"  - {reason}: column '{column}', {_count(len(rows), 'row')}, first rows [{first}]{hint}")
     return (
-        f"{len(lines)} data problems in {n_rows} rows ({convention}):\n"
+        f"{_count(len(lines), 'data problem')} in {_count(n_rows, 'row')} ({convention}):\n"
         + "\n".join(lines)
         + "\nFix the data, or set data.on_invalid=drop to drop these rows."
     )

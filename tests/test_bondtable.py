@@ -100,7 +100,7 @@ def test_one_error_lists_every_problem_with_file_rows():
     message = str(info.value)
     assert "2 data problems" in message and "1-based data rows" in message
     assert "non-positive price: column 'clean_price', 7 rows, first rows [3, 4, 6, 7, 8]" in message
-    assert "unknown rating: column 'rating', 1 rows, first rows [2]" in message
+    assert "unknown rating: column 'rating', 1 row, first rows [2]" in message
     assert "data.on_invalid=drop" in message
 
 

@@ -120,8 +120,8 @@ def test_observation_outside_life_and_duplicates(csv_files, tmp_path):
     with pytest.raises(DataValidationError) as info:
         load_market(cfg_for(paths), seed=0)
     message = str(info.value)
-    assert "observation at or after maturity: column 'obs_date', 1 rows, first rows [1]" in message
-    assert "observation before issue: column 'obs_date', 1 rows, first rows [2]" in message
+    assert "observation at or after maturity: column 'obs_date', 1 row, first rows [1]" in message
+    assert "observation before issue: column 'obs_date', 1 row, first rows [2]" in message
     assert "duplicate (bond_id, obs_date): column 'bond_id, obs_date', 2 rows, first rows [5, 2501]" in message
 
 

@@ -174,7 +174,7 @@ def predict_batches(
         prev = previous_residuals(bonds, market_price - fair, run.dataset, names=bond_names, run_names=run.bond_names)
         _add(times, {"previous residuals": time.process_time() - clock})
         bar.reset()
-        bar.set_description(f"predict ({len(run.artifacts)} models)")
+        bar.set_description(f"predict ({len(run.artifacts)} model{'s' if len(run.artifacts) != 1 else ''})")
         tasks = [(start, stop, fair[start:stop], accrued[start:stop], prev[start:stop]) for start, stop in bounds]
         for (start, stop), (out, spent) in zip(bounds, ordered_map(_predict, tasks, state=state, workers=workers), strict=True):
             _add(times, spent)
@@ -289,7 +289,10 @@ def _model_columns(name, artifact, X, fair, accrued, market, duration) -> dict[s
 
 @contextlib.contextmanager
 def _bar(total: int, enabled: bool, description: str):
+    """A bar over the rows on a terminal; none in a log or a pipe, where its redraws are carriage returns."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=description, unit="rows", unit_scale=True, disable=not enabled, file=sys.stderr) as bar:
+    shown = enabled and sys.stderr.isatty()
+    # unit_scale shows 1,000,000 rows as 1.00M, but 89 rows as 89.0
+    with tqdm(total=total, desc=description, unit="rows", unit_scale=total >= 10_000, disable=not shown, file=sys.stderr) as bar:
         yield bar
