@@ -154,7 +154,12 @@ def run(
     if dataset is not None and cfg.executor.name != "dask":
         import bondexp.report  # noqa: F401
 
-        warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1,), name="bondexp-warm-up", daemon=True)
+        tracked = cfg.tracking.name != "none"
+        if tracked:
+            from bondexp import tracking
+
+            tracking.set_environment()
+        warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1, tracked), name="bondexp-warm-up", daemon=True)
         warming.start()
     try:
         result = run_graph(
@@ -261,12 +266,17 @@ def _shared(data_cfg: dict[str, Any], cfg: DictConfig, cache_dir: Path, fingerpr
 _WARM_UP_WAIT_AFTER_CTRL_C_S = 15.0
 
 
-def _warm_up_outputs(render: bool) -> None:
-    """Import matplotlib (the timeline) while the graph runs, so the parent's work after the last
-    step is writing, not importing (matplotlib alone takes most of a second)."""
+def _warm_up_outputs(render: bool, tracked: bool) -> None:
+    """Import matplotlib (the timeline) while the graph runs, and MLflow when the run is tracked, so the
+    parent's work after the last step is writing, not importing (matplotlib alone takes most of a
+    second, MLflow three)."""
     from bondexp import plots
 
     plots.warm_up(render=render)
+    if tracked:
+        from bondexp import tracking
+
+        tracking.warm_up()
 
 
 def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], overrides: Sequence[str], timeline: bool = True) -> None:

@@ -58,6 +58,9 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
     if settings.name != "mlflow":
         return None
     run_dir = Path(run_dir)
+    retries = logging.getLogger("urllib3.connectionpool")  # its "Retrying (Retry(total=0, ...))" came before the warning below
+    level = retries.level
+    retries.setLevel(logging.ERROR)
     try:
         run_id = _log_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice or ",".join(cfg.models))
     except Exception as err:  # tracking must never fail the run: any error is reported, not raised
@@ -65,6 +68,8 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
         log.warning(message)
         note_in_report(run_dir, f"Not tracked: {message}")
         return None
+    finally:
+        retries.setLevel(level)
     note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{settings.uri}`.")
     return run_id
 
@@ -270,9 +275,20 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
         )
 
 
-def _client(uri: str):
+def set_environment() -> None:
+    """:data:`MLFLOW_ENV_DEFAULTS`, before MLflow's import reads them (on the run's main thread: other threads may start processes)."""
     for key, value in MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def warm_up() -> None:
+    """Import MLflow's client (3 s here) while the steps run, on the run's warm-up thread, so the run's
+    end only logs: with tracking on, a ``data=small`` run's outputs took 3.6-5.0 s after its last step."""
+    import mlflow.tracking  # noqa: F401
+
+
+def _client(uri: str):
+    set_environment()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

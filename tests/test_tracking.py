@@ -153,6 +153,16 @@ def test_an_unreachable_tracking_uri_warns_and_the_run_completes(started):
     assert "Not tracked: MLflow tracking" in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "results.json").read_text())["ok"] is True
     assert (run_dir / "leaderboard.csv").is_file() and not (run_dir / RUN_FILE).exists()
+    assert "Retrying (Retry(" not in output  # urllib3's own warning, before the one that says what failed
+
+
+def test_a_tracked_run_imports_mlflow_while_its_steps_run():
+    """The warm-up thread imports MLflow's client (3 s) so the run's end only logs."""
+    import subprocess
+    import sys
+
+    code = "import sys; from bondexp.app import _warm_up_outputs; _warm_up_outputs(False, True); print('mlflow.tracking' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
 
 
 # ----------------------------------------------------------------------------- config and pure functions
