@@ -176,7 +176,9 @@ def _run(
 ) -> dict[str, Any]:
     """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
     started, t0 = time.time(), time.perf_counter()
-    step_log, handlers = _open_step_log(task.name, log_path, optuna_too=executors.IN_POOL_WORKER or not own_process)
+    step_log, handlers = _open_step_log(
+        task.name, log_path, optuna_too=executors.IN_POOL_WORKER or not own_process, warnings_too=not own_process
+    )
     artifact, files, metrics, error, skipped = None, {}, {}, None, None
     peak = _PeakRSS(reset=own_process)
     try:
@@ -313,9 +315,11 @@ def _interruptible() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _open_step_log(name: str, path: Path, *, optuna_too: bool) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
+def _open_step_log(
+    name: str, path: Path, *, optuna_too: bool, warnings_too: bool = False
+) -> tuple[logging.Logger, list[tuple[logging.Logger, logging.Handler]]]:
     """Attach ``logs/<step>.log`` to the step's logger (``optuna_too``: and Optuna's); in a pool worker also to
-    the root logger and warnings.
+    the root logger and warnings; in the run's own process (``warnings_too``, ``workers=1``) to warnings.
 
     A pool worker runs one step at a time, so library logs and warnings there belong to the step.
     In the parent process the root logger is the application's, so it is left alone. Optuna's
@@ -338,6 +342,10 @@ def _open_step_log(name: str, path: Path, *, optuna_too: bool) -> tuple[logging.
     if executors.IN_POOL_WORKER:
         logging.captureWarnings(True)
         attached.append((logging.getLogger(), handler))
+    elif warnings_too:  # scikit-learn's ConvergenceWarnings of a tune step printed under the bar with workers=1
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").propagate = False
+        attached.append((logging.getLogger("py.warnings"), handler))
     for logger, _ in attached:
         logger.addHandler(handler)
     return step_log, attached
@@ -346,6 +354,9 @@ def _open_step_log(name: str, path: Path, *, optuna_too: bool) -> tuple[logging.
 def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logger, logging.Handler]]) -> None:
     for logger, handler in attached:
         logger.removeHandler(handler)
+        if logger.name == "py.warnings" and not executors.IN_POOL_WORKER:  # the run's process: warnings as before
+            logging.captureWarnings(False)
+            logger.propagate = True
         if logger.name == "optuna":
             import optuna
 
