@@ -176,7 +176,7 @@ def run(
             durations_path=durations_path,
             dataset=dataset,
             # what only the estimators can tell (a _target_, its parameters, the search spaces), before any step
-            check=partial(call_target, "bondexp.preflight.check_steps", {step.name: (step.target, step.config) for step in graph}),
+            check=partial(call_target, "bondexp.preflight.config_error", {step.name: (step.target, step.config) for step in graph}),
         )
     except BaseException as exc:  # a config error the check found, a locked folder, Ctrl-C during the check
         _join_warm_up(warming, after_ctrl_c=isinstance(exc, KeyboardInterrupt))

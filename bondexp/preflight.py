@@ -1,14 +1,14 @@
 """What only the step libraries can check, checked where the steps run, before the first step starts.
 
 The run's process never imports scikit-learn (2-3 s of every run's start), so it cannot tell that
-a model file's ``_target_`` does not import, that the estimator takes no parameter the file gives,
-that a model lists a feature the data lacks, or that a search space names a parameter its model
-does not have. Those failed as the steps ran: a model step once the data had loaded, beside the
-other models training, and the tune step only after every model had trained, each with a resume
-command that could only fail again. The runner hands :func:`check_steps` to a worker before it
-submits any step (``run_graph(check=...)``), so they stop the run as a bad config value does:
-one message naming the key, exit code 2, nothing begun. It costs one worker about 0.2 s, mostly
-importing the estimators' modules, which that worker's steps import anyway.
+a model file's ``_target_`` does not import or is no regressor, that the estimator takes no
+parameter the file gives, that a model lists a feature the data lacks, or that a search space
+names a parameter its model does not have. Those failed as the steps ran: a model step once the
+data had loaded, beside the other models training, and the tune step only after every model had
+trained, each with a resume command that could only fail again. The runner has a worker run
+:func:`config_error` before it submits any step (``run_graph(check=...)``), so they stop the run
+as a bad config value does: one message naming the key, exit code 2, nothing begun. It costs one
+worker about 0.2 s, mostly importing the estimators' modules, which that worker's steps import anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bondexp.errors import ConfigError
 from bondexp.features import CATEGORICAL_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
 from bondexp.pipeline import MODEL_STEP_TARGET
@@ -54,6 +55,19 @@ def check_steps(steps: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
     for target, config in steps.values():
         if target == TUNE_STEP:
             _check_search_spaces(config, models, estimators)
+
+
+def config_error(steps: Mapping[str, tuple[str, Mapping[str, Any]]]) -> ConfigError | None:
+    """:func:`check_steps`'s error, returned rather than raised: what the runner calls on a worker.
+
+    Raised on a Dask worker, it was logged there as a failed task with its traceback ("Compute
+    Failed"), printed above the run's one message.
+    """
+    try:
+        check_steps(steps)
+    except ConfigError as err:
+        return err
+    return None
 
 
 def _check_search_spaces(tune_config: Mapping[str, Any], models: Mapping[str, Any], estimators: Mapping[str, Any]) -> None:

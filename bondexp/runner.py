@@ -21,7 +21,7 @@ from typing import Any
 
 from bondexp import executors, planning
 from bondexp.checkpoints import CheckpointStore, DurationHistory, RunLock
-from bondexp.errors import ConfigError, GraphError, InputsLost
+from bondexp.errors import BondexpError, ConfigError, GraphError, InputsLost
 from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
@@ -50,7 +50,7 @@ def run_graph(
     executor_options: Mapping[str, Any] | None = None,
     durations_path: str | Path | None = None,
     dataset: Any = None,
-    check: Callable[[], None] | None = None,
+    check: Callable[[], BondexpError | None] | None = None,
 ) -> RunResult:
     """Run every step of ``graph`` in ``run_dir`` and checkpoint each one as it finishes.
 
@@ -86,9 +86,10 @@ def run_graph(
         The run's dataset (what ``dataset_for(ctx.shared)`` returns in a step). An executor without
         a shared disk (Dask) sends it to its workers once; the others' workers read the feature cache.
     check : callable, optional
-        A picklable check of the config that needs the step libraries (:func:`bondexp.preflight.check_steps`
+        A picklable check of the config that needs the step libraries (:func:`bondexp.preflight.config_error`
         with its argument bound), run where the steps run before the first one is submitted, when any
-        step is to run. Its ``ConfigError`` ends the run before any step begins (no ``logs/``).
+        step is to run. The error it returns (returned, not raised: a worker would log a raised one) is
+        raised here before any step begins (no ``logs/``).
 
     Returns
     -------
@@ -157,7 +158,7 @@ class _Scheduler:
         expected: Mapping[str, float | None],
         shared: dict,
         dataset: Any = None,
-        check: Callable[[], None] | None = None,
+        check: Callable[[], BondexpError | None] | None = None,
     ):
         self.graph = graph
         self.check = check
@@ -233,7 +234,9 @@ class _Scheduler:
         self.backend.start()
         self.started = True
         try:
-            self.backend.call(self.check).result()
+            error = self.backend.call(self.check).result()
+            if error is not None:
+                raise error
         except BaseException:  # a ConfigError, or Ctrl-C while it ran: no step has begun
             self._stop(kill=True)
             raise

@@ -169,11 +169,11 @@ def failing_trial(config, inputs, ctx):
 
 
 def refuse_config(steps, where):
-    """A config check that fails, recording the process it ran in (``where``: a file)."""
+    """A config check that finds an error, recording the process it ran in (``where``: a file)."""
     from bondexp.errors import ConfigError
 
     Path(where).write_text(str(os.getpid()))
-    raise ConfigError(f"The 'models.x.alpah' config key must name a parameter. Got {sorted(steps)}")
+    return ConfigError(f"The 'models.x.alpah' config key must name a parameter. Got {sorted(steps)}")
 
 
 def accept_config(steps, where):

@@ -164,20 +164,35 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ("alpah: 0.01", [], "The 'models.mine.alpah' config key must name a parameter of Lasso. Got 'alpah' instead. Did you mean"),
         ("features: [coupon_rate, modified_duraton]", [], "'models.mine.features' config key names ['modified_duraton'], which the data"),
         ("", ["model=[enhanced]", "+tune.search_space.enhanced={learnig_rate: {low: 0.01, high: 0.2}}"], "Did you mean 'learning_rate'?"),
+        ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
+        ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
     ],
 )
 def test_what_only_the_estimators_can_check_fails_before_any_step(tmp_path, cache, model_file, overrides, message):
     """A model file's parameter or feature, or a search space's parameter, used to fail as its step ran: the tune
     step's only after every model had trained, each with a resume command that could only fail again."""
     (tmp_path / "myconf" / "model").mkdir(parents=True)
-    (tmp_path / "myconf" / "model" / "mine.yaml").write_text(f"_target_: sklearn.linear_model.Lasso\n{model_file}\n")
+    lasso = "" if model_file.startswith("_target_") else "_target_: sklearn.linear_model.Lasso\n"
+    (tmp_path / "myconf" / "model" / "mine.yaml").write_text(f"{lasso}{model_file}\n")
     run_dir = tmp_path / "r"
     args = [*QUICK, "model=mine", *overrides, f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}"]
     proc = bondexp(*args, cwd=tmp_path, cache=cache, check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"bondexp: error: {message}" in proc.stderr if message.startswith("The") else message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one message: no logged error of Hydra's above it
     assert "Resume with" not in proc.stderr + proc.stdout
     assert not (run_dir / "logs").exists() and not (run_dir / "checkpoints").exists()  # no step began
+
+
+def test_with_one_worker_a_steps_warnings_go_to_its_log_not_the_terminal(tmp_path, cache):
+    """In-process steps printed scikit-learn's ConvergenceWarnings under the bar; pool workers logged them."""
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "mine.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 1.0e-6\nmax_iter: 2\n")
+    run_dir = tmp_path / "r"
+    args = [*QUICK, "model=mine", "~steps.tune", "~steps.drift", "workers=1", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"]
+    proc = bondexp(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    assert "ConvergenceWarning" not in proc.stderr, proc.stderr
+    assert "ConvergenceWarning" in (run_dir / "logs" / "mine.log").read_text()
 
 
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):

@@ -222,6 +222,21 @@ def test_steps_get_data_through_dask_and_hand_back_their_files(cluster, tmp_path
         assert not list(home.rglob("attempts.txt")) and not (home / "cache").exists()
 
 
+def test_a_config_error_the_check_finds_on_the_cluster_ends_the_run_before_any_step(cluster, tmp_path):
+    """The check runs on a worker and returns its error: raised there, Dask logged it as a failed task with its traceback."""
+    from functools import partial
+
+    from bondexp.errors import ConfigError
+    from bondexp.graph import call_target
+
+    graph = build_graph([S("a"), S("b", needs=["a"])])
+    check = partial(call_target, f"{MOD}.refuse_config", graph.order, str(tmp_path / "checked"))
+    with pytest.raises(ConfigError, match="'models.x.alpah'"):
+        _run(graph, tmp_path / "run", cluster, workers=2, check=check)
+    assert not (tmp_path / "run" / "logs").exists()
+    assert _run(graph, tmp_path / "again", cluster, workers=2).ok  # the cluster is none the worse
+
+
 def test_steps_whose_inputs_the_cluster_forgot_run_again_with_them_sent_afresh(cluster, tmp_path, caplog):
     # The scheduler forgets scattered data when the worker holding its last copy dies (its Active
     # Memory Manager keeps one copy, whatever `broadcast=True` asked for) and cancels the steps needing it.

@@ -18,13 +18,15 @@ and ``info_`` (anything) that land in the artifact.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
@@ -122,6 +124,11 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     except Exception as exc:  # hydra wraps import and argument errors in its own exception types
         reason = str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")  # bondexp shows the cause
         raise ConfigError(f"The 'models.{name}' model file could not build {spec['_target_']!r}: {reason}") from exc
+    if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+        raise ConfigError(
+            f"The 'models.{name}._target_' config key must name a regressor (with fit and predict). "
+            f"Got {spec['_target_']!r}, a {type(estimator).__name__} without {'fit' if not hasattr(estimator, 'fit') else 'predict'}."
+        )
     own = estimator.get_params(deep=False)
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
@@ -130,17 +137,48 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     return Pipeline([("prep", prep), ("model", estimator)])
 
 
+def _estimator_class(target: str, *, key: str) -> Any:
+    """What ``_target_`` names (found as Hydra finds it: the longest importable module, then its
+    attributes), or ConfigError saying which part is wrong, with a suggestion.
+
+    Hydra's ``get_class`` logs its own ERROR line before raising, which printed above bondexp's message.
+    """
+    parts = target.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:n])
+        try:
+            found: Any = importlib.import_module(module)
+            break
+        except ImportError as exc:
+            if not (isinstance(exc, ModuleNotFoundError) and exc.name is not None and module.startswith(exc.name)):
+                # the module is there but its own import failed (a package it needs is missing)
+                raise ConfigError(f"The '{key}._target_' config key names {target!r}, whose module {module!r} fails: {exc}") from None
+    else:
+        raise ConfigError(f"The '{key}._target_' config key must name an importable class (sklearn.linear_model.Lasso). Got {target!r}.")
+    for depth, part in enumerate(parts[n:], start=n):
+        if not hasattr(found, part):
+            where = ".".join(parts[:depth])
+            names = [m.name for m in pkgutil.iter_modules(getattr(found, "__path__", []))]
+            names += [a for a in dir(found) if not a.startswith("_")]
+            raise ConfigError(
+                f"The '{key}._target_' config key must name an importable class. Got {target!r}: {where!r} has no {part!r}."
+                f"{did_you_mean(part, names)}"
+            )
+        found = getattr(found, part)
+    return found
+
+
 def _check_parameter_names(spec: Mapping[str, Any], *, key: str) -> None:
     """Raise ConfigError naming a key of the model file that the estimator class does not take.
 
     Hydra's own error for it is a TypeError raised inside ``__init__`` ("got an unexpected keyword
     argument 'alpah'"); the class's signature lets this name the key and suggest the parameter. A
-    class that cannot be located, or that takes ``**kwargs``, is left to ``instantiate``.
+    class that takes ``**kwargs`` is left to ``instantiate``.
     """
+    cls = _estimator_class(str(spec["_target_"]), key=key)
     try:
-        cls = get_class(spec["_target_"])
         accepted = inspect.signature(cls).parameters
-    except Exception:  # not importable, or no signature: instantiate's message says why
+    except (TypeError, ValueError):  # no signature to read: instantiate's message says why
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         return
