@@ -354,7 +354,7 @@ def _open_step_log(
 def _close_step_log(step_log: logging.Logger, attached: list[tuple[logging.Logger, logging.Handler]]) -> None:
     for logger, handler in attached:
         logger.removeHandler(handler)
-        if logger.name == "py.warnings" and not executors.IN_POOL_WORKER:  # the run's process: warnings as before
+        if logger.name == "py.warnings":  # the run's process (workers=1): its warnings as before the step
             logging.captureWarnings(False)
             logger.propagate = True
         if logger.name == "optuna":

@@ -229,11 +229,16 @@ def test_a_config_error_the_check_finds_on_the_cluster_ends_the_run_before_any_s
     from bondexp.errors import ConfigError
     from bondexp.graph import call_target
 
+    def failed_tasks() -> int:  # what the workers logged as "Compute Failed"
+        return sum(log.read_text(errors="replace").count("Compute Failed") for log in cluster.root.glob("worker*.log"))
+
     graph = build_graph([S("a"), S("b", needs=["a"])])
     check = partial(call_target, f"{MOD}.refuse_config", graph.order, str(tmp_path / "checked"))
+    before = failed_tasks()
     with pytest.raises(ConfigError, match="'models.x.alpah'"):
         _run(graph, tmp_path / "run", cluster, workers=2, check=check)
     assert not (tmp_path / "run" / "logs").exists()
+    assert failed_tasks() == before
     assert _run(graph, tmp_path / "again", cluster, workers=2).ok  # the cluster is none the worse
 
 
