@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float
     """
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "TERM": "xterm", "COLUMNS": "160"}
+    # PYTHONFAULTHANDLER: a run that hangs is sent SIGABRT, and every thread's stack lands on the screen
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(cache), "TERM": "xterm", "COLUMNS": "160", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bondexp", *args],
         cwd=cwd,
@@ -60,12 +62,26 @@ def run_in_terminal(args: list[str], *, cwd: Path, cache: Path, timeout_s: float
             elif proc.poll() is not None:
                 break
         else:
-            proc.kill()
-            raise AssertionError("bondexp did not finish in a terminal within the time limit")
+            stacks = _stacks_of_hung(proc, leader)
+            raise AssertionError(f"bondexp did not finish in a terminal within the time limit; its threads:\n{stacks}")
     finally:
         os.close(leader)
     code = proc.wait(timeout=30)
     return code, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+
+
+def _stacks_of_hung(proc: subprocess.Popen, leader: int) -> str:
+    """Abort a hung run and return what its fault handler printed: the stack of every thread, where it hung."""
+    proc.send_signal(signal.SIGABRT)
+    printed = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and select.select([leader], [], [], 0.5)[0]:
+        try:
+            printed.append(os.read(leader, 65536))
+        except OSError:
+            break
+    proc.kill()
+    return b"".join(printed).decode("utf-8", "replace")[:10000]  # the main thread first
 
 
 def test_terminal_shows_the_bar_and_no_info_lines(tmp_path):
