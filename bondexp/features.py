@@ -17,13 +17,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from joblib import Memory
 
 from bondexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Static and pricing features of each observation (one value per row).
 BOND_FEATURES = (
@@ -91,6 +93,8 @@ class Dataset:
 
     def frame(self, split: str, features: Sequence[str] | None = None) -> pd.DataFrame:
         """The ``split`` rows of ``features`` as a DataFrame with named columns (what estimators get)."""
+        import pandas as pd  # here: the run's process builds the dataset but never a frame, and pandas is 0.5 s of its start
+
         cols = self.columns(features)
         names = [self.feature_names[c] for c in cols]
         return pd.DataFrame(np.asarray(self.X[np.ix_(self.splits[split], np.asarray(cols, dtype=np.intp))]), columns=names)
