@@ -45,8 +45,12 @@ OPTIONAL_COLUMNS = ("issue_size",)
 _DATE_COLUMNS = ("obs_date", "issue_date", "maturity_date")
 _FLOAT_COLUMNS = ("coupon_rate", "clean_price", "issue_size")
 _SHOWN_ROWS = 5
-#: What a column accepts, appended to the messages of its "unknown ..." problems.
+#: What a column accepts, appended to the messages of its "unknown ..." and "missing or unparseable ..." problems.
+_DATE_HINT = "expected YYYY-MM-DD; a day and month that could be swapped, as in 06/03/2008, are not guessed"
 _EXPECTED = {
+    "obs_date": _DATE_HINT,
+    "issue_date": _DATE_HINT,
+    "maturity_date": _DATE_HINT,
     "frequency": f"expected one of {FREQUENCIES}",
     "rating": f"expected one of {RATINGS} or codes 0-{len(RATINGS) - 1}",
     "day_count": f"expected one of {DAY_COUNTS} or codes 0-{len(DAY_COUNTS) - 1}",
@@ -240,8 +244,10 @@ def _find_problems(cols, sectors):
         ("missing or unparseable issue date", "issue_date", np.isnat(issue)),
         ("missing or unparseable maturity date", "maturity_date", np.isnat(maturity)),
         ("non-numeric or missing price", "clean_price", np.isnan(price)),
+        ("infinite price", "clean_price", np.isinf(price)),
         ("non-positive price", "clean_price", price <= 0),
         ("non-numeric or missing coupon", "coupon_rate", np.isnan(coupon)),
+        ("infinite coupon", "coupon_rate", np.isinf(coupon)),
         ("negative coupon", "coupon_rate", coupon < 0),
         ("maturity not after issue", "maturity_date", has_dates & (maturity <= issue)),
         ("observation at or after maturity", "obs_date", dates_ok & (obs >= maturity)),
@@ -251,6 +257,7 @@ def _find_problems(cols, sectors):
         ("unknown day count", "day_count", cols["day_count"] < 0),
         ("missing or unknown sector", "sector", (cols["sector"] < 0) | (cols["sector"] >= len(sectors))),
         ("non-positive issue size", "issue_size", cols["issue_size"] <= 0),
+        ("infinite issue size", "issue_size", np.isinf(cols["issue_size"])),
         ("duplicate (bond_id, obs_date)", "bond_id, obs_date", _duplicated(cols["bond_id"], obs)),
     ]
     return problems
@@ -274,7 +281,7 @@ def _describe(problems, n_rows, row_numbers):
         rows = np.flatnonzero(mask)
         if len(rows):
             first = ", ".join(str(int(r)) for r in labels[rows[:_SHOWN_ROWS]])
-            hint = f" ({_EXPECTED[column]})" if column in _EXPECTED and reason.startswith("unknown") else ""
+            hint = f" ({_EXPECTED[column]})" if column in _EXPECTED and reason.startswith(("unknown", "missing or unparseable")) else ""
             lines.append(f"  - {reason}: column '{column}', {_count(len(rows), 'row')}, first rows [{first}]{hint}")
     return (
         f"{_count(len(lines), 'data problem')} in {_count(n_rows, 'row')} ({convention}):\n"
@@ -298,10 +305,17 @@ def _duplicated(bond_id, obs_date):
     return mask
 
 
-def parse_dates(values) -> np.ndarray:
-    """Dates as datetime64[D]; text that does not parse becomes NaT.
+#: A date written as day and month in some order, then the year: 06/03/2008, 6.3.08, 25-08-2012.
+_DAY_MONTH_YEAR = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}\s*$"
 
-    ISO text (``YYYY-MM-DD``) takes the fast path; other spellings are parsed one by one.
+
+def parse_dates(values) -> np.ndarray:
+    """Dates as datetime64[D]; text that does not parse, or could be read two ways, becomes NaT.
+
+    ISO text (``YYYY-MM-DD``) takes the fast path; other spellings are parsed one by one. A date
+    like 06/03/2008 is 6 March to a European desk and June 3 to an American one: guessed, it priced
+    bonds of one file under two conventions at once (25/08/2012 can only be day first, 06/03/2008
+    was read month first). Such a date is not guessed; the data check reports its rows.
     """
     array = np.asarray(values)
     if array.dtype == np.dtype("datetime64[D]"):
@@ -314,7 +328,9 @@ def parse_dates(values) -> np.ndarray:
     parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
     retry = parsed.isna() & series.notna() & (series.astype(str).str.strip() != "")
     if retry.any():
-        parsed[retry] = pd.to_datetime(series[retry], errors="coerce", format="mixed")
+        day_month = series[retry].astype(str).str.extract(_DAY_MONTH_YEAR).astype(float)
+        either_way = (day_month[0] <= 12) & (day_month[1] <= 12) & (day_month[0] != day_month[1])
+        parsed[retry] = pd.to_datetime(series[retry], errors="coerce", format="mixed").where(~either_way)
     return parsed.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
 
 

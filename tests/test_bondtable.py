@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from bondexp.bondtable import RATINGS, REQUIRED_COLUMNS, BondTable, validate
+from bondexp.bondtable import RATINGS, REQUIRED_COLUMNS, BondTable, parse_dates, validate
 from bondexp.errors import DataValidationError
 
 
@@ -76,6 +76,11 @@ BAD_CASES = [
     ("rating", "BB+", "unknown rating", "rating"),
     ("day_count", "ACT/360", "unknown day count", "day_count"),
     ("obs_date", "not a date", "missing or unparseable observation date", "obs_date"),
+    ("obs_date", "01/02/2020", "missing or unparseable observation date", "obs_date"),  # 1 February or January 2?
+    ("clean_price", np.inf, "infinite price", "clean_price"),
+    ("clean_price", "-inf", "infinite price", "clean_price"),
+    ("coupon_rate", "inf", "infinite coupon", "coupon_rate"),
+    ("issue_size", np.inf, "infinite issue size", "issue_size"),
     ("sector", "", "missing or unknown sector", "sector"),
 ]
 
@@ -89,6 +94,22 @@ def test_each_problem_is_named_with_column_count_and_rows(column, value, reason,
     message = str(info.value)
     assert re.search(rf"{re.escape(reason)}: column '{named}', 2 rows, first rows \[0, 4\]", message), message
     assert "0-based positions" in message
+
+
+def test_a_date_whose_day_and_month_could_be_swapped_is_not_guessed():
+    """06/03/2008 was read month first while 25/08/2012 in the same file was read day first: bonds priced
+    under two conventions, with no error. Only a date that reads one way is taken."""
+    dates = parse_dates(np.array(["25/08/2012", "08/25/2012", "03/03/2008", "6.3.08", "06/03/2008", "2008-03-06", "30 Nov 2026"], dtype=object))
+    expected = ["2012-08-25", "2012-08-25", "2008-03-03", "NaT", "NaT", "2008-03-06", "2026-11-30"]
+    np.testing.assert_array_equal(dates, np.array(expected, dtype="datetime64[D]"))
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
+    raw["issue_date"][:] = "15/01/2019"  # day first, and can be nothing else
+    raw["maturity_date"][2] = "01/02/2029"
+    with pytest.raises(DataValidationError) as info:
+        validate(raw)
+    message = str(info.value)
+    assert "missing or unparseable maturity date: column 'maturity_date', 1 row, first rows [2]" in message, message
+    assert "as in 06/03/2008, are not guessed" in message and "issue_date" not in message
 
 
 def test_one_error_lists_every_problem_with_file_rows():

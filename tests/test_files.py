@@ -98,6 +98,7 @@ BAD = [
     ("rating", "AA-", "unknown rating"),
     ("day_count", "ACT/365", "unknown day count"),
     ("obs_date", "31/31/2020", "missing or unparseable observation date"),
+    ("clean_price", "inf", "infinite price"),
 ]
 
 

@@ -278,11 +278,11 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     value = columns[-1]
     frame["date"] = parse_dates(frame["date"].to_numpy())
     frame[value] = parse_numbers(frame[value].to_numpy())
-    bad = frame["date"].isna() | frame[value].isna()
+    bad = frame["date"].isna() | ~np.isfinite(frame[value])
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy())[:5] + 1).tolist()
         raise DataValidationError(
-            f"The file {path} has {int(bad.sum())} rows whose date or {value} does not parse; "
+            f"The file {path} has {int(bad.sum())} rows whose date or {value} does not parse (or is infinite); "
             f"first rows {rows} (1-based data rows, header not counted)."
         )
     return frame
