@@ -165,6 +165,15 @@ def test_incomplete_curve_file_is_rejected(csv_files, tmp_path):
         market.curves.fair_value(market.bonds)
 
 
+@pytest.mark.parametrize("kind", ["curve_path", "spread_path"])
+def test_an_infinite_rate_or_spread_is_named_by_file_row(csv_files, tmp_path, kind):
+    frame = pd.read_csv(csv_files[kind], dtype=str)
+    frame.iloc[3, -1] = "inf"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"1 rows whose date or \w+ does not parse \(or is infinite\); first rows \[4\]"):
+        load_market(cfg_for({**csv_files, kind: str(tmp_path / "bad.csv")}), seed=0)
+
+
 def test_without_spread_file_spreads_are_zero(csv_files):
     loaded, _ = load_market(cfg_for({**csv_files, "spread_path": None}), seed=0)
     assert np.all(loaded.curves.spreads == 0) and np.all(loaded.curves.market_state()["credit_spread"] == 0)
