@@ -163,6 +163,8 @@ def main() -> None:
 
         if sweep.exit_code:  # a sweep whose every job has ended, and its summary is written
             sys.exit(sweep.exit_code)
+    except BrokenPipeError:  # `--help | head`: Hydra's own printing (a run's is answered in _run)
+        sys.exit(reader_went_away())
     except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume), or a sweep's second Ctrl-C
         from bondexp import sweep
 

@@ -159,10 +159,16 @@ def test_the_libyaml_loader_rejects_what_omegaconf_rejects_with_its_message(text
     assert "^" in str(caught.value)  # the line is quoted with a caret under the place
 
 
-def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
-    """`python -m bondexp dry_run=true | head -3`: the pipe closes while the plan prints."""
+@pytest.mark.parametrize(
+    "args",
+    [["bondexp", "dry_run=true", "data=small"], ["bondexp", "--help"], ["bondexp.predict", "--help"]],
+    ids=["dry run", "help", "predict help"],
+)
+def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path, args):
+    """`python -m bondexp dry_run=true | head -3`: the pipe closes while the plan prints. Hydra's own
+    `--help` printed a BrokenPipeError traceback and exited 1."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bondexp", "dry_run=true", "data=small", f"hydra.run.dir={tmp_path / 'r'}"],
+        [sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'r'}"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bondexp.errors import BondexpError
+from bondexp.errors import BondexpError, reader_went_away
 from bondexp.predict.app import predict, register_configs
 
 register_configs()
@@ -31,6 +31,8 @@ def main() -> None:
     """Console-script entry point; exits without collecting what is left, as ``bondexp.__main__.main`` does."""
     try:
         _main()
+    except BrokenPipeError:  # `--help | head`, or the written paths piped to a reader that stopped
+        sys.exit(reader_went_away())
     finally:
         gc.freeze()
 
