@@ -18,6 +18,7 @@ import yaml
 from hydra._internal.hydra import Hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -144,12 +145,27 @@ def libyaml_loader() -> type:
 
         def __init__(self, stream: Any) -> None:
             self.text = stream.read() if hasattr(stream, "read") else stream
+            self.name = getattr(stream, "name", None)  # the file Hydra opened, for the error
             super().__init__(self.text)
 
         def get_single_data(self) -> Any:
             try:
                 return super().get_single_data()
-            except yaml.YAMLError:  # OmegaConf's own loader says what is wrong, quoting the line
-                return yaml.load(self.text, Loader=python)  # noqa: S506  # OmegaConf's safe loader
+            except yaml.YAMLError:
+                pass  # OmegaConf's own loader says what is wrong, quoting the line (below, not chained to this one)
+            loader = python(self.text)  # OmegaConf's safe loader, as yaml.load runs it
+            loader.name = self.name or loader.name  # the file, in the error's marks (which quote the line for text)
+            try:
+                return loader.get_single_data()
+            except yaml.YAMLError as err:
+                where = f"The config file {self.name}" if self.name else "The config text"
+                raise InvalidYAMLError(f"{where} is not valid YAML:\n{err}") from None
+            finally:
+                loader.dispose()
 
     return OmegaConfCLoader
+
+
+class InvalidYAMLError(yaml.YAMLError, CompactHydraException):
+    """A config file that is not YAML: a YAMLError to OmegaConf's callers, and to Hydra one whose message
+    it prints alone. A plain YAMLError came as two chained tracebacks (about 120 lines) naming "<unicode string>"."""

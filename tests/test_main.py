@@ -159,6 +159,20 @@ def test_the_libyaml_loader_rejects_what_omegaconf_rejects_with_its_message(text
     assert "^" in str(caught.value)  # the line is quoted with a caret under the place
 
 
+def test_a_model_file_that_is_not_yaml_is_named_with_its_line_and_no_traceback(tmp_path):
+    """It printed two chained tracebacks (about 120 lines) naming "<unicode string>", not the file."""
+    model = tmp_path / "conf" / "model" / "bad_yaml.yaml"
+    model.parent.mkdir(parents=True)
+    model.write_text("# @package models.bad_yaml\n_target_: sklearn.linear_model.Lasso\nalpha: [0.01\ngroup: ml\n")
+    args = ["model=bad_yaml", "data=small", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"hydra.run.dir={tmp_path / 'r'}"]
+    proc = subprocess.run([sys.executable, "-m", "bondexp", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"The config file {model} is not valid YAML:\n"), proc.stderr
+    assert f'in "{model}", line 3, column 8:\n    alpha: [0.01\n' in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 15, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [["bondexp", "dry_run=true", "data=small"], ["bondexp", "--help"], ["bondexp.predict", "--help"]],
