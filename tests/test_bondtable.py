@@ -99,7 +99,8 @@ def test_each_problem_is_named_with_column_count_and_rows(column, value, reason,
 def test_a_date_whose_day_and_month_could_be_swapped_is_not_guessed():
     """06/03/2008 was read month first while 25/08/2012 in the same file was read day first: bonds priced
     under two conventions, with no error. Only a date that reads one way is taken."""
-    dates = parse_dates(np.array(["25/08/2012", "08/25/2012", "03/03/2008", "6.3.08", "06/03/2008", "2008-03-06", "30 Nov 2026"], dtype=object))
+    written = ["25/08/2012", "08/25/2012", "03/03/2008", "6.3.08", "06/03/2008", "2008-03-06", "30 Nov 2026"]
+    dates = parse_dates(np.array(written, dtype=object))
     expected = ["2012-08-25", "2012-08-25", "2008-03-03", "NaT", "NaT", "2008-03-06", "2026-11-30"]
     np.testing.assert_array_equal(dates, np.array(expected, dtype="datetime64[D]"))
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
