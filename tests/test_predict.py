@@ -193,6 +193,11 @@ def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
     if how == "sha256":
         with open(copy / "checkpoints" / "factor.pkl", "ab") as fh:
             fh.write(b"\0")
+    elif how == "no model":  # as a run whose every model step failed records it
+        results = json.loads((copy / "results.json").read_text())
+        for step in results["steps"].values():
+            step["status"] = "failed" if step["group"] != "report" else "skipped"
+        (copy / "results.json").write_text(json.dumps(results))
     else:
         manifest = json.loads((copy / "checkpoints" / "basic.json").read_text())
         manifest["versions"]["scikit-learn"] = "0.24.2"
@@ -222,6 +227,9 @@ REFUSALS = [
     ("sha256", ["do not verify", "factor (corrupt (sha256 mismatch))", "resume="]),
     ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
     ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
+    ("no spreads", ["The 'data.spread_path' config key is null, but the run's data had credit spreads (synthetic)"]),
+    ("no model named", ["The 'models' config key names no model. Use models=all or some of ["]),
+    ("no model", ["has no fitted model to predict with (steps that did not finish: ['advanced', ", "resume="]),
     (
         "bad rows",
         [
@@ -251,10 +259,14 @@ def refusals(request, finished_run, cache, tmp_path_factory):
             folder = tmp_path_factory.mktemp("refusal")
             files = write_market(test_split, folder / "data")
             run_dir, extra = finished_run, []
-            if case in ("sha256", "versions"):
+            if case in ("sha256", "versions", "no model"):
                 run_dir = _tamper(finished_run, folder, case)
             elif case == "missing model":
                 extra = ["models=[basic,enhancd]"]
+            elif case == "no model named":
+                extra = ["models=[]"]
+            elif case == "no spreads":
+                extra = ["data.spread_path=null"]
             else:
                 {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
             args = [f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={folder / 'out'}"]

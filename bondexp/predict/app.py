@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from bondexp.config import plain_dict
 from bondexp.errors import ConfigError
 from bondexp.predict.batches import check_source, csv_bytes, load_new_bonds, predict_batches, read_new_bonds
-from bondexp.predict.runfolder import best_model, open_run, resolve_run
+from bondexp.predict.runfolder import best_model, check_spreads, open_run, resolve_run
 from bondexp.predict.summary import Scores, concat, ranking_columns, render_markdown
 
 
@@ -63,6 +63,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     data_cfg = plain_dict(cfg.data)
     check_source(data_cfg)
     run_dir = resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
+    check_spreads(run_dir, data_cfg)
     wall = time.perf_counter()
     # The new file is read and validated while this thread opens the run (mostly scikit-learn's
     # import): about 2 and 3 s of CPU at 1M rows.

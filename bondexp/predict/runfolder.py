@@ -107,6 +107,14 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     if "tune" in candidates:
         step_of[store.load("tune").name] = "tune"
     wanted = list(step_of) if models in (None, "all") else ([models] if isinstance(models, str) else list(models))
+    if not step_of:
+        unfinished = sorted(n for n, s in steps.items() if s["status"] not in ("ran", "reused"))
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} has no fitted model to predict with (steps that did not finish: {unfinished}). "
+            f"Finish it with: python -m bondexp resume={shlex.quote(str(run_dir))}"
+        )
+    if not wanted:
+        raise RunFolderError(f"The 'models' config key names no model. Use models=all or some of {sorted(step_of)}.")
     missing = [name for name in wanted if name not in step_of]
     if missing:
         hints = [m for name in missing for m in difflib.get_close_matches(name, step_of, n=1)]
@@ -144,6 +152,27 @@ def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
         )
     dataset, _ = load_dataset(data_cfg, seed=seed, cache_dir=cache_dir, fingerprint=fingerprint)
     return dataset, (None if data_cfg["source"] == "synthetic" else bond_id_names(data_cfg))
+
+
+def check_spreads(run_dir: Path, data_cfg: Mapping[str, Any]) -> None:
+    """Refuse new files without spreads for a run whose data had them (synthetic data, or a ``data.spread_path``).
+
+    The models learned the residual over a DCF priced with each rating's credit spread. Without the
+    spreads every fair value comes off the risk-free curve alone, far above the market, and every
+    prediction with it: the README's Parquet example, which gave no spreads, put the DCF's error
+    against the market at 65.5 (2.1 with them) and printed its tables with no warning.
+    """
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if data_cfg.get("source") == "synthetic" or data_cfg.get("spread_path") is not None or not config_path.is_file():
+        return  # a folder without its config is refused by open_run
+    run_data = OmegaConf.select(OmegaConf.load(config_path), "data", default=None) or {}
+    if run_data.get("source") == "synthetic" or run_data.get("spread_path") is not None:
+        raise ConfigError(
+            "The 'data.spread_path' config key is null, but the run's data had credit spreads "
+            f"({'synthetic' if run_data.get('source') == 'synthetic' else run_data.get('spread_path')}): its models learned "
+            "the residual over a DCF with spreads, and without them every fair value would come off the curve alone. "
+            "Give the new data's spreads (date, rating, spread): data.spread_path=<file>."
+        )
 
 
 def best_model(artifacts: Mapping[str, Any]) -> str:
