@@ -248,13 +248,17 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
     mlflow.set_tracking_uri(settings.uri)
     mlflow.set_registry_uri(settings.uri)
     requirements = [f"scikit-learn=={sklearn.__version__}", f"bondexp=={__version__}"]
-    for name, step in results.get("steps", {}).items():
-        if step.get("group") == "report" or step.get("status") not in ("ran", "reused") or name not in rows:
+    for step_name, step in results.get("steps", {}).items():
+        # the steps that kept a fitted pipeline: the model steps, and tune's model (named <target>_tuned)
+        if step.get("status") not in ("ran", "reused") or "pipeline_sha256" not in (store.manifest(step_name) or {}):
             continue
-        problem = store.verify(name, step.get("fingerprint"))
+        problem = store.verify(step_name, step.get("fingerprint"))
         if problem:
-            raise RuntimeError(f"checkpoint of model {name!r} not logged: {problem}")
-        artifact = store.load(name, pipeline=True)
+            raise RuntimeError(f"checkpoint of step {step_name!r} not logged: {problem}")
+        artifact = store.load(step_name, pipeline=True)
+        name = artifact.name
+        if name not in rows:
+            continue
         # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact.pipeline))
         with mlflow.start_run(run_id=run_id):

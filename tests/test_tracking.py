@@ -59,6 +59,11 @@ def started(request, store, cache, tmp_path_factory):
         ):
             folder, uri = store
             start("tracked", folder, uri, *TRACKED, f"hydra.run.dir={folder / 'run'}")
+        if needed_by(request, "test_log_models_registers_the_tuned_model_too"):
+            folder = tmp_path_factory.mktemp("tuned")
+            with_tune = [arg for arg in TRACKED if arg != "~steps.tune"]
+            tuned = [*with_tune, "model=basic", "tune.n_trials=2", "tune.batch_size=2", "tracking.log_models=true"]
+            start("tuned", folder, f"sqlite:///{folder / 'mlflow.db'}", *tuned, f"hydra.run.dir={folder / 'run'}")
         if needed_by(request, "test_a_sweep_is_one_parent_run_with_one_child_per_job"):
             folder = tmp_path_factory.mktemp("sweep")
             start("sweep", folder, f"sqlite:///{folder / 'mlflow.db'}", "-m", *TRACKED, "seed=0,1", f"hydra.sweep.dir={folder / 'sweep'}")
@@ -127,6 +132,16 @@ def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, stor
     mlflow.set_registry_uri(uri)
     model = mlflow.sklearn.load_model("models:/bondexp-factor/1")
     assert hasattr(model, "predict")
+
+
+def test_log_models_registers_the_tuned_model_too(started):
+    """The tune step's model (``basic_tuned``), which the run may call its best, was not registered: only the model steps were."""
+    folder, uri, run = started["tuned"]
+    run.result()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert {m.name for m in client.search_registered_models()} == {"bondexp-basic", "bondexp-basic_tuned"}
+    [version] = client.search_model_versions("name='bondexp-basic_tuned'")
+    assert f"rmse {_runs(uri)[0].data.metrics['basic_tuned.rmse']:.4f}" in version.description
 
 
 def test_a_sweep_is_one_parent_run_with_one_child_per_job(started):
