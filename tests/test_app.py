@@ -166,6 +166,7 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ("", ["model=[enhanced]", "+tune.search_space.enhanced={learnig_rate: {low: 0.01, high: 0.2}}"], "Did you mean 'learning_rate'?"),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
+        ("alpha: abc", [], "The 'models.mine.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
     ],
 )
 def test_what_only_the_estimators_can_check_fails_before_any_step(tmp_path, cache, model_file, overrides, message):

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -133,6 +134,7 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
     set_early_stopping(estimator, config.get("early_stopping"))
+    _check_parameter_values(estimator, key=f"models.{name}")
     prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
     return Pipeline([("prep", prep), ("model", estimator)])
 
@@ -188,6 +190,27 @@ def _check_parameter_names(spec: Mapping[str, Any], *, key: str) -> None:
                 f"The '{key}.{param}' config key must name a parameter of {cls.__name__}. Got {param!r} instead."
                 f"{did_you_mean(param, accepted)}"
             )
+
+
+def _check_parameter_values(estimator: Any, *, key: str) -> None:
+    """Raise ConfigError for a value the estimator's own constraints reject (``alpha: abc``), naming the key.
+
+    scikit-learn checks them only in ``fit``: the step failed once the run had begun, and its
+    ``Resume with:`` could only fail again. An estimator without constraints (bondexp's own, which
+    build their members in ``fit``) is left to ``fit``.
+    """
+    if not hasattr(estimator, "_parameter_constraints"):
+        return
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    try:
+        estimator._validate_params()
+    except InvalidParameterError as err:
+        found = re.match(r"The '(\w+)' parameter of (\w+) (.*)", str(err), re.S)
+        if found is None:
+            raise ConfigError(f"The '{key}' model file sets a value {type(estimator).__name__} rejects: {err}") from None
+        param, cls, rest = found.groups()
+        raise ConfigError(f"The '{key}.{param}' config key (a parameter of {cls}) {rest}") from None
 
 
 def predict_all(model: Pipeline, X: pd.DataFrame) -> dict[str, Any]:
