@@ -346,7 +346,7 @@ class RunLock:
 
 
 class DurationHistory:
-    """Step durations seen in earlier runs, kept in one small JSON file ``{step: seconds}``.
+    """Step durations seen in earlier runs, kept in one small JSON file ``{key: seconds}`` (keys: :func:`bondexp.planning.history_key`).
 
     The runner orders ready steps longest-expected-first and estimates the ETA from these.
     Concurrent runs (a sweep) merge their updates under an ``flock`` on a side file.
@@ -356,7 +356,7 @@ class DurationHistory:
         self.path = None if path is None else Path(path)
 
     def read(self) -> dict[str, float]:
-        """Durations by step name; empty when there is no file or it is unreadable."""
+        """Durations by key; empty when there is no file or it is unreadable."""
         if self.path is None:
             return {}
         try:

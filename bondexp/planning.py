@@ -24,6 +24,7 @@ __all__ = [
     "dry_run_plan",
     "eta_s",
     "expected_durations",
+    "history_key",
     "priorities",
     "ready_order",
     "reuse_plan",
@@ -56,14 +57,26 @@ def reuse_plan(graph: Graph, store: CheckpointStore, fps: Mapping[str, str]) -> 
     return plan
 
 
+def history_key(step: Step) -> str:
+    """A step's entry in the durations history: its name and a digest of what it does, the seed aside
+    (its target, its config, the names of its needs).
+
+    By name alone a step took the time of whatever step of that name ran last: after a run of one
+    Lasso, the default suite's ``tune`` (about 30 s) was expected to take that run's 6 s, in the
+    dry-run plan, the order and the ETA. A new seed keeps the entry: a sweep over seeds has its ETA.
+    """
+    config = {key: value for key, value in step.config.items() if key != "seed"}
+    return f"{step.name}@{fingerprint(target=step.target, config=config, inputs=dict.fromkeys(step.needs, ''), data='')[:12]}"
+
+
 def expected_durations(graph: Graph, store: CheckpointStore, history: DurationHistory) -> dict[str, float | None]:
-    """Expected seconds per step: this folder's manifests first, then the durations history."""
+    """Expected seconds per step: this folder's manifests first, then the durations history (see :func:`history_key`)."""
     known = history.read()
     expected: dict[str, float | None] = {}
     for name in graph.order:
         manifest = store.manifest(name)
         duration = manifest.get("duration_s") if manifest else None
-        expected[name] = float(duration) if isinstance(duration, (int, float)) else known.get(name)
+        expected[name] = float(duration) if isinstance(duration, (int, float)) else known.get(history_key(graph[name]))
     return expected
 
 

@@ -128,7 +128,8 @@ def run_graph(
             check=check,
         )
         result = run.run(plan, progress=progress, progress_label=progress_label, t0=t0, executor_name=executor)
-        history.update({n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None})
+        ran = {n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None}
+        history.update({planning.history_key(graph[n]): seconds for n, seconds in ran.items()})
     return result
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import runner_steps
+from bondexp.checkpoints import CheckpointStore, DurationHistory
 from bondexp.errors import ConfigError, InputsLost, RunLockedError
 from bondexp.executors import EXECUTORS, InlineBackend
 from bondexp.graph import Step, build_graph
-from bondexp.planning import dry_run_plan
+from bondexp.planning import dry_run_plan, expected_durations, history_key
 from bondexp.runner import run_graph
 from conftest import group_running
 
@@ -361,7 +362,7 @@ def test_dry_run_does_no_work(tmp_path):
     assert "5 reusable, 0 to run" in plan and "reuse checkpoint  ~0.0" in plan
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")} == before
     history = json.loads((tmp_path / "durations.json").read_text())
-    assert set(history) == set(graph.order) and history["a"] >= 0.05
+    assert set(history) == {history_key(graph[name]) for name in graph.order} and history[history_key(graph["a"])] >= 0.05
 
 
 def test_ready_steps_go_longest_expected_first(tmp_path):
@@ -371,6 +372,19 @@ def test_ready_steps_go_longest_expected_first(tmp_path):
     run(graph, tmp_path / "second", workers=1, durations_path=durations)
     starts = {n: artifact(tmp_path / "second", n)["start"] for n in graph.order}
     assert sorted(starts, key=starts.get) == ["long", "mid", "short"]
+
+
+def test_the_durations_history_is_kept_per_step_config_not_per_name(tmp_path):
+    """After a run where `tune` took 6 s (one Lasso to tune), the default suite's `tune` (30 s) was expected
+    to take 6 s. A step is known by its name, target, config (the seed aside) and needs' names."""
+    durations = tmp_path / "durations.json"
+    first = build_graph([S("a", seconds=0.05, seed=1), S("b", needs=["a"], seconds=0.05)])
+    run(first, tmp_path / "first", workers=1, durations_path=durations)
+    store = CheckpointStore(tmp_path / "fresh" / "checkpoints")
+    reseeded = build_graph([S("a", seconds=0.05, seed=2), S("b", needs=["a"], seconds=0.05)])
+    assert all(expected_durations(reseeded, store, DurationHistory(durations)).values())
+    changed = build_graph([S("a", seconds=0.3, seed=1), S("b", needs=["a", "c"], seconds=0.05), S("c", seconds=0.01)])
+    assert expected_durations(changed, store, DurationHistory(durations)) == {"a": None, "c": None, "b": None}
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
