@@ -207,7 +207,10 @@ def register_configs() -> None:
     stamp = datetime.now()
     resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
-        "bondexp.output_subdir": lambda resume: ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S"),
+        # a dry run writes no config: a resumed run's folder got a .hydra/resumed-<time>/ for a plan
+        "bondexp.output_subdir": lambda resume, dry_run=False: (
+            None if dry_run else ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S")
+        ),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
     }
     for name, resolver in resolvers.items():

@@ -135,6 +135,10 @@ def test_resume_of_a_finished_run_reuses_every_step(finished_run, cache):
     plot.unlink()
     bondexp(f"resume={finished_run}", cwd=finished_run, cache=cache)
     assert plot.is_file()  # a missing report file is written again
+    configs = sorted(p.name for p in (finished_run / ".hydra").iterdir())
+    plan = bondexp(f"resume={finished_run}", "dry_run=true", cwd=finished_run, cache=cache)
+    assert "reusable" in plan.stdout
+    assert sorted(p.name for p in (finished_run / ".hydra").iterdir()) == configs  # a plan adds no resumed-<time>/
 
 
 def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
