@@ -181,7 +181,7 @@ def test_untuned_trial_comes_first_scores_the_untuned_model_and_outputs_are_writ
     assert artifact["metrics"]["val_rmse"] == artifact["best_value"] <= artifact["untuned_value"]
     assert artifact["metrics"]["n_trials"] == 5 and len(artifact["trials"]) == 5
     assert artifact["metrics"]["reproducible"] and not artifact["metrics"]["timed_out"]
-    assert set(artifact["predictions"]) == {"train", "validation", "test"}
+    assert set(artifact["predictions"]) == {"validation", "test"}
     assert artifact["predictions"]["test"]["mean"].shape == toy_dataset.splits["test"].shape
     assert artifact["name"] == "tree_tuned" and artifact["group"] == "ml"
     saved = json.loads(artifact["files"]["tuning.json"])

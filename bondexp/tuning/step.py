@@ -22,7 +22,7 @@ from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.errors import BondexpError, ConfigError, StepSkipped
 from bondexp.features import Dataset, dataset_for
 from bondexp.models.base import final_estimator
-from bondexp.steps.train import predict_all, validation_metrics
+from bondexp.steps.train import PREDICTED_SPLITS, predict_all, validation_metrics
 from bondexp.tuning import study as studies
 from bondexp.tuning.space import check_estimator_params, search_space, space_key, untuned_params
 
@@ -173,7 +173,7 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact, pipeline, dataset: Dataset, *, exact_untuned: bool):
-    """The tuned model and its predictions on every split: never a second, different fit.
+    """The tuned model and its predictions on the splits a model step predicts: never a second, different fit.
 
     The untuned trial's fit is the untuned model itself (``exact_untuned``: every searched parameter
     had its untuned value in range), so that one is reused as is. Otherwise the
@@ -190,8 +190,9 @@ def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact
             raise value
         _, model, predictions, _ = value
     features = list(artifact.features)
-    for split in ("train", "test"):  # a trial predicts the validation split only
-        predictions[split] = predict_all(model, dataset.frame(split, features))
+    for split in PREDICTED_SPLITS:  # a trial predicts the validation split only
+        if split not in predictions:
+            predictions[split] = predict_all(model, dataset.frame(split, features))
     return model, predictions
 
 
