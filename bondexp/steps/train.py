@@ -1,4 +1,4 @@
-"""The model step: build any estimator a model file names, fit it on the train split, predict every split.
+"""The model step: build any estimator a model file names, fit it on the train split, predict the validation and test splits.
 
 Every model of the suite, and a user's own (``_target_: sklearn.linear_model.Lasso``), goes through
 the same three functions: :func:`build_model` (config -> unfitted pipeline), :func:`fit_predict`
