@@ -46,11 +46,11 @@ _DATE_COLUMNS = ("obs_date", "issue_date", "maturity_date")
 _FLOAT_COLUMNS = ("coupon_rate", "clean_price", "issue_size")
 _SHOWN_ROWS = 5
 #: What a column accepts, appended to the messages of its "unknown ..." and "missing or unparseable ..." problems.
-_DATE_HINT = "expected YYYY-MM-DD; a day and month that could be swapped, as in 06/03/2008, are not guessed"
+DATE_HINT = "expected YYYY-MM-DD; a day and month that could be swapped, as in 06/03/2008, are not guessed"
 _EXPECTED = {
-    "obs_date": _DATE_HINT,
-    "issue_date": _DATE_HINT,
-    "maturity_date": _DATE_HINT,
+    "obs_date": DATE_HINT,
+    "issue_date": DATE_HINT,
+    "maturity_date": DATE_HINT,
     "frequency": f"expected one of {FREQUENCIES}",
     "rating": f"expected one of {RATINGS} or codes 0-{len(RATINGS) - 1}",
     "day_count": f"expected one of {DAY_COUNTS} or codes 0-{len(DAY_COUNTS) - 1}",
@@ -245,10 +245,10 @@ def _find_problems(cols, sectors):
         ("missing or unparseable maturity date", "maturity_date", np.isnat(maturity)),
         ("non-numeric or missing price", "clean_price", np.isnan(price)),
         ("infinite price", "clean_price", np.isinf(price)),
-        ("non-positive price", "clean_price", price <= 0),
+        ("non-positive price", "clean_price", (price <= 0) & ~np.isinf(price)),  # -inf: infinite, once
         ("non-numeric or missing coupon", "coupon_rate", np.isnan(coupon)),
         ("infinite coupon", "coupon_rate", np.isinf(coupon)),
-        ("negative coupon", "coupon_rate", coupon < 0),
+        ("negative coupon", "coupon_rate", (coupon < 0) & ~np.isinf(coupon)),
         ("maturity not after issue", "maturity_date", has_dates & (maturity <= issue)),
         ("observation at or after maturity", "obs_date", dates_ok & (obs >= maturity)),
         ("observation before issue", "obs_date", dates_ok & (obs < issue)),
@@ -256,14 +256,14 @@ def _find_problems(cols, sectors):
         ("unknown rating", "rating", cols["rating"] < 0),
         ("unknown day count", "day_count", cols["day_count"] < 0),
         ("missing or unknown sector", "sector", (cols["sector"] < 0) | (cols["sector"] >= len(sectors))),
-        ("non-positive issue size", "issue_size", cols["issue_size"] <= 0),
+        ("non-positive issue size", "issue_size", (cols["issue_size"] <= 0) & ~np.isinf(cols["issue_size"])),
         ("infinite issue size", "issue_size", np.isinf(cols["issue_size"])),
         ("duplicate (bond_id, obs_date)", "bond_id, obs_date", _duplicated(cols["bond_id"], obs)),
     ]
     return problems
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
     """``1 row``, ``2 rows``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -282,9 +282,9 @@ def _describe(problems, n_rows, row_numbers):
         if len(rows):
             first = ", ".join(str(int(r)) for r in labels[rows[:_SHOWN_ROWS]])
             hint = f" ({_EXPECTED[column]})" if column in _EXPECTED and reason.startswith(("unknown", "missing or unparseable")) else ""
-            lines.append(f"  - {reason}: column '{column}', {_count(len(rows), 'row')}, first rows [{first}]{hint}")
+            lines.append(f"  - {reason}: column '{column}', {count_of(len(rows), 'row')}, first rows [{first}]{hint}")
     return (
-        f"{_count(len(lines), 'data problem')} in {_count(n_rows, 'row')} ({convention}):\n"
+        f"{count_of(len(lines), 'data problem')} in {count_of(n_rows, 'row')} ({convention}):\n"
         + "\n".join(lines)
         + "\nFix the data, or set data.on_invalid=drop to drop these rows."
     )
@@ -305,8 +305,8 @@ def _duplicated(bond_id, obs_date):
     return mask
 
 
-#: A date written as day and month in some order, then the year: 06/03/2008, 6.3.08, 25-08-2012.
-_DAY_MONTH_YEAR = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}\s*$"
+#: A date written as day and month in some order, then the year, maybe a time: 06/03/2008, 6.3.08, 25-08-2012 00:00.
+_DAY_MONTH_YEAR = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:[\sT].*)?$"
 
 
 def parse_dates(values) -> np.ndarray:

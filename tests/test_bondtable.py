@@ -94,14 +94,18 @@ def test_each_problem_is_named_with_column_count_and_rows(column, value, reason,
     message = str(info.value)
     assert re.search(rf"{re.escape(reason)}: column '{named}', 2 rows, first rows \[0, 4\]", message), message
     assert "0-based positions" in message
+    if reason.startswith("infinite"):  # counted once: -inf is not also a non-positive price (drop counts added up to more rows)
+        assert message.startswith("1 data problem in"), message
 
 
 def test_a_date_whose_day_and_month_could_be_swapped_is_not_guessed():
     """06/03/2008 was read month first while 25/08/2012 in the same file was read day first: bonds priced
     under two conventions, with no error. Only a date that reads one way is taken."""
     written = ["25/08/2012", "08/25/2012", "03/03/2008", "6.3.08", "06/03/2008", "2008-03-06", "30 Nov 2026"]
+    written += ["06/03/2008 00:00", "6/3/2008 12:00 AM", "25/08/2012 00:00", "2008-03-06T00:00"]  # with a time
     dates = parse_dates(np.array(written, dtype=object))
     expected = ["2012-08-25", "2012-08-25", "2008-03-03", "NaT", "NaT", "2008-03-06", "2026-11-30"]
+    expected += ["NaT", "NaT", "2012-08-25", "2008-03-06"]
     np.testing.assert_array_equal(dates, np.array(expected, dtype="datetime64[D]"))
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
     raw["issue_date"][:] = "15/01/2019"  # day first, and can be nothing else

@@ -170,7 +170,7 @@ def test_an_infinite_rate_or_spread_is_named_by_file_row(csv_files, tmp_path, ki
     frame = pd.read_csv(csv_files[kind], dtype=str)
     frame.iloc[3, -1] = "inf"
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(DataValidationError, match=r"1 rows whose date or \w+ does not parse \(or is infinite\); first rows \[4\]"):
+    with pytest.raises(DataValidationError, match=r"1 row whose date or \w+ does not parse or is infinite; first rows \[4\]"):
         load_market(cfg_for({**csv_files, kind: str(tmp_path / "bad.csv")}), seed=0)
 
 

@@ -45,10 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bondexp.bondtable import (
+    DATE_HINT,
     OPTIONAL_COLUMNS,
     RATINGS,
     REQUIRED_COLUMNS,
     coerce_columns,
+    count_of,
     parse_dates,
     parse_numbers,
     validate,
@@ -282,8 +284,8 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy())[:5] + 1).tolist()
         raise DataValidationError(
-            f"The file {path} has {int(bad.sum())} rows whose date or {value} does not parse (or is infinite); "
-            f"first rows {rows} (1-based data rows, header not counted)."
+            f"The file {path} has {count_of(int(bad.sum()), 'row')} whose date or {value} does not parse or is infinite; "
+            f"first rows {rows} (1-based data rows, header not counted; dates {DATE_HINT})."
         )
     return frame
 
