@@ -292,6 +292,7 @@ def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(fin
     cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
     market, _ = load_market(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed))
     files = write_market(market, tmp_path / "launch")
+    spreads = files.pop("spread_path")  # a run on files without spreads
     relative = [f"data.{key}={path.name}" for key, path in files.items()]
     run_dir = tmp_path / "run"
     steps = ["model=factor", "~steps.tune", "~steps.drift", "eval.n_bootstrap=20", "progress=false"]
@@ -300,6 +301,10 @@ def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(fin
     args = [f"run={run_dir}", "data=csv", *file_overrides(files), f"hydra.run.dir={out_dir}"]
     Started(*args, module="bondexp.predict", cwd=tmp_path, cache=cache).result()  # raises on a non-zero exit
     assert len(pd.read_parquet(out_dir / "predictions.parquet")) == len(market.bonds)
+    # new files with spreads, for this run without: every fair value would move (it scored -619% against the DCF)
+    with_spreads = Started(*args, f"data.spread_path={spreads}", module="bondexp.predict", cwd=tmp_path, cache=cache).result(check=False)
+    assert with_spreads.returncode == 2, with_spreads.stderr
+    assert "but the run's data had no spreads" in with_spreads.stderr and "Traceback" not in with_spreads.stderr
 
 
 def test_previous_residual_comes_from_the_file_then_the_run_then_is_absent():

@@ -155,23 +155,31 @@ def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
 
 
 def check_spreads(run_dir: Path, data_cfg: Mapping[str, Any]) -> None:
-    """Refuse new files without spreads for a run whose data had them (synthetic data, or a ``data.spread_path``).
+    """Refuse new files with spreads for a run whose data had none, or without them for one whose data had them.
 
-    The models learned the residual over a DCF priced with each rating's credit spread. Without the
-    spreads every fair value comes off the risk-free curve alone, far above the market, and every
-    prediction with it: the README's Parquet example, which gave no spreads, put the DCF's error
-    against the market at 65.5 (2.1 with them) and printed its tables with no warning.
+    The models learned the residual over a DCF priced with each rating's credit spread, or with none.
+    New data priced the other way moves every fair value, and every prediction with it: the README's
+    Parquet example, which gave no spreads, put the DCF's error against the market at 65.5 (2.1 with
+    them), and a run trained without spreads predicting with them scored -619% against the DCF. Both
+    printed their tables with exit 0. Synthetic data always has spreads.
     """
     config_path = run_dir / ".hydra" / "config.yaml"
-    if data_cfg.get("source") == "synthetic" or data_cfg.get("spread_path") is not None or not config_path.is_file():
+    if data_cfg.get("source") == "synthetic" or not config_path.is_file():
         return  # a folder without its config is refused by open_run
     run_data = OmegaConf.select(OmegaConf.load(config_path), "data", default=None) or {}
-    if run_data.get("source") == "synthetic" or run_data.get("spread_path") is not None:
+    had = run_data.get("source") == "synthetic" or run_data.get("spread_path") is not None
+    if had and data_cfg.get("spread_path") is None:
         raise ConfigError(
             "The 'data.spread_path' config key is null, but the run's data had credit spreads "
             f"({'synthetic' if run_data.get('source') == 'synthetic' else run_data.get('spread_path')}): its models learned "
             "the residual over a DCF with spreads, and without them every fair value would come off the curve alone. "
             "Give the new data's spreads (date, rating, spread): data.spread_path=<file>."
+        )
+    if not had and data_cfg.get("spread_path") is not None:
+        raise ConfigError(
+            f"The 'data.spread_path' config key names {data_cfg['spread_path']!r}, but the run's data had no spreads: its "
+            "models learned the residual over a DCF without them, and with them every fair value would move. "
+            "Predict without spreads (data.spread_path=null), or train a run on data with them."
         )
 
 
