@@ -33,15 +33,36 @@ def _with_resumed_overrides(argv: list[str]) -> list[str]:
     """``argv`` with a resumed run's original overrides put before today's, so Hydra composes once.
 
     ``resume=<folder>`` (or ``last``) continues that run with the overrides it was started with
-    (``<folder>/.hydra/overrides.yaml``); overrides given today come after them and win.
+    (``<folder>/.hydra/overrides.yaml``) and the config folders it was given (``hydra.searchpath``,
+    which Hydra keeps apart, in ``hydra.yaml``); overrides given today come after them and win.
     """
     resume = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not resume or resume[-1] in ("null", "None", ""):
         return argv
-    saved = Path(resolve_run_dir(resume[-1])) / ".hydra" / "overrides.yaml"
-    original = [str(o) for o in OmegaConf.load(saved)] if saved.exists() else []
+    saved = Path(resolve_run_dir(resume[-1])) / ".hydra"
+    original = [str(o) for o in OmegaConf.load(saved / "overrides.yaml")] if (saved / "overrides.yaml").exists() else []
     first = next(i for i, a in enumerate(argv) if i and not a.startswith("-") and ("=" in a or a.startswith("~")))
-    return [*argv[:first], *original, *argv[first:]]
+    return [*argv[:first], *_saved_searchpath(saved / "hydra.yaml"), *original, *argv[first:]]
+
+
+def _saved_searchpath(hydra_file: Path) -> list[str]:
+    """``hydra.searchpath=[...]`` as the run was given it, relative folders made absolute from where it was launched.
+
+    Without it the run's own "Resume with:" command failed for a model file from the user's folder:
+    ``Could not find 'model/my_hgb'``.
+    """
+    if not hydra_file.is_file():
+        return []
+    hydra = OmegaConf.load(hydra_file).hydra
+    paths = [str(p) for p in OmegaConf.select(hydra, "searchpath", default=None) or []]
+    if not paths:
+        return []
+    launched_in = Path(str(OmegaConf.select(hydra, "runtime.cwd", default=".")))
+    for i, path in enumerate(paths):
+        scheme, sep, rest = path.partition("://")
+        if scheme == "file" and sep and not rest.startswith("/"):
+            paths[i] = f"file://{launched_in / rest}"
+    return [f"hydra.searchpath=[{','.join(paths)}]"]
 
 
 def _model_choice(choices: Any, overrides: list[str]) -> str | None:

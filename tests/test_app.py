@@ -204,13 +204,14 @@ def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
     run_dir = tmp_path / "r"
-    bondexp(
-        *QUICK, "model=my_lasso", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache
-    )
+    bondexp(*QUICK, "model=my_lasso", "hydra.searchpath=[file://myconf]", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"]["my_lasso"]["status"] == "ran"
     assert results["steps"]["tune"]["status"] == "ran"  # through the default space of its class, Lasso
     assert "my_lasso_tuned" in (run_dir / "leaderboard.csv").read_text()
+    # its resume, from another folder, finds the model file (it failed: "Could not find 'model/my_lasso'")
+    bondexp(f"resume={run_dir}", cwd=run_dir, cache=cache)
+    assert {s["status"] for s in json.loads((run_dir / "results.json").read_text())["steps"].values()} == {"reused"}
 
     # In a list, Hydra merges header-less files into one `model` key (the last one's values win) and
     # records no choice for the group: the list comes from the command line, and the run stops there.

@@ -22,6 +22,18 @@ def test_resumed_overrides_come_first_and_options_keep_their_values(tmp_path):
     assert _with_resumed_overrides(argv) == ["bondexp", "--cfg", "job", "data=small", "workers=1", f"resume={tmp_path}", "seed=3"]
 
 
+def test_a_resume_keeps_the_config_folders_the_run_was_given(tmp_path):
+    """The run's own "Resume with:" failed for a model file from the user's folder: `Could not find 'model/my_hgb'`."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=my_hgb\n")
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  searchpath:\n  - file:///abs/conf\n  - file://myconf\n  - pkg://other.conf\n  runtime:\n    cwd: /launch\n"
+    )
+    argv = ["bondexp", f"resume={tmp_path}"]
+    expected = "hydra.searchpath=[file:///abs/conf,file:///launch/myconf,pkg://other.conf]"
+    assert _with_resumed_overrides(argv) == ["bondexp", expected, "model=my_hgb", f"resume={tmp_path}"]
+
+
 def test_a_fresh_run_is_left_alone():
     argv = ["bondexp", "model=enhanced", "resume=null"]
     assert _with_resumed_overrides(argv) == argv
