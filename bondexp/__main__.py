@@ -53,11 +53,12 @@ def _saved_searchpath(hydra_file: Path) -> list[str]:
     """
     if not hydra_file.is_file():
         return []
-    hydra = OmegaConf.load(hydra_file).hydra
-    paths = [str(p) for p in OmegaConf.select(hydra, "searchpath", default=None) or []]
+    saved: Any = OmegaConf.to_container(OmegaConf.load(hydra_file), resolve=False)  # as saved: nothing to resolve
+    hydra = (saved.get("hydra") or {}) if isinstance(saved, dict) else {}
+    paths = [str(p) for p in hydra.get("searchpath") or []]
     if not paths:
         return []
-    launched_in = Path(str(OmegaConf.select(hydra, "runtime.cwd", default=".")))
+    launched_in = Path(str((hydra.get("runtime") or {}).get("cwd", ".")))
     for i, path in enumerate(paths):
         scheme, sep, rest = path.partition("://")
         if scheme == "file" and sep and not rest.startswith("/"):
