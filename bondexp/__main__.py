@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bondexp.executors import kill_forkserver, launch_forkserver_early
-from bondexp.script import interrupted_while_importing
+from bondexp.script import ctrl_c, interrupted_while_importing
 
 if __name__ == "__main__":  # `python -m bondexp`: before Hydra's import (the `bondexp` script does it in bondexp.script)
     signal.signal(signal.SIGINT, interrupted_while_importing)
@@ -174,7 +174,7 @@ def main() -> None:
     """
     launch_forkserver_early(sys.argv)  # a no-op when `python -m bondexp` or the `bondexp` script launched it already
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the handlers below answer Ctrl-C
+        signal.signal(signal.SIGINT, ctrl_c)  # from here on the handlers below answer Ctrl-C
         try:
             sys.argv = _with_resumed_overrides(sys.argv)
         except BondexpError as err:

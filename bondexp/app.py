@@ -28,6 +28,7 @@ from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
 from bondexp.results import RunResult
 from bondexp.runner import run_graph
+from bondexp.script import raise_lost_ctrl_c
 
 log = logging.getLogger("bondexp")
 
@@ -130,6 +131,7 @@ def run(
         return None
 
     summary = _finished_run_summary(graph, run_dir, fingerprint)
+    raise_lost_ctrl_c()  # one pressed while Hydra saved the config: before any data or worker
     if summary is None:
         warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
         if loaded is None:

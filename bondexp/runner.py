@@ -26,6 +26,7 @@ from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
 from bondexp.results import INTERRUPTED, RunResult, StepOutcome, WorkerLabels
+from bondexp.script import raise_lost_ctrl_c
 from bondexp.worker import Task
 
 __all__ = ["run_graph"]
@@ -195,6 +196,7 @@ class _Scheduler:
                 self._reuse(name)
             else:
                 self.pending.add(name)
+        raise_lost_ctrl_c()  # before the check starts any worker
         if self.pending and self.check is not None:
             self._check_config()
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -245,6 +247,7 @@ class _Scheduler:
     def _loop(self) -> None:
         """Kedro's runner loop: submit every ready step, wait for the first to finish, collect it, repeat."""
         while True:
+            raise_lost_ctrl_c()
             self._submit(self._ready())
             if not self.running:
                 if self.pending:

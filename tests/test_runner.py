@@ -387,6 +387,35 @@ def test_the_durations_history_is_kept_per_step_config_not_per_name(tmp_path):
     assert expected_durations(changed, store, DurationHistory(durations)) == {"a": None, "c": None, "b": None}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_ctrl_c_whose_exception_library_code_swallowed_still_interrupts_the_run(tmp_path, monkeypatch, workers):
+    """CPython 3.11 can drop a signal handler's KeyboardInterrupt raised inside `int(text)` under `except ValueError`,
+    as OmegaConf's YAML dump runs for every string Hydra saves: the run went on to its end. The handler's
+    flag stops it before its first step, or at the scheduler's next tick."""
+    from bondexp import runner, script
+
+    monkeypatch.setattr(script, "_ctrl_c_pressed", False)  # restored after the test
+    with pytest.raises(KeyboardInterrupt):
+        script.ctrl_c(signal.SIGINT, None)
+    assert script._ctrl_c_pressed  # what the handler leaves behind, whoever caught its exception
+    graph = build_graph([S("a"), S("b", needs=["a"])])
+    with pytest.raises(KeyboardInterrupt):  # as a Ctrl-C during the config check: nothing has begun
+        run(graph, tmp_path / "before", workers=workers)
+    assert not (tmp_path / "before" / "logs").exists() and not list((tmp_path / "before" / "checkpoints").glob("*.pkl"))
+
+    monkeypatch.setattr(script, "_ctrl_c_pressed", False)
+    collect = runner._Scheduler._collect
+
+    def collect_then_lose_a_ctrl_c(self, future):
+        collect(self, future)
+        script._ctrl_c_pressed = True  # a Ctrl-C whose exception was swallowed while step a was collected
+
+    monkeypatch.setattr(runner._Scheduler, "_collect", collect_then_lose_a_ctrl_c)
+    result = run(graph, tmp_path / "during", workers=workers)
+    assert result.interrupted
+    assert {n: s.status for n, s in result.steps.items()} == {"a": "ran", "b": "skipped"}
+
+
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
     graph = build_graph([S("a"), S("b", needs=["a"])])
     run(graph, tmp_path, workers=1, progress=True)
