@@ -5,6 +5,8 @@ and launches the forkserver before it imports Hydra (about 0.3-0.9 s). A console
 its module before calling it: pointed at `bondexp.__main__:main`, it printed Python's
 KeyboardInterrupt traceback for a Ctrl-C during that import, and launched the forkserver only
 after it. This module imports nothing heavy, so the script does the same as `python -m` first.
+It also holds the run's own Ctrl-C handler (:func:`ctrl_c`), which the runner asks whether a Ctrl-C
+came whose exception library code swallowed (:func:`raise_lost_ctrl_c`).
 """
 
 from __future__ import annotations
