@@ -4,6 +4,7 @@ after a kill, the timeout cap, storage."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 import tune_helpers as helpers
 from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError, StepSkipped
+from bondexp.tuning import study as studies
 from bondexp.tuning.space import distribution, search_space, space_key
 from bondexp.tuning.step import choose_target
 from bondexp.tuning.study import UNTUNED_ATTR, trial_start_method
@@ -205,6 +207,30 @@ def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, share
 
 def _config(**changes) -> dict:
     return {**helpers.BASE_TUNE, "target": "tree", "n_trials": 6, "batch_size": 3, **changes}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_one_thread_step_fit_is_the_untuned_trial_and_is_not_fitted_again(tmp_path, shared, inputs, monkeypatch, workers):
+    """A model step that fitted on one thread made the very fit the untuned trial would: the study tells it
+    instead of fitting it, and every trial, value and proposal is what fitting it gave."""
+    fitted = []
+    fit_trial = studies.run_trial
+    monkeypatch.setattr(
+        studies, "run_trial", lambda config, dataset, params: fitted.append(dict(params)) or fit_trial(config, dataset, params)
+    )
+    fresh = tune(_config(), inputs, helpers.context(tmp_path / "fresh", shared, workers=workers))  # no thread count recorded
+    assert fresh["trials"][0]["untuned"] and not fresh["trials"][0]["reused_step_fit"] and not fresh["info"]["untuned_fit_reused"]
+    tree = inputs["tree"]
+    stepped = {"tree": dataclasses.replace(tree, info={**tree.info, "threads": 1})}
+    reused = tune(_config(), stepped, helpers.context(tmp_path / "reused", shared, workers=workers))
+    assert _trials(reused) == _trials(fresh) and reused["best_params"] == fresh["best_params"]
+    assert [t["reused_step_fit"] for t in reused["trials"]] == [True] + [False] * 5 and reused["info"]["untuned_fit_reused"]
+    if workers == 1:  # every trial fits in this process: the untuned parameters were fitted once, for the fresh study
+        assert [p == fresh["untuned_params"] for p in fitted].count(True) == 1 and len(fitted) == 6 + 5
+    if reused["best_params"] == fresh["untuned_params"]:
+        assert reused["model"] is tree.pipeline
+    two = {"tree": dataclasses.replace(tree, info={**tree.info, "threads": 2})}  # other arithmetic: fitted again
+    assert not tune(_config(), two, helpers.context(tmp_path / "two", shared, workers=workers))["trials"][0]["reused_step_fit"]
 
 
 def test_same_study_in_process_on_trial_processes_and_from_a_pool_worker(tmp_path, shared, inputs):

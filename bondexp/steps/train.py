@@ -395,7 +395,8 @@ def fit_model(config: dict[str, Any], inputs: dict[str, Any], ctx) -> ModelArtif
             early_stopped=any(n < m for n, m in runs),
         )
     metrics.update(getattr(est, "metrics_", {}))
-    info: dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"]))}
+    # threads: the BLAS/OpenMP budget the fit ran under (tune reuses a one-thread fit as its untuned trial)
+    info: dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"])), "threads": int(ctx.threads)}
     info.update(getattr(est, "info_", {}))
     if hasattr(est, "predict_regime"):
         regime_metrics, regime_info = _regime_report(est, model, dataset, features)

@@ -68,6 +68,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     untuned, unplaced = untuned_params(estimator_config, estimator, space)
     dataset = dataset_for(ctx.shared)
     study, spec, n_stale = _open_study(target, key, artifact, space, untuned, config=config, dataset=dataset, ctx=ctx)
+    reused = reusable_untuned_result(artifact, pipeline, dataset, exact_untuned=not unplaced)
     started = time.perf_counter()
     best_fit, timed_out = studies.run_study(
         study,
@@ -80,12 +81,14 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         workers=ctx.workers,
         seed=int(config.get("seed", 0)),
         threads=ctx.threads,
+        untuned_result=reused,
     )
     info = {
         "study_name": study.study_name,
         "storage": studies.storage_label(spec),
         "search_space": key,
         "stale_trials_failed": n_stale,
+        "untuned_fit_reused": reused is not None,
         "study_seconds": round(time.perf_counter() - started, 3),
         "untuned_params": untuned,
         "unplaced": unplaced,
@@ -159,6 +162,24 @@ def choose_target(
             "search space in tune.search_space (by name) or tune.class_search_space (by estimator class)"
         )
     return min(scores, key=scores.__getitem__)
+
+
+def reusable_untuned_result(artifact: ModelArtifact, pipeline, dataset: Dataset, *, exact_untuned: bool) -> tuple | None:
+    """The model step's own fit as the untuned trial's result, or None when a trial must fit it.
+
+    That trial would build the same pipeline (every searched parameter at its untuned value:
+    ``exact_untuned``) and fit it on the same rows with the same seed; on one BLAS/OpenMP thread, as
+    the step ran (``info["threads"]``), it is the same arithmetic, so the fit and its validation
+    RMSE are the step's to the last bit. Fitting it again cost one fit of the target in every study.
+    """
+    if not exact_untuned or artifact.info.get("threads") != 1 or "validation" not in artifact.predictions:
+        return None
+    predictions = {"validation": artifact.predictions["validation"]}
+    try:
+        value = studies.objective(dataset, predictions)
+    except ValueError:  # a trial fits it and fails the same way, recorded as the study records failures
+        return None
+    return value, pipeline, predictions, f"the {artifact.name} step"
 
 
 def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -260,6 +281,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "value": float(trial.value) if trial.state == TrialState.COMPLETE and trial.value is not None else None,
         "params": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()},
         "untuned": bool(trial.user_attrs.get(studies.UNTUNED_ATTR, False)),
+        "reused_step_fit": bool(trial.user_attrs.get(studies.REUSED_ATTR, False)),
         "error": trial.user_attrs.get("error"),
     }
 

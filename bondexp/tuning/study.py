@@ -46,6 +46,8 @@ from bondexp.steps.train import fit_predict, one_thread
 STUDY_DIR = "tuning"
 #: User attribute marking the enqueued trial that holds the model's untuned parameters.
 UNTUNED_ATTR = "untuned"
+#: User attribute marking the untuned trial told from the model step's own fit instead of fitted again.
+REUSED_ATTR = "reused_step_fit"
 #: User attribute marking a trial a killed process left RUNNING (failed on resume, asked again).
 STALE_ATTR = "stale"
 #: How often a trial process checks that the process that started it is still alive (seconds).
@@ -173,6 +175,7 @@ def run_study(
     workers: int,
     seed: int,
     threads: int,
+    untuned_result: Any = None,
 ) -> tuple[TrialFit | None, bool]:
     """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
 
@@ -180,6 +183,9 @@ def run_study(
     this process when ``workers == 1`` or this process is daemonic (a Dask worker, whose children
     would be killed with it and which may not start any): the batch design makes both identical.
     ``threads`` is the BLAS/OpenMP budget this process's steps ran under (see :func:`trial_start_method`).
+    ``untuned_result``, when given, is told for the untuned trial instead of fitting it: a
+    :func:`run_trial` result the caller already has, the model step's own fit (see
+    :func:`bondexp.tuning.step.reusable_untuned_result`).
     """
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     best: TrialFit | None = None
@@ -190,10 +196,14 @@ def run_study(
                 return best, True
             study.sampler = batch_sampler(seed, n_done)
             asked = [study.ask(dict(space)) for _ in range(min(batch_size, n_trials - n_done))]
+            known = [untuned_result is not None and bool(trial.user_attrs.get(UNTUNED_ATTR)) for trial in asked]
             started = time.monotonic()
-            results = run_batch([dict(trial.params) for trial in asked])
+            fitted = iter(run_batch([dict(trial.params) for trial, skip in zip(asked, known, strict=True) if not skip]))
+            results = [untuned_result if skip else next(fitted) for skip in known]
             last_batch_s = time.monotonic() - started
-            for trial, result in zip(asked, results, strict=True):  # told in trial-number order
+            for trial, result, skip in zip(asked, results, known, strict=True):  # told in trial-number order
+                if skip:
+                    trial.set_user_attr(REUSED_ATTR, True)
                 best = _tell(study, trial, result, best)
     return best, False
 
@@ -278,13 +288,24 @@ def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping
     try:
         with one_thread():
             model, predictions = fit_predict(model_config, dataset, params=params, splits=("validation",))
-        truth = dataset.target("validation")
-        value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
-        if not np.isfinite(value):
-            raise ValueError(f"the validation RMSE is {value}")
-        return value, model, predictions, worker_label()
+        return objective(dataset, predictions), model, predictions, worker_label()
     except Exception as exc:  # a trial that fails is recorded FAIL and the study goes on
         return exc
+
+
+def objective(dataset: Dataset, predictions: Mapping[str, Mapping[str, Any]]) -> float:
+    """The value a trial is judged by: the validation RMSE of its predictions.
+
+    Raises
+    ------
+    ValueError
+        The RMSE is not finite.
+    """
+    truth = dataset.target("validation")
+    value = float(np.sqrt(np.mean((np.asarray(predictions["validation"]["mean"], dtype=np.float64) - truth) ** 2)))
+    if not np.isfinite(value):
+        raise ValueError(f"the validation RMSE is {value}")
+    return value
 
 
 #: The model config and dataset a trial process fits on (set once by :func:`_init_trial_process`).
