@@ -219,7 +219,7 @@ def _uncovered_date(files):
 
 def _unknown_sector(files):
     frame = pd.read_csv(files["path"], dtype=str)
-    frame.loc[0, "sector"] = "Shipping"
+    frame.loc[0, ["sector", "bond_id"]] = ["Shipping", "999999"]  # a bond of its own, so the message names it
     frame.to_csv(files["path"], index=False)
 
 
@@ -238,7 +238,7 @@ REFUSALS = [
         ],
     ),
     ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
-    ("unknown sector", ["sectors the run's models never saw: ['Shipping']"]),
+    ("unknown sector", ["1 row of sectors the run's models never saw: ['Shipping'] (column 'sector'; first bond 999999 on 20"]),
 ]
 
 

@@ -63,12 +63,12 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str], *, r
         As :func:`read_new_bonds`; also for sectors the run never saw (unless dropped), and
         observation dates the curve file does not cover (named).
     """
-    from bondexp.bondtable import BondTable
+    from bondexp.bondtable import BondTable, count_of
     from bondexp.data import Market
     from bondexp.data.files import bond_id_names
 
     market, dropped = read if read is not None else read_new_bonds(data_cfg)
-    bonds = market.bonds
+    bonds, bond_names = market.bonds, bond_id_names(data_cfg)
     lookup = {name: code for code, name in enumerate(run_sectors)}
     to_run = np.array([lookup.get(name, -1) for name in bonds.sectors], dtype=np.int16)
     unknown = to_run[bonds["sector"]] < 0
@@ -76,8 +76,9 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str], *, r
         names = sorted({bonds.sectors[c] for c in np.unique(bonds["sector"][unknown])})
         if data_cfg.get("on_invalid", "raise") != "drop":
             raise DataValidationError(
-                f"The file {data_cfg['path']} (data.path) has {int(unknown.sum())} rows of sectors the run's models never "
-                f"saw: {names}; they know {list(run_sectors)}. Fix the data, or set data.on_invalid=drop to drop these rows."
+                f"The file {data_cfg['path']} (data.path) has {count_of(int(unknown.sum()), 'row')} of sectors the run's models never "
+                f"saw: {names} (column 'sector'; first {_bonds_on_dates(bonds, np.flatnonzero(unknown)[:5], bond_names)}); "
+                f"they know {list(run_sectors)}. Fix the data, or set data.on_invalid=drop to drop these rows."
             )
         dropped = {**dropped, "sector unknown to the run": int(unknown.sum())}
         bonds = bonds.take(np.flatnonzero(~unknown))
@@ -88,7 +89,14 @@ def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str], *, r
     bonds = BondTable(columns, tuple(run_sectors))
     date_idx = market.curves.date_index(bonds["obs_date"])  # names the dates the curve does not cover
     market.curves.spread(date_idx, bonds["rating"])  # names the ratings the spread file lacks
-    return Market(bonds=bonds, curves=market.curves), dropped, bond_id_names(data_cfg)
+    return Market(bonds=bonds, curves=market.curves), dropped, bond_names
+
+
+def _bonds_on_dates(bonds, rows: np.ndarray, names: Sequence[str] | None) -> str:
+    """``bond XS0001 on 2024-01-31, ...`` for ``rows``: what finds them in the file (its rows are re-sorted by then)."""
+    dates = np.datetime_as_string(bonds["obs_date"][rows], unit="D")
+    ids = [str(names[code]) if names is not None else str(code) for code in bonds["bond_id"][rows]]
+    return ", ".join(f"bond {bond} on {date}" for bond, date in zip(ids, dates, strict=True))
 
 
 def previous_residuals(bonds, residual: np.ndarray, run_dataset, *, names=None, run_names=None) -> np.ndarray:
