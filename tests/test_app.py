@@ -171,6 +171,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
         ("alpha: abc", [], "The 'models.mine.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
+        (  # bondexp's own estimators declare constraints too (those they pass on are their members' own)
+            "_target_: bondexp.models.stacking.StackedRegressor\nforest_n_estimators: abc",
+            [],
+            "The 'models.mine.forest_n_estimators' config key (a parameter of StackedRegressor) must be an int in the range [1, inf).",
+        ),
     ],
 )
 def test_what_only_the_estimators_can_check_fails_before_any_step(tmp_path, cache, model_file, overrides, message):

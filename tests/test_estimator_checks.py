@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from bondexp.errors import ConfigError
@@ -52,6 +52,14 @@ SMALL = [
 @parametrize_with_checks(SMALL)
 def test_sklearn_conformance(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", SMALL, ids=lambda e: type(e).__name__)
+def test_every_parameter_has_a_constraint_that_fit_checks_first(estimator):
+    """scikit-learn's own check (not among check_estimator's): a constraint per parameter, and fit refusing a value
+    of a wrong type or out of range with its InvalidParameterError. The run's preflight asks the same constraints
+    before any step, so `models.advanced.forest_n_estimators=abc` no longer fails only once its step runs."""
+    check_param_validation(type(estimator).__name__, estimator)
 
 
 def _months_and_frame():

@@ -18,16 +18,17 @@ why the winner won.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import optuna
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import Ridge
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import expanding_folds, latest_months
-from bondexp.errors import ConfigError
 from bondexp.models.base import (
     CompositeRegressor,
     fit_time_ordered,
@@ -119,6 +120,16 @@ class AutoMLRegressor(CompositeRegressor):
     'ridge'
     """
 
+    _parameter_constraints: dict = {
+        "families": ["array-like"],
+        "n_candidates": [Interval(Integral, 1, None, closed="left")],
+        "time_limit_s": [Interval(Real, 0, None, closed="neither"), None],
+        "n_folds": [Interval(Integral, 1, None, closed="left")],
+        "max_search_rows": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": [dict, None],
+        "random_state": ["random_state"],
+    }
+
     def __init__(
         self,
         *,
@@ -137,6 +148,16 @@ class AutoMLRegressor(CompositeRegressor):
         self.max_search_rows = max_search_rows
         self.early_stopping = early_stopping
         self.random_state = random_state
+
+    def _validate_params(self) -> None:
+        """scikit-learn's check of the constraints, and that ``families`` names known families (a constraint
+        can say "array-like", not "a list of these names"), in the same error, which the preflight reads."""
+        super()._validate_params()
+        if not self.families or any(f not in FAMILIES for f in self.families):
+            raise InvalidParameterError(
+                f"The 'families' parameter of {type(self).__name__} must be a non-empty list of names among {list(FAMILIES)}. "
+                f"Got {list(self.families)!r} instead."
+            )
 
     @staticmethod
     def _score(trial: optuna.Trial, estimator, X, y, months, folds) -> float:
@@ -169,12 +190,11 @@ class AutoMLRegressor(CompositeRegressor):
 
         Raises
         ------
+        InvalidParameterError
+            A parameter breaks its constraint, or ``families`` names an unknown family.
         ConfigError
-            If a family is unknown, or the search months cannot fill ``n_folds`` folds.
+            If the search months cannot fill ``n_folds`` folds.
         """
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown:
-            raise ConfigError(f"The 'families' parameter must hold names from {list(FAMILIES)}. Got {unknown} instead.")
         X, y, months = self._fit_data(X, y, groups)
         names = self.columns_
         recent = latest_months(months, max_rows=self.max_search_rows, min_months=self.n_folds + 1)

@@ -40,7 +40,10 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
 
     Subclasses take an ``early_stopping`` dict (``enabled``, ``patience``, ``validation_fraction``,
     ``tol``) and pass it to their iterative members, and expose those fitted members as
-    ``members_`` so the model step can report how many iterations each one ran.
+    ``members_`` so the model step can report how many iterations each one ran. They declare
+    ``_parameter_constraints`` as scikit-learn's estimators do (a parameter passed on to a member
+    takes that member's own constraint), so a bad value in a model file is a config error before
+    any work, and ``fit`` checks them first.
     """
 
     def __sklearn_tags__(self):
@@ -57,9 +60,13 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
 
         Raises
         ------
+        InvalidParameterError
+            A parameter breaks its ``_parameter_constraints`` (scikit-learn's own check, which
+            the run's preflight also asks before any step: see ``bondexp.steps.train``).
         ValueError
             On NaN or infinity, complex numbers, fewer than two rows, or ``groups`` not one per row.
         """
+        self._validate_params()
         Xa, ya = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, y_numeric=True)
         self.columns_ = feature_names(X) if isinstance(X, pd.DataFrame) else [f"x{i}" for i in range(Xa.shape[1])]
         return pd.DataFrame(Xa, columns=self.columns_), np.asarray(ya, dtype=np.float64), row_months(groups, len(ya))
@@ -80,6 +87,15 @@ class CompositeRegressor(RegressorMixin, BaseEstimator):
         booster = HistGradientBoostingRegressor(random_state=getattr(self, "random_state", None), **params)
         set_early_stopping(booster, self._early_stopping())
         return booster
+
+
+def booster_constraints(prefix: str = "") -> dict[str, Any]:
+    """The HistGradientBoosting member's constraints on ``max_iter``, ``learning_rate``, ``min_samples_leaf`` and
+    ``max_leaf_nodes``, named ``<prefix><parameter>``: a composite passes these to its boosters as they are."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    names = ("max_iter", "learning_rate", "min_samples_leaf", "max_leaf_nodes")
+    return {f"{prefix}{name}": HistGradientBoostingRegressor._parameter_constraints[name] for name in names}
 
 
 def takes_raw_features(estimator) -> bool:

@@ -19,6 +19,7 @@ global variance gives intervals too wide for calm, liquid bonds and too narrow i
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from scipy.stats import norm
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScaler
+from sklearn.utils._param_validation import Interval, RealNotInt
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import month_blocks
@@ -33,6 +35,7 @@ from bondexp.errors import ConfigError
 from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
 from bondexp.models.base import (
     CompositeRegressor,
+    booster_constraints,
     fit_time_ordered,
 )
 from bondexp.models.gram_ridge import GramSums, fit_bayesian_ridge
@@ -87,6 +90,15 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
     >>> bool(np.all(model.calibrate(X[600:], y[600:]).predict_std(X[600:]) > 0))
     True
     """
+
+    _parameter_constraints: dict = {
+        "alpha": [Interval(RealNotInt, 0, 1, closed="neither")],
+        "n_knots": [Interval(Integral, 0, None, closed="left")],
+        "n_folds": [Interval(Integral, 2, None, closed="left")],
+        **booster_constraints(prefix="variance_"),
+        "early_stopping": [dict, None],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -187,11 +199,11 @@ class BayesianHeteroscedasticRegressor(CompositeRegressor):
 
         Raises
         ------
+        InvalidParameterError
+            A parameter breaks its constraint (``n_folds`` below 2, say).
         ConfigError
-            If ``n_folds`` is below 2 or above the months, or there is no bond feature.
+            If ``n_folds`` is above the months, or there is no bond feature.
         """
-        if not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
-            raise ConfigError(f"The 'n_folds' parameter must be an int >= 2. Got {self.n_folds!r} instead.")
         X, y, months = self._fit_data(X, y, groups)
         names = self.columns_
         try:

@@ -8,9 +8,12 @@ the previous residual with its market products (the persistent residual, shrunk 
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.features import CATEGORICAL_FEATURES
@@ -49,6 +52,13 @@ class FactorRegressor(CompositeRegressor):
     >>> len(model.info_["bond_explained_variance"])
     1
     """
+
+    _parameter_constraints: dict = {
+        "n_bond_factors": [Interval(Integral, 1, None, closed="left")],
+        "n_market_factors": [Interval(Integral, 0, None, closed="left")],
+        "interactions": ["boolean"],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,

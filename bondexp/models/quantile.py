@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.utils._param_validation import Interval, RealNotInt
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import month_holdout
 from bondexp.models.base import (
     CompositeRegressor,
+    booster_constraints,
     fit_time_ordered,
     row_months,
 )
@@ -88,6 +90,13 @@ class ConformalQuantileRegressor(CompositeRegressor):
     >>> bool(np.all(lo < hi))
     True
     """
+
+    _parameter_constraints: dict = {
+        "alpha": [Interval(RealNotInt, 0, 1, closed="neither")],
+        **booster_constraints(),
+        "early_stopping": [dict, None],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,

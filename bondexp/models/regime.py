@@ -15,15 +15,18 @@ months (0.69-1.0 calm against stressed); all four factors scored markedly lower.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.mixture import GaussianMixture
+from sklearn.utils._param_validation import Interval
 
 from bondexp.errors import ConfigError
 from bondexp.models.base import (
     CompositeRegressor,
+    booster_constraints,
     fit_time_ordered,
     market_columns,
 )
@@ -68,6 +71,17 @@ class RegimeSwitchingRegressor(CompositeRegressor):
     >>> model.n_regimes_
     2
     """
+
+    _parameter_constraints: dict = {
+        "state_features": ["array-like", None],
+        "min_regimes": [Interval(Integral, 1, None, closed="left")],
+        "max_regimes": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": GaussianMixture._parameter_constraints["covariance_type"],
+        "min_rows": [Interval(Integral, 0, None, closed="left")],
+        **{k: v for k, v in booster_constraints().items() if k != "max_leaf_nodes"},
+        "early_stopping": [dict, None],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,

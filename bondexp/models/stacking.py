@@ -18,6 +18,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, RidgeCV
 from sklearn.neural_network import MLPRegressor
+from sklearn.utils._param_validation import Interval, RealNotInt
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import month_holdout
@@ -69,6 +70,22 @@ class StackedRegressor(CompositeRegressor):
     >>> model.fit(X, X["b"] * 2).predict(X).shape
     (200,)
     """
+
+    _parameter_constraints: dict = {
+        **{
+            f"forest_{k}": RandomForestRegressor._parameter_constraints[k]
+            for k in ("n_estimators", "min_samples_leaf", "max_samples", "max_features")
+        },
+        **{f"gb_{k}": HistGradientBoostingRegressor._parameter_constraints[k] for k in ("max_iter", "learning_rate", "min_samples_leaf")},
+        "mlp_hidden_layer_sizes": ["array-like"],  # a sequence of layer widths, as the model file writes it
+        **{f"mlp_{k}": MLPRegressor._parameter_constraints[k] for k in ("alpha", "max_iter", "learning_rate_init")},
+        "holdout_fraction": [Interval(RealNotInt, 0, 1, closed="neither")],
+        "refit": ["boolean"],
+        "monotone_features": ["array-like"],
+        "early_stopping": [dict, None],
+        "random_state": ["random_state"],
+        "n_jobs": RandomForestRegressor._parameter_constraints["n_jobs"],
+    }
 
     def __init__(
         self,
