@@ -7,9 +7,12 @@ Tags declare what is not supported (sparse input, NaN); everything else must pas
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
@@ -83,6 +86,29 @@ def test_regime_state_columns_by_name_or_position(as_array, state_features, expe
     data = X.to_numpy() if as_array else X
     model = RegimeSwitchingRegressor(state_features=state_features, max_regimes=2, min_rows=1000, max_iter=5, random_state=0)
     assert model.fit(data, X["a"]).state_features_ == expected
+
+
+@pytest.mark.parametrize(
+    "estimator, message",
+    [
+        (
+            AutoMLRegressor(families=["ridge", "lasso"]),
+            "The 'families' parameter of AutoMLRegressor must be a non-empty list of names among",
+        ),
+        (AutoMLRegressor(families=[]), "The 'families' parameter of AutoMLRegressor must be a non-empty list"),
+        (
+            RegimeSwitchingRegressor(min_regimes=3, max_regimes=2),
+            "The 'min_regimes' parameter of RegimeSwitchingRegressor must be at most 'max_regimes' (2). Got 3",
+        ),
+    ],
+)
+def test_what_no_single_constraint_says_is_checked_with_the_constraints(estimator, message):
+    """The preflight asks _validate_params only: these failed in fit, once the step ran."""
+    X = _months_and_frame()
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        estimator._validate_params()
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        estimator.fit(X, X["a"])
 
 
 def test_regime_unknown_state_column_names_the_parameter():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.mixture import GaussianMixture
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 
 from bondexp.errors import ConfigError
 from bondexp.models.base import (
@@ -82,6 +82,16 @@ class RegimeSwitchingRegressor(CompositeRegressor):
         "early_stopping": [dict, None],
         "random_state": ["random_state"],
     }
+
+    def _validate_params(self) -> None:
+        """scikit-learn's check of the constraints, and a regime range that is not empty (which no single
+        constraint can say), in the same error, which the preflight reads."""
+        super()._validate_params()
+        if self.min_regimes > self.max_regimes:
+            raise InvalidParameterError(
+                f"The 'min_regimes' parameter of {type(self).__name__} must be at most 'max_regimes' ({self.max_regimes}). "
+                f"Got {self.min_regimes} instead."
+            )
 
     def __init__(
         self,
@@ -151,18 +161,14 @@ class RegimeSwitchingRegressor(CompositeRegressor):
 
         Raises
         ------
+        InvalidParameterError
+            A parameter breaks its constraint, or ``min_regimes`` is above ``max_regimes``.
         ConfigError
-            If a ``state_features`` entry is not a column (name or position) of ``X``, or the
-            regime range is empty.
+            If a ``state_features`` entry is not a column (name or position) of ``X``.
         """
         X, y, row_month = self._fit_data(X, y, groups)
         names = self.columns_
         self.state_features_ = self._state_columns(names)
-        if not 1 <= self.min_regimes <= self.max_regimes:
-            raise ConfigError(
-                f"The 'min_regimes' and 'max_regimes' parameters must satisfy 1 <= min <= max. "
-                f"Got {self.min_regimes} and {self.max_regimes} instead."
-            )
         # A month is a distinct whole market state; the mixture sees only its state features.
         distinct = list(dict.fromkeys(market_columns(names) + self.state_features_))
         columns = [distinct.index(f) for f in self.state_features_]
