@@ -19,7 +19,7 @@ from bondexp.errors import ConfigError
 from bondexp.features import BOND_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
 from bondexp.models.quantile import conformal_quantile, kupiec_pof
-from bondexp.steps.train import build_model, fit_model, fit_predict
+from bondexp.steps.train import build_model, fit_model, fit_predict, predict_all
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 MODELS = ("basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian")
@@ -98,6 +98,16 @@ def test_interval_models_cover_about_ninety_percent(name, low, high, artifacts, 
     assert np.all(pred["lower"] <= pred["upper"])
     assert low <= np.mean((y >= pred["lower"]) & (y <= pred["upper"])) <= high
     assert 0.8 <= artifacts[name].metrics["val_coverage"] <= 0.97
+
+
+@pytest.mark.parametrize("name", ["tail_risk", "bayesian"])
+def test_the_held_out_interval_scores_leave_the_shipped_calibration_alone(name, artifacts, toy_dataset):
+    """The interval scores calibrate a copy on half the validation months; the model ships calibrated on every
+    validation month, and predicts what it predicted before they were computed."""
+    art = artifacts[name]
+    again = predict_all(art.pipeline, toy_dataset.frame("test", art.features))
+    for key in ("mean", "lower", "upper"):
+        np.testing.assert_array_equal(again[key], art.predictions["test"][key])
 
 
 def test_tail_risk_reports_var_es_and_kupiec(artifacts):
