@@ -99,12 +99,38 @@ def backtest_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], months: S
     return steps + [Step(name=bt.REPORT_STEP, target=bt.REPORT_TARGET, needs=tuple(s.name for s in steps), group="report", config=report)]
 
 
+def _check_model_names(cfg: DictConfig, models: Mapping[str, Any]) -> None:
+    """Raise ConfigError for a model named like a row another step adds to the results.
+
+    The tune step's model is ``<target>_tuned`` (any chosen model may be the target while
+    ``tune.target`` is null), and the leaderboard's reference rows are ``dcf_baseline`` and ``oracle``:
+    a model of the same name was overwritten in the leaderboard and predict with exit 0, or failed
+    evaluate once every model had trained.
+    """
+    if "tune" in cfg.steps:
+        target = cfg.get("tune", {}).get("target")
+        targets = [target] if target is not None else list(models)
+        clash = sorted(name for name in models if name.endswith("_tuned") and name[: -len("_tuned")] in targets)
+        if clash:
+            raise ConfigError(
+                f"The model {clash[0]!r} has the name the tune step gives the tuned {clash[0][: -len('_tuned')]!r}; "
+                "rename the model file's '# @package models.<name>', or drop tune with ~steps.tune."
+            )
+    if "evaluate" in cfg.steps:
+        from bondexp.steps.leaderboard import REFERENCES
+
+        reserved = sorted(set(models) & set(REFERENCES))
+        if reserved:
+            raise ConfigError(f"The model {reserved[0]!r} has the name of a leaderboard reference row {list(REFERENCES)}; rename it.")
+
+
 def build_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], *, months: Sequence[Any] | None = None) -> list[Step]:
     """Every step of the experiment: one per model, the report steps from ``cfg.steps``, then the backtest's.
 
     ``months`` (the data's observation months) place the backtest origins; only needed when
     ``backtest.origins`` is set.
     """
+    _check_model_names(cfg, models)
     steps = [model_step(name, spec, cfg) for name, spec in models.items()]
     groups: dict[str, list[str]] = {}
     for step in steps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
@@ -72,6 +74,29 @@ def test_report_steps_need_exactly_the_chosen_models_and_tune(overrides, tune_ne
     assert set(steps["evaluate"].needs) == set(steps["drift"].needs) == report_needs
     assert (set(steps["tune"].needs) if "tune" in steps else None) == tune_needs
     assert build_graph(list(steps.values())) is not None
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("enhanced_tuned", [], "The model 'enhanced_tuned' has the name the tune step gives the tuned 'enhanced'"),
+        ("enhanced_tuned", ["tune.target=basic"], None),  # the tune step's model is basic_tuned
+        ("enhanced_tuned", ["~steps.tune"], None),
+        ("oracle", [], "The model 'oracle' has the name of a leaderboard reference row"),
+        ("dcf_baseline", [], "The model 'dcf_baseline' has the name of a leaderboard reference row"),
+        ("oracle", ["~steps.evaluate"], None),
+    ],
+)
+def test_a_model_named_like_a_row_another_step_adds_is_refused(name, overrides, message):
+    """A user's `enhanced_tuned` beside enhanced lost its leaderboard row to the tuned model (exit 0); an `oracle`
+    failed evaluate once every model had trained."""
+    cfg = composed("model=[basic,enhanced]", "data=small", *overrides)
+    models = {**collect_models(cfg), name: {"_target_": "sklearn.linear_model.Ridge"}}
+    if message is None:
+        assert name in {s.name for s in build_steps(cfg, models)}
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_steps(cfg, models)
 
 
 @pytest.mark.parametrize(
