@@ -168,6 +168,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ("alpah: 0.01", [], "The 'models.mine.alpah' config key must name a parameter of Lasso. Got 'alpah' instead. Did you mean"),
         ("features: [coupon_rate, modified_duraton]", [], "'models.mine.features' config key names ['modified_duraton'], which the data"),
         ("", ["model=[enhanced]", "+tune.search_space.enhanced={learnig_rate: {low: 0.01, high: 0.2}}"], "Did you mean 'learning_rate'?"),
+        (  # it failed in fit with scikit-learn's "monotonic_cst contains 1 unexpected feature names", naming no key
+            "",
+            ["model=[enhanced]", "models.enhanced.features=market"],
+            "The 'models.enhanced.monotonic_cst' config key names ['prev_residual'], which are not among the model's features",
+        ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
         ("alpha: abc", [], "The 'models.mine.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),

@@ -135,6 +135,12 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
             f"Got {spec['_target_']!r}, a {type(estimator).__name__} without {'fit' if not hasattr(estimator, 'fit') else 'predict'}."
         )
     own = estimator.get_params(deep=False)
+    constrained = own.get("monotonic_cst")
+    if isinstance(constrained, Mapping) and set(constrained) - set(features):
+        raise ConfigError(
+            f"The 'models.{name}.monotonic_cst' config key names {sorted(set(constrained) - set(features))}, which are not among "
+            f"the model's features (models.{name}.features): {features}. Add them, or set models.{name}.monotonic_cst=null."
+        )
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
     set_early_stopping(estimator, config.get("early_stopping"))
