@@ -353,8 +353,17 @@ def bootstrap_rmse_ci(sq_errors: np.ndarray, *, n_bootstrap: int, confidence: fl
     are counted once and all samples are averaged in one matrix product instead of gathering every
     sample's rows per resample (a tenth of the time for a leaderboard). Resamples are drawn in
     chunks of whole resamples so memory stays bounded on large test splits; the draws depend only
-    on ``seed``, ``n_bootstrap`` and the number of rows.
+    on ``seed``, ``n_bootstrap`` and the number of rows. The product runs on one BLAS thread: on two
+    its last bits changed with the thread count, so ``workers=1`` and ``workers=2`` gave different
+    intervals.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _bootstrap_rmse_ci(sq_errors, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+
+
+def _bootstrap_rmse_ci(sq_errors, *, n_bootstrap: int, confidence: float, seed: int) -> tuple:
     sq_errors = np.asarray(sq_errors, dtype=np.float64)
     samples = np.atleast_2d(sq_errors)
     n = samples.shape[1]

@@ -319,3 +319,17 @@ def test_bootstrap_of_several_samples_resamples_each_with_the_same_rows():
     assert bootstrap_rmse_ci(sq[1], n_bootstrap=300, confidence=0.9, seed=1) == pytest.approx((low[1], high[1]), rel=1e-12)
     empty_low, empty_high = bootstrap_rmse_ci(np.empty((2, 0)), n_bootstrap=10, confidence=0.9, seed=0)
     assert np.isnan(empty_low).all() and np.isnan(empty_high).all() and empty_low.shape == (2,)
+
+
+def test_the_bootstrap_interval_does_not_depend_on_the_blas_thread_count():
+    """A matrix product on two BLAS threads changed the interval's last bits: `workers=1` (a step on two threads)
+    and `workers=2` (one each) gave different `rmse_ci_*` in the leaderboard."""
+    from threadpoolctl import threadpool_limits
+
+    sq_errors = np.random.default_rng(0).gamma(1.0, size=(10, 9932))  # a default run's test split, ten models
+    found = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads):
+            found.append(bootstrap_rmse_ci(sq_errors, n_bootstrap=500, confidence=0.95, seed=0))
+    for one, two in zip(*found, strict=True):
+        np.testing.assert_array_equal(one, two)
