@@ -232,6 +232,22 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
     return BondTable(table, tuple(sectors)), dropped
 
 
+#: A coupon rate is a decimal (0.045); one above 1 is a percent (4.5) read as one, which priced every bond at nonsense.
+COUPON_ABOVE_100 = "coupon above 100% a year (coupons are decimals, 0.045 for 4.5%; data.coupon_unit=percent reads 4.5)"
+#: A clean price per 100 face cannot be far above the face plus every coupon left: a price per bond read as per 100.
+PRICE_ABOVE_PAYMENTS = (
+    "price above 1.5 times the face and coupons left to pay (prices are per 100 face; data.price_unit=per_face reads them per bond)"
+)
+
+
+def _above_payments(price, coupon, obs, maturity, dates_ok) -> np.ndarray:
+    """Rows whose clean price per 100 is above 1.5 x (100 + 100 x coupon x years left): what every payment left
+    sums to, undiscounted, with room for negative yields (the synthetic market stays within 1.04 of it)."""
+    years = np.where(dates_ok, (maturity - obs).astype("timedelta64[D]").astype(np.float64) / 365.25, np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(price) & np.isfinite(coupon) & (price > 1.5 * (100.0 + 100.0 * coupon * years))
+
+
 def _find_problems(cols, sectors):
     """Every (reason, column, row mask) check, each one vectorized over all rows."""
     obs, issue, maturity = cols["obs_date"], cols["issue_date"], cols["maturity_date"]
@@ -249,6 +265,8 @@ def _find_problems(cols, sectors):
         ("non-numeric or missing coupon", "coupon_rate", np.isnan(coupon)),
         ("infinite coupon", "coupon_rate", np.isinf(coupon)),
         ("negative coupon", "coupon_rate", (coupon < 0) & ~np.isinf(coupon)),
+        (COUPON_ABOVE_100, "coupon_rate", np.isfinite(coupon) & (coupon > 1.0)),
+        (PRICE_ABOVE_PAYMENTS, "clean_price", _above_payments(price, coupon, obs, maturity, dates_ok)),
         ("maturity not after issue", "maturity_date", has_dates & (maturity <= issue)),
         ("observation at or after maturity", "obs_date", dates_ok & (obs >= maturity)),
         ("observation before issue", "obs_date", dates_ok & (obs < issue)),

@@ -7,7 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from bondexp.bondtable import RATINGS, REQUIRED_COLUMNS, BondTable, parse_dates, validate
+from bondexp.bondtable import (
+    COUPON_ABOVE_100,
+    PRICE_ABOVE_PAYMENTS,
+    RATINGS,
+    REQUIRED_COLUMNS,
+    BondTable,
+    parse_dates,
+    validate,
+)
 from bondexp.errors import DataValidationError
 
 
@@ -82,7 +90,20 @@ BAD_CASES = [
     ("coupon_rate", "inf", "infinite coupon", "coupon_rate"),
     ("issue_size", np.inf, "infinite issue size", "issue_size"),
     ("sector", "", "missing or unknown sector", "sector"),
+    # units: a percent coupon or a price per bond read as a decimal or a price per 100 priced every row at nonsense, exit 0
+    ("coupon_rate", 4.5, COUPON_ABOVE_100, "coupon_rate"),
+    ("clean_price", 98_500.0, PRICE_ABOVE_PAYMENTS, "clean_price"),
 ]
+
+
+def test_a_price_within_the_payments_left_is_valid():
+    """The bound is 1.5 x (100 + 100 x coupon x years left): 203.9 for these rows' 4% and 8.96 years."""
+    raw = raw_rows()
+    raw["clean_price"] = np.array([203.0, 150.0, 100.0, 60.0, 5.0, 1.0])
+    assert len(validate(raw)[0]) == 6
+    raw["clean_price"][0] = 205.0
+    with pytest.raises(DataValidationError, match=r"price above 1.5 times .*: column 'clean_price', 1 row, first rows \[0\]"):
+        validate(raw)
 
 
 @pytest.mark.parametrize(("column", "value", "reason", "named"), BAD_CASES)
