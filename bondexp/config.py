@@ -265,9 +265,12 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
             )
         name = (choice or "model").strip("[]")
         if "," in name:
+            # a file with the header lands under models.<its name>: the listed names missing there are the suspects
+            suspects = [f"model/{listed}.yaml" for listed in (part.strip() for part in name.split(",")) if listed not in models]
             raise ConfigError(
-                f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' "
-                "header; in a list every file needs that header, so that each lands under its own name."
+                f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' header"
+                f"{' (' + ', '.join(suspects) + ')' if suspects else ''}; in a list every file needs that header, "
+                "so that each lands under its own name."
             )
         models[name] = plain_dict(loose)
     return models

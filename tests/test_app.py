@@ -174,6 +174,7 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
             "The 'models.enhanced.monotonic_cst' config key names ['prev_residual'], which are not among the model's features",
         ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
+        ("_target_: sklaern.linear_model.Lasso", [], "no module 'sklaern' is installed. Did you mean 'sklearn'?"),
         ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
         ("alpha: abc", [], "The 'models.mine.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
         (  # bondexp's own estimators declare constraints too (those they pass on are their members' own)

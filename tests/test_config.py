@@ -171,7 +171,7 @@ def test_user_model_files_from_the_search_path(tmp_path):
     cfg = composed("model=[basic,my_ridge]", search)
     assert set(collect_models(cfg, choice="[basic,my_ridge]")) == {"basic", "my_ridge"}
     cfg = composed("model=[basic,my_lasso]", search)
-    with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header"):
+    with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header \(model/my_lasso.yaml\);"):
         collect_models(cfg, choice="[basic,my_lasso]")
 
 

@@ -166,7 +166,15 @@ def _estimator_class(target: str, *, key: str) -> Any:
                 # the module is there but its own import failed (a package it needs is missing)
                 raise ConfigError(f"The '{key}._target_' config key names {target!r}, whose module {module!r} fails: {exc}") from None
     else:
-        raise ConfigError(f"The '{key}._target_' config key must name an importable class (sklearn.linear_model.Lasso). Got {target!r}.")
+        installed = [m.name for m in pkgutil.iter_modules()]
+        why = (
+            "a class is named with its module's path"
+            if len(parts) == 1
+            else f"no module {parts[0]!r} is installed.{did_you_mean(parts[0], installed)}"
+        )
+        raise ConfigError(
+            f"The '{key}._target_' config key must name an importable class, as sklearn.linear_model.Lasso does. Got {target!r}: {why}"
+        )
     for depth, part in enumerate(parts[n:], start=n):
         if not hasattr(found, part):
             where = ".".join(parts[:depth])
