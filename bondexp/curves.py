@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bondexp.bondtable import RATINGS
+from bondexp.bondtable import RATINGS, count_of
 from bondexp.errors import DataValidationError
 from bondexp.pricing import price_from_curve
 
@@ -87,7 +87,8 @@ class CurveTable:
         if missing.any():
             absent = np.unique(obs_dates[missing])
             raise DataValidationError(
-                f"{len(absent)} observation dates have no curve, e.g. {[str(d) for d in absent[:5]]}; "
+                f"{count_of(len(absent), 'observation date')} {'has' if len(absent) == 1 else 'have'} no curve, "
+                f"e.g. {[str(d) for d in absent[:5]]}; "
                 f"the curve covers {len(self.dates)} dates from {self.dates[0]} to {self.dates[-1]}. "
                 "Add these dates to the curve file (data.curve_path)."
             )
@@ -117,10 +118,12 @@ class CurveTable:
         """
         values = self.spreads[np.asarray(date_idx), np.asarray(rating_codes)]
         if np.isnan(values).any():
-            ratings = sorted({RATINGS[r] for r in np.asarray(rating_codes)[np.isnan(values)]})
+            lacking = np.isnan(values)
+            ratings = sorted({RATINGS[r] for r in np.asarray(rating_codes)[lacking]})
+            dates = [str(d) for d in np.unique(self.dates[np.asarray(date_idx)[lacking]])]
             raise DataValidationError(
-                f"The spread file (data.spread_path) gives no spread for ratings {ratings} on some "
-                "observation dates; add them or remove those bonds."
+                f"The spread file (data.spread_path) gives no spread for ratings {ratings} on "
+                f"{count_of(len(dates), 'observation date')}, e.g. {dates[:5]}; add them or remove those bonds."
             )
         return values
 

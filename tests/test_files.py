@@ -156,12 +156,30 @@ def test_config_errors_name_the_key(csv_files, change, error, message):
 def test_incomplete_curve_file_is_rejected(csv_files, tmp_path):
     curve = pd.read_csv(csv_files["curve_path"])
     curve.drop(index=[5]).to_csv(tmp_path / "curve.csv", index=False)
-    with pytest.raises(DataValidationError, match=r"lacks 1 \(date, tenor\) pairs of its grid"):
-        load_market(cfg_for({**csv_files, "curve_path": str(tmp_path / "curve.csv")}), seed=0)
+    with pytest.raises(DataValidationError, match=r"lacks 1 \(date, tenor\) pairs of its grid, e.g. \[\('\d{4}-\d\d-\d\d', [\d.]+\)\]"):
+        load_market(cfg_for({**csv_files, "curve_path": str(tmp_path / "curve.csv")}), seed=0)  # 0.5, not np.float64(0.5)
     short = curve[curve["date"] != curve["date"].max()]  # a complete grid that misses the last date
     short.to_csv(tmp_path / "short.csv", index=False)
     market, _ = load_market(cfg_for({**csv_files, "curve_path": str(tmp_path / "short.csv")}), seed=0)
-    with pytest.raises(DataValidationError, match="observation dates have no curve"):
+    with pytest.raises(DataValidationError, match="observation date has no curve"):
+        market.curves.fair_value(market.bonds)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_bond_file_with_a_header_only_says_so(csv_files, tmp_path, fmt):
+    empty = pd.read_csv(csv_files["path"]).head(0)
+    path = tmp_path / f"bonds.{fmt}"
+    empty.to_csv(path, index=False) if fmt == "csv" else empty.to_parquet(path)
+    with pytest.raises(DataValidationError, match=r"bonds\.(csv|parquet) \(data.path\) has no data rows, only its header"):
+        load_market({**cfg_for({**csv_files, "path": str(path)}), "source": fmt}, seed=0)
+
+
+def test_a_spread_file_without_a_rating_names_the_rating_and_the_dates(csv_files, tmp_path):
+    spreads = pd.read_csv(csv_files["spread_path"])
+    last = spreads["date"].max()
+    spreads[(spreads["rating"] != "CCC") | (spreads["date"] != last)].to_csv(tmp_path / "spreads.csv", index=False)
+    market, _ = load_market(cfg_for({**csv_files, "spread_path": str(tmp_path / "spreads.csv")}), seed=0)
+    with pytest.raises(DataValidationError, match=rf"no spread for ratings \['CCC'\] on 1 observation date, e.g. \['{last}'\]"):
         market.curves.fair_value(market.bonds)
 
 

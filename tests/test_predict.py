@@ -237,7 +237,7 @@ REFUSALS = [
             "missing or unparseable maturity date: column 'maturity_date', 1 row, first rows [5]",
         ],
     ),
-    ("uncovered date", ["1 observation dates have no curve, e.g. ['2017-12-31']", "data.curve_path"]),
+    ("uncovered date", ["1 observation date has no curve, e.g. ['2017-12-31']", "data.curve_path"]),
     ("unknown sector", ["1 row of sectors the run's models never saw: ['Shipping'] (column 'sector'; first bond 999999 on 20"]),
 ]
 

@@ -171,7 +171,7 @@ def test_curves_follow_nelson_siegel_with_flat_ends(small):
 def test_curve_date_index_names_missing_dates(small):
     curves = small[True].curves
     np.testing.assert_array_equal(curves.date_index(curves.dates[[3, 0]]), [3, 0])
-    with pytest.raises(DataValidationError, match=r"1 observation dates have no curve, e.g. \['2015-02-27'\]"):
+    with pytest.raises(DataValidationError, match=r"1 observation date has no curve, e.g. \['2015-02-27'\]"):
         curves.date_index(np.array(["2015-01-31", "2015-02-27"], dtype="datetime64[D]"))
     with pytest.raises(DataValidationError, match="sorted array of unique dates"):
         CurveTable(curves.dates[::-1], curves.tenors, curves.zero_rates, curves.spreads)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,7 +102,7 @@ def load_file_market(cfg: Mapping):
             "The 'data.price_unit' config key is 'per_face', which needs a face value: map a "
             "'face_value' column in data.columns or set data.face_value."
         )
-    raw = _concat(list(_batches(path, mapping, parquet=parquet)))
+    raw = _concat(list(_batches(path, mapping, parquet=parquet)), path)
     if coupon_unit == "percent":
         raw["coupon_rate"] = raw["coupon_rate"] / 100.0
     if price_unit == "per_face":
@@ -122,7 +123,7 @@ def bond_id_names(cfg: Mapping) -> tuple[str, ...] | None:
     path = existing_path(cfg, "path")
     parquet = cfg["source"] == "parquet"
     column = _mapping(cfg, _header(path, parquet=parquet), path)["bond_id"]
-    ids = coerce_columns(_concat(list(_batches(path, {"bond_id": column}, parquet=parquet))))["bond_id"]
+    ids = coerce_columns(_concat(list(_batches(path, {"bond_id": column}, parquet=parquet)), path))["bond_id"]
     if ids.dtype.kind in "iu":
         return None
     return tuple(str(name) for name in np.unique(ids) if name.strip() != "")  # validate's numbering: sorted, blanks out
@@ -265,9 +266,11 @@ def _frame_values(series: pd.Series, ours: str) -> np.ndarray:
     return series.to_numpy()
 
 
-def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not batches:
-        raise DataValidationError("The bond file (data.path) has no data rows.")
+def _concat(batches: list[dict[str, np.ndarray]], path: Path) -> dict[str, np.ndarray]:
+    """The bond file's batches as one set of columns; a file with a header only (no batch from Parquet, an
+    empty one from CSV) is an error here, where the split said its parts had none "of the 0 observation months"."""
+    if not batches or not any(len(next(iter(batch.values()))) for batch in batches):
+        raise DataValidationError(f"The file {path} (data.path) has no data rows, only its header.")
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
 
 
@@ -290,6 +293,11 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, so a message shows 0.5, not np.float64(0.5)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _pivot(frame: pd.DataFrame, column: str, value: str, path: Path, *, complete: bool = True) -> pd.DataFrame:
     """Long (date, column, value) rows -> a date x column grid, sorted both ways."""
     repeated = frame.duplicated(["date", column])
@@ -300,7 +308,7 @@ def _pivot(frame: pd.DataFrame, column: str, value: str, path: Path, *, complete
     holes = grid.isna().to_numpy()
     if complete and holes.any():
         dates, keys = np.nonzero(holes)
-        first = [(str(grid.index[d].date()), grid.columns[k]) for d, k in zip(dates[:5], keys[:5], strict=True)]
+        first = [(str(grid.index[d].date()), _plain(grid.columns[k])) for d, k in zip(dates[:5], keys[:5], strict=True)]
         raise DataValidationError(
             f"The file {path} lacks {int(holes.sum())} (date, {column}) pairs of its grid, e.g. {first}; every date needs every {column}."
         )
