@@ -242,7 +242,7 @@ PRICE_ABOVE_PAYMENTS = (
 
 def _above_payments(price, coupon, obs, maturity, dates_ok) -> np.ndarray:
     """Rows whose clean price per 100 is above 1.5 x (100 + 100 x coupon x years left): what every payment left
-    sums to, undiscounted, with room for negative yields (the synthetic market stays within 1.04 of it)."""
+    sums to, undiscounted, with room for negative yields (the synthetic market stays within 1.09 of it, at 1,000,000 rows)."""
     years = np.where(dates_ok, (maturity - obs).astype("timedelta64[D]").astype(np.float64) / 365.25, np.nan)
     with np.errstate(invalid="ignore"):
         return np.isfinite(price) & np.isfinite(coupon) & (price > 1.5 * (100.0 + 100.0 * coupon * years))

@@ -79,7 +79,12 @@ def _drift_psi(ax, artifact: Mapping[str, Any]) -> None:
     binned = [n for n, f in features.items() if f["kind"] != "market_state"]
     ax.bar(binned, [features[n]["psi"] or 0.0 for n in binned], color=[DRIFT_COLORS[features[n]["status"]] for n in binned])
     ax.axhline(limits["psi_warn"], color=DRIFT_COLORS["warn"], ls="--", label=f"warn {limits['psi_warn']}")
-    ax.axhline(limits["psi_alert"], color=DRIFT_COLORS["alert"], ls="--", label=f"alert {limits['psi_alert']} (codes; others need a month-level shift)")
+    ax.axhline(
+        limits["psi_alert"],
+        color=DRIFT_COLORS["alert"],
+        ls="--",
+        label=f"alert {limits['psi_alert']} (codes; others need a month-level shift)",
+    )
     ax.set_title("PSI, train vs test (bar color = status)")
     ax.tick_params(axis="x", rotation=60)
     ax.legend()
