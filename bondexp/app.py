@@ -77,14 +77,20 @@ def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_data_summary(summary: dict[str, Any]) -> str:
+    """The data lines the run prints first: a table that fits an 80-column terminal (one line a split
+    was about 105 characters, and wrapped mid-number)."""
     lines = [
-        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} in {summary['load_seconds']:.2f}s)"
+        f"data: {summary['n_rows']:,} observations ({'cache hit' if summary['cache_hit'] else 'built'} in "
+        f"{summary['load_seconds']:.2f}s), residual = market - DCF:",
+        f"  {'split':<10} {'rows':>9}  {'dates':<22} {'mean':>7} {'sd':>6} {'p05':>7} {'p95':>7}",
     ]
     for split, s in summary["splits"].items():
+        if not s["rows"]:
+            lines.append(f"  {split:<10} {0:>9}")
+            continue
         lines.append(
-            f"  {split:<10} {s['rows']:>9,} rows  {s['first_date']} .. {s['last_date']}  "
-            f"residual mean {s['residual_mean']:+.3f} sd {s['residual_std']:.3f} "
-            f"[p05 {s['residual_p05']:+.3f}, p95 {s['residual_p95']:+.3f}]"
+            f"  {split:<10} {s['rows']:>9,}  {s['first_date']}..{s['last_date']} {s['residual_mean']:>+7.3f} "
+            f"{s['residual_std']:>6.3f} {s['residual_p05']:>+7.3f} {s['residual_p95']:>+7.3f}"
         )
     if summary["dropped_rows"]:
         lines.append(f"  dropped invalid rows: {summary['dropped_rows']}")

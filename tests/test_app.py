@@ -439,3 +439,17 @@ def test_a_sweep_killed_before_any_job_began_prints_no_summary(tmp_path, monkeyp
     monkeypatch.setattr(sweep, "_running", tmp_path / "sweep")
     assert sweep.wrap_up_killed() is True
     assert capsys.readouterr().out == "" and not (tmp_path / "sweep" / "summary.md").exists()
+
+
+def test_the_data_lines_fit_an_80_column_terminal():
+    """Each split's line was about 105 characters and wrapped mid-number in an 80-column terminal."""
+    from bondexp.app import format_data_summary
+
+    split = {"first_date": "2015-01-31", "last_date": "2098-12-31", "residual_mean": -12.3456, "residual_std": 10.5}
+    split |= {"residual_p05": -99.999, "residual_p95": 99.999}
+    summary = {"n_rows": 1_000_000, "cache_hit": False, "load_seconds": 123.456, "dropped_rows": {}}
+    summary["splits"] = {"train": {**split, "rows": 600_000}, "validation": {**split, "rows": 200_000}, "test": {**split, "rows": 0}}
+    lines = format_data_summary(summary).splitlines()
+    assert len(lines) == 5 and max(map(len, lines)) <= 80, lines
+    assert lines[2].split() == ["train", "600,000", "2015-01-31..2098-12-31", "-12.346", "10.500", "-99.999", "+99.999"]
+    assert lines[1].split()[-4:] == ["mean", "sd", "p05", "p95"] and lines[4].split() == ["test", "0"]
