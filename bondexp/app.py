@@ -28,6 +28,7 @@ from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
 from bondexp.results import RunResult
 from bondexp.runner import run_graph
+from bondexp.runs import read_json
 from bondexp.script import raise_lost_ctrl_c
 
 log = logging.getLogger("bondexp")
@@ -311,7 +312,7 @@ def write_outputs(result: RunResult, *, run_dir: Path, summary: dict[str, Any], 
         command=" ".join(["python -m bondexp", *map(shlex.quote, overrides)]),
         overrides=list(overrides),
         data_summary=summary,
-        results=result.to_dict(),
+        results=read_json(run_dir / "results.json"),  # as written: with every attempt's wall time
         artifacts=artifacts,
     )
     if result.ok:

@@ -87,6 +87,7 @@ def _header(run_dir: Path, *, command: str, overrides: Sequence[str], results: M
         "",
         f"Outcome: **{state}**"
         + (f", wall {wall:.2f} s" if isinstance(wall, (int, float)) else "")
+        + (f" ({results['total_wall_s']:.2f} s over {results['attempts']} attempts)" if results.get("attempts", 1) > 1 else "")
         + (f", executor {results['executor']} with {results.get('workers', '?')} worker(s)" if results.get("executor") else "")
         + ".",
         "",

@@ -9,6 +9,7 @@ from typing import Any
 
 from bondexp.atomic import atomic_write_bytes, atomic_write_json
 from bondexp.checkpoints import utc_iso
+from bondexp.runs import read_json
 
 __all__ = ["INTERRUPTED", "RunResult", "StepOutcome", "WorkerLabels"]
 
@@ -187,9 +188,18 @@ class RunResult:
         }
 
     def write_json(self, path: Path | None = None) -> Path:
-        """Write :meth:`to_dict` atomically to ``path`` (default ``<run_dir>/results.json``); return the path."""
+        """Write :meth:`to_dict` atomically to ``path`` (default ``<run_dir>/results.json``); return the path.
+
+        ``wall_s`` is this attempt's; ``attempts`` and ``total_wall_s`` add up every attempt that wrote the
+        file, so the resume of a finished 40 s run lists as 40.1 s, not as its own 0.07 s.
+        """
         path = Path(path) if path is not None else self.run_dir / "results.json"
-        atomic_write_json(path, self.to_dict())
+        before = read_json(path)  # an earlier attempt's, or {}
+        record = self.to_dict()
+        record["attempts"] = int(before.get("attempts", 1 if before else 0)) + 1
+        earlier = before.get("total_wall_s", before.get("wall_s")) or 0.0
+        record["total_wall_s"] = round(float(earlier) + self.wall_s, 4)
+        atomic_write_json(path, record)
         return path
 
     def plot_timeline(self, path: Path | None = None) -> Path | None:

@@ -86,7 +86,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "date": datetime.fromtimestamp(stamp),
         "folder": str(run_dir),
         "status": status,
-        "wall_s": results.get("wall_s"),
+        "wall_s": results.get("total_wall_s", results.get("wall_s")),  # every attempt's, a resume's included
         "data": (read_json(run_dir / "data_summary.json").get("fingerprint") or "")[:12],
         "best_model": best,
         "test_rmse": test_rmse,

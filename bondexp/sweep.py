@@ -117,7 +117,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         if results_file.exists():
             results = json.loads(results_file.read_text())
             row["ok"] = results.get("ok")
-            row["wall_s"] = results.get("wall_s")
+            row["wall_s"] = results.get("total_wall_s", results.get("wall_s"))  # a resumed job's every attempt
             row["status"] = "interrupted" if results.get("interrupted") else "ok" if row["ok"] else "failed"
             failed = [name for name, step in results.get("steps", {}).items() if step.get("status") == "failed"]
             if failed:

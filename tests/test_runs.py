@@ -121,3 +121,17 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path, fmt):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_resume_adds_its_wall_time_instead_of_replacing_the_runs(tmp_path):
+    """The resume of a finished 4.44 s run rewrote results.json with its own 0.005 s, which `bondexp.runs` then listed."""
+    from bondexp.results import RunResult
+
+    run_dir = tmp_path / "outputs" / "2026-11-30" / "10-00-00"
+    run_dir.mkdir(parents=True)
+    RunResult(steps={}, wall_s=40.0, run_dir=run_dir).write_json()
+    assert json.loads((run_dir / "results.json").read_text())["attempts"] == 1
+    RunResult(steps={}, wall_s=0.07, run_dir=run_dir).write_json()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["wall_s"], results["total_wall_s"], results["attempts"]) == (0.07, 40.07, 2)
+    assert run_row(run_dir)["wall_s"] == 40.07
