@@ -22,6 +22,10 @@ from typing import Any
 
 __all__ = ["ModelArtifact", "StepOutput", "check_files", "model_artifacts"]
 
+#: Leaderboard rows that are references, not trained models: the DCF alone and (synthetic data) the oracle.
+#: No model may take these names (the run refuses it before any work: bondexp.pipeline).
+BASELINE, ORACLE = "dcf_baseline", "oracle"
+REFERENCES = (BASELINE, ORACLE)
 #: Run-folder paths only the runner and the app write; a step's file may not land on them.
 RESERVED = ("checkpoints", "logs", ".hydra", "results.json", "report.md", "data_summary.json", "run.lock")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from bondexp.artifacts import REFERENCES
 from bondexp.config import MODEL_STEP_KEYS, plain_dict
 from bondexp.errors import ConfigError
 from bondexp.graph import Step
@@ -117,8 +118,6 @@ def _check_model_names(cfg: DictConfig, models: Mapping[str, Any]) -> None:
                 "rename the model file's '# @package models.<name>', or drop tune with ~steps.tune."
             )
     if "evaluate" in cfg.steps:
-        from bondexp.steps.leaderboard import REFERENCES
-
         reserved = sorted(set(models) & set(REFERENCES))
         if reserved:
             raise ConfigError(f"The model {reserved[0]!r} has the name of a leaderboard reference row {list(REFERENCES)}; rename it.")

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
+from bondexp.artifacts import BASELINE, ORACLE, REFERENCES, ModelArtifact, StepOutput, model_artifacts
 from bondexp.bondtable import RATINGS
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.features import Dataset, dataset_for
 from bondexp.metrics import prediction_scores
 from bondexp.metrics import rmse as rmse_of
 from bondexp.stats import bootstrap_rmse_ci
-from bondexp.steps.leaderboard import BASELINE, COLUMNS, OPTIONAL_COLUMNS, ORACLE, REFERENCES, leaderboard_files
+from bondexp.steps.leaderboard import COLUMNS, OPTIONAL_COLUMNS, leaderboard_files
 
 __all__ = ["COLUMNS", "choose_best", "evaluate", "evaluate_models", "sample_rows", "score_breakdown", "score_models"]
 

@@ -10,11 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bondexp import plots
+from bondexp.artifacts import REFERENCES
 from bondexp.tables import csv_text, markdown_table
 
-#: Leaderboard rows that are references, not trained models.
-BASELINE, ORACLE = "dcf_baseline", "oracle"
-REFERENCES = (BASELINE, ORACLE)
 #: Columns of every leaderboard row, in file order.
 COLUMNS = ("model", "n", "rmse", "rmse_ci_low", "rmse_ci_high", "mae", "r2", "improvement_pct")
 #: Leaderboard file columns: the test scores, then the validation RMSE that chooses the best model.
