@@ -188,7 +188,9 @@ def _run(
 
         inputs = load_inputs()
         ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log, load_pipeline)
-        with threadpool_limits(limits=threads), _interruptible():
+        # OpenMP (the boosters) may use the step's budget; BLAS gets one thread: a matrix product's last bits
+        # changed with its thread count, and bayesian's predictions differed between workers=1 and workers=2
+        with threadpool_limits(limits={"openmp": threads, "blas": 1}), _interruptible():
             artifact = fn(dict(task.config), inputs, ctx)
         if isinstance(artifact, StepOutput):
             artifact, files = artifact.artifact, check_files(task.name, artifact.files)
