@@ -264,6 +264,13 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
                 f"{sorted(loose)}. A model file needs '_target_' (the estimator class)."
             )
         name = (choice or "model").strip("[]")
+        if "," not in name and (models or _is_set_file(name, cfg)):
+            # Hydra merged the header-less members of a set file into one `model`, or one beside headered ones
+            raise ConfigError(
+                f"The 'model' choice {name} is a set of model files, and some have no '# @package models.<name>' "
+                "header; in a set every file needs that header, so that each lands under its own name (Hydra "
+                "merged the header-less ones into one model)."
+            )
         if "," in name:
             # a file with the header lands under models.<its name>: the listed names missing there are the suspects
             suspects = [f"model/{listed}.yaml" for listed in (part.strip() for part in name.split(",")) if listed not in models]
@@ -274,6 +281,33 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
             )
         models[name] = plain_dict(loose)
     return models
+
+
+def _is_set_file(choice: str, cfg: DictConfig) -> bool:
+    """Whether ``model/<choice>.yaml`` in a ``file://`` search path or bondexp's own conf folder has a defaults
+    list (a set of model files), read as YAML. Other sources (a ``pkg://`` path) are not looked into."""
+    import yaml
+
+    folders = [Path(__file__).parent / "conf"]
+    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or _hydra_searchpath():
+        if str(entry).startswith("file://"):
+            folders.append(Path(str(entry)[len("file://") :]))
+    for folder in folders:
+        path = folder / "model" / f"{choice}.yaml"
+        if path.is_file():
+            try:
+                text = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                return False
+            return isinstance(text, dict) and "defaults" in text
+    return False
+
+
+def _hydra_searchpath() -> list[str]:
+    """The run's ``hydra.searchpath`` (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
 
 
 def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> None:

@@ -173,6 +173,13 @@ def test_user_model_files_from_the_search_path(tmp_path):
     cfg = composed("model=[basic,my_lasso]", search)
     with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header \(model/my_lasso.yaml\);"):
         collect_models(cfg, choice="[basic,my_lasso]")
+    # a set file: Hydra merged its header-less members into one model (Lasso's class, Ridge's alpha) with exit 0
+    (tmp_path / "model" / "my_ridge_bare.yaml").write_text("_target_: sklearn.linear_model.Ridge\nalpha: 3.0\n")
+    for members in (["my_ridge_bare", "my_lasso"], ["basic", "my_lasso"]):
+        (tmp_path / "model" / "my_set.yaml").write_text("defaults:\n" + "".join(f"  - {m}\n" for m in members))
+        cfg = composed("model=my_set", search)
+        with pytest.raises(ConfigError, match=r"The 'model' choice my_set is a set of model files, and some have no '# @package"):
+            collect_models(cfg, choice="my_set")
 
 
 def test_the_dask_executor_without_dask_installed_fails_before_any_work(monkeypatch):
