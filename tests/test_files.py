@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -172,6 +174,25 @@ def test_a_bond_file_with_a_header_only_says_so(csv_files, tmp_path, fmt):
     empty.to_csv(path, index=False) if fmt == "csv" else empty.to_parquet(path)
     with pytest.raises(DataValidationError, match=r"bonds\.(csv|parquet) \(data.path\) has no data rows, only its header"):
         load_market({**cfg_for({**csv_files, "path": str(path)}), "source": fmt}, seed=0)
+
+
+@pytest.mark.parametrize(
+    "kind, column, change, message",
+    [
+        ("curve_path", "zero_rate", lambda v: v * 100, "with a zero rate beyond +-100% a year (rates and spreads are decimals"),
+        ("spread_path", "spread", lambda v: v * 10_000, "with a spread above 200% a year (rates and spreads are decimals"),
+        ("curve_path", "tenor", lambda v: -v, "with a tenor that is not a positive number of years"),
+    ],
+    ids=["percent rates", "spreads in basis points", "negative tenors"],
+)
+def test_curve_and_spread_unit_mistakes_are_named_by_file_row(csv_files, tmp_path, kind, column, change, message):
+    """Zero rates in percent gave a residual mean of +80 with exit 0; spreads in basis points failed the DCF with
+    'dirty price must be positive for 1626 bond(s)', blaming the prices."""
+    frame = pd.read_csv(csv_files[kind])
+    frame[column] = change(frame[column])
+    frame.to_csv(tmp_path / "edited.csv", index=False)
+    with pytest.raises(DataValidationError, match=rf"edited.csv has \d[\d,]* rows? {re.escape(message)}.*first rows \[1, 2, 3"):
+        load_market(cfg_for({**csv_files, kind: str(tmp_path / "edited.csv")}), seed=0)
 
 
 def test_a_spread_file_without_a_rating_names_the_rating_and_the_dates(csv_files, tmp_path):
