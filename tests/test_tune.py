@@ -205,6 +205,19 @@ def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, share
         assert "untuned" in artifact["note"]
 
 
+def test_a_space_without_the_untuned_values_keeps_the_untuned_model_when_no_trial_beats_it(tmp_path, shared, inputs):
+    """max_leaf_nodes in [1, 3] for enhanced: the note said 'lowered the validation RMSE from 1.2271 to 1.4217' and
+    enhanced_tuned was worse than enhanced on validation. No trial had the untuned depth; validation keeps it."""
+    stumps = {"tree": {"max_depth": {"choices": [1]}}}  # the untuned depth, 3, lies outside
+    config = {**helpers.BASE_TUNE, "target": "tree", "n_trials": 2, "search_space": stumps}
+    artifact = tune(config, inputs, helpers.context(tmp_path, shared))
+    assert [t["params"]["max_depth"] for t in artifact["trials"]] == [1, 1]
+    assert artifact["best_value"] > artifact["untuned_value"]  # every trial is worse than the untuned model
+    assert artifact["kept_untuned"] and not artifact["improved"] and artifact["model"] is inputs["tree"].pipeline
+    assert artifact["metrics"]["val_rmse"] == artifact["untuned_value"] and artifact["config"]["estimator"]["max_depth"] == 3
+    assert artifact["note"].startswith("No trial beat the untuned model of tree on validation") and "lowered" not in artifact["note"]
+
+
 def _config(**changes) -> dict:
     return {**helpers.BASE_TUNE, "target": "tree", "n_trials": 6, "batch_size": 3, **changes}
 

@@ -94,9 +94,23 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         "unplaced": unplaced,
     }
     best = _best_trial(study)
-    model, predictions = _best_model(best, best_fit, artifact, pipeline, dataset, exact_untuned=not unplaced)
+    # No trial had the untuned values (some lie outside the space) and none beat the untuned model: validation keeps it
+    kept_untuned = bool(unplaced) and best.value is not None and best.value >= float(artifact.metrics["val_rmse"])
+    if kept_untuned:
+        model, predictions = pipeline, dict(artifact.predictions)
+    else:
+        model, predictions = _best_model(best, best_fit, artifact, pipeline, dataset, exact_untuned=not unplaced)
     tuned = _tuned_artifact(
-        artifact, study, best, model=model, predictions=predictions, dataset=dataset, info=info, timed_out=timed_out, ctx=ctx
+        artifact,
+        study,
+        best,
+        model=model,
+        predictions=predictions,
+        dataset=dataset,
+        info=info,
+        timed_out=timed_out,
+        kept_untuned=kept_untuned,
+        ctx=ctx,
     )
     return StepOutput(tuned, tuning_files(tuned.info["tuning"]))
 
@@ -217,8 +231,13 @@ def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact
     return model, predictions
 
 
-def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions, dataset, info, timed_out, ctx) -> ModelArtifact:
-    """The tuned model's artifact; ``info["tuning"]`` holds what ``tuning.json`` and the report show."""
+def _tuned_artifact(
+    artifact: ModelArtifact, study, best, *, model, predictions, dataset, info, timed_out, kept_untuned: bool, ctx
+) -> ModelArtifact:
+    """The tuned model's artifact; ``info["tuning"]`` holds what ``tuning.json`` and the report show.
+
+    ``kept_untuned``: the model is the untuned one, which no trial beat, so its parameters are the untuned ones.
+    """
     target = artifact.name
     metrics: dict[str, Any] = validation_metrics(dataset.target("validation"), predictions["validation"])
     untuned_value = float(artifact.metrics["val_rmse"])
@@ -231,7 +250,13 @@ def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions,
         reproducible=not timed_out,
     )
     note = _note(
-        target, best, val_rmse=metrics["val_rmse"], untuned_value=untuned_value, unplaced=info.pop("unplaced"), timed_out=timed_out
+        target,
+        best,
+        val_rmse=metrics["val_rmse"],
+        untuned_value=untuned_value,
+        unplaced=info.pop("unplaced"),
+        timed_out=timed_out,
+        kept_untuned=kept_untuned,
     )
     ctx.log.info(note)
     info["tuning"] = {
@@ -241,13 +266,15 @@ def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions,
         "untuned_value": untuned_value,
         "untuned_params": info["untuned_params"],
         "improved": improved,
+        "kept_untuned": kept_untuned,
         "note": note,
         "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
         "val_rmse": metrics["val_rmse"],
         "n_trials": metrics["n_trials"],
         "timed_out": timed_out,
     }
-    config = {**artifact.config, "name": f"{target}_tuned", "estimator": {**artifact.config.get("estimator", {}), **best.params}}
+    chosen = {} if kept_untuned else dict(best.params)
+    config = {**artifact.config, "name": f"{target}_tuned", "estimator": {**artifact.config.get("estimator", {}), **chosen}}
     return ModelArtifact(
         name=f"{target}_tuned",
         group=artifact.group,
@@ -260,13 +287,19 @@ def _tuned_artifact(artifact: ModelArtifact, study, best, *, model, predictions,
     )
 
 
-def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced: Sequence[str], timed_out: bool) -> str:
+def _note(target: str, best, *, val_rmse: float, untuned_value: float, unplaced: Sequence[str], timed_out: bool, kept_untuned: bool) -> str:
     """One sentence on the outcome the report prints."""
-    if best.user_attrs.get(studies.UNTUNED_ATTR):
+    if kept_untuned:
+        text = (
+            f"No trial beat the untuned model of {target} on validation ({untuned_value:.4f}; the best trial "
+            f"{float(best.value):.4f}), so the tuned model is the untuned one (the search space holds no untuned "
+            f"value for {sorted(unplaced)}, so no trial had them)"
+        )
+    elif best.user_attrs.get(studies.UNTUNED_ATTR):
         text = f"No trial beat the untuned parameters of {target} on validation; the tuned model is the untuned one"
     else:
         text = f"Tuning {target} lowered the validation RMSE from {untuned_value:.4f} to {val_rmse:.4f}"
-    if unplaced:
+    if unplaced and not kept_untuned:
         text += f" (no untuned value in the search space for {sorted(unplaced)}, so the untuned trial sampled them)"
     if timed_out:
         text += "; tune.timeout stopped the study before tune.n_trials, so this result depends on the machine's speed"
