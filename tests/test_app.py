@@ -168,6 +168,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ("alpah: 0.01", [], "The 'models.mine.alpah' config key must name a parameter of Lasso. Got 'alpah' instead. Did you mean"),
         ("features: [coupon_rate, modified_duraton]", [], "'models.mine.features' config key names ['modified_duraton'], which the data"),
         ("", ["model=[enhanced]", "+tune.search_space.enhanced={learnig_rate: {low: 0.01, high: 0.2}}"], "Did you mean 'learning_rate'?"),
+        (  # its trials failed one by one (14 of 16) and the run ended ok
+            "",
+            ["model=[enhanced]", "+tune.search_space.enhanced={learning_rate: {low: -1, high: 0.1}}"],
+            "The 'tune.search_space.enhanced.learning_rate' config key reaches -1.0, which HistGradientBoostingRegressor rejects:",
+        ),
         (  # it failed in fit with scikit-learn's "monotonic_cst contains 1 unexpected feature names", naming no key
             "",
             ["model=[enhanced]", "models.enhanced.features=market"],

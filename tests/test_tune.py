@@ -18,12 +18,15 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.utils import all_estimators
 
 import tune_helpers as helpers
 from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError, StepSkipped
+from bondexp.models.stacking import StackedRegressor
 from bondexp.tuning import study as studies
-from bondexp.tuning.space import distribution, search_space, space_key
+from bondexp.tuning.space import check_estimator_params, distribution, search_space, space_key
 from bondexp.tuning.step import choose_target
 from bondexp.tuning.study import UNTUNED_ATTR, trial_start_method
 
@@ -164,9 +167,18 @@ def test_every_class_default_space_parses():
         "MLPRegressor",
     }
     assert wanted <= set(spaces)
+    classes = {name: cls for name, cls in all_estimators(type_filter="regressor") if name in spaces}
+    classes["StackedRegressor"] = StackedRegressor
+    assert set(classes) == set(spaces)
     for cls, params in spaces.items():
-        for name, spec in params.items():
-            distribution(spec, key=f"tune.class_search_space.{cls}.{name}")
+        space = {name: distribution(spec, key=f"tune.class_search_space.{cls}.{name}") for name, spec in params.items()}
+        check_estimator_params(space, classes[cls](), key=f"tune.class_search_space.{cls}")  # every bound one the class takes
+
+
+def test_a_bound_the_estimator_rejects_is_a_config_error():
+    space = {"learning_rate": distribution({"low": -1.0, "high": 0.1}, key="k")}
+    with pytest.raises(ConfigError, match=r"'tune.search_space.m.learning_rate' config key reaches -1.0, which HistGradientBoosting"):
+        check_estimator_params(space, HistGradientBoostingRegressor(), key="tune.search_space.m")
 
 
 # ----------------------------------------------------------------------------- the study

@@ -60,7 +60,9 @@ def search_space(
 
 
 def check_estimator_params(space: Mapping[str, BaseDistribution], estimator, *, key: str) -> None:
-    """Raise ConfigError for a searched name ``estimator`` does not take, before any trial fails on it."""
+    """Raise ConfigError for a searched name ``estimator`` does not take, or a bound or choice its own constraints
+    reject (a learning rate from -1), before any trial fails on it: such trials failed one by one, the study went on,
+    and the run ended 'ok'."""
     known = estimator.get_params(deep=False)
     for name in space:
         if name not in known:
@@ -68,6 +70,25 @@ def check_estimator_params(space: Mapping[str, BaseDistribution], estimator, *, 
                 f"The '{key}.{name}' config key must name a parameter of {type(estimator).__name__}. "
                 f"Got {name!r} instead.{did_you_mean(name, known)}"
             )
+    if not hasattr(estimator, "_parameter_constraints"):
+        return
+    from sklearn.base import clone
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    for name, dist in space.items():
+        for value in _extremes(dist):
+            try:
+                clone(estimator).set_params(**{name: value})._validate_params()
+            except InvalidParameterError as err:
+                rejects = f"which {type(estimator).__name__} rejects: {err}"
+                raise ConfigError(f"The '{key}.{name}' config key reaches {value!r}, {rejects}") from None
+
+
+def _extremes(dist: BaseDistribution) -> list[Any]:
+    """The values a distribution's constraint check needs: its bounds, or every choice."""
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    return [dist.low, dist.high]  # type: ignore[attr-defined]  # Int- and FloatDistribution
 
 
 def distribution(spec: Any, *, key: str) -> BaseDistribution:
