@@ -96,6 +96,7 @@ def test_regime_state_columns_by_name_or_position(as_array, state_features, expe
             "The 'families' parameter of AutoMLRegressor must be a non-empty list of names among",
         ),
         (AutoMLRegressor(families=[]), "The 'families' parameter of AutoMLRegressor must be a non-empty list"),
+        (StackedRegressor(mlp_hidden_layer_sizes=[0]), "The 'mlp_hidden_layer_sizes' parameter of StackedRegressor must be layer widths"),
         (
             RegimeSwitchingRegressor(min_regimes=3, max_regimes=2),
             "The 'min_regimes' parameter of RegimeSwitchingRegressor must be at most 'max_regimes' (2). Got 3",

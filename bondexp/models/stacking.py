@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, RidgeCV
 from sklearn.neural_network import MLPRegressor
-from sklearn.utils._param_validation import Interval, RealNotInt
+from sklearn.utils._param_validation import Interval, InvalidParameterError, RealNotInt
 from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import month_holdout
@@ -77,7 +78,7 @@ class StackedRegressor(CompositeRegressor):
             for k in ("n_estimators", "min_samples_leaf", "max_samples", "max_features")
         },
         **{f"gb_{k}": HistGradientBoostingRegressor._parameter_constraints[k] for k in ("max_iter", "learning_rate", "min_samples_leaf")},
-        "mlp_hidden_layer_sizes": ["array-like"],  # a sequence of layer widths, as the model file writes it
+        "mlp_hidden_layer_sizes": MLPRegressor._parameter_constraints["hidden_layer_sizes"],  # [16, 8], or 16
         **{f"mlp_{k}": MLPRegressor._parameter_constraints[k] for k in ("alpha", "max_iter", "learning_rate_init")},
         "holdout_fraction": [Interval(RealNotInt, 0, 1, closed="neither")],
         "refit": ["boolean"],
@@ -86,6 +87,17 @@ class StackedRegressor(CompositeRegressor):
         "random_state": ["random_state"],
         "n_jobs": RandomForestRegressor._parameter_constraints["n_jobs"],
     }
+
+    def _validate_params(self) -> None:
+        """scikit-learn's check of the constraints, and every MLP layer at least one unit wide (the MLP itself
+        checks that only in ``fit``: a ``[0]`` failed the step once the run had begun)."""
+        super()._validate_params()
+        layers = _layers(self.mlp_hidden_layer_sizes)
+        if not all(isinstance(n, Integral) and int(n) >= 1 for n in layers):
+            raise InvalidParameterError(
+                f"The 'mlp_hidden_layer_sizes' parameter of {type(self).__name__} must be layer widths of at least 1 "
+                f"([16] or [16, 8]). Got {list(layers)!r} instead."
+            )
 
     def __init__(
         self,
@@ -147,7 +159,7 @@ class StackedRegressor(CompositeRegressor):
             ),
             "mlp": scaled(
                 MLPRegressor(
-                    hidden_layer_sizes=tuple(self.mlp_hidden_layer_sizes),
+                    hidden_layer_sizes=_layers(self.mlp_hidden_layer_sizes),
                     alpha=self.mlp_alpha,
                     max_iter=self.mlp_max_iter,
                     learning_rate_init=self.mlp_learning_rate_init,
@@ -197,3 +209,8 @@ class StackedRegressor(CompositeRegressor):
         check_is_fitted(self, "members_")
         X = self._frame(X)
         return self.meta_.predict(np.column_stack([m.predict(X) for m in self.members_.values()]))
+
+
+def _layers(sizes) -> tuple:
+    """The MLP member's layer widths as a tuple: ``16`` is ``(16,)``, as MLPRegressor reads it."""
+    return (sizes,) if isinstance(sizes, Integral) else tuple(sizes)
