@@ -173,6 +173,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
             ["model=[enhanced]", "+tune.search_space.enhanced={learning_rate: {low: -1, high: 0.1}}"],
             "The 'tune.search_space.enhanced.learning_rate' config key reaches -1.0, which HistGradientBoostingRegressor rejects:",
         ),
+        (  # the regime model's mixture clusters the spread, a market feature: it failed as its step ran
+            "",
+            ["model=[regime]", "models.regime.features=bond"],
+            "The 'models.regime.state_features' config key (a parameter of RegimeSwitchingRegressor) must name columns among",
+        ),
         (  # it failed in fit with scikit-learn's "monotonic_cst contains 1 unexpected feature names", naming no key
             "",
             ["model=[enhanced]", "models.enhanced.features=market"],

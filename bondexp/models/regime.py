@@ -93,6 +93,18 @@ class RegimeSwitchingRegressor(CompositeRegressor):
                 f"Got {self.min_regimes} instead."
             )
 
+    def check_features(self, names: Sequence[str]) -> None:
+        """Raise InvalidParameterError when ``state_features`` names a column the model will not be given (the
+        model step's preflight asks this with the model file's features, before any step)."""
+        try:
+            self._state_columns(list(names))
+        except ConfigError:
+            hint = "" if "market_credit_spread" in names else " (market_credit_spread is a market feature: features: all)"
+            raise InvalidParameterError(
+                f"The 'state_features' parameter of {type(self).__name__} must name columns among the model's features "
+                f"{list(names)}{hint}. Got {self.state_features!r} instead."
+            ) from None
+
     def __init__(
         self,
         *,

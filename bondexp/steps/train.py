@@ -9,6 +9,8 @@ Estimators may implement a small protocol, detected with ``hasattr`` on the pipe
 ``fit(X, y, groups=...)`` (gets each training row's observation date, so holdouts and folds fall
 between whole months), ``calibrate(X_val, y_val[, groups])`` (conformal calibration on the
 validation split),
+``check_features(names)`` (raises scikit-learn's InvalidParameterError when the model file's features
+lack a column a parameter names; asked before any fit),
 ``predict_interval(X) -> (lower, upper)`` with ``interval_level_``, ``predict_std(X)``,
 ``predict_var_es(X) -> (VaR, ES)``, ``predict_outputs(X)`` (all of these as :func:`predict_all`'s
 dict, from one pass: used instead of them when present), ``predict_regime(X)``, and the attributes ``metrics_`` (flat)
@@ -144,7 +146,7 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
     set_early_stopping(estimator, config.get("early_stopping"))
-    _check_parameter_values(estimator, key=f"models.{name}")
+    _check_parameter_values(estimator, key=f"models.{name}", features=features)
     prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
     return Pipeline([("prep", prep), ("model", estimator)])
 
@@ -210,7 +212,7 @@ def _check_parameter_names(spec: Mapping[str, Any], *, key: str) -> None:
             )
 
 
-def _check_parameter_values(estimator: Any, *, key: str) -> None:
+def _check_parameter_values(estimator: Any, *, key: str, features: Sequence[str]) -> None:
     """Raise ConfigError for a value the estimator's own constraints reject (``alpha: abc``), naming the key.
 
     scikit-learn checks them only in ``fit``: the step failed once the run had begun, and its
@@ -223,6 +225,8 @@ def _check_parameter_values(estimator: Any, *, key: str) -> None:
 
     try:
         estimator._validate_params()
+        if hasattr(estimator, "check_features"):  # what an estimator needs of its columns (the regime's state)
+            estimator.check_features(features)
     except InvalidParameterError as err:
         found = re.match(r"The '(\w+)' parameter of (\w+) (.*)", str(err), re.S)
         if found is None:
