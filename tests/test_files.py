@@ -195,6 +195,15 @@ def test_curve_and_spread_unit_mistakes_are_named_by_file_row(csv_files, tmp_pat
         load_market(cfg_for({**csv_files, kind: str(tmp_path / "edited.csv")}), seed=0)
 
 
+def test_dropping_every_row_says_so(csv_files, tmp_path):
+    """Percent coupons with data.on_invalid=drop dropped all rows; the split then spoke of '0 observation months'."""
+    frame = pd.read_csv(csv_files["path"])
+    frame["coupon_rate"] = frame["coupon_rate"] * 100 + 1.5  # every coupon above 100%
+    frame.to_csv(tmp_path / "bonds.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"has no valid row: data.on_invalid=drop dropped all [\d,]+ \(\{'coupon above 100%"):
+        load_market({**cfg_for({**csv_files, "path": str(tmp_path / "bonds.csv")}), "on_invalid": "drop"}, seed=0)
+
+
 def test_a_spread_file_without_a_rating_names_the_rating_and_the_dates(csv_files, tmp_path):
     spreads = pd.read_csv(csv_files["spread_path"])
     last = spreads["date"].max()

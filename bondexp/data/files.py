@@ -111,6 +111,10 @@ def load_file_market(cfg: Mapping):
         raw["clean_price"] = raw["clean_price"] * 100.0 / face
     raw.pop("face_value", None)
     bonds, dropped = validate(raw, on_invalid=on_invalid, row_numbers=np.arange(1, len(raw["bond_id"]) + 1))
+    if len(bonds) == 0:  # else the split said its parts had none "of the 0 observation months"
+        raise DataValidationError(
+            f"The file {path} (data.path) has no valid row: data.on_invalid=drop dropped all {len(raw['bond_id']):,} ({dropped})."
+        )
     return Market(bonds=bonds, curves=read_curves(curve_path, spread_path)), dropped
 
 
