@@ -143,14 +143,14 @@ def read_curves(curve_path, spread_path=None) -> CurveTable:
         parse, or the spread file names an unknown rating.
     """
     curve = _read_table(curve_path, ("date", "tenor", "zero_rate"))
-    _refuse_rows(curve_path, ~(pd.to_numeric(curve["tenor"], errors="coerce") > 0), "a tenor that is not a positive number of years")
-    _refuse_rows(curve_path, curve["zero_rate"].abs() > MAX_ZERO_RATE, f"a zero rate beyond +-{MAX_ZERO_RATE:.0%} a year {_DECIMALS}")
+    _refuse_rows(curve_path, ~(pd.to_numeric(curve["tenor"], errors="coerce") > 0), "with a tenor that is not a positive number of years")
+    _refuse_rows(curve_path, curve["zero_rate"].abs() > MAX_ZERO_RATE, f"with a zero rate beyond +-{MAX_ZERO_RATE:.0%} a year {_DECIMALS}")
     grid = _pivot(curve, "tenor", "zero_rate", curve_path)
     tenors = grid.columns.to_numpy(dtype=np.float64)
     spreads = np.zeros((len(grid), len(RATINGS)))
     if spread_path is not None:
         table = _read_table(spread_path, ("date", "rating", "spread"))
-        _refuse_rows(spread_path, table["spread"] > MAX_SPREAD, f"a spread above {MAX_SPREAD:.0%} a year {_DECIMALS}")
+        _refuse_rows(spread_path, table["spread"] > MAX_SPREAD, f"with a spread above {MAX_SPREAD:.0%} a year {_DECIMALS}")
         table["rating"] = table["rating"].astype(str).str.strip().str.upper()
         unknown = sorted(set(table["rating"]) - set(RATINGS))
         if unknown:
@@ -291,12 +291,7 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     frame["date"] = parse_dates(frame["date"].to_numpy())
     frame[value] = parse_numbers(frame[value].to_numpy())
     bad = frame["date"].isna() | ~np.isfinite(frame[value])
-    if bad.any():
-        rows = (np.flatnonzero(bad.to_numpy())[:5] + 1).tolist()
-        raise DataValidationError(
-            f"The file {path} has {count_of(int(bad.sum()), 'row')} whose date or {value} does not parse or is infinite; "
-            f"first rows {rows} (1-based data rows, header not counted; dates {DATE_HINT})."
-        )
+    _refuse_rows(path, bad, f"whose date or {value} does not parse or is infinite", note=f"; dates {DATE_HINT}")
     return frame
 
 
@@ -307,13 +302,12 @@ MAX_ZERO_RATE, MAX_SPREAD = 1.0, 2.0
 _DECIMALS = "(rates and spreads are decimals, 0.045 for 4.5%: not percent, not basis points)"
 
 
-def _refuse_rows(path: Path, bad: pd.Series, what: str) -> None:
-    """Raise DataValidationError naming the file's first ``bad`` rows (1-based data rows)."""
+def _refuse_rows(path: Path, bad: pd.Series, what: str, *, note: str = "") -> None:
+    """Raise DataValidationError naming the curve or spread file's first ``bad`` rows (1-based data rows)."""
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy())[:5] + 1).tolist()
-        raise DataValidationError(
-            f"The file {path} has {count_of(int(bad.sum()), 'row')} with {what}; first rows {rows} (1-based data rows, header not counted)."
-        )
+        counted = count_of(int(bad.sum()), "row")
+        raise DataValidationError(f"The file {path} has {counted} {what}; first rows {rows} (1-based data rows, header not counted{note}).")
 
 
 def _plain(value: Any) -> Any:

@@ -216,8 +216,8 @@ def _check_parameter_values(estimator: Any, *, key: str, features: Sequence[str]
     """Raise ConfigError for a value the estimator's own constraints reject (``alpha: abc``), naming the key.
 
     scikit-learn checks them only in ``fit``: the step failed once the run had begun, and its
-    ``Resume with:`` could only fail again. An estimator without constraints (bondexp's own, which
-    build their members in ``fit``) is left to ``fit``.
+    ``Resume with:`` could only fail again. An estimator that also answers ``check_features`` (the
+    regime model) is asked about the model's ``features`` here too. One without constraints is left to ``fit``.
     """
     if not hasattr(estimator, "_parameter_constraints"):
         return
@@ -415,7 +415,7 @@ def fit_model(config: dict[str, Any], inputs: dict[str, Any], ctx) -> ModelArtif
             early_stopped=any(n < m for n, m in runs),
         )
     metrics.update(getattr(est, "metrics_", {}))
-    # threads: the BLAS/OpenMP budget the fit ran under (tune reuses a one-thread fit as its untuned trial)
+    # threads: the OpenMP budget the fit ran under, BLAS being one thread (tune reuses a one-thread fit as its untuned trial)
     info: dict[str, Any] = {"estimator": type(est).__name__, "n_train": int(len(dataset.splits["train"])), "threads": int(ctx.threads)}
     info.update(getattr(est, "info_", {}))
     if hasattr(est, "predict_regime"):
