@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp import hydra_startup
 from bondexp.config import register_configs, resolve_run_dir
-from bondexp.errors import BondexpError, reader_went_away
+from bondexp.errors import BondexpError, end_logged_output_with_its_reader, reader_went_away
 
 hydra_startup.install()
 register_configs()
@@ -180,12 +180,13 @@ def main() -> None:
         except BondexpError as err:
             print(f"bondexp: error: {err}", file=sys.stderr)
             sys.exit(2)
+        end_logged_output_with_its_reader(sys.argv)
         _main()
         from bondexp import sweep
 
         if sweep.exit_code:  # a sweep whose every job has ended, and its summary is written
             sys.exit(sweep.exit_code)
-    except BrokenPipeError:  # `--help | head`: Hydra's own printing (a run's is answered in _run)
+    except BrokenPipeError:  # `--help | head`, `--info | head`: Hydra's own output (a run's is answered in _run)
         sys.exit(reader_went_away())
     except KeyboardInterrupt:  # before the run began (once it has, _main says how to resume), or a sweep's second Ctrl-C
         from bondexp import sweep

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class BondexpError(Exception):
@@ -66,3 +67,24 @@ def reader_went_away() -> int:
     """
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 128 + signal.SIGPIPE
+
+
+def end_logged_output_with_its_reader(argv: Sequence[str]) -> None:
+    """For Hydra's ``--info`` (``-i``): a reader that stops early ends the command quietly, as it does any other.
+
+    Hydra logs ``--info`` line by line through a stdout handler it makes for it. With ``| head``,
+    :mod:`logging` caught each line's ``BrokenPipeError`` and printed a "--- Logging error ---"
+    traceback for it, about 150 of them, and the command exited 0. For ``--info`` (a command that
+    runs nothing else) a handler's ``BrokenPipeError`` is raised on instead, to the entry point,
+    which answers it with :func:`reader_went_away`.
+    """
+    if not any(arg in ("--info", "-i") or arg.startswith("--info=") for arg in argv[1:]):
+        return
+    handle_error = logging.Handler.handleError
+
+    def raise_broken_pipe(handler: logging.Handler, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            raise  # the error the handler is handling: its emit() calls this inside its `except`
+        handle_error(handler, record)
+
+    logging.Handler.handleError = raise_broken_pipe  # type: ignore[method-assign,assignment]

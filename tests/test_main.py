@@ -187,12 +187,19 @@ def test_a_model_file_that_is_not_yaml_is_named_with_its_line_and_no_traceback(t
 
 @pytest.mark.parametrize(
     "args",
-    [["bondexp", "dry_run=true", "data=small"], ["bondexp", "--help"], ["bondexp.predict", "--help"]],
-    ids=["dry run", "help", "predict help"],
+    [
+        ["bondexp", "dry_run=true", "data=small"],
+        ["bondexp", "--help"],
+        ["bondexp.predict", "--help"],
+        ["bondexp", "--info", "all"],
+        ["bondexp.predict", "--info", "all"],
+    ],
+    ids=["dry run", "help", "predict help", "info", "predict info"],
 )
 def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path, args):
     """`python -m bondexp dry_run=true | head -3`: the pipe closes while the plan prints. Hydra's own
-    `--help` printed a BrokenPipeError traceback and exited 1."""
+    `--help` printed a BrokenPipeError traceback and exited 1; its `--info`, which it logs line by
+    line, printed a "--- Logging error ---" traceback for each of about 150 lines and exited 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'r'}"],
         cwd=tmp_path,

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bondexp.errors import BondexpError, reader_went_away
+from bondexp.errors import BondexpError, end_logged_output_with_its_reader, reader_went_away
 from bondexp.predict.app import predict, register_configs
 
 register_configs()
@@ -30,6 +30,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console-script entry point; exits without collecting what is left, as ``bondexp.__main__.main`` does."""
     try:
+        end_logged_output_with_its_reader(sys.argv)
         _main()
     except BrokenPipeError:  # `--help | head`, or the written paths piped to a reader that stopped
         sys.exit(reader_went_away())
