@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import shlex
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ def data_summary(dataset, info: dict[str, Any]) -> dict[str, Any]:
         "load_seconds": round(info["seconds"], 3),
         "n_rows": int(len(dataset.y)),
         "dropped_rows": dict(dataset.dropped),
+        "notes": list(dataset.notes),
         "splits": {},
     }
     for split, rows in dataset.splits.items():
@@ -95,6 +97,8 @@ def format_data_summary(summary: dict[str, Any]) -> str:
         )
     if summary["dropped_rows"]:
         lines.append(f"  dropped invalid rows: {summary['dropped_rows']}")
+    for note in summary.get("notes", ()):
+        lines += textwrap.wrap(f"note: {note}.", width=80, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)
 
 

@@ -108,6 +108,25 @@ class CurveTable:
         z0 = self.zero_rates[rows, left]
         return z0 + weight * (self.zero_rates[rows, left + 1] - z0)
 
+    def past_longest_tenor(self, obs_date, maturity_date) -> str | None:
+        """A note when bonds mature after the curve's longest tenor, or None when none does.
+
+        Beyond it :meth:`zero_rate` holds the last rate flat: a curve file that stops at 10 years
+        prices a 30-year bond's last 20 years at the 10-year rate. That is a choice the data made
+        for the user, so the run's data summary says it instead of pricing silently. A month past it
+        does not count: leap days put a 30-year bond 0.02 years past a 30-year tenor on its first day.
+        """
+        years = (np.asarray(maturity_date) - np.asarray(obs_date)).astype("timedelta64[D]").astype(np.float64) / 365.0
+        longest = float(self.tenors[-1])
+        beyond = int(np.count_nonzero(years > longest + 1 / 12))
+        if not beyond:
+            return None
+        return (
+            f"{beyond:,} of {len(years):,} observations mature after the curve's longest tenor, {longest:g} years "
+            f"(the latest {years.max():.1f} years out): their cash flows past it are discounted at the "
+            f"{longest:g}-year rate, held flat"
+        )
+
     def spread(self, date_idx, rating_codes) -> np.ndarray:
         """Credit spread of each (curve row, rating code) pair.
 

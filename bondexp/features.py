@@ -69,6 +69,7 @@ class Dataset:
     meta: dict[str, np.ndarray]
     sectors: tuple[str, ...] = ()
     dropped: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the user should know about how the data was read (the summary prints them)
 
     @property
     def categorical(self) -> tuple[str, ...]:
@@ -222,6 +223,7 @@ def _build(data_cfg: dict[str, Any], seed: int, fingerprint: str) -> Dataset:
         meta=meta,
         sectors=tuple(market.bonds.sectors),
         dropped=dict(dropped),
+        notes=tuple(n for n in [market.curves.past_longest_tenor(market.bonds["obs_date"], market.bonds["maturity_date"])] if n),
     )
 
 

@@ -123,6 +123,8 @@ def _data(summary: Mapping[str, Any]) -> str:
         )
     if summary.get("dropped_rows"):
         lines += ["", f"Invalid rows dropped at load: {dict(summary['dropped_rows'])}."]
+    for note in summary.get("notes", ()):
+        lines += ["", f"Note: {note}."]
     return "\n".join(lines)
 
 

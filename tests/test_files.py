@@ -249,3 +249,28 @@ def test_relative_paths_are_made_absolute_for_workers_elsewhere(csv_files, tmp_p
     cfg = with_absolute_paths(cfg_for({**csv_files, "path": "bonds.csv", "spread_path": None}))
     assert cfg["path"] == str(copy) and cfg["curve_path"] == csv_files["curve_path"] and cfg["spread_path"] is None
     assert with_absolute_paths({"source": "synthetic", "n_observations": 10}) == {"source": "synthetic", "n_observations": 10}
+
+
+def test_bonds_maturing_past_the_curve_are_a_note_in_the_data_summary(csv_files, tmp_path):
+    """A curve file that stops at 10 years priced the longer bonds at the 10-year rate, held flat, without a word."""
+    from bondexp.app import data_summary, format_data_summary
+    from bondexp.features import load_dataset
+
+    split = {"train": 0.6, "validation": 0.2, "test": 0.2}
+    full, info = load_dataset(cfg_for(csv_files, split=split), seed=0, cache_dir=tmp_path / "cache")
+    assert full.notes == () and "note" not in format_data_summary(data_summary(full, info))
+
+    curve = pd.read_csv(csv_files["curve_path"])
+    short = {**csv_files, "curve_path": str(tmp_path / "curve_10y.csv")}
+    curve[curve["tenor"] <= 10].to_csv(short["curve_path"], index=False)
+    dataset, info = load_dataset(cfg_for(short, split=split), seed=0, cache_dir=tmp_path / "cache")
+    bonds = pd.read_csv(csv_files["path"], parse_dates=["obs_date", "maturity_date"])
+    years = (bonds["maturity_date"] - bonds["obs_date"]).dt.days / 365.0
+    beyond = years > 10 + 1 / 12  # a month past the tenor does not count (a 30-year bond's leap days)
+    assert 0 < beyond.sum() < len(bonds)
+    (note,) = dataset.notes
+    assert note.startswith(f"{beyond.sum():,} of {len(bonds):,} observations mature after the curve's longest tenor, 10 years")
+    assert f"(the latest {years.max():.1f} years out)" in note and "10-year rate, held flat" in note
+    lines = format_data_summary(data_summary(dataset, info)).splitlines()
+    (first,) = [i for i, line in enumerate(lines) if line.startswith("  note: ")]
+    assert max(map(len, lines)) <= 80 and all(line.startswith("    ") for line in lines[first + 1 :]), lines

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -76,6 +78,9 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     clock = time.process_time()
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors, read=new)
     times["read and validate"] += time.process_time() - clock
+    notes = [n for n in [market.curves.past_longest_tenor(market.bonds["obs_date"], market.bonds["maturity_date"])] if n]
+    for note in notes:
+        print(textwrap.fill(f"note: {note}.", width=80, subsequent_indent="  "), file=sys.stderr)
     best = best_model(run.artifacts)
     latest = market.bonds["obs_date"].max()
 
@@ -102,6 +107,7 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
             ranked=concat(ranked),
             data_cfg=data_cfg,
             dropped=dropped,
+            notes=notes,
             n_rows=len(market.bonds),
             n_ranked=int(cfg.n_ranked),
             overrides=overrides,

@@ -80,6 +80,7 @@ def render_markdown(
     ranked: Mapping[str, np.ndarray],
     data_cfg,
     dropped,
+    notes: Sequence[str] = (),
     n_rows: int,
     n_ranked: int,
     overrides: Sequence[str],
@@ -97,6 +98,7 @@ def render_markdown(
         f"- run: `{run.run_dir}` (data fingerprint `{summary.get('fingerprint', '?')[:16]}`); every model checkpoint "
         "verified against its sha256 and library versions",
         f"- new data: `{data_cfg['path']}`, {n_rows:,} rows predicted" + (f", rows dropped as invalid: {dict(dropped)}" if dropped else ""),
+        *(f"- note: {note}" for note in notes),
         f"- best model: **{best}**, the lowest validation RMSE of the run (the test split only reports)",
         "",
         "## Models",
