@@ -222,6 +222,18 @@ def test_an_infinite_rate_or_spread_is_named_by_file_row(csv_files, tmp_path, ki
         load_market(cfg_for({**csv_files, kind: str(tmp_path / "bad.csv")}), seed=0)
 
 
+@pytest.mark.parametrize("kind, column", [("curve_path", "tenor"), ("spread_path", "rating")])
+def test_a_repeated_curve_or_spread_row_is_named_by_file_row(csv_files, tmp_path, kind, column):
+    """The message showed the pair as text, the tenor in full: [['2015-01-31', '0.3333333333333333']], and no row."""
+    frame = pd.read_csv(csv_files[kind])
+    pd.concat([frame, frame.iloc[[3]]]).to_csv(tmp_path / "twice.csv", index=False)
+    date, key = frame.loc[3, "date"], frame.loc[3, column]
+    key = f"{key:g}" if column == "tenor" else key
+    pair = re.escape(f"repeating an earlier row's (date, {column}) pair, e.g. ({date}, {key}); first rows [{len(frame) + 1}]")
+    with pytest.raises(DataValidationError, match=rf"twice.csv has 1 row {pair}"):
+        load_market(cfg_for({**csv_files, kind: str(tmp_path / "twice.csv")}), seed=0)
+
+
 def test_without_spread_file_spreads_are_zero(csv_files):
     loaded, _ = load_market(cfg_for({**csv_files, "spread_path": None}), seed=0)
     assert np.all(loaded.curves.spreads == 0) and np.all(loaded.curves.market_state()["credit_spread"] == 0)

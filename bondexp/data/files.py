@@ -319,8 +319,9 @@ def _pivot(frame: pd.DataFrame, column: str, value: str, path: Path, *, complete
     """Long (date, column, value) rows -> a date x column grid, sorted both ways."""
     repeated = frame.duplicated(["date", column])
     if repeated.any():
-        first = frame.loc[repeated, ["date", column]].head(5).astype(str).values.tolist()
-        raise DataValidationError(f"The file {path} repeats {int(repeated.sum())} (date, {column}) pairs, e.g. {first}.")
+        date, key = frame.loc[repeated, ["date", column]].iloc[0]
+        key = f"{key:g}" if isinstance(key, float) else key
+        _refuse_rows(path, repeated, f"repeating an earlier row's (date, {column}) pair, e.g. ({date.date()}, {key})")
     grid = frame.pivot(index="date", columns=column, values=value).sort_index().sort_index(axis=1)
     holes = grid.isna().to_numpy()
     if complete and holes.any():
