@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bondexp.atomic import atomic_write_json
-from bondexp.checkpoints import CheckpointStore
+from bondexp.checkpoints import CheckpointStore, RunLock
 from bondexp.config import collect_models, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.executors import warm_up
@@ -141,75 +141,78 @@ def run(
         print(dry_run_plan(graph, run_dir=run_dir, shared=shared, data_fingerprint=fingerprint, durations_path=durations_path))
         return None
 
-    summary = _finished_run_summary(graph, run_dir, fingerprint)
-    raise_lost_ctrl_c()  # one pressed while Hydra saved the config: before any data or worker
-    if summary is None:
-        warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
-        if loaded is None:
-            loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
-        dataset, info = loaded
-        summary = data_summary(dataset, info)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "data_summary.json", summary)
-        if dataset.dropped:
-            atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
-    else:
-        dataset = None  # every step is reused: the parent needs no data, and the steps none either
-    print(_labelled(format_data_summary(summary), job), flush=True)
+    # Before anything is written: a second command in a folder a run is using must change nothing there
+    # (it rewrote data_summary.json, and Hydra its .hydra/, which config.py's output_subdir now leaves).
+    with RunLock(run_dir):
+        summary = _finished_run_summary(graph, run_dir, fingerprint)
+        raise_lost_ctrl_c()  # one pressed while Hydra saved the config: before any data or worker
+        if summary is None:
+            warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
+            if loaded is None:
+                loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)
+            dataset, info = loaded
+            summary = data_summary(dataset, info)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "data_summary.json", summary)
+            if dataset.dropped:
+                atomic_write_json(run_dir / "invalid_rows.json", dict(dataset.dropped))
+        else:
+            dataset = None  # every step is reused: the parent needs no data, and the steps none either
+        print(_labelled(format_data_summary(summary), job), flush=True)
 
-    # Steps will run: import what the end needs while they do. Not beside a Dask client, whose
-    # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
-    # then hands one thread a half-initialised module (seen once: no matplotlib.get_data_path).
-    # With the steps in other processes the thread also draws a first PNG, and the timeline is drawn
-    # on this thread only after joining it (matplotlib is not thread-safe). The report's module is
-    # imported here (0.04 s), so that after a Ctrl-C this thread needs nothing the other may hold.
-    warming = None
-    if dataset is not None and cfg.executor.name != "dask":
-        import bondexp.report  # noqa: F401
+        # Steps will run: import what the end needs while they do. Not beside a Dask client, whose
+        # start-up imports at the same time can close a cycle of module locks with matplotlib's: CPython
+        # then hands one thread a half-initialised module (seen once: no matplotlib.get_data_path).
+        # With the steps in other processes the thread also draws a first PNG, and the timeline is drawn
+        # on this thread only after joining it (matplotlib is not thread-safe). The report's module is
+        # imported here (0.04 s), so that after a Ctrl-C this thread needs nothing the other may hold.
+        warming = None
+        if dataset is not None and cfg.executor.name != "dask":
+            import bondexp.report  # noqa: F401
 
-        tracked = cfg.tracking.name != "none"
-        if tracked:
-            from bondexp import tracking
+            tracked = cfg.tracking.name != "none"
+            if tracked:
+                from bondexp import tracking
 
-            tracking.set_environment()
-        warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1, tracked), name="bondexp-warm-up", daemon=True)
-        warming.start()
-    try:
-        result = run_graph(
-            graph,
-            run_dir=run_dir,
-            workers=workers,
-            executor=cfg.executor.name,
-            executor_options={"address": cfg.executor.address},
-            shared=shared,
-            data_fingerprint=fingerprint,
-            resume=True,
-            progress=bool(cfg.progress),
-            progress_label=progress_label,
-            durations_path=durations_path,
-            dataset=dataset,
-            # what only the estimators can tell (a _target_, its parameters, the search spaces), before any step
-            check=partial(call_target, "bondexp.preflight.config_error", {step.name: (step.target, step.config) for step in graph}),
-        )
-    except BaseException as exc:  # a config error the check found, a locked folder, Ctrl-C during the check
-        _join_warm_up(warming, after_ctrl_c=isinstance(exc, KeyboardInterrupt))
-        raise
-    _join_warm_up(warming, after_ctrl_c=result.interrupted)
-    timeline = warming is None or not warming.is_alive()
-    write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
-    if cfg.tracking.name != "none":  # its module is imported only then
-        from bondexp.tracking import track_run
+                tracking.set_environment()
+            warming = threading.Thread(target=_warm_up_outputs, args=(workers > 1, tracked), name="bondexp-warm-up", daemon=True)
+            warming.start()
+        try:
+            result = run_graph(
+                graph,
+                run_dir=run_dir,
+                workers=workers,
+                executor=cfg.executor.name,
+                executor_options={"address": cfg.executor.address},
+                shared=shared,
+                data_fingerprint=fingerprint,
+                resume=True,
+                progress=bool(cfg.progress),
+                progress_label=progress_label,
+                durations_path=durations_path,
+                dataset=dataset,
+                # what only the estimators can tell (a _target_, its parameters, the search spaces), before any step
+                check=partial(call_target, "bondexp.preflight.config_error", {step.name: (step.target, step.config) for step in graph}),
+            )
+        except BaseException as exc:  # a config error the check found, a locked folder, Ctrl-C during the check
+            _join_warm_up(warming, after_ctrl_c=isinstance(exc, KeyboardInterrupt))
+            raise
+        _join_warm_up(warming, after_ctrl_c=result.interrupted)
+        timeline = warming is None or not warming.is_alive()
+        write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
+        if cfg.tracking.name != "none":  # its module is imported only then
+            from bondexp.tracking import track_run
 
-        track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
-    lines = [result.summary_table()]
-    if not result.ok and not result.interrupted:  # an interrupted run says so on exit (bondexp.__main__)
-        lines.append(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
-    lines.append(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
-    ended = [s.ended for s in result.steps.values() if s.ended is not None]
-    if ended and not result.interrupted:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
-        lines.append(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
-    print(_labelled("\n".join(lines), job, overrides=overrides), flush=True)
-    return result
+            track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
+        lines = [result.summary_table()]
+        if not result.ok and not result.interrupted:  # an interrupted run says so on exit (bondexp.__main__)
+            lines.append(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
+        lines.append(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")
+        ended = [s.ended for s in result.steps.values() if s.ended is not None]
+        if ended and not result.interrupted:  # the parent's own work after the graph: results.json, the timeline, report.md, tracking
+            lines.append(f"outputs:    {time.time() - max(ended):.2f} s from the last step's end")
+        print(_labelled("\n".join(lines), job, overrides=overrides), flush=True)
+        return result
 
 
 def _join_warm_up(warming: threading.Thread | None, *, after_ctrl_c: bool) -> None:

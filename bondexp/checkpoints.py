@@ -307,10 +307,16 @@ class CheckpointStore:
                     tmp.unlink()
 
 
+#: Run folders this process holds, by the lock file's real path: [its descriptor, how many holders].
+_HELD: dict[str, list[int]] = {}
+
+
 class RunLock:
     """Exclusive use of a run folder for one live process: ``flock`` on ``run.lock`` holding the pid.
 
     The kernel drops the lock when the holder dies, so a lock left by a killed run never blocks.
+    The process holding a folder may enter it again: a run takes it before it writes anything
+    (:func:`bondexp.app.run`), then the runner does (:func:`bondexp.runner.run_graph`).
 
     Raises
     ------
@@ -320,9 +326,12 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "run.lock"
-        self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -336,13 +345,38 @@ class RunLock:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        _HELD[key] = [fd, 1]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                os.close(_HELD.pop(key)[0])  # closing the descriptor releases the flock
+
+
+def in_use_elsewhere(run_dir: str | Path) -> bool:
+    """Whether another live process holds the run folder (:class:`RunLock`); creates nothing to find out.
+
+    Asked before Hydra writes a run's ``.hydra/`` (see ``bondexp.output_subdir`` in
+    :mod:`bondexp.config`): a second command in a folder a run is using overwrote that run's
+    config and overrides before its lock refused it, and a resume then ran the second's.
+    """
+    path = Path(run_dir) / "run.lock"
+    if os.path.realpath(path) in _HELD:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:  # no lock file: no run ever held the folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it a lock taken to find out
+    return False
 
 
 class DurationHistory:

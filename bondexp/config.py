@@ -207,15 +207,27 @@ def register_configs() -> None:
     stamp = datetime.now()
     resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S"),
-        # a dry run writes no config: a resumed run's folder got a .hydra/resumed-<time>/ for a plan
-        "bondexp.output_subdir": lambda resume, dry_run=False: (
-            None if dry_run else ".hydra" if resume is None else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S")
+        # a dry run writes no config: a resumed run's folder got a .hydra/resumed-<time>/ for a plan;
+        # nor does a command in a folder another run is using: it overwrote that run's config (the run
+        # lock refuses the command right after, bondexp.app.run)
+        "bondexp.output_subdir": lambda resume, dry_run=False, output_dir=None: (
+            None
+            if dry_run or (output_dir is not None and _in_use_elsewhere(output_dir))
+            else ".hydra"
+            if resume is None
+            else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S")
         ),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver, use_cache=True)
+
+
+def _in_use_elsewhere(run_dir: str) -> bool:
+    from bondexp.checkpoints import in_use_elsewhere  # not at the top: --help and a dry run need none of it
+
+    return in_use_elsewhere(run_dir)
 
 
 def _fail(key: str, expected: str, got: Any) -> None:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +14,9 @@ from bondexp.checkpoints import (
     DurationHistory,
     RunLock,
     fingerprint,
+    in_use_elsewhere,
     sha256_file,
 )
-from bondexp.errors import RunLockedError
 
 BASE = dict(target="m.f", config={"a": 1, "b": [1, 2]}, inputs={"x": "1", "y": "2"}, data="d0")
 
@@ -118,13 +120,21 @@ def test_remove_temporaries(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
 
 
-def test_run_lock_rejects_second_holder_and_is_released(tmp_path):
+def test_run_lock_is_held_until_its_last_holder_in_the_process_exits(tmp_path):
+    """The run takes its folder before it writes anything, then the runner takes it again."""
+
+    def held_elsewhere() -> str:  # as another process sees the folder (the refusal itself: test_runner)
+        code = "import sys; from bondexp.checkpoints import in_use_elsewhere; print(in_use_elsewhere(sys.argv[1]))"
+        return subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert held_elsewhere() == "False" and not (tmp_path / "run.lock").exists()  # asking creates nothing
     with RunLock(tmp_path):
         assert (tmp_path / "run.lock").read_text().strip() == str(os.getpid())
-        with pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
-            RunLock(tmp_path).__enter__()
-    with RunLock(tmp_path):  # released on exit
-        pass
+        with RunLock(tmp_path):
+            pass
+        assert held_elsewhere() == "True"
+        assert not in_use_elsewhere(tmp_path)  # this process holds it
+    assert held_elsewhere() == "False"
 
 
 def test_duration_history_merges(tmp_path):

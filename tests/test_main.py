@@ -211,3 +211,31 @@ def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path, args):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Error executing job" not in err, err
+
+
+def test_a_command_refused_by_the_run_lock_leaves_the_run_folder_as_it_was(tmp_path):
+    """A second run in a folder a run was using overwrote that run's .hydra/ config and overrides and its
+    data_summary.json before the lock refused it (exit 2): a resume then ran the second's config."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    kept = {".hydra/overrides.yaml": "- data=small\n", ".hydra/config.yaml": "seed: 0\n", "data_summary.json": '{"fingerprint": "a"}'}
+    for name, text in kept.items():
+        (run_dir / name).write_text(text)
+    hold = "import sys,time; from bondexp.checkpoints import RunLock as L; L(sys.argv[1]).__enter__(); print(1, flush=True); time.sleep(99)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        proc = subprocess.run(
+            [sys.executable, "-m", "bondexp", "data=small", "seed=5", "model=basic", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr
+    assert f"The run folder '{run_dir}' is in use by process {holder.pid}" in proc.stderr
+    assert {name: (run_dir / name).read_text() for name in kept} == kept
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "overrides.yaml"]
