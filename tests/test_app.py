@@ -221,6 +221,22 @@ def test_with_one_worker_a_steps_warnings_go_to_its_log_not_the_terminal(tmp_pat
     assert "ConvergenceWarning" in (run_dir / "logs" / "mine.log").read_text()
 
 
+@pytest.mark.parametrize("validation, months", [(0.03, 1), (0.05, 2)])
+def test_tail_risk_calibrates_on_a_validation_split_of_one_or_two_months(tmp_path, cache, validation, months):
+    """tail_risk's out-of-sample check splits the calibration months in two: with one validation month,
+    or two (the held-out scores calibrate a copy on the first), its step failed and evaluate was skipped."""
+    split = ["data.split.train=0.9", f"data.split.validation={validation}", f"data.split.test={0.1 - validation:.2f}"]
+    run_dir = tmp_path / "r"
+    bondexp(
+        *QUICK, *split, "model=tail_risk", "~steps.tune", "~steps.drift", "workers=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache
+    )
+    summary = json.loads((run_dir / "data_summary.json").read_text())["splits"]["validation"]
+    assert summary["first_date"][:7] != summary["last_date"][:7] if months == 2 else summary["first_date"] == summary["last_date"]
+    metrics = json.loads((run_dir / "results.json").read_text())["steps"]["tail_risk"]["metrics"]
+    assert ("val_kupiec_pvalue" in metrics) == (months == 2) and ("val_coverage" in metrics) == (months == 2), metrics
+    assert (run_dir / "leaderboard.csv").exists()
+
+
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")

@@ -17,7 +17,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.utils._param_validation import Interval, RealNotInt
 from sklearn.utils.validation import check_is_fitted
 
-from bondexp.data.split import month_holdout
+from bondexp.data.split import month_holdout, month_labels
 from bondexp.models.base import (
     CompositeRegressor,
     booster_constraints,
@@ -171,7 +171,8 @@ class ConformalQuantileRegressor(CompositeRegressor):
         Parameters
         ----------
         groups : array-like, optional
-            Each validation row's observation date: the Kupiec check's halves are whole months.
+            Each validation row's observation date: the Kupiec check's halves are whole months (with
+            one month there is no check, and no `val_kupiec_*` or `val_var_exceedance_rate` metric).
 
         Returns
         -------
@@ -183,24 +184,29 @@ class ConformalQuantileRegressor(CompositeRegressor):
         tail = self.alpha / 2.0
         raw_cover = np.mean((y >= raw["lower"]) & (y <= raw["upper"]))
         # Out-of-sample check: calibrate on one half of the validation months, test on the other.
-        halves = month_holdout(row_months(groups, len(y)), fraction=0.5)
-        hits, n = 0, 0
-        for fit_part, test_part in (halves, halves[::-1]):
-            adj = self._adjustments({k: v[fit_part] for k, v in raw.items()}, y[fit_part])
-            hits += int(np.sum(y[test_part] < raw["lower"][test_part] - adj["lower"]))
-            n += len(y[test_part])
-        kupiec = kupiec_pof(hits, n, tail)
+        # One month has no second half: the check is left out (a run whose validation split, or
+        # the early half the held-out scores calibrate on, held one month failed here).
+        months = row_months(groups, len(y))
+        out_of_sample = {}
+        if len(np.unique(month_labels(months))) >= 2:
+            halves = month_holdout(months, fraction=0.5)
+            hits, n = 0, 0
+            for fit_part, test_part in (halves, halves[::-1]):
+                adj = self._adjustments({k: v[fit_part] for k, v in raw.items()}, y[fit_part])
+                hits += int(np.sum(y[test_part] < raw["lower"][test_part] - adj["lower"]))
+                n += len(y[test_part])
+            kupiec = kupiec_pof(hits, n, tail)
+            out_of_sample = {
+                "val_var_exceedance_rate": kupiec["rate"],
+                "val_kupiec_lr": kupiec["lr"],
+                "val_kupiec_pvalue": kupiec["pvalue"],
+            }
         self.adjustment_ = self._adjustments(raw, y)
         lower = raw["lower"] - self.adjustment_["lower"]
         depth = np.maximum(raw["mean"] - lower, 1e-9)
         below = y < lower
         self.tail_factor_ = float(np.mean((lower[below] - y[below]) / depth[below])) if below.any() else 0.0
-        self.metrics_ = {
-            "val_coverage_uncalibrated": float(raw_cover),
-            "val_var_exceedance_rate": kupiec["rate"],
-            "val_kupiec_lr": kupiec["lr"],
-            "val_kupiec_pvalue": kupiec["pvalue"],
-        }
+        self.metrics_ = {"val_coverage_uncalibrated": float(raw_cover), **out_of_sample}
         self.info_ = {"adjustment": dict(self.adjustment_), "tail_factor": self.tail_factor_, "var_level": 1.0 - tail}
         return self
 
