@@ -21,7 +21,7 @@ from bondexp.data.files import write_market
 from bondexp.features import load_dataset
 from bondexp.predict.app import OUTPUT_FILES, predict, register_configs
 from bondexp.predict.batches import ROW_ALIGN, batch_bounds, previous_residuals
-from bondexp.predict.runfolder import best_model, resolve_run, version_conflicts
+from bondexp.predict.runfolder import best_model, open_run, resolve_run, version_conflicts
 from test_app import Started
 
 # no wall-clock budget for tuning: on a loaded machine it may end before a trial does
@@ -193,6 +193,16 @@ def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
     if how == "sha256":
         with open(copy / "checkpoints" / "factor.pkl", "ab") as fh:
             fh.write(b"\0")
+    elif how == "basic failed":
+        results = json.loads((copy / "results.json").read_text())
+        results["steps"]["basic"]["status"] = "failed"
+        (copy / "results.json").write_text(json.dumps(results))
+    elif how == "interrupted":  # as a run stopped by Ctrl-C records it (predict took its finished models, exit 0)
+        results = json.loads((copy / "results.json").read_text())
+        results["interrupted"] = True
+        for name in list(results["steps"])[4:]:
+            results["steps"][name]["status"] = "interrupted"
+        (copy / "results.json").write_text(json.dumps(results))
     elif how == "no model":  # as a run whose every model step failed records it
         results = json.loads((copy / "results.json").read_text())
         for step in results["steps"].values():
@@ -203,6 +213,12 @@ def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
         manifest["versions"]["scikit-learn"] = "0.24.2"
         (copy / "checkpoints" / "basic.json").write_text(json.dumps(manifest))
     return copy
+
+
+def test_a_run_whose_model_step_failed_predicts_with_the_others_and_says_which(finished_run, cache, tmp_path):
+    run = open_run(_tamper(finished_run, tmp_path, "basic failed"), cache_dir=cache)
+    assert run.failed_models == ("basic",) and "basic" not in run.artifacts and "enhanced" in run.artifacts
+    assert open_run(finished_run, models=["enhanced"], cache_dir=cache).failed_models == ()
 
 
 def _bad_rows(files):
@@ -230,6 +246,7 @@ REFUSALS = [
     ("no spreads", ["The 'data.spread_path' config key is null, but the run's data had credit spreads (synthetic)"]),
     ("no model named", ["The 'models' config key names no model. Use models=all or some of ["]),
     ("no model", ["has no fitted model to predict with (steps that did not finish: ['advanced', ", "resume="]),
+    ("interrupted", ["was interrupted (4 of 11 steps finished): its models are not all there", "resume="]),
     (
         "bad rows",
         [
@@ -259,7 +276,7 @@ def refusals(request, finished_run, cache, tmp_path_factory):
             folder = tmp_path_factory.mktemp("refusal")
             files = write_market(test_split, folder / "data")
             run_dir, extra = finished_run, []
-            if case in ("sha256", "versions", "no model"):
+            if case in ("sha256", "versions", "no model", "interrupted"):
                 run_dir = _tamper(finished_run, folder, case)
             elif case == "missing model":
                 extra = ["models=[basic,enhancd]"]

@@ -79,6 +79,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors, read=new)
     times["read and validate"] += time.process_time() - clock
     notes = [n for n in [market.curves.past_longest_tenor(market.bonds["obs_date"], market.bonds["maturity_date"])] if n]
+    if run.failed_models:
+        notes.append(f"the run's model steps {list(run.failed_models)} failed: the best model is the best of the others")
     for note in notes:
         print(textwrap.fill(f"note: {note}.", width=80, subsequent_indent="  "), file=sys.stderr)
     best = best_model(run.artifacts)

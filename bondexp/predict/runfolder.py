@@ -35,6 +35,7 @@ class RunModels:
     artifacts: dict[str, Any]  # name -> ModelArtifact, fitted pipeline loaded
     manifests: dict[str, dict[str, Any]]
     bond_names: tuple | None = None  # the run's text bond ids by code; None when its ids are integers
+    failed_models: tuple[str, ...] = ()  # the run's model steps that failed: the best model is the best of the others
 
 
 def resolve_run(run: str | None, outputs: Path = Path("outputs")) -> Path:
@@ -72,7 +73,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     Raises
     ------
     RunFolderError
-        If the folder is not a finished run, a model checkpoint fails its sha256 or was pickled with
+        If the folder is not a finished run (an interrupted one included), a model checkpoint fails its sha256 or was pickled with
         library versions that differ (see :data:`VERSION_PARTS`), or a requested model is missing.
     """
     from bondexp.checkpoints import CheckpointStore
@@ -84,7 +85,14 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"The 'run' config key must name a finished run folder (with .hydra/config.yaml and results.json). "
             f"Got {str(run_dir)!r} instead."
         )
-    steps = json.loads(results_path.read_text())["steps"]
+    results = json.loads(results_path.read_text())
+    steps = results["steps"]
+    if results.get("interrupted"):
+        done = sum(s["status"] in ("ran", "reused") for s in steps.values())
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} was interrupted ({done} of {len(steps)} steps finished): its models are not all "
+            f"there, nor is the model its validation would choose. Finish it with: python -m bondexp resume={shlex.quote(str(run_dir))}"
+        )
     store = CheckpointStore(run_dir / "checkpoints")
     finished = [n for n, s in steps.items() if s["status"] in ("ran", "reused")]
     manifests = {name: store.manifest(name) or {} for name in finished}
@@ -125,7 +133,8 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     artifacts = {name: store.load(step_of[name], pipeline=True) for name in wanted}
     config = plain_dict(OmegaConf.load(config_path), resolve=False)
     dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
-    return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names)
+    failed = tuple(n for n in config.get("models") or {} if n in steps and steps[n]["status"] not in ("ran", "reused"))
+    return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names, failed)
 
 
 def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
