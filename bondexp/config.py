@@ -276,6 +276,11 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
                 f"{sorted(loose)}. A model file needs '_target_' (the estimator class)."
             )
         name = (choice or "model").strip("[]")
+        if "_target_" not in models.get(name, {"_target_": None}):  # `+models.my_lasso.alpha=1` for a header-less my_lasso
+            raise ConfigError(
+                f"The model file {name} has no '# @package models.{name}' header, so its keys are set as "
+                f"model.<key> ({', '.join(f'model.{k}' for k in models[name])}), not models.{name}.<key>."
+            )
         if "," not in name and (models or _is_set_file(name, cfg)):
             # Hydra merged the header-less members of a set file into one `model`, or one beside headered ones
             raise ConfigError(
@@ -293,6 +298,15 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
             )
         models[name] = plain_dict(loose)
     return models
+
+
+def model_key(cfg: DictConfig, name: str) -> str:
+    """The config key a model's settings are given under: ``models.<name>``, or ``model`` for a header-less file.
+
+    A file without a ``# @package`` header lands under ``model`` (see :func:`collect_models`): errors
+    naming ``models.my_lasso.alpha`` sent its user to a key Hydra refuses ("not in struct").
+    """
+    return f"models.{name}" if name in cfg.models else "model"
 
 
 def _is_set_file(choice: str, cfg: DictConfig) -> bool:
@@ -389,12 +403,13 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
     if "tune" in cfg.steps:
         _check_tune_target(cfg, models)
     for name, spec in models.items():
+        key = model_key(cfg, name)
         if "_target_" not in spec:
-            _fail(f"models.{name}._target_", "the estimator's import path", None)
+            _fail(f"{key}._target_", "the estimator's import path", None)
         features = spec.get("features", "all")
         if isinstance(features, str) and features not in cfg.feature_sets:
             raise ConfigError(
-                f"The 'models.{name}.features' config key must name a feature set, one of "
+                f"The '{key}.features' config key must name a feature set, one of "
                 f"{sorted(cfg.feature_sets)}, or list features. Got {features!r} instead."
                 f"{did_you_mean(features, cfg.feature_sets)}"
             )

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bondexp.artifacts import REFERENCES
-from bondexp.config import MODEL_STEP_KEYS, plain_dict
+from bondexp.config import MODEL_STEP_KEYS, model_key, plain_dict
 from bondexp.errors import ConfigError
 from bondexp.graph import Step
 
@@ -43,15 +43,18 @@ def model_step(name: str, spec: Mapping[str, Any], cfg: DictConfig) -> Step:
     """The step that trains one model file: estimator params apart from the step's own keys."""
     feature_sets = plain_dict(cfg.feature_sets)
     early_stopping = {**plain_dict(cfg.early_stopping), **spec.get("early_stopping", {})}
+    key = model_key(cfg, name)
     config = {
         "name": name,
         "group": spec.get("group", "ml"),
         "estimator": {k: v for k, v in spec.items() if k not in MODEL_STEP_KEYS},
-        "features": resolve_features(spec.get("features", "all"), feature_sets, key=f"models.{name}.features"),
+        "features": resolve_features(spec.get("features", "all"), feature_sets, key=f"{key}.features"),
         "early_stopping": early_stopping,
         "seed": int(cfg.seed),
         "n_jobs": 1,
     }
+    if key != f"models.{name}":  # a header-less file: its errors name the key it is set under (only then: fingerprints)
+        config["key"] = key
     return Step(name=name, target=MODEL_STEP_TARGET, needs=(), group=config["group"], config=config)
 
 

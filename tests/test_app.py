@@ -165,8 +165,8 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
 @pytest.mark.parametrize(
     "model_file, overrides, message",
     [
-        ("alpah: 0.01", [], "The 'models.mine.alpah' config key must name a parameter of Lasso. Got 'alpah' instead. Did you mean"),
-        ("features: [coupon_rate, modified_duraton]", [], "'models.mine.features' config key names ['modified_duraton'], which the data"),
+        ("alpah: 0.01", [], "The 'model.alpah' config key must name a parameter of Lasso. Got 'alpah' instead. Did you mean"),
+        ("features: [coupon_rate, modified_duraton]", [], "'model.features' config key names ['modified_duraton'], which the data"),
         ("", ["model=[enhanced]", "+tune.search_space.enhanced={learnig_rate: {low: 0.01, high: 0.2}}"], "Did you mean 'learning_rate'?"),
         (  # its trials failed one by one (14 of 16) and the run ended ok
             "",
@@ -183,14 +183,19 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
             ["model=[enhanced]", "models.enhanced.features=market"],
             "The 'models.enhanced.monotonic_cst' config key names ['prev_residual'], which are not among the model's features",
         ),
+        (  # its error named models.mine.alpah, a key Hydra refuses for a file without its header
+            "",
+            ["+models.mine.alpah=1"],
+            "The model file mine has no '# @package models.mine' header, so its keys are set as model.<key> (model.alpah)",
+        ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklaern.linear_model.Lasso", [], "no module 'sklaern' is installed. Did you mean 'sklearn'?"),
-        ("_target_: sklearn.preprocessing.StandardScaler", [], "'models.mine._target_' config key must name a regressor"),
-        ("alpha: abc", [], "The 'models.mine.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
+        ("_target_: sklearn.preprocessing.StandardScaler", [], "'model._target_' config key must name a regressor"),
+        ("alpha: abc", [], "The 'model.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
         (  # bondexp's own estimators declare constraints too (those they pass on are their members' own)
             "_target_: bondexp.models.stacking.StackedRegressor\nforest_n_estimators: abc",
             [],
-            "The 'models.mine.forest_n_estimators' config key (a parameter of StackedRegressor) must be an int in the range [1, inf).",
+            "The 'model.forest_n_estimators' config key (a parameter of StackedRegressor) must be an int in the range [1, inf).",
         ),
     ],
 )

@@ -114,39 +114,40 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
         If ``_target_`` is missing or cannot be instantiated, or a feature is unknown.
     """
     name = config.get("name")
+    key = config.get("key") or f"models.{name}"  # where the model's settings are given (`model` for a header-less file)
     features = list(config["features"])
     unknown = [f for f in features if f not in dataset.feature_names]
     if unknown:
         raise ConfigError(
-            f"The 'models.{name}.features' config key names {unknown}, which the data does not have; its features are "
+            f"The '{key}.features' config key names {unknown}, which the data does not have; its features are "
             f"{list(dataset.feature_names)}.{did_you_mean(unknown[0], dataset.feature_names)}"
         )
     spec = dict(config["estimator"])
     if "_target_" not in spec:
-        raise ConfigError(f"The 'models.{name}._target_' config key must name an estimator class. Got none.")
+        raise ConfigError(f"The '{key}._target_' config key must name an estimator class. Got none.")
     spec.update(params or {})
-    _check_parameter_names(spec, key=f"models.{name}")
+    _check_parameter_names(spec, key=key)
     try:
         estimator = instantiate(spec, _convert_="all")
     except Exception as exc:  # hydra wraps import and argument errors in its own exception types
         reason = str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")  # bondexp shows the cause
-        raise ConfigError(f"The 'models.{name}' model file could not build {spec['_target_']!r}: {reason}") from exc
+        raise ConfigError(f"The '{key}' model file could not build {spec['_target_']!r}: {reason}") from exc
     if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
         raise ConfigError(
-            f"The 'models.{name}._target_' config key must name a regressor (with fit and predict). "
+            f"The '{key}._target_' config key must name a regressor (with fit and predict). "
             f"Got {spec['_target_']!r}, a {type(estimator).__name__} without {'fit' if not hasattr(estimator, 'fit') else 'predict'}."
         )
     own = estimator.get_params(deep=False)
     constrained = own.get("monotonic_cst")
     if isinstance(constrained, Mapping) and set(constrained) - set(features):
         raise ConfigError(
-            f"The 'models.{name}.monotonic_cst' config key names {sorted(set(constrained) - set(features))}, which are not among "
-            f"the model's features (models.{name}.features): {features}. Add them, or set models.{name}.monotonic_cst=null."
+            f"The '{key}.monotonic_cst' config key names {sorted(set(constrained) - set(features))}, which are not among "
+            f"the model's features ({key}.features): {features}. Add them, or set {key}.monotonic_cst=null."
         )
     fixed = {"random_state": int(config.get("seed", 0)), "n_jobs": int(config.get("n_jobs", 1))}
     estimator.set_params(**{k: v for k, v in fixed.items() if k in own})
     set_early_stopping(estimator, config.get("early_stopping"))
-    _check_parameter_values(estimator, key=f"models.{name}", features=features)
+    _check_parameter_values(estimator, key=key, features=features)
     prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
     return Pipeline([("prep", prep), ("model", estimator)])
 
