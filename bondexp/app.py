@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore, RunLock
-from bondexp.config import collect_models, plain_dict, validate_config
+from bondexp.config import collect_models, launch_dir, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.executors import warm_up
 from bondexp.graph import build_graph, call_target
@@ -129,7 +129,7 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    data_cfg = with_absolute_paths(plain_dict(cfg.data))  # steps may run elsewhere
+    data_cfg = with_absolute_paths(plain_dict(cfg.data), base=launch_dir())  # steps may run elsewhere
     durations_path = durations_file(cache_dir, data_cfg, workers=workers)
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)

@@ -300,6 +300,17 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
     return models
 
 
+def launch_dir() -> Path:
+    """The folder the command was launched in, against which relative paths are read (Hydra's ``to_absolute_path``).
+
+    With ``hydra.job.chdir=true`` the run works in its own folder: an existing ``data.path`` given
+    relative to the launch folder was refused as missing.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
 def model_key(cfg: DictConfig, name: str) -> str:
     """The config key a model's settings are given under: ``models.<name>``, or ``model`` for a header-less file.
 
@@ -417,7 +428,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
             _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")
         value = cfg.data.get(key)
-        if value is not None and not Path(value).expanduser().exists():
+        if value is not None and not (launch_dir() / Path(value).expanduser()).exists():
             _fail(f"data.{key}", "an existing file", value)
     if cfg.resume not in (None, "last") and not Path(cfg.resume).is_dir():
         _fail("resume", "a run folder or 'last'", cfg.resume)

@@ -242,6 +242,20 @@ def test_tail_risk_calibrates_on_a_validation_split_of_one_or_two_months(tmp_pat
     assert (run_dir / "leaderboard.csv").exists()
 
 
+def test_relative_data_paths_are_the_launch_folders_with_hydra_job_chdir(tmp_path, cache):
+    """With hydra.job.chdir=true the run works in its own folder, and an existing data.path given relative to
+    the launch folder was refused: "must be an existing file"."""
+    from bondexp.data.files import write_market
+    from bondexp.data.synthetic import generate_market
+
+    files = write_market(generate_market(n_observations=1500, n_months=24, seed=3, min_regime_months=4), tmp_path / "data")
+    relative = [f"data.{key}=data/{path.name}" for key, path in files.items()]
+    run_dir = tmp_path / "r"
+    args = ["data=csv", *relative, "model=factor", "~steps.tune", "~steps.drift", "hydra.job.chdir=true", f"hydra.run.dir={run_dir}"]
+    bondexp(*args, "progress=false", "eval.n_bootstrap=20", cwd=tmp_path, cache=cache)
+    assert (run_dir / "leaderboard.csv").exists()
+
+
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
