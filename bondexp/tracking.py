@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,9 @@ ARTIFACT_DIRS = ("plots",)
 REPORT_SECTION = "## Tracking"
 #: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
 #: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
+#: A character MLflow refuses in a metric, param or tag key: it accepts letters, digits, ``_ - . / space``
+#: (and ``:``, which a Windows server refuses: left out too). See mlflow/utils/validation.py.
+REFUSED_IN_KEY = re.compile(r"[^\w.\- /]")
 MLFLOW_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
@@ -126,7 +130,7 @@ def run_params(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     plain.pop("hydra", None)
     params = {"overrides": " ".join(overrides)}
     params.update(flatten(plain))
-    return params
+    return mlflow_keys(params)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -143,7 +147,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Every numeric step metric as ``<step>.<metric>``, every leaderboard row as ``<model>.<column>``
-    (:data:`LEADERBOARD_METRICS`), and ``wall_s``. Text, flags and non-finite values are left out."""
+    (:data:`LEADERBOARD_METRICS`), and ``wall_s``, under :func:`mlflow_key` keys (a backtest refit's
+    ``enhanced@2017-07.rmse`` is ``enhanced/2017-07.rmse``). Text, flags and non-finite values are left out."""
     metrics: dict[str, Any] = {}
     for step, record in results.get("steps", {}).items():
         for key, value in (record.get("metrics") or {}).items():
@@ -152,11 +157,41 @@ def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, A
         for column in LEADERBOARD_METRICS:
             metrics[f"{row['model']}.{column}"] = row.get(column)
     metrics["wall_s"] = results.get("wall_s")
-    return {
-        key: float(value)
-        for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    }
+    return mlflow_keys(
+        {
+            key: float(value)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        }
+    )
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as a key MLflow accepts: ``@`` becomes ``/`` and any other character MLflow refuses ``_``.
+
+    A backtest refit's step is ``<model>@<origin>``, so its metrics are ``enhanced/2017-07.rmse``: no
+    step name holds ``/`` (the graph refuses it), so such a key names that refit and nothing else, and
+    MLflow's charts group a ``/`` key's metrics under its first part.
+    """
+    return REFUSED_IN_KEY.sub("_", name.replace("@", "/"))
+
+
+def mlflow_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` under :func:`mlflow_key` keys.
+
+    Raises
+    ------
+    ValueError
+        Two keys become the same MLflow key (say ``a+b`` and ``a_b``): one would hide the other.
+    """
+    keyed: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, value in values.items():
+        key = mlflow_key(name)
+        if key in source:
+            raise ValueError(f"{source[key]!r} and {name!r} would both be logged to MLflow as {key!r}; rename one of them.")
+        keyed[key], source[key] = value, name
+    return keyed
 
 
 def run_tags(

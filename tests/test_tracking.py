@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from bondexp.config import collect_models, validate_config
 from bondexp.errors import ConfigError
-from bondexp.tracking import RUN_FILE, flatten, note_in_report, run_metrics, run_params, track_run
+from bondexp.tracking import RUN_FILE, flatten, mlflow_keys, note_in_report, run_metrics, run_params, track_run
 from conftest import hide_package, needed_by
 from test_app import Started, bondexp
 from test_config import composed
@@ -255,3 +255,54 @@ def test_the_report_holds_one_tracking_section(tmp_path):
     note_in_report(tmp_path, "Not tracked: first")
     note_in_report(tmp_path, "MLflow run `abc`")
     assert (tmp_path / "report.md").read_text() == "# bondexp run\n\nbody\n\n## Tracking\n\nMLflow run `abc`\n"
+
+
+# ----------------------------------------------------------------------------- a run folder logged into a temporary store
+
+
+def _run_folder(folder: Path, steps: dict, *, ok=True, interrupted=False, wall_s=2.0, total_wall_s=None, leaderboard="") -> Path:
+    """A run folder as a run leaves it (results.json, data_summary.json, leaderboard.csv), without running anything."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {"steps": steps, "wall_s": wall_s, "ok": ok, "interrupted": interrupted, "attempts": 1}
+    results["total_wall_s"] = wall_s if total_wall_s is None else total_wall_s
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "data_summary.json").write_text(json.dumps({"fingerprint": "abcdef0123456789"}))
+    if leaderboard:
+        (folder / "leaderboard.csv").write_text(leaderboard)
+    return folder
+
+
+def _logged(tmp_path, folder: Path, **config):
+    """Track ``folder`` into a fresh sqlite store under ``tmp_path`` and read the MLflow run back with MlflowClient."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = {"name": "mlflow", "uri": uri, "experiment": "bondexp", "log_models": False}
+    tree = {"seed": 0, "models": {"basic": {"group": "ml"}}, "tracking": tracking}
+    cfg = OmegaConf.merge(OmegaConf.create(tree), OmegaConf.create(config))
+    run_id = track_run(cfg, run_dir=folder, overrides=["model=basic"])
+    assert run_id is not None, (folder / "report.md").read_text()
+    return mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
+def _step(group: str, **metrics) -> dict:
+    return {"group": group, "status": "ran", "metrics": metrics}
+
+
+def test_a_backtest_runs_metrics_are_logged_with_mlflow_safe_names(tmp_path):
+    """Backtest refits are steps named ``<model>@<origin>``; MLflow refused ``enhanced@2017-07.rmse`` and the run logged nothing."""
+    steps = {
+        "enhanced": _step("ml", val_rmse=1.2),
+        "enhanced@2017-07": _step("backtest", rmse=1.3, n_train=2489),
+        "tuned@2017-07": _step("backtest", rmse=1.25),
+        "backtest": _step("report", n_origins=1),
+    }
+    run = _logged(tmp_path, _run_folder(tmp_path / "run", steps), backtest={"origins": 1})
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["enhanced/2017-07.rmse"] == 1.3 and metrics["enhanced/2017-07.n_train"] == 2489
+    assert metrics["tuned/2017-07.rmse"] == 1.25 and metrics["enhanced.val_rmse"] == 1.2 and metrics["backtest.n_origins"] == 1
+
+
+def test_keys_mlflow_refuses_are_mapped_and_a_clash_is_refused():
+    assert mlflow_keys({"a@2017-07.rmse": 1, "b c.d-e_f/g": 2, "x+y": 3}) == {"a/2017-07.rmse": 1, "b c.d-e_f/g": 2, "x_y": 3}
+    with pytest.raises(ValueError, match="'x\\+y' and 'x_y' would both be logged to MLflow as 'x_y'"):
+        mlflow_keys({"x+y": 1, "x_y": 2})
