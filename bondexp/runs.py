@@ -75,11 +75,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     leaderboard = read_leaderboard(run_dir)
     best = best_model_on_validation(results, leaderboard)
     test_rmse = next((row.get("rmse") for row in leaderboard if row.get("model") == best), None)
-    if results.get("interrupted"):
-        status = "interrupted"
-    else:
-        ok = results.get("ok")
-        status = "unfinished" if ok is None else "ok" if ok else "failed"
+    status = run_status(results)
     started = run_dir / ".hydra" / "overrides.yaml"
     stamp = (started if started.is_file() else run_dir / "results.json" if results else run_dir).stat().st_mtime
     return {
@@ -92,6 +88,14 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "test_rmse": test_rmse,
         "overrides": read_overrides(run_dir),
     }
+
+
+def run_status(results: Mapping[str, Any]) -> str:
+    """``ok``, ``failed``, ``interrupted`` (a Ctrl-C stopped it), or ``unfinished`` (no results.json yet) from results.json."""
+    if results.get("interrupted"):
+        return "interrupted"
+    ok = results.get("ok")
+    return "unfinished" if ok is None else "ok" if ok else "failed"
 
 
 def steps_began(folder: Path) -> bool:

@@ -29,7 +29,7 @@ from bondexp import __version__
 from bondexp.atomic import atomic_write_json, atomic_write_text
 from bondexp.checkpoints import CheckpointStore
 from bondexp.config import plain_dict
-from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
+from bondexp.runs import best_model_on_validation, read_json, read_leaderboard, run_status
 
 log = logging.getLogger("bondexp")
 
@@ -46,6 +46,8 @@ ARTIFACT_DIRS = ("plots",)
 REPORT_SECTION = "## Tracking"
 #: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
 #: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
+#: The MLflow run status for each run status (:func:`bondexp.runs.run_status`): an interrupted run is KILLED, as in MLflow's own UI.
+MLFLOW_STATUS = {"ok": "FINISHED", "interrupted": "KILLED", "failed": "FAILED", "unfinished": "FAILED"}
 #: A character MLflow refuses in a metric, param or tag key: it accepts letters, digits, ``_ - . / space``
 #: (and ``:``, which a Windows server refuses: left out too). See mlflow/utils/validation.py.
 REFUSED_IN_KEY = re.compile(r"[^\w.\- /]")
@@ -102,7 +104,7 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
 
 
 def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
-    """Log the sweep summary to the parent run and close it (FAILED when a job failed)."""
+    """Log the sweep summary to the parent run and close it: FAILED when a job failed, else KILLED when one was interrupted."""
     if config.tracking.name != "mlflow":
         return
     parent = read_json(Path(sweep_dir) / SWEEP_FILE)
@@ -114,8 +116,9 @@ def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
             if (Path(sweep_dir) / name).is_file():
                 client.log_artifact(parent["run_id"], str(Path(sweep_dir) / name))
         children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
-        failed = any(child.info.status != "FINISHED" for child in children)
-        client.set_terminated(parent["run_id"], status="FAILED" if failed else "FINISHED")
+        statuses = {child.info.status for child in children}
+        status = "FAILED" if "FAILED" in statuses else "KILLED" if statuses - {"FINISHED"} else "FINISHED"
+        client.set_terminated(parent["run_id"], status=status)
     except Exception as err:
         log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", parent.get("uri"), type(err).__name__, _first_line(err))
 
@@ -147,7 +150,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Every numeric step metric as ``<step>.<metric>``, every leaderboard row as ``<model>.<column>``
-    (:data:`LEADERBOARD_METRICS`), and ``wall_s``, under :func:`mlflow_key` keys (a backtest refit's
+    (:data:`LEADERBOARD_METRICS`), and ``wall_s`` (every attempt's: ``total_wall_s``), under :func:`mlflow_key` keys (a backtest refit's
     ``enhanced@2017-07.rmse`` is ``enhanced/2017-07.rmse``). Text, flags and non-finite values are left out."""
     metrics: dict[str, Any] = {}
     for step, record in results.get("steps", {}).items():
@@ -156,7 +159,7 @@ def run_metrics(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, A
     for row in leaderboard:
         for column in LEADERBOARD_METRICS:
             metrics[f"{row['model']}.{column}"] = row.get(column)
-    metrics["wall_s"] = results.get("wall_s")
+    metrics["wall_s"] = results.get("total_wall_s", results.get("wall_s"))  # every attempt's, as bondexp.runs shows
     return mlflow_keys(
         {
             key: float(value)
@@ -205,7 +208,7 @@ def run_tags(
         "bondexp.data_fingerprint": summary.get("fingerprint", ""),
         "bondexp.version": __version__,
         "bondexp.model": model_choice or "",
-        "bondexp.status": "ok" if results.get("ok") else "failed",
+        "bondexp.status": run_status(results),
         "bondexp.best_model": best_model_on_validation(results, leaderboard) or "",
         **_git_tags(),
     }
@@ -249,7 +252,7 @@ def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_
     except Exception:
         client.set_terminated(run_id, status="FAILED")  # half-logged: not left RUNNING in the UI
         raise
-    client.set_terminated(run_id, status="FINISHED" if results.get("ok") else "FAILED")
+    client.set_terminated(run_id, status=MLFLOW_STATUS[run_status(results)])
     return run_id
 
 

@@ -306,3 +306,22 @@ def test_keys_mlflow_refuses_are_mapped_and_a_clash_is_refused():
     assert mlflow_keys({"a@2017-07.rmse": 1, "b c.d-e_f/g": 2, "x+y": 3}) == {"a/2017-07.rmse": 1, "b c.d-e_f/g": 2, "x_y": 3}
     with pytest.raises(ValueError, match="'x\\+y' and 'x_y' would both be logged to MLflow as 'x_y'"):
         mlflow_keys({"x+y": 1, "x_y": 2})
+
+
+def test_an_interrupted_run_is_killed_not_failed(tmp_path):
+    """An interrupted run was tagged ``bondexp.status=failed`` and closed FAILED, while its results.json said interrupted."""
+    steps = {"basic": _step("ml", val_rmse=1.2), "evaluate": {"group": "report", "status": "skipped", "metrics": {}}}
+    run = _logged(tmp_path, _run_folder(tmp_path / "run", steps, ok=False, interrupted=True))
+    assert (run.info.status, run.data.tags["bondexp.status"]) == ("KILLED", "interrupted")
+
+
+def test_a_failed_run_stays_failed(tmp_path):
+    steps = {"basic": {"group": "ml", "status": "failed", "metrics": {}}}
+    run = _logged(tmp_path, _run_folder(tmp_path / "run", steps, ok=False))
+    assert (run.info.status, run.data.tags["bondexp.status"]) == ("FAILED", "failed")
+
+
+def test_wall_s_is_every_attempts_time(tmp_path):
+    """After a resume (every step reused) ``wall_s`` was the resume's own 0.01 s, not the run's ``total_wall_s``."""
+    run = _logged(tmp_path, _run_folder(tmp_path / "run", {"basic": _step("ml", val_rmse=1.2)}, wall_s=0.01, total_wall_s=10.76))
+    assert run.data.metrics["wall_s"] == 10.76
