@@ -22,6 +22,9 @@ from bondexp.errors import reader_went_away
 
 #: Leaderboard rows that are references, not trained models.
 REFERENCE_ROWS = ("dcf_baseline", "oracle")
+#: Step groups that train no model of their own: the report steps (``tune``'s ``val_rmse`` is its tuned
+#: model's, named ``<target>_tuned``, not the step's) and the backtest refits (scored on later months).
+NON_MODEL_GROUPS = ("report", "backtest")
 #: Folders searched when no folder is given (Hydra's run and sweep layouts, under the current folder).
 DEFAULT_ROOTS = ("outputs", "multirun")
 COLUMNS = ("date", "folder", "status", "wall_s", "data", "best_model", "test_rmse", "overrides")
@@ -29,7 +32,8 @@ COLUMNS = ("date", "folder", "status", "wall_s", "data", "best_model", "test_rms
 
 def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> str | None:
     """The model validation chose: evaluate's ``best_model`` when it reports one, else the leaderboard
-    row with the lowest ``val_rmse``, else the model step with the lowest ``val_rmse`` in results.json.
+    row with the lowest ``val_rmse``, else the model step with the lowest ``val_rmse`` in results.json
+    (a step outside :data:`NON_MODEL_GROUPS`: an interrupted run's ``tune`` is no model).
 
     Returns None when none of the three is available (no model finished).
     """
@@ -46,7 +50,7 @@ def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[M
         scored = [
             (float(step["metrics"]["val_rmse"]), name)
             for name, step in steps.items()
-            if _is_number((step.get("metrics") or {}).get("val_rmse"))
+            if step.get("group") not in NON_MODEL_GROUPS and _is_number((step.get("metrics") or {}).get("val_rmse"))
         ]
     return min(scored)[1] if scored else None
 

@@ -59,6 +59,22 @@ def test_best_model_is_chosen_on_validation(evaluate, leaderboard, expected):
     assert best_model_on_validation(results, leaderboard) == expected
 
 
+def test_an_interrupted_runs_best_model_is_a_model_not_the_tune_step(tmp_path):
+    """Interrupted before evaluate: no leaderboard, and ``tune`` (whose val_rmse is its tuned model's, the lowest) was named best."""
+    steps = {
+        "basic": {"group": "ml", "status": "ran", "metrics": {"val_rmse": 1.17}},
+        "enhanced": {"group": "ml", "status": "ran", "metrics": {"val_rmse": 1.23}},
+        "tune": {"group": "report", "status": "ran", "metrics": {"val_rmse": 1.09, "best_value": 1.09}},
+        "basic@2017-07": {"group": "backtest", "status": "ran", "metrics": {"val_rmse": 0.5}},
+        "evaluate": {"group": "report", "status": "skipped", "metrics": {}},
+    }
+    assert best_model_on_validation({"steps": steps}, []) == "basic"
+    assert best_model_on_validation({"steps": {"tune": steps["tune"]}}, []) is None
+    run_dir = make_run(tmp_path / "r", overrides=["model=[basic,enhanced]"], leaderboard=None)
+    (run_dir / "results.json").write_text(json.dumps({"steps": steps, "wall_s": 3.0, "ok": False, "interrupted": True}))
+    assert (run_row(run_dir)["status"], run_row(run_dir)["best_model"]) == ("interrupted", "basic")
+
+
 def test_a_row_names_the_validation_choice_and_its_test_rmse(tmp_path):
     row = run_row(make_run(tmp_path / "r", overrides=["model=[basic,factor]"]))
     # factor has the lower test RMSE, but validation chose basic

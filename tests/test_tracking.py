@@ -325,3 +325,10 @@ def test_wall_s_is_every_attempts_time(tmp_path):
     """After a resume (every step reused) ``wall_s`` was the resume's own 0.01 s, not the run's ``total_wall_s``."""
     run = _logged(tmp_path, _run_folder(tmp_path / "run", {"basic": _step("ml", val_rmse=1.2)}, wall_s=0.01, total_wall_s=10.76))
     assert run.data.metrics["wall_s"] == 10.76
+
+
+def test_an_interrupted_runs_best_model_tag_is_a_model(tmp_path):
+    """``bondexp.best_model`` was ``tune``, the step, for a run interrupted before evaluate."""
+    steps = {"basic": _step("ml", val_rmse=1.17), "tune": _step("report", val_rmse=1.09, n_trials=4)}
+    run = _logged(tmp_path, _run_folder(tmp_path / "run", steps, ok=False, interrupted=True))
+    assert run.data.tags["bondexp.best_model"] == "basic"
