@@ -23,6 +23,7 @@ from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore, RunLock
 from bondexp.config import collect_models, launch_dir, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
+from bondexp.errors import hide_passwords
 from bondexp.executors import warm_up
 from bondexp.graph import build_graph, call_target
 from bondexp.pipeline import build_steps
@@ -234,7 +235,7 @@ def _labelled(text: str, job: str | None, *, overrides: Sequence[str] = ()) -> s
     if job is None:
         return text
     if overrides:
-        return f"{job} : {' '.join(overrides)}\n{text}"
+        return f"{job} : {hide_passwords(' '.join(overrides))}\n{text}"
     return f"{job} {text}"
 
 

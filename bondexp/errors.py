@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,19 @@ class InputsLost(BondexpError):
 
 class RunFolderError(BondexpError):
     """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""
+
+
+#: ``scheme://user:password@``: a database or server URL's password, up to the last ``@`` before the host.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"`]*:)[^\s/'\"`]+@")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with every URL's password shown as ``***`` (``postgresql://u:***@host/db``), the user kept.
+
+    For what bondexp shows or writes of a URL a user gave (``tune.storage``, ``tracking.uri``): the
+    terminal, results.json, report.md, MLflow's params and tags.
+    """
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:

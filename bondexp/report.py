@@ -15,6 +15,7 @@ import numpy as np
 
 from bondexp.artifacts import ModelArtifact
 from bondexp.atomic import atomic_write_text
+from bondexp.errors import hide_passwords
 from bondexp.steps.backtest import report_section as backtest_section
 from bondexp.steps.leaderboard import leaderboard_markdown
 
@@ -92,10 +93,11 @@ def _header(run_dir: Path, *, command: str, overrides: Sequence[str], results: M
         + ".",
         "",
         "```",
-        command,
+        hide_passwords(command),  # a tune.storage or tracking.uri password: not in a file one shares
         "```",
         "",
-        "Overrides: " + (", ".join(f"`{o}`" for o in overrides) if overrides else "none (the defaults of `conf/config.yaml`)."),
+        "Overrides: "
+        + (", ".join(f"`{hide_passwords(o)}`" for o in overrides) if overrides else "none (the defaults of `conf/config.yaml`)."),
     ]
     return "\n".join(lines)
 

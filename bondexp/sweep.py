@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_text
+from bondexp.errors import hide_passwords
 from bondexp.runs import steps_began
 
 #: The exit code of the sweep this process ran: 0 when every job ran every step; else 130 when
@@ -106,7 +107,7 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         results_file = job / "results.json"
         row: dict[str, Any] = {
             "job": int(job.name),
-            "overrides": " ".join(OmegaConf.load(overrides_file)) if overrides_file.exists() else "",
+            "overrides": hide_passwords(" ".join(OmegaConf.load(overrides_file))) if overrides_file.exists() else "",
             "status": "interrupted" if steps_began(job) else "not run",  # no results.json: killed, or stopped before its steps
             "ok": None,
             "wall_s": None,

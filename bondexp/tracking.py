@@ -29,6 +29,7 @@ from bondexp import __version__
 from bondexp.atomic import atomic_write_json, atomic_write_text
 from bondexp.checkpoints import CheckpointStore
 from bondexp.config import plain_dict
+from bondexp.errors import hide_passwords
 from bondexp.runs import best_model_on_validation, read_json, read_leaderboard, run_status
 
 log = logging.getLogger("bondexp")
@@ -70,13 +71,14 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
     try:
         run_id = _log_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice or ",".join(cfg.models))
     except Exception as err:  # tracking must never fail the run: any error is reported, not raised
-        message = f"MLflow tracking to {settings.uri} failed ({type(err).__name__}: {_first_line(err)}); the run folder is complete."
+        uri = hide_passwords(settings.uri)
+        message = f"MLflow tracking to {uri} failed ({type(err).__name__}: {_first_line(err)}); the run folder is complete."
         log.warning(message)
         note_in_report(run_dir, f"Not tracked: {message}")
         return None
     finally:
         retries.setLevel(level)
-    note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{settings.uri}`.")
+    note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{hide_passwords(settings.uri)}`.")
     return run_id
 
 
@@ -94,12 +96,14 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
             run_name=_run_name(sweep_dir),
             tags={"bondexp.sweep_dir": str(Path(sweep_dir).resolve()), "bondexp.version": __version__, **_git_tags()},
         )
-        client.log_param(run.info.run_id, "overrides", " ".join(overrides))
+        client.log_param(run.info.run_id, "overrides", hide_passwords(" ".join(overrides)))
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(sweep_dir) / SWEEP_FILE, {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
         return run.info.run_id
     except Exception as err:  # a sweep's jobs then log as runs of their own, or warn in turn
-        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", settings.uri, type(err).__name__, _first_line(err))
+        log.warning(
+            "MLflow tracking of the sweep to %s failed (%s: %s)", hide_passwords(settings.uri), type(err).__name__, _first_line(err)
+        )
         return None
 
 
@@ -120,7 +124,8 @@ def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
         status = "FAILED" if "FAILED" in statuses else "KILLED" if statuses - {"FINISHED"} else "FINISHED"
         client.set_terminated(parent["run_id"], status=status)
     except Exception as err:
-        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", parent.get("uri"), type(err).__name__, _first_line(err))
+        uri = hide_passwords(str(parent.get("uri")))
+        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", uri, type(err).__name__, _first_line(err))
 
 
 # ----------------------------------------------------------------------------- what a run logs
@@ -128,12 +133,13 @@ def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:
 
 def run_params(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     """``overrides`` (the command line's, space-joined) plus the composed config flattened to dotted
-    keys, Hydra's own node left out; values as text (JSON for everything but strings)."""
+    keys, Hydra's own node left out; values as text (JSON for everything but strings), a URL's
+    password (``tune.storage``, ``tracking.uri``) shown as ``***``."""
     plain = plain_dict(cfg)
     plain.pop("hydra", None)
     params = {"overrides": " ".join(overrides)}
     params.update(flatten(plain))
-    return mlflow_keys(params)
+    return mlflow_keys({key: hide_passwords(value) for key, value in params.items()})
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -212,7 +218,7 @@ def run_tags(
         "bondexp.best_model": best_model_on_validation(results, leaderboard) or "",
         **_git_tags(),
     }
-    return {key: value for key, value in tags.items() if value}
+    return {key: hide_passwords(value) for key, value in tags.items() if value}
 
 
 def note_in_report(run_dir: Path, line: str) -> None:
@@ -387,5 +393,6 @@ def _run_name(folder: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
+    """The error's first line, a URL's password hidden (MLflow's own messages quote the tracking URI)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+    return hide_passwords(text.splitlines()[0]) if text else ""

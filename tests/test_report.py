@@ -164,6 +164,17 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
     assert "some steps failed" in text
 
 
+def test_the_command_and_overrides_show_no_password(tmp_path):
+    """``tune.storage=postgresql://u:pw@host/db`` put the password in report.md, a file one shares."""
+    storage = "tune.storage=postgresql://u:s3cretpw@127.0.0.1:5999/db"
+    text = write_report(
+        tmp_path, command=f"python -m bondexp {storage}", overrides=[storage], data_summary=SUMMARY, results=results({}), artifacts={}
+    ).read_text()
+    assert "s3cretpw" not in text
+    assert "python -m bondexp tune.storage=postgresql://u:***@127.0.0.1:5999/db" in text
+    assert "`tune.storage=postgresql://u:***@127.0.0.1:5999/db`" in text
+
+
 def test_failed_evaluate_is_named(tmp_path):
     text = write_report(
         tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"evaluate": "failed"}), artifacts={}

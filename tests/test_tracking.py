@@ -272,13 +272,13 @@ def _run_folder(folder: Path, steps: dict, *, ok=True, interrupted=False, wall_s
     return folder
 
 
-def _logged(tmp_path, folder: Path, **config):
+def _logged(tmp_path, folder: Path, overrides=("model=basic",), **config):
     """Track ``folder`` into a fresh sqlite store under ``tmp_path`` and read the MLflow run back with MlflowClient."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking = {"name": "mlflow", "uri": uri, "experiment": "bondexp", "log_models": False}
     tree = {"seed": 0, "models": {"basic": {"group": "ml"}}, "tracking": tracking}
     cfg = OmegaConf.merge(OmegaConf.create(tree), OmegaConf.create(config))
-    run_id = track_run(cfg, run_dir=folder, overrides=["model=basic"])
+    run_id = track_run(cfg, run_dir=folder, overrides=list(overrides))
     assert run_id is not None, (folder / "report.md").read_text()
     return mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
 
@@ -332,3 +332,32 @@ def test_an_interrupted_runs_best_model_tag_is_a_model(tmp_path):
     steps = {"basic": _step("ml", val_rmse=1.17), "tune": _step("report", val_rmse=1.09, n_trials=4)}
     run = _logged(tmp_path, _run_folder(tmp_path / "run", steps, ok=False, interrupted=True))
     assert run.data.tags["bondexp.best_model"] == "basic"
+
+
+def test_no_password_reaches_mlflow(tmp_path):
+    """The flattened config (``tune.storage``, ``steps.tune.config.storage``) and the overrides went to MLflow params as typed."""
+    storage = "postgresql://u:s3cretpw@127.0.0.1:5999/db"
+    run = _logged(
+        tmp_path,
+        _run_folder(tmp_path / "run", {"basic": _step("ml", val_rmse=1.2)}),
+        overrides=["model=basic", f"tune.storage={storage}"],
+        tune={"storage": storage},
+        steps={"tune": {"config": {"storage": storage}}},
+    )
+    logged = [*run.data.params.values(), *run.data.tags.values()]
+    assert not any("s3cretpw" in value for value in logged)
+    masked = "postgresql://u:***@127.0.0.1:5999/db"
+    assert run.data.params["tune.storage"] == masked and run.data.params["steps.tune.config.storage"] == masked
+    assert run.data.params["overrides"] == f"model=basic tune.storage={masked}"
+
+
+def test_an_unreachable_uri_is_reported_without_its_password(tmp_path, caplog):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = _run_folder(tmp_path / "run", {"basic": _step("ml", val_rmse=1.2)})
+    tracking = {"name": "mlflow", "uri": f"http://u:s3cretpw@127.0.0.1:{port}", "experiment": "bondexp", "log_models": False}
+    assert track_run(OmegaConf.create({"models": {"basic": {}}, "tracking": tracking}), run_dir=folder) is None
+    report = (folder / "report.md").read_text()
+    assert f"Not tracked: MLflow tracking to http://u:***@127.0.0.1:{port} failed" in report
+    assert "s3cretpw" not in report + caplog.text

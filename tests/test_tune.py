@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -332,6 +333,22 @@ def test_storage_must_be_a_url(tmp_path, shared, inputs, storage):
     config = {**helpers.BASE_TUNE, "target": "ridge", "storage": storage}
     with pytest.raises(ConfigError, match="'tune.storage' config key must be null .* or a database URL"):
         tune(config, inputs, helpers.context(tmp_path, shared))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "password"])
+def test_a_storage_that_cannot_be_opened_says_why_on_one_line_without_a_password(tmp_path, shared, inputs, kind):
+    """The terminal showed only SQLAlchemy's last line "(Background on this error at: https://sqlalche.me/...)", and the
+    message (so results.json, report.md and the logs) held the password of ``postgresql://u:pw@host/db``."""
+    storage = f"sqlite:///{tmp_path / 'missing' / 'x.db'}" if kind == "sqlite" else "postgresql://u:s3cretpw@127.0.0.1:9/db"
+    config = {**helpers.BASE_TUNE, "target": "ridge", "storage": storage}
+    with pytest.raises(ConfigError) as caught:
+        tune(config, inputs, helpers.context(tmp_path, shared))
+    message, shown = str(caught.value), "".join(traceback.format_exception(caught.value))
+    assert len(message.splitlines()) == 1 and "sqlalche.me" not in shown and "s3cretpw" not in shown
+    if kind == "sqlite":
+        assert "unable to open database file" in message
+    else:
+        assert "'postgresql://u:***@127.0.0.1:9/db'" in message
 
 
 def test_sqlite_url_storage(tmp_path, shared, inputs):

@@ -37,7 +37,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend  # a submodule `optuna.storages` does not export
 from optuna.trial import TrialState
 
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, hide_passwords
 from bondexp.executors import worker_label
 from bondexp.features import Dataset
 from bondexp.steps.train import fit_predict, one_thread
@@ -99,15 +99,26 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(spec)
     except Exception as exc:  # a missing driver or an unreachable server: say which key to fix
-        raise ConfigError(f"The 'tune.storage' config key names a database Optuna cannot open ({spec!r}): {exc}") from exc
+        # one line with the cause (SQLAlchemy ends its message with a "Background on this error" link, which the
+        # terminal showed alone), no password, and no chained traceback: a driver's own message may quote the URL
+        raise ConfigError(
+            f"The 'tune.storage' config key names a database Optuna cannot open ({storage_label(spec)!r}): {_cause(exc)}"
+        ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """``exc``'s message on one line, SQLAlchemy's link line left out, with the exception it came from; passwords hidden."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("(Background on this error")]
+    text = " ".join(lines) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
+    return hide_passwords(text)
 
 
 def storage_label(spec: str) -> str:
-    """The spec without a password, for the artifact and the logs."""
-    if spec.startswith("journal:"):
-        return spec
-    scheme, _, rest = spec.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}" if "@" in rest else spec
+    """The spec with its password shown as ``***`` (the user kept), for the artifact, the logs and messages."""
+    return spec if spec.startswith("journal:") else hide_passwords(spec)
 
 
 def study_name(target: str, *, model_config: Mapping[str, Any], space_spec: Any, batch_size: int, seed: int, data_fingerprint: str) -> str:
