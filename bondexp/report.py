@@ -224,10 +224,13 @@ def _drift(artifact: Mapping[str, Any] | None, *, status: str) -> str:
             f"{sum(f['status'] == 'alert' for _, f in flagged)} feature(s) alert and "
             f"{sum(f['status'] == 'warn' for _, f in flagged)} warn, of {len(features)}.",
             "",
-            "| feature | status | PSI | KS p-value (corrected) |",
-            "|---|---|---:|---:|",
+            "| feature | status | why | PSI | KS p-value (corrected) |",
+            "|---|---|---|---:|---:|",
         ]
-        lines += [f"| {name} | {f['status']} | {_num(f.get('psi'), 4)} | {_pvalue(f.get('ks_pvalue'))} |" for name, f in flagged]
+        lines += [
+            f"| {name} | {f['status']} | {f.get('why', '')} | {_num(f.get('psi'), 4)} | {_pvalue(f.get('ks_pvalue'))} |"
+            for name, f in flagged
+        ]
     else:
         lines.append(f"No feature drifted (all {len(features)} ok).")
     stale = [(name, m) for name, m in artifact.get("models", {}).items() if m.get("status") in ("warn", "alert")]

@@ -15,7 +15,7 @@ from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
 from bondexp.features import FEATURES
 from bondexp.steps import drift as drift_module
-from bondexp.steps.drift import drift, drift_files, drift_report, status_of
+from bondexp.steps.drift import drift, drift_files, drift_report, rated, status_of
 from bondexp.worker import StepContext
 from conftest import make_toy_dataset
 from series import ar1, ar1_with_turbulence
@@ -44,11 +44,19 @@ def _models(dataset, *, test_noise, seed=0):
 
 
 @pytest.mark.parametrize(
-    "psi, pvalue, status",
-    [(0.01, 0.5, "ok"), (0.01, 0.01, "warn"), (0.15, 0.5, "warn"), (0.15, 0.01, "alert"), (0.3, 0.9, "alert"), (np.nan, np.nan, "ok")],
+    "psi, pvalue, status, why",
+    [
+        (0.01, 0.5, "ok", ""),
+        (0.01, 0.01, "warn", "KS p 0.01 < 0.05"),
+        (0.15, 0.5, "warn", "PSI 0.15 >= 0.1"),
+        (0.15, 0.01, "alert", "PSI 0.15 >= 0.1 and KS p 0.01 < 0.05"),
+        (0.3, 0.9, "alert", "PSI 0.3 >= 0.25"),
+        (np.nan, np.nan, "ok", ""),
+    ],
 )
-def test_status_rule(psi, pvalue, status):
-    assert status_of(psi, pvalue, **RULES) == status
+def test_status_rule(psi, pvalue, status, why):
+    """The report showed a status without the part of the rule that set it: an alert next to KS p 1.0."""
+    assert status_of(psi, pvalue, **RULES) == status and rated(psi, pvalue, **RULES) == (status, why)
 
 
 # --- features on the toy panel --------------------------------------------------------------------
@@ -75,6 +83,7 @@ def test_each_feature_gets_the_test_of_its_kind(toy_dataset):
     assert kinds["curve_level"] == ("market_state", "level_shift")
     assert kinds["age"] == ("observation", "ks")
     assert features["curve_level"]["psi"] is None  # PSI over a few monthly values would be noise
+    assert all(bool(entry["why"]) == (entry["status"] != "ok") for entry in features.values())  # every flag says why
 
 
 def test_categorical_shares_shift_is_flagged_and_a_new_category_stays_finite(toy_dataset):

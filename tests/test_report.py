@@ -49,7 +49,7 @@ SUMMARY = {
 DRIFT = {
     "features": {
         "time_to_maturity": {"status": "ok", "psi": 0.01, "ks_pvalue": 0.8},
-        "curve_level": {"status": "alert", "psi": 0.42, "ks_pvalue": 1e-6},
+        "curve_level": {"status": "alert", "why": "a level shift, p 1e-06 < 0.05", "psi": 0.42, "ks_pvalue": 1e-6},
         "credit_spread": {"status": "warn", "psi": 0.12, "ks_pvalue": 0.03},
     },
     "models": {"enhanced": {"status": "alert", "rmse_ratio": 1.8}},
@@ -136,7 +136,7 @@ def test_full_report_has_every_section(tmp_path, evaluate_artifact):
     assert "Best model, chosen on validation (lowest validation RMSE" in text and f"**{chosen}**, test RMSE" in text
     assert f"| {chosen} * |" in text
     assert "50% sample, stratified by rating" in text
-    assert "| curve_level | alert | 0.4200 |" in text and "| credit_spread | warn |" in text
+    assert "| curve_level | alert | a level shift, p 1e-06 < 0.05 | 0.4200 |" in text and "| credit_spread | warn | " in text
     assert "time_to_maturity" not in text.split("## Drift")[1].split("## Tuning")[0]
     assert "enhanced (alert" in text
     assert "`max_depth=4`" in text and "12 trial(s)" in text and "Improved on the untuned model: **yes**" in text

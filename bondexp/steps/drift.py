@@ -67,11 +67,20 @@ PARTS = ("level", "scale")
 
 def status_of(psi: float, pvalue: float, *, psi_warn: float, psi_alert: float, ks_alpha: float) -> str:
     """``"alert"``, ``"warn"`` or ``"ok"`` from a PSI and a corrected p-value (rule in the module docstring)."""
+    return rated(psi, pvalue, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha)[0]
+
+
+def rated(psi: float, pvalue: float, *, psi_warn: float, psi_alert: float, ks_alpha: float) -> tuple[str, str]:
+    """``(status, why)``: :func:`status_of`'s status and the part of the rule that set it (empty for ``ok``)."""
     significant = bool(np.isfinite(pvalue) and pvalue < ks_alpha)
     psi = psi if np.isfinite(psi) else 0.0
-    if psi >= psi_alert or (significant and psi >= psi_warn):
-        return "alert"
-    return "warn" if psi >= psi_warn or significant else "ok"
+    if psi >= psi_alert:
+        return "alert", f"PSI {psi:.3g} >= {psi_alert:g}"
+    if significant and psi >= psi_warn:
+        return "alert", f"PSI {psi:.3g} >= {psi_warn:g} and KS p {pvalue:.2g} < {ks_alpha:g}"
+    if psi >= psi_warn:
+        return "warn", f"PSI {psi:.3g} >= {psi_warn:g}"
+    return ("warn", f"KS p {pvalue:.2g} < {ks_alpha:g}") if significant else ("ok", "")
 
 
 def _monthly_series(values: np.ndarray, month: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,14 +120,31 @@ def _month_shifts(
 
 def _observation_status(
     psi: float, pvalue: float, shifts: dict[str, dict[str, Any]], *, psi_warn: float, psi_alert: float, ks_alpha: float
-) -> str:
-    """Status of an observation feature (rule in the module docstring): alerts need a month-level shift."""
+) -> tuple[str, str]:
+    """``(status, why)`` of an observation feature (rule in the module docstring): alerts need a month-level shift."""
     psi = psi if np.isfinite(psi) else 0.0
-    if psi >= psi_warn and any(part["p_corrected"] < ks_alpha for part in shifts.values()):
-        return "alert"
-    month_level = any(part["p"] < ks_alpha for part in shifts.values())
-    row_level = status_of(psi, pvalue, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha) != "ok"
-    return "warn" if month_level or row_level else "ok"
+    for key, part in shifts.items():
+        if psi >= psi_warn and part["p_corrected"] < ks_alpha:
+            return "alert", f"PSI {psi:.3g} >= {psi_warn:g} and a monthly {key} shift, p {part['p_corrected']:.2g} < {ks_alpha:g}"
+    row_level = rated(psi, pvalue, psi_warn=psi_warn, psi_alert=psi_alert, ks_alpha=ks_alpha)
+    if row_level[0] != "ok":
+        return "warn", row_level[1] + (", but no monthly shift (an alert needs one)" if row_level[0] == "alert" else "")
+    for key, part in shifts.items():
+        if part["p"] < ks_alpha:
+            return "warn", f"a monthly {key} shift, p {part['p']:.2g} < {ks_alpha:g} before the correction"
+    return "ok", ""
+
+
+def _market_state_status(corrected: float, raw: float, volatility: dict[str, Any], *, ks_alpha: float) -> tuple[str, str]:
+    """``(status, why)`` of a market-state series: a level shift or a volatility change, corrected p-values alert."""
+    if corrected < ks_alpha:
+        return "alert", f"a level shift, p {corrected:.2g} < {ks_alpha:g}"
+    if volatility["p_corrected"] < ks_alpha:
+        return "alert", f"volatility x{volatility['ratio']:.2f}, p {volatility['p_corrected']:.2g} < {ks_alpha:g}"
+    if min(raw, volatility["p"]) < ks_alpha:
+        test = "a level shift" if raw < volatility["p"] else f"volatility x{volatility['ratio']:.2f}"
+        return "warn", f"{test}, p {min(raw, volatility['p']):.2g} < {ks_alpha:g} before the correction"
+    return "ok", ""
 
 
 def _check_options(*, psi_warn, psi_alert, ks_alpha, correction, n_bins, psi_floor) -> None:
@@ -263,14 +289,12 @@ def _feature_entry(t: dict[str, Any], corrected: float, monthly_p: np.ndarray, l
     ks_alpha = rules["ks_alpha"]
     if t["kind"] == "market_state":
         volatility = t["parts"]["volatility"]
-        status = (
-            "alert" if min(corrected, volatility["p_corrected"]) < ks_alpha else "warn" if min(t["p"], volatility["p"]) < ks_alpha else "ok"
-        )
+        status, why = _market_state_status(corrected, t["p"], volatility, ks_alpha=ks_alpha)
         t["extra"].update({"volatility_ratio": volatility["ratio"], "volatility_pvalue": volatility["p_corrected"]})
     elif t["kind"] == "categorical":
-        status = status_of(t["psi"], corrected, **rules)
+        status, why = rated(t["psi"], corrected, **rules)
     else:
-        status = _observation_status(t["psi"], corrected, t["parts"], **rules)
+        status, why = _observation_status(t["psi"], corrected, t["parts"], **rules)
         parts = t["parts"]
         t["extra"] = {f"{key}_{field}": parts[key][src] for key in PARTS for field, src in (("z", "z"), ("pvalue", "p_corrected"))}
         t["monthly"] = {"level_z": parts["level"]["monthly_z"]}
@@ -283,6 +307,7 @@ def _feature_entry(t: dict[str, Any], corrected: float, monthly_p: np.ndarray, l
         "ks_pvalue": json_number(corrected),
         "pvalue_raw": json_number(t["p"]),
         "status": status,
+        "why": why,
         "kind": t["kind"],
         "test": t["test"],
         **{key: json_number(value) for key, value in t["extra"].items()},
