@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -219,6 +222,24 @@ def test_a_run_whose_model_step_failed_predicts_with_the_others_and_says_which(f
     run = open_run(_tamper(finished_run, tmp_path, "basic failed"), cache_dir=cache)
     assert run.failed_models == ("basic",) and "basic" not in run.artifacts and "enhanced" in run.artifacts
     assert open_run(finished_run, models=["enhanced"], cache_dir=cache).failed_models == ()
+
+
+def test_ctrl_c_ends_predict_with_one_line_and_no_files(finished_run, cache, tmp_path):
+    """A Ctrl-C printed two KeyboardInterrupt tracebacks (the file's reader and a worker) and the command's own."""
+    cfg = OmegaConf.load(finished_run / ".hydra" / "config.yaml")
+    market, _ = load_market({**OmegaConf.to_container(cfg.data, resolve=True), "n_observations": 60_000}, seed=int(cfg.seed))
+    files = write_market(market, tmp_path / "data", fmt="parquet")
+    out_dir = tmp_path / "out"
+    args = [f"run={finished_run}", "data=parquet", *file_overrides(files), "batch_rows=2048", f"hydra.run.dir={out_dir}"]
+    with Started(*args, module="bondexp.predict", cwd=tmp_path, cache=cache) as run:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".predictions") for p in out_dir.glob(".*")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first batches are being written: workers and the reader are all up
+        os.killpg(run.process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the command
+        proc = run.result(check=False, timeout=60)  # the code before hung here
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "Interrupted: no predictions written.", proc.stderr
+    assert not list(out_dir.glob("*predictions*"))
 
 
 def _bad_rows(files):

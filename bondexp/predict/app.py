@@ -25,6 +25,7 @@ from bondexp.errors import ConfigError
 from bondexp.predict.batches import check_source, csv_bytes, load_new_bonds, predict_batches, read_new_bonds
 from bondexp.predict.runfolder import best_model, check_spreads, open_run, resolve_run
 from bondexp.predict.summary import Scores, concat, ranking_columns, render_markdown
+from bondexp.predict.workers import forking, leave_ctrl_c_to_the_parent
 
 
 @dataclass
@@ -70,7 +71,8 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
     # The new file is read and validated while this thread opens the run (mostly scikit-learn's
     # import): about 2 and 3 s of CPU at 1M rows.
     with _reader(int(cfg.workers)) as reader:
-        read = reader.submit(_cpu_timed, read_new_bonds, data_cfg)
+        with forking():
+            read = reader.submit(_cpu_timed, read_new_bonds, data_cfg)
         clock = time.thread_time()
         run = open_run(run_dir, models, cache_dir=Path(cfg.cache_dir).expanduser())
         times = {"open the run": time.thread_time() - clock}
@@ -131,7 +133,7 @@ def _reader(workers: int) -> Executor:
     """Where the new file is read: a forked process when the batches go to worker processes (the
     read then has the other core to itself, where a thread would wait on the imports' GIL), else a thread."""
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"), initializer=leave_ctrl_c_to_the_parent)
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bondexp-read")
 
 

@@ -11,7 +11,9 @@ of the fork-safety trouble GNU libgomp has with a pool of threads inherited acro
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +26,32 @@ _state: Any = None  # the worker's copy of the parent's state, set by the pool i
 def _set_state(state: Any) -> None:
     global _state
     _state = state
+    leave_ctrl_c_to_the_parent()
+
+
+def leave_ctrl_c_to_the_parent() -> None:
+    """A forked helper process's first act: ignore Ctrl-C, which the command answers (see :func:`forking`).
+
+    A terminal's Ctrl-C reaches every process of the command: each worker and the file's reader
+    printed a KeyboardInterrupt traceback under the command's own, and one that died in the middle
+    of handing back its result left the command waiting for the rest of it, for good.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Ctrl-C blocked while this thread submits to a pool that forks on its first task.
+
+    A process forked before its initializer (:func:`leave_ctrl_c_to_the_parent`) ignores Ctrl-C
+    would still answer one; blocked, it waits, and reaches the command when the block ends.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _timed_call(fn: Callable, args: tuple) -> tuple[Any, dict[str, float]]:
@@ -60,7 +88,8 @@ def ordered_map(fn: Callable, tasks: Iterable[tuple], *, state: Any, workers: in
         pending: deque = deque()
         try:
             for task in tasks:
-                pending.append(pool.submit(_timed_call, fn, task))
+                with forking():
+                    pending.append(pool.submit(_timed_call, fn, task))
                 if len(pending) > workers:
                     yield pending.popleft().result()
             while pending:
