@@ -228,16 +228,20 @@ class CheckpointStore:
         """Load a step's artifact after verifying its sha256 against the manifest (see :func:`load_verified`).
 
         A model's fitted pipeline is left out (``ModelArtifact.pipeline`` is ``None``) unless
-        ``pipeline`` is true: most readers want only its predictions and metrics.
+        ``pipeline`` is true: most readers want only its predictions and metrics. With ``pipeline``
+        it is loaded when the checkpoint kept one; a model artifact saved without one (a backtest's
+        refits are scored, not reused) comes back as it was saved, with ``None``, just as a
+        dependent gets it from a step that ran in the same run.
 
         Raises
         ------
         CheckpointError
             If the manifest is missing or a file's bytes differ from what it recorded.
         """
-        artifact = load_verified(self.artifact_path(name), (self.manifest(name) or {}).get("sha256"))
-        if pipeline and isinstance(artifact, ModelArtifact):
-            artifact = dataclasses.replace(artifact, pipeline=self.load_pipeline(name))
+        manifest = self.manifest(name) or {}
+        artifact = load_verified(self.artifact_path(name), manifest.get("sha256"))
+        if pipeline and isinstance(artifact, ModelArtifact) and "pipeline_sha256" in manifest:
+            artifact = dataclasses.replace(artifact, pipeline=load_verified(self.pipeline_path(name), manifest["pipeline_sha256"]))
         return artifact
 
     def load_pipeline(self, name: str) -> Any:

@@ -179,3 +179,19 @@ def refuse_config(steps, where):
 def accept_config(steps, where):
     """A config check that passes, recording the process it ran in."""
     Path(where).write_text(str(os.getpid()))
+
+
+def scored_refit(config, inputs, ctx):
+    """A model artifact without a fitted pipeline, as a backtest's refit returns one."""
+    from bondexp.artifacts import ModelArtifact
+
+    value = float(config.get("value", 1.0))
+    return ModelArtifact(
+        name=ctx.name, group="g", config={}, features=["x"], predictions={"scored": {"mean": np.full(3, value)}}, metrics={"value": value}
+    )
+
+
+def sums_predictions(config, inputs, ctx):
+    """The sum of its model inputs' scored predictions, plus ``value``."""
+    value = float(config.get("value", 0.0)) + sum(float(art.predictions["scored"]["mean"].sum()) for art in inputs.values())
+    return {"value": value, "metrics": {"value": value}}

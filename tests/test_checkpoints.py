@@ -97,6 +97,17 @@ def test_a_models_pipeline_and_files_are_kept_apart_verified_and_loaded_on_reque
         store.load_pipeline("r")
 
 
+def test_a_model_artifact_kept_without_a_pipeline_loads_as_it_was_saved(tmp_path):
+    from bondexp.artifacts import ModelArtifact
+
+    store = CheckpointStore(tmp_path)
+    refit = ModelArtifact(name="m@2020-01", group="ml", config={}, features=["x"], predictions={"scored": {"mean": np.ones(2)}}, metrics={})
+    store.save("m@2020-01", refit, {"fingerprint": "f"})
+    assert not store.pipeline_path("m@2020-01").exists()
+    loaded = store.load("m@2020-01", pipeline=True)  # what the runner sends a remote dependent of a reused step
+    assert loaded.pipeline is None and loaded.name == "m@2020-01"
+
+
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     store = CheckpointStore(tmp_path)
     store.save("s", {"v": 1}, {"fingerprint": "f"})

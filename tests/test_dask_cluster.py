@@ -242,6 +242,19 @@ def test_a_config_error_the_check_finds_on_the_cluster_ends_the_run_before_any_s
     assert _run(graph, tmp_path / "again", cluster, workers=2).ok  # the cluster is none the worse
 
 
+def test_a_reused_model_step_that_kept_no_pipeline_feeds_its_dependent(cluster, tmp_path):
+    # A backtest's refits are model artifacts kept without a fitted pipeline; a resume reuses them
+    # and the parent sends them to the backtest step, which needs only their predictions.
+    def graph(value):
+        return build_graph([S("refit", fn="scored_refit", value=2.0), S("total", fn="sums_predictions", needs=["refit"], value=value)])
+
+    assert _run(graph(0.5), tmp_path, cluster, workers=2).ok
+    result = _run(graph(0.25), tmp_path, cluster, workers=2)
+    assert result.ok, result.summary_table()
+    assert {n: s.status for n, s in result.steps.items()} == {"refit": "reused", "total": "ran"}
+    assert _artifact(tmp_path, "total")["value"] == 6.25
+
+
 def test_steps_whose_inputs_the_cluster_forgot_run_again_with_them_sent_afresh(cluster, tmp_path, caplog):
     # The scheduler forgets scattered data when the worker holding its last copy dies (its Active
     # Memory Manager keeps one copy, whatever `broadcast=True` asked for) and cancels the steps needing it.
