@@ -146,7 +146,9 @@ def execute_remote_step(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             sent[relative] = hashlib.sha256(data).hexdigest()
-        inputs = {**{need: report["artifact"] for need, report in reports.items()}, **artifacts}
+        # In the order of task.needs, as a step on a shared disk gets them: a report step (the
+        # backtest's table) writes its rows in that order, whichever needs were reused.
+        inputs = {need: reports[need]["artifact"] if need in reports else artifacts[need] for need in task.needs}
         with _dataset_provided(dataset):
             report = _run(
                 task,

@@ -195,3 +195,8 @@ def sums_predictions(config, inputs, ctx):
     """The sum of its model inputs' scored predictions, plus ``value``."""
     value = float(config.get("value", 0.0)) + sum(float(art.predictions["scored"]["mean"].sum()) for art in inputs.values())
     return {"value": value, "metrics": {"value": value}}
+
+
+def input_order(config, inputs, ctx):
+    """The names of its inputs, in the order the step got them."""
+    return {"order": list(inputs), "metrics": {}}

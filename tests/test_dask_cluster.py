@@ -255,6 +255,18 @@ def test_a_reused_model_step_that_kept_no_pipeline_feeds_its_dependent(cluster, 
     assert _artifact(tmp_path, "total")["value"] == 6.25
 
 
+def test_a_step_gets_its_inputs_in_the_order_of_its_needs_whichever_were_reused(cluster, tmp_path):
+    # The backtest step writes its rows in its inputs' order: a resume must not reorder backtest.csv.
+    def graph(b):
+        return build_graph([S("a"), S("b", value=b), S("c", fn="input_order", needs=["a", "b"])])
+
+    assert _run(graph(1.0), tmp_path, cluster, workers=2).ok
+    assert _artifact(tmp_path, "c")["order"] == ["a", "b"]
+    result = _run(graph(2.0), tmp_path, cluster, workers=2)  # a reused (sent by the parent), b ran on the cluster
+    assert {n: s.status for n, s in result.steps.items()} == {"a": "reused", "b": "ran", "c": "ran"}
+    assert _artifact(tmp_path, "c")["order"] == ["a", "b"]
+
+
 def test_steps_whose_inputs_the_cluster_forgot_run_again_with_them_sent_afresh(cluster, tmp_path, caplog):
     # The scheduler forgets scattered data when the worker holding its last copy dies (its Active
     # Memory Manager keeps one copy, whatever `broadcast=True` asked for) and cancels the steps needing it.
