@@ -24,7 +24,7 @@ from bondexp.checkpoints import CheckpointStore, RunLock
 from bondexp.config import collect_models, launch_dir, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.errors import hide_passwords
-from bondexp.executors import warm_up
+from bondexp.executors import check_scheduler, warm_up
 from bondexp.graph import build_graph, call_target
 from bondexp.pipeline import build_steps
 from bondexp.planning import dry_run_plan, step_fingerprints
@@ -148,6 +148,8 @@ def run(
         summary = _finished_run_summary(graph, run_dir, fingerprint)
         raise_lost_ctrl_c()  # one pressed while Hydra saved the config: before any data or worker
         if summary is None:
+            if cfg.executor.name == "dask" and cfg.executor.address:
+                check_scheduler(cfg.executor.address)  # a wrong address fails in seconds, before the data loads
             warm_up(cfg.executor.name, workers=workers)  # forkserver and step libraries start up while the data loads
             if loaded is None:
                 loaded = _load_dataset(data_cfg, cfg, cache_dir, fingerprint)

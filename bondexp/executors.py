@@ -261,13 +261,11 @@ class DaskBackend:
         from distributed import Client, LocalCluster
 
         if self._address:
+            check_scheduler(self._address)
             try:
                 self._client = Client(self._address)
-            except (OSError, TimeoutError) as exc:
-                raise ConfigError(
-                    f"The 'executor.address' config key must name a running Dask scheduler. "
-                    f"Got {self._address!r}, which did not answer: {exc}"
-                ) from exc
+            except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                raise _address_error(self._address, exc) from exc
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(
@@ -339,6 +337,65 @@ class DaskBackend:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+#: How long a run waits for the scheduler at ``executor.address`` to answer, when Dask's own
+#: ``distributed.comm.timeouts.connect`` is left at Dask's default (30 s, and a port that accepts but
+#: never speaks Dask held ``distributed.Client`` for ever).
+CONNECT_TIMEOUT_S = 10.0
+_CONNECT_KEY = "distributed.comm.timeouts.connect"
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a scheduler: Dask's ``distributed.comm.timeouts.connect`` if set, else :data:`CONNECT_TIMEOUT_S`."""
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.config import defaults
+
+    configured = dask.config.get(_CONNECT_KEY)
+    if configured == defaults["distributed"]["comm"]["timeouts"]["connect"]:
+        return CONNECT_TIMEOUT_S
+    return float(parse_timedelta(configured, default="seconds"))
+
+
+def check_scheduler(address: str) -> None:
+    """Raise ConfigError naming ``executor.address`` unless a Dask scheduler answers at ``address`` within :func:`connect_timeout`.
+
+    One connection and Dask's handshake, then closed: a few milliseconds. ``distributed.Client``
+    bounds the connection by its ``timeout`` but not the handshake after it, so a port that
+    accepts and never answers (a dashboard, another server) held it for ever; a malformed
+    address raised ``ValueError`` or ``TypeError`` (``tls://`` with no security configured).
+    """
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    timeout = connect_timeout()
+
+    async def handshake() -> None:
+        comm = await connect(address, timeout=timeout, **Security().get_connection_args("client"))
+        await comm.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(handshake(), timeout))
+    except TimeoutError as exc:
+        raise _address_error(address, exc, f"no Dask handshake within {timeout:g} s") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise _address_error(address, exc) from exc
+
+
+def _address_error(address: str, exc: BaseException, what: str | None = None) -> ConfigError:
+    """The ConfigError for a scheduler address that is malformed (ValueError, TypeError) or did not answer."""
+    if isinstance(exc, (ValueError, TypeError)):
+        return ConfigError(
+            f"The 'executor.address' config key must be a Dask scheduler's address, such as tcp://host:8786. Got {address!r}: {exc}"
+        )
+    return ConfigError(
+        f"The 'executor.address' config key must name a running Dask scheduler. Got {address!r}, which did not answer: "
+        f"{what or exc}. Check the host and port (the scheduler's, not its dashboard's); to wait longer than "
+        f"{connect_timeout():g} s, set Dask's {_CONNECT_KEY} (e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s)."
+    )
 
 
 def _kept(dask_future: Any) -> bool:

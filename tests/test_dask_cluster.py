@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,3 +404,74 @@ def test_an_address_with_no_scheduler_is_named(tmp_path):
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(ConfigError, match=f"'executor.address' .* Got '{address}', which did not answer"):
             _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
+
+
+def _silent_port():
+    """A TCP listener that accepts connections and never says a word (a dashboard, another server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(sock.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock, accepted
+
+
+def test_an_address_that_never_speaks_dask_is_named_within_the_connect_timeout(tmp_path):
+    import dask
+
+    from bondexp.errors import ConfigError
+
+    sock, accepted = _silent_port()
+    address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    outcome: list = []
+
+    def run():
+        try:
+            _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+            started = time.monotonic()
+            thread = threading.Thread(target=run, daemon=True)  # before the fix it hung for ever
+            thread.start()
+            thread.join(timeout=20)
+            elapsed = time.monotonic() - started
+    finally:
+        sock.close()
+        for conn in accepted:
+            conn.close()
+    assert not thread.is_alive(), "distributed.Client waited for ever on a port that never answers"
+    assert accepted and elapsed < 10
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert f"Got '{address}', which did not answer: no Dask handshake within 2 s" in str(outcome[0])
+    assert "distributed.comm.timeouts.connect" in str(outcome[0])
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "http://127.0.0.1:8797", "tls://127.0.0.1:8786"])
+def test_a_malformed_address_is_a_config_error_naming_the_key(tmp_path, address):
+    from bondexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"'executor.address' config key must be a Dask scheduler's address.* Got '{address}'"):
+        _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
+
+
+def test_a_wrong_address_stops_the_run_before_the_data_loads(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bondexp", *QUICK, "executor=dask", "executor.address=notanaddress", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=_bondexp_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "bondexp: error: The 'executor.address' config key" in proc.stderr and "Traceback" not in proc.stderr
+    assert "data:" not in proc.stdout and not (tmp_path / "cache").exists()  # no data loaded, no cache built
