@@ -266,6 +266,12 @@ class DaskBackend:
                 self._client = Client(self._address)
             except (OSError, TimeoutError, ValueError, TypeError) as exc:
                 raise _address_error(self._address, exc) from exc
+            try:
+                self._wait_for_a_worker(self._client)
+            except BaseException:  # no worker joined, or Ctrl-C meanwhile: the runner has nothing to stop yet
+                self._client.close()
+                self._client = None
+                raise
         else:
             with dask.config.set({"distributed.worker.daemon": False}):
                 self._cluster = LocalCluster(
@@ -276,6 +282,22 @@ class DaskBackend:
                     silence_logs=logging.WARNING,
                 )
             self._client = Client(self._cluster)
+
+    def _wait_for_a_worker(self, client: Client) -> None:
+        """Return once the scheduler has a worker; wait up to :data:`WORKERS_WAIT_S` for one, saying so, then raise ConfigError.
+
+        Without a worker the first task (the config check) waited for ever, with nothing shown.
+        """
+        if client.scheduler_info(n_workers=1)["workers"]:
+            return
+        log.warning("the Dask scheduler at %s has no workers yet: waiting up to %g s for a worker", self._address, WORKERS_WAIT_S)
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        except TimeoutError as exc:
+            raise ConfigError(
+                f"The 'executor.address' config key names the Dask scheduler {self._address!r}, which has no workers: "
+                f"none joined within {WORKERS_WAIT_S:g} s. Start one with: dask worker {self._address}"
+            ) from exc
 
     def submit(self, task: Any, *, load_input: Callable[[str], Any], dataset: Any) -> Future:
         """Submit ``task`` with its inputs as Dask data; return a future of its report.
@@ -338,6 +360,9 @@ class DaskBackend:
         if cluster is not None:
             cluster.close()
 
+
+#: How long a run waits for a worker to join a scheduler that has none, before it stops with a ConfigError.
+WORKERS_WAIT_S = 30.0
 
 #: How long a run waits for the scheduler at ``executor.address`` to answer, when Dask's own
 #: ``distributed.comm.timeouts.connect`` is left at Dask's default (30 s, and a port that accepts but

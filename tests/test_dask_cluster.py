@@ -49,6 +49,7 @@ class Cluster:
     root: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
     workers: dict[Path, subprocess.Popen] = field(default_factory=dict)  # local directory -> worker process
+    env: dict = field(default_factory=dict)  # the environment its processes start with
 
     def client(self):
         from distributed import Client
@@ -93,6 +94,33 @@ class _suppress_gone:
         return kind is ProcessLookupError
 
 
+def add_worker(cluster: Cluster, *, nthreads: int = 1) -> subprocess.Popen:
+    """Start one more `dask worker` for ``cluster``, in its own working and local directory; returns without waiting for it."""
+    i = len(cluster.workers)
+    home = cluster.root / f"worker{i}"
+    home.mkdir()
+    cluster.workers[home] = _start(
+        cluster,
+        [
+            "worker",
+            cluster.address,
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            str(nthreads),
+            "--no-dashboard",
+            "--local-directory",
+            str(home),
+            "--death-timeout",
+            "60",
+        ],
+        cwd=home,
+        log_name=f"worker{i}.log",
+        env={**cluster.env, "BONDEXP_CACHE_DIR": str(home / "cache")},
+    )
+    return cluster.workers[home]
+
+
 @contextlib.contextmanager
 def _cluster_starter(tmp_path_factory):
     """Yield ``start(n_workers=2, nthreads=1) -> Cluster``; every process it started is stopped on exit."""
@@ -113,30 +141,12 @@ def _cluster_starter(tmp_path_factory):
             log_name="scheduler.log",
             env=env,
         )
-        for i in range(n_workers):
-            home = root / f"worker{i}"
-            home.mkdir()
-            cluster.workers[home] = _start(
-                cluster,
-                [
-                    "worker",
-                    cluster.address,
-                    "--host",
-                    "127.0.0.1",
-                    "--nthreads",
-                    str(nthreads),
-                    "--no-dashboard",
-                    "--local-directory",
-                    str(home),
-                    "--death-timeout",
-                    "60",
-                ],
-                cwd=home,
-                log_name=f"worker{i}.log",
-                env={**env, "BONDEXP_CACHE_DIR": str(home / "cache")},
-            )
-        with cluster.client() as client:
-            client.wait_for_workers(n_workers, timeout=120)
+        cluster.env = env
+        for _ in range(n_workers):
+            add_worker(cluster, nthreads=nthreads)
+        if n_workers:
+            with cluster.client() as client:
+                client.wait_for_workers(n_workers, timeout=120)
         return cluster
 
     try:
@@ -475,3 +485,39 @@ def test_a_wrong_address_stops_the_run_before_the_data_loads(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "bondexp: error: The 'executor.address' config key" in proc.stderr and "Traceback" not in proc.stderr
     assert "data:" not in proc.stdout and not (tmp_path / "cache").exists()  # no data loaded, no cache built
+
+
+def test_a_scheduler_without_workers_stops_the_run_after_a_bounded_wait(start_cluster, tmp_path, monkeypatch, caplog):
+    from functools import partial
+
+    from bondexp import executors
+    from bondexp.errors import ConfigError
+    from bondexp.graph import call_target
+
+    cluster = start_cluster(n_workers=0)
+    monkeypatch.setattr(executors, "WORKERS_WAIT_S", 2.0, raising=False)
+    outcome: list = []
+
+    def run():
+        try:
+            check = partial(call_target, f"{MOD}.accept_config", ["a"], str(tmp_path / "checked"))
+            _run(build_graph([S("a")]), tmp_path / "run", cluster, workers=1, check=check)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with caplog.at_level("WARNING", logger="bondexp"):
+        thread = threading.Thread(target=run, daemon=True)  # before the fix the preflight check waited for ever
+        thread.start()
+        thread.join(timeout=30)
+    assert not thread.is_alive(), "the run waited for ever for a worker"
+    assert isinstance(outcome[0], ConfigError), outcome
+    assert f"'executor.address' config key names the Dask scheduler {cluster.address!r}, which has no workers" in str(outcome[0])
+    assert "waiting up to 2 s for a worker" in caplog.text
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_workers_that_join_a_few_seconds_late_run_the_steps(start_cluster, tmp_path):
+    cluster = start_cluster(n_workers=0)
+    add_worker(cluster)  # registers a few seconds later, while the run waits
+    result = _run(build_graph([S("a"), S("b", needs=["a"])]), tmp_path, cluster, workers=1)
+    assert result.ok, result.summary_table()
