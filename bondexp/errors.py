@@ -48,6 +48,10 @@ class InputsLost(BondexpError):
     died): the runner submits the step again, and the backend sends its inputs afresh."""
 
 
+class NoWorkers(BondexpError):
+    """A Dask cluster has had no worker for a while, so a step's inputs cannot be sent: the step fails like any step."""
+
+
 class RunFolderError(BondexpError):
     """A run folder cannot serve predictions: a checkpoint fails its sha256, library versions differ, or a model is missing."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from bondexp.errors import ConfigError, InputsLost
+from bondexp.errors import ConfigError, InputsLost, NoWorkers
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -255,6 +255,7 @@ class DaskBackend:
         self._reports: dict[str, Any] = {}  # step name -> Dask future of its report, kept for its dependents
         self._reused: dict[str, Any] = {}  # step name -> scattered artifact of a step reused from its checkpoint
         self._dataset: tuple[Any, Any] | None = None  # (the dataset, its scattered future)
+        self._workerless_since: float | None = None  # monotonic time the cluster was first seen with no worker
 
     def start(self) -> None:
         import dask
@@ -308,12 +309,19 @@ class DaskBackend:
         from bondexp.worker import execute_remote_step  # not at the top: bondexp.worker imports this module
 
         reports = {need: self._reports[need] for need in task.needs if _kept(self._reports.get(need))}
-        for need in task.needs:
-            if need not in reports and not _kept(self._reused.get(need)):
-                self._reused[need] = self._scatter(load_input(need))
-        artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
+        try:
+            for need in task.needs:
+                if need not in reports and not _kept(self._reused.get(need)):
+                    self._reused[need] = self._scatter(load_input(need))
+            artifacts = {need: self._reused[need] for need in task.needs if need not in reports}
+            scattered = self._scattered(dataset)
+        except NoWorkers as exc:  # the step fails like any step: the run goes on to its table and resume command
+            failed: Future = Future()
+            failed.set_running_or_notify_cancel()
+            failed.set_exception(exc)
+            return failed
         key = f"bondexp-step-{task.name}-{uuid.uuid4().hex}"
-        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, self._scattered(dataset), key=key, pure=False)
+        future = self._started_client().submit(execute_remote_step, task, reports, artifacts, scattered, key=key, pure=False)
         self._reports[task.name] = future
         return _as_concurrent_future(future)
 
@@ -334,9 +342,35 @@ class DaskBackend:
         Scattered data has no task to recompute it from, and the scheduler's Active Memory Manager
         soon keeps a single copy whatever ``broadcast`` asked for: when the worker holding it dies,
         the steps needing it are cancelled, the runner submits them again (:class:`InputsLost`)
-        and :meth:`submit` scatters what the cluster no longer holds.
+        and :meth:`submit` scatters what the cluster no longer holds. With no worker left it waits
+        up to :data:`WORKERS_WAIT_S` from when none was first seen (Dask's scatter would wait its
+        own timeout at every call), then raises :class:`NoWorkers`, which :meth:`submit` hands back
+        as the step's failure.
         """
-        return self._started_client().scatter([value], broadcast=True, hash=False)[0]
+        client = self._started_client()
+        if client.scheduler_info(n_workers=1)["workers"]:
+            self._workerless_since = None
+        else:  # every worker is gone: wait for one a while (a nanny restarts its worker), then fail fast
+            now = time.monotonic()
+            self._workerless_since = self._workerless_since or now
+            left = self._workerless_since + WORKERS_WAIT_S - now
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                client.wait_for_workers(1, timeout=left)
+            except TimeoutError:
+                address = self._address or "<scheduler address>"
+                raise NoWorkers(
+                    f"The Dask cluster at {address} has had no workers for {WORKERS_WAIT_S:g} s, so this step's inputs "
+                    f"could not be sent. Start workers (dask worker {address}), then resume."
+                ) from None
+            self._workerless_since = None
+        try:
+            return client.scatter([value], broadcast=True, hash=False)[0]
+        except TimeoutError as exc:  # "No valid workers found": the last worker left meanwhile
+            raise NoWorkers(
+                f"The Dask cluster lost its last worker while this step's inputs were sent ({exc}). Start workers, then resume."
+            ) from exc
 
     def _started_client(self) -> Client:
         if self._client is None:

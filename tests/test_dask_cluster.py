@@ -521,3 +521,40 @@ def test_workers_that_join_a_few_seconds_late_run_the_steps(start_cluster, tmp_p
     add_worker(cluster)  # registers a few seconds later, while the run waits
     result = _run(build_graph([S("a"), S("b", needs=["a"])]), tmp_path, cluster, workers=1)
     assert result.ok, result.summary_table()
+
+
+def test_losing_every_worker_fails_the_steps_like_any_step(start_cluster, tmp_path, monkeypatch):
+    import dask
+
+    from bondexp import executors
+
+    cluster = start_cluster(n_workers=1)
+    monkeypatch.setattr(executors, "WORKERS_WAIT_S", 2.0, raising=False)
+    toy = make_toy_dataset(n_bonds=20, n_months=24)
+    shared = {"data": {"source": "elsewhere"}, "seed": 0, "data_fingerprint": toy.fingerprint}
+    graph = build_graph([S("rows", fn="uses_dataset"), S("slow", needs=["rows"], seconds=60), S("after", needs=["slow"])])
+    outcome: list = []
+
+    def run():
+        try:  # Dask's 30 s for a scatter with no worker would make this test slow before the fix
+            with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+                outcome.append(_run(graph, tmp_path / "run", cluster, shared=shared, dataset=toy, workers=1))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    with cluster.client() as client:
+        deadline = time.monotonic() + 60
+        while not any(str(key).startswith("bondexp-step-slow-") for keys in client.processing().values() for key in keys):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.05)
+    for process in cluster.workers.values():
+        os.killpg(process.pid, signal.SIGKILL)  # the nanny and its worker: no worker is left
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the run did not end after losing every worker"
+    result = outcome[0]
+    assert not isinstance(result, BaseException), repr(result)
+    assert not result.ok and result.steps["rows"].status == "ran"
+    assert result.steps["slow"].status == "failed" and "has had no workers for 2 s" in result.steps["slow"].error
+    assert result.steps["after"].status == "skipped"
