@@ -45,13 +45,13 @@ ARTIFACT_FILES = ("report.md", "leaderboard.csv", "drift.json", "tuning.json", "
 ARTIFACT_DIRS = ("plots",)
 #: report.md's closing section, rewritten (never appended twice) on every tracked attempt.
 REPORT_SECTION = "## Tracking"
-#: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
-#: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
 #: The MLflow run status for each run status (:func:`bondexp.runs.run_status`): an interrupted run is KILLED, as in MLflow's own UI.
 MLFLOW_STATUS = {"ok": "FINISHED", "interrupted": "KILLED", "failed": "FAILED", "unfinished": "FAILED"}
 #: A character MLflow refuses in a metric, param or tag key: it accepts letters, digits, ``_ - . / space``
 #: (and ``:``, which a Windows server refuses: left out too). See mlflow/utils/validation.py.
 REFUSED_IN_KEY = re.compile(r"[^\w.\- /]")
+#: An unreachable server fails in seconds rather than after MLflow's default minutes of retries, and
+#: MLflow's INFO lines (database set-up) stay off the terminal; a value already in the environment wins.
 MLFLOW_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
