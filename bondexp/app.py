@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from bondexp.atomic import atomic_write_json
 from bondexp.checkpoints import CheckpointStore, RunLock
-from bondexp.config import collect_models, launch_dir, plain_dict, validate_config
+from bondexp.config import absolute_sqlite_url, collect_models, launch_dir, plain_dict, validate_config
 from bondexp.data import data_fingerprint, with_absolute_paths
 from bondexp.errors import hide_passwords
 from bondexp.executors import check_scheduler, warm_up
@@ -130,7 +130,9 @@ def run(
     workers = int(workers or cfg.workers)
     run_dir = Path(run_dir)
     cache_dir = Path(cfg.cache_dir).expanduser()
-    data_cfg = with_absolute_paths(plain_dict(cfg.data), base=launch_dir())  # steps may run elsewhere
+    launched_in = launch_dir(cfg)
+    data_cfg = with_absolute_paths(plain_dict(cfg.data), base=launched_in)  # steps may run elsewhere
+    cfg.tune.storage = absolute_sqlite_url(cfg.tune.storage, launched_in)  # opened by the tune step's process, anywhere
     durations_path = durations_file(cache_dir, data_cfg, workers=workers)
     fingerprint = data_fingerprint(data_cfg, seed=int(cfg.seed))
     shared = _shared(data_cfg, cfg, cache_dir, fingerprint)

@@ -8,6 +8,7 @@ fails before a single step runs.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -300,15 +301,53 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
     return models
 
 
-def launch_dir() -> Path:
-    """The folder the command was launched in, against which relative paths are read (Hydra's ``to_absolute_path``).
+def launch_dir(cfg: DictConfig | None = None) -> Path:
+    """The folder the run was launched in, against which relative paths are read (Hydra's ``to_absolute_path``).
 
     With ``hydra.job.chdir=true`` the run works in its own folder: an existing ``data.path`` given
-    relative to the launch folder was refused as missing.
+    relative to the launch folder was refused as missing. A resumed run (``cfg.resume``) reads them
+    from the folder it was first launched in, as its saved overrides meant them: resumed from
+    another folder, a relative ``data.path`` was refused as missing, and a relative SQLite
+    ``tune.storage`` started a new, empty study there.
     """
     from hydra.core.hydra_config import HydraConfig
 
-    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+    if not HydraConfig.initialized():
+        return Path.cwd()
+    runtime = HydraConfig.get().runtime
+    first = saved_launch_dir(Path(runtime.output_dir)) if cfg is not None and cfg.get("resume") is not None else None
+    return first or Path(runtime.cwd)
+
+
+def saved_launch_dir(run_dir: Path) -> Path | None:
+    """The folder the run in ``run_dir`` was first launched in (``.hydra/hydra.yaml``'s ``runtime.cwd``), if saved."""
+    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
+    launched_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
+    return Path(launched_in) if launched_in else None
+
+
+#: A SQLAlchemy SQLite URL (``sqlite:///file``, ``sqlite+pysqlite:///file?...``): its scheme, file and query.
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(.*)$")
+
+
+@overload
+def absolute_sqlite_url(url: str, base: Path) -> str: ...
+@overload
+def absolute_sqlite_url(url: None, base: Path) -> None: ...
+def absolute_sqlite_url(url: str | None, base: Path) -> str | None:
+    """``url`` with a relative SQLite file made absolute against ``base``; any other URL, or None, as given.
+
+    ``sqlite:///tuning.db`` names a file relative to whichever process opens it: a Dask worker's
+    folder, a ``hydra.job.chdir=true`` run's own folder, a resume launched elsewhere. Read against
+    the launch folder, as ``data.path`` is, the study and the MLflow store stay one file.
+    """
+    match = _SQLITE_URL.match(url) if isinstance(url, str) else None
+    if match is None:
+        return url
+    scheme, path, rest = match.groups()
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return url
+    return f"{scheme}{Path(base) / Path(path).expanduser()}{rest}"  # an absolute path stays as it is
 
 
 def model_key(cfg: DictConfig, name: str) -> str:
@@ -428,7 +467,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
             _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")
         value = cfg.data.get(key)
-        if value is not None and not (launch_dir() / Path(value).expanduser()).exists():
+        if value is not None and not (launch_dir(cfg) / Path(value).expanduser()).exists():
             _fail(f"data.{key}", "an existing file", value)
     if cfg.resume not in (None, "last") and not Path(cfg.resume).is_dir():
         _fail("resume", "a run folder or 'last'", cfg.resume)

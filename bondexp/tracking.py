@@ -13,6 +13,7 @@ job, in its own worker process, finds it and logs itself as a child.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from bondexp import __version__
 from bondexp.atomic import atomic_write_json, atomic_write_text
 from bondexp.checkpoints import CheckpointStore
-from bondexp.config import plain_dict
+from bondexp.config import absolute_sqlite_url, launch_dir, plain_dict, saved_launch_dir
 from bondexp.errors import hide_passwords
 from bondexp.runs import best_model_on_validation, read_json, read_leaderboard, run_status
 
@@ -61,10 +62,12 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
     Returns the MLflow run id, or None when tracking is off or failed (then a warning is logged and
     report.md says why). Never raises.
     """
-    settings = cfg.tracking
-    if settings.name != "mlflow":
+    if cfg.tracking.name != "mlflow":
         return None
     run_dir = Path(run_dir)
+    cfg = copy.deepcopy(cfg)  # a relative SQLite store is the one in the folder the run was first launched from
+    cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri, saved_launch_dir(run_dir) or launch_dir())
+    settings = cfg.tracking
     retries = logging.getLogger("urllib3.connectionpool")  # its "Retrying (Retry(total=0, ...))" came before the warning below
     level = retries.level
     retries.setLevel(logging.ERROR)
@@ -87,8 +90,9 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
     settings = config.tracking
     if settings.name != "mlflow":
         return None
+    uri = absolute_sqlite_url(settings.uri, launch_dir())  # as each job's run reads it (bondexp.app.run)
     try:
-        client = _client(settings.uri)
+        client = _client(uri)
         experiment_id = _experiment_id(client, settings.experiment)
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         run = client.create_run(
@@ -98,12 +102,10 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
         )
         client.log_param(run.info.run_id, "overrides", hide_passwords(" ".join(overrides)))
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(sweep_dir) / SWEEP_FILE, {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": settings.uri})
+        atomic_write_json(Path(sweep_dir) / SWEEP_FILE, {"run_id": run.info.run_id, "experiment_id": experiment_id, "uri": uri})
         return run.info.run_id
     except Exception as err:  # a sweep's jobs then log as runs of their own, or warn in turn
-        log.warning(
-            "MLflow tracking of the sweep to %s failed (%s: %s)", hide_passwords(settings.uri), type(err).__name__, _first_line(err)
-        )
+        log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", hide_passwords(uri), type(err).__name__, _first_line(err))
         return None
 
 

@@ -242,18 +242,30 @@ def test_tail_risk_calibrates_on_a_validation_split_of_one_or_two_months(tmp_pat
     assert (run_dir / "leaderboard.csv").exists()
 
 
-def test_relative_data_paths_are_the_launch_folders_with_hydra_job_chdir(tmp_path, cache):
-    """With hydra.job.chdir=true the run works in its own folder, and an existing data.path given relative to
-    the launch folder was refused: "must be an existing file"."""
+def test_relative_paths_are_the_launch_folders_with_hydra_job_chdir_and_on_resume_from_elsewhere(tmp_path, cache):
+    """Relative data paths and a relative SQLite ``tune.storage`` name files in the folder the run was first launched in.
+
+    With hydra.job.chdir=true the run works in its own folder, and an existing data.path given relative to
+    the launch folder was refused: "must be an existing file". Resumed from another folder, the data path
+    was refused again, and the storage was opened there: a new, empty study beside the old one.
+    """
     from bondexp.data.files import write_market
     from bondexp.data.synthetic import generate_market
 
     files = write_market(generate_market(n_observations=1500, n_months=24, seed=3, min_regime_months=4), tmp_path / "data")
     relative = [f"data.{key}=data/{path.name}" for key, path in files.items()]
-    run_dir = tmp_path / "r"
-    args = ["data=csv", *relative, "model=factor", "~steps.tune", "~steps.drift", "hydra.job.chdir=true", f"hydra.run.dir={run_dir}"]
+    run_dir, elsewhere = tmp_path / "r", tmp_path / "elsewhere"
+    tune = ["model=basic", "tune.n_trials=2", "tune.batch_size=2", "tune.storage=sqlite:///studies.db", "~steps.drift"]
+    args = ["data=csv", *relative, *tune, "hydra.job.chdir=true", f"hydra.run.dir={run_dir}"]
     bondexp(*args, "progress=false", "eval.n_bootstrap=20", cwd=tmp_path, cache=cache)
     assert (run_dir / "leaderboard.csv").exists()
+    assert (tmp_path / "studies.db").is_file() and not (run_dir / "studies.db").exists()
+
+    elsewhere.mkdir()
+    bondexp(f"resume={run_dir}", "tune.n_trials=3", "progress=false", cwd=elsewhere, cache=cache)  # tune runs again
+    assert not list(elsewhere.rglob("studies.db"))
+    assert "2 trial(s) finished" in (run_dir / "logs" / "tune.log").read_text()  # the study of the first attempt
+    assert json.loads((run_dir / "tuning.json").read_text())["n_trials"] == 3
 
 
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from bondexp.config import collect_models, register_configs, validate_config
+from bondexp.config import absolute_sqlite_url, collect_models, register_configs, validate_config
 from bondexp.errors import ConfigError
 from bondexp.graph import build_graph
 from bondexp.pipeline import build_steps, resolve_features
@@ -194,3 +195,21 @@ def test_a_key_bondexp_does_not_read_fails_before_any_work():
     cfg = composed("+modle=enhanced", "data=small")
     with pytest.raises(ConfigError, match=r"key\(s\) \['modle'\] that bondexp does not read.* Did you mean 'model'\?"):
         validate_config(cfg, models=collect_models(cfg, choice="all"))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///tuning.db", "sqlite:////launch/tuning.db"),
+        ("sqlite:///studies/t.db?timeout=30", "sqlite:////launch/studies/t.db?timeout=30"),
+        ("sqlite+pysqlite:///t.db", "sqlite+pysqlite:////launch/t.db"),
+        ("sqlite:////abs/t.db", "sqlite:////abs/t.db"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("sqlite://", "sqlite://"),
+        ("postgresql://u:pw@host/db", "postgresql://u:pw@host/db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        (None, None),
+    ],
+)
+def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
+    assert absolute_sqlite_url(url, Path("/launch")) == expected

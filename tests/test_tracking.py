@@ -57,8 +57,8 @@ def started(request, store, cache, tmp_path_factory):
             "test_a_resume_logs_into_the_run_it_started",
             "test_log_models_registers_each_model_with_its_test_metrics",
         ):
-            folder, uri = store
-            start("tracked", folder, uri, *TRACKED, f"hydra.run.dir={folder / 'run'}")
+            folder, _ = store  # given relative, with the run working in its own folder: the store is still the launch folder's
+            start("tracked", folder, "sqlite:///mlflow.db", *TRACKED, "hydra.job.chdir=true", f"hydra.run.dir={folder / 'run'}")
         if needed_by(request, "test_log_models_registers_the_tuned_model_too"):
             folder = tmp_path_factory.mktemp("tuned")
             with_tune = [arg for arg in TRACKED if arg != "~steps.tune"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bondexp.config import plain_dict
+from bondexp.config import plain_dict, saved_launch_dir
 from bondexp.errors import ConfigError, RunFolderError
 
 #: and behave as they did (scikit-learn supports no cross-version unpickling; bondexp's own classes
@@ -146,9 +146,7 @@ def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
 
     # The run fingerprinted its files by absolute path, made from the folder it was launched in
     # (Hydra's runtime.cwd); its config keeps the paths as given (`data.path=bonds.csv`).
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    launched_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") if hydra_file.is_file() else None
-    data_cfg, seed = with_absolute_paths(config["data"], base=launched_in), int(config.get("seed", 0))
+    data_cfg, seed = with_absolute_paths(config["data"], base=saved_launch_dir(run_dir)), int(config.get("seed", 0))
     recorded = json.loads((run_dir / "data_summary.json").read_text()).get("fingerprint")
     try:
         fingerprint = data_fingerprint(data_cfg, seed=seed)
