@@ -51,7 +51,7 @@ def run_graph(
     executor_options: Mapping[str, Any] | None = None,
     durations_path: str | Path | None = None,
     dataset: Any = None,
-    check: Callable[[], BondexpError | None] | None = None,
+    check: Callable[[list[str]], BondexpError | None] | None = None,
 ) -> RunResult:
     """Run every step of ``graph`` in ``run_dir`` and checkpoint each one as it finishes.
 
@@ -89,8 +89,9 @@ def run_graph(
     check : callable, optional
         A picklable check of the config that needs the step libraries (:func:`bondexp.preflight.config_error`
         with its argument bound), run where the steps run before the first one is submitted, when any
-        step is to run. The error it returns (returned, not raised: a worker would log a raised one) is
-        raised here before any step begins (no ``logs/``).
+        step is to run; it is given the names of the steps that will run (a sorted list). The error it
+        returns (returned, not raised: a worker would log a raised one) is raised here before any step
+        begins (no ``logs/``).
 
     Returns
     -------
@@ -160,7 +161,7 @@ class _Scheduler:
         expected: Mapping[str, float | None],
         shared: dict,
         dataset: Any = None,
-        check: Callable[[], BondexpError | None] | None = None,
+        check: Callable[[list[str]], BondexpError | None] | None = None,
     ):
         self.graph = graph
         self.check = check
@@ -237,7 +238,7 @@ class _Scheduler:
         self.backend.start()
         self.started = True
         try:
-            error = self.backend.call(self.check).result()
+            error = self.backend.call(self.check, sorted(self.pending)).result()
             if error is not None:
                 raise error
         except BaseException:  # a ConfigError, or Ctrl-C while it ran: no step has begun

@@ -168,7 +168,7 @@ def failing_trial(config, inputs, ctx):
     return {"value": 1.0, "metrics": {"trials": len(study.trials)}}
 
 
-def refuse_config(steps, where):
+def refuse_config(steps, where, pending):
     """A config check that finds an error, recording the process it ran in (``where``: a file)."""
     from bondexp.errors import ConfigError
 
@@ -176,7 +176,7 @@ def refuse_config(steps, where):
     return ConfigError(f"The 'models.x.alpah' config key must name a parameter. Got {sorted(steps)}")
 
 
-def accept_config(steps, where):
+def accept_config(steps, where, pending):
     """A config check that passes, recording the process it ran in."""
     Path(where).write_text(str(os.getpid()))
 

@@ -188,6 +188,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
             ["+models.mine.alpah=1"],
             "The model file mine has no '# @package models.mine' header, so its keys are set as model.<key> (model.alpah)",
         ),
+        (  # found only when tune ran, after every model had trained
+            "",
+            ["tune.storage=sqlite:///no/such/folder/study.db"],
+            "The 'tune.storage' config key names a database Optuna cannot open ('sqlite:///",
+        ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklaern.linear_model.Lasso", [], "no module 'sklaern' is installed. Did you mean 'sklearn'?"),
         ("_target_: sklearn.preprocessing.StandardScaler", [], "'model._target_' config key must name a regressor"),

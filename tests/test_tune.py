@@ -351,6 +351,18 @@ def test_a_storage_that_cannot_be_opened_says_why_on_one_line_without_a_password
         assert "'postgresql://u:***@127.0.0.1:9/db'" in message
 
 
+def test_the_preflight_opens_the_storage_of_a_tune_step_that_will_run(tmp_path):
+    """Before any step, where the steps run; not for a tune step reused from its checkpoint (its database may be gone)."""
+    from bondexp.preflight import TUNE_STEP, config_error
+
+    steps = {"tune": (TUNE_STEP, {**helpers.BASE_TUNE, "storage": f"sqlite:///{tmp_path / 'missing' / 'x.db'}"})}
+    error = config_error(steps, ["tune"])
+    assert isinstance(error, ConfigError) and "'tune.storage'" in str(error) and "unable to open database file" in str(error)
+    assert config_error(steps, ["evaluate"]) is None
+    steps = {"tune": (TUNE_STEP, {**helpers.BASE_TUNE, "storage": f"sqlite:///{tmp_path / 'x.db'}"})}
+    assert config_error(steps, ["tune"]) is None and (tmp_path / "x.db").is_file()
+
+
 def test_sqlite_url_storage(tmp_path, shared, inputs):
     config = {**helpers.BASE_TUNE, "target": "ridge", "n_trials": 2, "storage": f"sqlite:///{tmp_path / 'study.db'}"}
     artifact = tune(config, inputs, helpers.context(tmp_path, shared))
