@@ -84,8 +84,8 @@ def test_target_defaults_to_best_tunable_ml_model_by_name_or_class():
 @pytest.mark.parametrize(
     ("target", "models", "error", "message"),
     [
-        (None, {"bayesian": _artifact("risk", 0.5)}, StepSkipped, r"nothing to tune.*of \['bayesian'\]"),
-        (None, {"automl": _artifact("ml", 0.5)}, StepSkipped, "no chosen model of group 'ml'"),
+        (None, {"bayesian": _artifact("risk", 0.5)}, StepSkipped, "tune.target is null and no model of group 'ml' was chosen$"),
+        (None, {"automl": _artifact("ml", 0.5)}, StepSkipped, r"no chosen model of group 'ml' \(automl\) has a search space"),
         ("enhancd", {"enhanced": _artifact("ml", 0.5)}, ConfigError, r"must name a trained model, one of \['enhanced'\]"),
     ],
 )

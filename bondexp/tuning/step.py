@@ -170,9 +170,12 @@ def choose_target(
         and np.isfinite(art.metrics.get("val_rmse", np.nan))
         and space_key(name, art.config.get("estimator", {}), by_name=by_name, by_class=by_class)
     }
+    ml = sorted(name for name, art in models.items() if art.group == "ml")
+    if not ml:
+        raise StepSkipped("nothing to tune: tune.target is null and no model of group 'ml' was chosen")
     if not scores:
         raise StepSkipped(
-            f"nothing to tune: tune.target is null and no chosen model of group 'ml' (of {sorted(models)}) has a "
+            f"nothing to tune: tune.target is null and no chosen model of group 'ml' ({', '.join(ml)}) has a "
             "search space in tune.search_space (by name) or tune.class_search_space (by estimator class)"
         )
     return min(scores, key=scores.__getitem__)
