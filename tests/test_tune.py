@@ -25,6 +25,7 @@ from sklearn.utils import all_estimators
 import tune_helpers as helpers
 from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError, StepSkipped
+from bondexp.executors import kill_forkserver
 from bondexp.models.stacking import StackedRegressor
 from bondexp.tuning import study as studies
 from bondexp.tuning.space import check_estimator_params, distribution, search_space, space_key
@@ -269,8 +270,11 @@ def test_same_study_in_process_on_trial_processes_and_from_a_pool_worker(tmp_pat
     spawned = tune(_config(), inputs, helpers.context(tmp_path / "spawned", shared, workers=2, threads=2))
     assert _trials(spawned) == _trials(one)
     # the runner's pool workers are forkserver processes; the step starts its own trial processes there (forked)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        pooled = pool.submit(helpers.tune_in_worker, str(tmp_path / "pool"), _config(target="ridge"), 2).result(timeout=300)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            pooled = pool.submit(helpers.tune_in_worker, str(tmp_path / "pool"), _config(target="ridge"), 2).result(timeout=300)
+    finally:  # a server without bondexp's preload, which a later run in this process would use (seen as unfrozen workers)
+        kill_forkserver()
     ridge = tune(_config(target="ridge"), {"ridge": helpers.model_artifact("ridge")}, helpers.context(tmp_path / "ridge", shared))
     assert [(t["params"], t["value"]) for t in pooled["trials"]] == [(t["params"], t["value"]) for t in ridge["trials"]]
     other_seed = tune(_config(seed=1), inputs, helpers.context(tmp_path / "seed1", shared))
