@@ -155,6 +155,14 @@ def test_config_errors_name_the_key(csv_files, change, error, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["path", "curve_path"])
+def test_a_semicolon_separated_file_is_named_as_such(csv_files, tmp_path, key):
+    """Its header read as one column, and the error listed every column as missing, beside that one."""
+    pd.read_csv(csv_files[key]).to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    with pytest.raises(DataValidationError, match="Its columns are separated by semicolons, and bondexp reads comma-separated files"):
+        load_market(cfg_for({**csv_files, key: str(tmp_path / "semi.csv")}), seed=0)
+
+
 def test_incomplete_curve_file_is_rejected(csv_files, tmp_path):
     curve = pd.read_csv(csv_files["curve_path"])
     curve.drop(index=[5]).to_csv(tmp_path / "curve.csv", index=False)

@@ -35,7 +35,7 @@ numbers (header not counted).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +238,22 @@ def _mapping(cfg, header, path) -> dict[str, str]:
         elif theirs is not None and ours not in _OPTIONAL:
             missing.append(f"{theirs!r} (data.columns.{ours})")
     if missing:
-        raise DataValidationError(f"The file {path} lacks the columns {', '.join(missing)}; its columns are {header}.")
+        hint = _separator_hint(header)
+        raise DataValidationError(f"The file {path} lacks the columns {', '.join(missing)}; its columns are {header}.{hint}")
     return mapping
+
+
+def _separator_hint(header: Sequence[Any]) -> str:
+    """A note for a CSV whose header read as one column holding ``;`` or tabs: its columns are not separated by commas."""
+    if len(header) != 1:
+        return ""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if separator in str(header[0]):
+            return (
+                f" Its columns are separated by {name}, and bondexp reads comma-separated files: convert it, for example "
+                f"pandas.read_csv(path, sep={separator!r}, decimal=...).to_csv(new_path, index=False), or write Parquet."
+            )
+    return ""
 
 
 def _batches(path: Path, mapping: Mapping[str, str], *, parquet: bool) -> Iterator[dict[str, np.ndarray]]:
@@ -285,7 +299,9 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     frame = pd.read_parquet(path) if _is_parquet(path) else pd.read_csv(path)
     missing = [name for name in columns if name not in frame.columns]
     if missing:
-        raise DataValidationError(f"The file {path} lacks the columns {missing}; expected {list(columns)}, got {list(frame.columns)}.")
+        hint = _separator_hint(frame.columns)
+        got = list(frame.columns)
+        raise DataValidationError(f"The file {path} lacks the columns {missing}; expected {list(columns)}, got {got}.{hint}")
     frame = frame[list(columns)].copy()
     value = columns[-1]
     frame["date"] = parse_dates(frame["date"].to_numpy())
