@@ -322,6 +322,22 @@ def test_resume_continues_the_study_to_the_same_result(tmp_path, shared, inputs)
     assert again["trials"] == resumed["trials"]  # nothing left to run
 
 
+def test_a_database_study_whose_untuned_trial_a_kill_left_running_still_scores_it(tmp_path, shared, inputs):
+    """A database study leaves a killed process's RUNNING trials alone (another process may be running them);
+    one that was the untuned trial kept the resumed study from ever scoring the untuned parameters."""
+    whole = tune(_config(), inputs, helpers.context(tmp_path / "whole", shared))
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    study = optuna.create_study(study_name=whole["info"]["study_name"], storage=storage, direction="minimize")
+    studies.enqueue_untuned(study, whole["info"]["untuned_params"])
+    stuck = study.ask()  # the untuned trial, asked by a process killed before it told it
+    assert stuck.user_attrs[UNTUNED_ATTR]
+    resumed = tune(_config(storage=storage), inputs, helpers.context(tmp_path / "resumed", shared))
+    assert next(t for t in resumed["trials"] if t["number"] == stuck.number)["state"] == "RUNNING"  # left alone
+    finished = [(t["params"], t["value"], t["untuned"]) for t in resumed["trials"] if t["state"] == "COMPLETE"]
+    assert finished == [(t["params"], t["value"], t["untuned"]) for t in whole["trials"]]
+    assert resumed["best_params"] == whole["best_params"] and resumed["val_rmse"] <= resumed["untuned_value"]
+
+
 def test_a_changed_search_space_starts_a_new_study(tmp_path, shared, inputs):
     config = {**helpers.BASE_TUNE, "target": "ridge", "n_trials": 2}
     tune(config, inputs, helpers.context(tmp_path, shared))

@@ -158,8 +158,14 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
-    """Enqueue the untuned parameters unless the study already ran or queued them; return whether enqueued."""
-    if any(t.user_attrs.get(UNTUNED_ATTR) and not t.user_attrs.get(STALE_ATTR) for t in study.get_trials(deepcopy=False)):
+    """Enqueue the untuned parameters unless the study already finished or queued them; return whether enqueued.
+
+    An untuned trial still RUNNING does not count: in a database study a killed process leaves it
+    so for good (see :func:`fail_stale_trials`), and the resumed study never scored the untuned
+    parameters, so its tuned model could be worse on validation than the untuned one.
+    """
+    done_or_queued = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING))
+    if any(t.user_attrs.get(UNTUNED_ATTR) and not t.user_attrs.get(STALE_ATTR) for t in done_or_queued):
         return False
     study.enqueue_trial(dict(params), user_attrs={UNTUNED_ATTR: True})
     return True
