@@ -420,10 +420,12 @@ def connect_timeout() -> float:
 def check_scheduler(address: str) -> None:
     """Raise ConfigError naming ``executor.address`` unless a Dask scheduler answers at ``address`` within :func:`connect_timeout`.
 
-    One connection and Dask's handshake, then closed: a few milliseconds. ``distributed.Client``
-    bounds the connection by its ``timeout`` but not the handshake after it, so a port that
-    accepts and never answers (a dashboard, another server) held it for ever; a malformed
-    address raised ``ValueError`` or ``TypeError`` (``tls://`` with no security configured).
+    One connection, Dask's handshake and its ``identity`` call, then closed: a few milliseconds.
+    ``distributed.Client`` bounds the connection by its ``timeout`` but not the handshake after it,
+    so a port that accepts and never answers (a dashboard, another server) held it for ever; a
+    malformed address raised ``ValueError`` or ``TypeError`` (``tls://`` with no security
+    configured); a worker's or nanny's address failed inside the client with Dask's own
+    "Worker.identity() got an unexpected keyword argument", after the data had loaded.
     """
     import asyncio
 
@@ -432,16 +434,26 @@ def check_scheduler(address: str) -> None:
 
     timeout = connect_timeout()
 
-    async def handshake() -> None:
+    async def server_type() -> str:
         comm = await connect(address, timeout=timeout, **Security().get_connection_args("client"))
-        await comm.close()
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            identity = await comm.read()
+        finally:
+            await comm.close()
+        return str(identity.get("type")) if isinstance(identity, dict) else type(identity).__name__
 
     try:
-        asyncio.run(asyncio.wait_for(handshake(), timeout))
+        kind = asyncio.run(asyncio.wait_for(server_type(), timeout))
     except TimeoutError as exc:
         raise _address_error(address, exc, f"no Dask handshake within {timeout:g} s") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise _address_error(address, exc) from exc
+    if kind != "Scheduler":
+        raise ConfigError(
+            f"The 'executor.address' config key must name a Dask scheduler. Got {address!r}, which is a Dask {kind}: "
+            "give the scheduler's address, the one its `dask worker` command was given."
+        )
 
 
 def _address_error(address: str, exc: BaseException, what: str | None = None) -> ConfigError:

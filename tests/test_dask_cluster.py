@@ -473,6 +473,20 @@ def test_a_malformed_address_is_a_config_error_naming_the_key(tmp_path, address)
         _run(build_graph([S("a")]), tmp_path, Cluster(address=address, root=tmp_path))
 
 
+def test_a_workers_or_nannys_address_is_named_as_such(cluster):
+    """It failed inside the client with Dask's "Worker.identity() got an unexpected keyword argument 'n_workers'"."""
+    from bondexp.errors import ConfigError
+    from bondexp.executors import check_scheduler
+
+    with cluster.client() as client:
+        workers = client.scheduler_info()["workers"]
+    worker, info = next(iter(workers.items()))
+    check_scheduler(cluster.address)  # the scheduler answers as one
+    for address, kind in ((worker, "Worker"), (info["nanny"], "Nanny")):
+        with pytest.raises(ConfigError, match=f"must name a Dask scheduler. Got '{address}', which is a Dask {kind}: give the"):
+            check_scheduler(address)
+
+
 def test_a_wrong_address_stops_the_run_before_the_data_loads(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bondexp", *QUICK, "executor=dask", "executor.address=notanaddress", f"hydra.run.dir={tmp_path / 'run'}"],
