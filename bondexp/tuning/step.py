@@ -93,7 +93,8 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         "untuned_params": untuned,
         "unplaced": unplaced,
     }
-    best = _best_trial(study)
+    trials = studies.counted_trials(study, int(config["n_trials"]))
+    best = _best_trial(study.study_name, trials)
     # No trial had the untuned values (some lie outside the space) and none beat the untuned model: validation keeps it
     kept_untuned = bool(unplaced) and best.value is not None and best.value >= float(artifact.metrics["val_rmse"])
     if kept_untuned:
@@ -102,7 +103,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         model, predictions = _best_model(best, best_fit, artifact, pipeline, dataset, exact_untuned=not unplaced)
     tuned = _tuned_artifact(
         artifact,
-        study,
+        trials,
         best,
         model=model,
         predictions=predictions,
@@ -199,15 +200,14 @@ def reusable_untuned_result(artifact: ModelArtifact, pipeline, dataset: Dataset,
     return value, pipeline, predictions, f"the {artifact.name} step"
 
 
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+def _best_trial(study_name: str, trials: Sequence[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
     """The complete trial with the lowest value, the earliest among equals (Optuna's own tie-break is unspecified)."""
-    trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         return min(done, key=lambda t: (t.value, t.number))
     failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(studies.STALE_ATTR)]
     reason = failed[0].user_attrs.get("error", "unknown") if failed else "no trial ran (tune.timeout too short?)"
-    raise BondexpError(f"The tuning study {study.study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}")
+    raise BondexpError(f"The tuning study {study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}")
 
 
 def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact, pipeline, dataset: Dataset, *, exact_untuned: bool):
@@ -235,10 +235,11 @@ def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact
 
 
 def _tuned_artifact(
-    artifact: ModelArtifact, study, best, *, model, predictions, dataset, info, timed_out, kept_untuned: bool, ctx
+    artifact: ModelArtifact, trials, best, *, model, predictions, dataset, info, timed_out, kept_untuned: bool, ctx
 ) -> ModelArtifact:
     """The tuned model's artifact; ``info["tuning"]`` holds what ``tuning.json`` and the report show.
 
+    ``trials`` are the study's counted ones (:func:`bondexp.tuning.study.counted_trials`).
     ``kept_untuned``: the model is the untuned one, which no trial beat, so its parameters are the untuned ones.
     """
     target = artifact.name
@@ -247,7 +248,7 @@ def _tuned_artifact(
     improved = bool(metrics["val_rmse"] < untuned_value)
     metrics.update(
         best_value=float(best.value),
-        n_trials=len(studies.finished_trials(study)),
+        n_trials=sum(map(studies.is_finished, trials)),
         improved=improved,
         timed_out=timed_out,
         reproducible=not timed_out,
@@ -271,7 +272,7 @@ def _tuned_artifact(
         "improved": improved,
         "kept_untuned": kept_untuned,
         "note": note,
-        "trials": [_trial_record(t) for t in study.get_trials(deepcopy=False)],
+        "trials": [_trial_record(t) for t in trials],
         "val_rmse": metrics["val_rmse"],
         "n_trials": metrics["n_trials"],
         "timed_out": timed_out,

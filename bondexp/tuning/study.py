@@ -152,9 +152,32 @@ def fail_stale_trials(study: optuna.Study, spec: str) -> int:
     return len(stale)
 
 
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Told back (complete, or failed by the objective), not failed as stale: what ``n_trials`` counts."""
+    return trial.state in (TrialState.COMPLETE, TrialState.FAIL) and not trial.user_attrs.get(STALE_ATTR)
+
+
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials told back (complete, or failed by the objective), stale ones aside: the ones ``n_trials`` counts."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if not t.user_attrs.get(STALE_ATTR)]
+    """The study's finished trials (:func:`is_finished`), in number order."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if is_finished(t)]
+
+
+def counted_trials(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials up to its ``n_trials``-th finished one, in number order: what a study of ``n_trials`` holds.
+
+    A study is named by what defines its trials, not by ``n_trials`` (see :func:`study_name`), so a
+    run folder or a shared storage may hold more finished trials than this run asks for: a run
+    with ``tune.n_trials=40`` before, in the same folder. The best of all of them made the same
+    command's tuned model depend on what ran before it. Trials are asked in batches seeded by
+    the trials finished before them, so the first ``n_trials`` are the ones a study of
+    ``n_trials`` alone would have run. Trials that never finished (stale, or left running) come
+    along when numbered among them, as a study of ``n_trials`` would list them.
+    """
+    finished = finished_trials(study)
+    if len(finished) <= n_trials:
+        return study.get_trials(deepcopy=False)
+    last = finished[n_trials - 1].number
+    return [t for t in study.get_trials(deepcopy=False) if t.number <= last]
 
 
 def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
