@@ -190,6 +190,19 @@ def test_a_second_market_goes_end_to_end_and_the_best_model_still_beats_the_dcf(
     assert new_gain >= 0.5 * own_gain, (best, new_gain, own_gain)
 
 
+def test_the_best_of_a_subset_of_models_is_not_called_the_runs(finished_run):
+    """With models=[enhanced], predictions.md called enhanced "the lowest validation RMSE of the run" when it was not."""
+    from bondexp.predict.summary import _best_said
+    from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
+
+    runs_best = best_model_on_validation(read_json(finished_run / "results.json"), read_leaderboard(finished_run))
+    other = next(name for name in MODEL_STEPS if name != runs_best)
+    assert _best_said(finished_run, runs_best) == "the lowest validation RMSE of the run"
+    assert _best_said(finished_run, other) == (
+        f"the lowest validation RMSE of the models predicted here (the run's own best, {runs_best}, was not asked for)"
+    )
+
+
 def _tamper(run_dir: Path, tmp_path: Path, how: str) -> Path:
     copy = tmp_path / "run_copy"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("run.lock"))

@@ -53,6 +53,16 @@ def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def _best_said(run_dir: Path, best: str) -> str:
+    """What ``best`` is the best of: the run, or (``models=`` a subset without the run's best) the models predicted."""
+    from bondexp.runs import best_model_on_validation, read_json, read_leaderboard
+
+    runs_best = best_model_on_validation(read_json(run_dir / "results.json"), read_leaderboard(run_dir))
+    if runs_best in (None, best):
+        return "the lowest validation RMSE of the run"
+    return f"the lowest validation RMSE of the models predicted here (the run's own best, {runs_best}, was not asked for)"
+
+
 def _leaderboard(run_dir: Path) -> dict[str, dict[str, str]]:
     """The run's leaderboard rows (test scores) by model name; empty when the run has none."""
     import csv
@@ -99,7 +109,7 @@ def render_markdown(
         "verified against its sha256 and library versions",
         f"- new data: `{data_cfg['path']}`, {n_rows:,} rows predicted" + (f", rows dropped as invalid: {dict(dropped)}" if dropped else ""),
         *(f"- note: {note}" for note in notes),
-        f"- best model: **{best}**, the lowest validation RMSE of the run (the test split only reports)",
+        f"- best model: **{best}**, {_best_said(run.run_dir, best)} (the test split only reports)",
         "",
         "## Models",
         "",
