@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -39,8 +40,10 @@ def _with_resumed_overrides(argv: list[str]) -> list[str]:
     resume = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not resume or resume[-1] in ("null", "None", ""):
         return argv
+    from bondexp.runs import read_overrides
+
     saved = Path(resolve_run_dir(resume[-1])) / ".hydra"
-    original = [str(o) for o in OmegaConf.load(saved / "overrides.yaml")] if (saved / "overrides.yaml").exists() else []
+    original = read_overrides(saved.parent)  # its latest attempt's: a resume that changed the config continues with it
     first = next(i for i, a in enumerate(argv) if i and not a.startswith("-") and ("=" in a or a.startswith("~")))
     return [*argv[:first], *_saved_searchpath(saved / "hydra.yaml"), *original, *argv[first:]]
 
@@ -134,6 +137,7 @@ def _run(cfg: DictConfig, hc: Any) -> int:
         print(f"{label}bondexp: error: {err}", file=sys.stderr)
         if job is not None:
             note_not_run(run_dir, f"error: {err}")
+        _forget_resumed_record(run_dir, hc.output_subdir)
         return 2
     except KeyboardInterrupt:
         result = None
@@ -163,6 +167,18 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     if result is not None and not result.ok:
         return 1
     return 0
+
+
+def _forget_resumed_record(run_dir: Path, output_subdir: str | None) -> None:
+    """Remove the ``.hydra/resumed-<time>/`` Hydra wrote for a resume that bad input stopped before any work.
+
+    The run's latest attempt is its newest record (:func:`bondexp.runs.latest_record`): a plain
+    resume after ``resume=<folder> workers=0`` would have continued with ``workers=0``.
+    """
+    from bondexp.runs import RESUMED_RECORD
+
+    if output_subdir and Path(output_subdir).parent.name == ".hydra" and Path(output_subdir).name.startswith(RESUMED_RECORD):
+        shutil.rmtree(run_dir / output_subdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -64,12 +64,31 @@ def read_leaderboard(run_dir: Path) -> list[dict[str, Any]]:
         return [{key: _cell(value) if key != "model" else value for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
+#: A resumed attempt's record, beside the run's first in ``.hydra/`` (see bondexp.config's ``output_subdir``).
+RESUMED_RECORD = "resumed-"
+
+
+def latest_record(run_dir: Path) -> Path:
+    """The folder holding the config of the run's latest attempt: its newest ``.hydra/resumed-<time>/``, else ``.hydra/``.
+
+    A resume may change the config (``resume=<folder> seed=5``), and the folder then holds that
+    attempt's results. Reading the first attempt's config, predict refused such a run ("data
+    changed"), this listing showed the first overrides, and a plain resume went back to them (a
+    resume interrupted after ``resume=<folder> tune.n_trials=40``, resumed as it printed, reused
+    the old 16-trial tuning). A resume stopped by bad input leaves no record (bondexp.__main__).
+    """
+    hydra_dir = Path(run_dir) / ".hydra"
+    resumed = sorted(p for p in hydra_dir.glob(f"{RESUMED_RECORD}*") if (p / "overrides.yaml").is_file())
+    return resumed[-1] if resumed else hydra_dir
+
+
 def read_overrides(run_dir: Path) -> list[str]:
-    """The run's original overrides from ``.hydra/overrides.yaml`` ([] when the folder has none)."""
+    """The overrides of the run's latest attempt (:func:`latest_record`), ``resume=`` left out; [] when there are none."""
     import yaml
 
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    path = latest_record(run_dir) / "overrides.yaml"
+    overrides = [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:

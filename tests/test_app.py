@@ -273,6 +273,25 @@ def test_relative_paths_are_the_launch_folders_with_hydra_job_chdir_and_on_resum
     assert json.loads((run_dir / "tuning.json").read_text())["n_trials"] == 3
 
 
+def test_a_resume_that_changed_the_config_is_the_runs_config_from_then_on(tmp_path, cache):
+    """``resume=<folder> seed=5`` re-ran the run on seed 5's data, but its folder still read as seed 0's: predict refused
+    it ("data changed"), ``bondexp.runs`` listed the first overrides, and a plain resume went back to seed 0. A resume
+    stopped by bad input (``workers=0``) left a record a plain resume would then have continued with."""
+    from bondexp.predict.runfolder import open_run
+    from bondexp.runs import read_overrides
+
+    run_dir = tmp_path / "r"
+    quick = ["data=small", "model=factor", "~steps.tune", "~steps.drift", "eval.n_bootstrap=20", "progress=false"]
+    bondexp(*quick, f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    refused = bondexp(f"resume={run_dir}", "workers=0", cwd=tmp_path, cache=cache, check=False)
+    assert refused.returncode == 2 and not list((run_dir / ".hydra").glob("resumed-*"))
+    bondexp(f"resume={run_dir}", "seed=5", cwd=tmp_path, cache=cache)
+    assert read_overrides(run_dir)[-1] == "seed=5"
+    assert int(open_run(run_dir, models=["factor"], cache_dir=cache).config["seed"]) == 5  # not refused as changed data
+    plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache).stdout
+    assert "0 to run" in plan.splitlines()[0], plan
+
+
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")

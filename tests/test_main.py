@@ -22,6 +22,18 @@ def test_resumed_overrides_come_first_and_options_keep_their_values(tmp_path):
     assert _with_resumed_overrides(argv) == ["bondexp", "--cfg", "job", "data=small", "workers=1", f"resume={tmp_path}", "seed=3"]
 
 
+def test_a_resume_continues_with_the_overrides_of_the_latest_attempt(tmp_path):
+    """After ``resume=<folder> tune.n_trials=40`` was interrupted, the printed ``resume=<folder>`` went back to 16 trials."""
+    (tmp_path / ".hydra" / "resumed-20261130-101500").mkdir(parents=True)
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- data=small\n")
+    (tmp_path / ".hydra" / "resumed-20261130-101500" / "overrides.yaml").write_text(
+        f"- data=small\n- resume={tmp_path}\n- tune.n_trials=40\n"
+    )
+    (tmp_path / ".hydra" / "resumed-20261130-111500").mkdir()  # a resume that bad input stopped: no overrides.yaml
+    argv = ["bondexp", f"resume={tmp_path}"]
+    assert _with_resumed_overrides(argv) == ["bondexp", "data=small", "tune.n_trials=40", f"resume={tmp_path}"]
+
+
 def test_a_resume_keeps_the_config_folders_the_run_was_given(tmp_path):
     """The run's own "Resume with:" failed for a model file from the user's folder: `Could not find 'model/my_hgb'`."""
     (tmp_path / ".hydra").mkdir()

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from bondexp.config import plain_dict, saved_launch_dir
 from bondexp.errors import ConfigError, RunFolderError
+from bondexp.runs import latest_record
 
 #: and behave as they did (scikit-learn supports no cross-version unpickling; bondexp's own classes
 #: are pickled; numpy and pandas break pickles across major versions).
@@ -79,7 +80,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     from bondexp.checkpoints import CheckpointStore
 
     run_dir = Path(run_dir)
-    config_path, results_path = run_dir / ".hydra" / "config.yaml", run_dir / "results.json"
+    config_path, results_path = latest_record(run_dir) / "config.yaml", run_dir / "results.json"
     if not (config_path.is_file() and results_path.is_file()):
         raise RunFolderError(
             f"The 'run' config key must name a finished run folder (with .hydra/config.yaml and results.json). "
@@ -170,7 +171,7 @@ def check_spreads(run_dir: Path, data_cfg: Mapping[str, Any]) -> None:
     them), and a run trained without spreads predicting with them scored -619% against the DCF. Both
     printed their tables with exit 0. Synthetic data always has spreads.
     """
-    config_path = run_dir / ".hydra" / "config.yaml"
+    config_path = latest_record(run_dir) / "config.yaml"
     if data_cfg.get("source") == "synthetic" or not config_path.is_file():
         return  # a folder without its config is refused by open_run
     run_data = OmegaConf.select(OmegaConf.load(config_path), "data", default=None) or {}
