@@ -356,3 +356,19 @@ def test_no_validation_rmse_to_choose_by_is_an_error(toy_dataset):
     blind.metrics.clear()
     with pytest.raises(DataValidationError, match="no model step reported a finite 'val_rmse'"):
         evaluate_models(toy_dataset, {"blind": blind}, n_bootstrap=10)
+
+
+def test_the_plotted_best_models_are_validations_not_the_test_splits():
+    """The plots showed the leaderboard's first three rows, which are ranked by the test split."""
+    from bondexp.steps.leaderboard import _best_models
+
+    rows = [  # leaderboard order: test RMSE
+        {"model": "dcf_baseline", "rmse": 0.1, "val_rmse": 0.1},
+        {"model": "a", "rmse": 1.0, "val_rmse": 1.4},
+        {"model": "b", "rmse": 1.1, "val_rmse": 1.1},
+        {"model": "c", "rmse": 1.2, "val_rmse": None},
+        {"model": "d", "rmse": 1.3, "val_rmse": 1.2},
+        {"model": "e", "rmse": 1.4, "val_rmse": 1.0},
+    ]
+    held = {row["model"]: {} for row in rows}
+    assert _best_models({"leaderboard": rows, "samples": {"predictions": held}}) == ["e", "b", "d"]
