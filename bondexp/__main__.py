@@ -170,7 +170,7 @@ def _run(cfg: DictConfig, hc: Any) -> int:
 
 
 def _forget_resumed_record(run_dir: Path, output_subdir: str | None) -> None:
-    """Remove the ``.hydra/resumed-<time>/`` Hydra wrote for a resume that bad input stopped before any work.
+    """Remove the ``.hydra/resumed-<time>/`` Hydra wrote for a later attempt in a run's folder that bad input stopped.
 
     The run's latest attempt is its newest record (:func:`bondexp.runs.latest_record`): a plain
     resume after ``resume=<folder> workers=0`` would have continued with ``workers=0``.

@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bondexp.data import check_split_fractions
 from bondexp.errors import ConfigError, did_you_mean
+from bondexp.runs import RESUMED_RECORD
 
 #: Keys of a model file that configure the step rather than the estimator.
 MODEL_STEP_KEYS = ("group", "features", "early_stopping")
@@ -211,12 +212,14 @@ def register_configs() -> None:
         # a dry run writes no config: a resumed run's folder got a .hydra/resumed-<time>/ for a plan;
         # nor does a command in a folder another run is using: it overwrote that run's config (the run
         # lock refuses the command right after, bondexp.app.run)
+        # a command into a folder that holds a run's record (hydra.run.dir=<it>) is a later attempt, as a resume is:
+        # bad input stopped it after Hydra had overwritten that run's .hydra/, and its resume then failed the same way
         "bondexp.output_subdir": lambda resume, dry_run=False, output_dir=None: (
             None
             if dry_run or (output_dir is not None and _in_use_elsewhere(output_dir))
             else ".hydra"
-            if resume is None
-            else stamp.strftime(".hydra/resumed-%Y%m%d-%H%M%S")
+            if resume is None and not (output_dir is not None and (Path(output_dir) / ".hydra" / "overrides.yaml").is_file())
+            else stamp.strftime(f".hydra/{RESUMED_RECORD}%Y%m%d-%H%M%S")
         ),
         "bondexp.if_null": lambda value, default: default if value is None else value,  # ${bondexp.if_null:${a},b}
     }

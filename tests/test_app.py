@@ -291,6 +291,12 @@ def test_a_resume_that_changed_the_config_is_the_runs_config_from_then_on(tmp_pa
     plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache).stdout
     assert "0 to run" in plan.splitlines()[0], plan
 
+    # a command with bad input into the folder (not a resume) overwrote the run's .hydra/, and its resume failed alike
+    record = {path.name: path.read_bytes() for path in (run_dir / ".hydra").iterdir() if path.is_file()}
+    refused = bondexp(*quick, "workers=0", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache, check=False)
+    assert refused.returncode == 2 and record == {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir() if p.is_file()}
+    assert read_overrides(run_dir)[-1] == "seed=5"
+
 
 def test_a_custom_model_runs_from_yaml_alone(tmp_path, cache):
     (tmp_path / "myconf" / "model").mkdir(parents=True)
