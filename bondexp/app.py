@@ -97,7 +97,7 @@ def format_data_summary(summary: dict[str, Any]) -> str:
             f"{s['residual_std']:>6.3f} {s['residual_p05']:>+7.3f} {s['residual_p95']:>+7.3f}"
         )
     if summary["dropped_rows"]:
-        lines.append(f"  dropped invalid rows: {summary['dropped_rows']}")
+        lines.append(f"  dropped invalid rows, by problem (a row with several counts under each): {summary['dropped_rows']}")
     for note in summary.get("notes", ()):
         lines += textwrap.wrap(f"note: {note}.", width=80, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)

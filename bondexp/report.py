@@ -124,7 +124,7 @@ def _data(summary: Mapping[str, Any]) -> str:
             + " |"
         )
     if summary.get("dropped_rows"):
-        lines += ["", f"Invalid rows dropped at load: {dict(summary['dropped_rows'])}."]
+        lines += ["", f"Invalid rows dropped at load, by problem (a row with several counts under each): {dict(summary['dropped_rows'])}."]
     for note in summary.get("notes", ()):
         lines += ["", f"Note: {note}."]
     return "\n".join(lines)

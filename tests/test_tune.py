@@ -314,7 +314,8 @@ def test_resume_continues_the_study_to_the_same_result(tmp_path, shared, inputs)
     stale = _study(tmp_path / "parts").ask()  # a trial a killed process left RUNNING
     resumed = tune(_config(), inputs, helpers.context(tmp_path / "parts", shared))
     assert resumed["info"]["stale_trials_failed"] == 1
-    assert next(t for t in resumed["trials"] if t["number"] == stale.number)["state"] == "FAIL"
+    stale_record = next(t for t in resumed["trials"] if t["number"] == stale.number)
+    assert stale_record["state"] == "FAIL" and stale_record["error"].startswith("stale: a killed run left it running")
     finished = [(t["params"], t["value"]) for t in resumed["trials"] if t["state"] == "COMPLETE"]
     assert finished == [(t["params"], t["value"]) for t in whole["trials"]]
     assert resumed["best_params"] == whole["best_params"]

@@ -319,8 +319,12 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params": {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()},
         "untuned": bool(trial.user_attrs.get(studies.UNTUNED_ATTR, False)),
         "reused_step_fit": bool(trial.user_attrs.get(studies.REUSED_ATTR, False)),
-        "error": trial.user_attrs.get("error"),
+        "error": trial.user_attrs.get("error") or (_STALE_ERROR if trial.user_attrs.get(studies.STALE_ATTR) else None),
     }
+
+
+#: The ``error`` of a trial failed as stale: it showed as a failure without one.
+_STALE_ERROR = "stale: a killed run left it running; not counted, and its parameters asked again"
 
 
 def tuning_files(record: Mapping[str, Any]) -> dict[str, bytes]:
