@@ -3,7 +3,9 @@
 Four changes, each to a private Hydra or OmegaConf function whose behaviour stays what they
 document: the ConfigStore is shared instead of deep-copied, a run composes its config once instead
 of twice, `--help` lists only the config groups its template shows, and config files are parsed by
-libyaml (C) instead of PyYAML's pure-Python parser. `install()` makes them; calling it again changes nothing.
+libyaml (C) instead of PyYAML's pure-Python parser. The compose that checks the run's mode also
+answers an override of a key the config does not have with bondexp's one line (exit 2) naming
+the closest key (:func:`unknown_key_message`). `install()` makes them; calling it again changes nothing.
 Each names the issue or code it works around, so it can go when Hydra or OmegaConf fix it.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import string
+import sys
 from typing import Any
 
 import omegaconf._utils
@@ -18,9 +21,12 @@ import yaml
 from hydra._internal.hydra import Hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from bondexp.errors import did_you_mean
 
 #: Hydra's and OmegaConf's own functions, kept before `install` replaces them (the replacements call or mirror them).
 _HYDRA_GET_MODE, _HYDRA_GET_HELP = Hydra.get_mode, Hydra.get_help
@@ -55,14 +61,50 @@ def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> Run
     time. Here the check composes in RUN mode, which yields the same config whenever it succeeds
     (RUN mode only adds checks: no sweep values, no missing group), and the run's compose right
     after it gets that config. When the check fails (a sweep, a config error) Hydra's own check
-    runs, so sweeps and error messages are Hydra's.
+    runs, so sweeps and error messages are Hydra's, but for an override of a key the config does
+    not have, which ends the command here with :func:`unknown_key_message`'s line and exit 2.
     """
     try:
         cfg = self.config_loader.load_configuration(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN)
-    except Exception:  # what Hydra's own check catches; it reports nothing either
+    except Exception as exc:  # what Hydra's own check catches; it reports nothing either
+        message = unknown_key_message(self, config_name, list(overrides), exc)
+        if message is not None:
+            print(f"bondexp: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
         return _HYDRA_GET_MODE(self, config_name, overrides)
     _hand_over(self.config_loader, cfg, config_name=config_name, overrides=list(overrides))
     return cfg.hydra.mode
+
+
+def unknown_key_message(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """One line for an override of a key the config does not have, with the closest key there; None for other errors.
+
+    Hydra's own message (exit 1) for ``modle=enhanced`` or ``models.enhanced.learnig_rate=0.1`` was
+    seven lines suggesting ``+modle=enhanced``, which bondexp then refused in turn. The keys beside
+    the unknown one come from composing without its override; without a close one, the message says
+    how to add a key the config lacks (an estimator parameter its model file does not list).
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, ConfigCompositionException) or not str(exc).startswith("Could not override"):
+        return None
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
+        return None
+    key = str(cause.full_key)
+    given = [o for o in overrides if o.split("=", 1)[0] == key]
+    if not given:
+        return None
+    parent, _, name = key.rpartition(".")
+    try:
+        rest = [o for o in overrides if o not in given]
+        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
+    except Exception:  # another error in the rest: the suggestion is a courtesy
+        known = []
+    hint = did_you_mean(name, known)
+    if not hint:
+        hint = f" To add a key the config does not have, prefix it with '+': +{given[-1]}."
+    return f"The '{key}' config key does not exist.{hint}"
 
 
 def _hand_over(loader: Any, cfg: DictConfig, *, config_name: str | None, overrides: list[str]) -> None:

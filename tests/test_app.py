@@ -153,12 +153,18 @@ def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     [
         ("eval.sample_pct=0", "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0"),
         ("tune.target=bayesian", "'tune.search_space.bayesian' config key must map parameters of model 'bayesian'"),
+        # Hydra's own seven lines (exit 1) suggested +modle=enhanced, which bondexp then refused in turn
+        ("modle=enhanced", "bondexp: error: The 'modle' config key does not exist. Did you mean 'model'?\n"),
+        ("models.enhanced.learnig_rate=0.1", "The 'models.enhanced.learnig_rate' config key does not exist. Did you mean 'learning_rate'?"),
+        ("data.n_observation=100", "The 'data.n_observation' config key does not exist. Did you mean 'n_observations'?"),
+        ("models.enhanced.l2_regularization=1", "prefix it with '+': +models.enhanced.l2_regularization=1."),
     ],
 )
 def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, message):
     proc = bondexp("data=small", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
