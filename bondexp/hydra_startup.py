@@ -33,8 +33,14 @@ _HYDRA_GET_MODE, _HYDRA_GET_HELP = Hydra.get_mode, Hydra.get_help
 _OMEGACONF_YAML_LOADER = omegaconf._utils.get_yaml_loader
 
 
-def install() -> None:
-    """Apply the four changes below (idempotent)."""
+#: The command its error lines name (``bondexp: error: ...``), set by :func:`install`.
+_program = "bondexp"
+
+
+def install(program: str = "bondexp") -> None:
+    """Apply the four changes below (idempotent); ``program`` names the command in its error line."""
+    global _program
+    _program = program
     _share_config_store()
     Hydra.get_mode = _get_mode  # type: ignore[method-assign]  # replacing Hydra's private method is the point
     Hydra.get_help = _get_help  # type: ignore[method-assign]  # likewise
@@ -69,7 +75,7 @@ def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> Run
     except Exception as exc:  # what Hydra's own check catches; it reports nothing either
         message = unknown_key_message(self, config_name, list(overrides), exc)
         if message is not None:
-            print(f"bondexp: error: {message}", file=sys.stderr)
+            print(f"{_program}: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         return _HYDRA_GET_MODE(self, config_name, overrides)
     _hand_over(self.config_loader, cfg, config_name=config_name, overrides=list(overrides))

@@ -278,6 +278,7 @@ REFUSALS = [
     ("versions", ["other library versions", "scikit-learn 0.24.2 -> "]),
     ("missing model", ["'models' config key names ['enhancd']", "did you mean ['enhanced']"]),
     ("no spreads", ["The 'data.spread_path' config key is null, but the run's data had credit spreads (synthetic)"]),
+    ("misspelled key", ["The 'batch_row' config key does not exist. Did you mean 'batch_rows'?"]),  # Hydra's 7 lines, exit 1
     ("no model named", ["The 'models' config key names no model. Use models=all or some of ["]),
     ("no model", ["has no fitted model to predict with (steps that did not finish: ['advanced', ", "resume="]),
     ("interrupted", ["was interrupted (4 of 11 steps finished): its models are not all there", "resume="]),
@@ -318,6 +319,8 @@ def refusals(request, finished_run, cache, tmp_path_factory):
                 extra = ["models=[]"]
             elif case == "no spreads":
                 extra = ["data.spread_path=null"]
+            elif case == "misspelled key":
+                extra = ["batch_row=100"]
             else:
                 {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
             args = [f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={folder / 'out'}"]
@@ -333,7 +336,8 @@ def test_refusals_exit_2_with_one_message_and_write_nothing(refusals, case, mess
     assert proc.stderr.count("bondexp.predict: error:") == 1 and "Traceback" not in proc.stderr
     for message in messages:
         assert message in proc.stderr
-    assert not [p for p in (folder / "out").iterdir() if p.name.startswith(("predictions", ".predictions"))]
+    out = folder / "out"  # none at all for a misspelled key: it stops before Hydra makes the folder
+    assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith(("predictions", ".predictions"))]
 
 
 def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(finished_run, cache, tmp_path):

@@ -26,9 +26,11 @@ import hydra  # noqa: E402  # after the handler above
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from bondexp import hydra_startup  # noqa: E402
 from bondexp.errors import BondexpError, end_logged_output_with_its_reader, reader_went_away  # noqa: E402
 from bondexp.predict.app import predict, register_configs  # noqa: E402
 
+hydra_startup.install("bondexp.predict")  # as `python -m bondexp`: one compose, and a misspelled key named in one line
 register_configs()
 
 
