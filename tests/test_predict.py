@@ -250,7 +250,10 @@ def test_ctrl_c_ends_predict_with_one_line_and_no_files(finished_run, cache, tmp
             time.sleep(0.05)  # the first batches are being written: workers and the reader are all up
         os.killpg(run.process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the command
         proc = run.result(check=False, timeout=60)  # the code before hung here
-    assert proc.returncode == 130, proc.stderr
+    # 130, or (seen once in a CI run of the whole suite; not in 18 runs of this test since, 12 of them beside two CPU
+    # burners) ended by the SIGINT itself after its message: a shell reports both as 130. The message and the files
+    # are what is asserted.
+    assert proc.returncode in (130, -signal.SIGINT), proc.stderr
     assert proc.stderr.strip() == "Interrupted: no predictions written.", proc.stderr
     assert not list(out_dir.glob("*predictions*"))
 
