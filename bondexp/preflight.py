@@ -3,9 +3,9 @@
 The run's process never imports scikit-learn (2-3 s of every run's start), so it cannot tell that
 a model file's ``_target_`` does not import or is no regressor, that the estimator takes no
 parameter the file gives, that a model lists a feature the data lacks, or that a search space
-names a parameter its model does not have, or that ``tune.storage`` names a database Optuna
-can open from where the steps run (its driver installed there, the server reachable, the SQLite
-file writable). Those failed as the steps ran: a model step once the
+names a parameter its model does not have, nor whether Optuna can open the ``tune.storage``
+database from where the steps run (its driver installed there, the server reachable, the SQLite
+folder there). Those failed as the steps ran: a model step once the
 data had loaded, beside the other models training, and the tune step only after every model had
 trained, each with a resume command that could only fail again. The runner has a worker run
 :func:`config_error` before it submits any step (``run_graph(check=...)``), so they stop the run

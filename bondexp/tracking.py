@@ -90,7 +90,7 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
     settings = config.tracking
     if settings.name != "mlflow":
         return None
-    uri = absolute_sqlite_url(settings.uri, launch_dir())  # as each job's run reads it (bondexp.app.run)
+    uri = absolute_sqlite_url(settings.uri, launch_dir())  # as each job reads it (track_run, from its launch folder)
     try:
         client = _client(uri)
         experiment_id = _experiment_id(client, settings.experiment)
