@@ -153,11 +153,9 @@ def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     [
         ("eval.sample_pct=0", "'eval.sample_pct' config key must be a percentage in (0, 100]. Got 0"),
         ("tune.target=bayesian", "'tune.search_space.bayesian' config key must map parameters of model 'bayesian'"),
-        # Hydra's own seven lines (exit 1) suggested +modle=enhanced, which bondexp then refused in turn
+        # Hydra's own seven lines (exit 1) suggested +modle=enhanced, which bondexp then refused in turn (the
+        # message's other cases: test_config.py)
         ("modle=enhanced", "bondexp: error: The 'modle' config key does not exist. Did you mean 'model'?\n"),
-        ("models.enhanced.learnig_rate=0.1", "The 'models.enhanced.learnig_rate' config key does not exist. Did you mean 'learning_rate'?"),
-        ("data.n_observation=100", "The 'data.n_observation' config key does not exist. Did you mean 'n_observations'?"),
-        ("models.enhanced.l2_regularization=1", "prefix it with '+': +models.enhanced.l2_regularization=1."),
     ],
 )
 def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, message):
@@ -266,17 +264,17 @@ def test_relative_paths_are_the_launch_folders_with_hydra_job_chdir_and_on_resum
     files = write_market(generate_market(n_observations=1500, n_months=24, seed=3, min_regime_months=4), tmp_path / "data")
     relative = [f"data.{key}=data/{path.name}" for key, path in files.items()]
     run_dir, elsewhere = tmp_path / "r", tmp_path / "elsewhere"
-    tune = ["model=basic", "tune.n_trials=2", "tune.batch_size=2", "tune.storage=sqlite:///studies.db", "~steps.drift"]
+    tune = ["model=enhanced", "tune.n_trials=1", "tune.batch_size=1", "tune.storage=sqlite:///studies.db", "~steps.drift"]
     args = ["data=csv", *relative, *tune, "hydra.job.chdir=true", f"hydra.run.dir={run_dir}"]
     bondexp(*args, "progress=false", "eval.n_bootstrap=20", cwd=tmp_path, cache=cache)
     assert (run_dir / "leaderboard.csv").exists()
     assert (tmp_path / "studies.db").is_file() and not (run_dir / "studies.db").exists()
 
     elsewhere.mkdir()
-    bondexp(f"resume={run_dir}", "tune.n_trials=3", "progress=false", cwd=elsewhere, cache=cache)  # tune runs again
+    bondexp(f"resume={run_dir}", "tune.n_trials=2", "progress=false", cwd=elsewhere, cache=cache)  # tune runs again
     assert not list(elsewhere.rglob("studies.db"))
-    assert "2 trial(s) finished" in (run_dir / "logs" / "tune.log").read_text()  # the study of the first attempt
-    assert json.loads((run_dir / "tuning.json").read_text())["n_trials"] == 3
+    assert "1 trial(s) finished" in (run_dir / "logs" / "tune.log").read_text()  # the study of the first attempt
+    assert json.loads((run_dir / "tuning.json").read_text())["n_trials"] == 2
 
 
 def test_a_resume_that_changed_the_config_is_the_runs_config_from_then_on(tmp_path, cache):

@@ -213,3 +213,31 @@ def test_a_key_bondexp_does_not_read_fails_before_any_work():
 )
 def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
     assert absolute_sqlite_url(url, Path("/launch")) == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("modle=enhanced", "The 'modle' config key does not exist. Did you mean 'model'?"),
+        ("models.enhanced.learnig_rate=0.1", "The 'models.enhanced.learnig_rate' config key does not exist. Did you mean 'learning_rate'?"),
+        ("data.n_observation=100", "The 'data.n_observation' config key does not exist. Did you mean 'n_observations'?"),
+        (  # a parameter its model file does not list: nothing close, so how to add it
+            "models.enhanced.l2_regularization=1",
+            "The 'models.enhanced.l2_regularization' config key does not exist. To add a key the config does not have, "
+            "prefix it with '+': +models.enhanced.l2_regularization=1.",
+        ),
+        ("workers=abc", None),  # a wrong type: Hydra's own message
+    ],
+)
+def test_an_override_of_a_key_the_config_lacks_names_the_closest_key(override, message):
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from bondexp.hydra_startup import unknown_key_message
+
+    with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        with pytest.raises(Exception) as caught:
+            hydra.config_loader.load_configuration(config_name="config", overrides=[override], run_mode=RunMode.RUN)
+        assert unknown_key_message(hydra, "config", [override], caught.value) == message

@@ -326,23 +326,23 @@ def test_resume_continues_the_study_to_the_same_result(tmp_path, shared, inputs)
 def test_a_study_holding_more_trials_than_n_trials_gives_what_n_trials_alone_gives(tmp_path, shared, inputs):
     """A folder (or storage) a run with a larger tune.n_trials had used made the same command's tuned model the best
     of all those trials, and tuning.json report the larger count."""
-    whole = tune(_config(), inputs, helpers.context(tmp_path / "whole", shared))
-    tune(_config(n_trials=9), inputs, helpers.context(tmp_path / "used", shared))
-    again = tune(_config(), inputs, helpers.context(tmp_path / "used", shared))
-    assert again["trials"] == whole["trials"] and again["metrics"]["n_trials"] == 6
+    whole = tune(_config(n_trials=3), inputs, helpers.context(tmp_path / "whole", shared))
+    tune(_config(n_trials=5), inputs, helpers.context(tmp_path / "used", shared))
+    again = tune(_config(n_trials=3), inputs, helpers.context(tmp_path / "used", shared))
+    assert again["trials"] == whole["trials"] and again["metrics"]["n_trials"] == 3
     assert again["best_params"] == whole["best_params"] and again["val_rmse"] == whole["val_rmse"]
 
 
 def test_a_database_study_whose_untuned_trial_a_kill_left_running_still_scores_it(tmp_path, shared, inputs):
     """A database study leaves a killed process's RUNNING trials alone (another process may be running them);
     one that was the untuned trial kept the resumed study from ever scoring the untuned parameters."""
-    whole = tune(_config(), inputs, helpers.context(tmp_path / "whole", shared))
+    whole = tune(_config(n_trials=3), inputs, helpers.context(tmp_path / "whole", shared))
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     study = optuna.create_study(study_name=whole["info"]["study_name"], storage=storage, direction="minimize")
     studies.enqueue_untuned(study, whole["info"]["untuned_params"])
     stuck = study.ask()  # the untuned trial, asked by a process killed before it told it
     assert stuck.user_attrs[UNTUNED_ATTR]
-    resumed = tune(_config(storage=storage), inputs, helpers.context(tmp_path / "resumed", shared))
+    resumed = tune(_config(n_trials=3, storage=storage), inputs, helpers.context(tmp_path / "resumed", shared))
     assert next(t for t in resumed["trials"] if t["number"] == stuck.number)["state"] == "RUNNING"  # left alone
     finished = [(t["params"], t["value"], t["untuned"]) for t in resumed["trials"] if t["state"] == "COMPLETE"]
     assert finished == [(t["params"], t["value"], t["untuned"]) for t in whole["trials"]]
