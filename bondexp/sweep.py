@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_text
 from bondexp.errors import hide_passwords
-from bondexp.runs import steps_began
+from bondexp.runs import read_overrides, steps_began
 
 #: The exit code of the sweep this process ran: 0 when every job ran every step; else 130 when
 #: Ctrl-C stopped it, 2 when a job stopped on bad input before its steps, 1 when a step failed.
@@ -103,11 +103,10 @@ def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     RMSE, and a note: why a job did not run, or which steps failed."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
         results_file = job / "results.json"
         row: dict[str, Any] = {
             "job": int(job.name),
-            "overrides": hide_passwords(" ".join(OmegaConf.load(overrides_file))) if overrides_file.exists() else "",
+            "overrides": hide_passwords(" ".join(read_overrides(job))),  # its latest attempt's, as bondexp.runs lists
             "status": "interrupted" if steps_began(job) else "not run",  # no results.json: killed, or stopped before its steps
             "ok": None,
             "wall_s": None,
