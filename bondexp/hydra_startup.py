@@ -4,8 +4,9 @@ Four changes, each to a private Hydra or OmegaConf function whose behaviour stay
 document: the ConfigStore is shared instead of deep-copied, a run composes its config once instead
 of twice, `--help` lists only the config groups its template shows, and config files are parsed by
 libyaml (C) instead of PyYAML's pure-Python parser. The compose that checks the run's mode also
-answers an override of a key the config does not have with bondexp's one line (exit 2) naming
-the closest key (:func:`unknown_key_message`). `install()` makes them; calling it again changes nothing.
+answers an override it cannot apply (a key the config does not have, a group option that does not
+exist, a value of the wrong type) with bondexp's one line (exit 2) naming it
+(:func:`override_error_message`). `install()` makes them; calling it again changes nothing.
 Each names the issue or code it works around, so it can go when Hydra or OmegaConf fix it.
 """
 
@@ -21,10 +22,10 @@ import yaml
 from hydra._internal.hydra import Hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
-from hydra.errors import CompactHydraException, ConfigCompositionException
+from hydra.errors import CompactHydraException, ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
 
 from bondexp.errors import did_you_mean
 
@@ -67,13 +68,13 @@ def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> Run
     time. Here the check composes in RUN mode, which yields the same config whenever it succeeds
     (RUN mode only adds checks: no sweep values, no missing group), and the run's compose right
     after it gets that config. When the check fails (a sweep, a config error) Hydra's own check
-    runs, so sweeps and error messages are Hydra's, but for an override of a key the config does
-    not have, which ends the command here with :func:`unknown_key_message`'s line and exit 2.
+    runs, so sweeps and error messages are Hydra's, but for an override it cannot apply, which ends
+    the command here with :func:`override_error_message`'s line and exit 2.
     """
     try:
         cfg = self.config_loader.load_configuration(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN)
     except Exception as exc:  # what Hydra's own check catches; it reports nothing either
-        message = unknown_key_message(self, config_name, list(overrides), exc)
+        message = override_error_message(self, config_name, list(overrides), exc)
         if message is not None:
             print(f"{_program}: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -82,13 +83,28 @@ def _get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> Run
     return cfg.hydra.mode
 
 
-def unknown_key_message(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
-    """One line for an override of a key the config does not have, with the closest key there; None for other errors.
+def override_error_message(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """One line for an override Hydra could not apply, naming it and what it takes; None for other errors.
 
-    Hydra's own message (exit 1) for ``modle=enhanced`` or ``models.enhanced.learnig_rate=0.1`` was
-    seven lines suggesting ``+modle=enhanced``, which bondexp then refused in turn. The keys beside
-    the unknown one come from composing without its override; without a close one, the message says
-    how to add a key the config lacks (an estimator parameter its model file does not list).
+    Hydra's own messages (exit 1) were four to seven lines: for ``modle=enhanced`` they suggested
+    ``+modle=enhanced``, which bondexp then refused in turn; for ``model=enhancd`` they listed the
+    group's options under the config search path; for ``workers=abc`` they named OmegaConf's
+    ``object_type``. The three cases are an unknown key (:func:`_unknown_key`), a group option
+    that does not exist (:func:`_unknown_option`) and a value of the wrong type (:func:`_wrong_type`).
+    """
+    for explain in (_unknown_key, _unknown_option, _wrong_type):
+        message = explain(hydra, config_name, overrides, exc)
+        if message is not None:
+            return message
+    return None
+
+
+def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """An override of a key the config does not have, with the closest key there.
+
+    The keys beside the unknown one come from composing without its override; without a close
+    one, the message says how to add a key the config lacks (an estimator parameter its model
+    file does not list).
     """
     cause = exc.__cause__
     if not isinstance(exc, ConfigCompositionException) or not str(exc).startswith("Could not override"):
@@ -111,6 +127,46 @@ def unknown_key_message(hydra: Hydra, config_name: str | None, overrides: list[s
     if not hint:
         hint = f" To add a key the config does not have, prefix it with '+': +{given[-1]}."
     return f"The '{key}' config key does not exist.{hint}"
+
+
+def _unknown_option(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """A config group override (``model=enhancd``, ``model=[basic,enhancd]``) naming an option the group does not have."""
+    missing = getattr(exc, "missing_cfg_file", None)
+    if not isinstance(exc, MissingConfigException) or not missing or "/" not in missing:
+        return None
+    group, _, option = missing.rpartition("/")
+    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == group and option in _listed(o.split("=", 1)[-1])]
+    if not given:
+        return None  # a defaults list in a config file names it: Hydra's message says which file
+    options = sorted(hydra.config_loader.get_group_options(group, ObjectType.CONFIG))
+    hint = did_you_mean(option, options)
+    return f"{given[-1]}: the '{group}' config group has no option '{option}'.{hint} Its options: {', '.join(options)}."
+
+
+def _listed(value: str) -> list[str]:
+    """The options an override's value names: ``a`` or ``[a,b]``."""
+    return [part.strip() for part in value.strip().strip("[]").split(",")]
+
+
+def _wrong_type(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """An override whose value the key's type refuses (``workers=abc``, ``progress=maybe``, ``tune=foo``), in OmegaConf's words."""
+    cause = exc.__cause__
+    prefix = "Error merging override "
+    if not isinstance(exc, ConfigCompositionException) or not str(exc).startswith(prefix):
+        return None
+    if not isinstance(cause, (ValidationError, ConfigTypeError)):
+        return None
+    override = str(exc)[len(prefix) :]
+    key = str(getattr(cause, "full_key", "") or override.split("=", 1)[0].lstrip("+~"))
+    reason = str(cause).splitlines()[0].strip().rstrip(".")  # OmegaConf's next lines name full_key and object_type
+    if isinstance(cause, ConfigTypeError) or "is not a subclass of" in reason:  # a mapping given a list or a value
+        import difflib
+
+        groups = [g for g in hydra.config_loader.list_groups("") if g != "hydra"]
+        value = override.split("=", 1)[-1]
+        hint = "".join(f" To choose the '{g}' group's options: {g}={value}." for g in difflib.get_close_matches(key, groups, n=1))
+        return f"{override}: '{key}' holds a mapping of settings; set one with {key}.<name>=<value>.{hint}"
+    return f"{override}: {reason}."
 
 
 def _hand_over(loader: Any, cfg: DictConfig, *, config_name: str | None, overrides: list[str]) -> None:

@@ -156,6 +156,8 @@ def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
         # Hydra's own seven lines (exit 1) suggested +modle=enhanced, which bondexp then refused in turn (the
         # message's other cases: test_config.py)
         ("modle=enhanced", "bondexp: error: The 'modle' config key does not exist. Did you mean 'model'?\n"),
+        # Hydra's options list under its config search path, exit 1 (a wrong type's case: test_config.py)
+        ("model=enhancd", "bondexp: error: model=enhancd: the 'model' config group has no option 'enhancd'. Did you mean 'enhanced'?"),
     ],
 )
 def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, message):

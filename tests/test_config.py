@@ -226,18 +226,37 @@ def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
             "The 'models.enhanced.l2_regularization' config key does not exist. To add a key the config does not have, "
             "prefix it with '+': +models.enhanced.l2_regularization=1.",
         ),
-        ("workers=abc", None),  # a wrong type: Hydra's own message
+        # a group option that does not exist: Hydra listed the options under its config search path (exit 1)
+        (
+            "model=[basic,enhancd]",
+            "model=[basic,enhancd]: the 'model' config group has no option 'enhancd'. Did you mean 'enhanced'? "
+            "Its options: advanced, all, automl, basic, bayesian, enhanced, factor, ml, regime, risk, tail_risk.",
+        ),
+        (
+            "data=smal",
+            "data=smal: the 'data' config group has no option 'smal'. Did you mean 'small'? Its options: csv, parquet, small, synthetic.",
+        ),
+        # a wrong type: Hydra's four lines named OmegaConf's object_type
+        ("workers=abc", "workers=abc: Value 'abc' of type 'str' could not be converted to Integer."),
+        ("progress=maybe", "progress=maybe: Value 'maybe' is not a valid bool (type str)."),
+        (  # a list for the models' mapping: Hydra said "Cannot merge DictConfig with ListConfig"
+            "models=[enhanced]",
+            "models=[enhanced]: 'models' holds a mapping of settings; set one with models.<name>=<value>. "
+            "To choose the 'model' group's options: model=[enhanced].",
+        ),
+        ("tune=foo", "tune=foo: 'tune' holds a mapping of settings; set one with tune.<name>=<value>."),
+        ("seed=range(3)", None),  # a sweep without --multirun: Hydra's own message, which says to add it
     ],
 )
-def test_an_override_of_a_key_the_config_lacks_names_the_closest_key(override, message):
+def test_an_override_hydra_cannot_apply_gets_one_line_naming_it(override, message):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from bondexp.hydra_startup import unknown_key_message
+    from bondexp.hydra_startup import override_error_message
 
     with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
         assert hydra is not None
         with pytest.raises(Exception) as caught:
             hydra.config_loader.load_configuration(config_name="config", overrides=[override], run_mode=RunMode.RUN)
-        assert unknown_key_message(hydra, "config", [override], caught.value) == message
+        assert override_error_message(hydra, "config", [override], caught.value) == message
