@@ -232,6 +232,8 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
     return BondTable(table, tuple(sectors)), dropped
 
 
+#: A row equal in every column to an earlier one: dropped, the first copy kept, by ``on_invalid=drop``.
+REPEATED_ROW = "row repeating an earlier row in every column"
 #: A coupon rate is a decimal (0.045); one above 1 is a percent (4.5) read as one, which priced every bond at nonsense.
 COUPON_ABOVE_100 = "coupon above 100% a year (coupons are decimals, 0.045 for 4.5%; data.coupon_unit=percent reads 4.5)"
 #: A clean price per 100 face cannot be far above the face plus every coupon left: a price per bond read as per 100.
@@ -276,7 +278,11 @@ def _find_problems(cols, sectors):
         ("missing or unknown sector", "sector", (cols["sector"] < 0) | (cols["sector"] >= len(sectors))),
         ("non-positive issue size", "issue_size", (cols["issue_size"] <= 0) & ~np.isinf(cols["issue_size"])),
         ("infinite issue size", "issue_size", np.isinf(cols["issue_size"])),
-        ("duplicate (bond_id, obs_date)", "bond_id, obs_date", _duplicated(cols["bond_id"], obs)),
+    ]
+    repeats, conflicts = _duplicated(cols)
+    problems += [
+        (REPEATED_ROW, "every column", repeats),
+        ("duplicate (bond_id, obs_date) with different values", "bond_id, obs_date", conflicts),
     ]
     return problems
 
@@ -308,19 +314,47 @@ def _describe(problems, n_rows, row_numbers):
     )
 
 
-def _duplicated(bond_id, obs_date):
-    """Mask of every row whose (bond_id, obs_date) also appears in another row."""
-    if len(bond_id) == 0:
-        return np.zeros(0, dtype=bool)
-    order = np.lexsort((bond_id, obs_date))
+def _duplicated(cols):
+    """Masks of the rows that repeat an earlier row in every column, and of every row of a (bond_id, obs_date)
+    pair whose rows differ.
+
+    A repeated row (a file concatenated twice, an export run over again) says nothing new: dropping it
+    keeps the first copy, where dropping every row of the pair lost the observation. Rows of one pair
+    that differ cannot be told apart, so all of them go.
+    """
+    bond_id, obs_date = cols["bond_id"], cols["obs_date"]
+    n = len(bond_id)
+    order = np.lexsort((bond_id, obs_date))  # a stable sort: the file's first copy leads its pair
     same = (bond_id[order][1:] == bond_id[order][:-1]) & (obs_date[order][1:] == obs_date[order][:-1])
     same &= ~np.isnat(obs_date[order][1:])
-    in_group = np.zeros(len(order), dtype=bool)
-    in_group[1:] |= same
-    in_group[:-1] |= same
-    mask = np.empty_like(in_group)
-    mask[order] = in_group
-    return mask
+    repeats, conflicts = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if not same.any():
+        return repeats, conflicts
+    starts = np.flatnonzero(np.r_[True, ~same])  # sorted positions where a pair's run of rows begins
+    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))  # each sorted position's run
+    later = np.r_[False, same]  # not the first row of its run
+    rows, firsts = order[later], order[starts[run[later]]]  # each later row, and its run's first
+    equal = np.ones(len(rows), dtype=bool)
+    for values in cols.values():
+        column = np.asarray(values)
+        equal &= _same(column[rows], column[firsts])
+    run_differs = np.zeros(len(starts), dtype=bool)
+    run_differs[run[later][~equal]] = True
+    in_pair = np.r_[same, False] | later
+    conflicts[order[in_pair & run_differs[run]]] = True
+    repeats[rows[equal]] = True
+    repeats &= ~conflicts
+    return repeats, conflicts
+
+
+def _same(a, b):
+    """Elementwise equality where two missing values (NaN, NaT) are the same value."""
+    equal = np.asarray(a == b, dtype=bool)
+    if a.dtype.kind == "f":
+        equal |= np.isnan(a) & np.isnan(b)
+    elif a.dtype.kind == "M":
+        equal |= np.isnat(a) & np.isnat(b)
+    return equal
 
 
 #: A date written as day and month in some order, then the year, maybe a time: 06/03/2008, 6.3.08, 25-08-2012 00:00.

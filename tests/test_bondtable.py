@@ -153,15 +153,34 @@ def test_one_error_lists_every_problem_with_file_rows():
 
 def test_duplicates_are_found_and_drop_counts_per_reason():
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
-    raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date
+    raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date, at another price
     raw["coupon_rate"][5] = -0.02
     with pytest.raises(
-        DataValidationError, match=r"duplicate \(bond_id, obs_date\): column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]"
+        DataValidationError,
+        match=r"duplicate \(bond_id, obs_date\) with different values: column 'bond_id, obs_date', 2 rows, first rows \[0, 1\]",
     ):
         validate(raw)
     table, dropped = validate(raw, on_invalid="drop")
-    assert dropped == {"duplicate (bond_id, obs_date)": 2, "negative coupon": 1}
+    assert dropped == {"duplicate (bond_id, obs_date) with different values": 2, "negative coupon": 1}
     assert len(table) == 3
+
+
+def test_a_row_repeated_exactly_is_refused_and_dropping_keeps_its_first_copy():
+    """Dropping every row of a repeated pair lost the observation a file concatenated twice still had."""
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows(6).items()}
+    del raw["issue_size"]  # absent: NaN in every row, which must still count as the same value
+    raw = {name: np.concatenate([values, values[[2, 2, 4]]]) for name, values in raw.items()}  # row 2 thrice, row 4 twice
+    with pytest.raises(
+        DataValidationError, match=r"row repeating an earlier row in every column: column 'every column', 3 rows, first rows \[6, 7, 8\]"
+    ):
+        validate(raw)
+    table, dropped = validate(raw, on_invalid="drop")
+    assert dropped == {"row repeating an earlier row in every column": 3}
+    once, _ = validate({name: values[:6] for name, values in raw.items()})
+    assert all(np.array_equal(table.data[name], once.data[name]) for name in once.data if name != "issue_size")
+    raw["clean_price"][8] = 99.0  # row 4's second copy differs now: the pair cannot be told apart, both go
+    _, dropped = validate(raw, on_invalid="drop")
+    assert dropped == {"row repeating an earlier row in every column": 2, "duplicate (bond_id, obs_date) with different values": 2}
 
 
 def test_columns_of_different_lengths_raise():

@@ -125,7 +125,7 @@ def test_observation_outside_life_and_duplicates(csv_files, tmp_path):
     message = str(info.value)
     assert "observation at or after maturity: column 'obs_date', 1 row, first rows [1]" in message
     assert "observation before issue: column 'obs_date', 1 row, first rows [2]" in message
-    assert "duplicate (bond_id, obs_date): column 'bond_id, obs_date', 2 rows, first rows [5, 2501]" in message
+    assert "row repeating an earlier row in every column: column 'every column', 1 row, first rows [2501]" in message
 
 
 def test_drop_mode_drops_and_counts(market, csv_files, tmp_path):
