@@ -116,14 +116,22 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
     if not given:
         return None
     parent, _, name = key.rpartition(".")
+    models: list[str] = []
     try:
         rest = [o for o in overrides if o not in given]
         cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
+        models = [str(k) for k in cfg.get("models") or {}]
     except Exception:  # another error in the rest: the suggestion is a courtesy
         known = []
     hint = did_you_mean(name, known)
+    if not hint and key.startswith("model.") and models:
+        # `model` holds only a model file without a package header; '+model.x=' then failed as "keys without a _target_"
+        value = given[-1].split("=", 1)[1]
+        where = f"models.{models[0]}.{key[6:]}={value}" if len(models) == 1 else f"models.<name>.{key[6:]}={value}"
+        among = "" if len(models) == 1 else f", <name> one of {', '.join(models)}"
+        hint = f" A model's parameters are set under its name: {where}{among}."
     if not hint:
         hint = f" To add a key the config does not have, prefix it with '+': +{given[-1]}."
     return f"The '{key}' config key does not exist.{hint}"

@@ -226,6 +226,11 @@ def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
             "The 'models.enhanced.l2_regularization' config key does not exist. To add a key the config does not have, "
             "prefix it with '+': +models.enhanced.l2_regularization=1.",
         ),
+        (  # a model's parameter under `model` (a header-less file's key): '+model.max_iter=3' then failed as keys without a _target_
+            "model.max_iter=3",
+            "The 'model.max_iter' config key does not exist. A model's parameters are set under its name: models.<name>.max_iter=3, "
+            "<name> one of basic, enhanced, advanced, automl, regime, factor, tail_risk, bayesian.",
+        ),
         # a group option that does not exist: Hydra listed the options under its config search path (exit 1)
         (
             "model=[basic,enhancd]",
