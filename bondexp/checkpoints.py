@@ -3,8 +3,9 @@
 Every file is written whole through :mod:`bondexp.atomic`, so a crash at any moment leaves
 either a complete checkpoint or none.
 A checkpoint is reused only when its manifest's fingerprint matches the step as configured
-now (config, inputs, data, and the versions of bondexp and the libraries whose objects it
-pickles) and the artifact's sha256 matches the manifest. Every load of a pickle goes through
+now (config, inputs, data, the versions of bondexp and the libraries whose objects it
+pickles, and the source of the user's own modules it runs) and the artifact's sha256 matches the
+manifest. Every load of a pickle goes through
 :func:`load_verified`, which checks the sha256 first: unpickling runs code, so a file that is not
 byte for byte the one this program wrote is never unpickled. Only the parent process writes here.
 """
@@ -37,7 +38,9 @@ _VERSIONED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "
 FINGERPRINTED = ("bondexp", "numpy", "scipy", "pandas", "scikit-learn", "joblib", "optuna")
 
 
-def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, str], data: str) -> str:
+def fingerprint(
+    *, target: str, config: Mapping[str, Any], inputs: Mapping[str, str], data: str, code: Mapping[str, str] | None = None
+) -> str:
     """Hash what determines a step's result.
 
     Parameters
@@ -50,11 +53,13 @@ def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, 
         Fingerprint of each need, by need name.
     data : str
         Fingerprint of the input data.
+    code : mapping of str to str, optional
+        The user's own modules the step runs and their sources' sha256 (:func:`bondexp.owncode.own_code`).
 
     Returns
     -------
     str
-        sha256 hex digest of a canonical JSON of the four parts and :func:`fingerprinted_versions`.
+        sha256 hex digest of a canonical JSON of the parts and :func:`fingerprinted_versions`.
     """
     payload = {
         "target": target,
@@ -63,6 +68,8 @@ def fingerprint(*, target: str, config: Mapping[str, Any], inputs: Mapping[str, 
         "data": data,
         "versions": fingerprinted_versions(),
     }
+    if code:  # only then: the checkpoints of steps that run no code of the user's keep their fingerprints
+        payload["code"] = dict(sorted(code.items()))
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -28,6 +28,7 @@ __all__ = [
     "priorities",
     "ready_order",
     "reuse_plan",
+    "step_code",
     "step_fingerprints",
     "step_kind",
     "submittable",
@@ -35,11 +36,27 @@ __all__ = [
 
 
 def step_fingerprints(graph: Graph, data_fingerprint: str) -> dict[str, str]:
-    """Fingerprint of every step, from its target, config, its needs' fingerprints and the data's."""
+    """Fingerprint of every step, from its target, config, its needs' fingerprints, the data's and its own code's."""
     fps: dict[str, str] = {}
+    code = step_code(graph)
     for step in graph:
-        fps[step.name] = fingerprint(target=step.target, config=step.config, inputs={n: fps[n] for n in step.needs}, data=data_fingerprint)
+        inputs = {n: fps[n] for n in step.needs}
+        fps[step.name] = fingerprint(target=step.target, config=step.config, inputs=inputs, data=data_fingerprint, code=code[step.name])
     return fps
+
+
+def step_code(graph: Graph) -> dict[str, dict[str, str]]:
+    """The user's own modules each step runs, with their sources' sha256: those its config names and its needs'.
+
+    A need's code is the step's too: the tune step refits its target's estimator, and predict
+    compares a model's recorded code, the tuned model's included (:func:`bondexp.owncode.changed`).
+    """
+    from bondexp.owncode import own_code
+
+    code: dict[str, dict[str, str]] = {}
+    for step in graph:
+        code[step.name] = {k: v for need in step.needs for k, v in code[need].items()} | own_code(step.config)
+    return code
 
 
 def reuse_plan(graph: Graph, store: CheckpointStore, fps: Mapping[str, str]) -> dict[str, str | None]:
@@ -48,8 +65,14 @@ def reuse_plan(graph: Graph, store: CheckpointStore, fps: Mapping[str, str]) -> 
     A step whose need runs again runs again too, even if its own checkpoint verifies.
     """
     plan: dict[str, str | None] = {}
+    code = step_code(graph)
     for step in graph:
         reason = store.verify(step.name, fps[step.name])
+        recorded = (store.manifest(step.name) or {}).get("code") if reason and reason.startswith("stale") else None
+        if recorded is not None and recorded != code[step.name]:
+            from bondexp.owncode import changed
+
+            reason = f"the code it runs changed: {', '.join(changed(recorded) or sorted(code[step.name]))}"
         rerun_needs = [n for n in step.needs if plan[n] is not None]
         if reason is None and rerun_needs:
             reason = f"needs {', '.join(rerun_needs)}, which will run"

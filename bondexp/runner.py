@@ -169,6 +169,7 @@ class _Scheduler:
         self.store = store
         self.backend = backend
         self.fps = fingerprints
+        self.code = planning.step_code(graph)  # recorded in each manifest, for predict to compare
         self.shared = shared
         self.dataset = dataset
         self.threads = executors.threads_per_worker(backend.concurrency)
@@ -346,7 +347,10 @@ class _Scheduler:
         files = report.get("output_files") or {}
         try:
             write_step_files(self.run_dir, name, files)  # the step's report files, kept with its checkpoint too
-            self.store.save(name, report["artifact"], outcome.manifest(step.target, {n: self.fps[n] for n in step.needs}), files=files)
+            manifest = outcome.manifest(step.target, {n: self.fps[n] for n in step.needs})
+            if self.code[name]:
+                manifest["code"] = self.code[name]
+            self.store.save(name, report["artifact"], manifest, files=files)
         except Exception:
             self._fail(name, "the step ran but its files or checkpoint could not be written:\n" + traceback.format_exc(), report=report)
             return

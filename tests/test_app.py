@@ -378,6 +378,48 @@ def test_a_users_report_step_from_yaml_and_one_function_writes_its_file(tmp_path
     assert float(rows[0]["val_rmse"]) == pytest.approx(results["steps"]["basic"]["metrics"]["val_rmse"], abs=1e-4)
 
 
+USER_MODEL = """
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.linear_model import Ridge
+
+
+class ShrunkRidge(RegressorMixin, BaseEstimator):
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def fit(self, X, y):
+        self.ridge_ = Ridge(alpha=self.alpha).fit(X, y)
+        return self
+
+    def predict(self, X):
+        return 0.5 * self.ridge_.predict(X)
+"""
+
+
+def test_a_models_own_code_edited_after_the_run_is_refit_on_resume_and_refused_by_predict(tmp_path, cache, monkeypatch):
+    """Edited, a user's module changed nothing: a resume reused the old fit, and predict ran the edited
+    ``predict`` on it (test RMSE 1.64 -> 5.60) saying every checkpoint verified."""
+    from bondexp.errors import RunFolderError
+    from bondexp.predict.runfolder import open_run
+
+    (tmp_path / "code").mkdir()
+    module = tmp_path / "code" / "mymodels.py"
+    module.write_text(USER_MODEL)
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "shrunk.yaml").write_text("_target_: mymodels.ShrunkRidge\nalpha: 1.0\n")
+    run_dir, env = tmp_path / "r", {"PYTHONPATH": str(tmp_path / "code")}
+    args = [*QUICK, "model=shrunk", "~steps.tune", "~steps.drift", "workers=1", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"]
+    bondexp(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache, env=env)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    assert list(open_run(run_dir, "shrunk", cache_dir=cache).artifacts) == ["shrunk"]
+
+    module.write_text(USER_MODEL.replace("0.5 *", "0.6 *"))
+    plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache, env=env).stdout
+    assert "shrunk    needs -; run: the code it runs changed: mymodels" in plan, plan
+    with pytest.raises(RunFolderError, match=r"code whose source has changed since, or that no longer imports \(shrunk: mymodels\)"):
+        open_run(run_dir, "shrunk", cache_dir=cache)
+
+
 def test_sweep_runs_each_job_and_writes_one_summary(tmp_path, cache):
     sweep_dir = tmp_path / "sweep"
     bondexp("-m", *QUICK, "model=factor", "~steps.tune", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, cache=cache)

@@ -75,7 +75,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     ------
     RunFolderError
         If the folder is not a finished run (an interrupted one included), a model checkpoint fails its sha256 or was pickled with
-        library versions that differ (see :data:`VERSION_PARTS`), or a requested model is missing.
+        library versions that differ (see :data:`VERSION_PARTS`) or with the user's own code since changed, or a requested model is missing.
     """
     from bondexp.checkpoints import CheckpointStore
 
@@ -111,6 +111,16 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
         raise RunFolderError(
             f"The run {str(run_dir)!r} pickled its models with other library versions: {', '.join(conflicts)}. "
             f"Unpickling may fail or change predictions; predict with those versions installed, or re-run the experiment here."
+        )
+    from bondexp.owncode import changed  # the user's own modules: they have no version to compare
+
+    edited = {name: changed(manifests[name].get("code")) for name in candidates}
+    if any(edited.values()):
+        which = "; ".join(f"{name}: {', '.join(modules)}" for name, modules in edited.items() if modules)
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} fitted its models with code whose source has changed since, or that no longer imports "
+            f"({which}). Predicting would run today's code on the old fitted state; refit them with: "
+            f"python -m bondexp resume={shlex.quote(str(run_dir))}"
         )
     step_of = {name: name for name in candidates if name != "tune"}
     if "tune" in candidates:
