@@ -18,6 +18,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
+from bondexp.bondtable import count_of
 from bondexp.errors import ConfigError, StepSkipped
 from bondexp.steps.backtest_score import BASELINE, ORACLE, OVERALL, score_backtest
 
@@ -137,7 +138,7 @@ def origin_months(months: Sequence[Any], spec: Mapping[str, Any]) -> list[str]:
             before = int(np.sum(data_months < origin))
             if before < need_before:
                 raise ConfigError(
-                    f"The 'backtest.origins' month {origin} has {before} months of data before it; it needs at "
+                    f"The 'backtest.origins' month {origin} has {count_of(before, 'month')} of data before it; it needs at "
                     f"least backtest.calibration_months + {MIN_FIT_MONTHS} = {need_before}."
                 )
     return [str(o) for o in chosen]
