@@ -153,6 +153,14 @@ def test_help_lists_the_groups_hydra_lists(template):
         GlobalHydra.instance().clear()
 
 
+def test_predicts_help_lists_only_the_data_it_takes():
+    """Hydra's template listed every group of the search path (model, executor, tracking, data=small), which predict refuses."""
+    proc = subprocess.run([sys.executable, "-m", "bondexp.predict", "--help"], capture_output=True, text=True, check=True)
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert [line for line in groups.splitlines() if ":" in line] == ["data: csv, parquet"], proc.stdout
+    assert "\nrun: ???\n" in proc.stdout and "batch_rows: 65536" in proc.stdout
+
+
 def test_the_libyaml_loader_reads_every_config_file_as_omegaconfs_loader_does():
     from pathlib import Path
 
