@@ -425,3 +425,15 @@ def test_run_last_is_the_newest_folder_with_checkpoints(tmp_path):
     (tmp_path / "predict" / "2026-01-03" / "08-00-00").mkdir(parents=True)
     assert resolve_run("last", outputs=tmp_path) == tmp_path / "2026-01-02" / "09-00-00"
     assert set(OUTPUT_FILES) == {"predictions.parquet", "predictions.csv", "predictions.md"}
+
+
+def test_the_files_are_named_before_the_spreads_when_none_is_given(tmp_path):
+    """With no data.* given, predict named data.spread_path as the first thing missing, not data.path."""
+    from bondexp.errors import ConfigError
+    from bondexp.predict.batches import check_source
+
+    with pytest.raises(ConfigError, match=r"The 'data.path' config key must name an existing file. Got no value"):
+        check_source({"source": "csv", "path": "???", "curve_path": "???", "spread_path": None})
+    (tmp_path / "bonds.csv").write_text("")
+    with pytest.raises(ConfigError, match=r"The 'data.curve_path' config key must name an existing file. Got 'nowhere.csv'"):
+        check_source({"source": "csv", "path": str(tmp_path / "bonds.csv"), "curve_path": "nowhere.csv"})

@@ -41,9 +41,16 @@ def read_new_bonds(data_cfg: Mapping[str, Any]) -> tuple[Any, dict[str, int]]:
 
 
 def check_source(data_cfg: Mapping[str, Any]) -> None:
-    """Predict reads files only: ``data.source`` must be csv or parquet."""
+    """Predict reads files only: ``data.source`` must be csv or parquet, and the bonds and curve files must exist.
+
+    The files first: without them, the spreads' check named ``data.spread_path`` as the first thing missing.
+    """
+    from bondexp.data import existing_path
+
     if data_cfg.get("source") not in ("csv", "parquet"):
         raise ConfigError(f"The 'data.source' config key must be 'csv' or 'parquet' for predict. Got {data_cfg.get('source')!r} instead.")
+    for key in ("path", "curve_path"):
+        existing_path(data_cfg, key)
 
 
 def load_new_bonds(data_cfg: Mapping[str, Any], run_sectors: Sequence[str], *, read: tuple[Any, dict[str, int]] | None = None):
