@@ -238,20 +238,24 @@ def _mapping(cfg, header, path) -> dict[str, str]:
         elif theirs is not None and ours not in _OPTIONAL:
             missing.append(f"{theirs!r} (data.columns.{ours})")
     if missing:
-        hint = _separator_hint(header)
-        raise DataValidationError(f"The file {path} lacks the columns {', '.join(missing)}; its columns are {header}.{hint}")
+        raise DataValidationError(
+            _separator_message(path, header) or f"The file {path} lacks the columns {', '.join(missing)}; its columns are {header}."
+        )
     return mapping
 
 
-def _separator_hint(header: Sequence[Any]) -> str:
-    """A note for a CSV whose header read as one column holding ``;`` or tabs: its columns are not separated by commas."""
+def _separator_message(path: Path, header: Sequence[Any]) -> str:
+    """The error for a CSV whose header read as one column holding ``;``, tabs or ``|``; empty for any other header.
+
+    Its "missing columns" were every column, listed before the one line that said why.
+    """
     if len(header) != 1:
         return ""
     for separator, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
         if separator in str(header[0]):
             return (
-                f" Its columns are separated by {name}, and bondexp reads comma-separated files: convert it, for example "
-                f"pandas.read_csv(path, sep={separator!r}, decimal=...).to_csv(new_path, index=False), or write Parquet."
+                f"The file {path} has its columns separated by {name}, and bondexp reads comma-separated files: convert it, for "
+                f"example pandas.read_csv(path, sep={separator!r}, decimal=...).to_csv(new_path, index=False), or write Parquet."
             )
     return ""
 
@@ -299,9 +303,10 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     frame = pd.read_parquet(path) if _is_parquet(path) else pd.read_csv(path)
     missing = [name for name in columns if name not in frame.columns]
     if missing:
-        hint = _separator_hint(frame.columns)
         got = list(frame.columns)
-        raise DataValidationError(f"The file {path} lacks the columns {missing}; expected {list(columns)}, got {got}.{hint}")
+        raise DataValidationError(
+            _separator_message(path, got) or f"The file {path} lacks the columns {missing}; expected {list(columns)}, got {got}."
+        )
     frame = frame[list(columns)].copy()
     value = columns[-1]
     frame["date"] = parse_dates(frame["date"].to_numpy())
