@@ -79,10 +79,14 @@ class StepOutput:
         What the runner checkpoints and later steps get (its ``metrics`` go to results.json).
     files : dict of str to bytes
         Path relative to the run folder (POSIX, e.g. ``plots/drift.png``) -> the file's contents.
+    warnings : tuple of str
+        Lines the run prints as warnings once the step is done (the step's own log does not reach the
+        terminal, and a worker must not print under the progress bar).
     """
 
     artifact: Any = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def model_artifacts(inputs: Mapping[str, Any]) -> dict[str, ModelArtifact]:

@@ -257,8 +257,10 @@ def _tuning(artifact: ModelArtifact | None, *, status: str) -> str:
         f"(validation RMSE of a fit on the whole training split). Validation RMSE untuned {_num(record.get('untuned_value'), 4)}, "
         f"tuned {_num(record.get('val_rmse'), 4)}.",
         "",
-        "Best parameters: " + (", ".join(f"`{k}={_value(v)}`" for k, v in params.items()) if params else "none."),
     ]
+    if record.get("failures"):  # a study whose trials mostly failed searched far less than its trial count says
+        lines += [f"{record['failures']} (every trial's error in `tuning.json`, tracebacks in `logs/tune.log`)", ""]
+    lines.append("Best parameters: " + (", ".join(f"`{k}={_value(v)}`" for k, v in params.items()) if params else "none."))
     improved = bool(record.get("improved", False))
     lines += ["", f"Improved on the untuned model: **{'yes' if improved else 'no'}**."]
     if record.get("note"):

@@ -356,6 +356,8 @@ class _Scheduler:
             return
         self.done.add(name)
         log.info("%s %s in %.2f s on %s", outcome.status, name, report["duration_s"], outcome.worker)
+        for warning in report.get("warnings", ()):  # printed here, above the bar: a worker's own output would tear it
+            log.warning("%s: %s", name, warning)
         self._settle(outcome)
 
     def _fail(self, name: str, error: str, *, report: Mapping[str, Any] | None = None) -> None:

@@ -91,7 +91,8 @@ def execute_step(task: Task) -> dict[str, Any]:
     dict
         ``artifact`` (a :class:`~bondexp.checkpoints.PickledArtifact`; a
         :class:`~bondexp.artifacts.StepOutput`'s is unwrapped), ``output_files`` (the report files it
-        returned, path -> bytes), ``metrics``, ``error`` (traceback text or ``None``), ``skipped`` (the reason a
+        returned, path -> bytes), ``warnings`` (the lines its StepOutput asks the run to print), ``metrics``,
+        ``error`` (traceback text or ``None``), ``skipped`` (the reason a
         step raised :class:`StepSkipped`, else ``None``), ``started`` and ``ended`` (POSIX seconds),
         ``duration_s``, ``worker`` (``host:pid``) and ``peak_rss_mb`` (see :class:`_PeakRSS`). A step
         that raises is reported in ``error``, not raised, so the parent records it as a value.
@@ -182,6 +183,7 @@ def _run(
         task.name, log_path, optuna_too=executors.IN_POOL_WORKER or not own_process, warnings_too=not own_process
     )
     artifact, files, metrics, error, skipped = None, {}, {}, None, None
+    warnings: list[str] = []
     peak = _PeakRSS(reset=own_process)
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
@@ -195,7 +197,7 @@ def _run(
         with threadpool_limits(limits={"openmp": threads, "blas": 1}), _interruptible():
             artifact = fn(dict(task.config), inputs, ctx)
         if isinstance(artifact, StepOutput):
-            artifact, files = artifact.artifact, check_files(task.name, artifact.files)
+            artifact, files, warnings = artifact.artifact, check_files(task.name, artifact.files), list(artifact.warnings)
         metrics = _check_artifact(task.name, artifact)
         step_log.info("step %s finished in %.3f s", task.name, time.perf_counter() - t0)
     except StepSkipped as exc:
@@ -209,6 +211,7 @@ def _run(
     return {
         "artifact": artifact,
         "output_files": files,
+        "warnings": warnings,
         "metrics": metrics,
         "error": error,
         "skipped": skipped,

@@ -39,7 +39,8 @@ def report_file(config, inputs, ctx):
     from bondexp.artifacts import StepOutput
 
     text = f"value {sum(art['value'] for art in inputs.values())}\n"
-    return StepOutput({"metrics": {"n_inputs": len(inputs)}}, {config.get("path", "plots/r.txt"): text.encode()})
+    files = {config.get("path", "plots/r.txt"): text.encode()}
+    return StepOutput({"metrics": {"n_inputs": len(inputs)}}, files, warnings=tuple(config.get("warnings", ())))
 
 
 def fail(config, inputs, ctx):

@@ -195,6 +195,18 @@ def test_tuning_that_did_not_help_says_so(tmp_path):
     assert "Tuning did not beat the untuned model on the validation split; keep the untuned parameters." in text
 
 
+def test_failed_trials_are_counted_under_the_tuning_line(tmp_path):
+    """'Tuned enhanced over 12 trial(s)' alone hid that 11 of them failed."""
+    tuned = tune_artifact(improved=False)
+    tuned.info["tuning"].update(n_failed=11, failures="11 of 12 trials failed: ValueError: bad")
+    text = write_report(
+        tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=results({"tune": "ran"}), artifacts={"tune": tuned}
+    ).read_text()
+    tuning = text.split("## Tuning")[1]
+    assert "over 12 trial(s)" in tuning
+    assert "\n11 of 12 trials failed: ValueError: bad (every trial's error in `tuning.json`, tracebacks in `logs/tune.log`)\n" in tuning
+
+
 def test_no_drift_says_all_ok(tmp_path):
     quiet = {"features": {"age": {"status": "ok", "psi": 0.0, "ks_pvalue": 1.0}}, "models": {}}
     text = write_report(

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -317,6 +318,14 @@ def test_a_steps_returned_files_are_written_kept_with_its_checkpoint_and_restore
     again = run(graph, tmp_path, workers=2)
     assert statuses(again) == {"a": "reused", "r": "reused"}  # restored from the checkpoint, not re-run
     assert (tmp_path / "plots" / "r.txt").read_text() == "value 1.0\n"
+
+
+def test_a_steps_warnings_are_logged_by_the_run_not_printed_by_its_worker(tmp_path, caplog):
+    """The run's logger prints above the progress bar; the step's own log goes to its file only."""
+    graph = build_graph([S("r", fn="report_file", warnings=["3 of 4 trials failed: ValueError: no"])])
+    with caplog.at_level(logging.WARNING, logger="bondexp"):
+        assert run(graph, tmp_path, workers=1).ok
+    assert [r.getMessage() for r in caplog.records if r.name == "bondexp"] == ["r: 3 of 4 trials failed: ValueError: no"]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from sklearn.utils import all_estimators
 
 import tune_helpers as helpers
 from bondexp.artifacts import ModelArtifact
-from bondexp.errors import ConfigError, StepSkipped
+from bondexp.errors import BondexpError, ConfigError, StepSkipped
 from bondexp.executors import kill_forkserver
 from bondexp.models.stacking import StackedRegressor
 from bondexp.tuning import study as studies
@@ -205,6 +206,7 @@ def test_untuned_trial_comes_first_scores_the_untuned_model_and_outputs_are_writ
     assert [t["number"] for t in saved["trials"]] == list(range(5))
     assert artifact["files"]["plots/tuning_history.png"].startswith(b"\x89PNG")
     assert not (tmp_path / "tuning.json").exists()  # the step writes its study, never its report files
+    assert artifact["n_failed"] == artifact["metrics"]["n_failed"] == 0 and artifact["failures"] is None and artifact["warnings"] == ()
 
 
 def test_when_untuned_is_best_the_tuned_model_is_the_untuned_one(tmp_path, shared, inputs):
@@ -230,6 +232,43 @@ def test_a_space_without_the_untuned_values_keeps_the_untuned_model_when_no_tria
     assert artifact["kept_untuned"] and not artifact["improved"] and artifact["model"] is inputs["tree"].pipeline
     assert artifact["metrics"]["val_rmse"] == artifact["untuned_value"] and artifact["config"]["estimator"]["max_depth"] == 3
     assert artifact["note"].startswith("No trial beat the untuned model of tree on validation") and "lowered" not in artifact["note"]
+
+
+#: Poisson trees refuse the toy panel's negative residuals: the untuned trial completes, a Poisson one fails.
+POISSON = {"tree": {"criterion": {"choices": ["squared_error", "poisson"]}}}
+POISSON_ERROR = "ValueError: Some value(s) of y are negative which is not allowed for Poisson regression."
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "test.tune" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_trial_is_logged_with_its_traceback_counted_and_handed_to_the_terminal(tmp_path, shared, inputs, caplog, workers):
+    """15 of 16 trials failed and only tuning.json said so: tune.log, report.md and the terminal were silent.
+    With two workers the failure comes back from a trial process, traceback included."""
+    config = {**helpers.BASE_TUNE, "target": "tree", "n_trials": 4, "search_space": POISSON}
+    with caplog.at_level(logging.INFO, logger="test.tune"):
+        artifact = tune(config, inputs, helpers.context(tmp_path, shared, workers=workers))
+    failed = [t for t in artifact["trials"] if t["state"] == "FAIL"]
+    assert [t["params"] for t in failed] == [{"criterion": "poisson"}] and failed[0]["error"] == POISSON_ERROR
+    first, *_, last = _warnings(caplog)
+    assert first.startswith(f"trial {failed[0]['number']} failed with parameters {{'criterion': 'poisson'}}: {POISSON_ERROR}\nTraceback")
+    summary = f"1 of 4 trials failed: {POISSON_ERROR}"
+    assert last == artifact["failures"] == summary and artifact["n_failed"] == artifact["metrics"]["n_failed"] == 1
+    assert json.loads(artifact["files"]["tuning.json"])["n_failed"] == 1
+    assert artifact["warnings"] == (f"{summary} (every error in tuning.json, tracebacks in logs/tune.log)",)
+
+
+def test_when_every_trial_fails_the_step_fails_with_the_first_error_and_one_traceback_per_error(tmp_path, shared, inputs, caplog):
+    """The untuned criterion lies outside the space, so no trial has it and none completes: nothing to call tuned."""
+    config = {**helpers.BASE_TUNE, "target": "tree", "n_trials": 4, "search_space": {"tree": {"criterion": {"choices": ["poisson"]}}}}
+    with caplog.at_level(logging.INFO, logger="test.tune"), pytest.raises(BondexpError) as raised:
+        tune(config, inputs, helpers.context(tmp_path, shared))
+    assert str(raised.value).endswith(f"has no complete trial: 4 of 4 trials failed: {POISSON_ERROR}")
+    logged = _warnings(caplog)
+    assert [m.partition(" failed")[0] for m in logged] == ["trial 0", "trial 1", "trial 2", "trial 3"]
+    assert ["Traceback" in m for m in logged] == [True, False, False, False] and logged[1].endswith("(traceback above)")
 
 
 def _config(**changes) -> dict:

@@ -57,6 +57,21 @@ def test_a_users_extra_trees_is_tuned_through_its_class_space(tmp_path, cache):
     assert "tune.class_search_space.ExtraTreesRegressor" in log
 
 
+def test_failed_trials_are_in_the_tune_log_the_report_and_the_terminal(tmp_path, cache):
+    """A newcomer's 15 failed trials of 16 showed in tuning.json only."""
+    run_dir = tmp_path / "r"
+    space = "+tune.search_space.basic={criterion: {choices: [squared_error, poisson]}}"  # Poisson refuses negative residuals
+    proc = bondexp(*QUICK, "model=basic", space, f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=cache)
+    tuning = json.loads((run_dir / "tuning.json").read_text())
+    failed = [t for t in tuning["trials"] if t["state"] == "FAIL"]
+    summary = f"{len(failed)} of 4 trials failed: ValueError: Some value(s) of y are negative which is not allowed for Poisson regression."
+    assert failed and tuning["n_failed"] == len(failed) and tuning["failures"] == summary
+    assert f"tune: {summary} (every error in tuning.json, tracebacks in logs/tune.log)" in proc.stdout
+    assert summary in (run_dir / "report.md").read_text()
+    log = (run_dir / "logs" / "tune.log").read_text()
+    assert log.count(" failed with parameters ") == len(failed) and log.count("Traceback") == 1
+
+
 def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_validation(tmp_path, cache):
     gains = []
     # The seeds' runs are independent, so they run at once, on one worker each: on the tiny market a run's own

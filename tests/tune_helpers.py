@@ -91,7 +91,8 @@ def model_artifact(name: str, *, group: str = "ml", estimator: dict | None = Non
 
 def tune_flat(config: dict, inputs: dict, ctx) -> dict:
     """The tune step with its output flattened for the tests to read: the tuning record (tuning.json's
-    keys), the artifact's fields (``model`` is its pipeline) and ``files`` (what the runner would write)."""
+    keys), the artifact's fields (``model`` is its pipeline), ``files`` (what the runner would write) and
+    ``warnings`` (what the run would print)."""
     from bondexp.tuning.step import tune
 
     output = tune(config, inputs, ctx)
@@ -106,6 +107,7 @@ def tune_flat(config: dict, inputs: dict, ctx) -> dict:
         "info": art.info,
         "model": art.pipeline,
         "files": output.files,
+        "warnings": output.warnings,
     }
 
 

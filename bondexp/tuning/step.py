@@ -44,7 +44,8 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     -------
     StepOutput
         A :class:`ModelArtifact` named ``<target>_tuned`` (the best trial's own fit; the tuning facts
-        in ``info["tuning"]``), with ``tuning.json`` and ``plots/tuning_history.png``.
+        in ``info["tuning"]``), with ``tuning.json`` and ``plots/tuning_history.png``, and a warning for the
+        terminal when trials failed (each failure and its traceback are in the step's log).
 
     Raises
     ------
@@ -53,7 +54,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     ConfigError
         An unknown target, a target without a search space, a bad search space or storage.
     BondexpError
-        Every trial of the study failed (the message carries the first failure).
+        No trial of the study completed: every one failed (the message carries the first failure), or none ran.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     by_name, by_class = config.get("search_space") or {}, config.get("class_search_space") or {}
@@ -81,6 +82,7 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         workers=ctx.workers,
         seed=int(config.get("seed", 0)),
         threads=ctx.threads,
+        log=ctx.log,
         untuned_result=reused,
     )
     info = {
@@ -113,7 +115,12 @@ def tune(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
         kept_untuned=kept_untuned,
         ctx=ctx,
     )
-    return StepOutput(tuned, tuning_files(tuned.info["tuning"]))
+    record = tuned.info["tuning"]
+    shown: tuple[str, ...] = ()
+    if record["failures"]:
+        ctx.log.warning(record["failures"])
+        shown = (f"{record['failures']} (every error in tuning.json, tracebacks in logs/{ctx.name}.log)",)
+    return StepOutput(tuned, tuning_files(record), warnings=shown)
 
 
 def _open_study(
@@ -205,9 +212,21 @@ def _best_trial(study_name: str, trials: Sequence[optuna.trial.FrozenTrial]) -> 
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         return min(done, key=lambda t: (t.value, t.number))
-    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(studies.STALE_ATTR)]
-    reason = failed[0].user_attrs.get("error", "unknown") if failed else "no trial ran (tune.timeout too short?)"
-    raise BondexpError(f"The tuning study {study_name!r} has no complete trial ({len(failed)} failed). First failure: {reason}")
+    reason = failure_summary(trials) or "no trial ran (tune.timeout too short?)"
+    raise BondexpError(f"The tuning study {study_name!r} has no complete trial: {reason}")
+
+
+def failure_summary(trials: Sequence[optuna.trial.FrozenTrial]) -> str | None:
+    """``"15 of 16 trials failed: <the first error's first line>"``, or None when none failed.
+
+    Counts finished trials only (:func:`bondexp.tuning.study.is_finished`): a stale one was never told.
+    """
+    finished = [t for t in trials if studies.is_finished(t)]
+    failed = [t for t in finished if t.state == TrialState.FAIL]
+    if not failed:
+        return None
+    first = (str(failed[0].user_attrs.get("error") or "").strip().splitlines() or ["no error recorded"])[0]
+    return f"{len(failed)} of {len(finished)} trials failed: {first}"
 
 
 def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact, pipeline, dataset: Dataset, *, exact_untuned: bool):
@@ -224,8 +243,8 @@ def _best_model(best, best_fit: studies.TrialFit | None, artifact: ModelArtifact
         model, predictions = best_fit.model, dict(best_fit.predictions)
     else:
         value = studies.run_trial(artifact.config, dataset, dict(best.params))
-        if isinstance(value, BaseException):
-            raise value
+        if isinstance(value, studies.TrialError):
+            raise BondexpError(f"Fitting the best trial {best.number} again failed: {value.message}\n{value.traceback}")
         _, model, predictions, _ = value
     features = list(artifact.features)
     for split in PREDICTED_SPLITS:  # a trial predicts the validation split only
@@ -249,6 +268,7 @@ def _tuned_artifact(
     metrics.update(
         best_value=float(best.value),
         n_trials=sum(map(studies.is_finished, trials)),
+        n_failed=sum(studies.is_finished(t) and t.state == TrialState.FAIL for t in trials),
         improved=improved,
         timed_out=timed_out,
         reproducible=not timed_out,
@@ -275,6 +295,8 @@ def _tuned_artifact(
         "trials": [_trial_record(t) for t in trials],
         "val_rmse": metrics["val_rmse"],
         "n_trials": metrics["n_trials"],
+        "n_failed": metrics["n_failed"],
+        "failures": failure_summary(trials),
         "timed_out": timed_out,
     }
     chosen = {} if kept_untuned else dict(best.params)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -66,6 +68,14 @@ class TrialFit:
     value: float
     model: Any
     predictions: dict[str, dict[str, Any]]
+
+
+@dataclasses.dataclass
+class TrialError:
+    """A failed trial's error as text: an exception a trial process sends back arrives without its traceback."""
+
+    message: str  # ``<type>: <message>``, what ``tuning.json`` records
+    traceback: str
 
 
 # ----------------------------------------------------------------------------- storage and name
@@ -215,6 +225,7 @@ def run_study(
     workers: int,
     seed: int,
     threads: int,
+    log: logging.Logger,
     untuned_result: Any = None,
 ) -> tuple[TrialFit | None, bool]:
     """Run batches until ``n_trials`` trials are finished; return the best fit made here and whether the cap bound.
@@ -223,6 +234,7 @@ def run_study(
     this process when ``workers == 1`` or this process is daemonic (a Dask worker, whose children
     would be killed with it and which may not start any): the batch design makes both identical.
     ``threads`` is the BLAS/OpenMP budget this process's steps ran under (see :func:`trial_start_method`).
+    Each failed trial is logged to ``log`` (the step's), with its traceback the first time its error appears.
     ``untuned_result``, when given, is told for the untuned trial instead of fitting it: a
     :func:`run_trial` result the caller already has, the model step's own fit (see
     :func:`bondexp.tuning.step.reusable_untuned_result`).
@@ -230,6 +242,7 @@ def run_study(
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     best: TrialFit | None = None
     last_batch_s = 0.0  # the next batch is expected to take as long as the last one
+    errors_logged: set[str] = set()  # 15 trials failing the same way need one traceback
     with _TrialPool(model_config, dataset, workers=min(workers, batch_size), threads=threads) as run_batch:
         while (n_done := len(finished_trials(study))) < n_trials:
             if deadline is not None and time.monotonic() + last_batch_s > deadline:
@@ -244,14 +257,22 @@ def run_study(
             for trial, result, skip in zip(asked, results, known, strict=True):  # told in trial-number order
                 if skip:
                     trial.set_user_attr(REUSED_ATTR, True)
-                best = _tell(study, trial, result, best)
+                best = _tell(study, trial, result, best, log=log, errors_logged=errors_logged)
     return best, False
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, result: Any, best: TrialFit | None) -> TrialFit | None:
-    if isinstance(result, BaseException):
-        trial.set_user_attr("error", f"{type(result).__name__}: {result}")
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, result: Any, best: TrialFit | None, *, log: logging.Logger, errors_logged: set[str]
+) -> TrialFit | None:
+    """Tell ``result`` to the study; return the best fit so far. A failure is logged: ``tuning.json`` alone hid it."""
+    if isinstance(result, TrialError):
+        trial.set_user_attr("error", result.message)
         study.tell(trial, state=TrialState.FAIL)
+        if result.message in errors_logged:
+            log.warning("trial %d failed with parameters %s: %s (traceback above)", trial.number, trial.params, result.message)
+        else:
+            errors_logged.add(result.message)
+            log.warning("trial %d failed with parameters %s: %s\n%s", trial.number, trial.params, result.message, result.traceback.rstrip())
         return best
     value, model, predictions, worker = result
     trial.set_user_attr("worker", worker)
@@ -321,7 +342,7 @@ class _TrialPool:
 
 
 def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping[str, Any]) -> Any:
-    """``(validation RMSE, fitted model, its validation predictions, worker label)`` of one parameter set, or the exception it raised.
+    """``(validation RMSE, fitted model, its validation predictions, worker label)`` of one parameter set, or its :class:`TrialError`.
 
     One BLAS/OpenMP thread, in-process too: the same arithmetic wherever a trial runs.
     """
@@ -330,7 +351,7 @@ def run_trial(model_config: Mapping[str, Any], dataset: Dataset, params: Mapping
             model, predictions = fit_predict(model_config, dataset, params=params, splits=("validation",))
         return objective(dataset, predictions), model, predictions, worker_label()
     except Exception as exc:  # a trial that fails is recorded FAIL and the study goes on
-        return exc
+        return TrialError(f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 def objective(dataset: Dataset, predictions: Mapping[str, Mapping[str, Any]]) -> float:
