@@ -201,7 +201,11 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
         ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
         ("_target_: sklaern.linear_model.Lasso", [], "no module 'sklaern' is installed. Did you mean 'sklearn'?"),
-        ("_target_: sklearn.preprocessing.StandardScaler", [], "'model._target_' config key must name a regressor"),
+        (  # it failed in fit once the data had loaded ("Unknown label type: continuous"), exit 1, with a resume command
+            "_target_: sklearn.linear_model.LogisticRegression",
+            [],
+            "The 'model._target_' config key must name a regressor: a scikit-learn estimator with fit and predict",
+        ),
         ("alpha: abc", [], "The 'model.alpha' config key (a parameter of Lasso) must be a float in the range [0.0, inf). Got 'abc'"),
         (  # bondexp's own estimators declare constraints too (those they pass on are their members' own)
             "_target_: bondexp.models.stacking.StackedRegressor\nforest_n_estimators: abc",

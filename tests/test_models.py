@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
@@ -181,6 +182,59 @@ def test_unknown_target_and_feature_are_config_errors(toy_dataset):
     config["features"] = ["coupon_rate", "market_price"]
     with pytest.raises(ConfigError, match="market_price"):
         build_model(config, dataset=toy_dataset)
+
+
+#: A user's module beside a model file: its ``_target_`` is ``<the module's name>.Model``.
+USER_MODULES = {
+    "user_not_sklearn": "class Model:\n    def fit(self, X, y):\n        return self\n\n    def predict(self, X):\n        return X\n",
+    # scikit-learn types it as no kind of estimator (None): a regressor for all it knows
+    "user_base_estimator": "from sklearn.base import BaseEstimator\n\n\nclass Model(BaseEstimator):\n"
+    "    def fit(self, X, y):\n        return self\n\n    def predict(self, X):\n        return X\n",
+    # get_params and set_params without scikit-learn's tags: a Pipeline reads no type from it either
+    "user_duck_typed": "class Model:\n    def get_params(self, deep=True):\n        return {}\n\n"
+    "    def set_params(self, **params):\n        return self\n\n    def fit(self, X, y):\n        return self\n\n"
+    "    def predict(self, X):\n        return X\n",
+}
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        # it trained (scored on its cluster labels) and could be chosen the best model
+        ("sklearn.cluster.KMeans", "Got 'sklearn.cluster.KMeans', whose scikit-learn estimator type is 'clusterer'."),
+        # it failed in fit once the data had loaded ("Unknown label type: continuous"), with a resume command
+        ("sklearn.linear_model.LogisticRegression", "whose scikit-learn estimator type is 'classifier'."),
+        ("sklearn.ensemble.IsolationForest", "whose scikit-learn estimator type is 'outlier_detector'."),
+        ("sklearn.mixture.GaussianMixture", "whose scikit-learn estimator type is 'density_estimator'."),
+        ("sklearn.preprocessing.StandardScaler", "Got 'sklearn.preprocessing.StandardScaler', a StandardScaler without predict."),
+        (  # a worker's traceback, exit 1
+            "user_not_sklearn.Model",
+            "The 'model._target_' config key must name a regressor: a scikit-learn estimator with fit and predict (a class "
+            "inheriting sklearn.base.BaseEstimator and RegressorMixin). Got 'user_not_sklearn.Model', a Model without get_params.",
+        ),
+        ("user_base_estimator.Model", None),
+        ("user_duck_typed.Model", None),
+        ("sklearn.linear_model.Lasso", None),
+    ],
+)
+def test_the_check_before_any_step_takes_only_a_regressor_that_imports(target, message, tmp_path, monkeypatch):
+    """What :func:`bondexp.preflight.check_steps` (the run's check on a worker) refuses, with one message naming the key."""
+    from bondexp.pipeline import MODEL_STEP_TARGET
+    from bondexp.preflight import check_steps
+
+    for module, text in USER_MODULES.items():
+        (tmp_path / f"{module}.py").write_text(text)
+    monkeypatch.syspath_prepend(tmp_path)
+    for module in USER_MODULES:
+        monkeypatch.delitem(sys.modules, module, raising=False)  # each test imports them afresh from its own folder
+    config = {**step_config("mine", estimator={"_target_": target}), "key": "model"}  # a header-less model file's
+    if message is None:
+        check_steps({"mine": (MODEL_STEP_TARGET, config)})
+        return
+    with pytest.raises(ConfigError) as err:
+        check_steps({"mine": (MODEL_STEP_TARGET, config)})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_fit_predict_trains_on_the_given_rows(toy_dataset):

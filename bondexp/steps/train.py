@@ -33,6 +33,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
+from sklearn.utils import get_tags
 from threadpoolctl import threadpool_limits
 
 from bondexp.artifacts import ModelArtifact
@@ -111,7 +112,7 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     Raises
     ------
     ConfigError
-        If ``_target_`` is missing or cannot be instantiated, or a feature is unknown.
+        If ``_target_`` is missing, cannot be instantiated or names no regressor, or a feature is unknown.
     """
     name = config.get("name")
     key = config.get("key") or f"models.{name}"  # where the model's settings are given (`model` for a header-less file)
@@ -132,11 +133,7 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     except Exception as exc:  # hydra wraps import and argument errors in its own exception types
         reason = str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")  # bondexp shows the cause
         raise ConfigError(f"The '{key}' model file could not build {spec['_target_']!r}: {reason}") from exc
-    if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
-        raise ConfigError(
-            f"The '{key}._target_' config key must name a regressor (with fit and predict). "
-            f"Got {spec['_target_']!r}, a {type(estimator).__name__} without {'fit' if not hasattr(estimator, 'fit') else 'predict'}."
-        )
+    _check_regressor(estimator, target=spec["_target_"], key=key)
     own = estimator.get_params(deep=False)
     constrained = own.get("monotonic_cst")
     if isinstance(constrained, Mapping) and set(constrained) - set(features):
@@ -150,6 +147,32 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
     _check_parameter_values(estimator, key=key, features=features)
     prep = "passthrough" if takes_raw_features(estimator) else make_preprocessor(features, categorical=dataset.categorical)
     return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def _check_regressor(estimator: Any, *, target: str, key: str) -> None:
+    """Raise ConfigError unless ``estimator`` is a scikit-learn estimator with fit and predict that is not typed as
+    something other than a regressor (scikit-learn's ``estimator_type`` tag; a user's class may have none).
+
+    A clusterer (KMeans) trained and could be chosen the best model; a classifier failed in fit once the data
+    had loaded ("Unknown label type: continuous"); a class without ``get_params`` failed the check with a
+    worker's traceback.
+    """
+    missing = [method for method in ("fit", "predict", "get_params", "set_params") if not hasattr(estimator, method)]
+    kind = None if missing else _estimator_type(estimator)
+    if missing or kind not in (None, "regressor"):
+        got = f"a {type(estimator).__name__} without {missing[0]}" if missing else f"whose scikit-learn estimator type is {kind!r}"
+        raise ConfigError(
+            f"The '{key}._target_' config key must name a regressor: a scikit-learn estimator with fit and predict "
+            f"(a class inheriting sklearn.base.BaseEstimator and RegressorMixin). Got {target!r}, {got}."
+        )
+
+
+def _estimator_type(estimator: Any) -> str | None:
+    """scikit-learn's ``estimator_type`` tag: ``'regressor'``, ``'classifier'``, ``'clusterer'``, ... or None."""
+    try:
+        return get_tags(estimator).estimator_type
+    except AttributeError:  # no __sklearn_tags__ (a class not inheriting BaseEstimator): a Pipeline reads no type from it either
+        return None
 
 
 def _estimator_class(target: str, *, key: str) -> Any:
