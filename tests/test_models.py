@@ -186,6 +186,8 @@ def test_unknown_target_and_feature_are_config_errors(toy_dataset):
 
 #: A user's module beside a model file: its ``_target_`` is ``<the module's name>.Model``.
 USER_MODULES = {
+    "user_syntax_error": "class Model:\n    def fit(self, X, y)\n        return self\n",
+    "user_raises": "raise RuntimeError('no licence server')\n",
     "user_not_sklearn": "class Model:\n    def fit(self, X, y):\n        return self\n\n    def predict(self, X):\n        return X\n",
     # scikit-learn types it as no kind of estimator (None): a regressor for all it knows
     "user_base_estimator": "from sklearn.base import BaseEstimator\n\n\nclass Model(BaseEstimator):\n"
@@ -207,7 +209,10 @@ USER_MODULES = {
         ("sklearn.ensemble.IsolationForest", "whose scikit-learn estimator type is 'outlier_detector'."),
         ("sklearn.mixture.GaussianMixture", "whose scikit-learn estimator type is 'density_estimator'."),
         ("sklearn.preprocessing.StandardScaler", "Got 'sklearn.preprocessing.StandardScaler', a StandardScaler without predict."),
-        (  # a worker's traceback, exit 1
+        # the next three: a worker's traceback, exit 1
+        ("user_syntax_error.Model", "module 'user_syntax_error' fails: SyntaxError: expected ':' ({dir}/user_syntax_error.py, line 2)"),
+        ("user_raises.Model", "The 'model._target_' config key names 'user_raises.Model', whose module 'user_raises' fails: RuntimeError:"),
+        (
             "user_not_sklearn.Model",
             "The 'model._target_' config key must name a regressor: a scikit-learn estimator with fit and predict (a class "
             "inheriting sklearn.base.BaseEstimator and RegressorMixin). Got 'user_not_sklearn.Model', a Model without get_params.",
@@ -233,7 +238,7 @@ def test_the_check_before_any_step_takes_only_a_regressor_that_imports(target, m
         return
     with pytest.raises(ConfigError) as err:
         check_steps({"mine": (MODEL_STEP_TARGET, config)})
-    assert message in str(err.value)
+    assert message.format(dir=tmp_path) in str(err.value)
     assert "\n" not in str(err.value)
 
 

@@ -187,10 +187,12 @@ def _estimator_class(target: str, *, key: str) -> Any:
         try:
             found: Any = importlib.import_module(module)
             break
-        except ImportError as exc:
+        except Exception as exc:  # a user's module may fail to import in any way: a SyntaxError, a RuntimeError it raises
             if not (isinstance(exc, ModuleNotFoundError) and exc.name is not None and module.startswith(exc.name)):
-                # the module is there but its own import failed (a package it needs is missing)
-                raise ConfigError(f"The '{key}._target_' config key names {target!r}, whose module {module!r} fails: {exc}") from None
+                # the module is there but its own import failed (a package it needs is missing, its code is wrong)
+                raise ConfigError(
+                    f"The '{key}._target_' config key names {target!r}, whose module {module!r} fails: {_import_failure(exc)}"
+                ) from None
     else:
         installed = [m.name for m in pkgutil.iter_modules()]
         why = (
@@ -212,6 +214,16 @@ def _estimator_class(target: str, *, key: str) -> Any:
             )
         found = getattr(found, part)
     return found
+
+
+def _import_failure(exc: Exception) -> str:
+    """Why a module did not import, in one line: an ImportError's text (it names the missing package), else the
+    error's type and text, a SyntaxError's with its file's whole path (its own text names the base name only)."""
+    if isinstance(exc, ImportError):
+        return str(exc)
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _check_parameter_names(spec: Mapping[str, Any], *, key: str) -> None:
