@@ -459,6 +459,8 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         key = model_key(cfg, name)
         if "_target_" not in spec:
             _fail(f"{key}._target_", "the estimator's import path", None)
+        if not isinstance(spec.get("group", "ml"), str):  # the plan, the summary and `needs: [ml]` read it as a name
+            _fail(f"{key}.group", "a group name (text)", spec["group"])
         features = spec.get("features", "all")
         if isinstance(features, str) and features not in cfg.feature_sets:
             raise ConfigError(

@@ -131,6 +131,10 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["tune.batch_size=0"], "'tune.batch_size' config key must be at least 1. Got 0"),
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
+        # a TypeError once every step had run (the summary table), or in build_steps for a list (unhashable), exit 1
+        (["models.basic.group=5"], "The 'models.basic.group' config key must be a group name (text). Got 5 instead."),
+        (["models.basic.group=null"], "The 'models.basic.group' config key must be a group name (text). Got None instead."),
+        (["models.basic.group=[a,b]"], "The 'models.basic.group' config key must be a group name (text). Got ['a', 'b'] instead."),
         (["drift.correction=fdr"], "'drift.correction'"),
         (["tune.storage=tuning.db"], "'tune.storage' config key must be null (a journal file in the run folder) or a database URL"),
         (["seed=-1"], "'seed' config key must be 0 or more. Got -1"),  # was numpy's traceback, once the data loaded
