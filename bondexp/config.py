@@ -462,11 +462,11 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         if not isinstance(spec.get("group", "ml"), str):  # the plan, the summary and `needs: [ml]` read it as a name
             _fail(f"{key}.group", "a group name (text)", spec["group"])
         features = spec.get("features", "all")
-        if isinstance(features, str) and features not in cfg.feature_sets:
+        if not isinstance(features, (str, list)) or (isinstance(features, str) and features not in cfg.feature_sets):
             raise ConfigError(
                 f"The '{key}.features' config key must name a feature set, one of "
                 f"{sorted(cfg.feature_sets)}, or list features. Got {features!r} instead."
-                f"{did_you_mean(features, cfg.feature_sets)}"
+                f"{did_you_mean(features, cfg.feature_sets) if isinstance(features, str) else ''}"
             )
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):

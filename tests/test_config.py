@@ -131,6 +131,11 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["tune.batch_size=0"], "'tune.batch_size' config key must be at least 1. Got 0"),
         (["data=csv", "data.path=/no/such/file.csv"], "'data.path' config key must be an existing file. Got '/no/such/file.csv'"),
         (["models.basic.features=nope"], "'models.basic.features' config key must name a feature set"),
+        (  # a TypeError in resolve_features, exit 1
+            ["models.basic.features=5"],
+            "The 'models.basic.features' config key must name a feature set, one of ['all', 'bond', 'market'], or list features. "
+            "Got 5 instead.",
+        ),
         # a TypeError once every step had run (the summary table), or in build_steps for a list (unhashable), exit 1
         (["models.basic.group=5"], "The 'models.basic.group' config key must be a group name (text). Got 5 instead."),
         (["models.basic.group=null"], "The 'models.basic.group' config key must be a group name (text). Got None instead."),
