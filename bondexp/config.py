@@ -274,12 +274,12 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
     models = {str(name): plain_dict(spec) for name, spec in cfg.models.items()}
     loose = cfg.get("model")
     if loose is not None and len(loose) > 0:
-        if "_target_" not in loose:
+        name = (choice or "model").strip("[]")
+        if "_target_" not in loose and (choice is None or name in models):  # `+model.<key>` beside a file with the header
             raise ConfigError(
                 "The 'model' config key holds keys without a '_target_': "
                 f"{sorted(loose)}. A model file needs '_target_' (the estimator class)."
             )
-        name = (choice or "model").strip("[]")
         if "_target_" not in models.get(name, {"_target_": None}):  # `+models.my_lasso.alpha=1` for a header-less my_lasso
             raise ConfigError(
                 f"The model file {name} has no '# @package models.{name}' header, so its keys are set as "
@@ -299,6 +299,11 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
                 f"The 'model' choice {choice} lists a model file without a '# @package models.<name>' header"
                 f"{' (' + ', '.join(suspects) + ')' if suspects else ''}; in a list every file needs that header, "
                 "so that each lands under its own name."
+            )
+        if "_target_" not in loose:  # the header-less file chosen: it was named only as "the 'model' config key"
+            raise ConfigError(
+                f"The model file model/{name}.yaml (model={name}) has no '_target_', the estimator class "
+                f"(as in '_target_: sklearn.linear_model.Lasso'); it holds {sorted(loose)}."
             )
         models[name] = plain_dict(loose)
     return models

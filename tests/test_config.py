@@ -180,6 +180,14 @@ def test_user_model_files_from_the_search_path(tmp_path):
     assert collect_models(cfg, choice="my_lasso") == {"my_lasso": {"_target_": "sklearn.linear_model.Lasso", "alpha": 0.01}}
     cfg = composed("model=[basic,my_ridge]", search)
     assert set(collect_models(cfg, choice="[basic,my_ridge]")) == {"basic", "my_ridge"}
+    # it was "The 'model' config key holds keys without a '_target_': ['alpha']", naming neither the file nor the choice
+    (tmp_path / "model" / "bad21.yaml").write_text("alpha: 1.0\n")
+    cfg = composed("model=bad21", search)
+    with pytest.raises(ConfigError, match=r"^The model file model/bad21.yaml \(model=bad21\) has no '_target_', the estimator"):
+        collect_models(cfg, choice="bad21")
+    cfg = composed("model=basic", "+model.alpha=1", search)  # a key set as model.<key> beside a file with its header
+    with pytest.raises(ConfigError, match=r"^The 'model' config key holds keys without a '_target_': \['alpha'\]"):
+        collect_models(cfg, choice="basic")
     cfg = composed("model=[basic,my_lasso]", search)
     with pytest.raises(ConfigError, match=r"lists a model file without a '# @package models.<name>' header \(model/my_lasso.yaml\);"):
         collect_models(cfg, choice="[basic,my_lasso]")
