@@ -150,8 +150,8 @@ def build_model(config: Mapping[str, Any], *, dataset: FeatureColumns, params: M
 
 
 def _check_regressor(estimator: Any, *, target: str, key: str) -> None:
-    """Raise ConfigError unless ``estimator`` is a scikit-learn estimator with fit and predict that is not typed as
-    something other than a regressor (scikit-learn's ``estimator_type`` tag; a user's class may have none).
+    """Raise ConfigError unless ``estimator`` has fit, predict, get_params and set_params, and scikit-learn's
+    ``estimator_type`` tag calls it a regressor or nothing (a user's BaseEstimator without RegressorMixin).
 
     A clusterer (KMeans) trained and could be chosen the best model; a classifier failed in fit once the data
     had loaded ("Unknown label type: continuous"); a class without ``get_params`` failed the check with a
