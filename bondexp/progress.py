@@ -51,7 +51,7 @@ class Progress:
         self._t0 = time.perf_counter()
         self._redirect = None
         if self.mode == "bar":
-            self._redirect = _ConsoleThroughTqdm(logging.getLogger())
+            self._redirect = _ConsoleThroughTqdm(logging.getLogger(), bar_stream=self.stream)
             self._bar = _bar_class()(
                 total=total,
                 initial=done,
@@ -140,31 +140,41 @@ class _ConsoleThroughTqdm:
     keeps the replaced handler's level, formatter and filters.
     """
 
-    def __init__(self, logger: logging.Logger):
+    def __init__(self, logger: logging.Logger, *, bar_stream: TextIO):
         self.logger = logger
         self.original = list(logger.handlers)
-        logger.handlers = [_TqdmWriteHandler.like(h) if _is_console_handler(h) else h for h in self.original]
+        logger.handlers = [_TqdmWriteHandler.like(h, bar_stream=bar_stream) if _is_console_handler(h) else h for h in self.original]
 
     def restore(self) -> None:
         self.logger.handlers = self.original
 
 
 class _TqdmWriteHandler(logging.StreamHandler):
-    """A console handler that writes through ``tqdm.write`` (clear the bar, print, redraw)."""
+    """A console handler that clears the bar, prints and redraws the bar.
+
+    The bar is found by its own stream: ``tqdm.write`` finds it through ``sys.stdout`` and
+    ``sys.stderr`` when the two streams differ (the console on stdout, the bar on stderr), and an
+    in-process step (``workers=1``) points those at its log, so a warning then tore the bar.
+    """
+
+    bar_stream: TextIO
 
     @classmethod
-    def like(cls, handler: logging.StreamHandler) -> _TqdmWriteHandler:
+    def like(cls, handler: logging.StreamHandler, *, bar_stream: TextIO) -> _TqdmWriteHandler:
         twin = cls(handler.stream)
         twin.setLevel(handler.level)
         twin.setFormatter(handler.formatter)
         twin.filters = list(handler.filters)
+        twin.bar_stream = bar_stream
         return twin
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            with tqdm.external_write_mode(file=self.bar_stream):
+                self.stream.write(self.format(record) + self.terminator)
+                self.flush()
         except Exception:  # logging's contract: a handler never raises
             self.handleError(record)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import resource
 import signal
 import sys
@@ -160,6 +161,7 @@ def execute_remote_step(
                 threads=_dask_worker_threads(),
                 workers=1,
                 own_process=True,
+                alone=_dask_worker_slots() == 1,
             )
         report["log_text"] = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
         report["files"] = _written_files(run_dir, sent)
@@ -176,8 +178,12 @@ def _run(
     threads: int,
     workers: int,
     own_process: bool,
+    alone: bool = True,
 ) -> dict[str, Any]:
-    """Import the step, load its inputs, call it under the thread budget; report instead of raising."""
+    """Import the step, load its inputs, call it under the thread budget; report instead of raising.
+
+    ``alone``: this process runs no other step meanwhile, so what it prints is the step's (see :func:`_output_to`).
+    """
     started, t0 = time.time(), time.perf_counter()
     step_log, handlers = _open_step_log(
         task.name, log_path, optuna_too=executors.IN_POOL_WORKER or not own_process, warnings_too=not own_process
@@ -187,15 +193,16 @@ def _run(
     peak = _PeakRSS(reset=own_process)
     try:
         step_log.info("step %s started (target %s, %d thread(s))", task.name, task.target, threads)
-        fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
-        from threadpoolctl import threadpool_limits  # here: a run whose every step is reused never needs it
+        with _output_to(log_path, descriptors=own_process) if alone else contextlib.nullcontext():
+            fn = resolve_target(task.target)  # imports the step's libraries before the thread limit below
+            from threadpoolctl import threadpool_limits  # here: a run whose every step is reused never needs it
 
-        inputs = load_inputs()
-        ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log, load_pipeline)
-        # OpenMP (the boosters) may use the step's budget; BLAS gets one thread: a matrix product's last bits
-        # changed with its thread count, and bayesian's predictions differed between workers=1 and workers=2
-        with threadpool_limits(limits={"openmp": threads, "blas": 1}), _interruptible():
-            artifact = fn(dict(task.config), inputs, ctx)
+            inputs = load_inputs()
+            ctx = StepContext(task.name, run_dir, workers, threads, dict(task.shared), step_log, load_pipeline)
+            # OpenMP (the boosters) may use the step's budget; BLAS gets one thread: a matrix product's last bits
+            # changed with its thread count, and bayesian's predictions differed between workers=1 and workers=2
+            with threadpool_limits(limits={"openmp": threads, "blas": 1}), _interruptible():
+                artifact = fn(dict(task.config), inputs, ctx)
         if isinstance(artifact, StepOutput):
             artifact, files, warnings = artifact.artifact, check_files(task.name, artifact.files), list(artifact.warnings)
         metrics = _check_artifact(task.name, artifact)
@@ -265,6 +272,47 @@ def _maxrss_mb(who: int) -> float:
     return value / (1024 * 1024) if sys.platform == "darwin" else value / 1024
 
 
+@contextlib.contextmanager
+def _output_to(path: Path, *, descriptors: bool) -> Iterator[None]:
+    """Send what the step prints, on stdout or stderr, to its log file; restore both afterwards.
+
+    README promises only warnings and errors above the bar: a verbose estimator's lines (printed by
+    Python's ``print``, as GradientBoosting's, or by C stdio, as libsvm's) tore it, and parallel fits
+    interleaved. With ``descriptors`` (a process of its own: a pool worker, a Dask worker with one
+    task slot) file descriptors 1 and 2 themselves are pointed at the log, which also catches C stdio
+    and the processes the step starts (the tuning step's trial processes inherit them). In the run's
+    own process (``workers=1``) those descriptors carry the bar and the run's warnings, so only
+    ``sys.stdout`` and ``sys.stderr`` are swapped: what C code prints directly still reaches the terminal.
+    """
+    with open(path, "a", encoding="utf-8", buffering=1) as log_file:
+        if not descriptors:
+            with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+                yield
+            return
+        _flush_standard_streams()  # what was printed before the step stays where it was going
+        saved = [os.dup(fd) for fd in (1, 2)]
+        try:
+            for fd in (1, 2):
+                os.dup2(log_file.fileno(), fd)
+            yield
+        finally:
+            _flush_standard_streams()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+
+
+def _flush_standard_streams() -> None:
+    """Write out what Python's ``sys.stdout``/``sys.stderr`` and C stdio's buffers hold, before fds 1 and 2 change."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    import ctypes  # here: the forkserver preloads this module and needs no ctypes
+
+    with contextlib.suppress(OSError, TypeError, AttributeError):  # no C library to ask (Windows)
+        ctypes.CDLL(None).fflush(None)
+
+
 def _scratch_parent() -> str | None:
     """The Dask worker's own ``--local-directory`` when running on one, else the system's temp folder."""
     with contextlib.suppress(ImportError, ValueError):
@@ -275,13 +323,18 @@ def _scratch_parent() -> str | None:
 
 
 def _dask_worker_threads() -> int:
-    """BLAS/OpenMP threads per task on this Dask worker: its own cores over its task slots (``nthreads``)."""
+    """BLAS/OpenMP threads per task on this Dask worker: its own cores over its task slots."""
+    return max(1, executors.cpu_count() // _dask_worker_slots())
+
+
+def _dask_worker_slots() -> int:
+    """Tasks this Dask worker runs at once (its ``nthreads``); 1 off a Dask worker."""
     slots = 1
     with contextlib.suppress(ImportError, ValueError):
         from distributed import get_worker
 
         slots = get_worker().state.nthreads
-    return max(1, executors.cpu_count() // max(1, slots))
+    return max(1, slots)
 
 
 @contextlib.contextmanager

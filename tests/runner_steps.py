@@ -201,3 +201,25 @@ def sums_predictions(config, inputs, ctx):
 def input_order(config, inputs, ctx):
     """The names of its inputs, in the order the step got them."""
     return {"order": list(inputs), "metrics": {}}
+
+
+def _print_from_child(text):
+    print(text, flush=True)
+
+
+def chatty(config, inputs, ctx):
+    """Print as a verbose estimator does: Python's print to stdout and stderr and, with ``native``,
+    C stdio, a raw write to fd 1 and a child process (as the tuning step's trial processes)."""
+    import sys
+
+    print(f"{ctx.name} prints to stdout")
+    print(f"{ctx.name} prints to stderr", file=sys.stderr)
+    if config.get("native"):
+        import ctypes
+
+        ctypes.CDLL(None).puts(f"{ctx.name} prints with C stdio".encode())
+        os.write(1, f"{ctx.name} writes to fd 1\n".encode())
+        child = multiprocessing.get_context("spawn").Process(target=_print_from_child, args=(f"{ctx.name}'s child prints",))
+        child.start()
+        child.join()
+    return work(config, inputs, ctx)

@@ -1,6 +1,7 @@
 """The runner on graphs of tiny steps: scheduling, failure isolation, resume, lock, executors."""
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -281,6 +282,50 @@ def test_optuna_logs_go_to_the_steps_log_not_the_terminal(tmp_path, capfd, worke
     assert "this trial fails on purpose" not in (tmp_path / "logs" / "other.log").read_text()
     out, err = capfd.readouterr()
     assert "Trial 0 failed" not in out + err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_what_a_step_prints_goes_to_its_log_not_the_terminal(tmp_path, capfd, workers):
+    """A verbose estimator's lines went straight to the terminal, through the bar. A pool worker's file
+    descriptors go to the step's log, C stdio and child processes included; in the run's own process
+    (workers=1) descriptors 1 and 2 carry the bar, so Python's streams go there instead, and come back."""
+    native = workers == 2
+    result = run(build_graph([S("loud", fn="chatty", native=native), S("other")]), tmp_path, workers=workers)
+    assert result.ok, result.summary_table()
+    out, err = capfd.readouterr()
+    assert "loud" not in out + err
+    log = (tmp_path / "logs" / "loud.log").read_text()
+    native_lines = ["loud prints with C stdio", "loud writes to fd 1", "loud's child prints"] if native else []
+    for line in ["loud prints to stdout", "loud prints to stderr", *native_lines]:
+        assert line in log, log
+    assert "prints" not in (tmp_path / "logs" / "other.log").read_text()
+    print("the run's own output")
+    assert "the run's own output" in capfd.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_warning_logged_while_an_in_process_step_holds_sys_stdout_clears_the_bar(capsys):
+    """tqdm.write finds the bar through sys.stdout and sys.stderr, which an in-process step points at its
+    log: the warning was printed over the bar's line instead of above it."""
+    from bondexp.progress import Progress
+
+    console = logging.StreamHandler(sys.stdout)
+    logging.getLogger().addHandler(console)
+    try:
+        screen = _Terminal()
+        with Progress(total=2, stream=screen):
+            drawn = len(screen.getvalue())
+            with contextlib.redirect_stdout(io.StringIO()):
+                logging.getLogger("bondexp.test").warning("careful")
+            after = screen.getvalue()[drawn:]
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert "careful" in capsys.readouterr().out
+    assert after.startswith("\r") and "0/2 steps" in after  # cleared, then drawn again
 
 
 class _ForgetfulCluster(InlineBackend):

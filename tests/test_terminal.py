@@ -113,6 +113,23 @@ def test_a_parallel_sweep_prints_labelled_lines_not_bars(tmp_path):
         assert f"sweep/{job[1:]}/report.md" in table.partition("from the last step's end")[0]
 
 
+def test_a_verbose_estimators_lines_go_to_its_steps_log_not_under_the_bar(tmp_path):
+    """GradientBoosting with verbose=1 printed its table through the bar: the model step's, then the tune
+    step's and its trial process's interleaved, one line torn by the bar's carriage return."""
+    model = tmp_path / "myconf" / "model" / "loud.yaml"
+    model.parent.mkdir(parents=True)
+    model.write_text("_target_: sklearn.ensemble.GradientBoostingRegressor\nverbose: 1\nn_estimators: 20\n")
+    run_dir = tmp_path / "run"
+    args = ["data=small", "model=loud", "tune.n_trials=2", "tune.batch_size=2", "~steps.drift", "eval.n_bootstrap=50", "workers=2"]
+    args += [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={run_dir}"]
+    code, screen = run_in_terminal(args, cwd=tmp_path, cache=tmp_path / "cache")
+    assert code == 0, screen[-4000:]
+    assert "Train Loss" not in screen, screen[-4000:]
+    assert re.search(r"bondexp: +100%\|.*\| 3/3 steps", screen) and "run folder:" in screen, screen[-4000:]
+    for step in ("loud", "tune"):
+        assert "Train Loss" in (run_dir / "logs" / f"{step}.log").read_text()
+
+
 @pytest.mark.parametrize("moment", ["running: ", "1/5 steps"])  # as the first step is submitted; once one has ended
 def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_path, moment):
     args = [*QUICK, "model=[basic,factor,automl]", f"hydra.run.dir={tmp_path / 'run'}"]
