@@ -8,10 +8,12 @@ others (the jobs of a sweep running at once), where bars would overwrite each ot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO, TypeGuard
 
 
@@ -107,6 +109,32 @@ class Progress:
         """Redraw the bar's postfix (elapsed time moves even when no step ends)."""
         if self._bar is not None:
             self._bar.set_postfix_str(_postfix(running, eta_s), refresh=True)
+
+    @contextlib.contextmanager
+    def ticking(self, status: Callable[[], dict[str, Any]], *, every_s: float) -> Iterator[None]:
+        """Redraw the bar every ``every_s`` seconds from a thread while the caller is busy.
+
+        With ``workers=1`` the step runs inside the scheduler loop's submit, so the loop's own
+        redraw waited for it and the bar's clock stood still. ``status()`` gives :meth:`refresh`'s
+        arguments. The thread is stopped and joined on leaving, Ctrl-C included, so it never draws
+        after the bar is closed.
+        """
+        if self._bar is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(every_s):
+                self.refresh(**status())
+
+        thread = threading.Thread(target=tick, name="bondexp-bar", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _line(self, text: str) -> None:
         elapsed = _fmt_seconds(time.perf_counter() - self._t0)

@@ -293,7 +293,9 @@ class _Scheduler:
             log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
             self.bar.started(name, **self._status(also_running=name))
             try:
-                self.running[self.backend.submit(task, load_input=partial(self.store.load, pipeline=True), dataset=self.dataset)] = name
+                with self.bar.ticking(partial(self._status, also_running=name), every_s=_TICK_S):  # the clock moves meanwhile
+                    future = self.backend.submit(task, load_input=partial(self.store.load, pipeline=True), dataset=self.dataset)
+                self.running[future] = name
             except BrokenExecutor as exc:  # the pool broke before its running futures said so
                 self.pending.add(name)
                 self._pool_broke(list(self.running.values()), exc)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -326,6 +327,30 @@ def test_a_warning_logged_while_an_in_process_step_holds_sys_stdout_clears_the_b
         logging.getLogger().removeHandler(console)
     assert "careful" in capsys.readouterr().out
     assert after.startswith("\r") and "0/2 steps" in after  # cleared, then drawn again
+
+
+def test_with_one_worker_the_bar_keeps_ticking_while_a_step_runs(tmp_path, monkeypatch):
+    """An in-process step runs inside the loop's submit, and the bar's clock stood still until it ended."""
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr("bondexp.runner._TICK_S", 0.01)
+    gate, redrawn = tmp_path / "gate", threading.Event()
+
+    def open_the_gate_once_redrawn() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not redrawn.is_set():
+            if screen.getvalue().count("running: a") >= 3:  # drawn as it started, then twice while it ran
+                redrawn.set()
+            time.sleep(0.01)
+        gate.touch()
+
+    watcher = threading.Thread(target=open_the_gate_once_redrawn)
+    watcher.start()
+    result = run(build_graph([S("a", fn="gated")]), tmp_path / "run", workers=1, progress=True, shared={"gate": str(gate)})
+    watcher.join()
+    assert result.ok, result.summary_table()
+    assert redrawn.is_set(), screen.getvalue()
+    assert not [t for t in threading.enumerate() if t.name == "bondexp-bar"]
 
 
 class _ForgetfulCluster(InlineBackend):
