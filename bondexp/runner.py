@@ -218,7 +218,7 @@ class _Scheduler:
             except KeyboardInterrupt:
                 interrupted = True
                 self.bar.interrupted()
-                log.warning("interrupted: stopping workers; finished checkpoints are kept")
+                log.warning("interrupted: stopping workers; checkpoints are kept")  # 97 columns with the log prefix
                 self._harvest_finished()
             finally:
                 self._stop(kill=kill)
