@@ -90,7 +90,7 @@ def _main(cfg: DictConfig) -> None:
         sweep.note_not_run(Path(hc.runtime.output_dir), "not started: the sweep was interrupted")
         return
     if sweep.IN_JOB_PROCESS:  # a joblib worker ignores Ctrl-C between jobs and answers it during one
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, ctrl_c)  # the run's handler: a Ctrl-C library code swallows is raised again
     try:
         code = _run(cfg, hc)
     finally:

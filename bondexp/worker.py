@@ -31,6 +31,7 @@ from bondexp.artifacts import ModelArtifact, StepOutput, check_files
 from bondexp.checkpoints import CheckpointStore, PickledArtifact
 from bondexp.errors import StepSkipped
 from bondexp.graph import resolve_target
+from bondexp.script import raise_lost_ctrl_c
 
 
 @dataclass(frozen=True)
@@ -364,13 +365,30 @@ def _written_files(run_dir: Path, sent: Mapping[str, str]) -> dict[str, bytes]:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """In a pool worker, let Ctrl-C interrupt the step (and reach processes it starts) only while it runs."""
+    """In a pool worker, let Ctrl-C interrupt the step (and reach processes it starts) only while it runs;
+    a step that returns after a Ctrl-C raises it then.
+
+    Library code may catch the ``KeyboardInterrupt`` and return early: scikit-learn's MLP stops
+    training ("Training interrupted by user"), and a sweep's jobs saved that cut-short fit as a step
+    that ran, which a resume then reused. In a pool worker this handler remembers the Ctrl-C; in the
+    run's own process (``workers=1``) the run's handler does (:func:`bondexp.script.raise_lost_ctrl_c`).
+    """
     if not executors.IN_POOL_WORKER:
         yield
+        raise_lost_ctrl_c()
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pressed = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal pressed
+        pressed = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
     try:
         yield
+        if pressed:
+            raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -222,4 +223,14 @@ def chatty(config, inputs, ctx):
         child = multiprocessing.get_context("spawn").Process(target=_print_from_child, args=(f"{ctx.name}'s child prints",))
         child.start()
         child.join()
+    return work(config, inputs, ctx)
+
+
+def swallows_ctrl_c(config, inputs, ctx):
+    """Catch the Ctrl-C that reaches this process and return, as scikit-learn's MLP does ("Training interrupted by user")."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises in here
+    except KeyboardInterrupt:
+        pass
     return work(config, inputs, ctx)

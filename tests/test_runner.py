@@ -304,6 +304,26 @@ def test_what_a_step_prints_goes_to_its_log_not_the_terminal(tmp_path, capfd, wo
     assert "the run's own output" in capfd.readouterr().out
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_step_that_swallows_a_ctrl_c_is_not_kept_as_having_run(tmp_path, monkeypatch, workers):
+    """scikit-learn's MLP catches the KeyboardInterrupt and returns a fit cut short: a sweep's jobs checkpointed
+    it as a step that ran, and their resume reused it."""
+    from bondexp import script
+
+    monkeypatch.setattr(script, "_ctrl_c_pressed", False)  # the run's handler remembers the Ctrl-C; forgotten after
+    previous = signal.signal(signal.SIGINT, script.ctrl_c)  # the run's own, as bondexp.__main__ installs it
+    try:
+        result = run(build_graph([S("swallow", fn="swallows_ctrl_c")]), tmp_path, workers=workers)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    step = result.steps["swallow"]
+    if workers == 1:  # in the run's process: the run stops as on any Ctrl-C
+        assert result.interrupted and step.status == "skipped", result.summary_table()
+    else:  # only the worker got it here; with the terminal's Ctrl-C the run's process stops too
+        assert step.status == "failed" and "KeyboardInterrupt" in (step.error or ""), result.summary_table()
+    assert not (tmp_path / "checkpoints" / "swallow.json").exists()
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
