@@ -104,9 +104,10 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     """Run the experiment of ``cfg``, print how it ended; return the exit code."""
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
     from bondexp.app import resume_command, run
+    from bondexp.runs import as_typed  # a sweep's job gets its overrides as its sweeper spells them (`~steps.tune=null`)
     from bondexp.sweep import label_console_logs, note_not_run
 
-    overrides = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
+    overrides = [as_typed(o) for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
     run_dir = Path(hc.runtime.output_dir)
     workers, job, progress_label = None, None, None
     if hc.mode == RunMode.MULTIRUN:

@@ -83,12 +83,25 @@ def latest_record(run_dir: Path) -> Path:
 
 
 def read_overrides(run_dir: Path) -> list[str]:
-    """The overrides of the run's latest attempt (:func:`latest_record`), ``resume=`` left out; [] when there are none."""
+    """The overrides of the run's latest attempt (:func:`latest_record`), ``resume=`` left out; [] when there are none.
+
+    As typed: a sweep's job records them as Hydra's sweeper writes them, ``~steps.tune=null`` and
+    ``executor.address=tcp\\://host\\:8786``, so ``--override '~steps.tune'`` missed every job.
+    """
     import yaml
 
     path = latest_record(run_dir) / "overrides.yaml"
-    overrides = [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    overrides = [as_typed(str(o)) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
     return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
+
+
+def as_typed(override: str) -> str:
+    """A sweeper's spelling of an override as a user types it (both parse alike): a deletion without ``=null``,
+    a value without the backslashes before its colons."""
+    if override.startswith("~") and override.endswith("=null"):
+        return override[: -len("=null")]
+    key, sep, value = override.partition("=")
+    return key + sep + value.replace("\\:", ":")
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:

@@ -96,6 +96,15 @@ def test_folders_are_found_filtered_by_override_and_date(tmp_path):
     assert select(rows, since=datetime(2026, 6, 1), patterns=["model=basic"]) == []
 
 
+def test_a_sweep_jobs_overrides_match_as_typed(tmp_path):
+    """Hydra's sweeper records `~steps.tune` as `~steps.tune=null` and escapes a value's colons, so
+    `--override '~steps.tune'` or the Dask address as typed matched no job of a sweep."""
+    job = make_run(tmp_path / "0", overrides=["~steps.tune=null", "executor.address=tcp\\://127.0.0.1\\:18786", "seed=0"])
+    row = run_row(job)
+    assert row["overrides"] == ["~steps.tune", "executor.address=tcp://127.0.0.1:18786", "seed=0"]
+    assert select([row], patterns=["~steps.tune", "executor.address=tcp://127.0.0.1:18786"]) == [row]
+
+
 def test_folders_where_no_step_began_are_not_runs(tmp_path):
     """A dry run or a config error leaves Hydra's folder with only .hydra/; a killed run has logs/ and no results.json."""
     for stamp in ("09-00-00", "09-30-00"):

@@ -105,8 +105,9 @@ def test_a_parallel_sweep_prints_labelled_lines_not_bars(tmp_path):
     for job, seed in (("#0", 0), ("#1", 1)):
         assert re.search(rf"\[bondexp {job} \d\d:\d\d\] ran +factor in", screen), screen[-4000:]
         assert f"{job} data: 3,000 observations" in screen
-        # the job's line as Hydra's launch line has it, at a line's start; its table follows, nothing between
-        head = re.search(rf"^{job} : data=small model=factor ~steps.tune=null eval.n_bootstrap=50 workers=2 seed={seed}\r?\n", screen, re.M)
+        # the job's line as Hydra's launch line has it, the overrides as typed (Hydra's says `~steps.tune=null`), at a
+        # line's start; its table follows, nothing between
+        head = re.search(rf"^{job} : data=small model=factor ~steps.tune eval.n_bootstrap=50 workers=2 seed={seed}\r?\n", screen, re.M)
         assert head, screen[-4000:]
         table = screen[head.end() :]
         assert table.startswith("step "), screen[-4000:]
