@@ -13,7 +13,9 @@ job, in its own worker process, finds it and logs itself as a child.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import logging
 import math
@@ -46,6 +48,9 @@ ARTIFACT_FILES = ("report.md", "leaderboard.csv", "drift.json", "tuning.json", "
 ARTIFACT_DIRS = ("plots",)
 #: report.md's closing section, rewritten (never appended twice) on every tracked attempt.
 REPORT_SECTION = "## Tracking"
+#: A registered model version's tag: the sha256 of the fitted pipeline it holds. A resume that reuses the fit
+#: registers no second version of it (it did, one more on every resume of a `tracking.log_models=true` run).
+FIT_TAG = "bondexp.pipeline_sha256"
 #: The MLflow run status for each run status (:func:`bondexp.runs.run_status`): an interrupted run is KILLED, as in MLflow's own UI.
 MLFLOW_STATUS = {"ok": "FINISHED", "interrupted": "KILLED", "failed": "FAILED", "unfinished": "FAILED"}
 #: A character MLflow refuses in a metric, param or tag key: it accepts letters, digits, ``_ - . / space``
@@ -296,7 +301,8 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
     requirements = [f"scikit-learn=={sklearn.__version__}", f"bondexp=={__version__}"]
     for step_name, step in results.get("steps", {}).items():
         # the steps that kept a fitted pipeline: the model steps, and tune's model (named <target>_tuned)
-        if step.get("status") not in ("ran", "reused") or "pipeline_sha256" not in (store.manifest(step_name) or {}):
+        manifest = store.manifest(step_name) or {}
+        if step.get("status") not in ("ran", "reused") or "pipeline_sha256" not in manifest:
             continue
         problem = store.verify(step_name, step.get("fingerprint"))
         if problem:
@@ -305,24 +311,32 @@ def _log_models(settings, *, run_id: str, run_dir: Path, results: Mapping[str, A
         name = artifact.name
         if name not in rows:
             continue
+        registered, fit = f"bondexp-{name}", manifest["pipeline_sha256"]
+        versions = client.search_model_versions(f"name='{registered}' and run_id='{run_id}'")
+        if any(version.tags.get(FIT_TAG) == fit for version in versions):
+            continue  # a resume's reused fit: registered once, by the attempt that made it
         # skops, MLflow's safe format, loads only types it is told to trust: our own model's, from a verified checkpoint
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(artifact.pipeline))
-        with mlflow.start_run(run_id=run_id):
+        printed = io.StringIO()  # MLflow prints "Successfully registered model ..." to stderr, under the run's table
+        with mlflow.start_run(run_id=run_id), contextlib.redirect_stderr(printed):
             info = mlflow.sklearn.log_model(
                 artifact.pipeline,
                 name=name,
-                registered_model_name=f"bondexp-{name}",
+                registered_model_name=registered,
                 pip_requirements=requirements,
                 skops_trusted_types=trusted,
             )
+        for line in printed.getvalue().splitlines():
+            log.info("MLflow: %s", line)  # the run's log file
         scores = ", ".join(
             f"{column} {rows[name][column]:.4f}" for column in LEADERBOARD_METRICS if isinstance(rows[name].get(column), float)
         )
         client.update_model_version(
-            f"bondexp-{name}",
+            registered,
             info.registered_model_version,
             description=f"Test split of run {run_dir.resolve()}: {scores}. Features: {', '.join(artifact.features)}.",
         )
+        client.set_model_version_tag(registered, info.registered_model_version, FIT_TAG, fit)
 
 
 def set_environment() -> None:

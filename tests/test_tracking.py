@@ -118,13 +118,16 @@ def test_a_resume_logs_into_the_run_it_started(tracked_run, store, cache):
     assert (tracked_run / "report.md").read_text().count("## Tracking") == 1
 
 
-def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, store, monkeypatch):
+def test_log_models_registers_each_model_with_its_test_metrics(tracked_run, store, monkeypatch, capfd):
     folder, uri = store
     monkeypatch.chdir(folder)
     cfg = OmegaConf.load(tracked_run / ".hydra" / "config.yaml")
     cfg.tracking.log_models = True
     [before] = _runs(uri)
     assert track_run(cfg, run_dir=tracked_run, overrides=["model=factor"]) == before.info.run_id
+    # as a resume that reuses the fit: no second version of it (every resume registered one more)
+    assert track_run(cfg, run_dir=tracked_run, overrides=["model=factor"]) == before.info.run_id
+    assert "Successfully registered" not in "".join(capfd.readouterr())  # MLflow's print, under the run's table
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     [version] = client.search_model_versions("name='bondexp-factor'")
     rmse = _runs(uri)[0].data.metrics["factor.rmse"]
