@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -281,7 +282,12 @@ def _logged(tmp_path, folder: Path, overrides=("model=basic",), **config):
     tracking = {"name": "mlflow", "uri": uri, "experiment": "bondexp", "log_models": False}
     tree = {"seed": 0, "models": {"basic": {"group": "ml"}}, "tracking": tracking}
     cfg = OmegaConf.merge(OmegaConf.create(tree), OmegaConf.create(config))
-    run_id = track_run(cfg, run_dir=folder, overrides=list(overrides))
+    launched_in = os.getcwd()
+    os.chdir(tmp_path)  # MLflow's store puts the artifacts in ./mlruns: here, not in the checkout pytest runs from
+    try:
+        run_id = track_run(cfg, run_dir=folder, overrides=list(overrides))
+    finally:
+        os.chdir(launched_in)
     assert run_id is not None, (folder / "report.md").read_text()
     return mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
 
