@@ -107,6 +107,8 @@ class _SharedDiskBackend:
 
     #: Whether steps run without the run folder (their inputs, files and log travel through the backend).
     remote = False
+    #: Whether ``submit`` runs the step itself, in this process, before it returns.
+    in_process = False
     _executor: Executor | None = None
 
     def submit(self, task: Any, *, load_input: Callable[[str], Any], dataset: Any) -> Future:
@@ -132,6 +134,7 @@ class InlineBackend(_SharedDiskBackend):
     """Steps run one after another inside the parent process."""
 
     concurrency = 1
+    in_process = True
 
     def __init__(self, *, workers: int, options: Mapping[str, Any]):
         _check_options("serial", options, ())
@@ -241,6 +244,7 @@ class DaskBackend:
     """
 
     remote = True
+    in_process = False
 
     def __init__(self, *, workers: int, options: Mapping[str, Any]):
         _check_options("dask", options, ("address",))

@@ -10,6 +10,7 @@ pool and a Dask cluster (see :mod:`bondexp.executors`). What to run and reuse is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -293,7 +294,9 @@ class _Scheduler:
             log.info("start %s", name)  # before submit: the in-process executor runs the step inside it
             self.bar.started(name, **self._status(also_running=name))
             try:
-                with self.bar.ticking(partial(self._status, also_running=name), every_s=_TICK_S):  # the clock moves meanwhile
+                # an in-process step runs inside submit: a thread moves the bar's clock meanwhile (a pool's submit returns at once)
+                status = partial(self._status, also_running=name)
+                with self.bar.ticking(status, every_s=_TICK_S) if self.backend.in_process else contextlib.nullcontext():
                     future = self.backend.submit(task, load_input=partial(self.store.load, pipeline=True), dataset=self.dataset)
                 self.running[future] = name
             except BrokenExecutor as exc:  # the pool broke before its running futures said so
