@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from bondexp.data import check_split_fractions
 from bondexp.errors import ConfigError, did_you_mean
 from bondexp.runs import RESUMED_RECORD
+from bondexp.tuning.space import class_name, space_key
 
 #: Keys of a model file that configure the step rather than the estimator.
 MODEL_STEP_KEYS = ("group", "features", "early_stopping")
@@ -246,8 +247,6 @@ def _check_tune_target(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> No
     target = cfg.tune.target
     if target is None:
         return
-    from bondexp.tuning.space import class_name, space_key  # here: it imports numpy
-
     if target not in models:
         raise ConfigError(
             f"The 'tune.target' config key must name a trained model, one of {sorted(models)}. "

@@ -17,6 +17,7 @@ from bondexp.artifacts import REFERENCES
 from bondexp.config import MODEL_STEP_KEYS, model_key, plain_dict
 from bondexp.errors import ConfigError
 from bondexp.graph import Step
+from bondexp.tuning.space import space_key
 
 MODEL_STEP_TARGET = "bondexp.steps.train.fit_model"
 #: In a step's ``needs``, this word stands for every model step.
@@ -126,6 +127,19 @@ def _check_model_names(cfg: DictConfig, models: Mapping[str, Any]) -> None:
             raise ConfigError(f"The model {reserved[0]!r} has the name of a leaderboard reference row {list(REFERENCES)}; rename it.")
 
 
+def _tunable(needs: list[str], models: Mapping[str, Mapping[str, Any]], cfg: DictConfig) -> list[str]:
+    """The models among ``needs`` that the tune step may pick while ``tune.target`` is null: those with a search space.
+
+    It tunes the best of them on validation, so it need not wait for the others (``automl``, itself a
+    search, is the longest model step at most sizes): it starts as soon as the models it may tune
+    have finished. When none has a space, all of ``needs``: the step then skips and names them, and
+    evaluate waits for them anyway.
+    """
+    by_name, by_class = plain_dict(cfg.tune.search_space), plain_dict(cfg.tune.class_search_space)
+    tunable = [need for need in needs if need in models and space_key(need, models[need], by_name=by_name, by_class=by_class)]
+    return tunable or needs
+
+
 def build_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], *, months: Sequence[Any] | None = None) -> list[Step]:
     """Every step of the experiment: one per model, the report steps from ``cfg.steps``, then the backtest's.
 
@@ -149,6 +163,8 @@ def build_steps(cfg: DictConfig, models: dict[str, dict[str, Any]], *, months: S
             else:
                 needs.append(need)
         needs.extend(need for need in decl.get("needs_if_chosen", []) if need in cfg.steps or need in models)
+        if name == "tune" and cfg.tune.target is None:
+            needs = _tunable(needs, models, cfg)
         slice_ = plain_dict(decl.config) if decl.config is not None else {}
         slice_ = {**slice_, "seed": int(cfg.seed)}
         steps.append(Step(name=name, target=decl._target_, needs=tuple(needs), group=decl.group, config=slice_))

@@ -106,9 +106,10 @@ def expected_durations(graph: Graph, store: CheckpointStore, history: DurationHi
 #: Seconds each kind of step took on the default market (``benchmarks/suite.py``, ``workers=2``), by
 #: a model step's estimator class or another step's target. They only rank the steps no run has
 #: timed yet (a machine's first run, a cold benchmark): counted alike, those started in declaration
-#: order, the quick ``basic`` and ``enhanced`` first, while ``automl``, the head of the critical path
-#: automl -> tune -> evaluate, waited; a first run now starts in the order later runs take from the
-#: history. (On 2 cores the wall time hardly moved: tune's trials fill both cores either way.)
+#: order, the quick ``basic`` and ``enhanced`` first, while ``advanced`` and ``automl``, the heads of
+#: the longest paths (advanced -> tune -> drift; automl -> drift), waited; a first run now starts in
+#: the order later runs take from the history. (On 2 cores the wall time hardly moved: tune's trials
+#: fill both cores either way.)
 #: Never shown as an expected duration.
 FIRST_RUN_SECONDS = {
     "AutoMLRegressor": 10.6,

@@ -37,12 +37,13 @@ def test_defaults_compose_to_the_full_suite():
 
 
 def test_a_first_run_starts_the_heads_of_the_critical_path_first():
-    """No duration known yet: automl and advanced (the long models tune waits for) go before basic and enhanced, declared first."""
+    """No duration known yet: advanced (the long model tune waits for) goes before basic and enhanced, declared first,
+    and the three that tune waits for before automl, which only evaluate and drift wait for."""
     cfg = composed()
     graph = build_graph(build_steps(cfg, collect_models(cfg)))
     ready = [name for name in graph.order if not graph[name].needs]
     assert ready[:2] == ["basic", "enhanced"]
-    assert sorted(ready, key=ready_order(graph, dict.fromkeys(graph.order)))[:2] == ["automl", "advanced"]
+    assert sorted(ready, key=ready_order(graph, dict.fromkeys(graph.order)))[:4] == ["advanced", "basic", "enhanced", "automl"]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_model_sets(overrides, expected):
 @pytest.mark.parametrize(
     "overrides, tune_needs, report_needs",
     [
-        ([], {"basic"}, {"basic", "bayesian", "tune"}),  # tune.target null: every ml model
+        ([], {"basic"}, {"basic", "bayesian", "tune"}),  # tune.target null: every ml model with a search space
         (["tune.target=bayesian"], {"bayesian"}, {"basic", "bayesian", "tune"}),  # a named target only
         (["model=[factor,bayesian]"], set(), {"factor", "bayesian", "tune"}),  # no ml model: needs nothing, skips
         (["~steps.tune"], None, {"basic", "bayesian"}),  # evaluate and drift run as soon as the models finish
@@ -75,6 +76,22 @@ def test_report_steps_need_exactly_the_chosen_models_and_tune(overrides, tune_ne
     assert set(steps["evaluate"].needs) == set(steps["drift"].needs) == report_needs
     assert (set(steps["tune"].needs) if "tune" in steps else None) == tune_needs
     assert build_graph(list(steps.values())) is not None
+
+
+@pytest.mark.parametrize(
+    "overrides, tune_needs",
+    [
+        ([], {"basic", "enhanced", "advanced"}),  # automl has no space: tune never picks it, so never waits for it
+        (["model=[basic,automl]", "+tune.search_space.automl.n_candidates={low: 2, high: 8, type: int}"], {"basic", "automl"}),
+        (["model=[automl]"], {"automl"}),  # none has a space: tune waits for them and skips, naming them
+        (["model=[basic,automl]", "tune.target=automl", "+tune.search_space.automl.n_candidates={low: 2, high: 8, type: int}"], {"automl"}),
+    ],
+)
+def test_tune_waits_only_for_the_models_it_may_tune(overrides, tune_needs):
+    cfg = composed(*overrides)
+    steps = {s.name: s for s in build_steps(cfg, collect_models(cfg))}
+    assert set(steps["tune"].needs) == tune_needs
+    assert "automl" in steps["evaluate"].needs and "tune" in steps["evaluate"].needs
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,14 @@
 A model's space is ``tune.search_space.<model name>`` when given, else the default space of its
 estimator class, ``tune.class_search_space.<class name>`` (the ``search_space`` config group,
 ``conf/search_space/default.yaml``). The class is the last part of the model file's ``_target_``,
-so the check needs no import and runs before any work.
+so the check needs no import and runs before any work (numpy and Optuna are imported where a
+value or a distribution is read: the graph's build reads :func:`space_key` on every run).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from bondexp.errors import ConfigError, did_you_mean
 
@@ -134,6 +133,8 @@ def untuned_params(
     default). A value outside its range (or a ``None`` default of a numeric range) is left out:
     Optuna samples it even in the untuned trial, which then is not quite the untuned model.
     """
+    import numpy as np
+
     defaults = estimator.get_params(deep=False)
     values: dict[str, Any] = {}
     unplaced: list[str] = []
@@ -147,6 +148,7 @@ def untuned_params(
 
 
 def _holds(dist: BaseDistribution, value: Any) -> bool:
+    import numpy as np
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
