@@ -91,7 +91,12 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
 
 
 def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
-    """Create the sweep's parent MLflow run and keep its id in ``sweep_dir``; return it (None when off or failed)."""
+    """Create the sweep's parent MLflow run and keep its id in ``sweep_dir``; return it (None when off or failed).
+
+    A sweep run again in its folder (the resume its interruption prints) reopens the parent run it
+    started there, when it is still in the same store: a second parent split the sweep's jobs
+    between two runs, the first left KILLED.
+    """
     settings = config.tracking
     if settings.name != "mlflow":
         return None
@@ -99,6 +104,9 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
     try:
         client = _client(uri)
         experiment_id = _experiment_id(client, settings.experiment)
+        reopened = _reopen_parent(client, read_json(Path(sweep_dir) / SWEEP_FILE), uri=uri, experiment_id=experiment_id)
+        if reopened is not None:
+            return reopened
         overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         run = client.create_run(
             experiment_id,
@@ -112,6 +120,20 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
     except Exception as err:  # a sweep's jobs then log as runs of their own, or warn in turn
         log.warning("MLflow tracking of the sweep to %s failed (%s: %s)", hide_passwords(uri), type(err).__name__, _first_line(err))
         return None
+
+
+def _reopen_parent(client, parent: Mapping[str, Any] | None, *, uri: str, experiment_id: str) -> str | None:
+    """The id of the sweep's earlier parent run, set running again; None when there is none in this store and experiment."""
+    if not parent or parent.get("uri") != uri or parent.get("experiment_id") != experiment_id:
+        return None
+    try:
+        run = client.get_run(parent["run_id"])
+    except Exception:  # deleted, or the store was replaced: a new parent run
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
 
 
 def end_sweep(config: DictConfig, *, sweep_dir: Path) -> None:

@@ -162,6 +162,23 @@ def test_a_sweep_is_one_parent_run_with_one_child_per_job(started):
     assert "summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
+def test_a_sweep_run_again_in_its_folder_reopens_its_parent_run(tmp_path, monkeypatch):
+    """The resume an interrupted sweep prints made a second parent run: the first stayed KILLED with the jobs
+    that had run, the second held the rest."""
+    from bondexp.tracking import end_sweep, start_sweep
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = composed("tracking=mlflow", f"tracking.uri={uri}")
+    first = start_sweep(cfg, sweep_dir=tmp_path / "sweep")
+    mlflow.MlflowClient(tracking_uri=uri).set_terminated(first, status="KILLED")  # as an interrupted sweep leaves it
+    assert start_sweep(cfg, sweep_dir=tmp_path / "sweep") == first
+    assert [r.info.status for r in _runs(uri)] == ["RUNNING"]
+    end_sweep(cfg, sweep_dir=tmp_path / "sweep")
+    assert [(r.info.run_id, r.info.status) for r in _runs(uri)] == [(first, "FINISHED")]
+    assert start_sweep(cfg, sweep_dir=tmp_path / "other") != first  # another sweep folder: a parent of its own
+
+
 def test_an_unreachable_tracking_uri_warns_and_the_run_completes(started):
     folder, _, run = started["unreachable"]
     proc = run.result()
