@@ -104,7 +104,8 @@ def _run(cfg: DictConfig, hc: Any) -> int:
     """Run the experiment of ``cfg``, print how it ended; return the exit code."""
     # imported here, not at the top: `--help` and `--cfg job` never get this far and need none of it
     from bondexp.app import resume_command, run
-    from bondexp.runs import as_typed  # a sweep's job gets its overrides as its sweeper spells them (`~steps.tune=null`)
+    from bondexp.config import NEW_RUN_DIRS
+    from bondexp.runs import as_typed, discard_unused  # as_typed: a sweep's job gets its overrides as its sweeper spells them
     from bondexp.sweep import label_console_logs, note_not_run
 
     overrides = [as_typed(o) for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") != "resume"]
@@ -138,15 +139,21 @@ def _run(cfg: DictConfig, hc: Any) -> int:
         print(f"{label}bondexp: error: {err}", file=sys.stderr)
         if job is not None:
             note_not_run(run_dir, f"error: {err}")
+        else:
+            discard_unused(run_dir, made_here=NEW_RUN_DIRS)
         _forget_resumed_record(run_dir, hc.output_subdir)
         return 2
     except KeyboardInterrupt:
         result = None
         interrupted = True
     except BrokenPipeError:  # the reader of the output stopped reading (`| head`)
+        if job is None:  # `dry_run=true | head -3`, or bad input: no step began, nothing to keep
+            discard_unused(run_dir, made_here=NEW_RUN_DIRS)
         return reader_went_away()
     else:
         interrupted = result is not None and result.interrupted  # the runner stopped its workers and kept what finished
+        if result is None and job is None:  # a dry run: the plan is printed, the folder Hydra made for it is not needed
+            discard_unused(run_dir, made_here=NEW_RUN_DIRS)
     if interrupted:
         from bondexp.runs import steps_began
         from bondexp.sweep import mark_interrupted
@@ -157,6 +164,8 @@ def _run(cfg: DictConfig, hc: Any) -> int:
             message = f"{label}Interrupted before any step began."
             if job is not None:
                 note_not_run(run_dir, "interrupted before any step began")
+            else:
+                discard_unused(run_dir, made_here=NEW_RUN_DIRS)
         elif job is not None:  # the sweep says how to resume all of its jobs (bondexp.sweep)
             message = f"{label}Interrupted. Finished steps are checkpointed."
         else:

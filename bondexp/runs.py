@@ -143,6 +143,44 @@ def steps_began(folder: Path) -> bool:
     return (folder / "logs").is_dir() or (folder / "checkpoints").is_dir()
 
 
+#: What a command that ended before any step began leaves in its folder: Hydra's record and log, the
+#: data summary, the run lock.
+_LEFT_BEFORE_STEPS = {".hydra", "__main__.log", "data_summary.json", "invalid_rows.json", "run.lock"}
+_HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def discard_unused(folder: Path, *, made_here: Iterable[Path]) -> bool:
+    """Remove ``folder`` when this command made it (it is among ``made_here``) and it holds only what a
+    command that ended before any step began leaves; then its date folder and ``outputs/`` when empty.
+
+    A dry run, bad input and a Ctrl-C before the first step left ``outputs/<date>/<time>/`` with a log
+    (and ``.hydra/``): nothing to list or resume, one more folder for every attempt. Anything else in
+    it (a step's ``logs/``, a file of yours) keeps it. Returns whether it was removed.
+    """
+    import logging
+    import shutil
+
+    folder = Path(folder).resolve()
+    if folder not in set(made_here) or not folder.is_dir() or steps_began(folder):
+        return False
+    entries = {p.name for p in folder.iterdir()}
+    hydra = folder / ".hydra"
+    if not entries <= _LEFT_BEFORE_STEPS or (hydra.is_dir() and not {p.name for p in hydra.iterdir()} <= _HYDRA_RECORD):
+        return False
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # Hydra's log file in the folder: closed before it is removed
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):  # outputs/<date>, then outputs/, when this left them empty
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+    return not folder.exists()
+
+
 def find_run_folders(paths: Iterable[Path]) -> list[Path]:
     """Every run folder at or below ``paths``: a folder holding results.json, or where steps began (a run killed before its end)."""
     found = set()

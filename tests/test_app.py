@@ -141,6 +141,24 @@ def test_resume_of_a_finished_run_reuses_every_step(finished_run, cache):
     assert sorted(p.name for p in (finished_run / ".hydra").iterdir()) == configs  # a plan adds no resumed-<time>/
 
 
+def test_a_command_that_runs_no_step_leaves_no_run_folder(tmp_path, cache):
+    """A dry run and bad input each left outputs/<date>/<time>/ with a log (and .hydra/): nothing to list or
+    resume, one more folder per attempt. Another run's folder beside them, and a run's own, stay."""
+    other = tmp_path / "outputs" / "2026-01-02" / "03-04-05"
+    (other / "logs").mkdir(parents=True)
+    bondexp("data=small", "dry_run=true", cwd=tmp_path, cache=cache)
+    refused = bondexp("data=small", "eval.sample_pct=0", cwd=tmp_path, cache=cache, check=False)
+    assert refused.returncode == 2 and "eval.sample_pct" in refused.stderr
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "outputs").rglob("*"))] == [
+        "outputs/2026-01-02",
+        "outputs/2026-01-02/03-04-05",
+        "outputs/2026-01-02/03-04-05/logs",
+    ]
+    (tmp_path / "kept").mkdir()
+    bondexp("data=small", "dry_run=true", cwd=tmp_path / "kept", cache=cache)
+    assert not (tmp_path / "kept" / "outputs").exists()  # the first command under a folder: not even outputs/ stays
+
+
 def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     proc = bondexp("data=small", "model=[basic,factor]", "dry_run=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache)
     for word in ("basic", "factor", "evaluate", "drift", "tune"):
