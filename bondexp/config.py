@@ -484,6 +484,8 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
                 f"{sorted(cfg.feature_sets)}, or list features. Got {features!r} instead."
                 f"{did_you_mean(features, cfg.feature_sets) if isinstance(features, str) else ''}"
             )
+        if isinstance(features, list) and not all(isinstance(item, str) for item in features):
+            _fail(f"{key}.features", "a list of feature names and feature-set names (text)", features)
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
             _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")

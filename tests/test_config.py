@@ -153,6 +153,11 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
             "The 'models.basic.features' config key must name a feature set, one of ['all', 'bond', 'market'], or list features. "
             "Got 5 instead.",
         ),
+        (  # was "... which the data does not have", once the data had loaded
+            ["models.basic.features=[coupon_rate,5]"],
+            "The 'models.basic.features' config key must be a list of feature names and feature-set names (text). "
+            "Got ['coupon_rate', 5] instead.",
+        ),
         # a TypeError once every step had run (the summary table), or in build_steps for a list (unhashable), exit 1
         (["models.basic.group=5"], "The 'models.basic.group' config key must be a group name (text). Got 5 instead."),
         (["models.basic.group=null"], "The 'models.basic.group' config key must be a group name (text). Got None instead."),
