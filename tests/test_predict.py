@@ -437,3 +437,14 @@ def test_the_files_are_named_before_the_spreads_when_none_is_given(tmp_path):
     (tmp_path / "bonds.csv").write_text("")
     with pytest.raises(ConfigError, match=r"The 'data.curve_path' config key must name an existing file. Got 'nowhere.csv'"):
         check_source({"source": "csv", "path": str(tmp_path / "bonds.csv"), "curve_path": "nowhere.csv"})
+
+
+def test_the_cheapest_and_richest_are_only_bonds_on_their_side_of_the_model():
+    """With fewer than 20 bonds below the model, "The 20 cheapest" listed bonds above it too (7 of 20, in a newcomer's run)."""
+    from bondexp.predict.summary import cheap_and_rich
+
+    gap = np.array([0.3, -0.2, np.nan, 0.1, -0.5, 0.0, 0.2])
+    (cheap_title, cheap), (rich_title, rich) = cheap_and_rich(gap, 20)
+    assert cheap.tolist() == [4, 1] and cheap_title == "The 2 cheapest (market below model)"
+    assert rich.tolist() == [0, 6, 3] and rich_title == "The 3 richest (market above model)"
+    assert [rows.tolist() for _, rows in cheap_and_rich(gap, 1)] == [[4], [0]]

@@ -127,13 +127,13 @@ def render_markdown(
         )
     if len(ranked["bond_id"]):
         date = str(ranked["obs_date"][0])
-        gap = ranked[f"{best}_market_minus_model"]
-        order = np.argsort(gap, kind="stable")
-        for title, rows in (("cheapest (market below model)", order[:n_ranked]), ("richest (market above model)", order[::-1][:n_ranked])):
+        gap = np.asarray(ranked[f"{best}_market_minus_model"], dtype=np.float64)
+        for title, rows in cheap_and_rich(gap, n_ranked):
+            lines += ["", f"## {title}, {date}, by {best}", ""]
+            if not len(rows):
+                lines.append("None.")
+                continue
             lines += [
-                "",
-                f"## The {len(rows)} {title}, {date}, by {best}",
-                "",
                 "| bond | rating | sector | market | model | interval | market - model | yield gap (bp) |",
                 "|---|---|---|---|---|---|---|---|",
             ]
@@ -146,6 +146,22 @@ def render_markdown(
                     f"| {_number(ranked[f'{best}_yield_gap_bp'][i], 1)} |"
                 )
     return "\n".join(lines + time_table(times, wall=wall, n_rows=n_rows, workers=workers)) + "\n"
+
+
+def cheap_and_rich(gap: np.ndarray, n_ranked: int) -> list[tuple[str, np.ndarray]]:
+    """``[(title, row indices)]`` of the cheapest bonds (market below the model, most below first) and the
+    richest (market above it), at most ``n_ranked`` each.
+
+    Only bonds on that side: ranking the whole date put bonds above the model among "the 20 cheapest"
+    when fewer than 20 were below it.
+    """
+    order = np.argsort(gap, kind="stable")
+    cheap = order[gap[order] < 0][:n_ranked]
+    rich = order[::-1][gap[order[::-1]] > 0][:n_ranked]
+    return [
+        (f"The {len(cheap)} cheapest (market below model)", cheap),
+        (f"The {len(rich)} richest (market above model)", rich),
+    ]
 
 
 def time_table(times: Mapping[str, float], *, wall: float, n_rows: int, workers: int) -> list[str]:
