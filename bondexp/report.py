@@ -137,7 +137,7 @@ def _steps(steps: Mapping[str, Mapping[str, Any]], *, run_dir: Path) -> str:
     lines += ["| step | group | status | time (s) | worker | key metrics |", "|---|---|---|---:|---|---|"]
     for name, s in steps.items():
         metrics = s.get("metrics") or {}
-        shown = [k for k in KEY_METRICS if k in metrics][:2]
+        shown = [k for k in KEY_METRICS if k in metrics][:2] or list(metrics)[:1]  # a step of yours: its first, as the terminal's table
         cells = ", ".join(f"{k}={_value(metrics[k])}" for k in shown)
         lines.append(
             f"| {name} | {s.get('group', '')} | {s.get('status', '')} | {_num(s.get('duration_s'), 2)} | "

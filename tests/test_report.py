@@ -164,6 +164,15 @@ def test_report_survives_missing_and_failed_steps(tmp_path):
     assert "some steps failed" in text
 
 
+def test_a_step_of_yours_shows_its_first_metric(tmp_path):
+    """The terminal's table showed ``n_models=2`` for a report step of the user's; report.md's cell was empty."""
+    summary = results({"basic": "ran", "model_table": "ran"})
+    summary["steps"]["model_table"]["metrics"] = {"n_models": 2, "widest": "basic"}
+    text = write_report(tmp_path, command="c", overrides=[], data_summary=SUMMARY, results=summary, artifacts={}).read_text()
+    assert "| model_table | ml | ran | 1.50 | w1 | n_models=2 |" in text
+    assert "| basic | ml | ran | 1.50 | w1 | val_rmse=0.3 |" in text
+
+
 def test_the_command_and_overrides_show_no_password(tmp_path):
     """``tune.storage=postgresql://u:pw@host/db`` put the password in report.md, a file one shares."""
     storage = "tune.storage=postgresql://u:s3cretpw@127.0.0.1:5999/db"
