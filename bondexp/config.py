@@ -25,10 +25,10 @@ from bondexp.tuning.space import class_name, space_key
 
 #: Keys of a model file that configure the step rather than the estimator.
 MODEL_STEP_KEYS = ("group", "features", "early_stopping")
-#: The run folders this process's ``bondexp.run_dir`` resolver named while they did not exist: Hydra
-#: makes each for this command, which may remove it again when it ends before any step began
-#: (:func:`bondexp.runs.discard_unused`).
-NEW_RUN_DIRS: set[Path] = set()
+#: The output folders this process's ``bondexp.run_dir`` and ``bondexp.new_dir`` resolvers named while
+#: they did not exist, each with the top folder of its layout (``outputs``): Hydra makes each for this
+#: command, which may remove it again when it ends before any work (:func:`bondexp.runs.discard_unused`).
+NEW_RUN_DIRS: dict[Path, Path] = {}
 
 
 @dataclass
@@ -199,11 +199,11 @@ def resolve_run_dir(resume: str | None) -> str | None:
     return str(latest_run() if resume == "last" else Path(resume))
 
 
-def _new_run_dir(stamp: datetime) -> str:
-    """``outputs/<date>/<time>`` of ``stamp``, noted in :data:`NEW_RUN_DIRS` when it does not exist yet."""
-    folder = stamp.strftime("outputs/%Y-%m-%d/%H-%M-%S")
+def _new_run_dir(stamp: datetime, root: str = "outputs") -> str:
+    """``<root>/<date>/<time>`` of ``stamp``, noted in :data:`NEW_RUN_DIRS` when it does not exist yet."""
+    folder = f"{root.rstrip('/')}/{stamp.strftime('%Y-%m-%d/%H-%M-%S')}"
     if not Path(folder).exists():
-        NEW_RUN_DIRS.add(Path(folder).resolve())
+        NEW_RUN_DIRS[Path(folder).resolve()] = Path(Path(root).parts[0]).resolve()
     return folder
 
 
@@ -222,6 +222,7 @@ def register_configs() -> None:
     stamp = datetime.now()
     resolvers: dict[str, Callable[..., Any]] = {
         "bondexp.run_dir": lambda resume: resolve_run_dir(resume) or _new_run_dir(stamp),
+        "bondexp.new_dir": lambda root: _new_run_dir(stamp, root),  # predict's outputs/predict/<date>/<time>
         # a dry run writes no config: a resumed run's folder got a .hydra/resumed-<time>/ for a plan;
         # nor does a command in a folder another run is using: it overwrote that run's config (the run
         # lock refuses the command right after, bondexp.app.run)

@@ -149,9 +149,10 @@ _LEFT_BEFORE_STEPS = {".hydra", "__main__.log", "data_summary.json", "invalid_ro
 _HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 
-def discard_unused(folder: Path, *, made_here: Iterable[Path]) -> bool:
-    """Remove ``folder`` when this command made it (it is among ``made_here``) and it holds only what a
-    command that ended before any step began leaves; then its date folder and ``outputs/`` when empty.
+def discard_unused(folder: Path, *, made_here: Mapping[Path, Path]) -> bool:
+    """Remove ``folder`` when this command made it (a key of ``made_here``) and it holds only what a
+    command that ended before any step began leaves; then the folders above it that this left empty,
+    up to ``made_here[folder]`` (``outputs/``).
 
     A dry run, bad input and a Ctrl-C before the first step left ``outputs/<date>/<time>/`` with a log
     (and ``.hydra/``): nothing to list or resume, one more folder for every attempt. Anything else in
@@ -161,7 +162,7 @@ def discard_unused(folder: Path, *, made_here: Iterable[Path]) -> bool:
     import shutil
 
     folder = Path(folder).resolve()
-    if folder not in set(made_here) or not folder.is_dir() or steps_began(folder):
+    if folder not in made_here or not folder.is_dir() or steps_began(folder):
         return False
     entries = {p.name for p in folder.iterdir()}
     hydra = folder / ".hydra"
@@ -173,7 +174,10 @@ def discard_unused(folder: Path, *, made_here: Iterable[Path]) -> bool:
             root.removeHandler(handler)
             handler.close()
     shutil.rmtree(folder, ignore_errors=True)
-    for parent in (folder.parent, folder.parent.parent):  # outputs/<date>, then outputs/, when this left them empty
+    top = made_here[folder]
+    for parent in folder.parents:  # outputs/<date>, then outputs/, when this left them empty
+        if parent != top and top not in parent.parents:
+            break
         try:
             parent.rmdir()
         except OSError:

@@ -326,9 +326,14 @@ def refusals(request, finished_run, cache, tmp_path_factory):
                 extra = ["batch_row=100"]
             else:
                 {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
-            args = [f"run={run_dir}", *file_overrides(files), *extra, f"hydra.run.dir={folder / 'out'}"]
+            out = [] if case == DEFAULT_FOLDER_CASE else [f"hydra.run.dir={folder / 'out'}"]
+            args = [f"run={run_dir}", *file_overrides(files), *extra, *out]
             started[case] = folder, stack.enter_context(Started(*args, module="bondexp.predict", cwd=folder, cache=cache))
         yield started
+
+
+#: The refusal run without hydra.run.dir: into the default outputs/predict/<date>/<time>/, which it removes.
+DEFAULT_FOLDER_CASE = "no spreads"
 
 
 @pytest.mark.parametrize("case, messages", REFUSALS)
@@ -341,6 +346,8 @@ def test_refusals_exit_2_with_one_message_and_write_nothing(refusals, case, mess
         assert message in proc.stderr
     out = folder / "out"  # none at all for a misspelled key: it stops before Hydra makes the folder
     assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith(("predictions", ".predictions"))]
+    if case == DEFAULT_FOLDER_CASE:  # it left outputs/predict/<date>/<time>/ with Hydra's log and .hydra/
+        assert not (folder / "outputs").exists()
 
 
 def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(finished_run, cache, tmp_path):

@@ -41,7 +41,11 @@ def _main(cfg: DictConfig) -> None:
     try:
         written = predict(cfg, out_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     except BondexpError as err:
+        from bondexp.config import NEW_RUN_DIRS
+        from bondexp.runs import discard_unused
+
         print(f"bondexp.predict: error: {err}", file=sys.stderr)
+        discard_unused(Path(hc.runtime.output_dir), made_here=NEW_RUN_DIRS)  # nothing written: no folder left
         sys.exit(2)
     print("\n".join(f"{name}: {path}" for name, path in written.items()))
 
