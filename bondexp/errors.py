@@ -70,10 +70,19 @@ def hide_passwords(text: str) -> str:
 
 
 def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
-    """`` Did you mean 'x'?`` with the up to ``n`` names of ``known`` closest to ``name``; empty when none is close."""
+    """`` Did you mean 'x'?`` with the up to ``n`` names of ``known`` closest to ``name``; empty when none is close.
+
+    A name is as close as its closest ``_``-separated part of four letters or more, too: ``durration``
+    means ``modified_duration`` more than ``rating``, which difflib's whole-name ratio put first.
+    """
     import difflib
 
-    close = difflib.get_close_matches(name, list(known), n=n)
+    def closeness(candidate: str) -> float:
+        parts = [candidate, *(part for part in candidate.split("_") if len(part) >= 4 and part != candidate)]
+        return max(difflib.SequenceMatcher(None, name, part).ratio() for part in parts)
+
+    scored = sorted(((closeness(c), c) for c in dict.fromkeys(known)), key=lambda sc: -sc[0])
+    close = [candidate for score, candidate in scored if score >= 0.6][:n]
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
