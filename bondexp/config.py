@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bondexp.data import check_split_fractions
 from bondexp.errors import ConfigError, did_you_mean
+from bondexp.feature_names import FEATURES
 from bondexp.runs import RESUMED_RECORD
 from bondexp.tuning.space import class_name, space_key
 
@@ -276,6 +277,30 @@ def _check_tune_target(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> No
         )
 
 
+def _check_feature_names(cfg: DictConfig, models: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every name a feature set or a model's ``features`` list gives is a feature or a feature set: name
+    the key holding one that is neither, before the data loads.
+
+    The check on the data came after it had loaded, and blamed the model's ``features`` for a typo in
+    a ``feature_sets`` entry it used (``all``).
+    """
+    sets = plain_dict(cfg.feature_sets)
+    for set_name, items in sets.items():  # lists of text: the schema's Dict[str, List[str]]
+        _refuse_unknown_features(f"feature_sets.{set_name}", items, sets)
+    for name, spec in models.items():
+        if isinstance(spec.get("features"), list):
+            _refuse_unknown_features(f"{model_key(cfg, name)}.features", spec["features"], sets)
+
+
+def _refuse_unknown_features(key: str, items: Sequence[str], sets: Mapping[str, Any]) -> None:
+    unknown = [item for item in items if item not in FEATURES and item not in sets]
+    if unknown:
+        raise ConfigError(
+            f"The '{key}' config key names {unknown}, which the data does not have (nor is it a feature set); its features are "
+            f"{list(FEATURES)}, the feature sets {sorted(sets)}.{did_you_mean(unknown[0], [*FEATURES, *sets])}"
+        )
+
+
 def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, dict[str, Any]]:
     """Return ``{model name: plain model spec}`` for the chosen models.
 
@@ -487,6 +512,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
             )
         if isinstance(features, list) and not all(isinstance(item, str) for item in features):
             _fail(f"{key}.features", "a list of feature names and feature-set names (text)", features)
+    _check_feature_names(cfg, models)
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
             _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")

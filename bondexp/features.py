@@ -23,33 +23,10 @@ import numpy as np
 from joblib import Memory
 
 from bondexp.errors import ConfigError
+from bondexp.feature_names import CATEGORICAL_FEATURES, FEATURES, MARKET_FEATURES
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: Static and pricing features of each observation (one value per row).
-BOND_FEATURES = (
-    "coupon_rate",
-    "frequency",
-    "day_count",
-    "rating",
-    "sector",
-    "log_issue_size",
-    "time_to_maturity",
-    "age",
-    "fair_value",
-    "yield_at_fair",
-    "modified_duration",
-    "convexity",
-    "credit_spread",
-    "prev_residual",
-    "has_prev_residual",
-)
-#: Market-state features (one value per observation month, shared by every bond that month).
-MARKET_FEATURES = ("curve_level", "curve_slope", "curve_curvature", "market_credit_spread")
-#: Features holding category codes rather than quantities.
-CATEGORICAL_FEATURES = ("frequency", "day_count", "rating", "sector")
-FEATURES = BOND_FEATURES + MARKET_FEATURES
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bondexp.errors import ConfigError
-from bondexp.features import CATEGORICAL_FEATURES, FEATURES
+from bondexp.feature_names import CATEGORICAL_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
 from bondexp.pipeline import MODEL_STEP_TARGET
 from bondexp.steps.train import build_model

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bondexp.features import FEATURES, Dataset
+from bondexp.feature_names import FEATURES
+from bondexp.features import Dataset
 
 
 def make_toy_dataset(n_bonds: int = 60, n_months: int = 30, seed: int = 0) -> Dataset:

@@ -158,6 +158,16 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
             "The 'models.basic.features' config key must be a list of feature names and feature-set names (text). "
             "Got ['coupon_rate', 5] instead.",
         ),
+        (  # was refused once the data had loaded, with "Did you mean 'rating'?"
+            ["models.basic.features=[coupon_rate,durration]"],
+            "The 'models.basic.features' config key names ['durration'], which the data does not have (nor is it a feature set); "
+            "its features are ['coupon_rate',",
+        ),
+        (["models.basic.features=[coupon_rate,durration]"], "Did you mean 'modified_duration'?"),
+        (  # was blamed on models.enhanced.features (features: all), once the data had loaded
+            ["model=enhanced", "feature_sets.bond=[coupon_rate,durration]"],
+            "The 'feature_sets.bond' config key names ['durration'], which the data does not have (nor is it a feature set)",
+        ),
         # a TypeError once every step had run (the summary table), or in build_steps for a list (unhashable), exit 1
         (["models.basic.group=5"], "The 'models.basic.group' config key must be a group name (text). Got 5 instead."),
         (["models.basic.group=null"], "The 'models.basic.group' config key must be a group name (text). Got None instead."),

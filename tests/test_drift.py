@@ -13,7 +13,7 @@ import pytest
 import bondexp.conf
 from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
-from bondexp.features import FEATURES
+from bondexp.feature_names import FEATURES
 from bondexp.steps import drift as drift_module
 from bondexp.steps.drift import drift, drift_files, drift_report, rated, status_of
 from bondexp.worker import StepContext

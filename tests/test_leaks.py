@@ -14,7 +14,8 @@ from bondexp.bondtable import BondTable
 from bondexp.data import Market
 from bondexp.data.synthetic import generate_market
 from bondexp.errors import ConfigError
-from bondexp.features import FEATURES, compute_features
+from bondexp.feature_names import FEATURES
+from bondexp.features import compute_features
 
 
 @pytest.fixture(scope="module")

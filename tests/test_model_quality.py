@@ -19,7 +19,8 @@ import pytest
 import yaml
 from threadpoolctl import threadpool_limits
 
-from bondexp.features import BOND_FEATURES, FEATURES, load_dataset
+from bondexp.feature_names import BOND_FEATURES, FEATURES
+from bondexp.features import load_dataset
 
 pytestmark = pytest.mark.slow
 

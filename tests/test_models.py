@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from bondexp import features as features_module
 from bondexp.artifacts import ModelArtifact
 from bondexp.errors import ConfigError
-from bondexp.features import BOND_FEATURES, FEATURES
+from bondexp.feature_names import BOND_FEATURES, FEATURES
 from bondexp.models.base import final_estimator
 from bondexp.models.quantile import conformal_quantile, kupiec_pof
 from bondexp.steps.train import build_model, fit_model, fit_predict, predict_all

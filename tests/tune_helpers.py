@@ -19,7 +19,7 @@ from sklearn.linear_model import Ridge
 
 from bondexp import features
 from bondexp.artifacts import ModelArtifact
-from bondexp.features import FEATURES
+from bondexp.feature_names import FEATURES
 from conftest import make_toy_dataset
 
 BASE_TUNE = {

@@ -27,7 +27,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bondexp.data.split import month_holdout, month_labels
-from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
+from bondexp.feature_names import CATEGORICAL_FEATURES, MARKET_FEATURES
 
 #: Early-stopping settings used when none are given (the defaults of ``conf/config.yaml``).
 DEFAULT_EARLY_STOPPING = {"enabled": True, "patience": 10, "validation_fraction": 0.1, "tol": 1e-4}

@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from bondexp.data.split import month_blocks
 from bondexp.errors import ConfigError
-from bondexp.features import CATEGORICAL_FEATURES, MARKET_FEATURES
+from bondexp.feature_names import CATEGORICAL_FEATURES, MARKET_FEATURES
 from bondexp.models.base import (
     CompositeRegressor,
     booster_constraints,

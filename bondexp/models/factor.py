@@ -16,7 +16,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from bondexp.features import CATEGORICAL_FEATURES
+from bondexp.feature_names import CATEGORICAL_FEATURES
 from bondexp.models.base import CompositeRegressor, make_preprocessor, market_columns
 
 #: Features that carry the residual's own history, kept out of PCA as direct exposures.

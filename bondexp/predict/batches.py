@@ -236,7 +236,8 @@ def _price(state: _Batches, start: int, stop: int, times) -> tuple:
 def _predict(state: _Batches, start: int, stop: int, fair, accrued, prev, times) -> tuple[dict[str, np.ndarray], bytes]:
     """The output columns of the rows ``start:stop``, and the same as CSV rows (no header)."""
     from bondexp.bondtable import RATINGS
-    from bondexp.features import FEATURES, feature_matrix
+    from bondexp.feature_names import FEATURES
+    from bondexp.features import feature_matrix
     from bondexp.steps.train import one_thread
 
     batch = state.market.bonds.take(np.arange(start, stop))
@@ -282,7 +283,7 @@ def _model_columns(name, artifact, X, fair, accrued, market, duration) -> dict[s
     """One model's output columns for a batch: adjustment, price, its interval, risk figures and the gap to market."""
     import pandas as pd
 
-    from bondexp.features import FEATURES
+    from bondexp.feature_names import FEATURES
     from bondexp.steps.train import predict_all
 
     features = list(artifact.features)
