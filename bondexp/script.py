@@ -5,12 +5,16 @@ and launches the forkserver before it imports Hydra (about 0.3-0.9 s). A console
 its module before calling it: pointed at `bondexp.__main__:main`, it printed Python's
 KeyboardInterrupt traceback for a Ctrl-C during that import, and launched the forkserver only
 after it. This module imports nothing heavy, so the script does the same as `python -m` first.
+And as `python -m` does, it puts the current folder first on ``sys.path`` (:func:`import_from_here`), so a
+model file's ``_target_: my_est.MyShrink`` finds ``my_est.py`` beside the command, in the run's
+process and in the workers the forkserver forks (launched after, it takes the run's ``sys.path``).
 It also holds the run's own Ctrl-C handler (:func:`ctrl_c`), which the runner asks whether a Ctrl-C
 came whose exception library code swallowed (:func:`raise_lost_ctrl_c`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -49,9 +53,21 @@ def raise_lost_ctrl_c() -> None:
         raise KeyboardInterrupt
 
 
+def import_from_here() -> None:
+    """Put the current folder first on ``sys.path``, as ``python -m`` does (not under ``python -P`` or PYTHONSAFEPATH).
+
+    A console script's ``sys.path`` starts with the script's own folder (the venv's ``bin/``), not
+    the current one: a model module beside the command, which ``python -m bondexp`` imported, was
+    refused by the script with "no module 'my_est' is installed".
+    """
+    if not getattr(sys.flags, "safe_path", False):  # the flag is Python 3.11's
+        sys.path.insert(0, os.getcwd())
+
+
 def main() -> None:
     """The `bondexp` script's entry point."""
     signal.signal(signal.SIGINT, interrupted_while_importing)
+    import_from_here()  # before the forkserver's launch: it starts with this sys.path, and the workers with it
     launch_forkserver_early(sys.argv)
     from bondexp.__main__ import main as run
 

@@ -160,3 +160,51 @@ def test_the_bondexp_script_launches_the_forkserver_before_importing_hydra(tmp_p
     assert proc.returncode == 2, proc.stderr[-2000:]
     modules = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert modules.index("multiprocessing.forkserver") < modules.index("hydra")
+
+
+#: A model class of the user's own, in a module beside the command (not installed, not on PYTHONPATH).
+MY_EST = """
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+
+
+class MyShrink(BaseEstimator, RegressorMixin):
+    def __init__(self, shrink=0.5):
+        self.shrink = shrink
+
+    def fit(self, X, y, **kwargs):
+        self.mean_ = float(np.mean(y))
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        return np.full(np.asarray(X).shape[0], self.mean_ * self.shrink)
+"""
+
+
+def test_the_bondexp_script_imports_a_model_module_beside_the_command_in_its_workers_too(tmp_path):
+    """`python -m bondexp` puts the current folder first on sys.path; the script did not, and refused
+    `_target_: my_est.MyShrink` with "no module 'my_est' is installed. Did you mean 'pytest'?"."""
+    (tmp_path / "my_est.py").write_text(MY_EST)
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "my_shrink.yaml").write_text("_target_: my_est.MyShrink\nshrink: 0.5\n")
+    run_dir = tmp_path / "run"
+    args = ["model=my_shrink", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "data=small", "~steps.tune", "~steps.drift"]
+    env = {**os.environ, "BONDEXP_CACHE_DIR": str(tmp_path / "cache")}
+    script = Path(sys.executable).with_name("bondexp")
+    proc = subprocess.Popen(
+        [str(script), *args, "workers=2", "progress=false", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    # both ran in the pool's workers, not in the script's process: the model step built MyShrink, evaluate unpickled it
+    assert {name: (s["status"], s["worker"].rsplit("/", 1)[-1] != str(proc.pid)) for name, s in steps.items()} == {
+        "my_shrink": ("ran", True),
+        "evaluate": ("ran", True),
+    }
