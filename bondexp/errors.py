@@ -69,8 +69,9 @@ def hide_passwords(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
-def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
-    """`` Did you mean 'x'?`` with the up to ``n`` names of ``known`` closest to ``name``; empty when none is close.
+def did_you_mean(name: str, known: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` with the up to ``n`` names of ``known`` closest to ``name``; empty when none is
+    close (``difflib``'s similarity ``cutoff``).
 
     A name is as close as its closest ``_``-separated part of four letters or more, too: ``durration``
     means ``modified_duration`` more than ``rating``, which difflib's whole-name ratio put first.
@@ -82,7 +83,7 @@ def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
         return max(difflib.SequenceMatcher(None, name, part).ratio() for part in parts)
 
     scored = sorted(((closeness(c), c) for c in dict.fromkeys(known)), key=lambda sc: -sc[0])
-    close = [candidate for score, candidate in scored if score >= 0.6][:n]
+    close = [candidate for score, candidate in scored if score >= cutoff][:n]
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 

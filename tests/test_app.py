@@ -218,7 +218,13 @@ def test_bad_config_value_fails_before_any_work(tmp_path, cache, override, messa
             "The 'tune.storage' config key names a database Optuna cannot open ('sqlite:///",
         ),
         ("_target_: sklearn.linear_model.Lassso", [], "'sklearn.linear_model' has no 'Lassso'. Did you mean 'Lasso'?"),
-        ("_target_: sklaern.linear_model.Lasso", [], "no module 'sklaern' is installed. Did you mean 'sklearn'?"),
+        ("_target_: sklaern.linear_model.Lasso", [], "on PYTHONPATH). Did you mean 'sklearn'?"),
+        (  # the user's own module, not beside the command: it was "Did you mean 'pytest'?", a guess among installed modules
+            "_target_: my_est.MyShrink",
+            [],
+            "no module 'my_est' is installed or beside the command (your own module: run the command from its folder, "
+            "or put that folder on PYTHONPATH).",
+        ),
         (  # it failed in fit once the data had loaded ("Unknown label type: continuous"), exit 1, with a resume command
             "_target_: sklearn.linear_model.LogisticRegression",
             [],
@@ -243,6 +249,7 @@ def test_what_only_the_estimators_can_check_fails_before_any_step(tmp_path, cach
     proc = bondexp(*args, cwd=tmp_path, cache=cache, check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"bondexp: error: {message}" in proc.stderr if message.startswith("The") else message in proc.stderr
+    assert "Did you mean" not in proc.stderr or "Did you mean" in message, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one message: no logged error of Hydra's above it
     assert "Resume with" not in proc.stderr + proc.stdout
     assert not (run_dir / "logs").exists() and not (run_dir / "checkpoints").exists()  # no step began

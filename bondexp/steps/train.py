@@ -194,11 +194,16 @@ def _estimator_class(target: str, *, key: str) -> Any:
                     f"The '{key}._target_' config key names {target!r}, whose module {module!r} fails: {_import_failure(exc)}"
                 ) from None
     else:
+        # Among the hundreds of installed top-level modules, difflib's default 0.6 finds one for nearly any
+        # name: 'my_est', the user's own module run from another folder, got "Did you mean 'pytest'?".
+        # A misspelled package is closer ('sklaern' -> 'sklearn' 0.86, 'xgbost' -> 'xgboost' 0.92).
         installed = [m.name for m in pkgutil.iter_modules()]
         why = (
             "a class is named with its module's path"
             if len(parts) == 1
-            else f"no module {parts[0]!r} is installed.{did_you_mean(parts[0], installed)}"
+            else f"no module {parts[0]!r} is installed or beside the command "
+            "(your own module: run the command from its folder, or put that folder on PYTHONPATH)."
+            f"{did_you_mean(parts[0], installed, cutoff=0.8)}"
         )
         raise ConfigError(
             f"The '{key}._target_' config key must name an importable class, as sklearn.linear_model.Lasso does. Got {target!r}: {why}"
