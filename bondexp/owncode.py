@@ -36,6 +36,14 @@ def changed(recorded: Mapping[str, str] | None) -> list[str]:
     return [module for module, digest in sorted((recorded or {}).items()) if module_digest(module) != digest]
 
 
+def importable(module: str) -> bool:
+    """Whether a top-level module is found on today's ``sys.path`` (found, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def module_digest(module: str) -> str | None:
     """sha256 of a top-level module's source files, or None when it is not the user's own code (or not found)."""
     if module in _VERSIONED_MODULES or module in sys.builtin_module_names:

@@ -445,7 +445,35 @@ def test_a_models_own_code_edited_after_the_run_is_refit_on_resume_and_refused_b
     module.write_text(USER_MODEL.replace("0.5 *", "0.6 *"))
     plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache, env=env).stdout
     assert "shrunk    needs -; run: the code it runs changed: mymodels" in plan, plan
-    with pytest.raises(RunFolderError, match=r"code whose source has changed since, or that no longer imports \(shrunk: mymodels\)"):
+    with pytest.raises(RunFolderError, match=r"code whose source has changed since \(shrunk: mymodels\)\. .* resume="):
+        open_run(run_dir, "shrunk", cache_dir=cache)
+
+
+def test_predict_says_a_models_own_module_does_not_import_from_here_and_suggests_no_resume(tmp_path, cache, monkeypatch):
+    """Run from a folder where the module is not importable, predict said its source "has changed since, or
+    no longer imports" and suggested a resume, which failed the same way from there."""
+    from bondexp.errors import RunFolderError
+    from bondexp.predict.runfolder import open_run
+
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "mymodels.py").write_text(USER_MODEL)  # beside the command: python -m puts it on sys.path
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "shrunk.yaml").write_text("_target_: mymodels.ShrunkRidge\nalpha: 1.0\n")
+    run_dir = tmp_path / "r"
+    args = [*QUICK, "model=shrunk", "~steps.tune", "~steps.drift", "workers=1", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"]
+    bondexp(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path / "launch", cache=cache)
+    monkeypatch.delitem(sys.modules, "mymodels", raising=False)  # not importable in this process: not on its sys.path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunFolderError) as err:
+        open_run(run_dir, "shrunk", cache_dir=cache)
+    assert str(err.value) == (
+        f"The run {str(run_dir)!r} fitted its models with your own code, which does not import from here (shrunk: mymodels); "
+        f"launch predict from the folder the run was launched in ({tmp_path / 'launch'}), or put the module's folder on PYTHONPATH."
+    )
+    (tmp_path / "launch" / "mymodels.py").rename(tmp_path / "mymodels.py")  # moved away from the folder the run was launched in
+    monkeypatch.chdir(tmp_path / "launch")
+    with pytest.raises(RunFolderError, match=r"does not import from the folder the run was launched in .*, where predict runs \(shrunk: "):
         open_run(run_dir, "shrunk", cache_dir=cache)
 
 

@@ -112,16 +112,7 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
             f"The run {str(run_dir)!r} pickled its models with other library versions: {', '.join(conflicts)}. "
             f"Unpickling may fail or change predictions; predict with those versions installed, or re-run the experiment here."
         )
-    from bondexp.owncode import changed  # the user's own modules: they have no version to compare
-
-    edited = {name: changed(manifests[name].get("code")) for name in candidates}
-    if any(edited.values()):
-        which = "; ".join(f"{name}: {', '.join(modules)}" for name, modules in edited.items() if modules)
-        raise RunFolderError(
-            f"The run {str(run_dir)!r} fitted its models with code whose source has changed since, or that no longer imports "
-            f"({which}). Predicting would run today's code on the old fitted state; refit them with: "
-            f"python -m bondexp resume={shlex.quote(str(run_dir))}"
-        )
+    _check_own_code(run_dir, {name: manifests[name] for name in candidates})
     step_of = {name: name for name in candidates if name != "tune"}
     if "tune" in candidates:
         step_of[store.load("tune").name] = "tune"
@@ -146,6 +137,43 @@ def open_run(run_dir: Path, models: Any = "all", *, cache_dir: str | Path) -> Ru
     dataset, bond_names = _run_dataset(run_dir, config, cache_dir)
     failed = tuple(n for n in config.get("models") or {} if n in steps and steps[n]["status"] not in ("ran", "reused"))
     return RunModels(run_dir, config, dataset, artifacts, {name: manifests[step_of[name]] for name in wanted}, bond_names, failed)
+
+
+def _check_own_code(run_dir: Path, manifests: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a run whose own model modules (they have no version to compare) do not import from here, or changed since.
+
+    Both used to get one message, "code whose source has changed since, or that no longer imports",
+    with a resume to refit: for a module that is only not importable from where predict runs (its
+    folder is not this one, nor on PYTHONPATH) the source had not changed, and the resume failed
+    the same way from here.
+    """
+    from bondexp.owncode import changed, importable
+
+    differ = {name: changed(manifest.get("code")) for name, manifest in manifests.items()}
+    absent = {name: [m for m in modules if not importable(m)] for name, modules in differ.items()}
+    if any(absent.values()):
+        which = "; ".join(f"{name}: {', '.join(modules)}" for name, modules in absent.items() if modules)
+        launched = saved_launch_dir(run_dir)
+        if launched is not None and launched.resolve() == Path.cwd().resolve():  # the folder is right: the module left it
+            where, advice = (
+                f"from the folder the run was launched in ({launched}), where predict runs",
+                "put the module's folder on PYTHONPATH",
+            )
+        else:
+            folder = f" ({launched})" if launched is not None else ""
+            where, advice = (
+                "from here",
+                f"launch predict from the folder the run was launched in{folder}, or put the module's folder on PYTHONPATH",
+            )
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} fitted its models with your own code, which does not import {where} ({which}); {advice}."
+        )
+    if any(differ.values()):
+        which = "; ".join(f"{name}: {', '.join(modules)}" for name, modules in differ.items() if modules)
+        raise RunFolderError(
+            f"The run {str(run_dir)!r} fitted its models with code whose source has changed since ({which}). Predicting would "
+            f"run today's code on the old fitted state; refit them with: python -m bondexp resume={shlex.quote(str(run_dir))}"
+        )
 
 
 def _run_dataset(run_dir: Path, config: Mapping[str, Any], cache_dir) -> tuple:
