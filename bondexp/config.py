@@ -308,6 +308,8 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
     user's ``my_lasso.yaml`` holding just ``_target_`` and parameters) lands under ``model``;
     it is named after the group choice (``model=my_lasso``).
     """
+    if choice is not None:
+        _check_model_files(cfg, choice)
     models = {str(name): plain_dict(spec) for name, spec in cfg.models.items()}
     loose = cfg.get("model")
     if loose is not None and len(loose) > 0:
@@ -344,6 +346,91 @@ def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, d
             )
         models[name] = plain_dict(loose)
     return models
+
+
+def _check_model_files(cfg: DictConfig, choice: str) -> None:
+    """Refuse, before any work, a model choice whose files Hydra would silently misread.
+
+    - ``model=my_lasso.yaml``: Hydra finds the file, but a header-less one was named ``my_lasso.yaml``
+      (its tuned model ``my_lasso.yaml_tuned``).
+    - a chosen option that more than one config folder holds: Hydra takes the first in its search
+      path, where ``hydra.searchpath`` entries always come after bondexp's own ``conf/`` (Hydra appends
+      them: ``ConfigLoaderImpl._process_config_searchpath``), so a user's ``model/basic.yaml`` was ignored.
+    - two chosen files whose ``# @package models.<name>`` headers write the same model: Hydra merged
+      them into one (a RandomForest's ``n_estimators`` on a Lasso, or an ExtraTrees that failed in its step).
+
+    The files are found as Hydra finds them, in the run's config sources; set files are followed
+    into their defaults lists.
+    """
+    options = [part.strip() for part in choice.strip("[]").split(",") if part.strip()]
+    for option in options:
+        if option.endswith((".yaml", ".yml")):
+            stem = option.rsplit(".", 1)[0]
+            raise ConfigError(
+                f"The 'model' choice {option} names a file with its extension; choose the option without it: "
+                f"model={choice.replace(option, stem)}."
+            )
+    repo = _config_repository(cfg)
+    if repo is None:
+        return
+    writers: dict[str, list[tuple[str, str]]] = {}  # model key (models.<name>) -> [(option, file)] writing it
+    seen: set[str] = set()
+    queue = list(options)
+    while queue:
+        option = queue.pop(0)
+        if option in seen:  # model=[basic,basic]: one file, chosen twice
+            continue
+        seen.add(option)
+        path = f"model/{option}"
+        holders = [source for source in repo.get_sources() if source.is_config(path)]
+        loaded = [source.load_config(path) for source in holders] if len(holders) > 1 else []
+        if len({(repr(result.header), repr(result.config)) for result in loaded}) > 1:
+            files = " and ".join(f"{source.full_path()}/{path}.yaml" for source in holders)
+            raise ConfigError(
+                f"The 'model' option {option} is a file in more than one config folder ({files}), and Hydra reads only the "
+                f"first (bondexp's own conf/ comes before any hydra.searchpath folder); rename yours, e.g. to "
+                f"model/my_{option}.yaml (with '# @package models.my_{option}' if it has a header), and choose model=my_{option}."
+            )
+        if not holders:
+            continue  # Hydra has refused it already (it names the options)
+        result = repo.load_config(path)  # the file Hydra read (the first source that holds it), its defaults list parsed
+        if result is None:
+            continue
+        package = str(result.header.get("package") or "_group_")
+        package = package.removeprefix("_global_.")
+        if package not in ("_group_", "model", "_global_"):
+            writers.setdefault(package, []).append((option, f"{holders[0].full_path()}/{path}.yaml"))
+        for entry in result.defaults_list or []:  # a set file's members (plain entries; others are left to Hydra)
+            member = getattr(entry, "path", None)
+            if isinstance(member, str) and member != "_self_" and entry.package is None and not member.startswith("/"):
+                queue.append(member)
+    for package, written_by in writers.items():
+        if len(written_by) > 1:
+            name = package.removeprefix("models.")
+            rename = next(option for option, _ in reversed(written_by) if option != name)  # not the file named after it
+            raise ConfigError(
+                f"The chosen model files {' and '.join(f for _, f in written_by)} both write the model {name!r} "
+                f"('# @package {package}'), and Hydra would merge them into one; rename the header of one of them, "
+                f"e.g. '# @package models.{rename}' in model/{rename}.yaml."
+            )
+
+
+def _config_repository(cfg: DictConfig) -> Any:
+    """Hydra's config repository over the run's config sources (``hydra.runtime.config_sources``), or None outside Hydra."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+    sources = OmegaConf.select(cfg, "hydra.runtime.config_sources", default=None)
+    if sources is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        sources = HydraConfig.get().runtime.config_sources
+    search_path = ConfigSearchPathImpl()
+    for source in sources:
+        search_path.append(str(source.provider), f"{source.schema}://{source.path}")
+    return ConfigRepository(config_search_path=search_path)
 
 
 def launch_dir(cfg: DictConfig | None = None) -> Path:

@@ -232,6 +232,78 @@ def test_user_model_files_from_the_search_path(tmp_path):
             collect_models(cfg, choice="my_set")
 
 
+def test_a_chosen_model_file_another_config_folder_also_holds_is_refused(tmp_path):
+    """Hydra reads the first of the search path's files, and bondexp's own conf/ comes before any
+    hydra.searchpath folder: a user's model/basic.yaml (a Lasso) was ignored, and the run trained bondexp's forest."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "basic.yaml").write_text("_target_: sklearn.linear_model.Lasso\nalpha: 0.01\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    for choice in ("basic", "[basic,enhanced]", "ml"):  # chosen, listed, or a member of a set file
+        cfg = composed(f"model={choice}", search)
+        with pytest.raises(ConfigError) as err:
+            collect_models(cfg, choice=choice)
+        assert str(err.value) == (
+            f"The 'model' option basic is a file in more than one config folder (pkg://bondexp.conf/model/basic.yaml and "
+            f"file://{tmp_path}/model/basic.yaml), and Hydra reads only the first (bondexp's own conf/ comes before any "
+            "hydra.searchpath folder); rename yours, e.g. to model/my_basic.yaml (with '# @package models.my_basic' if it "
+            "has a header), and choose model=my_basic."
+        )
+    cfg = composed("model=enhanced", search)  # the other options are not in question
+    assert set(collect_models(cfg, choice="enhanced")) == {"enhanced"}
+
+
+def test_two_chosen_model_files_writing_one_model_name_are_refused(tmp_path):
+    """Hydra merged two files headed '# @package models.basic' into one model: with a Lasso, the run failed on
+    'models.basic.n_estimators', a key its user never wrote; with an ExtraTrees it passed the checks and failed in its step."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_basic.yaml").write_text("# @package models.basic\n_target_: sklearn.linear_model.Lasso\n")
+    (tmp_path / "model" / "my_et.yaml").write_text("# @package models.basic\n_target_: sklearn.ensemble.ExtraTreesRegressor\n")
+    (tmp_path / "model" / "my_other.yaml").write_text("# @package models.other\n_target_: sklearn.linear_model.Lasso\n")
+    (tmp_path / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\n")
+    (tmp_path / "model" / "my_set.yaml").write_text("defaults:\n  - basic\n  - my_other\n")
+    (tmp_path / "model" / "bad_set.yaml").write_text("defaults:\n  - basic\n  - my_et\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    ours = "pkg://bondexp.conf/model/basic.yaml"
+    for choice, files, rename in [
+        ("[basic,my_basic]", f"{ours} and file://{tmp_path}/model/my_basic.yaml", "my_basic"),
+        ("[my_et,basic]", f"file://{tmp_path}/model/my_et.yaml and {ours}", "my_et"),
+        ("bad_set", f"{ours} and file://{tmp_path}/model/my_et.yaml", "my_et"),
+    ]:
+        cfg = composed(f"model={choice}", search)
+        with pytest.raises(ConfigError) as err:
+            collect_models(cfg, choice=choice)
+        assert str(err.value) == (
+            f"The chosen model files {files} both write the model 'basic' ('# @package models.basic'), and Hydra would "
+            f"merge them into one; rename the header of one of them, e.g. '# @package models.{rename}' in model/{rename}.yaml."
+        )
+    # what stays as it was: set files, a file named otherwise than its header chosen alone, header-less files, a repeat
+    for choice, expected in [
+        ("ml", {"basic", "enhanced", "advanced", "automl"}),
+        ("all", {"basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian"}),
+        ("[ml,risk]", {"basic", "enhanced", "advanced", "automl", "regime", "factor", "tail_risk", "bayesian"}),
+        ("my_set", {"basic", "other"}),
+        ("[my_set,enhanced]", {"basic", "other", "enhanced"}),
+        ("my_et", {"basic"}),
+        ("my_other", {"other"}),
+        ("my_lasso", {"my_lasso"}),
+        ("[basic,basic]", {"basic"}),
+    ]:
+        cfg = composed(f"model={choice}", search)
+        assert set(collect_models(cfg, choice=choice)) == expected, choice
+
+
+@pytest.mark.parametrize("choice, hint", [("my_lasso.yaml", "model=my_lasso"), ("[basic,my_lasso.yaml]", "model=[basic,my_lasso]")])
+def test_a_model_option_given_with_its_file_extension_is_refused(tmp_path, choice, hint):
+    """Hydra found model/my_lasso.yaml for model=my_lasso.yaml, and the header-less file was named after the
+    choice: a model 'my_lasso.yaml', tuned as 'my_lasso.yaml_tuned'."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_lasso.yaml").write_text("_target_: sklearn.linear_model.Lasso\n")
+    cfg = composed(f"model={choice}", f"hydra.searchpath=[file://{tmp_path}]")
+    with pytest.raises(ConfigError) as err:
+        collect_models(cfg, choice=choice)
+    assert str(err.value) == f"The 'model' choice my_lasso.yaml names a file with its extension; choose the option without it: {hint}."
+
+
 def test_the_dask_executor_without_dask_installed_fails_before_any_work(monkeypatch):
     cfg = composed("executor=dask", "data=small")
     hide_package(monkeypatch, "distributed")
