@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, overload
@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bondexp.data import check_split_fractions
-from bondexp.errors import ConfigError, did_you_mean
+from bondexp.errors import ConfigError, check_keys, did_you_mean
 from bondexp.feature_names import FEATURES
 from bondexp.runs import RESUMED_RECORD
 from bondexp.tuning.space import class_name, space_key
@@ -518,6 +518,29 @@ def _hydra_searchpath() -> list[str]:
     return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
 
 
+def _check_schema_keys(node: DictConfig, key: str) -> None:
+    """Refuse a key the schema of section ``key`` does not declare (:func:`bondexp.errors.check_keys`), in it and its sections
+    (``key`` empty: the sections of the whole config, ``hydra`` aside).
+
+    A section typed by a dataclass (``eval``, ``drift``, ``tune``, ``backtest``, ``early_stopping``,
+    ``executor``, ``tracking``, ``data`` and its ``split`` and ``columns``, each ``steps.<name>``)
+    refuses a misspelled key at compose time, but Hydra's ``+key=value`` adds it anyway: it was
+    ignored (``+tune.n_trial=3`` ran 16 trials) or failed its step once the models had trained.
+    Sections of free keys (``models``, ``feature_sets``, ``steps``, ``tune.search_space``,
+    ``tune.class_search_space``) are plain mappings: their own keys are left to the checks that read
+    them, and only the typed sections inside them (``steps.<name>``) are checked.
+    """
+    names = [str(name) for name in node.keys()]
+    schema = OmegaConf.get_type(node)
+    if key and schema is not None and is_dataclass(schema):  # the top level's keys: validate_config's own message
+        check_keys(key, names, [f.name for f in fields(schema)])
+    for name in names:
+        if (key or name != "hydra") and not OmegaConf.is_interpolation(node, name) and not OmegaConf.is_missing(node, name):
+            child = node[name]
+            if isinstance(child, DictConfig):
+                _check_schema_keys(child, f"{key}.{name}" if key else name)
+
+
 def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> None:
     """Check what the schema's types cannot; raise ConfigError naming the key and the bad value."""
     known = {f.name for f in fields(BondexpConf)} | {"hydra"}
@@ -528,6 +551,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
             "config file without its '# @package' header, adds keys no step sees."
             f"{did_you_mean(unknown[0], sorted(known - {'hydra'}))}"
         )
+    _check_schema_keys(cfg, "")
     if cfg.workers < 1:
         _fail("workers", "at least 1", cfg.workers)
     if cfg.seed < 0:  # numpy's SeedSequence takes none below 0

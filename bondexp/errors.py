@@ -87,6 +87,21 @@ def did_you_mean(name: str, known: Iterable[str], *, n: int = 1, cutoff: float =
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
+def check_keys(section: str, keys: Iterable[str], known: Sequence[str]) -> None:
+    """Raise ConfigError naming the first of ``keys`` not among ``known`` by its full key ``<section>.<key>``.
+
+    For a config section whose keys bondexp defines: a key added to it (Hydra's ``+key=value`` adds
+    one to any section) is read by no step, so its value was ignored, or failed the step that
+    checked its slice after the models had trained.
+    """
+    unknown = [str(key) for key in keys if key not in known]
+    if unknown:
+        raise ConfigError(
+            f"The '{section}' config keys must be among {list(known)}. Got {unknown} instead: "
+            f"'{section}.{unknown[0]}' is read by no step.{did_you_mean(unknown[0], known)}"
+        )
+
+
 def reader_went_away() -> int:
     """The exit code of a command whose output's reader stopped reading (``| head``): 141, quietly, as ``git log | head``.
 

@@ -178,6 +178,23 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         # was "'data.split.validation' ... Got -0.1", a key not given, once the synthetic market was generated
         (["data.split.train=0.9"], "'data.split' fractions must sum to 1. Got {'train': 0.9, 'validation': 0.2, 'test': 0.2} (sum 1.3)"),
         (["data=csv", "data.path=x.csv", "data.split.test=0"], "'data.split.test' config key must be a fraction > 0. Got 0"),
+        # a key added with '+' to a section whose keys bondexp defines: ignored (16 trials ran, no backtest), or failed
+        # its step once the models had trained (evaluate, drift: exit 1)
+        (["+tune.n_trial=3"], "Got ['n_trial'] instead: 'tune.n_trial' is read by no step. Did you mean 'n_trials'?"),
+        (["+backtest.orgins=3"], "'backtest.orgins' is read by no step. Did you mean 'origins'?"),
+        (
+            ["+eval.n_bootstap=10"],
+            "The 'eval' config keys must be among ['sample_pct', 'n_bootstrap', 'confidence']. Got ['n_bootstap'] instead: "
+            "'eval.n_bootstap' is read by no step. Did you mean 'n_bootstrap'?",
+        ),
+        (["+drift.treshold=0.1"], "The 'drift' config keys must be among ['psi_warn', 'psi_alert', 'ks_alpha', 'correction', 'n_bins',"),
+        (["+early_stopping.patiance=3"], "'early_stopping.patiance' is read by no step. Did you mean 'patience'?"),
+        (["+executor.adress=tcp://h:8786"], "'executor.adress' is read by no step. Did you mean 'address'?"),
+        (["+tracking.urii=x"], "'tracking.urii' is read by no step. Did you mean 'uri'?"),
+        (["+data.n_month=12"], "'data.n_month' is read by no step. Did you mean 'n_months'?"),
+        (["+data.split.tran=0.6"], "'data.split.tran' is read by no step. Did you mean 'train'?"),
+        (["data=csv", "+data.columns.isin=isin"], "'data.columns.isin' is read by no step."),
+        (["+steps.evaluate.need=[basic]"], "'steps.evaluate.need' is read by no step. Did you mean 'needs'?"),
     ],
 )
 def test_semantic_checks_name_the_key_and_the_value(overrides, message):
@@ -185,6 +202,21 @@ def test_semantic_checks_name_the_key_and_the_value(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, models=collect_models(cfg, choice=cfg.hydra.runtime.choices.get("model")))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+tune.search_space.basic={max_depth: {low: 2, high: 8}}"],  # free keys: a model's own space
+        ["+tune.class_search_space.Lasso={alpha: {low: 1e-4, high: 1.0, log: true}}"],
+        ["+feature_sets.mine=[coupon_rate,rating]"],
+        ["+models.basic.min_samples_split=4"],  # an estimator parameter its file does not list (preflight checks it)
+        ["+experiment=backtest"],
+    ],
+)
+def test_keys_added_where_keys_are_free_pass(overrides):
+    cfg = composed("data=small", "model=[basic,enhanced]", *overrides)
+    validate_config(cfg, models=collect_models(cfg, choice="[basic,enhanced]"))
 
 
 def test_feature_sets_expand_names_of_other_sets():

@@ -19,7 +19,7 @@ import numpy as np
 
 from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
 from bondexp.bondtable import count_of
-from bondexp.errors import ConfigError, StepSkipped
+from bondexp.errors import ConfigError, StepSkipped, check_keys
 from bondexp.steps.backtest_score import BASELINE, ORACLE, OVERALL, score_backtest
 
 #: Keys of the ``backtest`` config group.
@@ -60,9 +60,7 @@ def check_backtest_config(spec: Mapping[str, Any]) -> None:
     months; ``horizon`` and ``calibration_months`` are at least 1; ``window`` is ``expanding``
     or a number of months that leaves ``MIN_FIT_MONTHS`` after the calibration months.
     """
-    unknown = sorted(set(spec) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"The 'backtest' config keys must be among {list(CONFIG_KEYS)}. Got {unknown} instead.")
+    check_keys("backtest", sorted(spec), CONFIG_KEYS)
     origins = spec.get("origins")
     if origins is not None:
         if isinstance(origins, (list, tuple)):

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from bondexp.artifacts import ModelArtifact, StepOutput, model_artifacts
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, check_keys
 from bondexp.features import Dataset, dataset_for
 from bondexp.plots import drift_png
 from bondexp.stats import (
@@ -330,9 +330,7 @@ def drift(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     """
     options = {key: value for key, value in config.items() if key != "seed"}
     known = ("psi_warn", "psi_alert", "ks_alpha", "correction", "n_bins", "psi_floor")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"The 'drift' config keys must be among {list(known)}. Got {unknown} instead.")
+    check_keys("drift", sorted(options), known)  # validate_config checks them before any work; this for a direct call
     models = {artifact.name: artifact for artifact in model_artifacts(inputs).values()}  # the tuned one as <target>_tuned
     artifact = drift_report(dataset_for(ctx.shared), models, **options)
     ctx.log.info(

@@ -24,7 +24,7 @@ import numpy as np
 
 from bondexp.artifacts import BASELINE, ORACLE, REFERENCES, ModelArtifact, StepOutput, model_artifacts
 from bondexp.bondtable import RATINGS
-from bondexp.errors import ConfigError, DataValidationError
+from bondexp.errors import ConfigError, DataValidationError, check_keys
 from bondexp.features import Dataset, dataset_for
 from bondexp.metrics import prediction_scores
 from bondexp.metrics import rmse as rmse_of
@@ -66,9 +66,7 @@ def evaluate(config: dict[str, Any], inputs: dict[str, Any], ctx) -> StepOutput:
     DataValidationError
         A model's test predictions do not cover the test split or are not finite.
     """
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"The 'eval' config keys must be among {list(CONFIG_KEYS)}. Got {unknown} instead.")
+    check_keys("eval", sorted(config), CONFIG_KEYS)  # validate_config checks them before any work; this for a direct call
     models = {artifact.name: artifact for artifact in model_artifacts(inputs).values()}  # tune's is <target>_tuned
     artifact = evaluate_models(
         dataset_for(ctx.shared),
