@@ -13,8 +13,10 @@ Each names the issue or code it works around, so it can go when Hydra or OmegaCo
 from __future__ import annotations
 
 import functools
+import re
 import string
 import sys
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import omegaconf._utils
@@ -104,7 +106,9 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
 
     The keys beside the unknown one come from composing without its override; without a close
     one, the message says how to add a key the config lacks (an estimator parameter its model
-    file does not list).
+    file does not list). Under a section whose keys the schema fixes (``drift``, ``tune``, ...) or a
+    model file's ``early_stopping`` block, a '+' would add a key bondexp refuses, so without a close
+    key the message lists the section's keys instead.
     """
     cause = exc.__cause__
     if not isinstance(exc, ConfigCompositionException) or not str(exc).startswith("Could not override"):
@@ -117,15 +121,26 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
         return None
     parent, _, name = key.rpartition(".")
     models: list[str] = []
+    fixed = False  # the keys of `parent` are the schema's: adding one with '+' only makes bondexp refuse it
     try:
         rest = [o for o in overrides if o not in given]
         cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
         node = OmegaConf.select(cfg, parent) if parent else cfg
         known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
+        fixed = isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node))
         models = [str(k) for k in cfg.get("models") or {}]
     except Exception:  # another error in the rest: the suggestion is a courtesy
         known = []
+    if re.fullmatch(r"models\.[^.]+\.early_stopping|model\.early_stopping", parent):  # a model file's own block
+        from bondexp.config import EarlyStoppingConf
+
+        keys = [f.name for f in fields(EarlyStoppingConf)]
+        fixed = name not in keys  # one of them the file does not set is added with '+'
+        known = keys if fixed else known
     hint = did_you_mean(name, known)
+    if not hint and fixed:
+        where = f"the '{parent}' keys are" if parent else "bondexp's top-level keys are"
+        return f"The '{key}' config key does not exist: {where} {', '.join(known)}."
     if not hint and key.startswith("model.") and models:
         # `model` holds only a model file without a package header; '+model.x=' then failed as "keys without a _target_"
         value = given[-1].split("=", 1)[1]

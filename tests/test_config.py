@@ -219,6 +219,35 @@ def test_keys_added_where_keys_are_free_pass(overrides):
     validate_config(cfg, models=collect_models(cfg, choice="[basic,enhanced]"))
 
 
+def test_an_unknown_key_of_a_model_files_early_stopping_block_gets_its_keys(tmp_path):
+    """``early_stopping`` in a model file takes the top-level block's keys: '+' only for one the file does not set."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from bondexp.hydra_startup import override_error_message
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(
+        "# @package models.mine\n_target_: sklearn.ensemble.HistGradientBoostingRegressor\nearly_stopping: {patience: 3}\n"
+    )
+    expected = {
+        "models.mine.early_stopping.wait=3": "The 'models.mine.early_stopping.wait' config key does not exist: the "
+        "'models.mine.early_stopping' keys are enabled, patience, validation_fraction, tol.",
+        "models.mine.early_stopping.patiance=3": "The 'models.mine.early_stopping.patiance' config key does not exist. Did you mean "
+        "'patience'?",
+        "models.mine.early_stopping.enabled=false": "The 'models.mine.early_stopping.enabled' config key does not exist. To add a key "
+        "the config does not have, prefix it with '+': +models.mine.early_stopping.enabled=false.",
+    }
+    with initialize_config_module(config_module="bondexp.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        for override, message in expected.items():
+            overrides = ["model=mine", f"hydra.searchpath=[file://{tmp_path}]", override]
+            with pytest.raises(Exception) as caught:
+                hydra.config_loader.load_configuration(config_name="config", overrides=overrides, run_mode=RunMode.RUN)
+            assert override_error_message(hydra, "config", overrides, caught.value) == message
+
+
 def test_feature_sets_expand_names_of_other_sets():
     sets = {"a": ["x", "y"], "b": ["z"], "ab": ["a", "b", "x"]}
     assert resolve_features("ab", sets, key="k") == ["x", "y", "z"]
@@ -378,6 +407,19 @@ def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
             "models.enhanced.l2_regularization=1",
             "The 'models.enhanced.l2_regularization' config key does not exist. To add a key the config does not have, "
             "prefix it with '+': +models.enhanced.l2_regularization=1.",
+        ),
+        # a section whose keys the schema fixes, nothing close: it said to add the key with '+', which bondexp then refused
+        (
+            "drift.treshold=0.1",
+            "The 'drift.treshold' config key does not exist: the 'drift' keys are psi_warn, psi_alert, ks_alpha, correction, n_bins, "
+            "psi_floor.",
+        ),
+        ("data.split.first=0.5", "The 'data.split.first' config key does not exist: the 'data.split' keys are train, validation, test."),
+        ("tune.n_trial=3", "The 'tune.n_trial' config key does not exist. Did you mean 'n_trials'?"),
+        (
+            "colour=red",
+            "The 'colour' config key does not exist: bondexp's top-level keys are workers, seed, progress, dry_run, "
+            "resume, cache_dir, data, model, models, feature_sets, early_stopping, eval, drift, tune, backtest, executor, tracking, steps.",
         ),
         (  # a model's parameter under `model` (a header-less file's key): '+model.max_iter=3' then failed as keys without a _target_
             "model.max_iter=3",
