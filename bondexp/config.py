@@ -518,6 +518,30 @@ def _hydra_searchpath() -> list[str]:
     return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The early-stopping settings (:class:`EarlyStoppingConf`), what each must be, and the test of it.
+_EARLY_STOPPING: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "enabled": ("true or false", lambda v: isinstance(v, bool)),
+    "patience": ("a whole number, at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "validation_fraction": ("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1),
+    "tol": ("a number, 0 or more", lambda v: _is_number(v) and v >= 0),
+}
+
+
+def _check_early_stopping(key: str, block: dict[str, Any]) -> None:
+    """The settings of the early-stopping block ``key`` (the top-level one or a model file's), each by its key.
+
+    A model file's block is a plain mapping the schema does not type: ``patience: abc`` failed the
+    check before the first step with a 59-line traceback (``int('abc')``), and ``patiance: 3`` was ignored.
+    """
+    for name, (expected, ok) in _EARLY_STOPPING.items():
+        if name in block and not ok(block[name]):
+            _fail(f"{key}.{name}", expected, block[name])
+
+
 def _check_schema_keys(node: DictConfig, key: str) -> None:
     """Refuse a key the schema of section ``key`` does not declare (:func:`bondexp.errors.check_keys`), in it and its sections
     (``key`` empty: the sections of the whole config, ``hydra`` aside).
@@ -564,13 +588,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
         _fail("eval.n_bootstrap", "at least 1", cfg.eval.n_bootstrap)
     if not 0 < cfg.eval.confidence < 1:
         _fail("eval.confidence", "in (0, 1)", cfg.eval.confidence)
-    es = cfg.early_stopping
-    if es.patience < 1:
-        _fail("early_stopping.patience", "at least 1", es.patience)
-    if not 0 < es.validation_fraction < 1:
-        _fail("early_stopping.validation_fraction", "in (0, 1)", es.validation_fraction)
-    if es.tol < 0:
-        _fail("early_stopping.tol", "0 or more", es.tol)
+    _check_early_stopping("early_stopping", plain_dict(cfg.early_stopping))
     if not 0 <= cfg.drift.psi_warn <= cfg.drift.psi_alert:
         _fail("drift.psi_warn", f"between 0 and drift.psi_alert ({cfg.drift.psi_alert})", cfg.drift.psi_warn)
     if cfg.drift.n_bins < 2:
@@ -623,6 +641,12 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
             )
         if isinstance(features, list) and not all(isinstance(item, str) for item in features):
             _fail(f"{key}.features", "a list of feature names and feature-set names (text)", features)
+        if "early_stopping" in spec:  # a model file's own block, over the top-level one
+            block = spec["early_stopping"]
+            if not isinstance(block, dict):
+                _fail(f"{key}.early_stopping", f"a mapping of early-stopping settings ({', '.join(_EARLY_STOPPING)})", block)
+            check_keys(f"{key}.early_stopping", list(block), [f.name for f in fields(EarlyStoppingConf)])
+            _check_early_stopping(f"{key}.early_stopping", block)
     _check_feature_names(cfg, models)
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):

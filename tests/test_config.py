@@ -248,6 +248,38 @@ def test_an_unknown_key_of_a_model_files_early_stopping_block_gets_its_keys(tmp_
             assert override_error_message(hydra, "config", overrides, caught.value) == message
 
 
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (  # was ignored: the model trained with the top-level patience
+            "{patiance: 3}",
+            "The 'models.mine.early_stopping' config keys must be among ['enabled', 'patience', 'validation_fraction', 'tol']. "
+            "Got ['patiance'] instead: 'models.mine.early_stopping.patiance' is read by no step. Did you mean 'patience'?",
+        ),
+        # was a 59-line traceback from the preflight check (ValueError: invalid literal for int())
+        ("{patience: abc}", "The 'models.mine.early_stopping.patience' config key must be a whole number, at least 1. Got 'abc' instead."),
+        ("{patience: 0}", "The 'models.mine.early_stopping.patience' config key must be a whole number, at least 1. Got 0 instead."),
+        ("{enabled: maybe}", "The 'models.mine.early_stopping.enabled' config key must be true or false. Got 'maybe' instead."),
+        ("{validation_fraction: 1.5}", "The 'models.mine.early_stopping.validation_fraction' config key must be a number in (0, 1)."),
+        ("{tol: -1}", "The 'models.mine.early_stopping.tol' config key must be a number, 0 or more. Got -1 instead."),
+        ("false", "The 'models.mine.early_stopping' config key must be a mapping of early-stopping settings (enabled, patience,"),
+        ("{patience: 3, enabled: false, tol: 0}", None),
+    ],
+)
+def test_a_model_files_early_stopping_block_is_checked_by_its_key(tmp_path, block, message):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(
+        f"# @package models.mine\n_target_: sklearn.ensemble.HistGradientBoostingRegressor\nearly_stopping: {block}\n"
+    )
+    cfg = composed("model=mine", "data=small", f"hydra.searchpath=[file://{tmp_path}]")
+    if message is None:
+        validate_config(cfg, models=collect_models(cfg, choice="mine"))
+        return
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, models=collect_models(cfg, choice="mine"))
+    assert message in str(err.value)
+
+
 def test_feature_sets_expand_names_of_other_sets():
     sets = {"a": ["x", "y"], "b": ["z"], "ab": ["a", "b", "x"]}
     assert resolve_features("ab", sets, key="k") == ["x", "y", "z"]
