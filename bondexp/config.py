@@ -301,6 +301,27 @@ def _refuse_unknown_features(key: str, items: Sequence[str], sets: Mapping[str, 
         )
 
 
+def _check_space_names(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> None:
+    """Refuse a ``tune.search_space.<name>`` whose name is a misspelt chosen model's; say so before any work.
+
+    The tune step looks a space up by the model's name, so ``enhancd`` was ignored and ``enhanced``
+    tuned over its class's default space. A space for a model not in this run stays allowed: a sweep
+    over ``model=`` or an experiment file may hold spaces for several. So only a name that is close
+    to a chosen model's and is no model file's name (:func:`_model_file_names`) is refused.
+    """
+    strays = [str(name) for name in cfg.tune.search_space if name not in models]
+    if not strays:
+        return
+    files = _model_file_names(cfg)
+    for name in strays:
+        hint = did_you_mean(name, models)
+        if hint and name not in files:
+            raise ConfigError(
+                f"The 'tune.search_space.{name}' config key must be named after a model: one of the chosen "
+                f"{sorted(models)}, or another model file. Got {name!r}, the name of neither, instead.{hint}"
+            )
+
+
 def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, dict[str, Any]]:
     """Return ``{model name: plain model spec}`` for the chosen models.
 
@@ -491,16 +512,38 @@ def model_key(cfg: DictConfig, name: str) -> str:
     return f"models.{name}" if name in cfg.models else "model"
 
 
+def _conf_folders(cfg: DictConfig) -> list[Path]:
+    """bondexp's own conf folder and the ``file://`` ones of ``hydra.searchpath`` (a ``pkg://`` source is not looked into)."""
+    folders = [Path(__file__).parent / "conf"]
+    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or _hydra_searchpath():
+        if str(entry).startswith("file://"):
+            folders.append(Path(str(entry)[len("file://") :]))
+    return folders
+
+
+def _model_file_names(cfg: DictConfig) -> set[str]:
+    """The names of the model files bondexp can see (:func:`_conf_folders`): each file's name, and the
+    name in its ``# @package models.<name>`` header."""
+    names = set()
+    for folder in _conf_folders(cfg):
+        for path in (folder / "model").glob("*.yaml"):
+            names.add(path.stem)
+            try:
+                with path.open() as file:
+                    header = re.match(r"#\s*@package\s+models\.(\S+)", file.readline())
+            except OSError:
+                continue
+            if header:
+                names.add(header.group(1))
+    return names
+
+
 def _is_set_file(choice: str, cfg: DictConfig) -> bool:
     """Whether ``model/<choice>.yaml`` in a ``file://`` search path or bondexp's own conf folder has a defaults
     list (a set of model files), read as YAML. Other sources (a ``pkg://`` path) are not looked into."""
     import yaml
 
-    folders = [Path(__file__).parent / "conf"]
-    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or _hydra_searchpath():
-        if str(entry).startswith("file://"):
-            folders.append(Path(str(entry)[len("file://") :]))
-    for folder in folders:
+    for folder in _conf_folders(cfg):
         path = folder / "model" / f"{choice}.yaml"
         if path.is_file():
             try:
@@ -625,6 +668,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
 
         check_backtest_config(plain_dict(cfg.backtest))
     if "tune" in cfg.steps:
+        _check_space_names(cfg, models)
         _check_tune_target(cfg, models)
     for name, spec in models.items():
         key = model_key(cfg, name)

@@ -195,6 +195,11 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["+data.split.tran=0.6"], "'data.split.tran' is read by no step. Did you mean 'train'?"),
         (["data=csv", "+data.columns.isin=isin"], "'data.columns.isin' is read by no step."),
         (["+steps.evaluate.need=[basic]"], "'steps.evaluate.need' is read by no step. Did you mean 'needs'?"),
+        (  # was ignored: enhanced was tuned over its class's default space
+            ["model=[basic,enhanced]", "+tune.search_space.enhancd={learning_rate: {low: 0.01, high: 0.2}}"],
+            "The 'tune.search_space.enhancd' config key must be named after a model: one of the chosen ['basic', 'enhanced'], "
+            "or another model file. Got 'enhancd', the name of neither, instead. Did you mean 'enhanced'?",
+        ),
     ],
 )
 def test_semantic_checks_name_the_key_and_the_value(overrides, message):
@@ -212,6 +217,11 @@ def test_semantic_checks_name_the_key_and_the_value(overrides, message):
         ["+feature_sets.mine=[coupon_rate,rating]"],
         ["+models.basic.min_samples_split=4"],  # an estimator parameter its file does not list (preflight checks it)
         ["+experiment=backtest"],
+        # a space for a model not chosen (a sweep over model=, an experiment file): advanced's is close to enhanced but
+        # is a model file's name; my_lasso is close to no chosen model
+        ["+tune.search_space.advanced={learning_rate: {low: 0.01, high: 0.2}}"],
+        ["+tune.search_space.my_lasso={alpha: {low: 1e-4, high: 1.0}}"],
+        ["+tune.search_space.enhancd={learning_rate: {low: 0.01, high: 0.2}}", "~steps.tune"],  # no tune step reads it
     ],
 )
 def test_keys_added_where_keys_are_free_pass(overrides):
