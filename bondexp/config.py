@@ -322,6 +322,28 @@ def _check_space_names(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> No
             )
 
 
+def _check_needs(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> None:
+    """Every ``steps.<name>.needs`` item names a step, ``models`` or a model group; a typo gets the closest of them.
+
+    Said by the graph, ``needs: [modles]`` listed the steps only, with no suggestion, though
+    ``models`` and a group name (``ml``, ``risk``, a model file's ``group``) are needs too.
+    """
+    from bondexp.pipeline import ALL_MODELS, MODEL_GROUPS  # here: pipeline imports this module
+
+    steps = [*models, *(str(name) for name in cfg.steps)]
+    groups = sorted({*MODEL_GROUPS, *(str(spec.get("group", "ml")) for spec in models.values())})
+    backtest = cfg.backtest.origins is not None  # its steps (backtest, <model>@<month>) join the graph later
+    for name, decl in cfg.steps.items():
+        for need in decl.needs:
+            if need == ALL_MODELS or need in steps or need in groups or (backtest and (need == "backtest" or "@" in need)):
+                continue
+            raise ConfigError(
+                f"The 'steps.{name}.needs' config key must list steps, '{ALL_MODELS}' (every model step) or model groups. "
+                f"Got {need!r} instead, which is none of the steps {steps}, nor '{ALL_MODELS}', nor a group {groups}."
+                f"{did_you_mean(need, [*steps, ALL_MODELS, *groups])}"
+            )
+
+
 def collect_models(cfg: DictConfig, *, choice: str | None = None) -> dict[str, dict[str, Any]]:
     """Return ``{model name: plain model spec}`` for the chosen models.
 
@@ -692,6 +714,7 @@ def validate_config(cfg: DictConfig, *, models: dict[str, dict[str, Any]]) -> No
             check_keys(f"{key}.early_stopping", list(block), [f.name for f in fields(EarlyStoppingConf)])
             _check_early_stopping(f"{key}.early_stopping", block)
     _check_feature_names(cfg, models)
+    _check_needs(cfg, models)
     for key in ("path", "curve_path", "spread_path"):
         if key in cfg.data and OmegaConf.is_missing(cfg.data, key):
             _fail(f"data.{key}", "set to a file (data." + key + "=...)", "???")

@@ -195,6 +195,14 @@ def test_schema_rejects_typos_and_wrong_types_at_compose_time(overrides, error):
         (["+data.split.tran=0.6"], "'data.split.tran' is read by no step. Did you mean 'train'?"),
         (["data=csv", "+data.columns.isin=isin"], "'data.columns.isin' is read by no step."),
         (["+steps.evaluate.need=[basic]"], "'steps.evaluate.need' is read by no step. Did you mean 'needs'?"),
+        (  # the graph's message listed the steps only, without a suggestion, and no word of `models` or the groups
+            ["steps.evaluate.needs=[modles]"],
+            "The 'steps.evaluate.needs' config key must list steps, 'models' (every model step) or model groups. Got 'modles' "
+            "instead, which is none of the steps ['basic', 'enhanced', 'advanced', 'automl', 'regime', 'factor', 'tail_risk', "
+            "'bayesian', 'evaluate', 'drift', 'tune'], nor 'models', nor a group ['ml', 'risk']. Did you mean 'models'?",
+        ),
+        (["steps.drift.needs=[rsk]"], "Did you mean 'risk'?"),
+        (["steps.drift.needs=[evalute]"], "Did you mean 'evaluate'?"),
         (  # was ignored: enhanced was tuned over its class's default space
             ["model=[basic,enhanced]", "+tune.search_space.enhancd={learning_rate: {low: 0.01, high: 0.2}}"],
             "The 'tune.search_space.enhancd' config key must be named after a model: one of the chosen ['basic', 'enhanced'], "
@@ -222,6 +230,8 @@ def test_semantic_checks_name_the_key_and_the_value(overrides, message):
         ["+tune.search_space.advanced={learning_rate: {low: 0.01, high: 0.2}}"],
         ["+tune.search_space.my_lasso={alpha: {low: 1e-4, high: 1.0}}"],
         ["+tune.search_space.enhancd={learning_rate: {low: 0.01, high: 0.2}}", "~steps.tune"],  # no tune step reads it
+        ["steps.drift.needs=[ml,risk,evaluate]"],  # a group none of the chosen models is in stands for none
+        ["backtest.origins=2", "steps.drift.needs=[models,backtest,basic@2019-01]"],  # backtest steps join the graph later
     ],
 )
 def test_keys_added_where_keys_are_free_pass(overrides):
