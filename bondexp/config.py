@@ -340,7 +340,7 @@ def _check_needs(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> None:
             raise ConfigError(
                 f"The 'steps.{name}.needs' config key must list steps, '{ALL_MODELS}' (every model step) or model groups. "
                 f"Got {need!r} instead, which is none of the steps {steps}, nor '{ALL_MODELS}', nor a group {groups}."
-                f"{did_you_mean(need, [*steps, ALL_MODELS, *groups])}"
+                f"{did_you_mean(need, [ALL_MODELS, *groups, *steps])}"  # a tie (rsk: risk, tail_risk) goes to a group
             )
 
 
