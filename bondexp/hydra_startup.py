@@ -91,10 +91,11 @@ def override_error_message(hydra: Hydra, config_name: str | None, overrides: lis
     Hydra's own messages (exit 1) were four to seven lines: for ``modle=enhanced`` they suggested
     ``+modle=enhanced``, which bondexp then refused in turn; for ``model=enhancd`` they listed the
     group's options under the config search path; for ``workers=abc`` they named OmegaConf's
-    ``object_type``. The three cases are an unknown key (:func:`_unknown_key`), a group option
-    that does not exist (:func:`_unknown_option`) and a value of the wrong type (:func:`_wrong_type`).
+    ``object_type``. The cases are an unknown key (:func:`_unknown_key`), a deletion of one
+    (:func:`_nothing_to_delete`), a group option that does not exist (:func:`_unknown_option`) and
+    a value of the wrong type (:func:`_wrong_type`).
     """
-    for explain in (_unknown_key, _unknown_option, _wrong_type):
+    for explain in (_unknown_key, _nothing_to_delete, _unknown_option, _wrong_type):
         message = explain(hydra, config_name, overrides, exc)
         if message is not None:
             return message
@@ -150,6 +151,30 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
     if not hint:
         hint = f" To add a key the config does not have, prefix it with '+': +{given[-1]}."
     return f"The '{key}' config key does not exist.{hint}"
+
+
+_NOTHING_TO_DELETE = re.compile(r"Could not delete from config\. '(?P<key>[^']+)' does not exist\.")
+
+
+def _nothing_to_delete(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:
+    """``~steps.tun``: a deletion of a key the config does not have, with the closest key beside it.
+
+    Hydra said "Could not delete from config. 'steps.tun' does not exist." and how to see a traceback, exit 1.
+    """
+    found = _NOTHING_TO_DELETE.fullmatch(str(exc)) if isinstance(exc, ConfigCompositionException) else None
+    if found is None:
+        return None
+    key = found["key"]
+    parent, _, name = key.rpartition(".")
+    try:
+        rest = [o for o in overrides if o.split("=", 1)[0] != f"~{key}"]
+        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
+    except Exception:  # another error in the rest: the suggestion is a courtesy
+        known = []
+    hint = did_you_mean(name, known) or (f" The '{parent}' keys are {', '.join(known)}." if parent and known else "")
+    return f"~{key}: the '{key}' config key does not exist, so there is nothing to delete.{hint}"
 
 
 def _unknown_option(hydra: Hydra, config_name: str | None, overrides: list[str], exc: Exception) -> str | None:

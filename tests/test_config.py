@@ -488,6 +488,13 @@ def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
             "data=smal",
             "data=smal: the 'data' config group has no option 'smal'. Did you mean 'small'? Its options: csv, parquet, small, synthetic.",
         ),
+        # a deletion of a key that does not exist: Hydra's "Could not delete from config" and its traceback hint (exit 1)
+        ("~steps.tun", "~steps.tun: the 'steps.tun' config key does not exist, so there is nothing to delete. Did you mean 'tune'?"),
+        (
+            "~drift.nope",
+            "~drift.nope: the 'drift.nope' config key does not exist, so there is nothing to delete. "
+            "The 'drift' keys are psi_warn, psi_alert, ks_alpha, correction, n_bins, psi_floor.",
+        ),
         # a wrong type: Hydra's four lines named OmegaConf's object_type
         ("workers=abc", "workers=abc: Value 'abc' of type 'str' could not be converted to Integer."),
         ("progress=maybe", "progress=maybe: Value 'maybe' is not a valid bool (type str)."),
