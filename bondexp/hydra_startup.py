@@ -117,7 +117,8 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
     if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
         return None
     key = str(cause.full_key)
-    given = [o for o in overrides if o.split("=", 1)[0] == key]
+    # the override's key, or one below it (models.enhanced.early_stopping.patience=3 where the file has no such block)
+    given = [o for o in overrides if o.split("=", 1)[0] == key or o.split("=", 1)[0].startswith(f"{key}.")]
     if not given:
         return None
     parent, _, name = key.rpartition(".")
@@ -144,8 +145,8 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
         return f"The '{key}' config key does not exist: {where} {', '.join(known)}."
     if not hint and key.startswith("model.") and models:
         # `model` holds only a model file without a package header; '+model.x=' then failed as "keys without a _target_"
-        value = given[-1].split("=", 1)[1]
-        where = f"models.{models[0]}.{key[6:]}={value}" if len(models) == 1 else f"models.<name>.{key[6:]}={value}"
+        setting, value = given[-1].split("=", 1)
+        where = f"models.{models[0]}.{setting[6:]}={value}" if len(models) == 1 else f"models.<name>.{setting[6:]}={value}"
         among = "" if len(models) == 1 else f", <name> one of {', '.join(models)}"
         hint = f" A model's parameters are set under its name: {where}{among}."
     if not hint:

@@ -488,6 +488,11 @@ def test_a_relative_sqlite_file_is_read_from_the_launch_folder(url, expected):
             "data=smal",
             "data=smal: the 'data' config group has no option 'smal'. Did you mean 'small'? Its options: csv, parquet, small, synthetic.",
         ),
+        (  # a setting below a key the file lacks: Hydra named the parent, in seven lines (exit 1)
+            "models.enhanced.early_stopping.patience=3",
+            "The 'models.enhanced.early_stopping' config key does not exist. To add a key the config does not have, "
+            "prefix it with '+': +models.enhanced.early_stopping.patience=3.",
+        ),
         # a deletion of a key that does not exist: Hydra's "Could not delete from config" and its traceback hint (exit 1)
         ("~steps.tun", "~steps.tun: the 'steps.tun' config key does not exist, so there is nothing to delete. Did you mean 'tune'?"),
         (
