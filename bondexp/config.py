@@ -314,11 +314,11 @@ def _check_space_names(cfg: DictConfig, models: dict[str, dict[str, Any]]) -> No
         return
     files = _model_file_names(cfg)
     for name in strays:
-        hint = did_you_mean(name, models)
-        if hint and name not in files:
+        if did_you_mean(name, models) and name not in files:  # close to a chosen model: the closest of every name
             raise ConfigError(
                 f"The 'tune.search_space.{name}' config key must be named after a model: one of the chosen "
-                f"{sorted(models)}, or another model file. Got {name!r}, the name of neither, instead.{hint}"
+                f"{sorted(models)}, or another model file. Got {name!r}, the name of neither, instead."
+                f"{did_you_mean(name, [*models, *sorted(files)])}"
             )
 
 
@@ -459,20 +459,26 @@ def _check_model_files(cfg: DictConfig, choice: str) -> None:
 
 
 def _config_repository(cfg: DictConfig) -> Any:
-    """Hydra's config repository over the run's config sources (``hydra.runtime.config_sources``), or None outside Hydra."""
+    """Hydra's config repository over the run's config sources (``hydra.runtime.config_sources``), or None outside Hydra.
+
+    A relative ``file://`` source is read from the folder Hydra composed in (``hydra.runtime.cwd``):
+    with ``hydra.job.chdir=true`` the run works in its own folder by now, where it found no model file.
+    """
     from hydra._internal.config_repository import ConfigRepository
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.hydra_config import HydraConfig
 
-    sources = OmegaConf.select(cfg, "hydra.runtime.config_sources", default=None)
-    if sources is None:
-        from hydra.core.hydra_config import HydraConfig
-
+    runtime = OmegaConf.select(cfg, "hydra.runtime", default=None)
+    if runtime is None or runtime.get("config_sources") is None:
         if not HydraConfig.initialized():
             return None
-        sources = HydraConfig.get().runtime.config_sources
+        runtime = HydraConfig.get().runtime
     search_path = ConfigSearchPathImpl()
-    for source in sources:
-        search_path.append(str(source.provider), f"{source.schema}://{source.path}")
+    for source in runtime.config_sources:
+        path = str(source.path)
+        if source.schema == "file" and not Path(path).is_absolute():
+            path = str(Path(runtime.cwd) / path)
+        search_path.append(str(source.provider), f"{source.schema}://{path}")
     return ConfigRepository(config_search_path=search_path)
 
 
@@ -534,53 +540,27 @@ def model_key(cfg: DictConfig, name: str) -> str:
     return f"models.{name}" if name in cfg.models else "model"
 
 
-def _conf_folders(cfg: DictConfig) -> list[Path]:
-    """bondexp's own conf folder and the ``file://`` ones of ``hydra.searchpath`` (a ``pkg://`` source is not looked into)."""
-    folders = [Path(__file__).parent / "conf"]
-    for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or _hydra_searchpath():
-        if str(entry).startswith("file://"):
-            folders.append(Path(str(entry)[len("file://") :]))
-    return folders
-
-
 def _model_file_names(cfg: DictConfig) -> set[str]:
-    """The names of the model files bondexp can see (:func:`_conf_folders`): each file's name, and the
-    name in its ``# @package models.<name>`` header."""
-    names = set()
-    for folder in _conf_folders(cfg):
-        for path in (folder / "model").glob("*.yaml"):
-            names.add(path.stem)
-            try:
-                with path.open() as file:
-                    header = re.match(r"#\s*@package\s+models\.(\S+)", file.readline())
-            except OSError:
-                continue
-            if header:
-                names.add(header.group(1))
+    """The names of the model files in the run's config sources, as Hydra finds them (:func:`_config_repository`,
+    ``pkg://`` ones too): each file's name, and the name in its ``# @package models.<name>`` header."""
+    from hydra.core.object_type import ObjectType
+
+    repo = _config_repository(cfg)
+    names: set[str] = set()
+    for option in repo.get_group_options("model", ObjectType.CONFIG) if repo is not None else []:
+        names.add(option)
+        result = repo.load_config(f"model/{option}")
+        package = str((result.header.get("package") if result is not None else None) or "")
+        if package.startswith("models."):
+            names.add(package.removeprefix("models."))
     return names
 
 
 def _is_set_file(choice: str, cfg: DictConfig) -> bool:
-    """Whether ``model/<choice>.yaml`` in a ``file://`` search path or bondexp's own conf folder has a defaults
-    list (a set of model files), read as YAML. Other sources (a ``pkg://`` path) are not looked into."""
-    import yaml
-
-    for folder in _conf_folders(cfg):
-        path = folder / "model" / f"{choice}.yaml"
-        if path.is_file():
-            try:
-                text = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
-                return False
-            return isinstance(text, dict) and "defaults" in text
-    return False
-
-
-def _hydra_searchpath() -> list[str]:
-    """The run's ``hydra.searchpath`` (empty outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+    """Whether the model option ``choice``, as Hydra finds it in the run's config sources, has a defaults list (a set of model files)."""
+    repo = _config_repository(cfg)
+    result = repo.load_config(f"model/{choice}") if repo is not None and repo.config_exists(f"model/{choice}") else None
+    return bool(result is not None and result.defaults_list)
 
 
 def _is_number(value: Any) -> bool:

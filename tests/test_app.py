@@ -159,6 +159,31 @@ def test_a_command_that_runs_no_step_leaves_no_run_folder(tmp_path, cache):
     assert not (tmp_path / "kept" / "outputs").exists()  # the first command under a folder: not even outputs/ stays
 
 
+def test_model_files_of_a_pkg_or_a_relative_search_path_are_seen_by_the_checks(tmp_path, cache):
+    """The model-file checks looked in bondexp's conf and absolute file:// folders only: a space named after a model file
+    of a pkg:// source was refused as a typo of a chosen model (every job of a sweep over them failed), and with a relative
+    file:// folder and hydra.job.chdir=true a space was refused and a file shadowing bondexp's basic.yaml passed."""
+    package = tmp_path / "mypkg" / "conf" / "model"
+    for folder in (package, tmp_path / "my_conf" / "model"):
+        folder.mkdir(parents=True)
+        for name, alpha in (("my_lasso", 0.01), ("my_lasso_strong", 0.5)):
+            (folder / f"{name}.yaml").write_text(f"# @package models.{name}\n_target_: sklearn.linear_model.Lasso\nalpha: {alpha}\n")
+    for init in (tmp_path / "mypkg" / "__init__.py", tmp_path / "mypkg" / "conf" / "__init__.py"):
+        init.write_text("")
+    (tmp_path / "my_conf" / "model" / "basic.yaml").write_text("_target_: sklearn.linear_model.Lasso\n")
+    space = "+tune.search_space.my_lasso_strong={alpha: {low: 0.1, high: 1}}"
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    for search in ("hydra.searchpath=[pkg://mypkg.conf]", "hydra.searchpath=[file://my_conf]"):
+        plan = bondexp(
+            "data=small", "model=my_lasso", search, space, "hydra.job.chdir=true", "dry_run=true", cwd=tmp_path, cache=cache, env=env
+        )
+        assert "my_lasso" in plan.stdout
+    refused = bondexp(
+        "data=small", "model=basic", "hydra.searchpath=[file://my_conf]", "hydra.job.chdir=true", cwd=tmp_path, cache=cache, check=False
+    )
+    assert refused.returncode == 2 and "The 'model' option basic is a file in more than one config folder" in refused.stderr
+
+
 def test_dry_run_prints_the_plan_and_does_nothing(tmp_path, cache):
     proc = bondexp("data=small", "model=[basic,factor]", "dry_run=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, cache=cache)
     for word in ("basic", "factor", "evaluate", "drift", "tune"):
