@@ -122,17 +122,10 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
     if not given:
         return None
     parent, _, name = key.rpartition(".")
-    models: list[str] = []
-    fixed = False  # the keys of `parent` are the schema's: adding one with '+' only makes bondexp refuse it
-    try:
-        rest = [o for o in overrides if o not in given]
-        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
-        fixed = isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node))
-        models = [str(k) for k in cfg.get("models") or {}]
-    except Exception:  # another error in the rest: the suggestion is a courtesy
-        known = []
+    cfg, node = _composed_without(hydra, config_name, [o for o in overrides if o not in given], parent)
+    known = _keys_of(node)
+    fixed = is_dataclass(OmegaConf.get_type(node)) if node is not None else False  # '+' would add a key bondexp refuses
+    models = [str(k) for k in cfg.get("models") or {}] if cfg is not None else []
     if re.fullmatch(r"models\.[^.]+\.early_stopping|model\.early_stopping", parent):  # a model file's own block
         from bondexp.config import EarlyStoppingConf
 
@@ -154,6 +147,22 @@ def _unknown_key(hydra: Hydra, config_name: str | None, overrides: list[str], ex
     return f"The '{key}' config key does not exist.{hint}"
 
 
+def _composed_without(hydra: Hydra, config_name: str | None, rest: list[str], parent: str) -> tuple[DictConfig | None, DictConfig | None]:
+    """The config composed with ``rest`` (the overrides but the one Hydra refused) and its section ``parent``
+    (the whole config for ``""``), for the keys beside a refused one; ``(None, None)`` when ``rest`` fails too
+    (the suggestion is a courtesy), the section None when it is no mapping."""
+    try:
+        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:
+        return None, None
+    return cfg, node if isinstance(node, DictConfig) else None
+
+
+def _keys_of(node: DictConfig | None) -> list[str]:
+    return [str(k) for k in node.keys() if k != "hydra"] if node is not None else []
+
+
 _NOTHING_TO_DELETE = re.compile(r"Could not delete from config\. '(?P<key>[^']+)' does not exist\.")
 
 
@@ -167,13 +176,8 @@ def _nothing_to_delete(hydra: Hydra, config_name: str | None, overrides: list[st
         return None
     key = found["key"]
     parent, _, name = key.rpartition(".")
-    try:
-        rest = [o for o in overrides if o.split("=", 1)[0] != f"~{key}"]
-        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=rest, run_mode=RunMode.RUN)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        known = [str(k) for k in node.keys() if k != "hydra"] if isinstance(node, DictConfig) else []
-    except Exception:  # another error in the rest: the suggestion is a courtesy
-        known = []
+    _, node = _composed_without(hydra, config_name, [o for o in overrides if o.split("=", 1)[0] != f"~{key}"], parent)
+    known = _keys_of(node)
     hint = did_you_mean(name, known) or (f" The '{parent}' keys are {', '.join(known)}." if parent and known else "")
     return f"~{key}: the '{key}' config key does not exist, so there is nothing to delete.{hint}"
 
