@@ -453,13 +453,15 @@ class ShrunkRidge(RegressorMixin, BaseEstimator):
 
 def test_a_models_own_code_edited_after_the_run_is_refit_on_resume_and_refused_by_predict(tmp_path, cache, monkeypatch):
     """Edited, a user's module changed nothing: a resume reused the old fit, and predict ran the edited
-    ``predict`` on it (test RMSE 1.64 -> 5.60) saying every checkpoint verified."""
+    ``predict`` on it (test RMSE 1.64 -> 5.60) saying every checkpoint verified. A helper module it
+    imports was not hashed at all."""
     from bondexp.errors import RunFolderError
     from bondexp.predict.runfolder import open_run
 
     (tmp_path / "code").mkdir()
-    module = tmp_path / "code" / "mymodels.py"
-    module.write_text(USER_MODEL)
+    module, helper = tmp_path / "code" / "mymodels.py", tmp_path / "code" / "shrinkage.py"
+    module.write_text("from shrinkage import FACTOR\n" + USER_MODEL.replace("0.5 *", "FACTOR *"))
+    helper.write_text("FACTOR = 0.5\n")
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "shrunk.yaml").write_text("_target_: mymodels.ShrunkRidge\nalpha: 1.0\n")
     run_dir, env = tmp_path / "r", {"PYTHONPATH": str(tmp_path / "code")}
@@ -468,7 +470,14 @@ def test_a_models_own_code_edited_after_the_run_is_refit_on_resume_and_refused_b
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
     assert list(open_run(run_dir, "shrunk", cache_dir=cache).artifacts) == ["shrunk"]
 
-    module.write_text(USER_MODEL.replace("0.5 *", "0.6 *"))
+    helper.write_text("FACTOR = 0.6\n")
+    plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache, env=env).stdout
+    assert "shrunk    needs -; run: the code it runs changed: shrinkage" in plan, plan
+    with pytest.raises(RunFolderError, match=r"code whose source has changed since \(shrunk: shrinkage\)\. .* resume="):
+        open_run(run_dir, "shrunk", cache_dir=cache)
+    helper.write_text("FACTOR = 0.5\n")  # back as it was: the run's code again
+    assert list(open_run(run_dir, "shrunk", cache_dir=cache).artifacts) == ["shrunk"]
+    module.write_text(module.read_text().replace("FACTOR *", "0.6 * FACTOR *"))
     plan = bondexp(f"resume={run_dir}", "dry_run=true", cwd=tmp_path, cache=cache, env=env).stdout
     assert "shrunk    needs -; run: the code it runs changed: mymodels" in plan, plan
     with pytest.raises(RunFolderError, match=r"code whose source has changed since \(shrunk: mymodels\)\. .* resume="):

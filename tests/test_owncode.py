@@ -26,3 +26,22 @@ def test_a_module_and_a_package_are_hashed_by_their_source(tmp_path, monkeypatch
     assert changed(code) == ["mypkg"]
     (tmp_path / "mine.py").unlink()
     assert changed(code) == ["mine", "mypkg"]  # gone: no longer imports
+
+
+def test_the_users_modules_a_module_imports_are_hashed_too(tmp_path, monkeypatch):
+    """A helper module that the model's module imports was not hashed: edited, a resume reused the old fit."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = "import json\nimport numpy as np\nfrom helpers.maths import shrink\n\n\ndef late():\n    import scaler\n"
+    (tmp_path / "mymodels.py").write_text(source)
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "__init__.py").write_text("from . import maths\n")  # relative: inside the package, hashed whole
+    (tmp_path / "helpers" / "maths.py").write_text("import mymodels  # a cycle ends\n\n\ndef shrink(x):\n    return 0.5 * x\n")
+    (tmp_path / "scaler.py").write_text("def broken(:\n")  # does not parse: hashed, its imports unread
+    code = own_code({"estimator": {"_target_": "mymodels.ShrunkRidge"}})
+    assert sorted(code) == ["helpers", "mymodels", "scaler"] and changed(code) == []
+
+    (tmp_path / "helpers" / "maths.py").write_text("import mymodels\n\n\ndef shrink(x):\n    return 0.6 * x\n")
+    assert changed(code) == ["helpers"]
+    (tmp_path / "other.py").write_text("X = 1\n")
+    (tmp_path / "scaler.py").write_text("import other\n")  # parses now: its import joins the code
+    assert sorted(own_code({"_target_": "mymodels.ShrunkRidge"})) == ["helpers", "mymodels", "other", "scaler"]
