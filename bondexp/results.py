@@ -27,7 +27,8 @@ class StepOutcome:
     it needs failed). ``started``/``ended`` are POSIX seconds measured
     in the worker (``None`` for reused and skipped steps); ``duration_s`` and ``peak_rss_mb`` (the
     step process's peak resident memory, MiB) of a reused step are the ones recorded when its
-    checkpoint was made.
+    checkpoint was made. ``warnings`` are the lines the step handed to the terminal (failed tuning
+    trials): kept in its manifest, so a resume that reuses the step says them again.
     """
 
     name: str
@@ -41,6 +42,7 @@ class StepOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     peak_rss_mb: float | None = None
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def ran(cls, name: str, group: str, fingerprint: str, report: Mapping[str, Any], *, worker: str) -> StepOutcome:
@@ -58,6 +60,7 @@ class StepOutcome:
             metrics=dict(report.get("metrics") or {}),
             error=skipped,
             peak_rss_mb=report.get("peak_rss_mb"),
+            warnings=tuple(report.get("warnings") or ()),
         )
 
     @classmethod
@@ -89,6 +92,7 @@ class StepOutcome:
             metrics=dict(manifest.get("metrics") or {}),
             peak_rss_mb=manifest.get("peak_rss_mb"),
             error=manifest.get("skipped"),
+            warnings=tuple(manifest.get("warnings") or ()),
         )
 
     def manifest(self, target: str, needs: Mapping[str, str]) -> dict[str, Any]:
@@ -106,6 +110,8 @@ class StepOutcome:
         }
         if self.status == "skipped":  # checkpointed too: a resume reuses the skip, and needs get None
             manifest["skipped"] = self.error
+        if self.warnings:
+            manifest["warnings"] = list(self.warnings)
         return manifest
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +127,7 @@ class StepOutcome:
             # A step whose metrics say reproducible=false (a time cap bound) may differ on a re-run.
             "reproducible": self.metrics.get("reproducible", True) is not False,
             "error": self.error,
+            "warnings": list(self.warnings),
             "fingerprint": self.fingerprint,
         }
 

@@ -361,7 +361,7 @@ class _Scheduler:
             return
         self.done.add(name)
         log.info("%s %s in %.2f s on %s", outcome.status, name, report["duration_s"], outcome.worker)
-        for warning in report.get("warnings", ()):  # printed here, above the bar: a worker's own output would tear it
+        for warning in outcome.warnings:  # printed here, above the bar: a worker's own output would tear it
             log.warning("%s: %s", name, warning)
         self._settle(outcome)
 
@@ -392,9 +392,10 @@ class _Scheduler:
         """Record a step from its verified checkpoint's manifest; write back its report files if missing."""
         restore_step_files(self.run_dir, name, self.store)
         self.done.add(name)
-        self.outcomes[name] = StepOutcome.from_manifest(
-            name, self.graph[name].group, self.fps[name], self.store.manifest(name) or {}, status=status
-        )
+        outcome = StepOutcome.from_manifest(name, self.graph[name].group, self.fps[name], self.store.manifest(name) or {}, status=status)
+        for warning in outcome.warnings:  # what the attempt that ran it said still holds for its result
+            log.warning("%s%s: %s", name, " (reused)" if status == "reused" else "", warning)
+        self.outcomes[name] = outcome
 
     def _harvest_finished(self) -> None:
         """After Ctrl-C, keep the results of steps that finished but were not yet collected."""

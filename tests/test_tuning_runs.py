@@ -70,6 +70,14 @@ def test_failed_trials_are_in_the_tune_log_the_report_and_the_terminal(tmp_path,
     assert summary in (run_dir / "report.md").read_text()
     log = (run_dir / "logs" / "tune.log").read_text()
     assert log.count(" failed with parameters ") == len(failed) and log.count("Traceback") == 1
+    # a resume that reuses the study's result says it again: it was said once, in a terminal maybe long gone
+    resumed = bondexp(f"resume={run_dir}", cwd=tmp_path, cache=cache)
+    assert f"tune (reused): {summary} (every error in tuning.json" in resumed.stdout, resumed.stdout
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    assert steps["tune"]["status"] == "reused" and steps["tune"]["warnings"] == [
+        f"{summary} (every error in tuning.json, tracebacks in logs/tune.log)"
+    ]
+    assert steps["basic"]["warnings"] == []
 
 
 def test_on_the_stationary_market_tuning_lowers_test_rmse_and_never_raises_validation(tmp_path, cache):
