@@ -97,7 +97,7 @@ class StepOutcome:
 
     def manifest(self, target: str, needs: Mapping[str, str]) -> dict[str, Any]:
         """The checkpoint manifest of a step that ran (read back by :meth:`from_manifest`); ``needs`` maps each need to its fingerprint."""
-        manifest = {
+        manifest: dict[str, Any] = {
             "target": target,
             "fingerprint": self.fingerprint,
             "needs": dict(needs),
