@@ -162,7 +162,7 @@ def coerce_columns(raw: Mapping[str, object]) -> dict[str, np.ndarray]:
     return out
 
 
-def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
+def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None, known_sectors=None):
     """Check raw columns (or a BondTable) in one vectorized pass and return a sorted BondTable.
 
     Parameters
@@ -180,6 +180,9 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
     sectors : sequence of str, optional
         Sector names when ``sector`` holds integer codes; ignored for text sectors, which are
         numbered in sorted order.
+    known_sectors : sequence of str, optional
+        The only sectors a row may have (predict: those of the run whose models it uses); a row of
+        another sector is one more problem, listed with the others.
 
     Returns
     -------
@@ -218,6 +221,11 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None):
     cols["sector"], sectors = _number(cols["sector"], sectors)
 
     problems = _find_problems(cols, sectors)
+    if known_sectors is not None:
+        foreign = np.flatnonzero([name not in set(known_sectors) for name in sectors])
+        problems.append(
+            (f"sector the run's models never saw (they know {list(known_sectors)})", "sector", np.isin(cols["sector"], foreign))
+        )
     bad = np.zeros(n, dtype=bool)
     for _, _, mask in problems:
         bad |= mask

@@ -151,6 +151,20 @@ def test_one_error_lists_every_problem_with_file_rows():
     assert "data.on_invalid=drop" in message
 
 
+def test_sectors_outside_the_known_ones_are_one_more_problem_of_the_same_error():
+    """predict gave the file's problems first and its sectors the run never saw in a second error, once they were fixed."""
+    raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows(6).items()}
+    raw["clean_price"][0] = -1.0
+    with pytest.raises(DataValidationError) as info:
+        validate(raw, row_numbers=np.arange(6) + 1, known_sectors=["Utilities", "Financials"])
+    message = str(info.value)
+    assert message.startswith("2 data problems in 6 rows")
+    known = "(they know ['Utilities', 'Financials'])"
+    assert f"sector the run's models never saw {known}: column 'sector', 3 rows, first rows [2, 4, 6]" in message
+    table, dropped = validate(raw, on_invalid="drop", known_sectors=["Utilities", "Energy"])
+    assert len(table) == 5 and dropped == {"non-positive price": 1}
+
+
 def test_duplicates_are_found_and_drop_counts_per_reason():
     raw = {name: np.asarray(values, dtype=object) for name, values in raw_rows().items()}
     raw["bond_id"][1] = raw["bond_id"][0]  # same bond twice on the same date, at another price

@@ -294,6 +294,16 @@ REFUSALS = [
     ),
     ("uncovered date", ["1 observation date has no curve, e.g. ['2017-12-31']", "data.curve_path"]),
     ("unknown sector", ["1 row of sectors the run's models never saw: ['Shipping'] (column 'sector'; first bond 999999 on 20"]),
+    (  # the sector came in a second error, once the rest was fixed
+        "bad rows and unknown sector",
+        [
+            "3 data problems in ",
+            "non-positive price: column 'clean_price', 1 row, first rows [3]",
+            "missing or unparseable maturity date: column 'maturity_date', 1 row, first rows [5]",
+            "sector the run's models never saw (they know ['",
+            "']): column 'sector', 1 row, first rows [1]",
+        ],
+    ),
 ]
 
 
@@ -325,7 +335,8 @@ def refusals(request, finished_run, cache, tmp_path_factory):
             elif case == "misspelled key":
                 extra = ["batch_row=100"]
             else:
-                {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[case](files)
+                for fault in case.split(" and "):
+                    {"bad rows": _bad_rows, "uncovered date": _uncovered_date, "unknown sector": _unknown_sector}[fault](files)
             out = [] if case == DEFAULT_FOLDER_CASE else [f"hydra.run.dir={folder / 'out'}"]
             args = [f"run={run_dir}", *file_overrides(files), *extra, *out]
             started[case] = folder, stack.enter_context(Started(*args, module="bondexp.predict", cwd=folder, cache=cache))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +51,7 @@ class Market:
     curves: CurveTable
 
 
-def load_market(data_cfg: Mapping, *, seed: int) -> tuple[Market, dict[str, int]]:
+def load_market(data_cfg: Mapping, *, seed: int, known_sectors: Sequence[str] | None = None) -> tuple[Market, dict[str, int]]:
     """Build the market that ``data_cfg`` describes.
 
     Parameters
@@ -60,6 +60,8 @@ def load_market(data_cfg: Mapping, *, seed: int) -> tuple[Market, dict[str, int]
         The ``data`` config: ``source`` plus that source's keys.
     seed : int
         Seed of the synthetic generator (unused for files).
+    known_sectors : sequence of str, optional
+        Files only: the only sectors a row may have (see :func:`bondexp.bondtable.validate`).
 
     Returns
     -------
@@ -95,7 +97,7 @@ def load_market(data_cfg: Mapping, *, seed: int) -> tuple[Market, dict[str, int]
         return market, {}
     from bondexp.data.files import load_file_market
 
-    return load_file_market(cfg)
+    return load_file_market(cfg, known_sectors=known_sectors)
 
 
 def data_fingerprint(data_cfg: Mapping, *, seed: int) -> str:

@@ -70,8 +70,10 @@ COUPON_UNITS = ("decimal", "percent")
 PRICE_UNITS = ("per_100", "per_face")
 
 
-def load_file_market(cfg: Mapping):
+def load_file_market(cfg: Mapping, *, known_sectors: Sequence[str] | None = None):
     """Load the bond, curve and spread files that ``cfg`` (the ``data`` config) names.
+
+    ``known_sectors``: the only sectors a row may have (see :func:`bondexp.bondtable.validate`).
 
     Returns
     -------
@@ -110,7 +112,8 @@ def load_file_market(cfg: Mapping):
         face = np.float64(cfg["face_value"]) if face is None else np.where(face > 0, face, np.nan)
         raw["clean_price"] = raw["clean_price"] * 100.0 / face
     raw.pop("face_value", None)
-    bonds, dropped = validate(raw, on_invalid=on_invalid, row_numbers=np.arange(1, len(raw["bond_id"]) + 1))
+    row_numbers = np.arange(1, len(raw["bond_id"]) + 1)
+    bonds, dropped = validate(raw, on_invalid=on_invalid, row_numbers=row_numbers, known_sectors=known_sectors)
     if len(bonds) == 0:  # else the split said its parts had none "of the 0 observation months"
         raise DataValidationError(
             f"The file {path} (data.path) has no valid row: data.on_invalid=drop dropped all {len(raw['bond_id']):,} ({dropped})."

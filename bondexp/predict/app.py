@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from bondexp.config import plain_dict
-from bondexp.errors import ConfigError
+from bondexp.errors import ConfigError, DataValidationError
 from bondexp.predict.batches import check_source, csv_bytes, load_new_bonds, predict_batches, read_new_bonds
 from bondexp.predict.runfolder import best_model, check_spreads, open_run, resolve_run
 from bondexp.predict.summary import Scores, concat, ranking_columns, render_markdown
@@ -76,7 +76,14 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
         clock = time.thread_time()
         run = open_run(run_dir, models, cache_dir=Path(cfg.cache_dir).expanduser())
         times = {"open the run": time.thread_time() - clock}
-        new, times["read and validate"] = read.result()
+        try:
+            new, times["read and validate"] = read.result()
+        except DataValidationError:
+            if data_cfg.get("on_invalid", "raise") == "raise":
+                # Read again knowing the run's sectors: one error lists every problem, sectors the
+                # run never saw among them, where it used to come in a second round once the rest was fixed.
+                read_new_bonds(data_cfg, known_sectors=run.dataset.sectors)
+            raise
     clock = time.process_time()
     market, dropped, bond_names = load_new_bonds(data_cfg, run.dataset.sectors, read=new)
     times["read and validate"] += time.process_time() - clock

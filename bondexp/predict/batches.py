@@ -24,10 +24,11 @@ from bondexp.predict.workers import lap, ordered_map
 _AS_IS = ("level", "std", "var", "es")
 
 
-def read_new_bonds(data_cfg: Mapping[str, Any]) -> tuple[Any, dict[str, int]]:
+def read_new_bonds(data_cfg: Mapping[str, Any], known_sectors: Sequence[str] | None = None) -> tuple[Any, dict[str, int]]:
     """Load and validate the new file as a run loads its data: ``(market, dropped)``, sectors as the file names them.
 
     Needs nothing of the run, so :func:`bondexp.predict.app.predict` reads while it opens the run.
+    With ``known_sectors`` (the run's), a row of another sector is one more problem among the file's.
 
     Raises
     ------
@@ -37,7 +38,7 @@ def read_new_bonds(data_cfg: Mapping[str, Any]) -> tuple[Any, dict[str, int]]:
     from bondexp.data import load_market
 
     check_source(data_cfg)
-    return load_market(data_cfg, seed=0)
+    return load_market(data_cfg, seed=0, known_sectors=known_sectors)
 
 
 def check_source(data_cfg: Mapping[str, Any]) -> None:
