@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -154,6 +155,30 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: The joblib launcher's logger: its first line names every joblib setting (230 characters).
+_JOBLIB_LAUNCHER_LOG = "hydra_plugins.hydra_joblib_launcher._core"
+_JOBLIB_LINE = re.compile(r"Joblib\.Parallel\((?P<settings>.*)\) is launching (?P<n>\d+) jobs")
+
+
+class _ShortLaunchLines(logging.Filter):
+    """The joblib launcher's lines as a 100-column terminal shows them whole.
+
+    Its first line spelled out all eleven joblib settings and wrapped over three lines; the job
+    lines wrote a deleted key as ``~steps.tune=null``, which is not how the command said it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        found = _JOBLIB_LINE.fullmatch(message)
+        if found is not None:
+            settings = dict(item.partition("=")[::2] for item in found["settings"].split(","))
+            message = f"Joblib is launching {found['n']} jobs, {settings.get('n_jobs', '?')} at a time (hydra.launcher.n_jobs)"
+        elif message.startswith("\t#"):
+            message = "  " + re.sub(r"(?<!\S)(~\S+?)=null(?!\S)", r"\1", message[1:])
+        record.msg, record.args = message, ()
+        return True
+
+
 class SweepSummary(Callback):
     """Registered under ``hydra.callbacks`` in conf/config.yaml: the jobs' Ctrl-C and exit code, and the summary.
 
@@ -170,6 +195,9 @@ class SweepSummary(Callback):
         sweep_dir = _running = Path(config.hydra.sweep.dir)
         (sweep_dir / INTERRUPTED_MARK).unlink(missing_ok=True)  # a sweep run again in its folder resumes its jobs
         _loky_workers(initializer=_job_process_init)
+        launcher_log = logging.getLogger(_JOBLIB_LAUNCHER_LOG)
+        if not any(isinstance(f, _ShortLaunchLines) for f in launcher_log.filters):
+            launcher_log.addFilter(_ShortLaunchLines())
         if int(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1) or 1) != 1:
             signal.signal(signal.SIGINT, functools.partial(_first_ctrl_c, sweep_dir))
 

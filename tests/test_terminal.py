@@ -102,6 +102,12 @@ def test_a_parallel_sweep_prints_labelled_lines_not_bars(tmp_path):
     code, screen = run_in_terminal([*sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, cache=tmp_path / "cache")
     assert code == 0, screen[-4000:]
     assert "steps [" not in screen, screen[-4000:]  # no bar
+    # the launcher's lines fit 100 columns (its first listed eleven joblib settings in 230 characters) and say the
+    # overrides as typed (not `~steps.tune=null`)
+    launch = [line for line in screen.splitlines() if "[HYDRA]" in line]
+    assert launch[0].endswith("[HYDRA] Joblib is launching 2 jobs, 2 at a time (hydra.launcher.n_jobs)"), launch
+    assert launch[2].endswith("[HYDRA]   #0 : data=small model=factor ~steps.tune eval.n_bootstrap=50 workers=2 seed=0"), launch
+    assert len(launch[0]) <= 100 and "=null" not in screen, launch
     for job, seed in (("#0", 0), ("#1", 1)):
         assert re.search(rf"\[bondexp {job} \d\d:\d\d\] ran +factor in", screen), screen[-4000:]
         assert f"{job} data: 3,000 observations" in screen
