@@ -35,7 +35,9 @@ def _with_resumed_overrides(argv: list[str]) -> list[str]:
 
     ``resume=<folder>`` (or ``last``) continues that run with the overrides it was started with
     (``<folder>/.hydra/overrides.yaml``) and the config folders it was given (``hydra.searchpath``,
-    which Hydra keeps apart, in ``hydra.yaml``); overrides given today come after them and win.
+    which Hydra keeps apart, in ``hydra.yaml``); overrides given today come after them and win, and
+    one today sets again (the same key, the same ``+``/``~``) is left out of the saved ones: the
+    attempt's record, ``report.md`` and ``bondexp.runs`` listed ``workers=1 ... workers=2``.
     """
     resume = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not resume or resume[-1] in ("null", "None", ""):
@@ -45,7 +47,9 @@ def _with_resumed_overrides(argv: list[str]) -> list[str]:
     saved = Path(resolve_run_dir(resume[-1])) / ".hydra"
     original = read_overrides(saved.parent)  # its latest attempt's: a resume that changed the config continues with it
     first = next(i for i, a in enumerate(argv) if i and not a.startswith("-") and ("=" in a or a.startswith("~")))
-    return [*argv[:first], *_saved_searchpath(saved / "hydra.yaml"), *original, *argv[first:]]
+    today = {a.split("=", 1)[0] for a in argv[first:]}
+    kept = [o for o in [*_saved_searchpath(saved / "hydra.yaml"), *original] if o.split("=", 1)[0] not in today]
+    return [*argv[:first], *kept, *argv[first:]]
 
 
 def _saved_searchpath(hydra_file: Path) -> list[str]:

@@ -22,6 +22,16 @@ def test_resumed_overrides_come_first_and_options_keep_their_values(tmp_path):
     assert _with_resumed_overrides(argv) == ["bondexp", "--cfg", "job", "data=small", "workers=1", f"resume={tmp_path}", "seed=3"]
 
 
+def test_an_override_given_again_on_resume_replaces_the_saved_one(tmp_path):
+    """The resumed attempt's record, report.md and bondexp.runs listed `workers=1 progress=false workers=2 progress=false`.
+    A saved `+key` stays beside today's plain `key`: without its `+` today's would name a key the config lacks."""
+    (tmp_path / ".hydra").mkdir()
+    saved = "- data=small\n- workers=1\n- ~steps.tune\n- '+tune.search_space.basic={a: 1}'\n- model=basic\n"
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(saved)
+    argv = ["bondexp", f"resume={tmp_path}", "workers=2", "~steps.tune", "tune.search_space.basic={a: 2}", "model=[basic,enhanced]"]
+    assert _with_resumed_overrides(argv) == ["bondexp", "data=small", "+tune.search_space.basic={a: 1}", *argv[1:]]
+
+
 def test_a_resume_continues_with_the_overrides_of_the_latest_attempt(tmp_path):
     """After ``resume=<folder> tune.n_trials=40`` was interrupted, the printed ``resume=<folder>`` went back to 16 trials."""
     (tmp_path / ".hydra" / "resumed-20261130-101500").mkdir(parents=True)
