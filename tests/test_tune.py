@@ -383,9 +383,27 @@ def test_a_database_study_whose_untuned_trial_a_kill_left_running_still_scores_i
     assert stuck.user_attrs[UNTUNED_ATTR]
     resumed = tune(_config(n_trials=3, storage=storage), inputs, helpers.context(tmp_path / "resumed", shared))
     assert next(t for t in resumed["trials"] if t["number"] == stuck.number)["state"] == "RUNNING"  # left alone
-    finished = [(t["params"], t["value"], t["untuned"]) for t in resumed["trials"] if t["state"] == "COMPLETE"]
-    assert finished == [(t["params"], t["value"], t["untuned"]) for t in whole["trials"]]
-    assert resumed["best_params"] == whole["best_params"] and resumed["val_rmse"] <= resumed["untuned_value"]
+    finished = [t for t in resumed["trials"] if t["state"] == "COMPLETE"]
+    assert len(finished) == 3 and finished[0]["untuned"] and finished[0]["value"] == whole["trials"][0]["value"]
+    # the stuck trial looks like another run's, so the others are asked in another lane than the uninterrupted study's
+    assert [t["params"] for t in finished[1:]] != [t["params"] for t in whole["trials"][1:]]
+    assert resumed["val_rmse"] <= resumed["untuned_value"]
+
+
+def test_runs_sharing_a_database_study_propose_different_parameters(tmp_path):
+    """Two runs with one tune.storage share a study (its name hashes the seed), and asked the same parameters in
+    lockstep: 10 trials in a 16-trial sqlite study held 5 pairs. A run alone asks what it always asked."""
+    space = {"alpha": distribution({"low": 1e-3, "high": 1e3, "log": True}, key="k"), "depth": distribution({"low": 1, "high": 9}, key="k")}
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    one = optuna.create_study(study_name="s", storage=storage)
+    other = optuna.load_study(study_name="s", storage=storage)
+    mine = studies.ask_batch(one, space, seed=0, n_done=0, size=2)
+    theirs = studies.ask_batch(other, space, seed=0, n_done=0, size=2)  # while the first run fits its batch
+    assert [t.number for t in mine + theirs] == [0, 1, 2, 3]
+    assert not {tuple(t.params.items()) for t in mine} & {tuple(t.params.items()) for t in theirs}
+    alone = optuna.create_study()
+    alone.sampler = studies.batch_sampler(0, 0)
+    assert [t.params for t in mine] == [alone.ask(dict(space)).params for _ in range(2)]  # lane 0: the seed as before
 
 
 def test_a_changed_search_space_starts_a_new_study(tmp_path, shared, inputs):
@@ -431,6 +449,24 @@ def test_the_preflight_opens_the_storage_of_a_tune_step_that_will_run(tmp_path):
     assert config_error(steps, ["evaluate"]) is None
     steps = {"tune": (TUNE_STEP, {**helpers.BASE_TUNE, "storage": f"sqlite:///{tmp_path / 'x.db'}"})}
     assert config_error(steps, ["tune"]) is None and (tmp_path / "x.db").is_file()
+
+
+def test_a_database_another_run_is_creating_at_that_moment_opens_after_it(tmp_path, monkeypatch):
+    """Two runs started together on a new sqlite file: one failed with "names a database Optuna cannot open (...):
+    UNIQUE constraint failed: alembic_version.version_num", the other run having created Optuna's tables first."""
+    from sqlalchemy.exc import IntegrityError
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url):
+        calls.append(url)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed: alembic_version.version_num"))
+        return real(url)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'new.db'}")
+    assert isinstance(storage, real) and len(calls) == 2
 
 
 def test_sqlite_url_storage(tmp_path, shared, inputs):

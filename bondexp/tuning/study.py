@@ -52,6 +52,8 @@ UNTUNED_ATTR = "untuned"
 REUSED_ATTR = "reused_step_fit"
 #: User attribute marking a trial a killed process left RUNNING (failed on resume, asked again).
 STALE_ATTR = "stale"
+#: How many times a database's storage is opened when another process is creating its tables at that moment.
+_SCHEMA_RACE_TRIES = 5
 #: How often a trial process checks that the process that started it is still alive (seconds).
 _PARENT_POLL_S = 1.0
 
@@ -106,14 +108,25 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
     if spec.startswith("journal:"):
         backend = JournalFileBackend(spec[len("journal:") :])
         return optuna.storages.JournalStorage(backend)
-    try:
-        return optuna.storages.RDBStorage(spec)
-    except Exception as exc:  # a missing driver or an unreachable server: say which key to fix
-        # one line with the cause (SQLAlchemy ends its message with a "Background on this error" link, which the
-        # terminal showed alone), no password, and no chained traceback: a driver's own message may quote the URL
-        raise ConfigError(
-            f"The 'tune.storage' config key names a database Optuna cannot open ({storage_label(spec)!r}): {_cause(exc)}"
-        ) from None
+    attempt = 0
+    while True:
+        try:
+            return optuna.storages.RDBStorage(spec)
+        except Exception as exc:
+            from sqlalchemy.exc import IntegrityError  # Optuna's RDBStorage is built on SQLAlchemy
+
+            attempt += 1
+            if isinstance(exc, IntegrityError) and attempt < _SCHEMA_RACE_TRIES:
+                # Runs started together on a new database each create Optuna's tables, and all but one failed on
+                # `UNIQUE constraint failed: alembic_version.version_num`: the tables are there now.
+                time.sleep(0.1 * attempt)
+                continue
+            # A missing driver or an unreachable server: say which key to fix, on one line with the cause
+            # (SQLAlchemy ends its message with a "Background on this error" link, which the terminal showed
+            # alone), no password, and no chained traceback: a driver's own message may quote the URL.
+            raise ConfigError(
+                f"The 'tune.storage' config key names a database Optuna cannot open ({storage_label(spec)!r}): {_cause(exc)}"
+            ) from None
 
 
 def _cause(exc: BaseException) -> str:
@@ -204,10 +217,42 @@ def enqueue_untuned(study: optuna.Study, params: Mapping[str, Any]) -> bool:
     return True
 
 
-def batch_sampler(seed: int, n_finished: int) -> optuna.samplers.BaseSampler:
-    """A TPE sampler seeded by the run's seed and the trials finished so far: same history, same proposals."""
-    state = np.random.SeedSequence([seed, n_finished]).generate_state(1)[0]
+def batch_sampler(seed: int, n_finished: int, lane: int = 0) -> optuna.samplers.BaseSampler:
+    """A TPE sampler seeded by the run's seed and the trials finished so far: same history, same proposals.
+
+    ``lane`` (see :func:`ask_batch`) is 0 for a run alone in its study, and then leaves the seed as it was.
+    """
+    state = np.random.SeedSequence([seed, n_finished] if lane == 0 else [seed, n_finished, lane]).generate_state(1)[0]
     return optuna.samplers.TPESampler(seed=int(state))
+
+
+def ask_batch(study: optuna.Study, space: Mapping[str, Any], *, seed: int, n_done: int, size: int) -> list[optuna.Trial]:
+    """Ask a batch of ``size`` trials from :func:`batch_sampler`, in its lane.
+
+    The lane is how many trials, asked before this batch's first one, are neither finished nor
+    stale: those of other runs sharing the study in a database (``tune.storage``), which ask while
+    this one fits. It is 0 for a run alone (the run folder's journal, or a database study nobody
+    else uses), whose proposals stay what they were. Two runs sharing a study, seeded alike since
+    the seed names the study, asked the same parameters in lockstep: twice the work for the trials
+    of one. A trial a killed process left running in a database looks like another run's, so a
+    resume after that proposes other parameters than an uninterrupted study would.
+    """
+    first = study.ask()  # the lane needs its number: a trial is numbered when it is created
+    lane = sum(1 for t in study.get_trials(deepcopy=False) if t.number < first.number and not t.user_attrs.get(STALE_ATTR)) - n_done
+    study.sampler = batch_sampler(seed, n_done, max(lane, 0))
+    for name, distribution in space.items():
+        _suggest(first, name, distribution)
+    return [first, *(study.ask(dict(space)) for _ in range(size - 1))]
+
+
+def _suggest(trial: optuna.Trial, name: str, distribution: Any) -> None:
+    """``trial.suggest_*`` for an Optuna distribution: what ``study.ask(fixed_distributions)`` does for each."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        trial.suggest_categorical(name, distribution.choices)
+    elif isinstance(distribution, optuna.distributions.IntDistribution):
+        trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    else:
+        trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 # ----------------------------------------------------------------------------- the batches
@@ -247,8 +292,7 @@ def run_study(
         while (n_done := len(finished_trials(study))) < n_trials:
             if deadline is not None and time.monotonic() + last_batch_s > deadline:
                 return best, True
-            study.sampler = batch_sampler(seed, n_done)
-            asked = [study.ask(dict(space)) for _ in range(min(batch_size, n_trials - n_done))]
+            asked = ask_batch(study, space, seed=seed, n_done=n_done, size=min(batch_size, n_trials - n_done))
             known = [untuned_result is not None and bool(trial.user_attrs.get(UNTUNED_ATTR)) for trial in asked]
             started = time.monotonic()
             fitted = iter(run_batch([dict(trial.params) for trial, skip in zip(asked, known, strict=True) if not skip]))
