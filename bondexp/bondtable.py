@@ -222,7 +222,8 @@ def validate(data, *, on_invalid="raise", row_numbers=None, sectors=None, known_
 
     problems = _find_problems(cols, sectors)
     if known_sectors is not None:
-        foreign = np.flatnonzero([name not in set(known_sectors) for name in sectors])
+        known = set(known_sectors)
+        foreign = np.flatnonzero([name not in known for name in sectors])
         problems.append(
             (f"sector the run's models never saw (they know {list(known_sectors)})", "sector", np.isin(cols["sector"], foreign))
         )

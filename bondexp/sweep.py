@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bondexp.atomic import atomic_write_text
 from bondexp.errors import hide_passwords
-from bondexp.runs import read_overrides, steps_began
+from bondexp.runs import as_typed, read_overrides, steps_began
 
 #: The exit code of the sweep this process ran: 0 when every job ran every step; else 130 when
 #: Ctrl-C stopped it, 2 when a job stopped on bad input before its steps, 1 when a step failed.
@@ -164,7 +164,7 @@ class _ShortLaunchLines(logging.Filter):
     """The joblib launcher's lines as a 100-column terminal shows them whole.
 
     Its first line spelled out all eleven joblib settings and wrapped over three lines; the job
-    lines wrote a deleted key as ``~steps.tune=null``, which is not how the command said it.
+    lines wrote a deleted key as ``~steps.tune=null`` and a colon as ``\\:``, not as the command said them.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -174,7 +174,7 @@ class _ShortLaunchLines(logging.Filter):
             settings = dict(item.partition("=")[::2] for item in found["settings"].split(","))
             message = f"Joblib is launching {found['n']} jobs, {settings.get('n_jobs', '?')} at a time (hydra.launcher.n_jobs)"
         elif message.startswith("\t#"):
-            message = "  " + re.sub(r"(?<!\S)(~\S+?)=null(?!\S)", r"\1", message[1:])
+            message = "  " + " ".join(as_typed(word) for word in message[1:].split(" "))
         record.msg, record.args = message, ()
         return True
 
