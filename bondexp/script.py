@@ -14,9 +14,12 @@ came whose exception library code swallowed (:func:`raise_lost_ctrl_c`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from bondexp.executors import kill_forkserver, launch_forkserver_early
 
@@ -51,6 +54,30 @@ def raise_lost_ctrl_c() -> None:
     """
     if _ctrl_c_pressed:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then answer it as the handler before would: for writes that
+    must land together (a tuning batch told back to its study).
+
+    Only in the main thread, where Python runs signal handlers; elsewhere (a Dask worker's thread) the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 def import_from_here() -> None:

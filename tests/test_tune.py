@@ -372,6 +372,34 @@ def test_a_study_holding_more_trials_than_n_trials_gives_what_n_trials_alone_giv
     assert again["best_params"] == whole["best_params"] and again["val_rmse"] == whole["val_rmse"]
 
 
+def test_a_ctrl_c_while_a_batch_is_told_back_lands_after_the_whole_batch(tmp_path, shared, inputs, monkeypatch):
+    """A Ctrl-C among a batch's tells left its first trial finished and the others stale: the resume asked with
+    one more finished trial, so other parameters, and the tuned model (and the backtest's tuned rows) changed.
+    Optuna's journal lock left behind by such a Ctrl-C held the resume 30 s."""
+    whole = tune(_config(), inputs, helpers.context(tmp_path / "whole", shared))
+    tell, told = studies._tell, []
+
+    def tell_then_ctrl_c(study, trial, *args, **kwargs):
+        told.append(trial.number)
+        best = tell(study, trial, *args, **kwargs)
+        if len(told) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, as the first trial of the batch is told
+        return best
+
+    monkeypatch.setattr(studies, "_tell", tell_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_config(), inputs, helpers.context(tmp_path / "cut", shared))
+    assert told == [0, 1, 2]  # the whole first batch, then the Ctrl-C
+    assert [t.state for t in _study(tmp_path / "cut").get_trials()] == [TrialState.COMPLETE] * 3
+    monkeypatch.setattr(studies, "_tell", tell)
+    journal = tmp_path / "cut" / "tuning" / "journal.log"
+    (tmp_path / "cut" / "tuning" / "journal.log.lock").symlink_to(journal)  # Optuna's lock, left by a Ctrl-C as it wrote
+    started = time.monotonic()
+    resumed = tune(_config(), inputs, helpers.context(tmp_path / "cut", shared))
+    assert _trials(resumed) == _trials(whole) and resumed["best_params"] == whole["best_params"]
+    assert time.monotonic() - started < 10  # Optuna waits 30 s on a lock before it breaks it
+
+
 def test_a_database_study_whose_untuned_trial_a_kill_left_running_still_scores_it(tmp_path, shared, inputs):
     """A database study leaves a killed process's RUNNING trials alone (another process may be running them);
     one that was the untuned trial kept the resumed study from ever scoring the untuned parameters."""

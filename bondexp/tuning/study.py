@@ -42,10 +42,13 @@ from optuna.trial import TrialState
 from bondexp.errors import ConfigError, hide_passwords
 from bondexp.executors import worker_label
 from bondexp.features import Dataset
+from bondexp.script import ctrl_c_held
 from bondexp.steps.train import fit_predict, one_thread
 
 #: Folder of the run holding the study's journal file.
 STUDY_DIR = "tuning"
+#: Optuna's lock file beside a journal file (``optuna.storages.journal._file.LOCK_FILE_SUFFIX``, not exported).
+JOURNAL_LOCK_SUFFIX = ".lock"
 #: User attribute marking the enqueued trial that holds the model's untuned parameters.
 UNTUNED_ATTR = "untuned"
 #: User attribute marking the untuned trial told from the model step's own fit instead of fitted again.
@@ -106,8 +109,11 @@ def storage_spec_for(storage: str | None, *, run_dir: Path) -> str:
 def open_storage(spec: str) -> optuna.storages.BaseStorage:
     """Build the storage a spec names."""
     if spec.startswith("journal:"):
-        backend = JournalFileBackend(spec[len("journal:") :])
-        return optuna.storages.JournalStorage(backend)
+        path = spec[len("journal:") :]
+        # The run folder's journal is this run's alone (run.lock): a lock file beside it was left by a run that a
+        # Ctrl-C or a kill stopped as it wrote, and Optuna waited 30 s on it before breaking it, the bar standing still.
+        Path(path + JOURNAL_LOCK_SUFFIX).unlink(missing_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
     attempt = 0
     while True:
         try:
@@ -298,10 +304,13 @@ def run_study(
             fitted = iter(run_batch([dict(trial.params) for trial, skip in zip(asked, known, strict=True) if not skip]))
             results = [untuned_result if skip else next(fitted) for skip in known]
             last_batch_s = time.monotonic() - started
-            for trial, result, skip in zip(asked, results, known, strict=True):  # told in trial-number order
-                if skip:
-                    trial.set_user_attr(REUSED_ATTR, True)
-                best = _tell(study, trial, result, best, log=log, errors_logged=errors_logged)
+            # Told in trial-number order, and whole: a Ctrl-C among the tells left the batch's first trials finished
+            # and the rest stale, so the resume asked with one more finished trial, other proposals, another tuned model.
+            with ctrl_c_held():
+                for trial, result, skip in zip(asked, results, known, strict=True):
+                    if skip:
+                        trial.set_user_attr(REUSED_ATTR, True)
+                    best = _tell(study, trial, result, best, log=log, errors_logged=errors_logged)
     return best, False
 
 
