@@ -31,7 +31,7 @@ from bondexp.planning import dry_run_plan, step_fingerprints
 from bondexp.results import RunResult
 from bondexp.runner import run_graph
 from bondexp.runs import read_json
-from bondexp.script import raise_lost_ctrl_c
+from bondexp.script import raise_lost_ctrl_c, release_ctrl_c
 
 log = logging.getLogger("bondexp")
 
@@ -198,18 +198,24 @@ def run(
                 dataset=dataset,
                 # what only the estimators can tell (a _target_, its parameters, the search spaces), before any step
                 check=partial(call_target, "bondexp.preflight.config_error", {step.name: (step.target, step.config) for step in graph}),
+                hold_ctrl_c_after=True,  # once every step has ended a Ctrl-C is held until the outputs are written
             )
         except BaseException as exc:  # a config error the check found, a locked folder, Ctrl-C during the check
             _join_warm_up(warming, after_ctrl_c=isinstance(exc, KeyboardInterrupt))
             raise
-        _join_warm_up(warming, after_ctrl_c=result.interrupted)
-        timeline = warming is None or not warming.is_alive()
-        write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
-        if cfg.tracking.name != "none":  # its module is imported only then
-            from bondexp.tracking import track_run
+        try:
+            _join_warm_up(warming, after_ctrl_c=result.interrupted)
+            timeline = warming is None or not warming.is_alive()
+            write_outputs(result, run_dir=run_dir, summary=summary, overrides=overrides, timeline=timeline)
+            if cfg.tracking.name != "none":  # its module is imported only then
+                from bondexp.tracking import track_run
 
-            track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
+                track_run(cfg, run_dir=run_dir, overrides=overrides, model_choice=model_choice)
+        finally:
+            held = release_ctrl_c()
         lines = [result.summary_table()]
+        if (held or result.ctrl_c_after_steps) and not result.interrupted:
+            lines.append("\nThe Ctrl-C came after the last step: the run finished, and its outputs are written.")
         if not result.ok and not result.interrupted:  # an interrupted run says so on exit (bondexp.__main__)
             lines.append(f"\nNot every step finished. Resume with:\n  {resume_command(run_dir)}")
         lines.append(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.md'}")

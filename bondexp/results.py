@@ -150,6 +150,8 @@ class RunResult:
     """Outcome of :func:`bondexp.runner.run_graph`: one :class:`StepOutcome` per step, in graph order.
 
     ``interrupted`` is true after Ctrl-C; finished checkpoints are kept and a resume continues.
+    ``ctrl_c_after_steps``: a Ctrl-C came once every step had finished, and was held while the
+    runner stopped its workers (the run is not interrupted, and its outputs are written).
     """
 
     steps: dict[str, StepOutcome]
@@ -158,6 +160,7 @@ class RunResult:
     executor: str = "local"
     workers: int = 1
     interrupted: bool = False
+    ctrl_c_after_steps: bool = False
 
     @property
     def ok(self) -> bool:

@@ -27,7 +27,7 @@ from bondexp.graph import Graph
 from bondexp.handback import keep_handed_back, restore_step_files, step_files, write_step_files
 from bondexp.progress import Progress
 from bondexp.results import INTERRUPTED, RunResult, StepOutcome, WorkerLabels
-from bondexp.script import raise_lost_ctrl_c
+from bondexp.script import hold_ctrl_c, raise_lost_ctrl_c, release_ctrl_c
 from bondexp.worker import Task
 
 __all__ = ["run_graph"]
@@ -53,6 +53,7 @@ def run_graph(
     durations_path: str | Path | None = None,
     dataset: Any = None,
     check: Callable[[list[str]], BondexpError | None] | None = None,
+    hold_ctrl_c_after: bool = False,
 ) -> RunResult:
     """Run every step of ``graph`` in ``run_dir`` and checkpoint each one as it finishes.
 
@@ -93,6 +94,10 @@ def run_graph(
         step is to run; it is given the names of the steps that will run (a sorted list). The error it
         returns (returned, not raised: a worker would log a raised one) is raised here before any step
         begins (no ``logs/``).
+    hold_ctrl_c_after : bool
+        Once every step has ended, a Ctrl-C is held (:func:`bondexp.script.hold_ctrl_c`) while the pool
+        stops; with this the hold lasts past the return, and the caller, which writes the run's outputs,
+        ends it with :func:`bondexp.script.release_ctrl_c`. Else it ends here, folded into the result.
 
     Returns
     -------
@@ -130,9 +135,15 @@ def run_graph(
             dataset=dataset,
             check=check,
         )
-        result = run.run(plan, progress=progress, progress_label=progress_label, t0=t0, executor_name=executor)
-        ran = {n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None}
-        history.update({planning.history_key(graph[n]): seconds for n, seconds in ran.items()})
+        try:
+            result = run.run(plan, progress=progress, progress_label=progress_label, t0=t0, executor_name=executor)
+            ran = {n: s.duration_s for n, s in result.steps.items() if s.status == "ran" and s.duration_s is not None}
+            history.update({planning.history_key(graph[n]): seconds for n, seconds in ran.items()})
+        except BaseException:
+            release_ctrl_c()
+            raise
+    if not hold_ctrl_c_after:
+        result.ctrl_c_after_steps |= release_ctrl_c()
     return result
 
 
@@ -211,18 +222,25 @@ class _Scheduler:
             len(self.pending),
             self.backend.concurrency,
         )
-        interrupted, kill = False, True
+        interrupted, after_steps = False, False
         with Progress(total=len(self.graph), done=len(self.done), enabled=progress, label=progress_label) as self.bar:
             try:
                 self._loop()
-                kill = False
             except KeyboardInterrupt:
-                interrupted = True
-                self.bar.interrupted()
-                log.warning("interrupted: stopping workers; checkpoints are kept")  # 97 columns with the log prefix
-                self._harvest_finished()
-            finally:
-                self._stop(kill=kill)
+                if all(name in self.outcomes for name in self.graph.order):
+                    after_steps = True  # it came once the last step had ended: nothing was left to interrupt
+                else:
+                    interrupted = True
+                    self.bar.interrupted()
+                    log.warning("interrupted: stopping workers; checkpoints are kept")  # 97 columns with the log prefix
+                    self._harvest_finished()
+                    self._stop(kill=True)
+            except BaseException:
+                self._stop(kill=True)
+                raise
+            if not interrupted:
+                hold_ctrl_c()  # every step has ended: what is left is the outputs (released by the caller of run_graph)
+                self._stop(kill=False)
         if interrupted:
             self._settle_unfinished()
         return RunResult(
@@ -232,6 +250,7 @@ class _Scheduler:
             executor=executor_name,
             workers=self.backend.concurrency,
             interrupted=interrupted,
+            ctrl_c_after_steps=after_steps,
         )
 
     def _check_config(self) -> None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from bondexp.executors import kill_forkserver, launch_forkserver_early
 
@@ -78,6 +79,47 @@ def ctrl_c_held() -> Iterator[None]:
             previous(signal.SIGINT, None)
         elif previous == signal.SIG_DFL:
             raise KeyboardInterrupt
+
+
+#: What a Ctrl-C prints once every step of the run has ended (:func:`hold_ctrl_c`).
+OUTPUTS_FIRST = (
+    "Ctrl-C: every step has finished; writing the run's outputs first (results.json, report.md, tracking). Ctrl-C again to stop now."
+)
+#: The Ctrl-Cs held since :func:`hold_ctrl_c` (None when not holding), and the handler it replaced.
+_held: list[int] | None = None
+_replaced: Any = None
+
+
+def hold_ctrl_c() -> None:
+    """From now on hold a Ctrl-C: the first prints :data:`OUTPUTS_FIRST`, a second one stops at once.
+
+    For a run whose steps have all ended: a Ctrl-C then made it "interrupted" (exit 130 and "resume
+    with") beside a results.json that said ok, or none, and no MLflow run, which takes seconds to
+    log. What is left is its outputs, to be written whole. :func:`release_ctrl_c` ends the hold; a
+    no-op outside the main thread, where Python runs no signal handler.
+    """
+    global _held, _replaced
+    if _held is not None or threading.current_thread() is not threading.main_thread():
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+        if len(held) > 1:
+            raise KeyboardInterrupt
+        print(f"\n{OUTPUTS_FIRST}", file=sys.stderr, flush=True)
+
+    _held, _replaced = held, signal.signal(signal.SIGINT, hold)
+
+
+def release_ctrl_c() -> bool:
+    """Put back the handler :func:`hold_ctrl_c` replaced; return whether it held a Ctrl-C meanwhile."""
+    global _held, _replaced
+    if _held is None:
+        return False
+    signal.signal(signal.SIGINT, _replaced)
+    held, _held, _replaced = bool(_held), None, None
+    return held
 
 
 def import_from_here() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -147,6 +148,22 @@ def test_ctrl_c_leaves_the_bar_as_it_stood_then_the_warning_and_the_table(tmp_pa
     assert "steps [" not in after, screen[-4000:]  # the bar was not drawn again under the warning
     assert "wall " in after and "Interrupted. Finished steps are checkpointed" in after
     assert "from the last step's end" not in after  # it would count the time the interrupted steps ran
+
+
+def test_a_ctrl_c_after_the_last_step_lets_the_outputs_and_tracking_finish(tmp_path):
+    """A Ctrl-C while a finished run wrote its outputs gave exit 130 and "resume with" beside a results.json that
+    said ok (or none at all), and no MLflow run: logging one takes seconds."""
+    pytest.importorskip("mlflow")
+    run_dir = tmp_path / "run"
+    args = [*QUICK, "tracking=mlflow", f"tracking.uri=sqlite:///{tmp_path / 'ml.db'}", f"hydra.run.dir={run_dir}"]
+    code, screen = run_in_terminal(args, cwd=tmp_path, cache=tmp_path / "cache", ctrl_c_at="4/4 steps")
+    assert code == 0, screen[-4000:]
+    # a Ctrl-C while the outputs are written prints why it waits; one just before (as the loop ends) needs no wait
+    assert "Interrupted" not in screen and "wall " in screen, screen[-4000:]
+    assert "The Ctrl-C came after the last step: the run finished, and its outputs are written." in screen, screen[-4000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["ok"] and not results["interrupted"]
+    assert (run_dir / "mlflow_run.json").is_file() and "## Tracking" in (run_dir / "report.md").read_text()
 
 
 def _children(pid: int) -> list[int]:
