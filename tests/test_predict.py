@@ -377,6 +377,10 @@ def test_a_run_on_files_given_by_relative_paths_predicts_from_another_folder(fin
     args = [f"run={run_dir}", "data=csv", *file_overrides(files), f"hydra.run.dir={out_dir}"]
     Started(*args, module="bondexp.predict", cwd=tmp_path, cache=cache).result()  # raises on a non-zero exit
     assert len(pd.read_parquet(out_dir / "predictions.parquet")) == len(market.bonds)
+    # relative paths with hydra.job.chdir=true are the launch folder's, as for a run (they were refused as missing)
+    chdir = ["run=run", "data=csv", *(f"data.{key}=launch/{path.name}" for key, path in files.items()), "hydra.job.chdir=true"]
+    Started(*chdir, f"hydra.run.dir={tmp_path / 'out2'}", module="bondexp.predict", cwd=tmp_path, cache=cache).result()
+    assert len(pd.read_parquet(tmp_path / "out2" / "predictions.parquet")) == len(market.bonds)
     # new files with spreads, for this run without: every fair value would move (it scored -619% against the DCF)
     with_spreads = Started(*args, f"data.spread_path={spreads}", module="bondexp.predict", cwd=tmp_path, cache=cache).result(check=False)
     assert with_spreads.returncode == 2, with_spreads.stderr

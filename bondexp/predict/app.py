@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from bondexp.config import plain_dict
+from bondexp.config import launch_dir, plain_dict
+from bondexp.data import with_absolute_paths
 from bondexp.errors import ConfigError, DataValidationError
 from bondexp.predict.batches import check_source, csv_bytes, load_new_bonds, predict_batches, read_new_bonds
 from bondexp.predict.runfolder import best_model, check_spreads, open_run, resolve_run
@@ -63,9 +64,11 @@ def predict(cfg: DictConfig, *, out_dir: Path, overrides: Sequence[str] = ()) ->
         if int(cfg[key]) < low:
             raise ConfigError(f"The '{key}' config key must be an integer >= {low}. Got {cfg[key]!r} instead.")
     models = OmegaConf.to_container(cfg.models) if isinstance(cfg.models, ListConfig) else cfg.models
-    data_cfg = plain_dict(cfg.data)
+    # Relative paths are the launch folder's, with hydra.job.chdir=true too (the data files were refused as missing)
+    launched_in = launch_dir()
+    data_cfg = with_absolute_paths(plain_dict(cfg.data), base=launched_in)
     check_source(data_cfg)
-    run_dir = resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
+    run_dir = launched_in / resolve_run(None if OmegaConf.is_missing(cfg, "run") else cfg.run, outputs=launched_in / "outputs")
     check_spreads(run_dir, data_cfg)
     wall = time.perf_counter()
     # The new file is read and validated while this thread opens the run (mostly scikit-learn's
