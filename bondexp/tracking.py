@@ -102,7 +102,7 @@ def start_sweep(config: DictConfig, *, sweep_dir: Path) -> str | None:
         return None
     uri = absolute_sqlite_url(settings.uri, launch_dir())  # as each job reads it (track_run, from its launch folder)
     try:
-        client = _client(uri)
+        client = _client(uri, launched_in=launch_dir())
         experiment_id = _experiment_id(client, settings.experiment)
         reopened = _reopen_parent(client, read_json(Path(sweep_dir) / SWEEP_FILE), uri=uri, experiment_id=experiment_id)
         if reopened is not None:
@@ -268,7 +268,7 @@ def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_
     settings = cfg.tracking
     results = read_json(run_dir / "results.json")
     leaderboard = read_leaderboard(run_dir)
-    client = _client(settings.uri)
+    client = _client(settings.uri, launched_in=saved_launch_dir(run_dir) or launch_dir())
     run_id = _open_run(client, settings, run_dir=run_dir)
     try:
         logged = client.get_run(run_id).data.params
@@ -373,11 +373,26 @@ def warm_up() -> None:
     import mlflow.tracking  # noqa: F401
 
 
-def _client(uri: str):
+def _client(uri: str, *, launched_in: Path | None = None):
+    """MLflow's client of the store ``uri``; its store made in ``launched_in``.
+
+    A local store (SQLite, files) puts the artifacts of a new experiment under ``./mlruns``, resolved
+    against the current folder when MLflow makes the store (once a process). With
+    ``hydra.job.chdir=true`` that was the run's own folder: every later run's artifacts went there
+    too, and deleting that run deleted them. The store is made from ``launched_in``, as the store's
+    own path is (:func:`bondexp.config.absolute_sqlite_url`).
+    """
     set_environment()
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if launched_in is None:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    here = os.getcwd()
+    os.chdir(launched_in)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)  # makes the store, which MLflow keeps for the process
+    finally:
+        os.chdir(here)
 
 
 def _experiment_id(client, name: str) -> str:

@@ -85,7 +85,7 @@ def tracked_run(started):
 
 
 def test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts(tracked_run, store):
-    _, uri = store
+    folder, uri = store
     [run] = _runs(uri)
     assert run.info.run_id == json.loads((tracked_run / RUN_FILE).read_text())["run_id"]
     assert run.info.status == "FINISHED"
@@ -107,6 +107,9 @@ def test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts(tracked_run
     assert {"report.md", "leaderboard.csv", "drift.json", "results.json", "plots"} <= top
     assert "plots/timeline.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert f"MLflow run `{run.info.run_id}`" in (tracked_run / "report.md").read_text()
+    # with hydra.job.chdir=true the experiment's artifacts went in this run's folder, every later run's too
+    location = client.get_experiment_by_name("bondexp").artifact_location
+    assert Path(location.removeprefix("file://")).parent == folder / "mlruns" and not (tracked_run / "mlruns").exists()
 
 
 def test_a_resume_logs_into_the_run_it_started(tracked_run, store, cache):
