@@ -32,8 +32,9 @@ COLUMNS = ("date", "folder", "status", "wall_s", "data", "best_model", "test_rms
 
 def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[Mapping[str, Any]]) -> str | None:
     """The model validation chose: evaluate's ``best_model`` when it reports one, else the leaderboard
-    row with the lowest ``val_rmse``, else the model step with the lowest ``val_rmse`` in results.json
-    (a step outside :data:`NON_MODEL_GROUPS`: an interrupted run's ``tune`` is no model).
+    row with the lowest ``val_rmse``, else the model with the lowest ``val_rmse`` in results.json: a
+    step outside :data:`NON_MODEL_GROUPS`, or the tune step's ``tuned_model`` (the step's name is no
+    model's; predict, which counts the tuned model, named it best where this said another).
 
     Returns None when none of the three is available (no model finished).
     """
@@ -48,9 +49,10 @@ def best_model_on_validation(results: Mapping[str, Any], leaderboard: Sequence[M
     ]
     if not scored:
         scored = [
-            (float(step["metrics"]["val_rmse"]), name)
+            (float(metrics["val_rmse"]), metrics.get("tuned_model") or name)
             for name, step in steps.items()
-            if step.get("group") not in NON_MODEL_GROUPS and _is_number((step.get("metrics") or {}).get("val_rmse"))
+            if _is_number((metrics := step.get("metrics") or {}).get("val_rmse"))
+            and (step.get("group") not in NON_MODEL_GROUPS or metrics.get("tuned_model"))
         ]
     return min(scored)[1] if scored else None
 

@@ -70,6 +70,9 @@ def test_an_interrupted_runs_best_model_is_a_model_not_the_tune_step(tmp_path):
     }
     assert best_model_on_validation({"steps": steps}, []) == "basic"
     assert best_model_on_validation({"steps": {"tune": steps["tune"]}}, []) is None
+    # a run that records its tuned model's name: predict, which counts it, named it best where this said basic
+    tuned = {**steps, "tune": {**steps["tune"], "metrics": {**steps["tune"]["metrics"], "tuned_model": "basic_tuned"}}}
+    assert best_model_on_validation({"steps": tuned}, []) == "basic_tuned"
     run_dir = make_run(tmp_path / "r", overrides=["model=[basic,enhanced]"], leaderboard=None)
     (run_dir / "results.json").write_text(json.dumps({"steps": steps, "wall_s": 3.0, "ok": False, "interrupted": True}))
     assert (run_row(run_dir)["status"], run_row(run_dir)["best_model"]) == ("interrupted", "basic")

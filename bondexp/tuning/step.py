@@ -266,6 +266,7 @@ def _tuned_artifact(
     untuned_value = float(artifact.metrics["val_rmse"])
     improved = bool(metrics["val_rmse"] < untuned_value)
     metrics.update(
+        tuned_model=f"{target}_tuned",  # the model's name: bondexp.runs names it when no evaluate chose among the models
         best_value=float(best.value),
         n_trials=sum(map(studies.is_finished, trials)),
         n_failed=sum(studies.is_finished(t) and t.state == TrialState.FAIL for t in trials),
