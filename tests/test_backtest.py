@@ -166,6 +166,29 @@ def test_score_backtest_matches_a_hand_computation():
     assert rmse[("b", OVERALL)]["rmse_ci_high"] == pytest.approx(np.percentile(boot, 95))
 
 
+def test_overlapping_origins_share_their_months_blocks():
+    """Origins 2020-01 and 2020-02 with a 3-month horizon both score 2020-02 and 2020-03: the `all` row said 6 months
+    for 4, and resampled each shared month as two independent blocks."""
+    dates = np.repeat(np.arange("2020-01", "2020-05", dtype="datetime64[M]"), 2).astype("datetime64[D]")
+    y = np.arange(8, dtype=np.float64)
+    scored = {"2020-01": np.arange(0, 6), "2020-02": np.arange(2, 8)}
+    fits = [
+        {"name": "a", "origin": o, "rows": {"scored": rows}, "predictions": {"mean": y[rows] + 0.1 * (i + 1)}, "metrics": {"n_train": 5}}
+        for i, (o, rows) in enumerate(scored.items())
+    ]
+    out = score_backtest(fits, y=y, meta={"obs_date": dates}, n_bootstrap=100, confidence=0.9, seed=0)
+    overall = next(r for r in out["rows"] if r["model"] == "a" and r["origin"] == OVERALL)
+    assert (overall["n"], overall["n_months"], out["metrics"]["n_scored_months"]) == (12, 4, 4)
+    # a drawn month brings the rows every origin scored in it: 2020-02 holds 2 rows from each origin
+    draws = np.random.default_rng(0).integers(0, 4, size=(100, 4))
+    sse = np.array([2 * 0.01, 2 * 0.01 + 2 * 0.04, 2 * 0.01 + 2 * 0.04, 2 * 0.04])
+    count = np.array([2.0, 4.0, 4.0, 2.0])
+    boot = [np.sqrt(sse[d].sum() / count[d].sum()) for d in draws]
+    assert overall["rmse_ci_low"] == pytest.approx(np.percentile(boot, 5)) and overall["rmse_ci_high"] == pytest.approx(
+        np.percentile(boot, 95)
+    )
+
+
 @pytest.fixture(scope="module")
 def finished_backtest(tmp_path_factory, cache):
     """basic and bayesian (which calibrates), plus basic tuned, over the tiny market's last 9 months."""

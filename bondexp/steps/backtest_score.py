@@ -24,11 +24,11 @@ OVERALL = "all"
 
 @dataclass(frozen=True)
 class _MonthBlocks:
-    """The scored rows of every origin cut into (origin, month) blocks, and the bootstrap's draws of them."""
+    """The scored rows of every origin cut into calendar-month blocks, and the bootstrap's draws of them."""
 
     index: dict[str, np.ndarray]  # origin -> block number of each scored row
     n_months: dict[str, int]  # origin -> months it scores
-    count: np.ndarray  # rows in each block
+    count: np.ndarray  # scored rows in each block (a row scored from two origins counts twice)
     draws: np.ndarray  # (n_bootstrap, n_blocks) block numbers drawn with replacement
 
     @property
@@ -57,7 +57,7 @@ def score_backtest(
     meta : mapping
         ``obs_date`` of every row and, when the data has it, ``oracle_prediction``.
     n_bootstrap, confidence, seed
-        The interval: ``n_bootstrap`` draws of the scored (origin, month) blocks with replacement,
+        The interval: ``n_bootstrap`` draws of the scored calendar months with replacement,
         the same draws for every model, percentile interval at ``confidence``.
 
     Returns
@@ -143,17 +143,18 @@ def _shared_scored_rows(by_model: Mapping[str, Mapping[str, Mapping[str, Any]]],
 def _month_blocks(
     obs_date: np.ndarray, scored: Mapping[str, np.ndarray], origins: Sequence[str], *, n_bootstrap: int, seed: int
 ) -> _MonthBlocks:
-    """Number the (origin, month) blocks of the scored rows, earliest first, and draw the bootstrap's resamples."""
-    index: dict[str, np.ndarray] = {}
-    n_months: dict[str, int] = {}
-    counts: list[int] = []
-    for origin in origins:
-        month = np.asarray(obs_date[scored[origin]], dtype="datetime64[M]")
-        codes, inverse = np.unique(month, return_inverse=True)
-        index[origin] = len(counts) + inverse.reshape(-1)
-        n_months[origin] = len(codes)
-        counts += np.bincount(inverse.reshape(-1), minlength=len(codes)).tolist()
-    count = np.asarray(counts, dtype=np.float64)
+    """Number the calendar months of the scored rows, earliest first, and draw the bootstrap's resamples of them.
+
+    A block is a calendar month, whichever origins score it: listed origins closer than ``horizon``
+    both score the months they share, and as one block per (origin, month) a shared month was
+    resampled as two independent ones (its rows share one curve, spread and sector shocks), which
+    narrowed the interval, and ``n_months`` counted it twice.
+    """
+    months = {origin: np.asarray(obs_date[scored[origin]], dtype="datetime64[M]") for origin in origins}
+    calendar = np.unique(np.concatenate([months[o] for o in origins]))
+    index = {origin: np.searchsorted(calendar, months[origin]) for origin in origins}
+    n_months = {origin: len(np.unique(months[origin])) for origin in origins}
+    count = np.bincount(np.concatenate([index[o] for o in origins]), minlength=len(calendar)).astype(np.float64)
     draws = np.random.default_rng(seed).integers(0, len(count), size=(n_bootstrap, len(count)))
     return _MonthBlocks(index=index, n_months=n_months, count=count, draws=draws)
 
