@@ -86,7 +86,6 @@ def track_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str] = (), 
         return None
     finally:
         retries.setLevel(level)
-    note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{hide_passwords(settings.uri)}`.")
     return run_id
 
 
@@ -270,6 +269,8 @@ def _log_run(cfg: DictConfig, *, run_dir: Path, overrides: Sequence[str], model_
     leaderboard = read_leaderboard(run_dir)
     client = _client(settings.uri, launched_in=saved_launch_dir(run_dir) or launch_dir())
     run_id = _open_run(client, settings, run_dir=run_dir)
+    # before report.md is logged: the copy in MLflow lacked the section the run folder's ends with
+    note_in_report(run_dir, f"MLflow run `{run_id}` in experiment `{settings.experiment}` at `{hide_passwords(settings.uri)}`.")
     try:
         logged = client.get_run(run_id).data.params
         # MLflow params are immutable: a resume keeps what its first attempt logged and adds only new keys

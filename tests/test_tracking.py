@@ -107,6 +107,8 @@ def test_a_tracked_run_logs_params_leaderboard_metrics_and_artifacts(tracked_run
     assert {"report.md", "leaderboard.csv", "drift.json", "results.json", "plots"} <= top
     assert "plots/timeline.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert f"MLflow run `{run.info.run_id}`" in (tracked_run / "report.md").read_text()
+    logged = Path(client.download_artifacts(run.info.run_id, "report.md", str(folder))).read_text()
+    assert logged == (tracked_run / "report.md").read_text()  # the section was appended after the upload
     # with hydra.job.chdir=true the experiment's artifacts went in this run's folder, every later run's too
     location = client.get_experiment_by_name("bondexp").artifact_location
     assert Path(location.removeprefix("file://")).parent == folder / "mlruns" and not (tracked_run / "mlruns").exists()
